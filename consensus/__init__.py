@@ -1,0 +1,1 @@
+"""consensus: Mu-style state machine replication over a one-sided memory fabric."""

@@ -1,0 +1,1 @@
+"""consensus.fabric: one-sided memory fabrics (emulated shared memory, pyverbs RDMA, in-process)."""

@@ -1,0 +1,99 @@
+"""The replica registry: where replicas publish and find each other's connection details.
+
+Rule 1: keys are namespaced by a cluster id, so two clusters sharing one registry never see each other's
+        entries. Callers use short keys (``"replica/2/log"``); the backend adds the namespace.
+Rule 2: ``publish`` returns only once the value is stored (a later ``lookup`` anywhere sees it).
+Rule 3: ``wait_for`` waits a bounded time and raises ``RegistryTimeout`` naming the key and the registry.
+Rule 4: values are bytes; what they mean belongs to the caller (fabric connection details, heartbeat
+        locations).
+
+Backends: ``InProcessRegistry`` (a dict, for one process: tests and the simulator), the embedded
+single-host registry and the memcached registry (``DORY_REGISTRY_IP=host:port``), chosen by
+``consensus.registry.open_registry``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Protocol
+
+REGISTRY_POLL_INTERVAL_S = 0.002  # how often wait_for re-reads: registry look-ups are ~100 us
+
+
+class RegistryError(Exception):
+    """A registry operation failed (unreachable server, bad address, ...); the message says which."""
+
+
+class RegistryTimeout(RegistryError, TimeoutError):
+    """A key did not appear in time."""
+
+
+class Registry(Protocol):
+    cluster_id: str
+
+    def publish(self, key: str, value: bytes) -> None: ...
+
+    def lookup(self, key: str) -> bytes | None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def wait_for(self, key: str, timeout_s: float) -> bytes: ...
+
+    def describe(self) -> str:
+        """A short human description (``memcached 127.0.0.1:11211``) for error messages."""
+
+    def close(self) -> None: ...
+
+
+def wait_for_key(registry: Registry, key: str, timeout_s: float) -> bytes:
+    """Poll ``registry.lookup(key)`` until it answers or ``timeout_s`` passes (then ``RegistryTimeout``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = registry.lookup(key)
+        if value is not None:
+            return value
+        if time.monotonic() >= deadline:
+            raise RegistryTimeout(
+                f"registry {registry.describe()}: no entry {key!r} for cluster "
+                f"{registry.cluster_id!r} after {timeout_s:.1f} s (is that replica running?)"
+            )
+        time.sleep(REGISTRY_POLL_INTERVAL_S)
+
+
+class InProcessRegistry:
+    """A registry shared by the replicas of one process (tests, simulator). Thread-safe.
+
+    Several instances may share one ``store`` dict to stand for one registry seen by many replicas.
+    """
+
+    def __init__(self, cluster_id: str, store: dict[str, bytes] | None = None) -> None:
+        if not cluster_id:
+            raise ValueError("cluster id must not be empty")
+        self.cluster_id = cluster_id
+        self._store: dict[str, bytes] = {} if store is None else store
+        self._lock = threading.Lock()
+
+    def _key(self, key: str) -> str:
+        return f"{self.cluster_id}/{key}"
+
+    def publish(self, key: str, value: bytes) -> None:
+        with self._lock:
+            self._store[self._key(key)] = bytes(value)
+
+    def lookup(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._store.get(self._key(key))
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._store.pop(self._key(key), None)
+
+    def wait_for(self, key: str, timeout_s: float) -> bytes:
+        return wait_for_key(self, key, timeout_s)
+
+    def describe(self) -> str:
+        return "in-process"
+
+    def close(self) -> None:
+        pass

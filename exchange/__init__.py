@@ -1,0 +1,1 @@
+"""exchange: exchange servers (consensus replica + order books) serving traders over gRPC."""

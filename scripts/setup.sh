@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for mu-exchange: system packages (memcached for the registry tests and
+# multi-host runs) and the Python package with its test extra. Idempotent; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v memcached >/dev/null 2>&1 || need_apt+=(memcached)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing ${need_apt[*]} with apt-get" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    else
+        echo "setup: warning: ${need_apt[*]} missing and apt-get unavailable (not root?);" \
+             "tests that need it will be skipped" >&2
+    fi
+fi
+
+PYTHON=${PYTHON:-python3}
+echo "setup: installing mu-exchange into $($PYTHON -c 'import sys; print(sys.prefix)')" >&2
+$PYTHON -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+if [ -f scripts/gen_proto.sh ]; then
+    bash scripts/gen_proto.sh
+fi

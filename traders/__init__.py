@@ -1,0 +1,1 @@
+"""traders: gRPC trader clients (load generator and interactive trader)."""
