@@ -2,9 +2,11 @@
 real and under the deterministic simulator.
 
 Rule 1: protocol code (everything in ``consensus`` except fabrics, this module's ``RealRuntime`` and
-        the CLI) never calls ``time``, ``threading`` or ``random`` directly; it asks its ``Runtime``.
+        the CLI) never calls ``time``, ``threading`` or ``random`` directly; it asks its
+        ``Runtime``.
 Rule 2: every blocking point of protocol code is either a fabric operation or a ``Runtime`` call
-        (``sleep``, ``yield_now``, ``Signal.wait``). The simulator switches replicas' activities at exactly
+        (``sleep``, ``yield_now``, ``Signal.wait``). The simulator switches replicas' activities
+        at exactly
         those points, which is what makes a seeded run reproducible.
 Rule 3: a ``Mutex`` may be held across fabric operations (the simulator's mutex is scheduler-aware),
         but never while waiting on a ``Signal`` or sleeping: release every ``Mutex`` before waiting.
@@ -19,13 +21,20 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from types import TracebackType
 from typing import Protocol
 
 
 class Mutex(Protocol):
     def __enter__(self) -> object: ...
 
-    def __exit__(self, *exc: object) -> None: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> None: ...
 
 
 class Signal(Protocol):
@@ -58,7 +67,8 @@ class Runtime(Protocol):
     def sleep(self, seconds: float) -> None: ...
 
     def yield_now(self) -> None:
-        """Give other activities a chance to run (a polling loop calls this when it found nothing)."""
+        """Give other activities a chance to run (a polling loop calls this when it found
+        nothing)."""
 
     def spawn(self, name: str, target: Callable[[], None]) -> Activity: ...
 

@@ -1,4 +1,4 @@
-"""The one-sided memory fabric: the only way the consensus protocol touches another replica's memory.
+"""The one-sided memory fabric: the only way the protocol touches another replica's memory.
 
 Model (the RDMA model Mu is built on):
 
@@ -10,23 +10,23 @@ Rule 2: a replica *connects* to a peer's region by (owner id, name) and gets a `
 Rule 3: reads are always allowed. A write lands only if the owner has granted the writer permission
         on that region (``LocalRegion.grant_write``). A write without permission raises
         ``WriteRejected`` and changes no byte of the region.
-Rule 4: ``LocalRegion.revoke_write(peer)`` returns only once no write from ``peer`` can land any more:
-        a write in flight either completed before the revoke returned or fails. This is what makes a
-        deposed leader's writes harmless, and the protocol relies on it.
-Rule 5: a write of ``n`` bytes is applied in increasing address order, so a reader that sees the last
-        byte of an entry (Mu's canary) written after the rest sees the whole entry. Writes from one
-        writer to one region land in the order they were issued.
+Rule 4: ``LocalRegion.revoke_write(peer)`` returns only once no write from ``peer`` can land any
+        more: a write in flight either completed before the revoke returned or fails. This is
+        what makes a deposed leader's writes harmless, and the protocol relies on it.
+Rule 5: a write of ``n`` bytes is applied in increasing address order, so a reader that sees the
+        last bytes of an entry (Mu's canary) written after the rest sees the whole entry. Writes
+        from one writer to one region land in the order they were issued.
 Rule 6: bad arguments (offset or length outside the region, unknown peer, closed region or fabric)
         raise ``FabricError`` subclasses with a message naming the region, never corrupt memory.
 
 Completion model: ``write`` and ``read`` are synchronous. ``post_write`` queues a write and
-``poll_completions`` reports finished ones in batches (as an RDMA completion queue does), so a leader can
-start writes to every follower and then wait for a majority. The emulated fabrics may complete a posted
-write immediately; callers must not assume either way.
+``poll_completions`` reports finished ones in batches (as an RDMA completion queue does), so a
+leader can start writes to every follower and then wait for a majority. The emulated fabrics may
+complete a posted write immediately; callers must not assume either way.
 
-Implementations: ``consensus.fabric.shm`` (POSIX shared memory, one OS process per replica, the default on
-one host), ``consensus.fabric.verbs`` (pyverbs RDMA), ``consensus.sim.fabric`` (deterministic,
-in-process, used by the simulator). ``open_fabric`` picks one by name.
+Implementations: ``consensus.fabric.shm`` (POSIX shared memory, one OS process per replica, the
+default on one host), ``consensus.fabric.verbs`` (pyverbs RDMA), ``consensus.sim.fabric``
+(deterministic, in-process, used by the simulator). ``open_fabric`` picks one by name.
 """
 
 from __future__ import annotations
@@ -62,12 +62,14 @@ class UnknownPeer(FabricError, LookupError):
 
 
 class FabricUnavailable(FabricError):
-    """The selected fabric cannot run on this machine (e.g. no RDMA device); the message says why."""
+    """The selected fabric cannot run on this machine (e.g. no RDMA device); the message says
+    why."""
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """One finished posted operation: the caller's ``wr_id`` and the error, or ``None`` on success."""
+    """One finished posted operation: the caller's ``wr_id`` and the error, or ``None`` on
+    success."""
 
     wr_id: int
     error: FabricError | None
@@ -75,7 +77,8 @@ class Completion:
 
 @runtime_checkable
 class LocalRegion(Protocol):
-    """A region this replica owns. ``buf`` is its memory; the fabric's own bookkeeping is not in it."""
+    """A region this replica owns. ``buf`` is its memory; the fabric's own bookkeeping is not in
+    it."""
 
     name: str
     size: int
@@ -100,7 +103,8 @@ class RemoteRegion(Protocol):
     size: int
 
     def write(self, offset: int, data: Buffer) -> None:
-        """Copy ``data`` to ``offset``; raises ``WriteRejected`` without permission (no byte lands)."""
+        """Copy ``data`` to ``offset``; raises ``WriteRejected`` without permission (no byte
+        lands)."""
 
     def read(self, offset: int, length: int) -> bytes:
         """Return ``length`` bytes from ``offset``."""
@@ -115,7 +119,8 @@ class Fabric(Protocol):
     replica_id: ReplicaIdT
 
     def register(self, name: str, size: int) -> LocalRegion:
-        """Create (or, for a restarted replica, re-attach) the local region ``name`` of ``size`` bytes."""
+        """Create (or, for a restarted replica, re-attach) the local region ``name`` of ``size``
+        bytes."""
 
     def connect(self, owner: ReplicaIdT, name: str, timeout_s: float) -> RemoteRegion:
         """Attach to ``owner``'s region ``name``, waiting up to ``timeout_s`` for it to appear."""
@@ -131,7 +136,8 @@ class Fabric(Protocol):
 
 
 def check_range(region_name: str, size: int, offset: int, length: int) -> None:
-    """Raise ``OutOfRange`` unless ``[offset, offset + length)`` lies inside a region of ``size``."""
+    """Raise ``OutOfRange`` unless ``[offset, offset + length)`` lies inside a region of
+    ``size``."""
     if offset < 0 or length < 0 or offset + length > size:
         raise OutOfRange(
             f"region {region_name!r}: range [{offset}, {offset + length}) outside [0, {size})"

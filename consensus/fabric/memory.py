@@ -4,7 +4,8 @@ processes: for unit tests, and as the substrate of the simulator's fabric.
 
 Rule 1: one ``MemoryNetwork`` holds the regions of a whole cluster; each replica gets its own
         ``MemoryFabric`` endpoint from it.
-Rule 2: permission check and copy happen under the region's lock, so a revoke that has taken the lock
+Rule 2: permission check and copy happen under the region's lock, so a revoke that has taken the
+        lock
         and returned is never followed by a write of the revoked peer (base Rule 4).
 Rule 3: a region survives its replica's endpoint being closed (as shared memory survives a killed
         process); ``MemoryNetwork.close`` drops them all.

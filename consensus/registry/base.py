@@ -1,9 +1,11 @@
 """The replica registry: where replicas publish and find each other's connection details.
 
-Rule 1: keys are namespaced by a cluster id, so two clusters sharing one registry never see each other's
+Rule 1: keys are namespaced by a cluster id, so two clusters sharing one registry never see each
+        other's
         entries. Callers use short keys (``"replica/2/log"``); the backend adds the namespace.
 Rule 2: ``publish`` returns only once the value is stored (a later ``lookup`` anywhere sees it).
-Rule 3: ``wait_for`` waits a bounded time and raises ``RegistryTimeout`` naming the key and the registry.
+Rule 3: ``wait_for`` waits a bounded time and raises ``RegistryTimeout`` naming the key and the
+        registry.
 Rule 4: values are bytes; what they mean belongs to the caller (fabric connection details, heartbeat
         locations).
 
@@ -22,7 +24,8 @@ REGISTRY_POLL_INTERVAL_S = 0.002  # how often wait_for re-reads: registry look-u
 
 
 class RegistryError(Exception):
-    """A registry operation failed (unreachable server, bad address, ...); the message says which."""
+    """A registry operation failed (unreachable server, bad address, ...); the message says
+    which."""
 
 
 class RegistryTimeout(RegistryError, TimeoutError):
@@ -47,7 +50,8 @@ class Registry(Protocol):
 
 
 def wait_for_key(registry: Registry, key: str, timeout_s: float) -> bytes:
-    """Poll ``registry.lookup(key)`` until it answers or ``timeout_s`` passes (then ``RegistryTimeout``)."""
+    """Poll ``registry.lookup(key)`` until it answers or ``timeout_s`` passes (then
+    ``RegistryTimeout``)."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = registry.lookup(key)
