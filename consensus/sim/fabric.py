@@ -1,0 +1,286 @@
+"""The simulator's fabric: ``consensus.fabric.memory`` with a switch point before every operation,
+posted writes that land late, crash-mid-write triggers and an observer that sees every landing.
+
+Rule 1: every fabric operation (write, read, read_into, post_write, poll_completions, grant,
+        revoke, connect polling) first calls the scheduler (a switch point), so the replicas'
+        steps interleave one one-sided operation at a time.
+Rule 2: memory semantics are those of ``MemoryNetwork`` (base Rules 3-5): a write lands only with
+        permission; a revoke that returned stops the peer's writes. Regions outlive a crashed
+        replica (its restarted incarnation re-attaches them).
+Rule 3: a posted write is queued and lands later, at a ``poll_completions`` of its writer (a random
+        prefix of the queue, in issue order) or before the writer's next synchronous write (so
+        one writer's writes land in issue order, base Rule 5). The data is copied when posted.
+        When its writer crashes, a random prefix of the queue lands and the rest is lost.
+Rule 4: a crash trigger armed on a writer fires after its k-th successful write to an exclusive
+        region (a follower's log): the write lands whole or torn (a prefix, as a process dying in
+        memcpy leaves it), then the writer crashes. This is "leader dies having written the entry
+        to some followers but not others".
+Rule 5: the observer hears every permission change and every landed write, with the writer; the
+        exclusive-writer checker is built on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from consensus.fabric.base import (
+    Buffer,
+    Completion,
+    FabricError,
+    RegionClosed,
+    RemoteRegion,
+    ReplicaIdT,
+    UnknownPeer,
+    WriteRejected,
+)
+from consensus.fabric.memory import MemoryNetwork, MemoryRegion, MemoryRemote
+from consensus.sim.scheduler import Scheduler, SimKilled
+
+CONNECT_POLL_NS = 20_000  # how often connect() looks for a region that is not registered yet
+POSTED_LAND_ALL_P = 0.7  # probability that a poll lands every queued posted write
+EXCLUSIVE_REGION_NAMES = frozenset({"log"})  # regions that must have a single writer at a time
+
+
+class FabricObserver(Protocol):
+    def permission_changed(
+        self, owner: ReplicaIdT, name: str, writers: frozenset[ReplicaIdT], cause: str
+    ) -> None: ...
+
+    def write_landed(self, owner: ReplicaIdT, name: str, writer: ReplicaIdT) -> None: ...
+
+
+@dataclass(slots=True)
+class CrashTrigger:
+    """Crash ``writer`` after ``writes_left`` more successful writes to exclusive regions."""
+
+    writes_left: int
+    torn: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Posted:
+    remote: MemoryRemote
+    offset: int
+    data: bytes
+    wr_id: int
+
+
+class SimNetwork:
+    """All regions of a simulated cluster plus the fault hooks (one per run)."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        observer: FabricObserver,
+        crash: Callable[[ReplicaIdT, str], None],
+    ) -> None:
+        self.memory = MemoryNetwork()
+        self.scheduler = scheduler
+        self.observer = observer
+        self.crash = crash  # the world's crash: kills the replica's tasks
+        self.triggers: dict[ReplicaIdT, CrashTrigger] = {}
+        self.endpoints: dict[ReplicaIdT, SimFabric] = {}
+        self.writes_landed = 0
+        self.writes_rejected = 0
+
+    def endpoint(self, replica_id: ReplicaIdT) -> SimFabric:
+        """A fresh endpoint for a replica (incarnation); the old one is closed."""
+        old = self.endpoints.get(replica_id)
+        if old is not None:
+            old.close()
+        fabric = SimFabric(self, replica_id)
+        self.endpoints[replica_id] = fabric
+        return fabric
+
+    def land(self, writer: ReplicaIdT, remote: MemoryRemote, offset: int, data: Buffer) -> None:
+        """Apply one write now (no switch point); may fire ``writer``'s crash trigger."""
+        region = remote.region
+        trigger = self.triggers.get(writer)
+        exclusive = region.name in EXCLUSIVE_REGION_NAMES and region.owner != writer
+        if trigger is not None and exclusive and trigger.writes_left <= 1:
+            if trigger.torn and len(data) > 1 and region.may_write(writer):
+                self._land_torn(writer, region, offset, data)
+            else:
+                self._land_checked(writer, remote, offset, data)
+            del self.triggers[writer]
+            self.crash(writer, f"crash trigger after a write to {region.owner}.{region.name}")
+            raise SimKilled
+        self._land_checked(writer, remote, offset, data)
+        if trigger is not None and exclusive:
+            trigger.writes_left -= 1
+
+    def _land_checked(
+        self, writer: ReplicaIdT, remote: MemoryRemote, offset: int, data: Buffer
+    ) -> None:
+        try:
+            remote.write(offset, data)
+        except WriteRejected:
+            self.writes_rejected += 1
+            raise
+        self.writes_landed += 1
+        self.observer.write_landed(remote.owner, remote.name, writer)
+
+    def _land_torn(
+        self, writer: ReplicaIdT, region: MemoryRegion, offset: int, data: Buffer
+    ) -> None:
+        cut = self.scheduler.rng.randrange(1, len(data))
+        with region.lock:
+            region.memory[offset : offset + cut] = bytes(data[:cut])
+        self.scheduler.trace(f"torn write {writer}->{region.owner}.{region.name}@{offset}+{cut}")
+        self.observer.write_landed(region.owner, region.name, writer)
+
+    def change_permission(
+        self, owner: ReplicaIdT, name: str, peer: ReplicaIdT, grant: bool, cause: str
+    ) -> None:
+        """Grant or revoke without a switch point (used by the nemesis between two steps)."""
+        region = self.memory.region(owner, name)
+        assert region is not None, f"no region {owner}.{name}"
+        if grant:
+            region.grant_write(peer)
+        else:
+            region.revoke_write(peer)
+        self.scheduler.trace(f"{cause} {'grant' if grant else 'revoke'} {peer} on {owner}.{name}")
+        self.observer.permission_changed(owner, name, region.writers(), cause)
+
+    def close(self) -> None:
+        self.memory.close()
+
+
+class SimLocalRegion:
+    """The owner's view of a region (``LocalRegion``); permission changes are switch points."""
+
+    def __init__(self, network: SimNetwork, region: MemoryRegion) -> None:
+        self._network = network
+        self._region = region
+        self.name = region.name
+        self.size = region.size
+        self.buf = region.buf
+
+    def grant_write(self, peer: ReplicaIdT) -> None:
+        self._network.scheduler.switch(f"grant {peer} {self._region.owner}.{self.name}")
+        self._network.change_permission(self._region.owner, self.name, peer, True, "owner")
+
+    def revoke_write(self, peer: ReplicaIdT) -> None:
+        self._network.scheduler.switch(f"revoke {peer} {self._region.owner}.{self.name}")
+        self._network.change_permission(self._region.owner, self.name, peer, False, "owner")
+
+    def writers(self) -> frozenset[ReplicaIdT]:
+        return self._region.writers()
+
+
+class SimRemote:
+    """A handle on a peer's region (``RemoteRegion``); every operation is a switch point."""
+
+    def __init__(self, fabric: SimFabric, remote: MemoryRemote) -> None:
+        self._fabric = fabric
+        self.remote = remote
+        self.owner = remote.owner
+        self.name = remote.name
+        self.size = remote.size
+        self._tag = f"{fabric.replica_id}>{remote.owner}.{remote.name}"
+
+    def write(self, offset: int, data: Buffer) -> None:
+        fabric = self._fabric
+        fabric.check_open()
+        fabric.network.scheduler.switch(f"w {self._tag}@{offset}+{len(data)}")
+        fabric.check_open()
+        fabric.flush_posted()
+        fabric.network.land(fabric.replica_id, self.remote, offset, data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._fabric.check_open()
+        self._fabric.network.scheduler.switch(f"r {self._tag}@{offset}+{length}")
+        return self.remote.read(offset, length)
+
+    def read_into(self, offset: int, out: memoryview) -> None:
+        self._fabric.check_open()
+        self._fabric.network.scheduler.switch(f"r {self._tag}@{offset}+{len(out)}")
+        self.remote.read_into(offset, out)
+
+
+class SimFabric:
+    """One replica incarnation's endpoint (``Fabric``)."""
+
+    def __init__(self, network: SimNetwork, replica_id: ReplicaIdT) -> None:
+        self.network = network
+        self.replica_id = replica_id
+        self._posted: list[_Posted] = []
+        self._done: list[Completion] = []
+        self._closed = False
+
+    def check_open(self) -> None:
+        if self._closed:
+            raise RegionClosed(f"fabric endpoint of replica {self.replica_id} is closed")
+
+    def register(self, name: str, size: int) -> SimLocalRegion:
+        self.check_open()
+        region = self.network.memory.create(self.replica_id, name, size)
+        self.network.scheduler.trace(f"register {self.replica_id}.{name}")
+        return SimLocalRegion(self.network, region)
+
+    def connect(self, owner: ReplicaIdT, name: str, timeout_s: float) -> SimRemote:
+        scheduler = self.network.scheduler
+        deadline_ns = scheduler.now_ns + int(timeout_s * 1e9)
+        while True:
+            self.check_open()
+            region = self.network.memory.region(owner, name)
+            if region is not None:
+                scheduler.switch(f"connect {self.replica_id}>{owner}.{name}")
+                return SimRemote(self, MemoryRemote(self.replica_id, region))
+            if scheduler.now_ns >= deadline_ns:
+                raise UnknownPeer(f"replica {owner} has no region {name!r} after {timeout_s} s")
+            scheduler.sleep("connect wait", CONNECT_POLL_NS)
+
+    def post_write(self, remote: RemoteRegion, offset: int, data: Buffer, wr_id: int) -> None:
+        assert isinstance(remote, SimRemote), f"not a simulated region: {remote!r}"
+        self.check_open()
+        self.network.scheduler.switch(f"post {remote.owner}.{remote.name}@{offset}+{len(data)}")
+        self.check_open()
+        self._posted.append(_Posted(remote.remote, offset, bytes(data), wr_id))
+
+    def poll_completions(self, max_entries: int) -> list[Completion]:
+        self.check_open()
+        scheduler = self.network.scheduler
+        scheduler.switch("poll")
+        self.check_open()
+        if self._posted:
+            count = len(self._posted)
+            if scheduler.rng.random() >= POSTED_LAND_ALL_P:
+                count = scheduler.rng.randint(0, count)
+            self._land_posted(count)
+        done = self._done[:max_entries]
+        del self._done[:max_entries]
+        return done
+
+    def flush_posted(self) -> None:
+        if self._posted:
+            self._land_posted(len(self._posted))
+
+    def _land_posted(self, count: int) -> None:
+        batch = self._posted[:count]
+        del self._posted[:count]
+        for posted in batch:
+            try:
+                self.network.land(self.replica_id, posted.remote, posted.offset, posted.data)
+            except FabricError as error:
+                self._done.append(Completion(posted.wr_id, error))
+            else:
+                self._done.append(Completion(posted.wr_id, None))
+
+    def crash(self) -> None:
+        """The process died: a random prefix of the posted writes lands, the rest is lost."""
+        if self._posted and not self._closed:
+            keep = self.network.scheduler.rng.randint(0, len(self._posted))
+            batch, self._posted = self._posted[:keep], []
+            for posted in batch:
+                try:
+                    self.network.land(self.replica_id, posted.remote, posted.offset, posted.data)
+                except (FabricError, SimKilled):
+                    pass
+        self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._posted.clear()
