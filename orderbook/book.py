@@ -1,0 +1,313 @@
+"""One symbol's limit order book: add / cancel / replace with Liquibook's rules, plus queries.
+
+Rule 1: a command never raises on bad input: it returns a reject event with a reason and leaves
+        the book unchanged (validation happens before any mutation).
+Rule 2: an accepted add gets a sequence number (time priority of stops) and is Accepted before its
+        fills. A stop order waits off-book while the last trade price has not reached its stop
+        (buy: last < stop, sell: last > stop); with no trade yet it goes straight to the book, as
+        in Liquibook.
+Rule 3: replace (Liquibook's rule): the order leaves the book and is re-added at the new price and
+        quantity through full matching, so it always loses time priority, even for a pure
+        quantity decrease. A replace that would take the quantity below what is already filled
+        is rejected; one that takes it exactly to the filled quantity cancels the rest.
+Rule 4: after the command the book publishes DepthChanged (levels it touched) and BboChanged
+        (only when the best bid/ask price or quantity moved), depth first, as Liquibook does.
+Rule 5: `digest()` covers every bit of state that decides future events: resting orders in
+        priority order with open quantities, waiting stops in trigger order with sequence
+        numbers, the last trade price and the sequence counter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from sortedcontainers import SortedList
+
+from orderbook.constants import ORDER_ID_BYTES_MAX, PRICE_TICKS_MAX, QTY_MAX
+from orderbook.events import (
+    Accepted,
+    BboChanged,
+    Cancelled,
+    CancelRejected,
+    DepthChanged,
+    Event,
+    Level,
+    Rejected,
+    Replaced,
+    ReplaceRejected,
+)
+from orderbook.matching import Matcher
+from orderbook.side import BookSide, Order
+from orderbook.side import Level as BookLevel
+from orderbook.types import Side
+
+REASON_BAD_ID = f"order id must be a string of 1..{ORDER_ID_BYTES_MAX} UTF-8 bytes"
+REASON_BAD_SIDE = "side must be buy or sell"
+REASON_BAD_TYPE = "quantity, price and stop must be integers"
+REASON_DUPLICATE = "duplicate order id"
+REASON_QTY = "size must be positive"  # Liquibook's text
+REASON_QTY_MAX = f"size must be at most {QTY_MAX}"
+REASON_PRICE = "price must not be negative"
+REASON_PRICE_MAX = f"price must be at most {PRICE_TICKS_MAX}"
+REASON_STOP = "stop price must not be negative"
+REASON_STOP_MAX = f"stop price must be at most {PRICE_TICKS_MAX}"
+REASON_NOT_FOUND = "not found"  # Liquibook's text
+REASON_STOP_WAITING = "stop order has not triggered yet"
+REASON_BELOW_FILLED = "replace would lower quantity below filled quantity"
+REASON_DELTA_TYPE = "qty_delta and price must be integers"
+
+_DIGEST_ORDER = struct.Struct("<B?qqqq??")
+_DIGEST_HEAD = struct.Struct("<qqII")
+
+
+def valid_text(text: object, bytes_max: int) -> bool:
+    """True for a non-empty str of at most `bytes_max` UTF-8 bytes (lone surrogates fail)."""
+    if type(text) is not str or not text:
+        return False
+    if text.isascii():
+        return len(text) <= bytes_max
+    try:
+        return len(text.encode("utf-8")) <= bytes_max
+    except UnicodeEncodeError:
+        return False
+
+
+def check_terms(price: object, qty: object, stop: object) -> str | None:
+    """Reject reason for an add's numbers, or None when they are acceptable."""
+    if type(price) is not int or type(qty) is not int or type(stop) is not int:
+        return REASON_BAD_TYPE
+    if qty <= 0:
+        return REASON_QTY
+    if qty > QTY_MAX:
+        return REASON_QTY_MAX
+    if price < 0:
+        return REASON_PRICE
+    if price > PRICE_TICKS_MAX:
+        return REASON_PRICE_MAX
+    if stop < 0:
+        return REASON_STOP
+    if stop > PRICE_TICKS_MAX:
+        return REASON_STOP_MAX
+    return None
+
+
+class Book(Matcher):
+    """The limit order book of one symbol. Not thread-safe; deterministic."""
+
+    def __init__(self, symbol: str, orders: dict[str, Order] | None = None) -> None:
+        """`orders` is the id index, shared by every book of a Market (ids unique market-wide)."""
+        self.symbol = symbol
+        self.bids = BookSide(True)
+        self.asks = BookSide(False)
+        self.last_trade_price = 0
+        self._orders = {} if orders is None else orders
+        self._events = []
+        self._touched = []
+        self._stop_bids = SortedList()
+        self._stop_asks = SortedList()
+        self._stop_entries = {}
+        self._pending = []
+        self._seq = 0
+        self._bbo = (0, 0, 0, 0)
+
+    # ---- commands -------------------------------------------------------------------------
+
+    def add(self, order_id: str, side: Side, price: int, qty: int, stop: int = 0,
+            aon: bool = False, ioc: bool = False) -> list[Event]:
+        """Add an order (Rules 1-2). O(log L) plus O(1) per fill."""
+        events: list[Event] = []
+        self._events = events
+        reason = check_terms(price, qty, stop)
+        if not valid_text(order_id, ORDER_ID_BYTES_MAX):
+            reason = REASON_BAD_ID
+            order_id = order_id if type(order_id) is str else repr(order_id)
+        elif side is not Side.BUY and side is not Side.SELL:
+            reason = REASON_BAD_SIDE
+        elif order_id in self._orders:
+            reason = REASON_DUPLICATE
+        if reason is not None:
+            events.append(Rejected(order_id, reason))
+            return events
+        events.append(Accepted(order_id))
+        self._touched = []
+        self._seq += 1
+        order = Order(order_id, side is Side.BUY, price, qty, stop, bool(aon), bool(ioc), self)
+        self._orders[order_id] = order
+        if not (stop and self._hold_stop(order)):
+            self._submit(order)
+        if self._pending:
+            self._run_pending()
+        self._publish()
+        return events
+
+    def cancel(self, order_id: str) -> list[Event]:
+        """Cancel a resting or waiting stop order. O(1), O(log L) if its level empties."""
+        events: list[Event] = []
+        self._events = events
+        order = self._orders.get(order_id) if type(order_id) is str else None
+        if order is None or order.book is not self:
+            events.append(CancelRejected(str(order_id), REASON_NOT_FOUND))
+            return events
+        self._touched = []
+        del self._orders[order_id]
+        events.append(Cancelled(order_id, order.open_qty))
+        if order.level is None:
+            self._drop_stop(order)
+        else:
+            self._take_off(order)
+        self._publish()
+        return events
+
+    def replace(self, order_id: str, qty_delta: int = 0, price: int = 0) -> list[Event]:
+        """Change a resting order's quantity and/or price (Rule 3). Rematches like an add."""
+        events: list[Event] = []
+        self._events = events
+        order = self._orders.get(order_id) if type(order_id) is str else None
+        reason = None
+        if order is None or order.book is not self:
+            reason = REASON_NOT_FOUND
+        elif type(qty_delta) is not int or type(price) is not int:
+            reason = REASON_DELTA_TYPE
+        elif order.level is None:
+            reason = REASON_STOP_WAITING
+        elif price < 0:
+            reason = REASON_PRICE
+        elif price > PRICE_TICKS_MAX:
+            reason = REASON_PRICE_MAX
+        elif qty_delta < -order.open_qty:
+            reason = REASON_BELOW_FILLED
+        elif order.qty + qty_delta > QTY_MAX:
+            reason = REASON_QTY_MAX
+        if reason is not None or order is None:
+            events.append(ReplaceRejected(str(order_id), reason or REASON_NOT_FOUND))
+            return events
+        self._touched = []
+        new_price = price or order.price
+        order.qty += qty_delta
+        events.append(Replaced(order_id, order.qty, new_price))
+        open_qty = order.open_qty + qty_delta
+        self._take_off(order)
+        if open_qty == 0:
+            del self._orders[order_id]
+            events.append(Cancelled(order_id, 0))
+        else:
+            order.open_qty = open_qty
+            order.price = new_price
+            self._submit(order)
+            if self._pending:
+                self._run_pending()
+        self._publish()
+        return events
+
+    # ---- helpers (each mutates only what its name says) ---------------------------------------
+
+    def _take_off(self, order: Order) -> None:
+        """Unlink a resting order and drop its level if that emptied it."""
+        side = self.bids if order.is_buy else self.asks
+        level = side.unlink(order)
+        self._touched.append(level)
+        side.drop(level)
+
+    def _hold_stop(self, order: Order) -> bool:
+        """Park a stop order off-book unless the last trade already reached it (Rule 2)."""
+        last = self.last_trade_price
+        stop = order.stop
+        if not last or (last >= stop if order.is_buy else last <= stop):
+            return False
+        entry = (stop if order.is_buy else -stop, self._seq, order)
+        (self._stop_bids if order.is_buy else self._stop_asks).add(entry)
+        self._stop_entries[order.order_id] = entry
+        return True
+
+    def _drop_stop(self, order: Order) -> None:
+        entry = self._stop_entries.pop(order.order_id)
+        (self._stop_bids if order.is_buy else self._stop_asks).remove(entry)
+
+    def _publish(self) -> None:
+        """Append DepthChanged and BboChanged for what this command changed (Rule 4)."""
+        touched = self._touched
+        if not touched:
+            return
+        changed: dict[int, BookLevel] = {}
+        for level in touched:
+            if level.price:
+                changed[level.key] = level
+        self._touched = []
+        if not changed:
+            return
+        bids: list[Level] = []
+        asks: list[Level] = []
+        for key in sorted(changed):
+            level = changed[key]
+            (bids if level.is_buy else asks).append((level.price, level.qty, level.count))
+        self._events.append(DepthChanged(self.symbol, tuple(bids), tuple(asks)))
+        bbo = self.bbo()
+        if bbo != self._bbo:
+            self._bbo = bbo
+            self._events.append(BboChanged(self.symbol, *bbo))
+
+    # ---- queries ------------------------------------------------------------------------------
+
+    def bbo(self) -> tuple[int, int, int, int]:
+        """(bid price, bid qty, ask price, ask qty) of the best limit levels; 0s when empty."""
+        bid = self.bids.best_limit()
+        ask = self.asks.best_limit()
+        return (bid.price if bid else 0, bid.qty if bid else 0,
+                ask.price if ask else 0, ask.qty if ask else 0)
+
+    def depth(self, levels: int | None = None
+              ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        """Aggregated limit levels (price, open qty, order count), best first. O(L)."""
+        bids = [(lv.price, lv.qty, lv.count) for lv in self.bids.limit_levels()]
+        asks = [(lv.price, lv.qty, lv.count) for lv in self.asks.limit_levels()]
+        if levels is not None:
+            return bids[:levels], asks[:levels]
+        return bids, asks
+
+    def resting_orders(self) -> list[Order]:
+        """Every resting order, bids then asks, each in priority order. O(n)."""
+        result: list[Order] = []
+        for side in (self.bids, self.asks):
+            for key in side.keys:
+                result.extend(side.levels[key].orders())
+        return result
+
+    def stop_orders(self) -> list[Order]:
+        """Waiting stop orders, buy stops then sell stops, each in trigger order."""
+        return [entry[2] for entry in self._stop_bids] + [entry[2] for entry in self._stop_asks]
+
+    def order(self, order_id: str) -> Order | None:
+        """The live order with this id in this book, or None."""
+        order = self._orders.get(order_id)
+        return order if order is not None and order.book is self else None
+
+    def digest(self) -> bytes:
+        """sha256 of the canonical state (Rule 5)."""
+        hasher = hashlib.sha256()
+        self.digest_into(hasher)
+        return hasher.digest()
+
+    def digest_into(self, hasher: hashlib._Hash) -> None:
+        """Feed the canonical encoding of this book into `hasher`."""
+        symbol = self.symbol.encode("utf-8")
+        stops = self.stop_orders()
+        resting = self.resting_orders()
+        hasher.update(_DIGEST_HEAD.pack(self.last_trade_price, self._seq, len(resting),
+                                        len(stops)))
+        hasher.update(bytes([len(symbol)]) + symbol)
+        seqs = {entry[2].order_id: entry[1] for entry in self._stop_entries.values()}
+        for order in resting + stops:
+            order_id = order.order_id.encode("utf-8")
+            hasher.update(bytes([len(order_id)]) + order_id)
+            hasher.update(_DIGEST_ORDER.pack(1 if order.level is None else 0, order.is_buy,
+                                             order.price, order.qty, order.open_qty,
+                                             order.stop, order.aon, order.ioc))
+            if order.level is None:
+                hasher.update(struct.pack("<q", seqs[order.order_id]))
+
+    def _check(self) -> None:
+        """Assert every invariant (orderbook.checks); never mutates."""
+        from orderbook.checks import check_book
+
+        check_book(self)

@@ -1,0 +1,120 @@
+"""Compact binary encoding of commands for consensus log slots (struct, little-endian).
+
+Rule 1: layout = fixed header (precompiled struct) + order id bytes + symbol bytes (UTF-8); the
+        header carries version, kind, flags and both lengths, so the total length is exact.
+            add:     <B version><B kind=1><B flags: 1 sell, 2 aon, 4 ioc><B id_len><B sym_len>
+                     <q price><q qty><q stop>
+            cancel:  <B version><B kind=2><B flags: 8 has symbol><B id_len><B sym_len>
+            replace: <B version><B kind=3><B flags: 8 has symbol><B id_len><B sym_len>
+                     <q qty_delta><q price>
+Rule 2: decode(encode(c)) == c for every command encode accepts; encode raises ValueError for a
+        value the layout cannot hold (non-str id, id or symbol over 255 bytes, int outside int64);
+        values the layout holds but the book rejects (qty 0, long ids) encode fine.
+Rule 3: decode raises ValueError with a one-line reason on any malformed input, never another
+        exception and never a half-built command.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from orderbook.types import AddOrder, CancelOrder, Command, ReplaceOrder, Side
+
+CODEC_VERSION = 1
+KIND_ADD = 1
+KIND_CANCEL = 2
+KIND_REPLACE = 3
+FLAG_SELL = 1
+FLAG_AON = 2
+FLAG_IOC = 4
+FLAG_HAS_SYMBOL = 8
+TEXT_BYTES_MAX = 255
+"""Longest id or symbol the one-byte length fields hold."""
+
+_ADD = struct.Struct("<BBBBBqqq")
+_CANCEL = struct.Struct("<BBBBB")
+_REPLACE = struct.Struct("<BBBBBqq")
+_PREFIX = struct.Struct("<BBBBB")
+
+
+def _text_bytes(text: object, what: str) -> bytes:
+    if type(text) is not str:
+        raise ValueError(f"cannot encode {what}: expected str, got {type(text).__name__}")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"cannot encode {what}: not valid UTF-8 text ({exc.reason})") from None
+    if len(data) > TEXT_BYTES_MAX:
+        raise ValueError(f"cannot encode {what}: {len(data)} bytes > {TEXT_BYTES_MAX}")
+    return data
+
+
+def encode_command(cmd: Command) -> bytes:
+    """Bytes for `cmd` (Rule 1). Raises ValueError per Rule 2."""
+    order_id = _text_bytes(cmd.order_id, "order id")
+    symbol = b"" if cmd.symbol is None else _text_bytes(cmd.symbol, "symbol")
+    try:
+        if isinstance(cmd, AddOrder):
+            flags = ((FLAG_SELL if cmd.side is Side.SELL else 0) | (FLAG_AON if cmd.aon else 0)
+                     | (FLAG_IOC if cmd.ioc else 0))
+            if cmd.side is not Side.BUY and cmd.side is not Side.SELL:
+                raise ValueError(f"cannot encode side {cmd.side!r}")
+            head = _ADD.pack(CODEC_VERSION, KIND_ADD, flags, len(order_id), len(symbol),
+                             cmd.price, cmd.qty, cmd.stop)
+        elif isinstance(cmd, CancelOrder):
+            flags = 0 if cmd.symbol is None else FLAG_HAS_SYMBOL
+            head = _CANCEL.pack(CODEC_VERSION, KIND_CANCEL, flags, len(order_id), len(symbol))
+        elif isinstance(cmd, ReplaceOrder):
+            flags = 0 if cmd.symbol is None else FLAG_HAS_SYMBOL
+            head = _REPLACE.pack(CODEC_VERSION, KIND_REPLACE, flags, len(order_id), len(symbol),
+                                 cmd.qty_delta, cmd.price)
+        else:
+            raise ValueError(f"cannot encode {type(cmd).__name__}: not a command")
+    except struct.error as exc:
+        raise ValueError(f"cannot encode {type(cmd).__name__}: {exc}") from None
+    return head + order_id + symbol
+
+
+def _texts(data: bytes | memoryview, offset: int, id_len: int, sym_len: int) -> tuple[str, str]:
+    if len(data) != offset + id_len + sym_len:
+        raise ValueError(f"malformed command: {len(data)} bytes, header says "
+                         f"{offset + id_len + sym_len}")
+    try:
+        order_id = bytes(data[offset:offset + id_len]).decode("utf-8")
+        symbol = bytes(data[offset + id_len:]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("malformed command: order id or symbol is not UTF-8") from None
+    return order_id, symbol
+
+
+def decode_command(data: bytes | memoryview) -> Command:
+    """The command encoded in `data` (Rule 1); ValueError on malformed bytes (Rule 3)."""
+    if len(data) < _PREFIX.size:
+        raise ValueError(f"malformed command: {len(data)} bytes is shorter than a header")
+    version, kind, flags, id_len, sym_len = _PREFIX.unpack_from(data)
+    if version != CODEC_VERSION:
+        raise ValueError(f"malformed command: codec version {version}, expected {CODEC_VERSION}")
+    if kind == KIND_ADD:
+        if len(data) < _ADD.size:
+            raise ValueError("malformed command: add shorter than its header")
+        if flags & ~(FLAG_SELL | FLAG_AON | FLAG_IOC):
+            raise ValueError(f"malformed command: unknown add flags {flags:#x}")
+        _, _, _, _, _, price, qty, stop = _ADD.unpack_from(data)
+        order_id, symbol = _texts(data, _ADD.size, id_len, sym_len)
+        side = Side.SELL if flags & FLAG_SELL else Side.BUY
+        return AddOrder(order_id, symbol, side, price, qty, stop, bool(flags & FLAG_AON),
+                        bool(flags & FLAG_IOC))
+    if kind not in (KIND_CANCEL, KIND_REPLACE):
+        raise ValueError(f"malformed command: unknown kind {kind}")
+    if flags & ~FLAG_HAS_SYMBOL:
+        raise ValueError(f"malformed command: unknown flags {flags:#x}")
+    if not flags and sym_len:
+        raise ValueError("malformed command: symbol bytes without the has-symbol flag")
+    if kind == KIND_CANCEL:
+        order_id, symbol = _texts(data, _CANCEL.size, id_len, sym_len)
+        return CancelOrder(order_id, symbol if flags else None)
+    if len(data) < _REPLACE.size:
+        raise ValueError("malformed command: replace shorter than its header")
+    _, _, _, _, _, qty_delta, price = _REPLACE.unpack_from(data)
+    order_id, symbol = _texts(data, _REPLACE.size, id_len, sym_len)
+    return ReplaceOrder(order_id, qty_delta, price, symbol if flags else None)

@@ -1,0 +1,93 @@
+"""Many symbols: one Book per symbol and the market-wide order id index.
+
+Rule 1: `apply(command)` never raises on bad input; it returns the book's events, or one reject
+        event when the symbol is invalid or (for cancel/replace) the id is unknown.
+Rule 2: order ids are unique among live orders (resting or waiting stops) of the whole market,
+        so a cancel or replace may omit the symbol; an id becomes free again once its order is
+        filled or cancelled.
+Rule 3: books are created on the first valid add for a symbol and never removed; `digest()`
+        hashes every book in sorted symbol order, so equal command streams give equal digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from orderbook.book import REASON_NOT_FOUND, Book, valid_text
+from orderbook.constants import SYMBOL_BYTES_MAX
+from orderbook.events import CancelRejected, Event, Rejected, ReplaceRejected
+from orderbook.side import Order
+from orderbook.types import AddOrder, CancelOrder, Command, ReplaceOrder
+
+REASON_BAD_SYMBOL = f"symbol must be a string of 1..{SYMBOL_BYTES_MAX} UTF-8 bytes"
+REASON_BAD_COMMAND = "not a command"
+
+
+class Market:
+    """The replicated state machine of the exchange: commands in, events out."""
+
+    def __init__(self) -> None:
+        self._books: dict[str, Book] = {}
+        self._orders: dict[str, Order] = {}
+
+    def apply(self, cmd: Command) -> list[Event]:
+        """Run one command; see Rule 1. Cost: the book operation's."""
+        kind = type(cmd)
+        if kind is AddOrder:
+            assert isinstance(cmd, AddOrder)
+            book = self._books.get(cmd.symbol)
+            if book is None:
+                if not valid_text(cmd.symbol, SYMBOL_BYTES_MAX):
+                    return [Rejected(str(cmd.order_id), REASON_BAD_SYMBOL)]
+                book = self._books[cmd.symbol] = Book(cmd.symbol, self._orders)
+            return book.add(cmd.order_id, cmd.side, cmd.price, cmd.qty, cmd.stop, cmd.aon,
+                            cmd.ioc)
+        if kind is CancelOrder:
+            assert isinstance(cmd, CancelOrder)
+            book = self._book_of(cmd.order_id, cmd.symbol)
+            if book is None:
+                return [CancelRejected(str(cmd.order_id), REASON_NOT_FOUND)]
+            return book.cancel(cmd.order_id)
+        if kind is ReplaceOrder:
+            assert isinstance(cmd, ReplaceOrder)
+            book = self._book_of(cmd.order_id, cmd.symbol)
+            if book is None:
+                return [ReplaceRejected(str(cmd.order_id), REASON_NOT_FOUND)]
+            return book.replace(cmd.order_id, cmd.qty_delta, cmd.price)
+        return [Rejected(str(getattr(cmd, "order_id", "")), REASON_BAD_COMMAND)]
+
+    def _book_of(self, order_id: object, symbol: str | None) -> Book | None:
+        """The book holding live order `order_id` (and named `symbol`, if given)."""
+        order = self._orders.get(order_id) if type(order_id) is str else None
+        if order is None:
+            return None
+        if symbol is not None and order.book.symbol != symbol:
+            return None
+        return order.book
+
+    def symbols(self) -> list[str]:
+        """Symbols with a book, sorted."""
+        return sorted(self._books)
+
+    def book(self, symbol: str) -> Book | None:
+        return self._books.get(symbol)
+
+    def order_count(self) -> int:
+        """Live orders (resting plus waiting stops) over all books."""
+        return len(self._orders)
+
+    def digest(self) -> bytes:
+        """sha256 over every book's canonical state, symbols sorted (Rule 3)."""
+        hasher = hashlib.sha256()
+        for symbol in self.symbols():
+            self._books[symbol].digest_into(hasher)
+        return hasher.digest()
+
+    def _check(self) -> None:
+        """Assert every invariant of every book and of the shared id index."""
+        live = 0
+        for symbol in self.symbols():
+            book = self._books[symbol]
+            book._check()
+            live += len(book.resting_orders()) + len(book.stop_orders())
+        assert live == len(self._orders), (live, len(self._orders))

@@ -1,0 +1,270 @@
+"""Matching: Liquibook's add_order / match_order / check_deferred_aons, on our side structures.
+
+Rule 1 (price): an inbound order matches resting orders in priority order (market orders first,
+        then best price, then time) while their price crosses: a buy at P matches asks <= P, a
+        sell at P matches bids >= P, a market order (P = 0) matches everything.
+Rule 2 (trade price): the resting order's price; if it is a market order, the inbound's price;
+        if that is market too, the last trade price; with none of these there is no trade.
+Rule 3 (all-or-none): an AON order fills completely in one pass or not at all, resting or
+        inbound. A resting AON too big for the inbound's remaining quantity is skipped (deferred),
+        never blocking the orders behind it. An inbound AON collects matching orders (deferred
+        matches) until their quantity covers it, then trades them in priority order.
+Rule 4 (rest): what is left of a non-IOC order rests at the back of its level; then every resting
+        AON the inbound had skipped gets one chance to match against the inbound's side.
+Rule 5 (IOC): what is left of an IOC order is cancelled (Cancelled event), never rests.
+Rule 6 (stops): each trade sets the last trade price; stop orders it reaches (buy: price >= stop,
+        sell: price <= stop) queue as pending and are submitted after the current order, in the
+        order they were accepted; their trades may trigger further stops (cascade).
+
+Deviation from Liquibook, on purpose (see docs/orderbook.md): resting orders that cannot get a
+trade price (market against market before any trade) are skipped by AON matching instead of
+leaving an AON order partially filled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sortedcontainers import SortedList
+
+from orderbook.events import Cancelled, Event, Filled, Trade
+from orderbook.side import BookSide, Level, Order
+
+INF_KEY = 1 << 63
+"""Limit key of a market order: every resting key is <= it."""
+
+QTY_UNLIMITED = 1 << 63
+"""max_qty argument meaning "no cap" in _cross."""
+
+
+def limit_key(order: Order) -> int:
+    """Key bound on the opposite side: resting keys <= this cross `order` (Rule 1)."""
+    price = order.price
+    if not price:
+        return INF_KEY
+    return price if order.is_buy else -price
+
+
+def iter_crossing(side: BookSide, bound: int) -> Iterator[Order]:
+    """Resting orders of `side` with key <= bound, in priority order.
+
+    Safe while the consumer fills or unlinks the order just yielded or earlier ones; the caller
+    must not add or remove levels until the iteration ends.
+    """
+    levels = side.levels
+    for key in side.keys.irange(maximum=bound):
+        order = levels[key].head
+        while order is not None:
+            nxt = order.next
+            yield order
+            order = nxt
+
+
+class Matcher:
+    """The matching half of Book: state is declared here, commands live in orderbook.book."""
+
+    symbol: str
+    bids: BookSide
+    asks: BookSide
+    last_trade_price: int
+    _orders: dict[str, Order]
+    _events: list[Event]
+    _touched: list[Level]
+    _stop_bids: SortedList  # (stop, seq, order): triggered when last >= stop
+    _stop_asks: SortedList  # (-stop, seq, order): triggered when last <= stop
+    _stop_entries: dict[str, tuple[int, int, Order]]
+    _pending: list[tuple[int, Order]]
+
+    def _submit(self, order: Order) -> None:
+        """Match `order`, then rest it, cancel its IOC remainder, or retire it (Rules 1-5)."""
+        assert order.level is None
+        assert order.open_qty > 0
+        if order.is_buy:
+            opp, own = self.asks, self.bids
+        else:
+            opp, own = self.bids, self.asks
+        deferred: list[Order] = []
+        bound = limit_key(order)
+        keys = opp.keys
+        if keys and keys[0] <= bound:
+            if order.aon:
+                self._match_aon(order, bound, opp, deferred)
+            else:
+                self._match_regular(order, bound, opp, deferred)
+            self._prune()
+        if not order.open_qty:
+            self._orders.pop(order.order_id, None)
+        elif order.ioc:
+            self._events.append(Cancelled(order.order_id, order.open_qty))
+            del self._orders[order.order_id]
+        else:
+            self._touched.append(own.rest(order))
+            if deferred:
+                for aon in deferred:
+                    if aon.open_qty and aon.level is not None:
+                        self._match_aon(aon, limit_key(aon), own, [])
+                self._prune()
+
+    def _prune(self) -> None:
+        """Drop levels emptied by fills (Rule 4 of orderbook.side)."""
+        bids, asks = self.bids, self.asks
+        for level in self._touched:
+            if level.count == 0:
+                (bids if level.is_buy else asks).drop(level)
+
+    def _match_regular(self, inbound: Order, bound: int, opp: BookSide,
+                       deferred: list[Order]) -> None:
+        """Liquibook's match_regular_order, level by level (hot path: kept flat)."""
+        keys = opp.keys
+        levels = opp.levels
+        touched_append = self._touched.append
+        events_append = self._events.append
+        orders = self._orders
+        symbol = self.symbol
+        in_id = inbound.order_id
+        in_price = inbound.price
+        remaining = inbound.open_qty
+        count = len(keys)
+        index = 0
+        while index < count:
+            key = keys[index]
+            if key > bound:
+                break
+            index += 1
+            level = levels[key]
+            price = level.price or in_price or self.last_trade_price
+            if not price:
+                continue
+            touched_append(level)
+            order = level.head
+            while order is not None:
+                nxt = order.next
+                qty = order.open_qty
+                if order.aon and qty > remaining:
+                    deferred.append(order)
+                else:
+                    fill = qty if qty < remaining else remaining
+                    remaining -= fill
+                    order.open_qty = qty - fill
+                    level.qty -= fill
+                    contra_id = order.order_id
+                    events_append(Filled(in_id, contra_id, price, fill))
+                    events_append(Filled(contra_id, in_id, price, fill))
+                    events_append(Trade(symbol, price, fill))
+                    if fill == qty:
+                        opp.unlink(order)
+                        del orders[contra_id]
+                    if price != self.last_trade_price:
+                        self._set_last_trade_price(price)
+                    if not remaining:
+                        break
+                order = nxt
+            if not remaining:
+                break
+        inbound.open_qty = remaining
+
+    def _match_aon(self, inbound: Order, bound: int, opp: BookSide,
+                   deferred_aons: list[Order]) -> None:
+        """Liquibook's match_aon_order: fill `inbound` completely or not at all."""
+        remaining = inbound.open_qty
+        deferred_qty = 0
+        matches: list[Order] = []
+        for current in iter_crossing(opp, bound):
+            if not inbound.open_qty:
+                break
+            if not (current.price or inbound.price or self.last_trade_price):
+                continue  # no trade price: skip (deviation, see module docstring)
+            current_qty = current.open_qty
+            if current.aon:
+                if current_qty > remaining:
+                    deferred_aons.append(current)
+                elif remaining <= current_qty + deferred_qty:
+                    need = remaining - current_qty
+                    if need == self._deferred_trades(inbound, matches, need, need):
+                        remaining -= need
+                        remaining -= self._cross(inbound, current, QTY_UNLIMITED)
+                else:
+                    deferred_qty += current_qty
+                    matches.append(current)
+            elif remaining <= current_qty + deferred_qty:
+                least = remaining - current_qty if remaining > current_qty else 0
+                traded = self._deferred_trades(inbound, matches, remaining, least)
+                if remaining <= current_qty + traded:
+                    traded += self._cross(inbound, current, QTY_UNLIMITED)
+                    remaining -= traded
+            else:
+                deferred_qty += current_qty
+                matches.append(current)
+
+    def _deferred_trades(self, inbound: Order, matches: list[Order], most: int,
+                         least: int) -> int:
+        """Liquibook's try_create_deferred_trades: trade between `least` and `most` units
+        against the collected matches in priority order (AONs whole or not at all)."""
+        plan: list[int] = []
+        found = 0
+        for current in matches:
+            if found >= most:
+                break
+            qty = current.open_qty
+            if found + qty > most:
+                qty = 0 if current.aon else most - found
+            found += qty
+            plan.append(qty)
+        traded = 0
+        if least <= found <= most:
+            for current, qty in zip(matches, plan, strict=False):
+                if traded >= found:
+                    break
+                if qty:
+                    traded += self._cross(inbound, current, qty)
+        return traded
+
+    def _cross(self, inbound: Order, current: Order, most: int) -> int:
+        """Trade inbound against resting `current` for up to `most` units (Rule 2)."""
+        price = current.price or inbound.price or self.last_trade_price
+        qty = min(most, inbound.open_qty, current.open_qty)
+        if not price or qty <= 0:
+            return 0
+        for order in (inbound, current):
+            order.open_qty -= qty
+            level = order.level
+            if level is not None:
+                level.qty -= qty
+                self._touched.append(level)
+                if not order.open_qty:
+                    (self.bids if order.is_buy else self.asks).unlink(order)
+            if not order.open_qty:
+                self._orders.pop(order.order_id, None)
+        events = self._events
+        events.append(Filled(inbound.order_id, current.order_id, price, qty))
+        events.append(Filled(current.order_id, inbound.order_id, price, qty))
+        events.append(Trade(self.symbol, price, qty))
+        if price != self.last_trade_price:
+            self._set_last_trade_price(price)
+        return qty
+
+    def _set_last_trade_price(self, price: int) -> None:
+        """Record a trade price and move the stop orders it reaches to pending (Rule 6)."""
+        self.last_trade_price = price
+        if not self._stop_entries:
+            return
+        entries = self._stop_entries
+        pending = self._pending
+        stops = self._stop_bids
+        while stops and stops[0][0] <= price:
+            _, seq, order = stops.pop(0)
+            del entries[order.order_id]
+            pending.append((seq, order))
+        stops = self._stop_asks
+        while stops and stops[0][0] <= -price:
+            _, seq, order = stops.pop(0)
+            del entries[order.order_id]
+            pending.append((seq, order))
+
+    def _run_pending(self) -> None:
+        """Submit triggered stops in acceptance order, round after round (cascade)."""
+        while self._pending:
+            batch = sorted(self._pending, key=lambda item: item[0])
+            self._pending = []
+            for _, order in batch:
+                self._submit(order)

@@ -1,0 +1,156 @@
+"""Resting orders: one side of a book as price levels, each a FIFO of orders.
+
+Rule 1: `keys` (a SortedList) holds exactly the keys of `levels`, and a key sorts in priority
+        order: asks by price, bids by -price, market orders (price 0) first on both sides
+        (asks key 0, bids key BID_MARKET_KEY), as Liquibook's ComparablePrice sorts them.
+Rule 2: a level's orders form a doubly linked list (head = oldest = first to fill); `qty` and
+        `count` are the sum of their open quantities and their number. O(1) append and unlink.
+Rule 3: a resting order has open_qty > 0 and `level` set; an order off the book has level None.
+Rule 4: an emptied level may linger (count 0) only inside one matching pass; `drop` removes it.
+
+Costs: rest O(log L) for a new level (L levels), O(1) for an existing one; unlink O(1).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sortedcontainers import SortedList
+
+from orderbook.constants import BID_MARKET_KEY
+
+if TYPE_CHECKING:
+    from orderbook.book import Book
+
+
+class Order:
+    """An accepted order: its terms, its open quantity, and its place in the book.
+
+    `qty` is the order quantity (changed by replace), `open_qty` what is left to fill.
+    """
+
+    __slots__ = ("order_id", "is_buy", "price", "qty", "open_qty", "stop", "aon", "ioc",
+                 "book", "level", "prev", "next")
+
+    def __init__(self, order_id: str, is_buy: bool, price: int, qty: int, stop: int,
+                 aon: bool, ioc: bool, book: Book) -> None:
+        self.order_id = order_id
+        self.is_buy = is_buy
+        self.price = price
+        self.qty = qty
+        self.open_qty = qty
+        self.stop = stop
+        self.aon = aon
+        self.ioc = ioc
+        self.book = book
+        self.level: Level | None = None
+        self.prev: Order | None = None
+        self.next: Order | None = None
+
+
+class Level:
+    """All resting orders of one side at one price, oldest first."""
+
+    __slots__ = ("price", "key", "is_buy", "head", "tail", "qty", "count")
+
+    def __init__(self, price: int, key: int, is_buy: bool) -> None:
+        self.price = price
+        self.key = key
+        self.is_buy = is_buy
+        self.head: Order | None = None
+        self.tail: Order | None = None
+        self.qty = 0
+        self.count = 0
+
+    def orders(self) -> list[Order]:
+        """The level's orders in time priority. O(count)."""
+        result: list[Order] = []
+        order = self.head
+        while order is not None:
+            result.append(order)
+            order = order.next
+        return result
+
+
+class BookSide:
+    """Bids or asks: levels by sort key plus the sorted list of keys."""
+
+    __slots__ = ("is_buy", "keys", "levels")
+
+    def __init__(self, is_buy: bool) -> None:
+        self.is_buy = is_buy
+        self.keys = SortedList()
+        self.levels: dict[int, Level] = {}
+
+    def key_of(self, price: int) -> int:
+        """Sort key of a price on this side (Rule 1)."""
+        if not self.is_buy:
+            return price
+        return -price if price else BID_MARKET_KEY
+
+    def rest(self, order: Order) -> Level:
+        """Append `order` at the back of its price level, creating the level if needed."""
+        assert order.level is None
+        assert order.open_qty > 0
+        price = order.price
+        key = -price if self.is_buy and price else (BID_MARKET_KEY if self.is_buy else price)
+        level = self.levels.get(key)
+        if level is None:
+            level = Level(price, key, self.is_buy)
+            self.levels[key] = level
+            self.keys.add(key)
+        order.price = level.price  # share one int object per level (memory)
+        tail = level.tail
+        order.prev = tail
+        order.next = None
+        if tail is None:
+            level.head = order
+        else:
+            tail.next = order
+        level.tail = order
+        level.qty += order.open_qty
+        level.count += 1
+        order.level = level
+        return level
+
+    def unlink(self, order: Order) -> Level:
+        """Take `order` out of its level (which may become empty; see `drop`). O(1)."""
+        level = order.level
+        assert level is not None
+        prev = order.prev
+        nxt = order.next
+        if prev is None:
+            level.head = nxt
+        else:
+            prev.next = nxt
+        if nxt is None:
+            level.tail = prev
+        else:
+            nxt.prev = prev
+        level.qty -= order.open_qty
+        level.count -= 1
+        order.level = order.prev = order.next = None
+        return level
+
+    def drop(self, level: Level) -> None:
+        """Remove `level` if it is empty and still in this side. O(log L)."""
+        if level.count == 0 and self.levels.get(level.key) is level:
+            del self.levels[level.key]
+            self.keys.remove(level.key)
+
+    def best_limit(self) -> Level | None:
+        """The best level with a limit price (market orders are not part of depth)."""
+        keys = self.keys
+        if not keys:
+            return None
+        key = keys[0]
+        if key == 0 or key == BID_MARKET_KEY:
+            if len(keys) == 1:
+                return None
+            key = keys[1]
+        return self.levels[key]
+
+    def limit_levels(self) -> list[Level]:
+        """Every limit level, best first. O(L)."""
+        levels = self.levels
+        return [levels[key] for key in self.keys if key != 0 and key != BID_MARKET_KEY]
