@@ -84,6 +84,7 @@ class SimNetwork:
         self.endpoints: dict[ReplicaIdT, SimFabric] = {}
         self.writes_landed = 0
         self.writes_rejected = 0
+        self.permission_epochs: dict[tuple[ReplicaIdT, str], int] = {}
 
     def endpoint(self, replica_id: ReplicaIdT) -> SimFabric:
         """A fresh endpoint for a replica (incarnation); the old one is closed."""
@@ -141,6 +142,8 @@ class SimNetwork:
             region.grant_write(peer)
         else:
             region.revoke_write(peer)
+        key = (owner, name)
+        self.permission_epochs[key] = self.permission_epochs.get(key, 0) + 1
         self.scheduler.trace(f"{cause} {'grant' if grant else 'revoke'} {peer} on {owner}.{name}")
         self.observer.permission_changed(owner, name, region.writers(), cause)
 

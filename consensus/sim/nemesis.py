@@ -1,0 +1,243 @@
+"""The simulator's nemesis: faults at random simulated times during the fault phase, all healed at
+``plan.heal_ns``.
+
+Rule 1: every choice comes from the scheduler's seeded RNG, with the baton held.
+Rule 2: at most ``f = (n - 1) // 2`` replicas are down at once (crashed, SIGSTOPped, paused through
+        the hook, or armed to crash mid-write), so a majority could always make progress; safety
+        is checked regardless, liveness only after the heal.
+Rule 3: the faults are the physically possible ones: a crash (tasks killed at their next switch
+        point, regions kept, restart re-attaches them), a crash of the leader between two writes
+        of one entry to different followers (whole or torn), SIGSTOP/SIGCONT, the replica's own
+        pause hook, slowing a replica's steps, and a transient loss of write permission: the
+        current holder of a follower's log is revoked and, later, the same holder is re-granted
+        only if nobody changed that region's permissions in between (never a second writer).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from consensus.sim.fabric import CrashTrigger
+from consensus.sim.plan import NS_PER_MS
+from consensus.sim.scheduler import WORLD_OWNER
+
+if TYPE_CHECKING:
+    from consensus.sim.world import Node, World
+
+FAULT_WEIGHTS: tuple[tuple[str, int], ...] = (
+    ("crash", 3),
+    ("crash-leader-mid-write", 3),
+    ("sigstop", 3),
+    ("pause-hook", 2),
+    ("slow", 2),
+    ("revoke", 2),
+)
+FAULT_DURATION_NS_MIN = 100_000
+FAULT_DURATION_NS_MAX = 6 * NS_PER_MS
+LEADER_TARGET_P = 0.6  # share of stop/pause faults aimed at the current leader
+TORN_WRITE_P = 0.3
+LOG_REGION = "log"
+
+
+class Nemesis:
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.scheduler = world.scheduler
+        self.rng = world.scheduler.rng
+        self.counts: Counter[str] = Counter()
+        self.revoked: list[tuple[int, int, int]] = []  # (owner, holder, epoch after revoke)
+        self.healed = False
+
+    # ---------------------------------------------------------------- planning
+    def schedule(self) -> None:
+        plan = self.world.plan
+        rate_per_ns = plan.faults_per_ms / NS_PER_MS
+        at = 0.0
+        while True:
+            at += self.rng.expovariate(rate_per_ns)
+            if at >= plan.heal_ns:
+                return
+            self.scheduler.at(int(at), self.strike)
+
+    def strike(self) -> None:
+        if self.healed:
+            return
+        kinds = [k for k, _ in FAULT_WEIGHTS]
+        kind = self.rng.choices(kinds, [w for _, w in FAULT_WEIGHTS])[0]
+        strike = {
+            "crash": self.crash,
+            "crash-leader-mid-write": self.crash_leader_mid_write,
+            "sigstop": self.sigstop,
+            "pause-hook": self.pause_hook,
+            "slow": self.slow,
+            "revoke": self.revoke,
+        }[kind]
+        if strike():
+            self.counts[kind] += 1
+            self.scheduler.trace(f"fault {kind}")
+
+    def duration_ns(self) -> int:
+        return self.rng.randint(FAULT_DURATION_NS_MIN, FAULT_DURATION_NS_MAX)
+
+    def later(self, action: object) -> None:
+        assert callable(action)
+        self.scheduler.at(self.scheduler.now_ns + self.duration_ns(), action)
+
+    # ------------------------------------------------------------------ targets
+    def down(self) -> int:
+        triggers = self.world.network.triggers
+        return sum(
+            1
+            for n in self.world.nodes.values()
+            if not n.up or n.stopped or n.hook_paused or n.replica_id in triggers
+        )
+
+    def budget_left(self) -> bool:
+        return self.down() < (len(self.world.nodes) - 1) // 2
+
+    def healthy(self) -> list[Node]:
+        triggers = self.world.network.triggers
+        return [
+            n
+            for n in self.world.nodes.values()
+            if n.up and not n.stopped and not n.hook_paused and n.replica_id not in triggers
+        ]
+
+    def pick(self, leader_p: float) -> Node | None:
+        nodes = self.healthy()
+        if not nodes:
+            return None
+        leaders = [n for n in nodes if n.is_leader]
+        if leaders and self.rng.random() < leader_p:
+            return leaders[0]
+        return nodes[self.rng.randrange(len(nodes))]
+
+    # ------------------------------------------------------------------- faults
+    def crash(self) -> bool:
+        node = self.pick(0.3)
+        if node is None or not self.budget_left():
+            return False
+        self.world.crash(node.replica_id, "nemesis crash")
+        return True
+
+    def after_crash(self, node: Node) -> None:
+        """A replica crashed (nemesis or trigger): restart it after a while (or at the heal)."""
+        incarnation = node.incarnation
+
+        def restart() -> None:
+            if not node.up and node.incarnation == incarnation and not self.healed:
+                self.world.boot(node)
+
+        self.later(restart)
+
+    def crash_leader_mid_write(self) -> bool:
+        nodes = [n for n in self.healthy() if n.is_leader]
+        if not nodes or not self.budget_left():
+            return False
+        writes = self.rng.randint(1, 2 * (len(self.world.nodes) - 1))
+        torn = self.rng.random() < TORN_WRITE_P
+        self.world.network.triggers[nodes[0].replica_id] = CrashTrigger(writes, torn)
+        return True
+
+    def sigstop(self) -> bool:
+        node = self.pick(LEADER_TARGET_P)
+        if node is None or not self.budget_left():
+            return False
+        node.stopped = True
+        self.scheduler.paused.add(node.replica_id)
+        incarnation = node.incarnation
+
+        def sigcont() -> None:
+            if node.incarnation == incarnation and node.stopped:
+                node.stopped = False
+                self.scheduler.paused.discard(node.replica_id)
+
+        self.later(sigcont)
+        return True
+
+    def pause_hook(self) -> bool:
+        node = self.pick(LEADER_TARGET_P)
+        if node is None or node.replica is None or not self.budget_left():
+            return False
+        node.hook_paused = True
+        self.call_hook(node, "pause")
+        incarnation = node.incarnation
+
+        def resume() -> None:
+            if node.incarnation == incarnation and node.hook_paused and node.up:
+                node.hook_paused = False
+                self.call_hook(node, "resume")
+
+        self.later(resume)
+        return True
+
+    def call_hook(self, node: Node, which: str) -> None:
+        """Call ``replica.pause()``/``resume()`` from a task of that replica (as the FIFO would)."""
+        replica, runtime = node.replica, node.runtime
+        assert replica is not None and runtime is not None
+        hook = replica.pause if which == "pause" else replica.resume
+        runtime.spawn(f"nemesis-{which}", hook)
+
+    def slow(self) -> bool:
+        node = self.pick(0.5)
+        if node is None:
+            return False
+        replica_id, incarnation = node.replica_id, node.incarnation
+        self.scheduler.slowed.add(replica_id)
+
+        def unslow() -> None:
+            if node.incarnation == incarnation:
+                self.scheduler.slowed.discard(replica_id)
+
+        self.later(unslow)
+        return True
+
+    def revoke(self) -> bool:
+        network = self.world.network
+        owners = [n.replica_id for n in self.world.nodes.values()]
+        owner = owners[self.rng.randrange(len(owners))]
+        region = network.memory.region(owner, LOG_REGION)
+        if region is None:
+            return False
+        holders = sorted(region.writers())
+        if len(holders) != 1:
+            return False
+        network.change_permission(owner, LOG_REGION, holders[0], False, "nemesis")
+        entry = (owner, holders[0], network.permission_epochs[(owner, LOG_REGION)])
+        self.revoked.append(entry)
+        self.later(lambda: self.restore(entry))
+        return True
+
+    def restore(self, entry: tuple[int, int, int]) -> None:
+        """Re-grant a revoked holder, only if nobody touched the region's permissions since."""
+        if entry not in self.revoked:
+            return
+        self.revoked.remove(entry)
+        owner, holder, epoch = entry
+        network = self.world.network
+        region = network.memory.region(owner, LOG_REGION)
+        unchanged = network.permission_epochs.get((owner, LOG_REGION)) == epoch
+        if region is not None and unchanged and not region.writers():
+            network.change_permission(owner, LOG_REGION, holder, True, "nemesis")
+
+    # -------------------------------------------------------------------- heal
+    def heal(self) -> None:
+        """End every fault: resume, un-slow, disarm, restore permissions, restart the crashed."""
+        self.healed = True
+        world = self.world
+        world.network.triggers.clear()
+        self.scheduler.slowed.clear()
+        for entry in list(self.revoked):
+            self.restore(entry)
+        for node in world.nodes.values():
+            if not node.up:
+                world.boot(node)
+                continue
+            if node.stopped:
+                node.stopped = False
+                self.scheduler.paused.discard(node.replica_id)
+            if node.hook_paused:
+                node.hook_paused = False
+                self.call_hook(node, "resume")
+        assert not self.scheduler.paused or WORLD_OWNER not in self.scheduler.paused

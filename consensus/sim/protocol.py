@@ -1,0 +1,98 @@
+"""How the world builds a replica: the protocol under test behind one small adapter.
+
+Rule 1: the default adapter builds the production ``consensus.Replica`` with a ``ReplicaConfig``
+        whose timeouts suit simulated time; nothing else of the protocol is replaced or copied.
+Rule 2: ``expected_errors`` are the exceptions ``propose`` may raise without that being a bug
+        (not the leader, timed out): the client backs off and proposes a new payload; an entry
+        whose proposal raised is never counted as acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from consensus.fabric.base import Fabric
+from consensus.registry.base import Registry
+from consensus.runtime import Runtime
+
+OnCommit = Callable[[int, bytes], None]
+OnLeaderChange = Callable[[int | None, bool], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSpec:
+    replica_id: int
+    members: tuple[int, ...]
+    payload_bytes_max: int
+    log_slots: int
+    restarted: bool  # a new incarnation re-attaching the regions of a crashed one
+
+
+class ReplicaLike(Protocol):
+    """The part of ``consensus.Replica``'s public API the simulator drives."""
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def propose(self, payload: bytes, timeout_s: float = ...) -> int: ...
+
+    def propose_many(self, payloads: Sequence[bytes], timeout_s: float = ...) -> list[int]: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class ReplicaFactory(Protocol):
+    def __call__(
+        self,
+        spec: ReplicaSpec,
+        fabric: Fabric,
+        registry: Registry,
+        runtime: Runtime,
+        on_commit: OnCommit,
+        on_leader_change: OnLeaderChange,
+    ) -> ReplicaLike: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolAdapter:
+    name: str
+    build: ReplicaFactory
+    expected_errors: tuple[type[Exception], ...]
+
+
+def mu_protocol() -> ProtocolAdapter:
+    """The production Mu replica (``consensus.Replica``)."""
+    from consensus import NotLeader, ProposalTimeout, Replica, ReplicaConfig
+
+    def build(
+        spec: ReplicaSpec,
+        fabric: Fabric,
+        registry: Registry,
+        runtime: Runtime,
+        on_commit: OnCommit,
+        on_leader_change: OnLeaderChange,
+    ) -> ReplicaLike:
+        config = ReplicaConfig(
+            replica_id=spec.replica_id,
+            members=spec.members,
+            payload_size_max=spec.payload_bytes_max,
+            log_slots=spec.log_slots,
+        )
+        return Replica(
+            config,
+            fabric,
+            registry,
+            runtime=runtime,
+            on_commit=on_commit,
+            on_leader_change=on_leader_change,
+        )
+
+    return ProtocolAdapter("mu", build, (NotLeader, ProposalTimeout))

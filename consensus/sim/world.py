@@ -1,0 +1,276 @@
+"""The simulated world: N replicas of the real protocol code on the simulated fabric, their clients,
+the nemesis, and the checkers, driven by one seed.
+
+Rule 1: the replicas run the production protocol code (``consensus.Replica`` by default, through
+        ``consensus.sim.protocol``); only their ``Runtime``, fabric endpoint and registry are
+        simulated.
+Rule 2: each replica incarnation owns its tasks (boot, the protocol's activities, its client), so
+        a crash kills all of them; a restarted incarnation re-attaches the surviving regions.
+Rule 3: every payload is proposed once (a unique counter in its first bytes); an acknowledged
+        proposal is recorded with its index; every delivery goes to the history checker at once.
+Rule 4: faults strike only during the fault phase; at ``plan.heal_ns`` every fault is healed
+        (resume, un-slow, restore revoked permissions, restart crashed replicas) and from then on
+        proposals must commit within ``LIVENESS_NS``; at ``plan.end_ns`` every live replica must
+        have delivered everything acknowledged ``CATCHUP_NS`` before, and ``stop()`` must return.
+Rule 5: a run that reaches ``plan.steps_max`` switch points ends early and is reported as
+        truncated (its safety checks still count; its liveness checks did not run).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass, field
+
+from consensus.runtime import Runtime
+from consensus.sim.checkers import ExclusiveWriterChecker, HistoryChecker, Violation
+from consensus.sim.fabric import SimNetwork
+from consensus.sim.nemesis import Nemesis
+from consensus.sim.plan import NS_PER_MS, Plan
+from consensus.sim.protocol import ProtocolAdapter, ReplicaLike, ReplicaSpec, mu_protocol
+from consensus.sim.registry import SimRegistry
+from consensus.sim.runtime import SimRuntime
+from consensus.sim.scheduler import WORLD_OWNER, Scheduler
+
+LIVENESS_NS = 15 * NS_PER_MS  # after the heal, an acknowledged proposal must come within this
+CATCHUP_NS = 8 * NS_PER_MS  # acknowledged this long before the end => delivered by every replica
+SHUTDOWN_NS = 10 * NS_PER_MS  # stop() of every replica must return within this
+CLIENT_IDLE_S = 0.000_2  # a client on a non-leader looks again after this
+CLIENT_BACKOFF_S = 0.000_1  # after NotLeader / a timeout
+CLIENT_THINK_NS_MAX = 40_000  # a client waits up to this between two proposals (lets time jump)
+PROPOSE_TIMEOUT_S = 0.005
+BATCH_MAX = 8
+PAYLOAD_HEADER = struct.Struct("<I")  # the unique proposal counter
+
+
+@dataclass(eq=False)
+class Node:
+    """A replica slot in the world, across incarnations (mutable world state)."""
+
+    replica_id: int
+    incarnation: int = 0
+    replica: ReplicaLike | None = None
+    runtime: SimRuntime | None = None
+    up: bool = False  # booted and not crashed
+    stopped: bool = False  # SIGSTOP-paused by the nemesis
+    hook_paused: bool = False  # paused through replica.pause()
+    is_leader: bool = False  # as last reported by on_leader_change
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    seed: int
+    failure: str | None
+    trace_hash: str
+    steps: int
+    sim_ns: int
+    proposals: int
+    acks: int
+    deliveries: int
+    faults: tuple[tuple[str, int], ...]
+    truncated: bool
+    wall_s: float
+    plan: str
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+@dataclass(eq=False)
+class _Counters:
+    proposals: int = 0
+    acks_after_heal: int = 0
+    ack_times: list[tuple[int, int]] = field(default_factory=list)  # (time_ns, index)
+
+
+class World:
+    """One seeded run; ``run()`` once."""
+
+    def __init__(self, plan: Plan, protocol: ProtocolAdapter | None = None) -> None:
+        self.plan = plan
+        self.protocol = protocol if protocol is not None else mu_protocol()
+        self.scheduler = Scheduler(plan.seed, plan.step_ns, plan.stickiness)
+        self.history = HistoryChecker(self.report)
+        self.writers = ExclusiveWriterChecker(self.report)
+        self.network = SimNetwork(self.scheduler, self.writers, self.crash)
+        self.members = tuple(range(1, plan.replicas + 1))
+        self.nodes = {r: Node(r) for r in self.members}
+        self.registry_store: dict[str, bytes] = {}
+        self.nemesis = Nemesis(self)
+        self.counters = _Counters()
+        self.truncated = False
+        self.shutdown_done = False
+        self.closing = False
+        self.rng = self.scheduler.rng
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> RunResult:
+        started = time.perf_counter()
+        plan = self.plan
+        for node in self.nodes.values():
+            self.boot(node)
+        if plan.faults:
+            self.nemesis.schedule()
+        self.scheduler.at(plan.heal_ns, self.heal)
+        self.scheduler.at(plan.heal_ns + LIVENESS_NS, self.check_liveness)
+        self.scheduler.at(plan.end_ns, self.shutdown)
+        self.scheduler.at(plan.end_ns + SHUTDOWN_NS, self.check_shutdown)
+        self.scheduler.on_step = self.on_step
+        self.scheduler.run()
+        self.network.close()
+        return RunResult(
+            seed=plan.seed,
+            failure=self.scheduler.failure,
+            trace_hash=self.scheduler.trace_hash(),
+            steps=self.scheduler.steps,
+            sim_ns=self.scheduler.now_ns,
+            proposals=self.counters.proposals,
+            acks=len(self.history.acked),
+            deliveries=self.history.deliveries,
+            faults=tuple(sorted(self.nemesis.counts.items())),
+            truncated=self.truncated,
+            wall_s=time.perf_counter() - started,
+            plan=plan.describe(),
+        )
+
+    def on_step(self) -> None:
+        if self.scheduler.steps >= self.plan.steps_max:
+            self.truncated = True
+            self.scheduler.stop()
+
+    def report(self, violation: Violation) -> None:
+        self.scheduler.fail(f"{violation} (t={self.scheduler.now_ns} ns, "
+                            f"step {self.scheduler.steps})")
+
+    # ------------------------------------------------------------- incarnations
+    def boot(self, node: Node) -> None:
+        """Start a new incarnation of ``node`` (a restart if it ran before)."""
+        node.incarnation += 1
+        restarted = node.incarnation > 1
+        label = f"r{node.replica_id}" + (f"i{node.incarnation}" if restarted else "")
+        runtime = SimRuntime(self.scheduler, node.replica_id, label, self.plan.seed)
+        node.runtime = runtime
+        node.up, node.stopped, node.hook_paused, node.is_leader = True, False, False, False
+        incarnation = node.incarnation
+        spec = ReplicaSpec(
+            replica_id=node.replica_id,
+            members=self.members,
+            payload_bytes_max=self.plan.payload_bytes_max,
+            log_slots=self.plan.log_slots,
+            restarted=restarted,
+        )
+
+        def boot_task() -> None:
+            fabric = self.network.endpoint(node.replica_id)
+            registry = SimRegistry(self.scheduler, f"sim{self.plan.seed}", self.registry_store)
+            replica = self.protocol.build(
+                spec,
+                fabric,
+                registry,
+                runtime,
+                lambda index, payload: self.history.delivered(
+                    node.replica_id, incarnation, index, bytes(payload)
+                ),
+                lambda leader, is_self: self.leader_changed(node, incarnation, is_self),
+            )
+            node.replica = replica
+            replica.start()
+            runtime.spawn("client", lambda: self.client(node, incarnation, runtime, replica))
+
+        runtime.spawn("boot", boot_task)
+
+    def leader_changed(self, node: Node, incarnation: int, is_self: bool) -> None:
+        if node.incarnation == incarnation:
+            node.is_leader = is_self
+            self.scheduler.trace(f"leader r{node.replica_id} {is_self}")
+
+    def crash(self, replica_id: int, why: str) -> None:
+        node = self.nodes[replica_id]
+        if not node.up:
+            return
+        self.scheduler.trace(f"crash r{replica_id}: {why}")
+        node.up, node.is_leader, node.replica = False, False, None
+        self.network.triggers.pop(replica_id, None)
+        endpoint = self.network.endpoints.get(replica_id)
+        if endpoint is not None:
+            endpoint.crash()
+        self.scheduler.kill_owner(replica_id)
+        self.scheduler.paused.discard(replica_id)
+        self.scheduler.slowed.discard(replica_id)
+        self.nemesis.after_crash(node)
+
+    # ------------------------------------------------------------------ clients
+    def client(self, node: Node, incarnation: int, runtime: Runtime, replica: ReplicaLike) -> None:
+        expected = self.protocol.expected_errors
+        while node.incarnation == incarnation and not self.closing:
+            if not node.is_leader:
+                runtime.sleep(CLIENT_IDLE_S)
+                continue
+            size = 1
+            if self.rng.random() < self.plan.pipeline_p:
+                size = self.rng.randint(2, BATCH_MAX)
+            payloads = [self.next_payload() for _ in range(size)]
+            try:
+                if size == 1:
+                    indexes = [replica.propose(payloads[0], PROPOSE_TIMEOUT_S)]
+                else:
+                    indexes = replica.propose_many(payloads, PROPOSE_TIMEOUT_S)
+            except expected:
+                runtime.sleep(CLIENT_BACKOFF_S)
+                continue
+            assert len(indexes) == len(payloads), "propose_many returned the wrong count"
+            for index, payload in zip(indexes, payloads, strict=True):
+                self.acknowledged(index, payload)
+            runtime.sleep(self.rng.randrange(CLIENT_THINK_NS_MAX) / 1e9)
+
+    def next_payload(self) -> bytes:
+        self.counters.proposals += 1
+        head = PAYLOAD_HEADER.pack(self.counters.proposals)
+        size = self.rng.randint(len(head), max(len(head), self.plan.payload_bytes_max))
+        payload = head + bytes(self.rng.getrandbits(8) for _ in range(size - len(head)))
+        self.history.proposed(payload)
+        return payload
+
+    def acknowledged(self, index: int, payload: bytes) -> None:
+        now = self.scheduler.now_ns
+        self.counters.ack_times.append((now, index))
+        if now >= self.plan.heal_ns:
+            self.counters.acks_after_heal += 1
+        self.history.acknowledged(index, payload)
+
+    # ------------------------------------------------------------ end of a run
+    def heal(self) -> None:
+        self.nemesis.heal()
+        self.scheduler.trace("heal")
+
+    def check_liveness(self) -> None:
+        if self.counters.acks_after_heal == 0:
+            up = [n.replica_id for n in self.nodes.values() if n.up]
+            leaders = [n.replica_id for n in self.nodes.values() if n.up and n.is_leader]
+            self.report(Violation(
+                "liveness",
+                f"no proposal committed within {LIVENESS_NS / NS_PER_MS:.0f} ms after every "
+                f"fault healed (replicas up: {up}, claiming leadership: {leaders})",
+            ))
+
+    def shutdown(self) -> None:
+        cutoff = self.plan.end_ns - CATCHUP_NS
+        acked_upto = max((i for t, i in self.counters.ack_times if t <= cutoff), default=0)
+        live = [(n.replica_id, n.incarnation) for n in self.nodes.values() if n.up]
+        self.history.check_caught_up(live, acked_upto)
+        replicas = [n.replica for n in self.nodes.values() if n.up and n.replica is not None]
+        self.closing = True  # clients stop proposing
+        self.scheduler.spawn("world.shutdown", WORLD_OWNER, lambda: self.stop_all(replicas))
+
+    def stop_all(self, replicas: list[ReplicaLike]) -> None:
+        for replica in replicas:
+            replica.stop()
+        self.shutdown_done = True
+        self.scheduler.stop()
+
+    def check_shutdown(self) -> None:
+        if not self.shutdown_done:
+            self.report(Violation(
+                "shutdown", f"stop() did not return within {SHUTDOWN_NS / NS_PER_MS:.0f} ms"
+            ))
