@@ -1,0 +1,114 @@
+"""``python -m exchange {serve,demo,bench}``: the exchange's command line.
+
+Rule 1: bad arguments and configuration errors print one line and exit 2; Ctrl-C exits 130 with a
+        clear message; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+from exchange.config import (
+    FABRIC_KINDS,
+    GRPC_WORKERS_DEFAULT,
+    LOG_SLOTS_DEFAULT,
+    ConfigError,
+    resolve_server_config,
+)
+
+LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
+
+
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run one exchange server (one consensus replica + the order books)",
+        description="Run one exchange server. Flags override the environment variables "
+        "SID, SERVER_URIS and DORY_REGISTRY_IP. Example: SERVER_URIS=1=127.0.0.1:31851,"
+        "2=127.0.0.1:31852,3=127.0.0.1:31853 python -m exchange serve --id 1",
+    )
+    serve.add_argument("--id", type=int, default=None, help="this server's replica id (env SID)")
+    serve.add_argument(
+        "--server-uris", default=None, metavar="1=HOST:PORT,...",
+        help="every server's gRPC address by replica id (env SERVER_URIS)",
+    )
+    serve.add_argument(
+        "--replicas", type=int, default=None,
+        help="1 = unreplicated baseline (apply directly, no consensus); default: all SERVER_URIS",
+    )
+    serve.add_argument("--fabric", choices=FABRIC_KINDS, default="shm",
+                       help="consensus fabric: shm (shared memory, one host) or verbs (RDMA)")
+    serve.add_argument("--registry", default=None, metavar="HOST:PORT",
+                       help="memcached registry (env DORY_REGISTRY_IP); default: embedded")
+    serve.add_argument("--cluster-id", default=None,
+                       help="namespace in the registry and shared memory (env MU_CLUSTER_ID)")
+    serve.add_argument("--listen", default=None, metavar="HOST:PORT",
+                       help="bind address (default: this server's SERVER_URIS entry)")
+    serve.add_argument("--fifo", default=None, metavar="PATH",
+                       help="control FIFO path (default /tmp/fifo-<id>)")
+    serve.add_argument("--no-fifo", action="store_true", help="do not create a control FIFO")
+    serve.add_argument("--grpc-workers", type=int, default=GRPC_WORKERS_DEFAULT)
+    serve.add_argument("--log-slots", type=int, default=LOG_SLOTS_DEFAULT,
+                       help="consensus log slots")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from exchange.server import default_fifo_path, serve
+
+    config = resolve_server_config(
+        replica_id=args.id,
+        server_uris=args.server_uris,
+        replicas=args.replicas,
+        fabric=args.fabric,
+        registry_address=args.registry,
+        cluster_id=args.cluster_id,
+        fifo_path=None,
+        listen=args.listen,
+        grpc_workers=args.grpc_workers,
+        log_slots=args.log_slots,
+    )
+    if not args.no_fifo:
+        fifo = args.fifo or default_fifo_path(config.replica_id)
+        config = dataclasses.replace(config, fifo_path=fifo)
+    return serve(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m exchange",
+        description="mu-exchange: a replicated stock exchange (Mu consensus + order books).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve(commands)
+    import exchange.bench as bench
+    import exchange.demo as demo
+
+    demo.add_parser(commands)
+    bench.add_parser(commands)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+        format=LOG_FORMAT,
+        datefmt="%H:%M:%S",
+    )
+    try:
+        if args.command == "serve":
+            return _run_serve(args)
+        if args.command == "demo":
+            return demo.run(args)
+        return bench.run(args)
+    except ConfigError as exc:
+        print(f"python -m exchange {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\npython -m exchange {args.command}: interrupted (Ctrl-C); stopped.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""``python -m exchange bench``: end-to-end order latency and throughput, 3 replicas vs
+unreplicated.
+
+Rule 1: both configurations run in the same invocation, alternately (``--rounds`` times each, one
+        cluster at a time so an idle cluster never steals CPU from the measured one), and the
+        figures printed side by side are the medians over rounds; the ratio replicated/unreplicated
+        is the headline, because absolute numbers on a shared 2-core machine are noisy.
+Rule 2: latency is measured with one closed-loop trader (one request in flight), throughput with
+        ``--traders`` closed-loop traders; the first ``WARMUP_S`` of every phase is discarded.
+Rule 3: the target (issue 6) is replicated p50 <= ``TARGET_P50_RATIO`` x unreplicated p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from dataclasses import dataclass
+
+from exchange.cluster import ClusterError, LocalCluster
+from traders.load import ACKED, REJECTED, LoadConfig, LoadRun
+from traders.stats import LatencySummary, summarize
+from traders.workload import DEFAULT_SYMBOLS
+
+WARMUP_S = 0.5
+TARGET_P50_RATIO = 1.10
+BENCH_SECONDS_DEFAULT = 4.0
+BENCH_ROUNDS_DEFAULT = 2
+BENCH_TRADERS_DEFAULT = 8
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseResult:
+    latency: LatencySummary
+    throughput_per_s: float
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="end-to-end latency/throughput: 3 replicas vs --replicas 1, side by side",
+        description="Measure order latency (1 closed-loop trader) and throughput (N closed-loop "
+        "traders) through gRPC against a 3-replica cluster and an unreplicated server, "
+        "alternately, and print both with their ratio.",
+    )
+    bench.add_argument("--seconds", type=float, default=BENCH_SECONDS_DEFAULT,
+                       help="length of each measured phase")
+    bench.add_argument("--rounds", type=int, default=BENCH_ROUNDS_DEFAULT)
+    bench.add_argument("--traders", type=int, default=BENCH_TRADERS_DEFAULT,
+                       help="closed-loop traders in the throughput phase")
+    bench.add_argument("--fabric", choices=("shm", "verbs"), default="shm")
+    bench.add_argument("--seed", type=int, default=7)
+
+
+def _phase(cluster: LocalCluster, traders: int, seconds: float, seed: int) -> PhaseResult:
+    load = LoadRun(LoadConfig(
+        addresses=tuple(cluster.addresses.values()), traders=traders, rate_per_s=0.0,
+        test_ms=int((seconds + WARMUP_S) * 1000), seed=seed, symbols=DEFAULT_SYMBOLS,
+    ))
+    load.start()
+    load.wait()
+    load.close()
+    report = load.report()
+    warm_ns = report.started_ns + int(WARMUP_S * 1e9)
+    measured = [s for s in report.samples
+                if s.start_ns >= warm_ns and s.outcome in (ACKED, REJECTED)]
+    failed = report.counts.get("failed", 0)
+    if failed:
+        raise ClusterError(f"{failed} requests failed during the benchmark: {load.errors[:1]}")
+    return PhaseResult(summarize(s.latency_ns for s in measured), len(measured) / seconds)
+
+
+def _measure(replicas: int, args: argparse.Namespace, round_index: int) -> tuple[PhaseResult,
+                                                                                 PhaseResult]:
+    name = "bench3" if replicas > 1 else "bench1"
+    with LocalCluster(replicas, fabric=args.fabric, name=name) as cluster:
+        seed = args.seed + round_index
+        _phase(cluster, 1, WARMUP_S, seed)  # warm the server's code paths and channels
+        latency = _phase(cluster, 1, args.seconds, seed)
+        throughput = _phase(cluster, args.traders, args.seconds, seed)
+    return latency, throughput
+
+
+def _median(results: list[PhaseResult]) -> tuple[float, float, float, float, float]:
+    return (
+        statistics.median(r.latency.p50_us for r in results),
+        statistics.median(r.latency.p90_us for r in results),
+        statistics.median(r.latency.p99_us for r in results),
+        statistics.median(r.latency.max_us for r in results),
+        statistics.median(r.throughput_per_s for r in results),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.seconds <= 0 or args.rounds < 1 or args.traders < 1:
+        print("python -m exchange bench: error: need --seconds > 0, --rounds >= 1, "
+              "--traders >= 1", file=sys.stderr)
+        return 2
+    results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]] = {1: ([], []), 3: ([], [])}
+    try:
+        for round_index in range(args.rounds):
+            for replicas in (1, 3):
+                latency, throughput = _measure(replicas, args, round_index)
+                results[replicas][0].append(latency)
+                results[replicas][1].append(throughput)
+                print(f"round {round_index + 1}/{args.rounds} replicas={replicas}: latency "
+                      f"{latency.latency.line()}; {args.traders} traders "
+                      f"{throughput.throughput_per_s:,.0f}/s p50 "
+                      f"{throughput.latency.p50_us:.0f} us", flush=True)
+    except ClusterError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 1
+    return _print_table(results, args)
+
+
+def _print_table(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]],
+                 args: argparse.Namespace) -> int:
+    print(f"\nend-to-end through gRPC (medians over {args.rounds} rounds of {args.seconds:g} s; "
+          f"latency: 1 closed-loop trader; throughput: {args.traders} traders)")
+    print(f"{'':14}{'p50 us':>9}{'p90 us':>9}{'p99 us':>9}{'max us':>10}{'orders/s':>10}"
+          f"{'tput p50 us':>13}")
+    rows = {}
+    for replicas, label in ((1, "unreplicated"), (3, "3 replicas")):
+        p50, p90, p99, top, _ = _median(results[replicas][0])
+        *_, tput = _median(results[replicas][1])
+        tput_p50 = statistics.median(r.latency.p50_us for r in results[replicas][1])
+        rows[replicas] = (p50, tput)
+        print(f"{label:14}{p50:9.0f}{p90:9.0f}{p99:9.0f}{top:10.0f}{tput:10,.0f}{tput_p50:13.0f}")
+    ratio = rows[3][0] / rows[1][0] if rows[1][0] else float("inf")
+    tput_ratio = rows[3][1] / rows[1][1] if rows[1][1] else 0.0
+    verdict = "meets" if ratio <= TARGET_P50_RATIO else "MISSES"
+    print(f"replicated/unreplicated: p50 x{ratio:.3f} ({verdict} the x{TARGET_P50_RATIO:.2f} "
+          f"target), throughput x{tput_ratio:.3f}")
+    return 0

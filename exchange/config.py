@@ -1,0 +1,148 @@
+"""Server configuration: the original's environment variables, parsed and checked.
+
+Rule 1: every setting has one source of truth: a command-line flag, else the original's environment
+        variable (``SERVER_URIS``, ``SID``, ``DORY_REGISTRY_IP``), else a default named here.
+Rule 2: bad configuration raises ``ConfigError`` with a message naming the setting and the value;
+        the CLI prints it as one line (no traceback).
+
+``SERVER_URIS`` is ``1=host:port,2=host:port,3=host:port``: replica id -> the gRPC address traders
+use for that server (the original used the same variable for its eRPC endpoints).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+FABRIC_KINDS = ("shm", "verbs")
+DEFAULT_CLUSTER_ID = "mu-exchange"
+DEFAULT_FIFO_TEMPLATE = "/tmp/fifo-{id}"
+REPLICA_ID_MAX = 255  # consensus proposal numbers reserve one byte for the replica id
+GRPC_WORKERS_DEFAULT = 16  # handler threads per server: order entry + market-data streams
+PAYLOAD_SIZE_MAX_BYTES = 512  # consensus log slot payload: entry header + encoded command
+LOG_SLOTS_DEFAULT = 4096
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+def parse_server_uris(text: str) -> dict[int, str]:
+    """Parse ``1=host:port,2=host:port`` into ``{1: "host:port", ...}`` (ids sorted)."""
+    addresses: dict[int, str] = {}
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        key, sep, address = item.partition("=")
+        if not sep or not key.strip().isdigit():
+            raise ConfigError(f"SERVER_URIS item {item!r} is not of the form <id>=<host>:<port>")
+        replica_id = int(key)
+        if not 1 <= replica_id <= REPLICA_ID_MAX:
+            raise ConfigError(f"SERVER_URIS: replica id {replica_id} not in 1..{REPLICA_ID_MAX}")
+        address = address.strip()
+        check_address(address, f"SERVER_URIS entry {replica_id}")
+        if replica_id in addresses:
+            raise ConfigError(f"SERVER_URIS names replica {replica_id} twice")
+        addresses[replica_id] = address
+    if not addresses:
+        raise ConfigError("SERVER_URIS is empty; expected e.g. 1=127.0.0.1:31850,2=...")
+    return dict(sorted(addresses.items()))
+
+
+def check_address(address: str, what: str) -> None:
+    """Raise ``ConfigError`` unless ``address`` is ``host:port`` with a valid port."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what}: {address!r} is not host:port")
+
+
+def format_server_uris(addresses: dict[int, str]) -> str:
+    return ",".join(f"{replica_id}={address}" for replica_id, address in sorted(addresses.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    replica_id: int
+    addresses: dict[int, str]  # every server's trader-facing address, by replica id
+    listen: str  # where this server's gRPC port binds
+    replicas: int  # 1 = unreplicated baseline (no consensus)
+    fabric: str
+    registry_address: str | None  # memcached host:port, or None for the embedded registry
+    cluster_id: str
+    fifo_path: str | None
+    grpc_workers: int
+    log_slots: int
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        if self.replicas == 1:
+            return (self.replica_id,)
+        return tuple(sorted(self.addresses))
+
+
+def env_int(name: str, default: int) -> int:
+    """An integer environment variable, or ``default`` when unset."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={text!r} is not an integer") from None
+
+
+def resolve_server_config(
+    replica_id: int | None,
+    server_uris: str | None,
+    replicas: int | None,
+    fabric: str,
+    registry_address: str | None,
+    cluster_id: str | None,
+    fifo_path: str | None,
+    listen: str | None,
+    grpc_workers: int = GRPC_WORKERS_DEFAULT,
+    log_slots: int = LOG_SLOTS_DEFAULT,
+) -> ServerConfig:
+    """Combine flags (given first) with the environment and check the result."""
+    if replica_id is None:
+        replica_id = env_int("SID", 0) or None
+    if replica_id is None:
+        raise ConfigError("no replica id: pass --id N or set SID=N")
+    uris = server_uris if server_uris is not None else os.environ.get("SERVER_URIS", "")
+    if not uris.strip():
+        raise ConfigError("no server list: pass --server-uris or set SERVER_URIS=1=host:port,...")
+    addresses = parse_server_uris(uris)
+    if replica_id not in addresses:
+        raise ConfigError(f"replica id {replica_id} is not in SERVER_URIS ({uris})")
+    if replicas is None:
+        replicas = len(addresses)
+    if replicas != 1 and replicas != len(addresses):
+        raise ConfigError(
+            f"--replicas {replicas}: use 1 (unreplicated) or the number of SERVER_URIS entries "
+            f"({len(addresses)})"
+        )
+    if replicas != 1 and replicas < 3:
+        raise ConfigError(f"a replicated cluster needs at least 3 servers, got {replicas}")
+    if fabric not in FABRIC_KINDS:
+        raise ConfigError(f"--fabric {fabric!r}: choose one of {', '.join(FABRIC_KINDS)}")
+    if registry_address is None:
+        registry_address = os.environ.get("DORY_REGISTRY_IP", "").strip() or None
+    if registry_address is not None:
+        check_address(registry_address, "DORY_REGISTRY_IP")
+    listen_address = listen if listen is not None else addresses[replica_id]
+    check_address(listen_address, "--listen")
+    if grpc_workers < 2:
+        raise ConfigError(f"--grpc-workers {grpc_workers}: need at least 2")
+    return ServerConfig(
+        replica_id=replica_id,
+        addresses=addresses,
+        listen=listen_address,
+        replicas=replicas,
+        fabric=fabric,
+        registry_address=registry_address,
+        cluster_id=cluster_id or os.environ.get("MU_CLUSTER_ID", "") or DEFAULT_CLUSTER_ID,
+        fifo_path=fifo_path,
+        grpc_workers=grpc_workers,
+        log_slots=log_slots,
+    )

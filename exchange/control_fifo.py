@@ -1,0 +1,132 @@
+"""The control FIFO (``/tmp/fifo-<id>``): ``echo p > /tmp/fifo-1`` pauses server 1, ``r`` resumes.
+
+Rule 1: one command per line: ``p`` (or ``pause``) pauses, ``r`` (or ``resume``) resumes; blank
+        lines are skipped; anything else is logged as ignored and changes nothing.
+Rule 2: the reader never busy-waits and never blocks shutdown: it holds its own write end open (so a
+        writer closing the FIFO is not an endless EOF) and waits in ``select`` with a timeout.
+Rule 3: the FIFO is created at start (an existing FIFO at the path is reused; any other file
+        there is an error) and removed by ``close``. A line longer than ``LINE_BYTES_MAX`` is
+        discarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import stat
+import threading
+from collections.abc import Callable
+
+POLL_INTERVAL_S = 0.2  # how often the reader checks for shutdown while the FIFO is quiet
+LINE_BYTES_MAX = 256
+READ_CHUNK_BYTES = 4096
+
+log = logging.getLogger("exchange.fifo")
+
+PAUSE_WORDS = frozenset({"p", "pause"})
+RESUME_WORDS = frozenset({"r", "resume"})
+
+
+class ControlFifoError(OSError):
+    """The FIFO cannot be created at the configured path; the message says why."""
+
+
+def parse_command(line: str) -> str | None:
+    """``"pause"``, ``"resume"`` or ``None`` (ignored) for one line of input."""
+    word = line.strip().lower()
+    if word in PAUSE_WORDS:
+        return "pause"
+    if word in RESUME_WORDS:
+        return "resume"
+    return None
+
+
+def create_fifo(path: str) -> None:
+    """Create the FIFO at ``path`` (reusing an existing FIFO); ``ControlFifoError`` otherwise."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        try:
+            os.mkfifo(path, 0o600)
+        except OSError as exc:
+            raise ControlFifoError(f"cannot create control FIFO {path}: {exc.strerror}") from None
+        return
+    if not stat.S_ISFIFO(mode):
+        raise ControlFifoError(f"{path} exists and is not a FIFO; remove it or pass --fifo PATH")
+
+
+class ControlFifo:
+    """Reads commands from a FIFO on a background thread and calls ``on_pause``/``on_resume``."""
+
+    def __init__(
+        self, path: str, on_pause: Callable[[], None], on_resume: Callable[[], None]
+    ) -> None:
+        self.path = path
+        self._on_pause = on_pause
+        self._on_resume = on_resume
+        self._stopping = threading.Event()
+        create_fifo(path)
+        # Reader first (non-blocking), then our own writer so EOF never happens (Rule 2).
+        self._read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        self._keep_fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        self._thread = threading.Thread(target=self._run, name=f"fifo:{path}", daemon=True)
+        self._thread.start()
+        log.info("control FIFO ready: echo p > %s pauses, echo r > %s resumes", path, path)
+
+    def _run(self) -> None:
+        pending = b""
+        while not self._stopping.is_set():
+            ready, _, _ = select.select([self._read_fd], [], [], POLL_INTERVAL_S)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self._read_fd, READ_CHUNK_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                raise
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if len(pending) > LINE_BYTES_MAX:
+                log.warning("control FIFO %s: discarding a line over %d bytes", self.path,
+                            LINE_BYTES_MAX)
+                pending = b""
+            for raw in lines:
+                self._handle(raw.decode("utf-8", errors="replace"))
+
+    def _handle(self, line: str) -> None:
+        if not line.strip():
+            return
+        command = parse_command(line)
+        if command is None:
+            log.warning("control FIFO %s: ignored unknown command %r (use p or r)", self.path,
+                        line.strip()[:40])
+            return
+        log.warning("control FIFO %s: received %r -> %s", self.path, line.strip(), command)
+        try:
+            if command == "pause":
+                self._on_pause()
+            else:
+                self._on_resume()
+        except Exception:
+            log.exception("control FIFO %s: %s failed", self.path, command)
+
+    def close(self) -> None:
+        """Stop the reader and remove the FIFO (idempotent)."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._thread.join(POLL_INTERVAL_S * 5)
+        for fd in (self._read_fd, self._keep_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            if stat.S_ISFIFO(os.stat(self.path).st_mode):
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass

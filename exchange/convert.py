@@ -1,0 +1,219 @@
+"""Translation between the gRPC messages and the matching engine's commands and events.
+
+Rule 1: every request is validated before it reaches consensus; a bad one raises ``BadRequest`` with
+        a message naming the field (the service answers INVALID_ARGUMENT). Nothing malformed is
+        ever proposed, so the replicated log holds only commands the engine can decode.
+Rule 2: the exchange assigns new orders the id ``"<client_id>.<seq>"``; cancel and replace accept
+        only ids of the requesting client's own orders.
+Rule 3: events travel in the flat form of ``Event.to_dict()``: well-known keys go to typed fields,
+        every other key to ``extra`` (stringified), so no engine field is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from exchange.proto import exchange_pb2 as pb
+from exchange.state_machine import CLIENT_ID_MAX, SEQ_MAX, Reply
+from orderbook import (
+    AddOrder,
+    BboChanged,
+    CancelOrder,
+    Command,
+    DepthChanged,
+    Event,
+    ReplaceOrder,
+    Side,
+    Trade,
+    encode_command,
+)
+from orderbook.constants import ORDER_ID_BYTES_MAX, PRICE_TICKS_MAX, SYMBOL_BYTES_MAX
+from orderbook.constants import QTY_MAX as QUANTITY_MAX
+
+_ID_KEYS = ("id", "order_id")
+_CONTRA_KEYS = ("contra", "contra_id", "contra_order_id")
+_QTY_KEYS = ("qty", "quantity")
+
+
+class BadRequest(ValueError):
+    """A request field is invalid; the message says which and why."""
+
+
+def order_id_for(client_id: int, seq: int) -> str:
+    return f"{client_id}.{seq}"
+
+
+def _check_ids(client_id: int, seq: int) -> None:
+    if not 1 <= client_id <= CLIENT_ID_MAX:
+        raise BadRequest(f"client_id must be a positive integer, got {client_id}")
+    if not 1 <= seq <= SEQ_MAX:
+        raise BadRequest(f"seq must be a positive integer, got {seq}")
+
+
+def check_symbol(symbol: str, required: bool) -> None:
+    if not symbol:
+        if required:
+            raise BadRequest("symbol is required")
+        return
+    if len(symbol.encode()) > SYMBOL_BYTES_MAX:
+        raise BadRequest(f"symbol {symbol!r} is longer than {SYMBOL_BYTES_MAX} bytes")
+    if not symbol.isprintable() or symbol.strip() != symbol:
+        raise BadRequest(f"symbol {symbol!r} must be printable without surrounding spaces")
+
+
+def _check_own_order(client_id: int, order_id: str) -> None:
+    if not order_id:
+        raise BadRequest("order_id is required")
+    if len(order_id.encode()) > ORDER_ID_BYTES_MAX:
+        raise BadRequest(f"order_id is longer than {ORDER_ID_BYTES_MAX} bytes")
+    if not order_id.startswith(f"{client_id}."):
+        raise BadRequest(f"order {order_id!r} is not an order of client {client_id}")
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be in [{low}, {high}], got {value}")
+
+
+def _encodable(command: Command) -> Command:
+    """Raise ``BadRequest`` if the engine's codec cannot carry ``command`` (Rule 1)."""
+    try:
+        encode_command(command)
+    except (ValueError, OverflowError) as exc:
+        raise BadRequest(f"request cannot be encoded: {exc}") from None
+    return command
+
+
+def submit_command(request: pb.SubmitOrderRequest) -> tuple[int, int, Command]:
+    _check_ids(request.client_id, request.seq)
+    check_symbol(request.symbol, required=True)
+    if request.side == pb.BUY:
+        side = Side.BUY
+    elif request.side == pb.SELL:
+        side = Side.SELL
+    else:
+        raise BadRequest("side must be BUY or SELL")
+    _check_range("price", request.price, 0, PRICE_TICKS_MAX)
+    _check_range("quantity", request.quantity, 1, QUANTITY_MAX)
+    _check_range("stop_price", request.stop_price, 0, PRICE_TICKS_MAX)
+    command = AddOrder(
+        order_id=order_id_for(request.client_id, request.seq),
+        symbol=request.symbol,
+        side=side,
+        price=request.price,
+        qty=request.quantity,
+        stop=request.stop_price,
+        aon=request.all_or_none,
+        ioc=request.immediate_or_cancel,
+    )
+    return request.client_id, request.seq, _encodable(command)
+
+
+def cancel_command(request: pb.CancelRequest) -> tuple[int, int, Command]:
+    _check_ids(request.client_id, request.seq)
+    _check_own_order(request.client_id, request.order_id)
+    check_symbol(request.symbol, required=False)
+    command = CancelOrder(order_id=request.order_id, symbol=request.symbol or None)
+    return request.client_id, request.seq, _encodable(command)
+
+
+def replace_command(request: pb.ReplaceRequest) -> tuple[int, int, Command]:
+    _check_ids(request.client_id, request.seq)
+    _check_own_order(request.client_id, request.order_id)
+    check_symbol(request.symbol, required=False)
+    _check_range("quantity_delta", request.quantity_delta, -QUANTITY_MAX, QUANTITY_MAX)
+    _check_range("new_price", request.new_price, 0, PRICE_TICKS_MAX)
+    if request.quantity_delta == 0 and request.new_price == 0:
+        raise BadRequest("replace changes nothing: give quantity_delta and/or new_price")
+    command = ReplaceOrder(
+        order_id=request.order_id,
+        qty_delta=request.quantity_delta,
+        price=request.new_price,
+        symbol=request.symbol or None,
+    )
+    return request.client_id, request.seq, _encodable(command)
+
+
+def event_message(event: Event) -> pb.OrderEvent:
+    """The flat protobuf form of one engine event (Rule 3)."""
+    return event_message_from_dict(event.to_dict())
+
+
+def event_message_from_dict(fields: Mapping[str, object]) -> pb.OrderEvent:
+    message = pb.OrderEvent()
+    for key, value in fields.items():
+        if key in ("event", "kind", "type"):
+            message.kind = str(value)
+        elif key in _ID_KEYS:
+            message.order_id = str(value)
+        elif key in _CONTRA_KEYS:
+            message.contra_order_id = str(value)
+        elif key == "symbol" and isinstance(value, str):
+            message.symbol = value
+        elif key == "price" and isinstance(value, int):
+            message.price = value
+        elif key in _QTY_KEYS and isinstance(value, int):
+            message.quantity = value
+        elif key == "reason":
+            message.reason = str(value)
+        else:
+            message.extra[key] = str(value)
+    return message
+
+
+def market_data_message(index: int, event: Event) -> pb.MarketDataUpdate:
+    """The protobuf form of one market-data event (Trade, BboChanged or DepthChanged)."""
+    if isinstance(event, Trade):
+        trade = pb.TradeUpdate(price=event.price, quantity=event.qty)
+        return pb.MarketDataUpdate(log_index=index, symbol=event.symbol, trade=trade)
+    if isinstance(event, BboChanged):
+        bbo = pb.BboUpdate(
+            bid_price=event.bid,
+            bid_quantity=event.bid_qty,
+            ask_price=event.ask,
+            ask_quantity=event.ask_qty,
+        )
+        return pb.MarketDataUpdate(log_index=index, symbol=event.symbol, bbo=bbo)
+    assert isinstance(event, DepthChanged), event
+    depth = pb.DepthUpdate(bids=price_levels(event.bids), asks=price_levels(event.asks))
+    return pb.MarketDataUpdate(log_index=index, symbol=event.symbol, depth=depth)
+
+
+def price_levels(levels: Iterable[tuple[int, int, int]]) -> list[pb.PriceLevel]:
+    return [pb.PriceLevel(price=p, quantity=q, order_count=n) for p, q, n in levels]
+
+
+def reply_message(reply: Reply, replica_id: int) -> pb.OrderReply:
+    message = pb.OrderReply(
+        client_id=reply.client_id,
+        seq=reply.seq,
+        order_id=reply.order_id,
+        log_index=reply.log_index,
+        duplicate=reply.duplicate,
+        replica_id=replica_id,
+    )
+    events = message.events
+    for event in reply.events:
+        events.append(event_message(event))
+    if reply.error:
+        events.append(pb.OrderEvent(kind="rejected", order_id=reply.order_id, reason=reply.error))
+    return message
+
+
+def event_dict(message: pb.OrderEvent) -> dict[str, object]:
+    """The inverse of ``event_message``, for clients that print or log events."""
+    fields: dict[str, object] = {"event": message.kind}
+    if message.order_id:
+        fields["id"] = message.order_id
+    if message.contra_order_id:
+        fields["contra"] = message.contra_order_id
+    if message.symbol:
+        fields["symbol"] = message.symbol
+    if message.price:
+        fields["price"] = message.price
+    if message.quantity:
+        fields["qty"] = message.quantity
+    if message.reason:
+        fields["reason"] = message.reason
+    fields.update(message.extra)
+    return fields

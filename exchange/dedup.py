@@ -1,0 +1,87 @@
+"""The replicated deduplication table that makes order entry exactly-once.
+
+Rule 1: the table is part of the replicated state: it changes only when a committed log entry is
+        applied, and only as a function of that entry and the table itself, so every replica that
+        applied the same prefix of the log holds the same table (no clock, no randomness).
+Rule 2: a (client_id, seq) that is in the table is never executed again; its stored reply is
+        returned instead. This is what makes a retry exactly-once, also after a failover, and also
+        when a proposal that raised NotLeader was committed after all and is proposed again.
+Rule 3: the table is bounded. Per client it keeps the replies of the last ``seqs_per_client_max``
+        sequence numbers (oldest inserted evicted first) and remembers the highest evicted seq as
+        the client's *floor*: a seq at or below the floor that is not in the table is refused as
+        too old (it might have executed) and never executed. Clients beyond ``clients_max`` are
+        evicted least recently used first (by apply order). A client must keep fewer than
+        ``seqs_per_client_max`` requests in flight and must not reuse seqs.
+
+Cost: ``lookup`` and ``record`` are O(1) amortized.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+DEDUP_SEQS_PER_CLIENT_MAX = 128  # replies kept per client: far more than a client keeps in flight
+DEDUP_CLIENTS_MAX = 65_536  # distinct clients remembered; least recently applied evicted first
+
+ReplyT = TypeVar("ReplyT")
+
+
+@dataclass(slots=True)
+class _ClientRecord(Generic[ReplyT]):
+    floor_seq: int  # every seq <= floor_seq that is not in replies has been evicted (or never sent)
+    replies: OrderedDict[int, ReplyT]
+
+
+class DedupTable(Generic[ReplyT]):
+    """``(client_id, seq) -> reply`` with deterministic, bounded eviction (see the module rules)."""
+
+    def __init__(
+        self,
+        seqs_per_client_max: int = DEDUP_SEQS_PER_CLIENT_MAX,
+        clients_max: int = DEDUP_CLIENTS_MAX,
+    ) -> None:
+        assert seqs_per_client_max >= 1, seqs_per_client_max
+        assert clients_max >= 1, clients_max
+        self.seqs_per_client_max = seqs_per_client_max
+        self.clients_max = clients_max
+        self._clients: OrderedDict[int, _ClientRecord[ReplyT]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return sum(len(record.replies) for record in self._clients.values())
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    def lookup(self, client_id: int, seq: int) -> ReplyT | None:
+        """The stored reply of ``(client_id, seq)``, or ``None``. Read-only (no LRU update)."""
+        record = self._clients.get(client_id)
+        if record is None:
+            return None
+        return record.replies.get(seq)
+
+    def is_too_old(self, client_id: int, seq: int) -> bool:
+        """True when ``seq`` is at or below the client's floor and not stored (Rule 3)."""
+        record = self._clients.get(client_id)
+        if record is None:
+            return False
+        return seq <= record.floor_seq and seq not in record.replies
+
+    def record(self, client_id: int, seq: int, reply: ReplyT) -> None:
+        """Store the reply of a request just executed. Precondition: not stored, not too old."""
+        record = self._clients.get(client_id)
+        if record is None:
+            record = _ClientRecord(floor_seq=0, replies=OrderedDict())
+            self._clients[client_id] = record
+            if len(self._clients) > self.clients_max:
+                self._clients.popitem(last=False)
+        else:
+            self._clients.move_to_end(client_id)
+        assert seq not in record.replies, (client_id, seq)
+        record.replies[seq] = reply
+        if len(record.replies) > self.seqs_per_client_max:
+            evicted_seq, _ = record.replies.popitem(last=False)
+            record.floor_seq = max(record.floor_seq, evicted_seq)
+        assert len(record.replies) <= self.seqs_per_client_max

@@ -1,0 +1,1 @@
+"""exchange.proto: the trader API (exchange.proto) and its generated Python stubs."""

@@ -1,0 +1,93 @@
+"""Joining the consensus layer: registry + fabric + ``consensus.Replica`` wired to an ExchangeNode.
+
+Rule 1: this is the only exchange module that imports ``consensus``; the import happens when a
+        replicated server starts, so the unreplicated baseline runs without it.
+Rule 2: every replica applies committed entries through ``ExchangeNode.on_commit`` (the pump calls
+        it in log order, exactly once per index, on the leader too).
+Rule 3: a fabric or registry that cannot run here (no RDMA device, unreachable memcached) raises
+        ``ReplicationUnavailable`` with the underlying one-line reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from exchange.config import PAYLOAD_SIZE_MAX_BYTES, ServerConfig
+from exchange.node import ConsensusReplica, ExchangeNode
+
+log = logging.getLogger("exchange.replication")
+
+
+class ReplicationUnavailable(RuntimeError):
+    """The consensus layer cannot start on this machine; the message says why."""
+
+
+@dataclass(slots=True)
+class ReplicationHandle:
+    """What the server must close on exit, in this order: replica, fabric, registry."""
+
+    replica: ConsensusReplica
+    closers: tuple[object, ...]
+
+    def close(self) -> None:
+        try:
+            self.replica.stop()
+        except Exception:
+            log.exception("stopping the consensus replica failed")
+        for closer in self.closers:
+            close = getattr(closer, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing %r failed", closer)
+
+
+def start_replication(config: ServerConfig, node: ExchangeNode) -> ReplicationHandle:
+    """Open the registry and fabric, start a replica feeding ``node``, and attach it."""
+    assert config.replicas > 1
+    try:
+        from consensus import Replica, ReplicaConfig
+        from consensus.fabric import open_fabric
+        from consensus.registry import open_registry
+        from consensus.runtime import RealRuntime
+    except ImportError as exc:
+        raise ReplicationUnavailable(f"the consensus package is not usable: {exc}") from None
+
+    try:
+        registry = open_registry(config.cluster_id, config.registry_address)
+    except Exception as exc:
+        raise ReplicationUnavailable(f"cannot open the replica registry: {exc}") from None
+    try:
+        fabric = open_fabric(config.fabric, config.replica_id, config.cluster_id, registry)
+    except Exception as exc:
+        registry.close()
+        raise ReplicationUnavailable(f"cannot open the {config.fabric} fabric: {exc}") from None
+    replica_config = ReplicaConfig(
+        replica_id=config.replica_id,
+        members=config.members,
+        payload_size_max=PAYLOAD_SIZE_MAX_BYTES,
+        log_slots=config.log_slots,
+    )
+
+    def on_leader_change(leader_id: int | None, is_self: bool) -> None:
+        who = "this server" if is_self else f"server {leader_id}"
+        log.warning("server %d: leader is now %s", config.replica_id, who)
+
+    replica = Replica(
+        replica_config,
+        fabric,
+        registry,
+        runtime=RealRuntime(),
+        on_commit=node.on_commit,
+        on_leader_change=on_leader_change,
+    )
+    node.attach(replica)
+    try:
+        replica.start()
+    except Exception as exc:
+        fabric.close()
+        registry.close()
+        raise ReplicationUnavailable(f"consensus replica failed to start: {exc}") from None
+    return ReplicationHandle(replica, (fabric, registry))

@@ -1,0 +1,129 @@
+"""``python -m exchange serve``: one exchange server process = consensus replica + order books.
+
+Rule 1: start order: node -> consensus replica (replicated mode) -> gRPC port -> control FIFO ->
+        ``READY`` line on stdout; stop order is the reverse, on SIGINT/SIGTERM, and always removes
+        the FIFO.
+Rule 2: a configuration or startup problem is one line on stderr and exit status 2 (never a
+        traceback); the server never exits because of a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from concurrent import futures
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from exchange.config import DEFAULT_FIFO_TEMPLATE, ConfigError, ServerConfig
+from exchange.control_fifo import ControlFifo, ControlFifoError
+from exchange.node import ExchangeNode
+from exchange.proto import exchange_pb2_grpc as pb_grpc
+from exchange.replication import ReplicationHandle, ReplicationUnavailable, start_replication
+from exchange.service import ExchangeService, HealthReporter
+
+ROLE_POLL_INTERVAL_S = 0.02  # how often health statuses follow the replica's role
+SHUTDOWN_GRACE_S = 1.0
+GRPC_MESSAGE_BYTES_MAX = 4 * 1024 * 1024
+
+log = logging.getLogger("exchange.server")
+
+
+class StartupError(RuntimeError):
+    """The server cannot start; the message says why."""
+
+
+def _watch_role(node: ExchangeNode, health: HealthReporter, stop: threading.Event) -> None:
+    """Log role changes and keep health statuses current."""
+    last_role = ""
+    while not stop.wait(ROLE_POLL_INTERVAL_S):
+        role = node.role()
+        if role != last_role:
+            log.warning("server %d: role %s -> %s", node.replica_id, last_role or "-", role)
+            last_role = role
+        health.refresh()
+
+
+def build_grpc_server(
+    config: ServerConfig, node: ExchangeNode, health: HealthReporter
+) -> grpc.Server:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_ExchangeServicer_to_server(  # type: ignore[no-untyped-call]
+        ExchangeService(node), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
+    if port == 0:
+        raise StartupError(f"cannot listen on {config.listen} (address in use?)")
+    return server
+
+
+def serve(config: ServerConfig) -> int:
+    """Run one server until SIGINT/SIGTERM; return the exit status."""
+    node = ExchangeNode(config.replica_id, config.addresses, config.replicas)
+    health = HealthReporter(node)
+    node.pause_listeners.append(lambda _paused: health.refresh())
+    replication: ReplicationHandle | None = None
+    fifo: ControlFifo | None = None
+    server: grpc.Server | None = None
+    stop = threading.Event()
+    try:
+        if config.replicas > 1:
+            replication = start_replication(config, node)
+        server = build_grpc_server(config, node, health)
+        health.refresh()
+        server.start()
+        if config.fifo_path is not None:
+            fifo = ControlFifo(config.fifo_path, node.pause, node.resume)
+        _install_signal_handlers(stop)
+        watcher = threading.Thread(target=_watch_role, args=(node, health, stop), daemon=True)
+        watcher.start()
+        mode = "unreplicated" if config.replicas == 1 else f"{config.replicas} replicas"
+        log.warning(
+            "server %d serving on %s (%s, fabric %s, cluster %s, fifo %s)",
+            config.replica_id, config.listen, mode, config.fabric, config.cluster_id,
+            config.fifo_path or "off",
+        )
+        print(f"READY {config.replica_id} {config.listen}", flush=True)
+        stop.wait()
+        log.warning("server %d shutting down", config.replica_id)
+        return 0
+    except (StartupError, ReplicationUnavailable, ControlFifoError, ConfigError) as exc:
+        print(f"exchange serve: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        stop.set()
+        if fifo is not None:
+            fifo.close()
+        health.shutdown()
+        node.close()
+        if server is not None:
+            server.stop(SHUTDOWN_GRACE_S).wait(SHUTDOWN_GRACE_S * 2)
+        if replication is not None:
+            replication.close()
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.warning("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def default_fifo_path(replica_id: int) -> str:
+    return DEFAULT_FIFO_TEMPLATE.format(id=replica_id)

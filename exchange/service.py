@@ -1,0 +1,182 @@
+"""The gRPC face of one exchange server: status codes, trailing metadata, streams, health.
+
+Rule 1: no request can crash the server: bad input -> INVALID_ARGUMENT with a message; follower ->
+        FAILED_PRECONDITION with trailing metadata ``leader-address``/``leader-id``; paused, no
+        leader or a timeout -> UNAVAILABLE; anything unexpected is logged and answered INTERNAL.
+Rule 2: standard health checking (grpc.health.v1): service ``""`` is SERVING while the server is
+        not paused; service ``ORDER_ENTRY_SERVICE`` is SERVING only while this server accepts order
+        entry (leader or unreplicated, not paused), so a load balancer can find the leader.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import NoReturn, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2
+
+from exchange import convert
+from exchange.market_data import StreamEnded
+from exchange.node import ExchangeNode, NotLeaderError, ServerUnavailable
+from exchange.proto import exchange_pb2 as pb
+from exchange.proto import exchange_pb2_grpc as pb_grpc
+from exchange.state_machine import Reply
+from orderbook import Command
+
+ORDER_ENTRY_SERVICE = "mu.exchange.Exchange"
+LEADER_ADDRESS_KEY = "leader-address"
+LEADER_ID_KEY = "leader-id"
+STREAM_POLL_S = 0.25  # how often an idle market-data stream checks that its client is still there
+SNAPSHOT_LEVELS_MAX = 10_000
+
+log = logging.getLogger("exchange.service")
+RequestT = TypeVar("RequestT")
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")
+
+
+class ExchangeService(pb_grpc.ExchangeServicer):
+    """Order entry, market data, snapshots and status over one ``ExchangeNode``."""
+
+    def __init__(self, node: ExchangeNode) -> None:
+        self.node = node
+
+    def _order_entry(
+        self,
+        request: RequestT,
+        context: grpc.ServicerContext,
+        to_command: Callable[[RequestT], tuple[int, int, Command]],
+    ) -> pb.OrderReply:
+        try:
+            client_id, seq, command = to_command(request)
+        except convert.BadRequest as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            reply: Reply = self.node.execute(client_id, seq, command)
+        except NotLeaderError as exc:
+            metadata: list[tuple[str, str]] = []
+            if exc.leader_address:
+                metadata.append((LEADER_ADDRESS_KEY, exc.leader_address))
+            if exc.leader_id is not None:
+                metadata.append((LEADER_ID_KEY, str(exc.leader_id)))
+            context.set_trailing_metadata(tuple(metadata))
+            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except ServerUnavailable as exc:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        except Exception:
+            log.exception("order entry failed unexpectedly (client %d seq %d)", client_id, seq)
+            _abort(context, grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        return convert.reply_message(reply, self.node.replica_id)
+
+    def SubmitOrder(  # noqa: N802 (gRPC method name)
+        self, request: pb.SubmitOrderRequest, context: grpc.ServicerContext
+    ) -> pb.OrderReply:
+        return self._order_entry(request, context, convert.submit_command)
+
+    def Cancel(  # noqa: N802
+        self, request: pb.CancelRequest, context: grpc.ServicerContext
+    ) -> pb.OrderReply:
+        return self._order_entry(request, context, convert.cancel_command)
+
+    def Replace(  # noqa: N802
+        self, request: pb.ReplaceRequest, context: grpc.ServicerContext
+    ) -> pb.OrderReply:
+        return self._order_entry(request, context, convert.replace_command)
+
+    def StreamMarketData(  # noqa: N802
+        self, request: pb.MarketDataRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.MarketDataUpdate]:
+        for symbol in request.symbols:
+            try:
+                convert.check_symbol(symbol, required=True)
+            except convert.BadRequest as exc:
+                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            subscription = self.node.hub.subscribe(request.symbols, request.include_depth)
+        except StreamEnded as exc:
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        try:
+            while context.is_active():
+                try:
+                    update = subscription.next_update(STREAM_POLL_S)
+                except StreamEnded as exc:
+                    _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                if update is None:
+                    continue
+                yield convert.market_data_message(update.index, update.event)
+        finally:
+            self.node.hub.unsubscribe(subscription)
+
+    def GetBookSnapshot(  # noqa: N802
+        self, request: pb.BookSnapshotRequest, context: grpc.ServicerContext
+    ) -> pb.BookSnapshot:
+        try:
+            convert.check_symbol(request.symbol, required=True)
+        except convert.BadRequest as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        levels = min(request.levels, SNAPSHOT_LEVELS_MAX) or None
+        snapshot = self.node.book_snapshot(request.symbol, levels)
+        if snapshot is None:
+            return pb.BookSnapshot(
+                symbol=request.symbol,
+                applied_index=self.node.state.applied_index,
+                replica_id=self.node.replica_id,
+            )
+        bids, asks, last_trade_price, applied_index = snapshot
+        return pb.BookSnapshot(
+            symbol=request.symbol,
+            bids=convert.price_levels(bids),
+            asks=convert.price_levels(asks),
+            last_trade_price=last_trade_price,
+            applied_index=applied_index,
+            replica_id=self.node.replica_id,
+        )
+
+    def GetStatus(  # noqa: N802
+        self, request: pb.StatusRequest, context: grpc.ServicerContext
+    ) -> pb.Status:
+        status = self.node.status()
+        return pb.Status(
+            replica_id=status.replica_id,
+            role=status.role,
+            leader_id=status.leader_id or 0,
+            leader_address=status.leader_address,
+            commit_index=status.commit_index,
+            applied_index=status.applied_index,
+            book_digest=status.book_digest.hex(),
+            state_digest=status.state_digest.hex(),
+            symbols=status.symbols,
+            orders_applied=status.executed_count,
+            duplicates_replayed=status.duplicate_count,
+            replicas=status.replicas,
+        )
+
+
+class HealthReporter:
+    """Keeps grpc.health.v1 statuses in line with the node's role (Rule 2)."""
+
+    def __init__(self, node: ExchangeNode) -> None:
+        self.node = node
+        self.servicer = health.HealthServicer()
+        self._last: tuple[bool, bool] | None = None
+
+    def refresh(self) -> None:
+        """Re-read the node's role; cheap, called periodically and on pause/resume."""
+        role = self.node.role()
+        alive = role != "paused"
+        order_entry = role in ("leader", "standalone")
+        if (alive, order_entry) == self._last:
+            return
+        self._last = (alive, order_entry)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        self.servicer.set("", serving if alive else not_serving)
+        self.servicer.set(ORDER_ENTRY_SERVICE, serving if order_entry else not_serving)
+
+    def shutdown(self) -> None:
+        self.servicer.enter_graceful_shutdown()

@@ -1,0 +1,167 @@
+"""The exchange's replicated state machine: the dedup table plus the order books.
+
+Rule 1: ``apply(index, payload)`` is the only way state changes, it is deterministic (no clock, no
+        randomness, no I/O), and it is called with consecutive log indexes starting at 1. Every
+        replica that applied the same log prefix therefore holds the same state, which
+        ``state_digest()`` proves.
+Rule 2: ``apply`` never raises on bad payload bytes: a malformed entry becomes a reply with an
+        ``error`` (the same on every replica), never a crash of the pump.
+Rule 3: exactly-once order entry: a ``(client_id, seq)`` already executed returns its stored reply
+        marked ``duplicate`` and executes nothing (``exchange.dedup``).
+Rule 4: no gRPC, no consensus, no threads here: callers serialize access (the server holds a lock).
+
+A log entry is ``ENTRY_HEADER (client_id u64, seq u64)`` followed by ``orderbook.encode_command``.
+The reply keeps the order-level events of the command (accepted, rejected, fills, cancels,
+replaces); the market-data events (trades, BBO and depth changes) are returned separately for
+publication and are not stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from exchange.dedup import DEDUP_CLIENTS_MAX, DEDUP_SEQS_PER_CLIENT_MAX, DedupTable
+from orderbook import (
+    AddOrder,
+    BboChanged,
+    CancelOrder,
+    Command,
+    DepthChanged,
+    Event,
+    Market,
+    ReplaceOrder,
+    Trade,
+    decode_command,
+    encode_command,
+)
+
+ENTRY_HEADER = struct.Struct("<QQ")  # client_id, seq
+CLIENT_ID_MAX = 2**64 - 1
+SEQ_MAX = 2**64 - 1
+MarketDataEvent = Trade | BboChanged | DepthChanged
+_CHAIN_RECORD = struct.Struct("<QQQB")  # index, client_id, seq, outcome
+_OUTCOME_EXECUTED, _OUTCOME_DUPLICATE, _OUTCOME_TOO_OLD, _OUTCOME_MALFORMED = range(4)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a trader gets back for one order-entry request."""
+
+    client_id: int
+    seq: int
+    order_id: str
+    events: tuple[Event, ...]
+    log_index: int  # the entry that executed the request (for a duplicate: the original one)
+    duplicate: bool = False
+    error: str = ""  # non-empty when the entry could not be executed at all
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of applying one log entry."""
+
+    index: int
+    reply: Reply
+    market_data: tuple[MarketDataEvent, ...]  # trades, BBO and depth changes, in engine order
+
+
+def encode_entry(client_id: int, seq: int, command: Command) -> bytes:
+    """The log payload of one order-entry request."""
+    assert 0 <= client_id <= CLIENT_ID_MAX, client_id
+    assert 0 <= seq <= SEQ_MAX, seq
+    return ENTRY_HEADER.pack(client_id, seq) + encode_command(command)
+
+
+def command_order_id(command: Command) -> str:
+    """The order a command is about."""
+    assert isinstance(command, AddOrder | CancelOrder | ReplaceOrder), command
+    return command.order_id
+
+
+class ExchangeStateMachine:
+    """Dedup table + ``orderbook.Market``, advanced by committed log entries (see module rules)."""
+
+    def __init__(
+        self,
+        seqs_per_client_max: int = DEDUP_SEQS_PER_CLIENT_MAX,
+        clients_max: int = DEDUP_CLIENTS_MAX,
+    ) -> None:
+        self.market = Market()
+        self.dedup: DedupTable[Reply] = DedupTable(seqs_per_client_max, clients_max)
+        self.applied_index = 0
+        self.executed_count = 0
+        self.duplicate_count = 0
+        self._chain = hashlib.sha256(b"mu-exchange state chain v1").digest()
+
+    def lookup(self, client_id: int, seq: int) -> Reply | None:
+        """The stored reply of an already executed request, marked duplicate; else ``None``."""
+        reply = self.dedup.lookup(client_id, seq)
+        if reply is None:
+            return None
+        return _as_duplicate(reply)
+
+    def apply(self, index: int, payload: bytes | memoryview) -> Applied:
+        """Apply the committed entry ``index``. O(matching work of the command)."""
+        assert index == self.applied_index + 1, (index, self.applied_index)
+        self.applied_index = index
+        if len(payload) < ENTRY_HEADER.size:
+            reply = Reply(0, 0, "", (), index, error=f"log entry {index} is too short")
+            self._chain_step(index, 0, 0, _OUTCOME_MALFORMED)
+            return Applied(index, reply, ())
+        client_id, seq = ENTRY_HEADER.unpack_from(payload, 0)
+        stored = self.dedup.lookup(client_id, seq)
+        if stored is not None:
+            self.duplicate_count += 1
+            self._chain_step(index, client_id, seq, _OUTCOME_DUPLICATE)
+            return Applied(index, _as_duplicate(stored), ())
+        if self.dedup.is_too_old(client_id, seq):
+            error = f"seq {seq} of client {client_id} is older than the replies the exchange keeps"
+            self._chain_step(index, client_id, seq, _OUTCOME_TOO_OLD)
+            return Applied(index, Reply(client_id, seq, "", (), index, error=error), ())
+        return self._execute(index, client_id, seq, memoryview(payload)[ENTRY_HEADER.size :])
+
+    def _execute(self, index: int, client_id: int, seq: int, body: memoryview) -> Applied:
+        try:
+            command = decode_command(body)
+        except ValueError as exc:
+            reply = Reply(client_id, seq, "", (), index, error=f"malformed command: {exc}")
+            self.dedup.record(client_id, seq, reply)
+            self._chain_step(index, client_id, seq, _OUTCOME_MALFORMED)
+            return Applied(index, reply, ())
+        events = self.market.apply(command)
+        order_events = tuple(e for e in events if not isinstance(e, MarketDataEvent))
+        market_data = tuple(e for e in events if isinstance(e, MarketDataEvent))
+        reply = Reply(client_id, seq, command_order_id(command), order_events, index)
+        self.dedup.record(client_id, seq, reply)
+        self.executed_count += 1
+        self._chain_step(index, client_id, seq, _OUTCOME_EXECUTED)
+        return Applied(index, reply, market_data)
+
+    def _chain_step(self, index: int, client_id: int, seq: int, outcome: int) -> None:
+        """Fold one dedup-table transition into the running chain hash (what the table saw)."""
+        record = _CHAIN_RECORD.pack(index, client_id, seq, outcome)
+        self._chain = hashlib.sha256(self._chain + record).digest()
+
+    def book_digest(self) -> bytes:
+        """``Market.digest()``: equal on replicas that applied the same entries."""
+        return self.market.digest()
+
+    def state_digest(self) -> bytes:
+        """The books plus the dedup table's history (the table is a function of it)."""
+        return hashlib.sha256(self.market.digest() + self._chain).digest()
+
+
+def _as_duplicate(reply: Reply) -> Reply:
+    if reply.duplicate:
+        return reply
+    return Reply(
+        reply.client_id,
+        reply.seq,
+        reply.order_id,
+        reply.events,
+        reply.log_index,
+        duplicate=True,
+        error=reply.error,
+    )

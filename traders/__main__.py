@@ -1,0 +1,143 @@
+"""``python -m traders {load,shell}``: the trader clients' command line.
+
+Rule 1: servers come from ``--servers`` or the original's ``SERVER_URIS`` (``1=host:port,...``);
+        the trader count from ``--traders`` or ``TRADERS_NUM``; the run length from ``--test-ms`` or
+        ``TEST_MS``. Bad values print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+
+from exchange.config import ConfigError, env_int, parse_server_uris
+from traders.workload import DEFAULT_SYMBOLS
+
+TEST_MS_DEFAULT = 10_000  # the original ran --test_ms 120000; 10 s is enough for stable figures
+TRADERS_DEFAULT = 4
+LATENCY_FILE_DEFAULT = "dump-traders.txt"
+
+
+def server_addresses(text: str | None) -> tuple[str, ...]:
+    """Addresses from ``--servers`` (``1=h:p,...`` or ``h:p,h:p``) or ``SERVER_URIS``."""
+    raw = text if text is not None else os.environ.get("SERVER_URIS", "")
+    if not raw.strip():
+        raise ConfigError("no servers: pass --servers 1=host:port,... or set SERVER_URIS")
+    if "=" in raw:
+        return tuple(parse_server_uris(raw).values())
+    addresses = tuple(a.strip() for a in raw.split(",") if a.strip())
+    from exchange.config import check_address
+
+    for address in addresses:
+        check_address(address, "--servers")
+    return addresses
+
+
+def _run_load(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from traders.load import LoadConfig, LoadRun
+
+    traders = args.traders if args.traders is not None else env_int("TRADERS_NUM",
+                                                                   TRADERS_DEFAULT)
+    test_ms = args.test_ms if args.test_ms is not None else env_int("TEST_MS", TEST_MS_DEFAULT)
+    if traders < 1:
+        raise ConfigError(f"--traders {traders}: need at least 1")
+    if test_ms < 1:
+        raise ConfigError(f"--test-ms {test_ms}: need at least 1")
+    if args.rate < 0:
+        raise ConfigError(f"--rate {args.rate}: must be >= 0 (0 = closed loop)")
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    config = LoadConfig(
+        addresses=server_addresses(args.servers),
+        traders=traders,
+        rate_per_s=args.rate,
+        test_ms=test_ms,
+        seed=seed,
+        symbols=tuple(args.symbols.split(",")),
+    )
+    loop = f"open loop {args.rate:g}/s" if args.rate else "closed loop"
+    print(f"load: {traders} traders, {loop}, {test_ms} ms, seed {seed}, servers "
+          f"{', '.join(config.addresses)}")
+    run = LoadRun(config)
+    run.start()
+    bar = tqdm(total=test_ms / 1000, unit="s", disable=args.no_progress,
+               bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} s {postfix}")
+
+    def tick(answered: int) -> None:
+        bar.n = min(run.elapsed_s(), test_ms / 1000)
+        bar.set_postfix_str(f"{answered} answers")
+
+    try:
+        run.wait(tick)
+    except KeyboardInterrupt:
+        run.stop()
+        run.wait()
+        print("\nload: interrupted (Ctrl-C); reporting what was measured", file=sys.stderr)
+    finally:
+        bar.close()
+        run.close()
+    report = run.report()
+    for line in report.lines():
+        print(line)
+    if args.latency_file:
+        report.dump(args.latency_file)
+        print(f"per-request latencies written to {args.latency_file}")
+    for error in run.errors[:3]:
+        print(f"  error: {error}", file=sys.stderr)
+    return 1 if report.counts.get("failed", 0) else 0
+
+
+def _run_shell(args: argparse.Namespace) -> int:
+    from traders.shell import run_shell
+
+    client_id = args.client_id or random.SystemRandom().randrange(1, 2**48)
+    return run_shell(server_addresses(args.servers), client_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m traders",
+                                     description="mu-exchange trader clients.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    load = commands.add_parser(
+        "load", help="N traders sending orders for a while, then a latency report",
+        description="Send orders from N trader threads (closed loop, or open loop at --rate), "
+        "following the leader across failovers, and report counts, latency percentiles and "
+        "failover gaps. Example: SERVER_URIS=1=127.0.0.1:31851,2=127.0.0.1:31852,"
+        "3=127.0.0.1:31853 python -m traders load --traders 4 --test-ms 10000",
+    )
+    load.add_argument("--servers", default=None, metavar="1=HOST:PORT,...",
+                      help="servers (default: env SERVER_URIS)")
+    load.add_argument("--traders", type=int, default=None,
+                      help=f"trader threads (default: env TRADERS_NUM or {TRADERS_DEFAULT})")
+    load.add_argument("--test-ms", type=int, default=None,
+                      help=f"run length in ms (default: env TEST_MS or {TEST_MS_DEFAULT})")
+    load.add_argument("--rate", type=float, default=0.0,
+                      help="total orders/s over all traders (default 0 = closed loop)")
+    load.add_argument("--seed", type=int, default=None, help="workload seed (default: random)")
+    load.add_argument("--symbols", default=",".join(DEFAULT_SYMBOLS))
+    load.add_argument("--latency-file", default=LATENCY_FILE_DEFAULT,
+                      help="per-request latencies file ('' = none)")
+    load.add_argument("--no-progress", action="store_true", help="no progress bar")
+    shell = commands.add_parser("shell", help="interactive trader",
+                                description="An interactive trader; type help inside.")
+    shell.add_argument("--servers", default=None, metavar="1=HOST:PORT,...",
+                       help="servers (default: env SERVER_URIS)")
+    shell.add_argument("--client-id", type=int, default=0, help="default: random")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "load":
+            return _run_load(args)
+        return _run_shell(args)
+    except ConfigError as exc:
+        print(f"python -m traders {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\npython -m traders {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""A leader-following trader client: order entry that survives failovers, exactly once.
+
+Rule 1: every order-entry request gets the client's next sequence number once, and every retry
+        of it (after a redirect, an UNAVAILABLE, a timeout) reuses that number, so the exchange
+        executes it at most once and the retry returns the original reply.
+Rule 2: FAILED_PRECONDITION with trailing metadata ``leader-address`` redirects to that address;
+        UNAVAILABLE, DEADLINE_EXCEEDED and a redirect without an address try the next server after a
+        short, growing back-off; INVALID_ARGUMENT is final (``RequestRejected``). A request gives up
+        after ``give_up_s`` (``ExchangeUnreachable``), never loops forever.
+Rule 3: channels and the leader guess are shared by every client of one ``ClusterConnection``, so a
+        redirect learnt by one trader helps all of them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+
+from exchange.proto import exchange_pb2 as pb
+from exchange.proto import exchange_pb2_grpc as pb_grpc
+
+ATTEMPT_TIMEOUT_S = 1.0  # one RPC attempt; a healthy commit takes about a millisecond
+GIVE_UP_S = 15.0  # a request retries this long before ExchangeUnreachable
+BACKOFF_INITIAL_S = 0.001
+BACKOFF_MAX_S = 0.05
+LEADER_ADDRESS_KEY = "leader-address"
+RETRYABLE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+
+RequestT = TypeVar("RequestT")
+
+
+class ClientError(Exception):
+    """Base class of the client's errors."""
+
+
+class RequestRejected(ClientError):
+    """The exchange refused the request itself (INVALID_ARGUMENT); retrying will not help."""
+
+
+class ExchangeUnreachable(ClientError):
+    """No server accepted the request within the give-up time; the message has the last error."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    reply: pb.OrderReply
+    attempts: int
+    redirects: int
+    first_failure_ns: int  # monotonic time of the first failed attempt; 0 if none failed
+    server: str  # the address that answered
+
+
+class ClusterConnection:
+    """Channels to every server of a cluster plus the shared leader guess (Rule 3)."""
+
+    def __init__(self, addresses: Sequence[str]) -> None:
+        assert addresses, "at least one server address"
+        self.addresses = tuple(dict.fromkeys(addresses))
+        self._channels = {address: grpc.insecure_channel(address) for address in self.addresses}
+        self._stubs = {a: _stub(c) for a, c in self._channels.items()}
+        self.leader_guess = self.addresses[0]
+
+    def stub(self, address: str) -> pb_grpc.ExchangeStub:
+        stub = self._stubs.get(address)
+        if stub is None:  # a leader outside the configured list: connect on demand
+            channel = grpc.insecure_channel(address)
+            self._channels[address] = channel
+            stub = self._stubs[address] = _stub(channel)
+        return stub
+
+    def next_address(self, address: str) -> str:
+        if address not in self.addresses:
+            return self.addresses[0]
+        return self.addresses[(self.addresses.index(address) + 1) % len(self.addresses)]
+
+    def status(self, address: str, timeout_s: float = ATTEMPT_TIMEOUT_S) -> pb.Status:
+        status: pb.Status = self.stub(address).GetStatus(pb.StatusRequest(), timeout=timeout_s)
+        return status
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+
+def _stub(channel: grpc.Channel) -> pb_grpc.ExchangeStub:
+    stub: pb_grpc.ExchangeStub = pb_grpc.ExchangeStub(channel)  # type: ignore[no-untyped-call]
+    return stub
+
+
+def _leader_hint(error: grpc.RpcError) -> str | None:
+    metadata = error.trailing_metadata() if isinstance(error, grpc.Call) else None
+    key: str
+    value: str | bytes
+    for key, value in metadata or ():
+        if key == LEADER_ADDRESS_KEY and isinstance(value, str) and value:
+            return value
+    return None
+
+
+class TraderClient:
+    """One trader: a client id, its sequence numbers, and leader-following calls (Rules 1-2)."""
+
+    def __init__(
+        self,
+        connection: ClusterConnection,
+        client_id: int,
+        attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
+        give_up_s: float = GIVE_UP_S,
+    ) -> None:
+        assert client_id > 0, client_id
+        self.connection = connection
+        self.client_id = client_id
+        self.attempt_timeout_s = attempt_timeout_s
+        self.give_up_s = give_up_s
+        self._seq = 0
+        self._seq_lock = threading.Lock()
+
+    def next_seq(self) -> int:
+        with self._seq_lock:
+            self._seq += 1
+            return self._seq
+
+    def submit(
+        self,
+        symbol: str,
+        side: pb.Side,
+        price: int,
+        quantity: int,
+        stop_price: int = 0,
+        all_or_none: bool = False,
+        immediate_or_cancel: bool = False,
+        seq: int | None = None,
+    ) -> CallResult:
+        request = pb.SubmitOrderRequest(
+            client_id=self.client_id, seq=seq or self.next_seq(), symbol=symbol, side=side,
+            price=price, quantity=quantity, stop_price=stop_price, all_or_none=all_or_none,
+            immediate_or_cancel=immediate_or_cancel,
+        )
+        return self.call(lambda stub: stub.SubmitOrder, request)
+
+    def cancel(self, order_id: str, symbol: str = "", seq: int | None = None) -> CallResult:
+        request = pb.CancelRequest(
+            client_id=self.client_id, seq=seq or self.next_seq(), order_id=order_id, symbol=symbol
+        )
+        return self.call(lambda stub: stub.Cancel, request)
+
+    def replace(
+        self,
+        order_id: str,
+        quantity_delta: int = 0,
+        new_price: int = 0,
+        symbol: str = "",
+        seq: int | None = None,
+    ) -> CallResult:
+        request = pb.ReplaceRequest(
+            client_id=self.client_id, seq=seq or self.next_seq(), order_id=order_id,
+            quantity_delta=quantity_delta, new_price=new_price, symbol=symbol,
+        )
+        return self.call(lambda stub: stub.Replace, request)
+
+    def call(
+        self,
+        method: Callable[[pb_grpc.ExchangeStub], Callable[..., pb.OrderReply]],
+        request: RequestT,
+    ) -> CallResult:
+        """Send ``request`` to the leader, following redirects and retrying (Rules 1-2)."""
+        connection = self.connection
+        target = connection.leader_guess
+        deadline = time.monotonic() + self.give_up_s
+        backoff_s = BACKOFF_INITIAL_S
+        attempts = redirects = first_failure_ns = 0
+        last_error = "no attempt made"
+        while True:
+            attempts += 1
+            try:
+                reply = method(connection.stub(target))(request, timeout=self.attempt_timeout_s)
+            except grpc.RpcError as error:
+                code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+                details = error.details() if isinstance(error, grpc.Call) else str(error)
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise RequestRejected(details or "invalid request") from None
+                first_failure_ns = first_failure_ns or time.monotonic_ns()
+                last_error = f"{target}: {code.name}: {details}"
+                hint = _leader_hint(error) if code == grpc.StatusCode.FAILED_PRECONDITION else None
+                if code not in RETRYABLE_CODES and code != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise ExchangeUnreachable(f"request failed: {last_error}") from None
+                if time.monotonic() >= deadline:
+                    raise ExchangeUnreachable(
+                        f"no leader accepted the request within {self.give_up_s} s "
+                        f"({attempts} attempts); last error: {last_error}"
+                    ) from None
+                if hint is not None and hint != target:
+                    redirects += 1
+                    target = hint
+                    continue
+                time.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+                target = connection.next_address(target)
+                continue
+            connection.leader_guess = target
+            return CallResult(reply, attempts, redirects, first_failure_ns, target)

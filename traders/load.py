@@ -1,0 +1,244 @@
+"""The load generator: N traders sending orders for a fixed time, then a report.
+
+Rule 1: every trader is a thread with its own client id and seeded workload; closed loop (the next
+        request goes out when the previous is answered) when ``rate_per_s`` is 0, open loop
+        otherwise (each trader sends on a fixed schedule and latency counts from the scheduled time,
+        so a stall shows up in the figures instead of being hidden by coordinated omission).
+Rule 2: a request counts as *acked* when the exchange answered it with no reject event, *rejected*
+        when the engine rejected it (reject, cancel_reject, replace_reject), *invalid* on
+        INVALID_ARGUMENT, *failed* when no server answered within the give-up time; *retried* counts
+        requests that needed more than one attempt (redirects, failovers).
+Rule 3: per-request samples are kept in memory (bounded by ``SAMPLES_MAX`` per trader) and can be
+        dumped to a file, one request per line.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from exchange.proto import exchange_pb2 as pb
+from traders.client import ClusterConnection, ExchangeUnreachable, RequestRejected, TraderClient
+from traders.stats import LatencySummary, longest_silence_ns, merge_intervals, summarize
+from traders.workload import Cancel, Replace, Submit, Workload
+
+SAMPLES_MAX = 2_000_000  # per trader; far above what a Python trader sends in a long run
+PROGRESS_INTERVAL_S = 0.1
+REJECT_KINDS = frozenset({"reject", "cancel_reject", "replace_reject"})
+ACKED, REJECTED, INVALID, FAILED = range(4)
+OUTCOME_NAMES = ("acked", "rejected", "invalid", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    start_ns: int  # when the request was due (open loop) or sent (closed loop)
+    end_ns: int
+    attempts: int
+    first_failure_ns: int
+    outcome: int
+    replica: str  # the server that answered
+
+    @property
+    def latency_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    addresses: tuple[str, ...]
+    traders: int
+    rate_per_s: float  # total over all traders; 0 = closed loop
+    test_ms: int
+    seed: int
+    symbols: tuple[str, ...]
+    client_id_base: int = 0  # 0 = random (client ids must not repeat across runs)
+
+
+@dataclass(slots=True)
+class LoadReport:
+    samples: list[Sample]
+    started_ns: int
+    ended_ns: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return (self.ended_ns - self.started_ns) / 1e9
+
+    @property
+    def retried(self) -> int:
+        return sum(1 for s in self.samples if s.attempts > 1)
+
+    def latency(self, start_ns: int = 0, end_ns: int = 2**63) -> LatencySummary:
+        """Latency of answered requests (acked or rejected) due in ``[start_ns, end_ns)``."""
+        return summarize(
+            s.latency_ns for s in self.samples
+            if s.outcome in (ACKED, REJECTED) and start_ns <= s.start_ns < end_ns
+        )
+
+    def failover_gaps_ns(self) -> list[tuple[int, int]]:
+        return merge_intervals(
+            (s.first_failure_ns, s.end_ns) for s in self.samples if s.first_failure_ns
+        )
+
+    def longest_silence_ns(self) -> int:
+        done = [s.end_ns for s in self.samples if s.outcome in (ACKED, REJECTED)]
+        if len(done) < 2:
+            return 0
+        return longest_silence_ns(done, min(done), max(done))
+
+    def lines(self) -> list[str]:
+        answered = self.counts.get("acked", 0) + self.counts.get("rejected", 0)
+        out = [
+            f"requests sent {len(self.samples)}, acked {self.counts.get('acked', 0)}, "
+            f"rejected by the engine {self.counts.get('rejected', 0)}, invalid "
+            f"{self.counts.get('invalid', 0)}, failed {self.counts.get('failed', 0)}, "
+            f"retried {self.retried}",
+            f"throughput {answered / max(self.duration_s, 1e-9):,.0f} answers/s over "
+            f"{self.duration_s:.1f} s",
+            f"latency {self.latency().line()}",
+        ]
+        gaps = self.failover_gaps_ns()
+        if gaps:
+            shown = ", ".join(
+                f"{(a - self.started_ns) / 1e9:.2f}s+{(b - a) / 1e6:.1f}ms" for a, b in gaps[:8]
+            )
+            out.append(f"failover gaps seen by clients: {len(gaps)} ({shown})")
+        else:
+            out.append("failover gaps seen by clients: none")
+        out.append(f"longest time without any answer: {self.longest_silence_ns() / 1e6:.1f} ms")
+        return out
+
+    def dump(self, path: str) -> None:
+        """One line per request: due time (us since start), latency (us), attempts, outcome."""
+        with open(path, "w", encoding="utf-8") as out:
+            out.write("# start_us latency_us attempts outcome server\n")
+            for s in sorted(self.samples, key=lambda s: s.start_ns):
+                out.write(
+                    f"{(s.start_ns - self.started_ns) // 1000} {s.latency_ns // 1000} "
+                    f"{s.attempts} {OUTCOME_NAMES[s.outcome]} {s.replica}\n"
+                )
+
+
+def _outcome(reply: pb.OrderReply) -> int:
+    for event in reply.events:
+        if event.kind in REJECT_KINDS:
+            return REJECTED
+    return ACKED
+
+
+def _still_resting(reply: pb.OrderReply, quantity: int) -> bool:
+    filled = 0
+    for event in reply.events:
+        if event.order_id != reply.order_id:
+            continue
+        if event.kind in ("cancel", "reject"):
+            return False
+        if event.kind == "fill":
+            filled += event.quantity
+    return filled < quantity
+
+
+class LoadRun:
+    """One load run; ``start``, then ``wait`` (or ``stop``), then ``report``."""
+
+    def __init__(self, config: LoadConfig) -> None:
+        assert config.traders >= 1, config.traders
+        assert config.test_ms > 0, config.test_ms
+        self.config = config
+        self.connection = ClusterConnection(config.addresses)
+        base = config.client_id_base or (random.SystemRandom().getrandbits(40) << 16)
+        self.clients = [TraderClient(self.connection, base + i + 1) for i in range(config.traders)]
+        self._samples: list[list[Sample]] = [[] for _ in range(config.traders)]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.started_ns = 0
+        self.deadline_ns = 0
+        self.errors: list[str] = []
+
+    @property
+    def answered(self) -> int:
+        return sum(len(samples) for samples in self._samples)
+
+    def elapsed_s(self) -> float:
+        return (time.monotonic_ns() - self.started_ns) / 1e9
+
+    def start(self) -> None:
+        self.started_ns = time.monotonic_ns()
+        self.deadline_ns = self.started_ns + self.config.test_ms * 1_000_000
+        for index in range(self.config.traders):
+            thread = threading.Thread(target=self._trade, args=(index,), name=f"trader-{index}",
+                                      daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, tick: Callable[[int], None] | None = None) -> None:
+        """Wait for every trader; call ``tick(answered)`` every ``PROGRESS_INTERVAL_S``."""
+        while any(t.is_alive() for t in self._threads):
+            for thread in self._threads:
+                thread.join(PROGRESS_INTERVAL_S)
+                if tick is not None:
+                    tick(self.answered)
+                if thread.is_alive():
+                    break
+
+    def report(self) -> LoadReport:
+        samples = [s for per_trader in self._samples for s in per_trader]
+        ended = max((s.end_ns for s in samples), default=self.started_ns)
+        counts = {name: 0 for name in OUTCOME_NAMES}
+        for s in samples:
+            counts[OUTCOME_NAMES[s.outcome]] += 1
+        return LoadReport(samples, self.started_ns, max(ended, self.deadline_ns), counts)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def _trade(self, index: int) -> None:
+        config = self.config
+        client = self.clients[index]
+        workload = Workload(config.seed * 1_000_003 + index, config.symbols)
+        samples = self._samples[index]
+        interval_ns = int(config.traders * 1e9 / config.rate_per_s) if config.rate_per_s else 0
+        due_ns = self.started_ns + (interval_ns * index) // config.traders
+        while not self._stop.is_set() and len(samples) < SAMPLES_MAX:
+            now = time.monotonic_ns()
+            if interval_ns:
+                if due_ns > now:
+                    time.sleep((due_ns - now) / 1e9)
+                start_ns, due_ns = due_ns, due_ns + interval_ns
+            else:
+                start_ns = now
+            if start_ns >= self.deadline_ns:
+                return
+            samples.append(self._one(client, workload, start_ns))
+
+    def _one(self, client: TraderClient, workload: Workload, start_ns: int) -> Sample:
+        request = workload.next_request()
+        try:
+            if isinstance(request, Submit):
+                result = client.submit(request.symbol, request.side, request.price,
+                                       request.quantity,
+                                       immediate_or_cancel=request.immediate_or_cancel)
+                if request.price and _still_resting(result.reply, request.quantity):
+                    workload.remember(result.reply.order_id, request.symbol)
+            elif isinstance(request, Cancel):
+                result = client.cancel(request.order_id, request.symbol)
+            else:
+                assert isinstance(request, Replace)
+                result = client.replace(request.order_id, request.quantity_delta,
+                                        request.new_price, request.symbol)
+        except RequestRejected as exc:
+            self.errors.append(str(exc))
+            return Sample(start_ns, time.monotonic_ns(), 1, 0, INVALID, "")
+        except ExchangeUnreachable as exc:
+            self.errors.append(str(exc))
+            return Sample(start_ns, time.monotonic_ns(), 0, 0, FAILED, "")
+        end_ns = time.monotonic_ns()
+        return Sample(start_ns, end_ns, result.attempts, result.first_failure_ns,
+                      _outcome(result.reply), result.server)
