@@ -1,0 +1,38 @@
+"""Fixtures: real server processes on real gRPC ports (cleaned up by LocalCluster.stop)."""
+
+import itertools
+import os
+
+import pytest
+
+from exchange.cluster import LocalCluster
+from traders.client import ClusterConnection, TraderClient
+
+_client_ids = itertools.count((os.getpid() % 10_000) * 1_000 + 1)
+
+
+def consensus_ready() -> bool:
+    try:
+        from consensus import Replica, ReplicaConfig  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def standalone():
+    with LocalCluster(1, name="t-one") as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def cluster3():
+    if not consensus_ready():
+        pytest.skip("consensus.Replica is not available yet")
+    with LocalCluster(3, name="t-three") as cluster:
+        yield cluster
+
+
+def new_client(cluster: LocalCluster, give_up_s: float = 15.0) -> TraderClient:
+    connection = ClusterConnection(tuple(cluster.addresses.values()))
+    return TraderClient(connection, next(_client_ids), give_up_s=give_up_s)

@@ -1,0 +1,37 @@
+"""Configuration parsing: SERVER_URIS, SID, --replicas; errors name the setting."""
+
+import pytest
+
+from exchange.config import ConfigError, parse_server_uris, resolve_server_config
+
+
+def test_parse_server_uris():
+    assert parse_server_uris("2=h2:2, 1=h1:1,") == {1: "h1:1", 2: "h2:2"}
+
+
+@pytest.mark.parametrize("text", ["", "1=h1", "x=h:1", "1=h:1,1=h:2", "0=h:1", "1=h:99999"])
+def test_bad_server_uris(text):
+    with pytest.raises(ConfigError, match="SERVER_URIS"):
+        parse_server_uris(text)
+
+
+def test_environment_is_the_fallback(monkeypatch):
+    monkeypatch.setenv("SID", "2")
+    monkeypatch.setenv("SERVER_URIS", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3")
+    monkeypatch.setenv("DORY_REGISTRY_IP", "127.0.0.1:9999")
+    config = resolve_server_config(None, None, None, "shm", None, None, None, None)
+    assert config.replica_id == 2 and config.replicas == 3
+    assert config.registry_address == "127.0.0.1:9999"
+    assert config.listen == "127.0.0.1:2"
+    assert config.members == (1, 2, 3)
+
+
+def test_replicas_must_be_one_or_all(monkeypatch):
+    monkeypatch.delenv("SID", raising=False)
+    uris = "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3"
+    with pytest.raises(ConfigError, match="--replicas"):
+        resolve_server_config(1, uris, 2, "shm", None, None, None, None)
+    with pytest.raises(ConfigError, match="replica id"):
+        resolve_server_config(None, uris, None, "shm", None, None, None, None)
+    single = resolve_server_config(3, uris, 1, "shm", None, None, None, None)
+    assert single.members == (3,)

@@ -1,0 +1,59 @@
+"""The control FIFO: p pauses, r resumes, anything else is ignored; the FIFO is removed on close."""
+
+import os
+import threading
+
+import pytest
+
+from exchange.control_fifo import ControlFifo, ControlFifoError, parse_command
+
+
+def test_parse_command():
+    assert parse_command("p\n") == "pause"
+    assert parse_command(" PAUSE ") == "pause"
+    assert parse_command("r") == "resume"
+    assert parse_command("resume") == "resume"
+    assert parse_command("x") is None
+    assert parse_command("pp") is None
+
+
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def test_fifo_drives_callbacks_and_is_removed(tmp_path, caplog):
+    path = str(tmp_path / "fifo-7")
+    calls: list[str] = []
+    seen = threading.Semaphore(0)
+
+    def record(name: str):
+        def callback() -> None:
+            calls.append(name)
+            seen.release()
+        return callback
+
+    fifo = ControlFifo(path, record("pause"), record("resume"))
+    try:
+        _write(path, b"p\n")
+        assert seen.acquire(timeout=5)
+        _write(path, b"bogus\n\nr\n")  # the unknown line is reported and ignored
+        assert seen.acquire(timeout=5)
+        _write(path, b"pa")  # a line split over two writes
+        _write(path, b"use\n")
+        assert seen.acquire(timeout=5)
+    finally:
+        fifo.close()
+    assert calls == ["pause", "resume", "pause"]
+    assert not os.path.exists(path)
+    assert any("ignored unknown command 'bogus'" in r.getMessage() for r in caplog.records)
+
+
+def test_regular_file_in_the_way_is_a_clear_error(tmp_path):
+    path = tmp_path / "fifo-8"
+    path.write_text("not a fifo")
+    with pytest.raises(ControlFifoError, match="not a FIFO"):
+        ControlFifo(str(path), lambda: None, lambda: None)

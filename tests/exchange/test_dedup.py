@@ -1,0 +1,36 @@
+"""The dedup table: exactly-once lookups, deterministic bounded eviction."""
+
+from exchange.dedup import DedupTable
+
+
+def test_lookup_returns_recorded_reply_and_nothing_else():
+    table: DedupTable[str] = DedupTable(seqs_per_client_max=4, clients_max=4)
+    table.record(1, 1, "a")
+    assert table.lookup(1, 1) == "a"
+    assert table.lookup(1, 2) is None
+    assert table.lookup(2, 1) is None
+    assert not table.is_too_old(1, 2)
+
+
+def test_evicted_seqs_become_too_old_never_executable():
+    table: DedupTable[int] = DedupTable(seqs_per_client_max=3, clients_max=4)
+    for seq in range(1, 7):
+        table.record(9, seq, seq * 10)
+    assert len(table) == 3
+    assert [table.lookup(9, s) for s in (4, 5, 6)] == [40, 50, 60]
+    for seq in (1, 2, 3):
+        assert table.lookup(9, seq) is None
+        assert table.is_too_old(9, seq)
+    assert not table.is_too_old(9, 7)
+
+
+def test_least_recently_applied_client_is_evicted_first():
+    table: DedupTable[str] = DedupTable(seqs_per_client_max=2, clients_max=2)
+    table.record(1, 1, "x")
+    table.record(2, 1, "y")
+    table.record(1, 2, "x2")  # client 1 is now the most recent
+    table.record(3, 1, "z")  # evicts client 2
+    assert table.client_count == 2
+    assert table.lookup(2, 1) is None
+    assert table.lookup(1, 1) == "x"
+    assert table.lookup(3, 1) == "z"

@@ -1,0 +1,161 @@
+"""ExchangeNode's replicated order entry against an in-test consensus double.
+
+The double keeps one shared log for several nodes and delivers committed entries to every node's
+on_commit from a pump thread, as consensus.Replica does; it can be told to commit an entry and then
+raise NotLeader (the ambiguous outcome the dedup table must absorb).
+"""
+
+import queue
+import threading
+
+import pytest
+
+from exchange.node import ExchangeNode, NotLeaderError, ServerUnavailable
+from orderbook import AddOrder, Side
+
+
+class NotLeader(Exception):  # same name as consensus.NotLeader: the node maps by name
+    def __init__(self, leader_id):
+        super().__init__(f"not leader; leader is {leader_id}")
+        self.leader_id = leader_id
+
+
+class SharedLog:
+    """One committed log; a pump thread per node applies it in order (like consensus's pump)."""
+
+    def __init__(self, nodes: list[ExchangeNode]) -> None:
+        self.entries: list[bytes] = []
+        self.leader = 1
+        self.lock = threading.Lock()
+        self.queues: list[queue.Queue] = [queue.Queue() for _ in nodes]
+        self.pumps = [threading.Thread(target=self._pump, args=(n, q), daemon=True)
+                      for n, q in zip(nodes, self.queues, strict=True)]
+        for pump in self.pumps:
+            pump.start()
+
+    @staticmethod
+    def _pump(node: ExchangeNode, entries: queue.Queue) -> None:
+        while (item := entries.get()) is not None:
+            node.on_commit(*item)
+
+    def append(self, payload: bytes) -> int:
+        with self.lock:
+            self.entries.append(payload)
+            index = len(self.entries)
+            for entries in self.queues:
+                entries.put((index, payload))
+        return index
+
+    def close(self) -> None:
+        for entries in self.queues:
+            entries.put(None)
+        for pump in self.pumps:
+            pump.join(5)
+
+
+class FakeReplica:
+    def __init__(self, replica_id: int, log: SharedLog) -> None:
+        self.replica_id = replica_id
+        self.log = log
+        self.commit_then_fail = False
+        self.paused = False
+
+    @property
+    def is_leader(self) -> bool:
+        return self.log.leader == self.replica_id and not self.paused
+
+    @property
+    def leader_id(self):
+        return self.log.leader
+
+    @property
+    def commit_index(self) -> int:
+        return len(self.log.entries)
+
+    def propose(self, payload: bytes, timeout_s: float = 1.0) -> int:
+        if not self.is_leader:
+            raise NotLeader(self.log.leader)
+        index = self.log.append(payload)
+        if self.commit_then_fail:
+            raise NotLeader(None)
+        return index
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.fixture
+def trio():
+    addresses = {1: "h:1", 2: "h:2", 3: "h:3"}
+    nodes = [ExchangeNode(i, addresses, 3) for i in (1, 2, 3)]
+    log = SharedLog(nodes)
+    for node in nodes:
+        node.attach(FakeReplica(node.replica_id, log))
+    yield log, nodes
+    log.close()
+
+
+def _order(client: int, seq: int) -> AddOrder:
+    return AddOrder(f"{client}.{seq}", "X", Side.BUY, 100, 10)
+
+
+def test_leader_answers_after_apply_and_followers_redirect(trio):
+    log, (n1, n2, _) = trio
+    reply = n1.execute(5, 1, _order(5, 1))
+    assert reply.log_index == 1 and [type(e).__name__ for e in reply.events] == ["Accepted"]
+    with pytest.raises(NotLeaderError) as info:
+        n2.execute(5, 2, _order(5, 2))
+    assert info.value.leader_address == "h:1"
+
+
+def test_committed_despite_not_leader_is_answered_from_dedup_after_failover(trio):
+    log, (n1, n2, n3) = trio
+    n1.replica.commit_then_fail = True  # type: ignore[union-attr]
+    with pytest.raises(ServerUnavailable):  # NotLeader(None): no leader known
+        n1.execute(6, 1, _order(6, 1))
+    log.leader = 2
+    for _ in range(200):  # let the pump threads apply entry 1 everywhere
+        if all(n.state.applied_index == 1 for n in (n1, n2, n3)):
+            break
+        threading.Event().wait(0.01)
+    retry = n2.execute(6, 1, _order(6, 1))
+    assert retry.duplicate and retry.log_index == 1
+    assert n2.state.executed_count == 1
+    assert log.entries == [log.entries[0]]  # answered from the table: nothing proposed
+
+
+def test_concurrent_clients_all_answered_and_replicas_agree(trio):
+    log, nodes = trio
+    replies = {}
+
+    def trader(client: int) -> None:
+        for seq in range(1, 21):
+            replies[(client, seq)] = nodes[0].execute(client, seq, _order(client, seq))
+
+    threads = [threading.Thread(target=trader, args=(c,)) for c in range(1, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(replies) == 80
+    assert sorted(r.log_index for r in replies.values()) == list(range(1, 81))
+    for _ in range(200):
+        if all(n.state.applied_index == 80 for n in nodes):
+            break
+        threading.Event().wait(0.01)
+    assert len({n.state.state_digest() for n in nodes}) == 1
+
+
+def test_paused_node_is_unavailable(trio):
+    _, (n1, _, _) = trio
+    n1.pause()
+    with pytest.raises(ServerUnavailable, match="paused"):
+        n1.execute(7, 1, _order(7, 1))
+    n1.resume()
+    assert n1.execute(7, 1, _order(7, 1)).log_index == 1

@@ -1,0 +1,75 @@
+"""The trader CLIs against a real unreplicated server: the shell driven through stdin, and load."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from exchange.cluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server():
+    with LocalCluster(1, name="t-traders") as cluster:
+        yield cluster
+
+
+def _run(args, stdin="", timeout=60):
+    return subprocess.run([sys.executable, "-m", "traders", *args], input=stdin, text=True,
+                          capture_output=True, timeout=timeout, check=False)
+
+
+def test_shell_places_cancels_replaces_and_reads(server):
+    script = "\n".join([
+        "sell SHL 100 1010",
+        "buy SHL 40 1010",
+        "replace 77.1 qty=+20",
+        "book SHL",
+        "cancel 77.1",
+        "cancel 78.1",
+        "buy SHL 0",
+        "frobnicate",
+        "status",
+        "watch SHL 1",
+        "quit",
+    ]) + "\n"
+    result = _run(["shell", "--servers", server.server_uris, "--client-id", "77"], script)
+    out = result.stdout
+    assert result.returncode == 0, result.stderr
+    assert "order 77.1 seq 1" in out and "accept 77.1" in out
+    assert "fill 77.2 contra=77.1 price=1010 qty=40" in out
+    assert "replace 77.1 price=1010 qty=120" in out  # order quantity 100 + 20; 80 open
+    assert "ask       1010         80 (1)" in out
+    assert "cancel 77.1 qty=80" in out
+    assert "error: order '78.1' is not an order of client 77" in out
+    assert "error: quantity must be in" in out
+    assert "error: unknown command 'frobnicate'" in out
+    assert "standalone leader 1" in out
+    assert "watching SHL for 1 s" in out and "watch ended" in out
+
+
+def test_load_reports_and_dumps_latencies(server, tmp_path):
+    dump = tmp_path / "lat.txt"
+    env_uris = {**os.environ, "SERVER_URIS": server.server_uris, "TRADERS_NUM": "2"}
+    result = subprocess.run(
+        [sys.executable, "-m", "traders", "load", "--test-ms", "1500", "--seed", "3",
+         "--latency-file", str(dump), "--no-progress"],
+        text=True, capture_output=True, timeout=60, env=env_uris, check=False)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "load: 2 traders, closed loop, 1500 ms, seed 3" in out
+    assert "failed 0" in out and "latency p50" in out
+    lines = dump.read_text().splitlines()
+    assert lines[0].startswith("# start_us latency_us")
+    assert len(lines) > 10
+    assert all(len(line.split()) == 5 for line in lines[1:])
+
+
+def test_load_bad_arguments_are_one_line_errors():
+    result = _run(["load", "--servers", "1=nohostport", "--test-ms", "10"])
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("python -m traders load: error:")
+    assert "Traceback" not in result.stderr
