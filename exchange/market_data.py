@@ -19,7 +19,7 @@ from exchange.state_machine import MarketDataEvent
 from orderbook import DepthChanged
 
 SUBSCRIBER_QUEUE_MAX = 10_000  # updates buffered per subscriber before it is cut off
-SUBSCRIBERS_MAX = 64  # concurrent streams per server (each holds a gRPC worker thread)
+SUBSCRIBERS_MAX_DEFAULT = 8  # concurrent streams per server (each holds a gRPC worker thread)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,9 @@ class Subscription:
 class MarketDataHub:
     """The set of live subscriptions of one server."""
 
-    def __init__(self) -> None:
+    def __init__(self, subscribers_max: int = SUBSCRIBERS_MAX_DEFAULT) -> None:
+        assert subscribers_max >= 1, subscribers_max
+        self.subscribers_max = subscribers_max
         self._lock = threading.Lock()
         self._subscriptions: list[Subscription] = []
         self._closed = False
@@ -85,8 +87,10 @@ class MarketDataHub:
         with self._lock:
             if self._closed:
                 raise StreamEnded("server is shutting down")
-            if len(self._subscriptions) >= SUBSCRIBERS_MAX:
-                raise StreamEnded(f"too many market-data streams (max {SUBSCRIBERS_MAX})")
+            if len(self._subscriptions) >= self.subscribers_max:
+                raise StreamEnded(
+                    f"too many market-data streams (max {self.subscribers_max} per server)"
+                )
             subscription = Subscription(frozenset(symbols), include_depth)
             self._subscriptions = [*self._subscriptions, subscription]
             return subscription

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from exchange.market_data import MarketDataHub, Update
+from exchange.market_data import SUBSCRIBERS_MAX_DEFAULT, MarketDataHub, Update
 from exchange.state_machine import Applied, ExchangeStateMachine, Reply, encode_entry
 from orderbook import Command
 
@@ -94,12 +94,18 @@ class _Waiter:
 class ExchangeNode:
     """Order entry, apply path and reads of one server (replica ``None`` = unreplicated)."""
 
-    def __init__(self, replica_id: int, addresses: dict[int, str], replicas: int) -> None:
+    def __init__(
+        self,
+        replica_id: int,
+        addresses: dict[int, str],
+        replicas: int,
+        subscribers_max: int = SUBSCRIBERS_MAX_DEFAULT,
+    ) -> None:
         self.replica_id = replica_id
         self.addresses = addresses
         self.replicas = replicas
         self.state = ExchangeStateMachine()
-        self.hub = MarketDataHub()
+        self.hub = MarketDataHub(subscribers_max)
         self.replica: ConsensusReplica | None = None
         self.paused = False
         self.pause_listeners: list[Callable[[bool], None]] = []

@@ -73,7 +73,9 @@ def build_grpc_server(
 
 def serve(config: ServerConfig) -> int:
     """Run one server until SIGINT/SIGTERM; return the exit status."""
-    node = ExchangeNode(config.replica_id, config.addresses, config.replicas)
+    # Half the gRPC workers at most may be held by market-data streams; order entry keeps the rest.
+    node = ExchangeNode(config.replica_id, config.addresses, config.replicas,
+                        subscribers_max=max(1, config.grpc_workers // 2))
     health = HealthReporter(node)
     node.pause_listeners.append(lambda _paused: health.refresh())
     replication: ReplicationHandle | None = None
