@@ -66,6 +66,13 @@ class FabricUnavailable(FabricError):
     why."""
 
 
+class RevokeStalled(FabricError):
+    """``revoke_write`` could not confirm in time that the peer has no write in flight (the
+    peer's process is stopped or starved in the middle of a write). The peer's permission is
+    already withdrawn, so its next write fails; only the one write in flight may still land.
+    Retry the revoke; do not grant anyone else until one succeeds."""
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     """One finished posted operation: the caller's ``wr_id`` and the error, or ``None`` on

@@ -1,8 +1,9 @@
 """The replica registry: where replicas publish and find each other's connection details.
 
 Rule 1: keys are namespaced by a cluster id, so two clusters sharing one registry never see each
-        other's
-        entries. Callers use short keys (``"replica/2/log"``); the backend adds the namespace.
+        other's entries. Callers use short keys (``"replica/2/log"``); the backend adds the
+        namespace. Cluster ids are 1..64 characters of ``[A-Za-z0-9_-]`` (they also name shared
+        memory objects), keys are printable ASCII without spaces, at most ``KEY_LENGTH_MAX``.
 Rule 2: ``publish`` returns only once the value is stored (a later ``lookup`` anywhere sees it).
 Rule 3: ``wait_for`` waits a bounded time and raises ``RegistryTimeout`` naming the key and the
         registry.
@@ -16,11 +17,17 @@ single-host registry and the memcached registry (``DORY_REGISTRY_IP=host:port``)
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Protocol
 
 REGISTRY_POLL_INTERVAL_S = 0.002  # how often wait_for re-reads: registry look-ups are ~100 us
+CLUSTER_ID_LENGTH_MAX = 64
+KEY_LENGTH_MAX = 160  # memcached allows 250 bytes for namespace + key
+
+_CLUSTER_ID_PATTERN = re.compile(rf"[A-Za-z0-9_-]{{1,{CLUSTER_ID_LENGTH_MAX}}}")
+_KEY_PATTERN = re.compile(rf"[\x21-\x7e]{{1,{KEY_LENGTH_MAX}}}")
 
 
 class RegistryError(Exception):
@@ -49,6 +56,28 @@ class Registry(Protocol):
     def close(self) -> None: ...
 
 
+def validate_cluster_id(cluster_id: str) -> str:
+    """Return ``cluster_id`` if it can be a namespace and part of file names, else
+    ``ValueError``."""
+    if not _CLUSTER_ID_PATTERN.fullmatch(cluster_id):
+        raise ValueError(
+            f"cluster id {cluster_id!r} must be 1..{CLUSTER_ID_LENGTH_MAX} characters of "
+            "letters, digits, '_' and '-'"
+        )
+    return cluster_id
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is printable ASCII without spaces and not too long, else
+    ``ValueError``."""
+    if not _KEY_PATTERN.fullmatch(key):
+        raise ValueError(
+            f"registry key {key!r} must be 1..{KEY_LENGTH_MAX} printable ASCII characters "
+            "without spaces"
+        )
+    return key
+
+
 def wait_for_key(registry: Registry, key: str, timeout_s: float) -> bytes:
     """Poll ``registry.lookup(key)`` until it answers or ``timeout_s`` passes (then
     ``RegistryTimeout``)."""
@@ -72,14 +101,12 @@ class InProcessRegistry:
     """
 
     def __init__(self, cluster_id: str, store: dict[str, bytes] | None = None) -> None:
-        if not cluster_id:
-            raise ValueError("cluster id must not be empty")
-        self.cluster_id = cluster_id
+        self.cluster_id = validate_cluster_id(cluster_id)
         self._store: dict[str, bytes] = {} if store is None else store
         self._lock = threading.Lock()
 
     def _key(self, key: str) -> str:
-        return f"{self.cluster_id}/{key}"
+        return f"{self.cluster_id}/{validate_key(key)}"
 
     def publish(self, key: str, value: bytes) -> None:
         with self._lock:
