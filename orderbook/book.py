@@ -24,7 +24,7 @@ import struct
 
 from sortedcontainers import SortedList
 
-from orderbook.constants import ORDER_ID_BYTES_MAX, PRICE_TICKS_MAX, QTY_MAX
+from orderbook.constants import BID_MARKET_KEY, ORDER_ID_BYTES_MAX, PRICE_TICKS_MAX, QTY_MAX
 from orderbook.events import (
     Accepted,
     BboChanged,
@@ -38,7 +38,7 @@ from orderbook.events import (
     ReplaceRejected,
 )
 from orderbook.matching import Matcher
-from orderbook.side import BookSide, Order
+from orderbook.side import EMPTY_KEY, BookSide, Order
 from orderbook.side import Level as BookLevel
 from orderbook.types import Side
 
@@ -57,6 +57,8 @@ REASON_STOP_WAITING = "stop order has not triggered yet"
 REASON_BELOW_FILLED = "replace would lower quantity below filled quantity"
 REASON_DELTA_TYPE = "qty_delta and price must be integers"
 
+_BUY = Side.BUY  # enum member lookups cost ~75 ns each on the hot path; a global ~15 ns
+_SELL = Side.SELL
 _DIGEST_ORDER = struct.Struct("<B?qqqq??")
 _DIGEST_HEAD = struct.Struct("<qqII")
 
@@ -118,11 +120,18 @@ class Book(Matcher):
         """Add an order (Rules 1-2). O(log L) plus O(1) per fill."""
         events: list[Event] = []
         self._events = events
-        reason = check_terms(price, qty, stop)
-        if not valid_text(order_id, ORDER_ID_BYTES_MAX):
+        if (type(qty) is int and 0 < qty <= QTY_MAX and type(price) is int
+                and 0 <= price <= PRICE_TICKS_MAX and type(stop) is int
+                and 0 <= stop <= PRICE_TICKS_MAX):
+            reason = None  # fast path of check_terms
+        else:
+            reason = check_terms(price, qty, stop)
+        if not (type(order_id) is str and order_id.isascii()
+                and 0 < len(order_id) <= ORDER_ID_BYTES_MAX
+                or valid_text(order_id, ORDER_ID_BYTES_MAX)):
             reason = REASON_BAD_ID
             order_id = order_id if type(order_id) is str else repr(order_id)
-        elif side is not Side.BUY and side is not Side.SELL:
+        elif side is not _BUY and side is not _SELL:
             reason = REASON_BAD_SIDE
         elif order_id in self._orders:
             reason = REASON_DUPLICATE
@@ -130,9 +139,8 @@ class Book(Matcher):
             events.append(Rejected(order_id, reason))
             return events
         events.append(Accepted(order_id))
-        self._touched = []
         self._seq += 1
-        order = Order(order_id, side is Side.BUY, price, qty, stop, bool(aon), bool(ioc), self)
+        order = Order(order_id, side is _BUY, price, qty, stop, aon, ioc, self)
         self._orders[order_id] = order
         if not (stop and self._hold_stop(order)):
             self._submit(order)
@@ -149,9 +157,14 @@ class Book(Matcher):
         if order is None or order.book is not self:
             events.append(CancelRejected(str(order_id), REASON_NOT_FOUND))
             return events
-        self._touched = []
-        del self._orders[order_id]
-        events.append(Cancelled(order_id, order.open_qty))
+        return self.cancel_order(order)
+
+    def cancel_order(self, order: Order) -> list[Event]:
+        """Cancel a live order of this book already looked up by id (Market's fast path)."""
+        assert order.book is self
+        events: list[Event] = [Cancelled(order.order_id, order.open_qty)]
+        self._events = events
+        del self._orders[order.order_id]
         if order.level is None:
             self._drop_stop(order)
         else:
@@ -182,7 +195,6 @@ class Book(Matcher):
         if reason is not None or order is None:
             events.append(ReplaceRejected(str(order_id), reason or REASON_NOT_FOUND))
             return events
-        self._touched = []
         new_price = price or order.price
         order.qty += qty_delta
         events.append(Replaced(order_id, order.qty, new_price))
@@ -229,11 +241,28 @@ class Book(Matcher):
         touched = self._touched
         if not touched:
             return
+        self._touched = []
+        if len(touched) == 1:  # the common case: one level, no sorting
+            level = touched[0]
+            if not level.price:
+                return
+            price = level.price
+            entry = ((price, level.qty, level.count),)
+            old_bid, _, old_ask, _ = self._bbo
+            if level.is_buy:
+                self._events.append(DepthChanged(self.symbol, entry, ()))
+                if price < old_bid:
+                    return  # below the unchanged best bid: BBO cannot have moved
+            else:
+                self._events.append(DepthChanged(self.symbol, (), entry))
+                if price > old_ask > 0:
+                    return  # above the unchanged best ask: BBO cannot have moved
+            self._publish_bbo()
+            return
         changed: dict[int, BookLevel] = {}
         for level in touched:
             if level.price:
                 changed[level.key] = level
-        self._touched = []
         if not changed:
             return
         bids: list[Level] = []
@@ -242,7 +271,17 @@ class Book(Matcher):
             level = changed[key]
             (bids if level.is_buy else asks).append((level.price, level.qty, level.count))
         self._events.append(DepthChanged(self.symbol, tuple(bids), tuple(asks)))
-        bbo = self.bbo()
+        self._publish_bbo()
+
+    def _publish_bbo(self) -> None:
+        bids, asks = self.bids, self.asks
+        key = bids.best
+        if key < 0 and key != BID_MARKET_KEY and 0 < asks.best < EMPTY_KEY:  # inline fast path
+            bid = bids.levels[key]
+            ask = asks.levels[asks.best]
+            bbo = (bid.price, bid.qty, ask.price, ask.qty)
+        else:
+            bbo = self.bbo()
         if bbo != self._bbo:
             self._bbo = bbo
             self._events.append(BboChanged(self.symbol, *bbo))
@@ -251,10 +290,23 @@ class Book(Matcher):
 
     def bbo(self) -> tuple[int, int, int, int]:
         """(bid price, bid qty, ask price, ask qty) of the best limit levels; 0s when empty."""
-        bid = self.bids.best_limit()
-        ask = self.asks.best_limit()
-        return (bid.price if bid else 0, bid.qty if bid else 0,
-                ask.price if ask else 0, ask.qty if ask else 0)
+        key = self.bids.best
+        if key < 0 and key != BID_MARKET_KEY:
+            bid = self.bids.levels[key]
+            bid_price, bid_qty = bid.price, bid.qty
+        else:
+            bid_price, bid_qty = self._best_limit(self.bids)
+        key = self.asks.best
+        if 0 < key < EMPTY_KEY:
+            ask = self.asks.levels[key]
+            return bid_price, bid_qty, ask.price, ask.qty
+        ask_price, ask_qty = self._best_limit(self.asks)
+        return bid_price, bid_qty, ask_price, ask_qty
+
+    @staticmethod
+    def _best_limit(side: BookSide) -> tuple[int, int]:
+        level = side.best_limit()
+        return (level.price, level.qty) if level is not None else (0, 0)
 
     def depth(self, levels: int | None = None
               ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:

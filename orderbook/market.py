@@ -32,9 +32,7 @@ class Market:
 
     def apply(self, cmd: Command) -> list[Event]:
         """Run one command; see Rule 1. Cost: the book operation's."""
-        kind = type(cmd)
-        if kind is AddOrder:
-            assert isinstance(cmd, AddOrder)
+        if isinstance(cmd, AddOrder):
             book = self._books.get(cmd.symbol)
             if book is None:
                 if not valid_text(cmd.symbol, SYMBOL_BYTES_MAX):
@@ -42,14 +40,12 @@ class Market:
                 book = self._books[cmd.symbol] = Book(cmd.symbol, self._orders)
             return book.add(cmd.order_id, cmd.side, cmd.price, cmd.qty, cmd.stop, cmd.aon,
                             cmd.ioc)
-        if kind is CancelOrder:
-            assert isinstance(cmd, CancelOrder)
-            book = self._book_of(cmd.order_id, cmd.symbol)
-            if book is None:
+        if isinstance(cmd, CancelOrder):
+            order = self._orders.get(cmd.order_id) if type(cmd.order_id) is str else None
+            if order is None or cmd.symbol is not None and order.book.symbol != cmd.symbol:
                 return [CancelRejected(str(cmd.order_id), REASON_NOT_FOUND)]
-            return book.cancel(cmd.order_id)
-        if kind is ReplaceOrder:
-            assert isinstance(cmd, ReplaceOrder)
+            return order.book.cancel_order(order)
+        if isinstance(cmd, ReplaceOrder):
             book = self._book_of(cmd.order_id, cmd.symbol)
             if book is None:
                 return [ReplaceRejected(str(cmd.order_id), REASON_NOT_FOUND)]

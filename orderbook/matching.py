@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from sortedcontainers import SortedList
 
 from orderbook.events import Cancelled, Event, Filled, Trade
-from orderbook.side import BookSide, Level, Order
+from orderbook.side import EMPTY_KEY, BookSide, Level, Order
 
 INF_KEY = 1 << 63
 """Limit key of a market order: every resting key is <= it."""
@@ -78,20 +78,21 @@ class Matcher:
     def _submit(self, order: Order) -> None:
         """Match `order`, then rest it, cancel its IOC remainder, or retire it (Rules 1-5)."""
         assert order.level is None
-        assert order.open_qty > 0
+        price = order.price
         if order.is_buy:
             opp, own = self.asks, self.bids
+            bound = price if price else INF_KEY
         else:
             opp, own = self.bids, self.asks
-        deferred: list[Order] = []
-        bound = limit_key(order)
-        keys = opp.keys
-        if keys and keys[0] <= bound:
+            bound = -price if price else INF_KEY
+        deferred: list[Order] | None = None
+        if opp.best <= bound:
+            deferred = []
             if order.aon:
                 self._match_aon(order, bound, opp, deferred)
+                self._prune()
             else:
                 self._match_regular(order, bound, opp, deferred)
-            self._prune()
         if not order.open_qty:
             self._orders.pop(order.order_id, None)
         elif order.ioc:
@@ -114,7 +115,11 @@ class Matcher:
 
     def _match_regular(self, inbound: Order, bound: int, opp: BookSide,
                        deferred: list[Order]) -> None:
-        """Liquibook's match_regular_order, level by level (hot path: kept flat)."""
+        """Liquibook's match_regular_order, level by level (hot path: kept flat).
+
+        Precondition: opp.best <= bound (the best level crosses).
+        """
+        assert opp.best <= bound
         keys = opp.keys
         levels = opp.levels
         touched_append = self._touched.append
@@ -124,44 +129,50 @@ class Matcher:
         in_id = inbound.order_id
         in_price = inbound.price
         remaining = inbound.open_qty
-        count = len(keys)
-        index = 0
-        while index < count:
-            key = keys[index]
-            if key > bound:
-                break
-            index += 1
+        emptied: list[Level] = []
+        key = opp.best
+        later = None  # iterator over the keys after the best, made only when needed
+        while True:  # no level is added or removed during the loop (see _prune)
             level = levels[key]
             price = level.price or in_price or self.last_trade_price
-            if not price:
-                continue
-            touched_append(level)
-            order = level.head
-            while order is not None:
-                nxt = order.next
-                qty = order.open_qty
-                if order.aon and qty > remaining:
-                    deferred.append(order)
-                else:
-                    fill = qty if qty < remaining else remaining
-                    remaining -= fill
-                    order.open_qty = qty - fill
-                    level.qty -= fill
-                    contra_id = order.order_id
-                    events_append(Filled(in_id, contra_id, price, fill))
-                    events_append(Filled(contra_id, in_id, price, fill))
-                    events_append(Trade(symbol, price, fill))
-                    if fill == qty:
-                        opp.unlink(order)
-                        del orders[contra_id]
-                    if price != self.last_trade_price:
-                        self._set_last_trade_price(price)
-                    if not remaining:
-                        break
-                order = nxt
-            if not remaining:
+            if price:
+                touched_append(level)
+                order = level.head
+                while order is not None:
+                    nxt = order.next
+                    qty = order.open_qty
+                    if order.aon and qty > remaining:
+                        deferred.append(order)
+                    else:
+                        fill = qty if qty < remaining else remaining
+                        remaining -= fill
+                        order.open_qty = qty - fill
+                        level.qty -= fill
+                        contra_id = order.order_id
+                        events_append(Filled(in_id, contra_id, price, fill))
+                        events_append(Filled(contra_id, in_id, price, fill))
+                        events_append(Trade(symbol, price, fill))
+                        if fill == qty:
+                            opp.unlink(order)
+                            del orders[contra_id]
+                        if price != self.last_trade_price:
+                            self._set_last_trade_price(price)
+                        if not remaining:
+                            break
+                    order = nxt
+                if not level.count:
+                    emptied.append(level)
+                if not remaining:
+                    break
+            if later is None:
+                later = iter(keys)
+                next(later)
+            key = next(later, EMPTY_KEY)
+            if key > bound:
                 break
         inbound.open_qty = remaining
+        for level in emptied:
+            opp.drop(level)
 
     def _match_aon(self, inbound: Order, bound: int, opp: BookSide,
                    deferred_aons: list[Order]) -> None:
