@@ -1,0 +1,59 @@
+"""Every limit and timing of the consensus protocol, each a named constant with its unit last.
+
+Rule 1: a constant says why it has its value in the comment beside it.
+Rule 2: relations between constants are asserted at import, so a bad edit fails at once.
+Rule 3: timings here are defaults; ``ReplicaConfig`` lets a deployment (or the simulator) override
+        the ones that depend on the machine (heartbeat, scan, dead threshold, timeouts).
+"""
+
+from __future__ import annotations
+
+# --- cluster ----------------------------------------------------------------------------------
+MEMBERS_MIN = 1  # a single replica is its own majority (useful for tests of the fast path)
+MEMBERS_MAX = 9  # majorities of up to 5 are what Mu targets; 9 keeps the ctrl region small
+REPLICA_ID_MAX = 255  # proposal numbers are round * PROPOSAL_ROUND_STRIDE + replica id
+PROPOSAL_ROUND_STRIDE = 256  # > REPLICA_ID_MAX, so proposal numbers of two replicas never collide
+
+# --- log --------------------------------------------------------------------------------------
+LOG_SLOTS_MIN = 8  # a smaller circular log would make every proposal wait for recycling
+LOG_SLOTS_MAX = 1 << 20  # 1 Mi slots: a 64 MiB region at 64-byte payloads is plenty
+LOG_SLOTS_DEFAULT = 4096  # ~20 ms of traffic at 200 k commits/s before recycling must keep up
+PAYLOAD_BYTES_MAX = 1 << 20  # one entry never exceeds 1 MiB (the slot size is a power of two)
+PAYLOAD_BYTES_DEFAULT = 512  # an order-book command fits with room to spare
+
+# --- replication ------------------------------------------------------------------------------
+PROPOSALS_INFLIGHT_MAX = 256  # propose_many writes at most this many entries before waiting
+PROPOSE_TIMEOUT_S_DEFAULT = 1.0  # how long propose waits for log space before ProposalTimeout
+RECYCLE_WAIT_SLEEP_S = 0.00005  # back-off while waiting for replicas to apply (log full)
+HEARTBEAT_EVERY_ENTRIES = 16  # the fast path bumps the heartbeat every 16 entries (fate sharing)
+
+# --- pump -------------------------------------------------------------------------------------
+PUMP_BATCH_MAX = 1024  # entries applied before the pump publishes its applied index
+PUMP_SPINS_IDLE = 64  # empty polls (yielding) before the pump starts sleeping
+PUMP_SLEEP_S_MIN = 0.00002  # first sleep of an idle pump
+PUMP_SLEEP_S_MAX = 0.0005  # an idle pump still notices a new entry within half a millisecond
+
+# --- background plane -------------------------------------------------------------------------
+HEARTBEAT_INTERVAL_US = 200  # the heartbeat thread bumps the counter this often when idle
+SCAN_INTERVAL_US = 250  # the scanner reads peers' counters this often
+# A peer is dead after its counter stayed still for this long, counted in scan gaps capped at
+# SCAN_GAP_CAP_US so the scanner's own stalls (GC, descheduling) never count against a peer.
+# 8 ms tolerates the GIL's 5 ms switch interval and scheduler hiccups of this shared 2-core
+# machine; see docs/consensus.md for the trade-off against fail-over time.
+DEAD_AFTER_US = 8000
+SCAN_GAP_CAP_US = 1000  # one scan gap never counts for more than this
+STARTUP_GRACE_US = 500_000  # a peer never seen beating is presumed alive this long after start
+FATE_SHARING_STUCK_US = 20_000  # a leader whose propose is stuck this long stops heartbeating
+PERMISSION_WAIT_US = 50_000  # a candidate gives up waiting for a majority's answers after this
+COMMIT_FLUSH_IDLE_US = 500  # an idle leader publishes its commit index to followers after this
+CONNECT_TIMEOUT_S_DEFAULT = 30.0  # start() waits this long for every peer's regions
+STOP_JOIN_TIMEOUT_S = 2.0  # stop() waits this long for each activity to exit
+
+assert MEMBERS_MIN <= MEMBERS_MAX
+assert REPLICA_ID_MAX < PROPOSAL_ROUND_STRIDE
+assert LOG_SLOTS_MIN <= LOG_SLOTS_DEFAULT <= LOG_SLOTS_MAX
+assert PROPOSALS_INFLIGHT_MAX <= LOG_SLOTS_DEFAULT // 2
+assert SCAN_INTERVAL_US <= SCAN_GAP_CAP_US < DEAD_AFTER_US
+assert HEARTBEAT_INTERVAL_US * 4 <= DEAD_AFTER_US
+assert DEAD_AFTER_US < FATE_SHARING_STUCK_US
+assert PUMP_SLEEP_S_MIN <= PUMP_SLEEP_S_MAX

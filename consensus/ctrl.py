@@ -1,0 +1,63 @@
+"""The ctrl region's layout: the background plane's shared words, one region per replica.
+
+Rule 1: every member may write every ctrl region (granted at start), but each word has ONE writer:
+        the owner writes ``heartbeat``, ``leading``, ``applied``, ``holder``, ``my_request`` and
+        ``answered[i]``; member ``i`` writes only ``request[i]`` and ``answer[i]``.
+Rule 2: ``heartbeat`` and ``leading`` are adjacent so a scanner reads both in one 16-byte read.
+Rule 3: request numbers of member ``r`` are ``r, r + 2 * REPLICA_ID_MAX, ...``: they never collide
+        between members, grow forever, and survive a restart because ``my_request`` lives here.
+Rule 4: ``answered[i]`` (the last request of member ``i`` this owner granted) also lives here, so
+        a restarted replica never grants an old request twice.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from consensus.constants import REPLICA_ID_MAX
+
+U64 = struct.Struct("<Q")
+PAIR = struct.Struct("<QQ")
+
+MAGIC = 0x4D5543_54524C31  # "MUCTRL1": marks an initialised region (a re-attach finds it)
+MAGIC_OFFSET = 0
+HEARTBEAT_OFFSET = 8
+LEADING_OFFSET = 16  # 1 while the owner leads or campaigns
+APPLIED_OFFSET = 24
+HOLDER_OFFSET = 32  # who holds write permission on the owner's log (0: nobody)
+MY_REQUEST_OFFSET = 40
+ARRAYS_OFFSET = 64
+REQUEST_STRIDE = 2 * REPLICA_ID_MAX
+
+
+@dataclass(frozen=True, slots=True)
+class CtrlLayout:
+    members: int
+
+    @property
+    def region_bytes(self) -> int:
+        return ARRAYS_OFFSET + 3 * 8 * self.members
+
+    def request(self, position: int) -> int:
+        """Where member ``position`` writes its permission request."""
+        assert 0 <= position < self.members
+        return ARRAYS_OFFSET + 8 * position
+
+    def answer(self, position: int) -> int:
+        """Where member ``position`` writes the request number of the owner it granted."""
+        assert 0 <= position < self.members
+        return ARRAYS_OFFSET + 8 * (self.members + position)
+
+    def answered(self, position: int) -> int:
+        """Owner-local: the last request of member ``position`` the owner granted."""
+        assert 0 <= position < self.members
+        return ARRAYS_OFFSET + 8 * (2 * self.members + position)
+
+
+def next_request(replica_id: int, previous: int) -> int:
+    """The request number after ``previous`` for ``replica_id`` (Rule 3)."""
+    assert 0 < replica_id <= REPLICA_ID_MAX
+    nxt = replica_id if previous == 0 else previous + REQUEST_STRIDE
+    assert nxt % REQUEST_STRIDE == replica_id % REQUEST_STRIDE
+    return nxt

@@ -1,0 +1,275 @@
+"""The background plane: heartbeats, failure detection, the leader rule and permission switching.
+
+Rule 1 (switcher): a request from member ``r`` in this replica's ctrl is granted when nobody holds
+        this replica's log, ``r`` already holds it, the holder is dead or is not leading, or the
+        holder is this replica and it is not leading (it yields to a lower-id candidate even while
+        campaigning). Granting revokes every other writer first (fabric Rule 4), then grants
+        ``r``, records it, and answers into ``r``'s ctrl. A live, leading holder is never
+        preempted: a spurious suspicion by one replica cannot depose a working leader.
+Rule 2 (leader rule): a replica campaigns only when no live peer is leading and it is the lowest
+        id among the live replicas (itself included). This is Mu's rule ("lowest live id") with
+        one deviation: a resumed or restarted replica with a lower id does not preempt a live
+        leader; it follows it (docs/consensus.md).
+Rule 3 (campaign): grant itself, write a fresh request number to every peer, wait (bounded) for a
+        majority of answers while still serving the switcher, run the prepare
+        (``recovery.prepare``) under the role mutex, then lead. Any failure steps down and backs
+        off a random time before the next attempt.
+Rule 4 (leader upkeep): a peer that grants this leader later is caught up before it receives
+        entries (design Rule 3); an idle leader publishes its commit word.
+Rule 5: nothing here runs while paused or failed: no answers, no campaign; the heartbeat
+        activity stops beating too (fate sharing also stops it when a proposal is stuck).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from consensus import ctrl as ctrl_mod
+from consensus.detector import FailureDetector
+from consensus.fabric.base import FabricError, RevokeStalled
+from consensus.recovery import catch_up, prepare
+from consensus.replication import flush_commit
+from consensus.state import (
+    LEADING_CAMPAIGN,
+    LEADING_YES,
+    LOGGER,
+    Peer,
+    ReplicaState,
+)
+
+NS_PER_US = 1000
+
+
+class Background:
+    """The switcher, scanner and leader rule of one replica (one activity)."""
+
+    def __init__(self, state: ReplicaState, on_leader_change: Callable[[int | None, bool], None]
+                 | None) -> None:
+        self.state = state
+        cfg = state.config
+        self.detector = FailureDetector(
+            peers=cfg.peers, dead_after_ns=cfg.dead_after_us * NS_PER_US,
+            gap_cap_ns=cfg.scan_gap_cap_us * NS_PER_US,
+            startup_grace_ns=cfg.startup_grace_us * NS_PER_US)
+        self.on_leader_change = on_leader_change
+        self._pair = bytearray(16)
+        self._pair_view = memoryview(self._pair)
+        self._reported: int | None = -1
+        self._backoff_until_ns = 0
+        self._last_commit = 0
+        self._commit_since_ns = 0
+        self._flushed = 0
+
+    # --- the activity ---------------------------------------------------------------------------
+    def run(self) -> None:
+        state = self.state
+        runtime = state.runtime
+        self.detector.reset(runtime.now_ns(), grace=True)
+        interval_s = state.config.scan_interval_us / 1e6
+        while not state.stopping:
+            if state.paused or state.failure is not None:
+                runtime.sleep(interval_s)
+                continue
+            if state.resumed:
+                state.resumed = False
+                self.detector.reset(runtime.now_ns(), grace=False)
+            self.step()
+            runtime.sleep(interval_s)
+
+    def step(self) -> None:
+        """One turn: answer requests, scan, then lead, follow or campaign."""
+        state = self.state
+        self.switch()
+        self.scan()
+        if state.leading:
+            self.upkeep()
+        elif self._should_campaign():
+            self.campaign()
+        self._report_leader()
+
+    # --- scanning -------------------------------------------------------------------------------
+    def scan(self) -> None:
+        """Read every peer's (heartbeat, leading) pair and update the detector."""
+        state = self.state
+        now = state.runtime.now_ns()
+        gap = self.detector.begin_scan(now)
+        pair = self._pair_view
+        for peer in state.peers.values():
+            try:
+                peer.ctrl.read_into(ctrl_mod.HEARTBEAT_OFFSET, pair)
+            except FabricError:
+                self.detector.observe(peer.replica_id, -2, gap)
+                continue
+            beat, leading = ctrl_mod.PAIR.unpack_from(pair, 0)
+            self.detector.observe(peer.replica_id, beat, gap)
+            state.peer_leading[peer.replica_id] = leading
+        state.alive = self.detector.alive(now)
+
+    def _live_leader(self) -> int | None:
+        state = self.state
+        leaders = [p for p in state.alive if state.peer_leading.get(p) == LEADING_YES]
+        if not leaders:
+            return None
+        holder = state.holder
+        return holder if holder in leaders else min(leaders)
+
+    def _should_campaign(self) -> bool:
+        state = self.state
+        if state.campaigning or state.runtime.now_ns() < self._backoff_until_ns:
+            return False
+        if self._live_leader() is not None:
+            return False
+        return min(state.alive | {state.replica_id}) == state.replica_id
+
+    def _report_leader(self) -> None:
+        state = self.state
+        view = state.replica_id if state.leading else self._live_leader()
+        state.leader_view = view
+        if view != self._reported:
+            self._reported = view
+            if self.on_leader_change is not None:
+                self.on_leader_change(view, view == state.replica_id)
+
+    # --- switcher -------------------------------------------------------------------------------
+    def switch(self) -> None:
+        """Grant pending permission requests that Rule 1 allows."""
+        state = self.state
+        layout = state.ctrl_layout
+        for peer in state.peers.values():
+            request = state.word(layout.request(peer.position))
+            if request == 0 or request == state.word(layout.answered(peer.position)):
+                continue
+            if self._may_grant(peer.replica_id):
+                self._grant(peer, request)
+
+    def _may_grant(self, requester: int) -> bool:
+        state = self.state
+        holder = state.holder
+        if holder in (0, requester):
+            return True
+        if holder == state.replica_id:
+            if state.leading:
+                return False
+            return not state.campaigning or requester < state.replica_id
+        return holder not in state.alive or state.peer_leading.get(holder) != LEADING_YES
+
+    def _revoke_all_but(self, keep: int) -> None:
+        state = self.state
+        for other in state.config.peers:
+            if other != keep:
+                state.log.revoke_write(other)
+
+    def _grant(self, peer: Peer, request: int) -> None:
+        state = self.state
+        with state.role:
+            if state.leading or state.campaigning:
+                state.step_down_locked(f"granted replica {peer.replica_id} its log")
+            try:
+                self._revoke_all_but(peer.replica_id)
+            except RevokeStalled as error:
+                LOGGER.warning("replica %d: revoke stalled (%s); will retry", state.replica_id,
+                               error)
+                return
+            state.log.grant_write(peer.replica_id)
+            state.set_word(ctrl_mod.HOLDER_OFFSET, peer.replica_id)
+            state.set_word(state.ctrl_layout.answered(peer.position), request)
+        try:
+            peer.ctrl.write(state.ctrl_layout.answer(state.position), ctrl_mod.U64.pack(request))
+        except FabricError as error:
+            LOGGER.info("replica %d: answering replica %d failed: %s", state.replica_id,
+                        peer.replica_id, error)
+
+    # --- campaign -------------------------------------------------------------------------------
+    def campaign(self) -> None:
+        """Rule 3."""
+        state = self.state
+        request = self._begin_campaign()
+        if request == 0:
+            return
+        granted = self._collect_answers(request)
+        with state.role:
+            if granted is not None and state.campaigning and prepare(state, granted):
+                state.set_word(ctrl_mod.LEADING_OFFSET, LEADING_YES)
+                return
+            state.step_down_locked("campaign failed")
+        rng = state.runtime.rng()
+        wait_ns = int(rng.random() * state.config.permission_wait_us * NS_PER_US)
+        self._backoff_until_ns = state.runtime.now_ns() + wait_ns
+
+    def _begin_campaign(self) -> int:
+        state = self.state
+        with state.role:
+            assert not state.leading
+            try:
+                self._revoke_all_but(state.replica_id)
+            except RevokeStalled:
+                return 0
+            state.campaigning = True
+            state.set_word(ctrl_mod.LEADING_OFFSET, LEADING_CAMPAIGN)
+            state.set_word(ctrl_mod.HOLDER_OFFSET, state.replica_id)
+            request = ctrl_mod.next_request(state.replica_id,
+                                            state.word(ctrl_mod.MY_REQUEST_OFFSET))
+            state.set_word(ctrl_mod.MY_REQUEST_OFFSET, request)
+            state.request = request
+        LOGGER.info("replica %d campaigns (request %d)", state.replica_id, request)
+        packed = ctrl_mod.U64.pack(request)
+        for peer in state.peers.values():
+            try:
+                peer.ctrl.write(state.ctrl_layout.request(state.position), packed)
+            except FabricError:
+                continue
+        return request
+
+    def _granted(self, request: int) -> list[Peer]:
+        state = self.state
+        layout = state.ctrl_layout
+        return [p for p in state.peers.values() if state.word(layout.answer(p.position)) == request]
+
+    def _collect_answers(self, request: int) -> list[Peer] | None:
+        """Wait for a majority of answers to ``request``; None if the campaign ended."""
+        state = self.state
+        runtime = state.runtime
+        deadline = runtime.now_ns() + state.config.permission_wait_us * NS_PER_US
+        interval_s = state.config.scan_interval_us / 1e6 / 4
+        while not state.stopping and not state.paused and state.failure is None:
+            granted = self._granted(request)
+            if len(granted) + 1 >= state.majority:
+                return granted
+            self.switch()
+            if not state.campaigning:
+                return None
+            self.scan()
+            if self._live_leader() is not None or runtime.now_ns() >= deadline:
+                return None
+            runtime.sleep(interval_s)
+        return None
+
+    # --- leader upkeep --------------------------------------------------------------------------
+    def upkeep(self) -> None:
+        """Rule 4: take in late grants, publish the commit word when idle."""
+        state = self.state
+        late = [p for p in self._granted(state.request)
+                if p not in state.followers and p.replica_id not in state.excluded]
+        now = state.runtime.now_ns()
+        with state.role:
+            if state.leading:
+                for peer in late:
+                    tail = state.next_index - 1
+                    if catch_up(state, peer, tail, state.commit_index):
+                        state.followers = [*state.followers, peer]
+                        LOGGER.info("leader %d: replica %d caught up to %d and follows",
+                                    state.replica_id, peer.replica_id, tail)
+                    else:
+                        state.excluded.add(peer.replica_id)
+                if len(state.followers) + 1 < state.majority:
+                    state.step_down_locked("fewer than a majority still grant permission")
+        commit = state.commit_index
+        if commit != self._last_commit:
+            self._last_commit = commit
+            self._commit_since_ns = now
+        elif commit != self._flushed and now - self._commit_since_ns >= (
+                state.config.commit_flush_idle_us * NS_PER_US):
+            with state.role:
+                if state.leading:
+                    flush_commit(state)
+                    self._flushed = commit

@@ -1,0 +1,148 @@
+"""The reading pump: polls this replica's own log and delivers committed entries, in order, once.
+
+Rule 1 (design Rule 4): entry ``k`` is delivered only when its slot holds a complete entry ``k``
+        (log Rule 3) with proposal ``p`` and the pump has seen a commit index ``>= k`` published
+        under the same proposal ``p``: in a later entry, in ``k``'s own commit field, or in the
+        header's commit word. An entry with another proposal waits until the leader rewrites it.
+Rule 2: the pump keeps the commit knowledge of the highest proposal it has seen; a higher
+        proposal replaces it (a new leader's commits say nothing about older proposals' slots).
+Rule 3: ``applied`` (ctrl) and ``first_undecided`` (log header) are published after each batch,
+        so the leader can recycle slots and a new leader knows where to catch this replica up.
+Rule 4 (design Rule 6): a slot holding entry ``k + m * slots`` (m > 0) when ``k`` is needed means
+        the log wrapped past this replica: it stops and reports ``LogOverrun``, never applying a
+        wrong entry.
+Rule 5: idle polling backs off (yield, then sleeps doubling up to ``PUMP_SLEEP_S_MAX``), because
+        followers share the machine's cores with the leader.
+"""
+
+from __future__ import annotations
+
+from consensus import constants as c
+from consensus import ctrl as ctrl_mod
+from consensus import log as log_mod
+from consensus.errors import ConsensusError, LogOverrun
+from consensus.state import LOGGER, OnCommit, ReplicaState
+
+_ENTRY_UNPACK = log_mod.ENTRY.unpack_from
+_TRAILER_UNPACK = log_mod.TRAILER.unpack_from
+_ENTRY_BYTES = log_mod.ENTRY.size
+
+
+class Pump:
+    """Delivers committed entries of ``state``'s log to ``on_commit`` (one activity)."""
+
+    def __init__(self, state: ReplicaState, on_commit: OnCommit | None) -> None:
+        self.state = state
+        self.on_commit = on_commit
+        self.applied = state.applied
+        self.commit_proposal = 0
+        self.commit_index = 0
+        layout = state.layout
+        self._mask = layout.slots - 1
+        self._slot_bytes = layout.slot_bytes
+        self._payload_max = layout.payload_size_max
+        self._publish()
+
+    def run(self) -> None:
+        state = self.state
+        runtime = state.runtime
+        idle = 0
+        sleep_s = c.PUMP_SLEEP_S_MIN
+        LOGGER.info("replica %d: reading pump started", state.replica_id)
+        while not state.stopping:
+            if state.paused or state.failure is not None:
+                runtime.sleep(c.PUMP_SLEEP_S_MAX)
+                continue
+            if self.step():
+                idle = 0
+                sleep_s = c.PUMP_SLEEP_S_MIN
+                continue
+            idle += 1
+            if idle < c.PUMP_SPINS_IDLE:
+                runtime.yield_now()
+            else:
+                runtime.sleep(sleep_s)
+                sleep_s = min(sleep_s * 2, c.PUMP_SLEEP_S_MAX)
+
+    def _learn(self, proposal: int, commit: int) -> None:
+        """Rule 2."""
+        if proposal > self.commit_proposal:
+            self.commit_proposal = proposal
+            self.commit_index = commit
+        elif proposal == self.commit_proposal and commit > self.commit_index:
+            self.commit_index = commit
+
+    def _entry(self, index: int) -> tuple[int, int, bytes] | None:
+        """(proposal, commit, payload) of complete entry ``index`` (log Rule 3), else None."""
+        buf = self.state.log_buf
+        offset = log_mod.HEADER_BYTES + (index & self._mask) * self._slot_bytes
+        head = _ENTRY_UNPACK(buf, offset)
+        found, proposal, commit, length = head
+        if found != index or proposal == 0 or length > self._payload_max:
+            if found > index and (found - index) & self._mask == 0:
+                self._check_overrun(index, found)
+            return None
+        start = offset + _ENTRY_BYTES
+        if _TRAILER_UNPACK(buf, start + length) != (index, proposal):
+            return None
+        payload = bytes(buf[start : start + length])
+        if _ENTRY_UNPACK(buf, offset) != head:
+            return None
+        return proposal, commit, payload
+
+    def _check_overrun(self, index: int, found: int) -> None:
+        """Rule 4: report only if the later entry is complete (not a torn header)."""
+        if self._entry(found) is not None:
+            raise LogOverrun(self.state.replica_id, index, found)
+
+    def step(self) -> int:
+        """Deliver what is committed (at most PUMP_BATCH_MAX entries); return how many."""
+        count = 0
+        index = self.applied + 1
+        try:
+            while count < c.PUMP_BATCH_MAX:
+                entry = self._entry(index)
+                if entry is None:
+                    break
+                proposal, commit, payload = entry
+                self._learn(proposal, commit)
+                if proposal != self.commit_proposal or self.commit_index < index:
+                    self._learn_more(index)
+                    if proposal != self.commit_proposal or self.commit_index < index:
+                        break
+                self._deliver(index, payload)
+                index += 1
+                count += 1
+        except ConsensusError as error:
+            self.state.fail(error)
+        if count:
+            self._publish()
+        return count
+
+    def _learn_more(self, index: int) -> None:
+        """Learn commits from the header's commit word and from entry ``index + 1``."""
+        proposal, commit = log_mod.read_commit_word(self.state.log_buf)
+        if proposal:
+            self._learn(proposal, commit)
+        nxt = self._entry(index + 1)
+        if nxt is not None:
+            self._learn(nxt[0], nxt[1])
+
+    def _deliver(self, index: int, payload: bytes) -> None:
+        assert index == self.applied + 1
+        self.applied = index
+        if self.on_commit is not None:
+            try:
+                self.on_commit(index, payload)
+            except Exception as error:  # the application's bug must not kill the pump silently
+                LOGGER.exception("replica %d: on_commit(%d) raised", self.state.replica_id, index)
+                raise CallbackFailed(f"on_commit({index}) raised {error!r}") from error
+
+    def _publish(self) -> None:
+        state = self.state
+        state.set_word(ctrl_mod.APPLIED_OFFSET, self.applied)
+        log_mod.U64.pack_into(state.log_buf, log_mod.FIRST_UNDECIDED_OFFSET, self.applied + 1)
+
+
+class CallbackFailed(ConsensusError):
+    """The application's ``on_commit`` raised; this replica stops delivering."""

@@ -1,0 +1,161 @@
+"""Leader change: the Paxos prepare a new leader runs once, and catching followers up.
+
+Rule 1 (design Rule 2): after a majority granted write permission, the new leader picks a proposal
+        ``b`` above every ``min_proposal`` it reads (``b = round * 256 + id``), writes
+        ``min_proposal = b`` on the majority, reads their logs from its own first undecided index,
+        adopts for every slot the entry with the highest proposal, stops at the first slot nobody
+        holds, and rewrites the adopted entries with proposal ``b``: locally, then on each follower
+        (Rule 2). Only then is the tail committed and proposals served.
+Rule 2 (design Rule 3): before a follower receives new entries, its log is rewritten with
+        proposal ``b`` from its own first undecided index up to the leader's tail. A follower the
+        leader cannot catch up (the leader's log no longer holds what it lacks) is given the
+        last ``slots`` entries, so its pump reports ``LogOverrun`` instead of stalling.
+Rule 3: every function here runs with the role mutex held, and every remote write that fails drops
+        that follower; fewer than a majority left means the prepare failed (the caller steps
+        down).
+
+Why it is safe: a follower grants permission only after revoking the previous holder (fabric Rule
+4), so when the new leader reads a follower's log no older leader can still write it; any entry
+committed by an older leader is on a majority, hence on one replica the new leader reads, with
+the highest proposal among what it reads for that slot (Paxos), and is adopted unchanged.
+"""
+
+from __future__ import annotations
+
+from consensus import constants as c
+from consensus import log as log_mod
+from consensus.fabric.base import FabricError
+from consensus.log import Entry
+from consensus.state import LOGGER, Peer, ReplicaState
+
+
+def choose_proposal(state: ReplicaState, granted: list[Peer]) -> int:
+    """A proposal number above every ``min_proposal`` read, unique to this replica."""
+    highest = log_mod.U64.unpack_from(state.log_buf, log_mod.MIN_PROPOSAL_OFFSET)[0]
+    for peer in granted:
+        value = log_mod.U64.unpack(peer.log.read(log_mod.MIN_PROPOSAL_OFFSET, 8))[0]
+        highest = max(highest, value)
+    proposal = (highest // c.PROPOSAL_ROUND_STRIDE + 1) * c.PROPOSAL_ROUND_STRIDE
+    proposal += state.replica_id
+    assert proposal > highest and proposal % c.PROPOSAL_ROUND_STRIDE == state.replica_id
+    return int(proposal)
+
+
+def _remote_entry(state: ReplicaState, peer: Peer, index: int) -> Entry | None:
+    layout = state.layout
+    raw = peer.log.read(layout.offset(index), layout.slot_bytes)
+    return log_mod.read_entry(raw, 0, index, layout.payload_size_max)
+
+
+def _local_entry(state: ReplicaState, index: int) -> Entry | None:
+    layout = state.layout
+    return log_mod.read_entry(state.log_buf, layout.offset(index), index, layout.payload_size_max)
+
+
+def adopt(state: ReplicaState, granted: list[Peer], start: int) -> list[Entry]:
+    """Entries ``start..`` with the highest proposal among this replica and ``granted``."""
+    adopted: list[Entry] = []
+    for index in range(start, start + state.layout.slots):
+        best = _local_entry(state, index)
+        for peer in granted:
+            found = _remote_entry(state, peer, index)
+            if found is not None and (best is None or found.proposal > best.proposal):
+                best = found
+        if best is None:
+            break
+        assert best.index == index
+        adopted.append(best)
+    assert len(adopted) <= state.layout.slots
+    return adopted
+
+
+def first_undecided(peer: Peer) -> int:
+    return int(log_mod.U64.unpack(peer.log.read(log_mod.FIRST_UNDECIDED_OFFSET, 8))[0])
+
+
+def catch_up(state: ReplicaState, peer: Peer, tail: int, commit: int) -> bool:
+    """Rewrite ``peer``'s log from its first undecided index to ``tail`` with this leader's
+    proposal (Rule 2); return False if a write failed (the caller drops the peer)."""
+    slots = state.layout.slots
+    start = max(first_undecided(peer), 1, tail - slots + 1)
+    buf = bytearray(state.layout.slot_bytes)
+    try:
+        for index in range(start, tail + 1):
+            entry = _local_entry(state, index)
+            if entry is None:
+                LOGGER.error("leader %d cannot catch up replica %d: entry %d is not in its log",
+                             state.replica_id, peer.replica_id, index)
+                return False
+            length = log_mod.encode_entry(buf, index, state.proposal, commit, entry.payload)
+            peer.log.write(state.layout.offset(index), memoryview(buf)[:length])
+        word = log_mod.COMMIT_WORD.pack(state.proposal, commit, state.proposal)
+        peer.log.write(log_mod.COMMIT_WORD_OFFSET, word)
+    except FabricError as error:
+        LOGGER.info("leader %d: catching up replica %d failed: %s", state.replica_id,
+                    peer.replica_id, error)
+        return False
+    return True
+
+
+def prepare(state: ReplicaState, granted: list[Peer]) -> bool:
+    """Run Rule 1 with ``granted`` (peers that granted permission); on success the state is
+    leading with the adopted tail committed. Caller holds role; returns False on failure."""
+    assert state.campaigning and not state.leading
+    try:
+        proposal = choose_proposal(state, granted)
+    except FabricError:
+        return False
+    ok: list[Peer] = []
+    mark = log_mod.U64.pack(proposal)
+    for peer in granted:
+        try:
+            peer.log.write(log_mod.MIN_PROPOSAL_OFFSET, mark)
+            ok.append(peer)
+        except FabricError:
+            continue
+    if len(ok) + 1 < state.majority:
+        return False
+    log_mod.U64.pack_into(state.log_buf, log_mod.MIN_PROPOSAL_OFFSET, proposal)
+    state.proposal = proposal
+    start = state.applied + 1
+    try:
+        adopted = adopt(state, ok, start)
+    except FabricError:
+        return False
+    tail = start - 1 + len(adopted)
+    buf = bytearray(state.layout.slot_bytes)
+    for entry in adopted:
+        length = log_mod.encode_entry(buf, entry.index, proposal, 0, entry.payload)
+        offset = state.layout.offset(entry.index)
+        state.log_buf[offset : offset + length] = buf[:length]
+    followers = [peer for peer in ok if catch_up(state, peer, tail, 0)]
+    if len(followers) + 1 < state.majority:
+        return False
+    return _install(state, ok, followers, proposal, tail)
+
+
+def _install(
+    state: ReplicaState, granted: list[Peer], followers: list[Peer], proposal: int, tail: int
+) -> bool:
+    """Commit the adopted tail everywhere and start serving."""
+    word = log_mod.COMMIT_WORD.pack(proposal, tail, proposal)
+    serving = []
+    for peer in followers:
+        try:
+            peer.log.write(log_mod.COMMIT_WORD_OFFSET, word)
+            serving.append(peer)
+        except FabricError:
+            continue
+    if len(serving) + 1 < state.majority:
+        return False
+    state.log_buf[log_mod.COMMIT_WORD_OFFSET : log_mod.COMMIT_WORD_OFFSET + len(word)] = word
+    state.followers = serving
+    state.excluded = {p.replica_id for p in granted if p not in serving}
+    state.next_index = tail + 1
+    state.commit_index = tail
+    state.recycle_limit = 0
+    state.leading = True
+    state.campaigning = False
+    LOGGER.info("replica %d leads with proposal %d from index %d (%d followers)",
+                state.replica_id, proposal, tail + 1, len(serving))
+    return True

@@ -1,0 +1,218 @@
+"""``Replica``: one member of a Mu cluster, wiring the planes and activities together.
+
+Rule 1: ``start`` registers the ``log`` and ``ctrl`` regions, lets every member write ``ctrl``,
+        connects to every peer's regions, then spawns three activities through the runtime:
+        ``heartbeat``, ``background`` (switcher, scanner, leader rule) and ``pump``.
+        ``propose`` runs on the caller's thread (the replication plane's fast path).
+Rule 2: a re-attached region (restart with ``reattach=True``) keeps its log, applied index,
+        permission holder and request numbers; the replica rejoins as a follower and delivers
+        from its persisted applied index + 1 (entries applied by the previous incarnation are
+        not delivered again: state transfer is the application's business).
+Rule 3: ``pause`` makes the replica behave as if its process were stopped: it steps down
+        (proposals raise ``NotLeader``), stops heartbeating, answering and pumping. ``resume``
+        rejoins as a follower; it never preempts a live leader.
+Rule 4: the heartbeat activity beats every ``heartbeat_interval_us`` unless paused, failed or
+        stuck: a proposal in progress for ``fate_sharing_stuck_us`` stops the heartbeat
+        (fate sharing), so a leader whose replication plane hangs is replaced.
+Rule 5: every activity checks ``stopping`` each turn; ``stop`` steps down, then joins them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from consensus import constants as c
+from consensus import ctrl as ctrl_mod
+from consensus import log as log_mod
+from consensus.config import ReplicaConfig
+from consensus.election import NS_PER_US, Background
+from consensus.errors import ConsensusError, NotLeader, ReplicaStopped
+from consensus.fabric.base import Fabric
+from consensus.registry.base import Registry
+from consensus.replication import Replicator
+from consensus.runtime import Activity, RealRuntime, Runtime
+from consensus.state import LOGGER, OnCommit, OnError, OnLeaderChange, Peer, ReplicaState
+
+
+class Replica:
+    """A Mu replica. See the package docstring and docs/consensus.md for the API contract."""
+
+    def __init__(
+        self,
+        config: ReplicaConfig,
+        fabric: Fabric,
+        registry: Registry,
+        runtime: Runtime | None = None,
+        on_commit: OnCommit | None = None,
+        on_leader_change: OnLeaderChange | None = None,
+        on_error: OnError | None = None,
+    ) -> None:
+        if fabric.replica_id != config.replica_id:
+            raise ValueError(f"fabric endpoint is replica {fabric.replica_id}, config says "
+                             f"{config.replica_id}")
+        self.config = config
+        self.fabric = fabric
+        self.registry = registry
+        self.runtime: Runtime = runtime if runtime is not None else RealRuntime()
+        self._on_commit = on_commit
+        self._on_leader_change = on_leader_change
+        self._on_error = on_error
+        self._state: ReplicaState | None = None
+        self._replicator: Replicator | None = None
+        self._activities: list[Activity] = []
+        self.reattached = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Rule 1. Raises the fabric's/registry's errors if a peer cannot be reached in time."""
+        assert self._state is None, "start() called twice"
+        cfg = self.config
+        layout = log_mod.LogLayout.create(cfg.log_slots, cfg.payload_size_max)
+        ctrl_layout = ctrl_mod.CtrlLayout(len(cfg.members))
+        log = self.fabric.register("log", layout.region_bytes)
+        ctrl = self.fabric.register("ctrl", ctrl_layout.region_bytes)
+        state = ReplicaState(cfg, self.fabric, self.runtime, log, ctrl)
+        self.reattached = state.word(ctrl_mod.MAGIC_OFFSET) == ctrl_mod.MAGIC
+        if not self.reattached:
+            ctrl.buf[:] = bytes(len(ctrl.buf))
+            log.buf[: log_mod.HEADER_BYTES] = bytes(log_mod.HEADER_BYTES)
+            state.set_word(ctrl_mod.MAGIC_OFFSET, ctrl_mod.MAGIC)
+        state.heartbeat = state.word(ctrl_mod.HEARTBEAT_OFFSET)
+        state.set_word(ctrl_mod.LEADING_OFFSET, 0)
+        for peer in cfg.peers:
+            ctrl.grant_write(peer)
+        for peer in cfg.peers:
+            state.peers[peer] = Peer(
+                peer, cfg.position(peer),
+                self.fabric.connect(peer, "log", cfg.connect_timeout_s),
+                self.fabric.connect(peer, "ctrl", cfg.connect_timeout_s))
+        self.registry.publish(f"consensus/{cfg.replica_id}/started", b"1")
+        self._state = state
+        self._replicator = Replicator(state)
+        state.on_error = self._on_error
+        background = Background(state, self._on_leader_change)
+        from consensus.pump import Pump
+
+        pump = Pump(state, self._on_commit)
+        spawn = self.runtime.spawn
+        rid = cfg.replica_id
+        self._activities = [
+            spawn(f"heartbeat-{rid}", self._heartbeat),
+            spawn(f"background-{rid}", background.run),
+            spawn(f"pump-{rid}", pump.run),
+        ]
+        LOGGER.info("replica %d started (%s)", rid, "re-attached" if self.reattached else "fresh")
+
+    def stop(self) -> None:
+        """Rule 5: step down, stop every activity and wait for it (bounded)."""
+        state = self._state
+        if state is None or state.stopping:
+            return
+        state.stopping = True
+        with state.role:
+            state.step_down_locked("stopping")
+        for activity in self._activities:
+            activity.join(c.STOP_JOIN_TIMEOUT_S)
+            if activity.is_alive():
+                LOGGER.warning("replica %d: activity %s did not stop in %.1f s",
+                               state.replica_id, activity.name, c.STOP_JOIN_TIMEOUT_S)
+
+    def pause(self) -> None:
+        """Rule 3: behave as if stopped."""
+        state = self._require()
+        state.paused = True
+        with state.role:
+            state.step_down_locked("paused")
+
+    def resume(self) -> None:
+        """Rule 3: rejoin as a follower."""
+        state = self._require()
+        state.resumed = True
+        state.paused = False
+
+    # --- proposals ----------------------------------------------------------------------------
+    def propose(self, payload: bytes, timeout_s: float = c.PROPOSE_TIMEOUT_S_DEFAULT) -> int:
+        """Replicate ``payload``; return its log index once a majority holds it.
+
+        Raises ``NotLeader`` (with the leader id when known), ``ProposalTimeout`` (log full for
+        ``timeout_s``), ``ReplicaStopped``; ``ValueError`` for a payload over the size limit.
+        """
+        replicator = self._replicator
+        if replicator is None:
+            raise ReplicaStopped(f"replica {self.config.replica_id} is not started")
+        return replicator.propose(payload, timeout_s)
+
+    def propose_many(
+        self, payloads: Sequence[bytes], timeout_s: float = c.PROPOSE_TIMEOUT_S_DEFAULT
+    ) -> list[int]:
+        """Replicate ``payloads`` pipelined (batches of ``PROPOSALS_INFLIGHT_MAX``); return their
+        indexes once all are committed. Same errors as ``propose``."""
+        replicator = self._replicator
+        if replicator is None:
+            raise ReplicaStopped(f"replica {self.config.replica_id} is not started")
+        return replicator.propose_many(payloads, timeout_s)
+
+    # --- views --------------------------------------------------------------------------------
+    def _require(self) -> ReplicaState:
+        if self._state is None:
+            raise ReplicaStopped(f"replica {self.config.replica_id} is not started")
+        return self._state
+
+    @property
+    def replica_id(self) -> int:
+        return self.config.replica_id
+
+    @property
+    def is_leader(self) -> bool:
+        return self._state is not None and self._state.leading
+
+    @property
+    def leader_id(self) -> int | None:
+        """This replica's id while it leads, else the leader it follows (None if unknown)."""
+        return None if self._state is None else self._state.leader_hint()
+
+    @property
+    def commit_index(self) -> int:
+        """The leader's commit index (on a follower: 0 until it leads; see applied_index)."""
+        return 0 if self._state is None else self._state.commit_index
+
+    @property
+    def applied_index(self) -> int:
+        """The highest index delivered to ``on_commit`` on this replica."""
+        return 0 if self._state is None else self._state.applied
+
+    @property
+    def error(self) -> ConsensusError | None:
+        """The error that stopped this replica from taking part (``LogOverrun``...), if any."""
+        return None if self._state is None else self._state.failure
+
+    @property
+    def is_paused(self) -> bool:
+        return self._state is not None and self._state.paused
+
+    def check_leader(self) -> None:
+        """Raise ``NotLeader`` unless this replica currently leads."""
+        state = self._require()
+        if not state.leading:
+            raise NotLeader(state.leader_hint())
+
+    # --- heartbeat activity -------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        """Rule 4."""
+        state = self._require()
+        runtime = self.runtime
+        interval_s = self.config.heartbeat_interval_us / 1e6
+        stuck_ns = self.config.fate_sharing_stuck_us * NS_PER_US
+        seen_entered = -1
+        since_ns = runtime.now_ns()
+        while not state.stopping:
+            now = runtime.now_ns()
+            entered = state.propose_entered
+            busy = entered != state.propose_left
+            if entered != seen_entered or not busy:
+                seen_entered = entered
+                since_ns = now
+            stuck = busy and now - since_ns >= stuck_ns
+            if not state.paused and state.failure is None and not stuck:
+                state.bump_heartbeat()
+            runtime.sleep(interval_s)
