@@ -51,6 +51,8 @@ def _text_bytes(text: object, what: str) -> bytes:
 
 def encode_command(cmd: Command) -> bytes:
     """Bytes for `cmd` (Rule 1). Raises ValueError per Rule 2."""
+    if not isinstance(cmd, AddOrder | CancelOrder | ReplaceOrder):
+        raise ValueError(f"cannot encode {type(cmd).__name__}: not a command")
     order_id = _text_bytes(cmd.order_id, "order id")
     symbol = b"" if cmd.symbol is None else _text_bytes(cmd.symbol, "symbol")
     try:
@@ -69,7 +71,7 @@ def encode_command(cmd: Command) -> bytes:
             head = _REPLACE.pack(CODEC_VERSION, KIND_REPLACE, flags, len(order_id), len(symbol),
                                  cmd.qty_delta, cmd.price)
         else:
-            raise ValueError(f"cannot encode {type(cmd).__name__}: not a command")
+            raise AssertionError(f"unreachable: {type(cmd).__name__}")
     except struct.error as exc:
         raise ValueError(f"cannot encode {type(cmd).__name__}: {exc}") from None
     return head + order_id + symbol
