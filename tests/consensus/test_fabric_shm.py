@@ -1,0 +1,420 @@
+"""The shared-memory fabric, in one process (API, errors) and across real processes (spawned):
+permission under stress, paused and killed peers, restarts, stale-object cleanup."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from multiprocessing.process import BaseProcess
+from multiprocessing.queues import Queue
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consensus.fabric import (
+    FabricError,
+    OutOfRange,
+    RegionClosed,
+    RevokeStalled,
+    UnknownPeer,
+    WriteRejected,
+    open_fabric,
+)
+from consensus.fabric.shm import (
+    SHM_DIR,
+    WRITER_ID_MAX,
+    ShmFabric,
+    ShmRemote,
+    cleanup,
+    process_state,
+    region_path,
+)
+from consensus.registry import open_registry
+
+SPAWN = multiprocessing.get_context("spawn")
+CHILD_TIMEOUT_S = 20.0
+REGION_BYTES = 4096
+
+
+def shm_fabric(replica_id: int, cluster_id: str, reattach: bool = False) -> ShmFabric:
+    fabric = open_fabric("shm", replica_id, cluster_id, open_registry(cluster_id), reattach)
+    assert isinstance(fabric, ShmFabric)
+    return fabric
+
+
+@contextmanager
+def child(target: Callable[..., None], *args: Any) -> Iterator[BaseProcess]:
+    """Run ``target(*args)`` in a spawned process; kill it if the test leaves early."""
+    process = SPAWN.Process(target=target, args=args, daemon=True)
+    process.start()
+    try:
+        yield process
+    finally:
+        if process.is_alive():
+            os.kill(process.pid or 0, signal.SIGCONT)
+            process.kill()
+        process.join(CHILD_TIMEOUT_S)
+
+
+def cluster_objects(cluster_id: str) -> list[str]:
+    return sorted(p.name for p in SHM_DIR.iterdir() if f".{cluster_id}." in p.name)
+
+
+# ---- single process -------------------------------------------------------------------------
+
+
+def test_write_read_and_errors(cluster_id: str) -> None:
+    owner, writer = shm_fabric(1, cluster_id), shm_fabric(2, cluster_id)
+    region = owner.register("log", REGION_BYTES)
+    remote = writer.connect(1, "log", timeout_s=1.0)
+    assert (remote.owner, remote.name, remote.size) == (1, "log", REGION_BYTES)
+    with pytest.raises(WriteRejected, match="replica 2 may not write region 'log' of replica 1"):
+        remote.write(0, b"x" * 64)
+    assert bytes(region.buf[:64]) == bytes(64)
+    region.grant_write(2)
+    assert region.writers() == frozenset({2})
+    payload = bytes(range(100))
+    remote.write(10, payload)
+    assert bytes(region.buf[10:110]) == payload
+    assert remote.read(10, 100) == payload
+    out = bytearray(5)
+    remote.read_into(12, memoryview(out))
+    assert bytes(out) == payload[2:7]
+    region.buf[0:4] = b"own!"
+    assert remote.read(0, 4) == b"own!"
+    with pytest.raises(OutOfRange, match="'log'"):
+        remote.write(REGION_BYTES - 3, b"1234")
+    with pytest.raises(OutOfRange):
+        remote.read(-1, 2)
+    with pytest.raises(UnknownPeer, match="replica 3 has no region 'log'"):
+        writer.connect(3, "log", timeout_s=0.05)
+    with pytest.raises(UnknownPeer):
+        writer.connect(WRITER_ID_MAX + 1, "log", timeout_s=0.05)
+    with pytest.raises(ValueError, match="region name"):
+        owner.register("bad name", 64)
+    with pytest.raises(FabricError, match="size"):
+        owner.register("log", REGION_BYTES * 2)
+    region.revoke_write(2)
+    assert region.writers() == frozenset()
+    with pytest.raises(WriteRejected):
+        remote.write(0, b"late")
+    writer.close()
+    with pytest.raises(RegionClosed):
+        remote.write(0, b"x")
+    with pytest.raises(RegionClosed):
+        writer.connect(1, "log", timeout_s=0.0)
+    owner.close()
+
+
+def test_posted_writes_complete_once(cluster_id: str) -> None:
+    owner, writer = shm_fabric(1, cluster_id), shm_fabric(2, cluster_id)
+    region = owner.register("log", REGION_BYTES)
+    remote = writer.connect(1, "log", timeout_s=1.0)
+    region.grant_write(2)
+    writer.post_write(remote, 0, b"a" * 32, wr_id=7)
+    region.revoke_write(2)
+    writer.post_write(remote, 32, b"b" * 32, wr_id=8)
+    done = writer.poll_completions(1)
+    done += writer.poll_completions(10)
+    assert [(c.wr_id, c.error is None) for c in done] == [(7, True), (8, False)]
+    assert isinstance(done[1].error, WriteRejected)
+    assert writer.poll_completions(10) == []
+    assert bytes(region.buf[:64]) == b"a" * 32 + bytes(32)
+    owner.close()
+    writer.close()
+
+
+def test_open_fabric_rejects_unknown_kind(cluster_id: str) -> None:
+    with pytest.raises(ValueError, match="unknown fabric 'rdma'; choose one of: shm, verbs"):
+        open_fabric("rdma", 1, cluster_id, open_registry(cluster_id))
+    with pytest.raises(ValueError, match="cluster id"):
+        open_fabric("shm", 1, "bad/cluster", open_registry(cluster_id))
+
+
+def test_stale_objects_are_cleaned_and_replaced(cluster_id: str) -> None:
+    crashed = shm_fabric(1, cluster_id)
+    old = crashed.register("log", 128)
+    old.grant_write(2)
+    writer = shm_fabric(2, cluster_id)
+    stale_remote = writer.connect(1, "log", timeout_s=1.0)
+    stale_remote.write(0, b"old")
+    old.revoke_write(2)  # creates the (region, writer) semaphore too
+    old_objects = cluster_objects(cluster_id)
+    assert len(old_objects) == 2 and old_objects[1].startswith("sem.")
+    # a new run without re-attach replaces the region: old handles see it closed
+    fresh = shm_fabric(1, cluster_id).register("log", 256)
+    assert bytes(fresh.buf[:3]) == bytes(3) and fresh.writers() == frozenset()
+    with pytest.raises(RegionClosed, match="was closed"):
+        stale_remote.write(0, b"x")
+    with pytest.raises(RegionClosed):
+        stale_remote.read(0, 1)
+    # the old semaphore was unlinked with the old region
+    assert old_objects[1] not in cluster_objects(cluster_id)
+    assert writer.connect(1, "log", timeout_s=1.0).size == 256
+    assert cleanup(cluster_id) >= 2
+    assert cluster_objects(cluster_id) == []
+    assert cleanup(cluster_id) == 0
+
+
+def test_reattach_keeps_memory_and_permissions(cluster_id: str) -> None:
+    first = shm_fabric(1, cluster_id)
+    region = first.register("log", 256)
+    region.buf[0:5] = b"kept!"
+    region.grant_write(3)
+    first.close()  # the process "dies"; its memory survives
+    again = shm_fabric(1, cluster_id, reattach=True).register("log", 256)
+    assert bytes(again.buf[0:5]) == b"kept!" and again.writers() == frozenset({3})
+    with pytest.raises(FabricError, match="re-attaching with size 512"):
+        shm_fabric(1, cluster_id, reattach=True).register("log", 512)
+    assert path_exists(region_path(cluster_id, 1, "log"))
+
+
+def path_exists(path: Path) -> bool:
+    return path.exists()
+
+
+# ---- across processes -----------------------------------------------------------------------
+
+
+def writer_main(cluster_id: str, writer_id: int, results: Queue[Any]) -> None:
+    """Connect to replica 1's ``log``, write a greeting, read the owner's, report."""
+    fabric = shm_fabric(writer_id, cluster_id)
+    remote = fabric.connect(1, "log", timeout_s=CHILD_TIMEOUT_S)
+    remote.write(100 * writer_id, f"hello from {writer_id}".encode())
+    results.put((writer_id, remote.read(0, 10)))
+    fabric.close()
+
+
+@pytest.mark.slow
+def test_processes_write_and_read(cluster_id: str) -> None:
+    owner = shm_fabric(1, cluster_id)
+    region = owner.register("log", REGION_BYTES)
+    region.buf[0:10] = b"owner data"
+    region.grant_write(2)
+    region.grant_write(3)
+    results: Queue[Any] = SPAWN.Queue()
+    with child(writer_main, cluster_id, 2, results), child(writer_main, cluster_id, 3, results):
+        got = dict(results.get(timeout=CHILD_TIMEOUT_S) for _ in range(2))
+    assert got == {2: b"owner data", 3: b"owner data"}
+    assert bytes(region.buf[200:212]) == b"hello from 2"
+    assert bytes(region.buf[300:312]) == b"hello from 3"
+    owner.close()
+
+
+def hammer_main(cluster_id: str, stop: Any, counts: Queue[Any]) -> None:
+    """Write 64-byte blocks of 0xAB all over replica 1's ``log`` until ``stop`` is set."""
+    fabric = shm_fabric(2, cluster_id)
+    remote = fabric.connect(1, "log", timeout_s=CHILD_TIMEOUT_S)
+    block = b"\xab" * 64
+    landed = rejected = 0
+    offset = 0
+    while not stop.is_set():
+        for _ in range(256):
+            try:
+                remote.write(offset, block)
+                landed += 1
+            except WriteRejected:
+                rejected += 1
+            offset = (offset + 64) % REGION_BYTES
+    counts.put((landed, rejected))
+    fabric.close()
+
+
+@pytest.mark.slow
+def test_no_write_lands_after_revoke_returns(cluster_id: str, seed: int) -> None:
+    """A writer hammers the region while the owner grants and revokes: after each revoke the
+    owner zeroes the region, waits, and checks that not one byte of the writer appeared."""
+    rng = random.Random(seed)
+    owner = shm_fabric(1, cluster_id)
+    region = owner.register("log", REGION_BYTES)
+    buf = region.buf
+    zeros = bytes(REGION_BYTES)
+    stop, counts = SPAWN.Event(), SPAWN.Queue()
+    rounds = 150
+    with child(hammer_main, cluster_id, stop, counts):
+        for round_index in range(rounds):
+            region.grant_write(2)
+            deadline = time.monotonic() + CHILD_TIMEOUT_S
+            while bytes(buf) == zeros:  # the writer is writing again
+                assert time.monotonic() < deadline, "writer never wrote"
+            time.sleep(rng.random() * 0.001)
+            region.revoke_write(2)
+            buf[:] = zeros
+            end = time.monotonic() + 0.002 + rng.random() * 0.002
+            while time.monotonic() < end:
+                assert bytes(buf) == zeros, f"round {round_index}: a write landed after revoke"
+        stop.set()
+        landed, rejected = counts.get(timeout=CHILD_TIMEOUT_S)
+    assert landed > rounds and rejected > rounds
+    owner.close()
+
+
+def pausable_main(cluster_id: str, ready: Any, go: Any, results: Queue[Any]) -> None:
+    """Write once, tell the parent, wait (the parent stops and resumes us), write again."""
+    fabric = shm_fabric(2, cluster_id)
+    remote = fabric.connect(1, "log", timeout_s=CHILD_TIMEOUT_S)
+    remote.write(0, b"first")
+    ready.set()
+    go.wait(CHILD_TIMEOUT_S)
+    try:
+        remote.write(0, b"second")
+        results.put("landed")
+    except WriteRejected:
+        results.put("rejected")
+    fabric.close()
+
+
+@pytest.mark.slow
+def test_revoke_while_writer_is_stopped(cluster_id: str) -> None:
+    owner = shm_fabric(1, cluster_id)
+    region = owner.register("log", REGION_BYTES)
+    region.grant_write(2)
+    ready, go, results = SPAWN.Event(), SPAWN.Event(), SPAWN.Queue()
+    with child(pausable_main, cluster_id, ready, go, results) as process:
+        assert ready.wait(CHILD_TIMEOUT_S)
+        os.kill(process.pid or 0, signal.SIGSTOP)
+        wait_state(process.pid or 0, "T")
+        started = time.monotonic()
+        region.revoke_write(2)
+        assert time.monotonic() - started < 0.5
+        go.set()
+        os.kill(process.pid or 0, signal.SIGCONT)
+        assert results.get(timeout=CHILD_TIMEOUT_S) == "rejected"
+    assert bytes(region.buf[:6]) == b"first\0"
+    owner.close()
+
+
+def wait_state(pid: int, state: str) -> None:
+    deadline = time.monotonic() + CHILD_TIMEOUT_S
+    while process_state(pid) != state:
+        assert time.monotonic() < deadline, f"pid {pid} never reached state {state}"
+        time.sleep(0.001)
+
+
+def holder_main(cluster_id: str, ready: Any, stop_self: bool) -> None:
+    """Connect as writer 2 and take the write semaphore as a write would, then get stopped (or
+    killed) right there, in the middle of a write."""
+    fabric = shm_fabric(2, cluster_id)
+    remote = fabric.connect(1, "log", timeout_s=CHILD_TIMEOUT_S)
+    assert remote._lock.acquire(False)
+    ready.set()
+    if stop_self:
+        os.kill(os.getpid(), signal.SIGSTOP)
+        remote._lock.release()
+    time.sleep(CHILD_TIMEOUT_S)
+
+
+@pytest.mark.slow
+def test_writer_stopped_inside_a_write_stalls_revoke(cluster_id: str) -> None:
+    owner = shm_fabric(1, cluster_id)
+    region = owner.register("log", REGION_BYTES)
+    region.grant_write(2)
+    ready = SPAWN.Event()
+    with child(holder_main, cluster_id, ready, True) as process:
+        assert ready.wait(CHILD_TIMEOUT_S)
+        wait_state(process.pid or 0, "T")
+        with pytest.raises(RevokeStalled, match=r"replica 2 \(pid \d+, stopped\)"):
+            region.revoke_write(2)
+        assert region.writers() == frozenset()
+        os.kill(process.pid or 0, signal.SIGCONT)  # it finishes its write, releasing the lock
+        region.revoke_write(2)
+    owner.close()
+
+
+@pytest.mark.slow
+def test_writer_killed_inside_a_write_does_not_wedge(cluster_id: str) -> None:
+    owner = shm_fabric(1, cluster_id)
+    region = owner.register("log", REGION_BYTES)
+    region.grant_write(2)
+    ready = SPAWN.Event()
+    with child(holder_main, cluster_id, ready, False) as process:
+        assert ready.wait(CHILD_TIMEOUT_S)
+        process.kill()
+        process.join(CHILD_TIMEOUT_S)
+    started = time.monotonic()
+    region.revoke_write(2)  # the holder is dead: its semaphore is released for it
+    assert time.monotonic() - started < 0.5
+    region.grant_write(2)
+    restarted = shm_fabric(2, cluster_id)
+    restarted.connect(1, "log", timeout_s=1.0).write(0, b"after restart")
+    assert bytes(region.buf[:13]) == b"after restart"
+    owner.close()
+
+
+def restarted_writer_main(cluster_id: str, results: Queue[Any]) -> None:
+    fabric = shm_fabric(2, cluster_id)
+    remote = fabric.connect(1, "log", timeout_s=CHILD_TIMEOUT_S)
+    remote.write(0, b"new life")
+    results.put("ok")
+    fabric.close()
+
+
+@pytest.mark.slow
+def test_killed_writer_restarts_without_owner_help(cluster_id: str) -> None:
+    """A writer killed holding its semaphore, restarted: its connect frees the semaphore."""
+    owner = shm_fabric(1, cluster_id)
+    region = owner.register("log", REGION_BYTES)
+    region.grant_write(2)
+    ready, results = SPAWN.Event(), SPAWN.Queue()
+    with child(holder_main, cluster_id, ready, False) as process:
+        assert ready.wait(CHILD_TIMEOUT_S)
+        process.kill()
+        process.join(CHILD_TIMEOUT_S)
+    with child(restarted_writer_main, cluster_id, results):
+        assert results.get(timeout=CHILD_TIMEOUT_S) == "ok"
+    assert bytes(region.buf[:8]) == b"new life"
+    owner.close()
+
+
+def owner_main(cluster_id: str, ready: Any) -> None:
+    """Own ``log``, let replica 2 write it, then idle until stopped or killed."""
+    fabric = shm_fabric(1, cluster_id)
+    region = fabric.register("log", REGION_BYTES)
+    region.buf[0:4] = b"mine"
+    region.grant_write(2)
+    ready.set()
+    time.sleep(CHILD_TIMEOUT_S)
+
+
+@pytest.mark.slow
+def test_permissions_hold_while_owner_is_stopped_or_killed(cluster_id: str) -> None:
+    ready = SPAWN.Event()
+    allowed, denied = shm_fabric(2, cluster_id), shm_fabric(3, cluster_id)
+    with child(owner_main, cluster_id, ready) as process:
+        assert ready.wait(CHILD_TIMEOUT_S)
+        remote = allowed.connect(1, "log", timeout_s=CHILD_TIMEOUT_S)
+        intruder = denied.connect(1, "log", timeout_s=CHILD_TIMEOUT_S)
+        os.kill(process.pid or 0, signal.SIGSTOP)
+        wait_state(process.pid or 0, "T")
+        remote.write(100, b"while stopped")
+        with pytest.raises(WriteRejected):
+            intruder.write(100, b"intruder")
+        process.kill()
+        process.join(CHILD_TIMEOUT_S)
+        remote.write(200, b"after death")
+        with pytest.raises(WriteRejected):
+            intruder.write(200, b"intruder")
+        assert remote.read(0, 4) == b"mine"
+    # the owner restarts and re-attaches: its memory is still there
+    region = shm_fabric(1, cluster_id, reattach=True).register("log", REGION_BYTES)
+    assert bytes(region.buf[100:113]) == b"while stopped"
+    assert bytes(region.buf[200:211]) == b"after death"
+    allowed.close()
+    denied.close()
+
+
+def test_remote_is_a_remote_region(cluster_id: str) -> None:
+    from consensus.fabric import LocalRegion, RemoteRegion
+
+    owner = shm_fabric(1, cluster_id)
+    region = owner.register("ctrl", 64)
+    remote = owner.connect(1, "ctrl", timeout_s=1.0)
+    assert isinstance(region, LocalRegion) and isinstance(remote, RemoteRegion)
+    assert isinstance(remote, ShmRemote)
+    owner.close()
