@@ -68,7 +68,7 @@ class Replicator:
 
     def propose_many(self, payloads: Sequence[bytes], timeout_s: float) -> list[int]:
         """Replicate ``payloads`` in order, pipelined in batches of at most
-        ``PROPOSALS_INFLIGHT_MAX`` (or half the log); return their indexes once all are committed."""
+        ``PROPOSALS_INFLIGHT_MAX`` (or half the log); return their indexes once all committed."""
         for payload in payloads:
             if len(payload) > self._payload_max:
                 raise ValueError(f"payload of {len(payload)} bytes exceeds payload_size_max "

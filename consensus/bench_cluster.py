@@ -1,0 +1,286 @@
+"""Local clusters for the benchmarks: ``--local N`` spawning, and the fail-over benchmark.
+
+Rule 1: a local cluster gets a fresh cluster id, one child process per replica, and is cleaned up
+        (children killed, shared memory and registry entries removed) on every exit path.
+Rule 2 (failover): every node proposes steadily while it leads and reports events on stdout
+        (``EV <kind> <replica> <monotonic ns> ...``); the driver pauses the current leader through
+        the pause hook (a line on the node's stdin), measures pause -> first commit by the new
+        leader (CLOCK_MONOTONIC is shared by processes), resumes the old leader, lets it rejoin,
+        and repeats. ``--pauses 0 --duration S`` is the fault-free run: it counts leader changes.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from consensus.bench import LEADER_WAIT_S, percentile, tune_process
+from consensus.config import ReplicaConfig
+from consensus.errors import ConsensusError
+from consensus.replica import Replica
+
+CHILD_EXIT_WAIT_S = 10.0
+STEADY_BEFORE_PAUSE_S = 0.2  # leader runs this long before it is paused
+REJOIN_WAIT_S = 0.2  # the resumed replica gets this long to rejoin before the next pause
+FAILOVER_WAIT_S = 5.0  # a fail-over slower than this is reported as a failure
+NODE_IDLE_SLEEP_S = 0.0002
+
+
+def new_cluster_id(prefix: str) -> str:
+    return f"{prefix}-{os.getpid()}-{int(time.time() * 1000) % 1_000_000}"
+
+
+def cleanup_cluster(cluster: str) -> None:
+    from consensus.fabric.shm import cleanup
+
+    cleanup(cluster)
+
+
+def spawn_local(
+    argv_for: list[list[str]], cluster: str, pipes: bool
+) -> list[subprocess.Popen[str]]:
+    env = dict(os.environ, MU_BENCH_CLUSTER=cluster)
+    env.pop("DORY_REGISTRY_IP", None)
+    return [
+        subprocess.Popen([sys.executable, "-m", "consensus", *argv], env=env, text=True,
+                         stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                         stdout=subprocess.PIPE if pipes else None)
+        for argv in argv_for
+    ]
+
+
+def reap(children: list[subprocess.Popen[str]], cluster: str) -> None:
+    for child in children:
+        if child.poll() is None:
+            try:
+                child.wait(CHILD_EXIT_WAIT_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    cleanup_cluster(cluster)
+
+
+def run_local_st(argv_for: list[list[str]], cluster: str) -> int:
+    """Rule 1 for st/st-lat: children share this terminal; exit status is the worst child's."""
+    children = spawn_local(argv_for, cluster, pipes=False)
+    try:
+        return max(child.wait() for child in children)
+    except KeyboardInterrupt:
+        for child in children:
+            child.terminate()
+        return 130
+    finally:
+        reap(children, cluster)
+
+
+# --- fail-over node ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class NodeOptions:
+    replica_id: int
+    members: tuple[int, ...]
+    cluster: str
+    payload_size: int
+    interval_us: int
+    dead_after_us: int
+    record: str | None = None  # write "index payload-hex" per delivered entry here at exit
+
+
+def emit(*fields: object) -> None:
+    sys.stdout.write("EV " + " ".join(str(f) for f in fields) + "\n")
+    sys.stdout.flush()
+
+
+def run_node(opts: NodeOptions) -> int:
+    """One replica of the fail-over benchmark (Rule 2)."""
+    from consensus.fabric import open_fabric
+    from consensus.registry import open_registry
+
+    registry = open_registry(opts.cluster)
+    fabric = open_fabric("shm", opts.replica_id, opts.cluster, registry)
+    config = ReplicaConfig(opts.replica_id, opts.members, payload_size_max=opts.payload_size,
+                           dead_after_us=opts.dead_after_us)
+    me = opts.replica_id
+    delivered: list[tuple[int, bytes]] = []
+    replica = Replica(config, fabric, registry,
+                      on_commit=(lambda index, payload: delivered.append((index, payload)))
+                      if opts.record else None,
+                      on_leader_change=lambda leader, mine: emit("leader", me,
+                                                                 time.monotonic_ns(), leader))
+    commands: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def read_commands() -> None:
+        for line in sys.stdin:
+            commands.put(line.strip())
+        commands.put("quit")
+
+    threading.Thread(target=read_commands, daemon=True).start()
+    replica.start()
+    tune_process()
+    try:
+        _node_loop(replica, opts, commands)
+    finally:
+        replica.stop()
+        fabric.close()
+        if opts.record:
+            with open(opts.record, "w") as out:
+                out.writelines(f"{index} {payload.hex()}\n" for index, payload in delivered)
+    return 0
+
+
+def _node_loop(replica: Replica, opts: NodeOptions, commands: queue.SimpleQueue[str]) -> None:
+    me = opts.replica_id
+    interval_s = opts.interval_us / 1e6
+    leading_since_commit = False
+    sequence = 0
+    while True:
+        while not commands.empty():
+            command = commands.get()
+            if command == "quit":
+                return
+            if command == "pause":
+                now = time.monotonic_ns()
+                replica.pause()
+                emit("paused", me, now)
+            elif command == "resume":
+                replica.resume()
+                emit("resumed", me, time.monotonic_ns())
+        if not replica.is_leader:
+            leading_since_commit = False
+            time.sleep(NODE_IDLE_SLEEP_S)
+            continue
+        sequence += 1
+        payload = f"{me}:{sequence}".encode().ljust(opts.payload_size, b".")
+        try:
+            replica.propose(payload[: opts.payload_size])
+        except ConsensusError:
+            continue
+        if not leading_since_commit:
+            leading_since_commit = True
+            emit("first-commit", me, time.monotonic_ns())
+        if interval_s:
+            time.sleep(interval_s)
+
+
+# --- fail-over driver ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    replica: int
+    time_ns: int
+
+
+def _read_events(child: subprocess.Popen[str], events: queue.SimpleQueue[Event]) -> None:
+    assert child.stdout is not None
+    for line in child.stdout:
+        fields = line.split()
+        if len(fields) >= 4 and fields[0] == "EV":
+            events.put(Event(fields[1], int(fields[2]), int(fields[3])))
+
+
+def _next_event(events: queue.SimpleQueue[Event], kind: str, timeout_s: float,
+                exclude: int | None = None, seen: list[Event] | None = None) -> Event:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no {kind!r} event within {timeout_s} s")
+        try:
+            event = events.get(timeout=left)
+        except queue.Empty:
+            continue
+        if seen is not None:
+            seen.append(event)
+        if event.kind == kind and event.replica != exclude:
+            return event
+
+
+def _send(child: subprocess.Popen[str], command: str) -> None:
+    assert child.stdin is not None
+    child.stdin.write(command + "\n")
+    child.stdin.flush()
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverOptions:
+    pauses: int
+    duration_s: float
+    members: tuple[int, ...]
+    payload_size: int
+    interval_us: int
+    dead_after_us: int
+
+
+def run_failover(opts: FailoverOptions) -> int:
+    """Rule 2: spawn, drive, report; always clean up."""
+    cluster = new_cluster_id("mu-failover")
+    argv = [["bench", "failover-node", str(rid), "--cluster", cluster,
+             "--members", ",".join(map(str, opts.members)), "--payload-size",
+             str(opts.payload_size), "--interval-us", str(opts.interval_us),
+             "--dead-after-us", str(opts.dead_after_us)] for rid in opts.members]
+    children = spawn_local(argv, cluster, pipes=True)
+    by_id = dict(zip(opts.members, children, strict=True))
+    events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+    for child in children:
+        threading.Thread(target=_read_events, args=(child, events), daemon=True).start()
+    try:
+        leader = _next_event(events, "first-commit", LEADER_WAIT_S).replica
+        print(f"failover: cluster {cluster} up, leader {leader}", file=sys.stderr)
+        if opts.pauses == 0:
+            return _steady(events, opts.duration_s)
+        return _pause_loop(events, by_id, leader, opts.pauses)
+    except TimeoutError as error:
+        print(f"failover: {error}", file=sys.stderr)
+        return 1
+    finally:
+        for child in children:
+            try:
+                _send(child, "quit")
+            except (BrokenPipeError, OSError):
+                pass
+        reap(children, cluster)
+
+
+def _steady(events: queue.SimpleQueue[Event], duration_s: float) -> int:
+    from tqdm import tqdm
+
+    seen: list[Event] = []
+    end = time.monotonic() + duration_s
+    with tqdm(total=int(duration_s), unit="s", file=sys.stderr, leave=False) as bar:
+        while time.monotonic() < end:
+            try:
+                _next_event(events, "never", min(1.0, max(0.01, end - time.monotonic())),
+                            seen=seen)
+            except TimeoutError:
+                pass
+            bar.n = int(duration_s - max(0.0, end - time.monotonic()))
+            bar.refresh()
+    changes = sum(1 for e in seen if e.kind == "first-commit")
+    print(f"fault-free run of {duration_s:.0f} s: {changes} leader changes")
+    return 0 if changes == 0 else 1
+
+
+def _pause_loop(events: queue.SimpleQueue[Event], by_id: dict[int, subprocess.Popen[str]],
+                leader: int, pauses: int) -> int:
+    from tqdm import tqdm
+
+    failovers: list[int] = []
+    for _ in tqdm(range(pauses), unit="failover", file=sys.stderr, leave=False):
+        time.sleep(STEADY_BEFORE_PAUSE_S)
+        _send(by_id[leader], "pause")
+        paused = _next_event(events, "paused", FAILOVER_WAIT_S)
+        new = _next_event(events, "first-commit", FAILOVER_WAIT_S, exclude=leader)
+        failovers.append(new.time_ns - paused.time_ns)
+        _send(by_id[leader], "resume")
+        _next_event(events, "resumed", FAILOVER_WAIT_S)
+        time.sleep(REJOIN_WAIT_S)
+        leader = new.replica
+    ordered = sorted(failovers)
+    p50, p99 = percentile(ordered, 0.5), percentile(ordered, 0.99)
+    print(f"{pauses} fail-overs (pause -> first commit by the new leader): "
+          f"p50 {p50 / 1e6:.2f} ms, p99 {p99 / 1e6:.2f} ms, max {ordered[-1] / 1e6:.2f} ms")
+    return 0

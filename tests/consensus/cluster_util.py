@@ -1,0 +1,100 @@
+"""In-process clusters for the consensus tests: every replica a set of threads in this process,
+over ``MemoryNetwork`` and an ``InProcessRegistry``. Conditions are awaited, never slept on."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from consensus import ConsensusError, Replica, ReplicaConfig
+from consensus.fabric.memory import MemoryNetwork
+from consensus.registry.base import InProcessRegistry
+
+# Generous detector timings: all replicas share one interpreter (and its GIL) in these tests, so a
+# 2-core shared machine must not see spurious fail-overs; correctness, not speed, is tested here.
+TEST_TIMINGS = dict(heartbeat_interval_us=500, scan_interval_us=500, dead_after_us=40_000,
+                    scan_gap_cap_us=2000, startup_grace_us=200_000)
+WAIT_S = 10.0
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or condition}")
+        time.sleep(0.001)
+
+
+class Cluster:
+    def __init__(self, size: int, log_slots: int = 256, payload_size_max: int = 64) -> None:
+        self.network = MemoryNetwork()
+        self.store: dict[str, bytes] = {}
+        self.members = tuple(range(1, size + 1))
+        self.delivered: dict[int, list[tuple[int, bytes]]] = {m: [] for m in self.members}
+        self.errors: dict[int, list[ConsensusError]] = {m: [] for m in self.members}
+        self.replicas: dict[int, Replica] = {}
+        self.log_slots = log_slots
+        self.payload_size_max = payload_size_max
+        for member in self.members:
+            self.replicas[member] = self._build(member)
+        self._start(list(self.replicas.values()))
+
+    def _build(self, member: int) -> Replica:
+        config = ReplicaConfig(member, self.members, payload_size_max=self.payload_size_max,
+                               log_slots=self.log_slots, **TEST_TIMINGS)  # type: ignore[arg-type]
+        return Replica(config, self.network.endpoint(member), InProcessRegistry("t", self.store),
+                       on_commit=lambda i, p, m=member: self.delivered[m].append((i, p)),
+                       on_error=lambda e, m=member: self.errors[m].append(e))
+
+    @staticmethod
+    def _start(replicas: list[Replica]) -> None:
+        threads = [threading.Thread(target=r.start) for r in replicas]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def leader(self, exclude: tuple[int, ...] = ()) -> Replica:
+        found: list[Replica] = []
+
+        def one() -> bool:
+            found[:] = [r for m, r in self.replicas.items() if r.is_leader and m not in exclude]
+            return len(found) == 1
+
+        wait_until(one, what="a single leader")
+        return found[0]
+
+    def propose_n(self, count: int, tag: str, exclude: tuple[int, ...] = ()) -> list[int]:
+        """Propose ``count`` unique payloads through whoever leads, retrying across changes."""
+        indexes = []
+        for i in range(count):
+            payload = f"{tag}-{i}".encode()
+            while True:
+                leader = self.leader(exclude)
+                try:
+                    indexes.append(leader.propose(payload))
+                    break
+                except ConsensusError:
+                    time.sleep(0.001)
+        return indexes
+
+    def wait_applied(self, index: int, members: tuple[int, ...] | None = None) -> None:
+        for member in members or self.members:
+            replica = self.replicas[member]
+            wait_until(lambda r=replica: r.applied_index >= index,
+                       what=f"replica {member} to apply {index}")
+
+    def check_identical(self, members: tuple[int, ...] | None = None) -> None:
+        """Every replica delivered a prefix of one sequence, indexes 1.., each once."""
+        chosen = members or self.members
+        longest = max((self.delivered[m] for m in chosen), key=len)
+        assert [i for i, _ in longest] == list(range(1, len(longest) + 1))
+        for member in chosen:
+            got = self.delivered[member]
+            assert got == longest[: len(got)], f"replica {member} diverged"
+
+    def stop(self) -> None:
+        for replica in self.replicas.values():
+            replica.stop()
+        self.network.close()

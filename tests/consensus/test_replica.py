@@ -1,0 +1,150 @@
+"""Replica scenarios, in process (memory fabric): replication, every leader-change path, recycling,
+LogOverrun. Each ends by checking that all replicas delivered the same entries."""
+
+from __future__ import annotations
+
+import pytest
+
+from consensus import LogOverrun, NotLeader, ReplicaConfig
+from consensus.errors import ReplicaStopped
+
+from .cluster_util import Cluster, wait_until
+
+
+@pytest.fixture
+def make_cluster():
+    made: list[Cluster] = []
+
+    def make(size: int, **kwargs: int) -> Cluster:
+        made.append(Cluster(size, **kwargs))
+        return made[-1]
+
+    yield make
+    for cluster in made:
+        cluster.stop()
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_replication_and_order(make_cluster, size):
+    cluster = make_cluster(size)
+    leader = cluster.leader()
+    assert leader.replica_id == 1  # lowest id leads a fresh cluster
+    first = cluster.propose_n(100, "one")
+    batch = leader.propose_many([f"many-{i}".encode() for i in range(300)])
+    assert first == list(range(1, 101)) and batch == list(range(101, 401))
+    cluster.wait_applied(400)
+    cluster.check_identical()
+    assert cluster.delivered[size][100] == (101, b"many-0")
+    for member, replica in cluster.replicas.items():
+        if member != 1:
+            with pytest.raises(NotLeader) as raised:
+                replica.propose(b"x")
+            assert raised.value.leader_id == 1
+
+
+def test_leader_paused_then_resumed_finds_itself_deposed(make_cluster):
+    cluster = make_cluster(3)
+    old = cluster.leader()
+    cluster.propose_n(50, "before")
+    old.pause()
+    with pytest.raises(NotLeader):
+        old.propose(b"while paused")
+    new = cluster.leader(exclude=(old.replica_id,))
+    assert new.replica_id != old.replica_id
+    cluster.propose_n(50, "during", exclude=(old.replica_id,))
+    old.resume()
+    wait_until(lambda: old.leader_id == new.replica_id, what="resumed replica to follow")
+    assert not old.is_leader and new.is_leader  # a resumed lower id does not preempt
+    with pytest.raises(NotLeader) as raised:
+        old.propose(b"deposed")
+    assert raised.value.leader_id == new.replica_id
+    cluster.propose_n(50, "after")
+    cluster.wait_applied(150)
+    cluster.check_identical()
+
+
+def test_leader_killed(make_cluster):
+    cluster = make_cluster(5)
+    old = cluster.leader()
+    cluster.propose_n(40, "before")
+    old.stop()  # every activity of the leader stops, as in a killed process
+    with pytest.raises(ReplicaStopped):
+        old.propose(b"dead")
+    survivors = tuple(m for m in cluster.members if m != old.replica_id)
+    cluster.propose_n(40, "after", exclude=(old.replica_id,))
+    cluster.wait_applied(80, survivors)
+    cluster.check_identical(survivors)
+    cluster.check_identical()
+
+
+def test_follower_paused_and_resumed(make_cluster):
+    cluster = make_cluster(3)
+    leader = cluster.leader()
+    follower = cluster.replicas[3]
+    follower.pause()
+    cluster.propose_n(60, "while-paused")
+    assert leader.is_leader  # a majority (1, 2) still holds every entry
+    assert follower.applied_index < 60
+    follower.resume()
+    cluster.propose_n(10, "after")
+    cluster.wait_applied(70)
+    cluster.check_identical()
+
+
+def test_two_leader_changes_in_a_row(make_cluster):
+    cluster = make_cluster(5)
+    first = cluster.leader()
+    cluster.propose_n(20, "a")
+    first.pause()
+    second = cluster.leader(exclude=(first.replica_id,))
+    cluster.propose_n(20, "b", exclude=(first.replica_id,))
+    second.pause()
+    third = cluster.leader(exclude=(first.replica_id, second.replica_id))
+    cluster.propose_n(20, "c", exclude=(first.replica_id, second.replica_id))
+    first.resume()
+    second.resume()
+    assert third.is_leader
+    cluster.propose_n(20, "d")
+    cluster.wait_applied(80)
+    cluster.check_identical()
+
+
+def test_recycling_across_many_wraps(make_cluster):
+    cluster = make_cluster(3, log_slots=16)
+    leader = cluster.leader()
+    for round_ in range(40):  # 40 * 20 entries = 50 wraps of a 16-slot log
+        leader.propose_many([f"{round_}-{i}".encode() for i in range(8)])
+        cluster.propose_n(12, f"r{round_}")
+    cluster.wait_applied(800)
+    cluster.check_identical()
+
+
+def test_log_overrun_is_reported(make_cluster):
+    cluster = make_cluster(3, log_slots=16)
+    cluster.leader()
+    cluster.propose_n(5, "start")
+    cluster.wait_applied(5)
+    lagging = cluster.replicas[3]
+    lagging.pause()
+    cluster.propose_n(100, "past")  # the leader recycles once replica 3 is considered dead
+    lagging.resume()
+    wait_until(lambda: isinstance(lagging.error, LogOverrun), what="LogOverrun")
+    assert cluster.errors[3] and isinstance(cluster.errors[3][0], LogOverrun)
+    assert "state transfer needed" in str(lagging.error)
+    assert lagging.applied_index == 5  # nothing wrong was applied
+    cluster.check_identical()
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="not among"):
+        ReplicaConfig(4, (1, 2, 3))
+    with pytest.raises(ValueError, match="power of two"):
+        ReplicaConfig(1, (1, 2, 3), log_slots=100)
+    with pytest.raises(ValueError, match="distinct"):
+        ReplicaConfig(1, (1, 1, 2))
+
+
+def test_oversized_payload_is_refused(make_cluster):
+    cluster = make_cluster(3)
+    with pytest.raises(ValueError, match="payload_size_max"):
+        cluster.leader().propose(bytes(65))
