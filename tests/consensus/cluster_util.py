@@ -27,7 +27,7 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S, what: s
 
 
 class Cluster:
-    def __init__(self, size: int, log_slots: int = 256, payload_size_max: int = 64) -> None:
+    def __init__(self, size: int, log_slots: int = 1024, payload_size_max: int = 64) -> None:
         self.network = MemoryNetwork()
         self.store: dict[str, bytes] = {}
         self.members = tuple(range(1, size + 1))

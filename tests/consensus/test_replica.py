@@ -3,6 +3,8 @@ LogOverrun. Each ends by checking that all replicas delivered the same entries."
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from consensus import LogOverrun, NotLeader, ReplicaConfig
@@ -13,6 +15,10 @@ from .cluster_util import Cluster, wait_until
 
 @pytest.fixture
 def make_cluster():
+    # All replicas share this interpreter: a short GIL switch interval keeps every replica's
+    # heartbeat and pump threads running while a proposer spins (as separate processes would).
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
     made: list[Cluster] = []
 
     def make(size: int, **kwargs: int) -> Cluster:
@@ -22,6 +28,7 @@ def make_cluster():
     yield make
     for cluster in made:
         cluster.stop()
+    sys.setswitchinterval(interval)
 
 
 @pytest.mark.parametrize("size", [3, 5])
