@@ -16,7 +16,13 @@ Rule 4: a crash trigger armed on a writer fires after its k-th successful write 
         memcpy leaves it), then the writer crashes. This is "leader dies having written the entry
         to some followers but not others".
 Rule 5: the observer hears every permission change and every landed write, with the writer; the
-        exclusive-writer checker is built on it.
+        exclusive-writer checker is built on it. A revoke counts as a change when it returns.
+Rule 6: as on the ``shm`` fabric, a write to an exclusive region may be preempted between its
+        permission check and its copy (``MID_WRITE_SWITCH_P``): it is then "in flight" and lands
+        even if its permission is revoked meanwhile. ``revoke_write`` waits (in simulated time)
+        for the revoked writer's write in flight; if the writer does not finish within
+        ``REVOKE_WAIT_NS`` (it is SIGSTOPped, or starved), the revoke raises ``RevokeStalled`` and
+        the write may still land later. A writer killed mid-write never lands its write.
 """
 
 from __future__ import annotations
@@ -32,15 +38,18 @@ from consensus.fabric.base import (
     RegionClosed,
     RemoteRegion,
     ReplicaIdT,
+    RevokeStalled,
     UnknownPeer,
     WriteRejected,
 )
 from consensus.fabric.memory import MemoryNetwork, MemoryRegion, MemoryRemote
-from consensus.sim.scheduler import Scheduler, SimKilled
+from consensus.sim.scheduler import Scheduler, SimKilled, Task, Waitable
 
 CONNECT_POLL_NS = 20_000  # how often connect() looks for a region that is not registered yet
 POSTED_LAND_ALL_P = 0.7  # probability that a poll lands every queued posted write
 EXCLUSIVE_REGION_NAMES = frozenset({"log"})  # regions that must have a single writer at a time
+MID_WRITE_SWITCH_P = 0.25  # share of exclusive-region writes preempted after the permission check
+REVOKE_WAIT_NS = 50_000_000  # as consensus.fabric.shm.REVOKE_WAIT_S_MAX
 
 
 class FabricObserver(Protocol):
@@ -57,6 +66,22 @@ class CrashTrigger:
 
     writes_left: int
     torn: bool
+
+
+class _DrainWait(Waitable):
+    """Revokers waiting for one writer's write in flight."""
+
+    def __init__(self) -> None:
+        self.tasks: list[Task] = []
+
+    def forget(self, task: Task) -> None:
+        if task in self.tasks:
+            self.tasks.remove(task)
+
+    def wake_all(self, scheduler: Scheduler) -> None:
+        tasks, self.tasks = self.tasks, []
+        for task in tasks:
+            scheduler.wake(task)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +110,9 @@ class SimNetwork:
         self.writes_landed = 0
         self.writes_rejected = 0
         self.permission_epochs: dict[tuple[ReplicaIdT, str], int] = {}
+        self.in_flight: dict[tuple[ReplicaIdT, str, ReplicaIdT], int] = {}
+        self._drain_waiters: dict[tuple[ReplicaIdT, str, ReplicaIdT], _DrainWait] = {}
+        self.revokes_stalled = 0
 
     def endpoint(self, replica_id: ReplicaIdT) -> SimFabric:
         """A fresh endpoint for a replica (incarnation); the old one is closed."""
@@ -95,26 +123,87 @@ class SimNetwork:
         self.endpoints[replica_id] = fabric
         return fabric
 
-    def land(self, writer: ReplicaIdT, remote: MemoryRemote, offset: int, data: Buffer) -> None:
+    def write(self, writer: ReplicaIdT, remote: MemoryRemote, offset: int, data: Buffer) -> None:
+        """A synchronous write, possibly preempted between permission check and copy (Rule 6)."""
+        region = remote.region
+        exclusive = region.name in EXCLUSIVE_REGION_NAMES and region.owner != writer
+        if not exclusive or self.scheduler.rng.random() >= MID_WRITE_SWITCH_P:
+            self.land(writer, remote, offset, data)
+            return
+        with region.lock:
+            if region.closed:
+                raise RegionClosed(f"region {region.name!r} of replica {region.owner} is closed")
+            permitted = region.may_write(writer)
+        if not permitted:
+            self._land_checked(writer, remote, offset, data)  # raises WriteRejected
+            return
+        key = (region.owner, region.name, writer)
+        self.in_flight[key] = self.in_flight.get(key, 0) + 1
+        try:
+            self.scheduler.switch(f"mid-write {writer}>{region.owner}.{region.name}@{offset}")
+            self.land(writer, remote, offset, data, checked=False)
+        finally:
+            self.in_flight[key] -= 1
+            waiters = self._drain_waiters.pop(key, None)
+            if waiters is not None:
+                waiters.wake_all(self.scheduler)
+
+    def drain(self, owner: ReplicaIdT, name: str, peer: ReplicaIdT) -> None:
+        """Wait until ``peer`` has no write in flight on the region, or raise ``RevokeStalled``."""
+        key = (owner, name, peer)
+        deadline_ns = self.scheduler.now_ns + REVOKE_WAIT_NS
+        while self.in_flight.get(key, 0) > 0:
+            left_ns = deadline_ns - self.scheduler.now_ns
+            if left_ns <= 0:
+                self.revokes_stalled += 1
+                raise RevokeStalled(
+                    f"region {name!r} of replica {owner}: replica {peer} is still inside a "
+                    f"write after {REVOKE_WAIT_NS // 1_000_000} ms; its permission is "
+                    "withdrawn, retry"
+                )
+            waiters = self._drain_waiters.setdefault(key, _DrainWait())
+            waiters.tasks.append(self.scheduler.me())
+            self.scheduler.block(f"drain {peer} {owner}.{name}", left_ns, waiters)
+
+    def land(
+        self,
+        writer: ReplicaIdT,
+        remote: MemoryRemote,
+        offset: int,
+        data: Buffer,
+        checked: bool = True,
+    ) -> None:
         """Apply one write now (no switch point); may fire ``writer``'s crash trigger."""
         region = remote.region
         trigger = self.triggers.get(writer)
         exclusive = region.name in EXCLUSIVE_REGION_NAMES and region.owner != writer
         if trigger is not None and exclusive and trigger.writes_left <= 1:
-            if trigger.torn and len(data) > 1 and region.may_write(writer):
+            if trigger.torn and len(data) > 1 and (region.may_write(writer) or not checked):
                 self._land_torn(writer, region, offset, data)
             else:
-                self._land_checked(writer, remote, offset, data)
+                self._land_checked(writer, remote, offset, data, checked)
             del self.triggers[writer]
             self.crash(writer, f"crash trigger after a write to {region.owner}.{region.name}")
             raise SimKilled
-        self._land_checked(writer, remote, offset, data)
+        self._land_checked(writer, remote, offset, data, checked)
         if trigger is not None and exclusive:
             trigger.writes_left -= 1
 
     def _land_checked(
-        self, writer: ReplicaIdT, remote: MemoryRemote, offset: int, data: Buffer
+        self,
+        writer: ReplicaIdT,
+        remote: MemoryRemote,
+        offset: int,
+        data: Buffer,
+        checked: bool = True,
     ) -> None:
+        if not checked:  # in flight: its permission was checked before the preemption
+            region = remote.region
+            with region.lock:
+                region.memory[offset : offset + len(data)] = data
+            self.writes_landed += 1
+            self.observer.write_landed(remote.owner, remote.name, writer)
+            return
         try:
             remote.write(offset, data)
         except WriteRejected:
@@ -135,13 +224,20 @@ class SimNetwork:
     def change_permission(
         self, owner: ReplicaIdT, name: str, peer: ReplicaIdT, grant: bool, cause: str
     ) -> None:
-        """Grant or revoke without a switch point (used by the nemesis between two steps)."""
+        """Grant or revoke without a switch point or drain (the nemesis, between two steps)."""
         region = self.memory.region(owner, name)
         assert region is not None, f"no region {owner}.{name}"
         if grant:
             region.grant_write(peer)
         else:
             region.revoke_write(peer)
+        self.note_permission(owner, name, peer, grant, cause)
+
+    def note_permission(
+        self, owner: ReplicaIdT, name: str, peer: ReplicaIdT, grant: bool, cause: str
+    ) -> None:
+        region = self.memory.region(owner, name)
+        assert region is not None, f"no region {owner}.{name}"
         key = (owner, name)
         self.permission_epochs[key] = self.permission_epochs.get(key, 0) + 1
         self.scheduler.trace(f"{cause} {'grant' if grant else 'revoke'} {peer} on {owner}.{name}")
@@ -166,8 +262,13 @@ class SimLocalRegion:
         self._network.change_permission(self._region.owner, self.name, peer, True, "owner")
 
     def revoke_write(self, peer: ReplicaIdT) -> None:
-        self._network.scheduler.switch(f"revoke {peer} {self._region.owner}.{self.name}")
-        self._network.change_permission(self._region.owner, self.name, peer, False, "owner")
+        network, owner = self._network, self._region.owner
+        network.scheduler.switch(f"revoke {peer} {owner}.{self.name}")
+        self._region.revoke_write(peer)
+        try:
+            network.drain(owner, self.name, peer)
+        finally:
+            network.note_permission(owner, self.name, peer, False, "owner")
 
     def writers(self) -> frozenset[ReplicaIdT]:
         return self._region.writers()
@@ -190,7 +291,7 @@ class SimRemote:
         fabric.network.scheduler.switch(f"w {self._tag}@{offset}+{len(data)}")
         fabric.check_open()
         fabric.flush_posted()
-        fabric.network.land(fabric.replica_id, self.remote, offset, data)
+        fabric.network.write(fabric.replica_id, self.remote, offset, data)
 
     def read(self, offset: int, length: int) -> bytes:
         self._fabric.check_open()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from consensus.fabric.base import WriteRejected
+import pytest
+
+from consensus.fabric.base import RevokeStalled, WriteRejected
+from consensus.sim import fabric as sim_fabric
 from consensus.sim.checkers import ExclusiveWriterChecker, HistoryChecker, Violation
 from consensus.sim.fabric import CrashTrigger, SimNetwork
 from consensus.sim.registry import SimRegistry
@@ -223,3 +226,78 @@ def test_history_flags_invented_payload() -> None:
     checker, violations = history()
     checker.delivered(1, 1, 1, b"zzz")
     assert violations[0].rule == "integrity"
+
+
+def test_revoke_waits_for_a_write_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sim_fabric, "MID_WRITE_SWITCH_P", 1.0)
+    waited = 0
+    for seed in range(6):
+        toy = Toy(seed)
+        order: list[str] = []
+
+        def lead(toy: Toy = toy, order: list[str] = order) -> None:
+            remote = toy.network.endpoint(1).connect(2, "log", 1.0)
+            toy.runtimes[1].sleep(0.001)
+            remote.write(0, b"\x01" * 8)
+            order.append("write returned")
+
+        def owner(toy: Toy = toy, order: list[str] = order) -> None:
+            region = toy.network.endpoint(2).register("log", REGION_BYTES)
+            region.grant_write(1)
+            while toy.network.in_flight.get((2, "log", 1), 0) == 0 and region.buf[0] == 0:
+                toy.runtimes[2].yield_now()
+            if region.buf[0] == 0:
+                order.append("revoke during the write")
+            region.revoke_write(1)
+            order.append("revoke returned")
+            assert bytes(region.buf[:8]) == b"\x01" * 8, "revoke returned before the write landed"
+
+        toy.runtimes[1].spawn("lead", lead)
+        toy.runtimes[2].spawn("owner", owner)
+        toy.scheduler.run()
+        assert toy.scheduler.failure is None, f"seed {seed}: {toy.scheduler.failure}"
+        assert "revoke returned" in order
+        waited += "revoke during the write" in order
+    assert waited > 0
+
+
+def stalled_revoke(seed: int) -> list[str]:
+    toy = Toy(seed)
+    outcome: list[str] = []
+
+    def lead() -> None:
+        remote = toy.network.endpoint(1).connect(2, "log", 1.0)
+        toy.runtimes[1].sleep(0.001)
+        remote.write(0, b"\x02" * 8)
+
+    def owner() -> None:
+        region = toy.network.endpoint(2).register("log", REGION_BYTES)
+        region.grant_write(1)
+        while toy.network.in_flight.get((2, "log", 1), 0) == 0 and region.buf[0] == 0:
+            toy.runtimes[2].yield_now()
+        if region.buf[0] != 0:
+            return  # the write finished before the owner looked: nothing to stall
+        toy.scheduler.paused.add(1)  # SIGSTOP the writer inside its write
+        toy.scheduler.at(toy.scheduler.now_ns + 80_000_000, toy.scheduler.paused.clear)
+        try:
+            region.revoke_write(1)
+        except RevokeStalled:
+            outcome.append("stalled")
+        outcome.append("landed" if bytes(region.buf[:8]) == b"\x02" * 8 else "not yet")
+        toy.runtimes[2].sleep(0.1)
+        outcome.append("landed" if bytes(region.buf[:8]) == b"\x02" * 8 else "never")
+
+    toy.runtimes[1].spawn("lead", lead)
+    toy.runtimes[2].spawn("owner", owner)
+    toy.scheduler.run()
+    assert toy.scheduler.failure is None, f"seed {seed}: {toy.scheduler.failure}"
+    return outcome
+
+
+def test_revoke_of_a_stopped_writer_stalls_and_the_write_lands_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sim_fabric, "MID_WRITE_SWITCH_P", 1.0)
+    outcomes = [stalled_revoke(seed) for seed in range(8)]
+    assert ["stalled", "not yet", "landed"] in outcomes
+    assert all(o in ([], ["stalled", "not yet", "landed"]) for o in outcomes), outcomes
