@@ -112,6 +112,8 @@ class Book(Matcher):
         self._pending = []
         self._seq = 0
         self._bbo = (0, 0, 0, 0)
+        self._stale_order = None
+        self._stale_price = 0
 
     # ---- commands -------------------------------------------------------------------------
 
@@ -205,10 +207,14 @@ class Book(Matcher):
             events.append(Cancelled(order_id, 0))
         else:
             order.open_qty = open_qty
+            self._stale_order, self._stale_price = order, order.price
             order.price = new_price
-            self._submit(order)
-            if self._pending:
-                self._run_pending()
+            try:
+                self._submit(order)
+                if self._pending:
+                    self._run_pending()
+            finally:
+                self._stale_order = None
         self._publish()
         return events
 

@@ -16,6 +16,11 @@ Rule 6 (stops): each trade sets the last trade price; stop orders it reaches (bu
         sell: price <= stop) queue as pending and are submitted after the current order, in the
         order they were accepted; their trades may trigger further stops (cascade).
 
+Rule 7 (replace, Liquibook's quirk kept): during the replace command itself, trades of the
+        replaced order use its *old* price wherever Rule 2 reads that order's price (Liquibook's
+        create_trade reads the application's order object, which learns the new price only in
+        the replace callback after matching); crossing decisions use the new price.
+
 Deviation from Liquibook, on purpose (see docs/orderbook.md): resting orders that cannot get a
 trade price (market against market before any trade) are skipped by AON matching instead of
 leaving an AON order partially filled.
@@ -74,6 +79,8 @@ class Matcher:
     _stop_asks: SortedList  # (-stop, seq, order): triggered when last <= stop
     _stop_entries: dict[str, tuple[int, int, Order]]
     _pending: list[tuple[int, Order]]
+    _stale_order: Order | None  # the order being replaced, during its replace command
+    _stale_price: int  # its price before the replace (Rule 7)
 
     def _submit(self, order: Order) -> None:
         """Match `order`, then rest it, cancel its IOC remainder, or retire it (Rules 1-5)."""
@@ -127,7 +134,8 @@ class Matcher:
         orders = self._orders
         symbol = self.symbol
         in_id = inbound.order_id
-        in_price = inbound.price
+        stale = self._stale_order
+        in_price = self._stale_price if inbound is stale else inbound.price
         remaining = inbound.open_qty
         emptied: list[Level] = []
         key = opp.best
@@ -143,6 +151,12 @@ class Matcher:
                     qty = order.open_qty
                     if order.aon and qty > remaining:
                         deferred.append(order)
+                    elif order is stale:  # replaced this command: old price (Rule 7)
+                        inbound.open_qty = remaining
+                        self._cross(inbound, order, QTY_UNLIMITED)
+                        remaining = inbound.open_qty
+                        if not remaining:
+                            break
                     else:
                         fill = qty if qty < remaining else remaining
                         remaining -= fill
@@ -183,7 +197,8 @@ class Matcher:
         for current in iter_crossing(opp, bound):
             if not inbound.open_qty:
                 break
-            if not (current.price or inbound.price or self.last_trade_price):
+            if not (self._trade_price(current) or self._trade_price(inbound)
+                    or self.last_trade_price):
                 continue  # no trade price: skip (deviation, see module docstring)
             current_qty = current.open_qty
             if current.aon:
@@ -230,9 +245,14 @@ class Matcher:
                     traded += self._cross(inbound, current, qty)
         return traded
 
+    def _trade_price(self, order: Order) -> int:
+        """The price Liquibook's create_trade reads for `order` (Rule 7)."""
+        return self._stale_price if order is self._stale_order else order.price
+
     def _cross(self, inbound: Order, current: Order, most: int) -> int:
         """Trade inbound against resting `current` for up to `most` units (Rule 2)."""
-        price = current.price or inbound.price or self.last_trade_price
+        price = (self._trade_price(current) or self._trade_price(inbound)
+                 or self.last_trade_price)
         qty = min(most, inbound.open_qty, current.open_qty)
         if not price or qty <= 0:
             return 0
