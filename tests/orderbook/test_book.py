@@ -330,3 +330,14 @@ def test_book_queries() -> None:
     assert [o.order_id for o in book.resting_orders()] == ["b1", "b2", "s1"]
     assert book.order("b2") is not None and book.order("zz") is None
     assert h.market.book("Y") is None
+
+
+def test_replaced_order_trades_at_its_old_price_during_the_replace() -> None:
+    # Liquibook's create_trade reads the order object's price, updated only after matching.
+    h = Harness()
+    _trade_at(h, 100, "t0")
+    h.add("b", BUY, 105, 30, aon=True)
+    h.add("c", SELL, 0, 7)
+    h.add("a", SELL, 0, 10, aon=True)
+    assert h.replace("a", 13, 104) == [{"event": "replace", "id": "a", "qty": 23, "price": 104},
+                                       *fill("b", "c", 105, 7), *fill("b", "a", 105, 23)]
