@@ -53,6 +53,10 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--grpc-workers", type=int, default=GRPC_WORKERS_DEFAULT)
     serve.add_argument("--log-slots", type=int, default=LOG_SLOTS_DEFAULT,
                        help="consensus log slots")
+    serve.add_argument("--heartbeat-interval-us", type=int, default=0,
+                       help="consensus heartbeat and scan interval (default: consensus's)")
+    serve.add_argument("--dead-after-us", type=int, default=0,
+                       help="a silent leader is declared dead after this (default: consensus's)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
 
@@ -74,6 +78,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     if not args.no_fifo:
         fifo = args.fifo or default_fifo_path(config.replica_id)
         config = dataclasses.replace(config, fifo_path=fifo)
+    if args.heartbeat_interval_us < 0 or args.dead_after_us < 0:
+        raise ConfigError("--heartbeat-interval-us and --dead-after-us must be >= 0")
+    config = dataclasses.replace(config, heartbeat_interval_us=args.heartbeat_interval_us,
+                                 dead_after_us=args.dead_after_us)
     return serve(config)
 
 

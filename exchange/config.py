@@ -19,8 +19,13 @@ DEFAULT_CLUSTER_ID = "mu-exchange"
 DEFAULT_FIFO_TEMPLATE = "/tmp/fifo-{id}"
 REPLICA_ID_MAX = 255  # consensus proposal numbers reserve one byte for the replica id
 GRPC_WORKERS_DEFAULT = 16  # handler threads per server: order entry + market-data streams
-PAYLOAD_SIZE_MAX_BYTES = 512  # consensus log slot payload: entry header + encoded command
-LOG_SLOTS_DEFAULT = 4096
+# Consensus log payload: 16-byte entry header + an encoded command (29 fixed bytes + order id <= 64
+# + symbol <= 16 = 125 bytes at most); 192 keeps a slot (with consensus's 48-byte overhead) at 256.
+PAYLOAD_SIZE_MAX_BYTES = 192
+# A paused or slow replica can rejoin only while the log still holds every entry it missed (there
+# is no state transfer): 65,536 slots of 256 bytes = 16 MiB per replica, about a minute of orders.
+LOG_SLOTS_DEFAULT = 65_536
+assert PAYLOAD_SIZE_MAX_BYTES >= 16 + 29 + 64 + 16
 
 
 class ConfigError(ValueError):
@@ -73,6 +78,8 @@ class ServerConfig:
     fifo_path: str | None
     grpc_workers: int
     log_slots: int
+    heartbeat_interval_us: int = 0  # 0 = the consensus default
+    dead_after_us: int = 0  # 0 = the consensus default
 
     @property
     def members(self) -> tuple[int, ...]:

@@ -109,14 +109,17 @@ def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
     def tick(answered: int) -> None:
         elapsed = load.elapsed_s()
         if not failover.paused_ns and elapsed >= PAUSE_AT * args.seconds:
-            cluster.control(leader, "p")
+            current = cluster.leader_id() or leader  # leadership may have moved on its own
+            failover.old_leader = current
+            cluster.control(current, "p")
             failover.paused_ns = time.monotonic_ns()
-            bar.write(f"demo: {elapsed:.1f} s: paused the leader (echo p > "
-                      f"{cluster.servers[leader].fifo_path})")
+            bar.write(f"demo: {elapsed:.1f} s: paused the leader, server {current} (echo p > "
+                      f"{cluster.servers[current].fifo_path})")
         if failover.paused_ns and not failover.resumed_ns and elapsed >= RESUME_AT * args.seconds:
-            cluster.control(leader, "r")
+            paused = failover.old_leader
+            cluster.control(paused, "r")
             failover.resumed_ns = time.monotonic_ns()
-            bar.write(f"demo: {elapsed:.1f} s: resumed server {leader} (echo r); it rejoins as "
+            bar.write(f"demo: {elapsed:.1f} s: resumed server {paused} (echo r); it rejoins as "
                       "a follower")
         bar.n = min(elapsed, args.seconds)
         bar.set_postfix_str(f"{answered} answers")

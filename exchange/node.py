@@ -7,6 +7,11 @@ Rule 2: the leader answers an order-entry request only once its entry is committ
         here: the handler registers a waiter for ``(client_id, seq)`` before proposing and the
         apply path hands it the reply. A request whose reply is already in the dedup table is
         answered from the table without proposing (it is committed and applied).
+        Apply-ahead: ``propose`` returning ``i`` means the committed entry ``i`` IS this payload,
+        so the handler applies it itself as soon as every entry before it is applied (and then any
+        following entries other handlers proposed), instead of waiting for the pump to read it
+        back; the pump's ``on_commit`` skips indexes already applied. Entries are still applied
+        exactly once, in log order, to the same deterministic state machine.
 Rule 3: a proposal that raised ``NotLeader`` or timed out may still be committed; the client retries
         with the same seq and the replicated dedup table answers it (exactly-once).
 Rule 4: a follower, a paused server or a server without a leader never proposes: it raises
@@ -47,6 +52,9 @@ class ConsensusReplica(Protocol):
 
     def propose(self, payload: bytes, timeout_s: float = ...) -> int: ...
 
+    @property
+    def error(self) -> Exception | None: ...
+
     def pause(self) -> None: ...
 
     def resume(self) -> None: ...
@@ -70,7 +78,8 @@ class ServerUnavailable(Exception):
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
     replica_id: int
-    role: str  # leader | follower | paused | standalone
+    role: str  # leader | follower | paused | standalone | failed
+    error: str  # why the replica stopped taking part (role failed), else ""
     leader_id: int | None
     leader_address: str
     commit_index: int
@@ -111,6 +120,7 @@ class ExchangeNode:
         self.pause_listeners: list[Callable[[bool], None]] = []
         self._lock = threading.Lock()
         self._waiters: dict[tuple[int, int], list[_Waiter]] = {}
+        self._proposed: dict[int, bytes] = {}  # committed, not yet applied: index -> payload
 
     def attach(self, replica: ConsensusReplica) -> None:
         """Use ``replica`` for order entry (called once, before the replica starts serving)."""
@@ -121,17 +131,40 @@ class ExchangeNode:
     # -- apply path ---------------------------------------------------------------------------
 
     def on_commit(self, index: int, payload: bytes | memoryview) -> None:
-        """Apply committed entry ``index`` (consensus pump thread, every replica, log order)."""
+        """Apply committed entry ``index`` (consensus pump thread, every replica, log order).
+
+        On the leader, a handler may already have applied it (Rule 2's apply-ahead): skip it.
+        """
         with self._lock:
-            applied = self.state.apply(index, payload)
+            if index <= self.state.applied_index:
+                self._proposed.pop(index, None)
+                return
+            self._apply_locked(index, payload)
+
+    def _apply_locked(self, index: int, payload: bytes | memoryview) -> None:
+        """Apply ``index``, then every following entry this leader proposed and saw committed.
+
+        Caller holds ``self._lock``. Market data is offered under the lock so that it leaves in
+        log order whichever thread applies; offering never blocks (bounded queues).
+        """
+        state, proposed, waiters_by_key = self.state, self._proposed, self._waiters
+        publish = self.hub.subscriber_count > 0
+        while True:
+            applied = state.apply(index, payload)
+            proposed.pop(index, None)
             reply = applied.reply
-            waiters = self._waiters.pop((reply.client_id, reply.seq), None)
-        if waiters:
-            for waiter in waiters:
-                waiter.reply = reply
-                waiter.done.set()
-        if applied.market_data and self.hub.subscriber_count:
-            self.hub.publish(_updates(applied))
+            waiters = waiters_by_key.pop((reply.client_id, reply.seq), None)
+            if waiters:
+                for waiter in waiters:
+                    waiter.reply = reply
+                    waiter.done.set()
+            if publish and applied.market_data:
+                self.hub.publish(_updates(applied))
+            index += 1
+            next_payload = proposed.get(index)
+            if next_payload is None:
+                return
+            payload = next_payload
 
     # -- order entry --------------------------------------------------------------------------
 
@@ -153,10 +186,16 @@ class ExchangeNode:
                 return stored
             self._waiters.setdefault(key, []).append(waiter)
         try:
-            replica.propose(payload, PROPOSE_TIMEOUT_S)
+            index = replica.propose(payload, PROPOSE_TIMEOUT_S)
         except Exception as exc:
             self._forget(key, waiter)
             raise self._proposal_error(exc) from exc
+        with self._lock:  # apply-ahead: the committed entry at ``index`` is ``payload``
+            applied_index = self.state.applied_index
+            if index == applied_index + 1:
+                self._apply_locked(index, payload)
+            elif index > applied_index:
+                self._proposed[index] = payload  # applied when the entries before it are
         if not waiter.done.wait(APPLY_WAIT_S):
             self._forget(key, waiter)
             raise ServerUnavailable(
@@ -233,6 +272,8 @@ class ExchangeNode:
             return "paused"
         if replica is None:
             return "standalone"
+        if replica.error is not None:
+            return "failed"
         return "leader" if replica.is_leader else "follower"
 
     def status(self) -> NodeStatus:
@@ -244,10 +285,14 @@ class ExchangeNode:
             book_digest, state_digest = state.book_digest(), state.state_digest()
             symbols = tuple(sorted(state.market.symbols()))
             executed, duplicates = state.executed_count, state.duplicate_count
-        commit_index = applied_index if replica is None else replica.commit_index
+        role = self.role()
+        # A follower learns commit indexes only through its pump: report what it has applied.
+        commit_index = replica.commit_index if role == "leader" and replica else applied_index
+        error = replica.error if replica is not None else None
         return NodeStatus(
             replica_id=self.replica_id,
-            role=self.role(),
+            role=role,
+            error="" if error is None else str(error),
             leader_id=leader_id,
             leader_address=self.addresses.get(leader_id, "") if leader_id else "",
             commit_index=commit_index,

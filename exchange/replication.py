@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from exchange.config import PAYLOAD_SIZE_MAX_BYTES, ServerConfig
 from exchange.node import ConsensusReplica, ExchangeNode
 
+SCAN_GAP_CAP_HEARTBEATS = 4  # one scanner stall never counts for more than 4 heartbeats
+
 log = logging.getLogger("exchange.replication")
 
 
@@ -44,6 +46,18 @@ class ReplicationHandle:
                     log.exception("closing %r failed", closer)
 
 
+def _timings(config: ServerConfig) -> dict[str, int]:
+    """Failure-detector timings for a server process that also runs gRPC (see docs/exchange.md)."""
+    timings: dict[str, int] = {}
+    if config.heartbeat_interval_us:
+        timings["heartbeat_interval_us"] = config.heartbeat_interval_us
+        timings["scan_interval_us"] = config.heartbeat_interval_us
+        timings["scan_gap_cap_us"] = config.heartbeat_interval_us * SCAN_GAP_CAP_HEARTBEATS
+    if config.dead_after_us:
+        timings["dead_after_us"] = config.dead_after_us
+    return timings
+
+
 def start_replication(config: ServerConfig, node: ExchangeNode) -> ReplicationHandle:
     """Open the registry and fabric, start a replica feeding ``node``, and attach it."""
     assert config.replicas > 1
@@ -64,12 +78,16 @@ def start_replication(config: ServerConfig, node: ExchangeNode) -> ReplicationHa
     except Exception as exc:
         registry.close()
         raise ReplicationUnavailable(f"cannot open the {config.fabric} fabric: {exc}") from None
-    replica_config = ReplicaConfig(
-        replica_id=config.replica_id,
-        members=config.members,
-        payload_size_max=PAYLOAD_SIZE_MAX_BYTES,
-        log_slots=config.log_slots,
-    )
+    try:
+        replica_config = ReplicaConfig(
+            replica_id=config.replica_id,
+            members=config.members,
+            payload_size_max=PAYLOAD_SIZE_MAX_BYTES,
+            log_slots=config.log_slots,
+            **_timings(config),
+        )
+    except ValueError as exc:
+        raise ReplicationUnavailable(f"bad consensus settings: {exc}") from None
 
     def on_leader_change(leader_id: int | None, is_self: bool) -> None:
         who = "this server" if is_self else f"server {leader_id}"

@@ -144,6 +144,7 @@ class ExchangeService(pb_grpc.ExchangeServicer):
         return pb.Status(
             replica_id=status.replica_id,
             role=status.role,
+            error=status.error,
             leader_id=status.leader_id or 0,
             leader_address=status.leader_address,
             commit_index=status.commit_index,

@@ -24,14 +24,11 @@ from dataclasses import dataclass
 
 from exchange.dedup import DEDUP_CLIENTS_MAX, DEDUP_SEQS_PER_CLIENT_MAX, DedupTable
 from orderbook import (
-    AddOrder,
     BboChanged,
-    CancelOrder,
     Command,
     DepthChanged,
     Event,
     Market,
-    ReplaceOrder,
     Trade,
     decode_command,
     encode_command,
@@ -41,6 +38,7 @@ ENTRY_HEADER = struct.Struct("<QQ")  # client_id, seq
 CLIENT_ID_MAX = 2**64 - 1
 SEQ_MAX = 2**64 - 1
 MarketDataEvent = Trade | BboChanged | DepthChanged
+_MARKET_DATA_TYPES = frozenset({Trade, BboChanged, DepthChanged})  # exact types: a set look-up
 _CHAIN_RECORD = struct.Struct("<QQQB")  # index, client_id, seq, outcome
 _OUTCOME_EXECUTED, _OUTCOME_DUPLICATE, _OUTCOME_TOO_OLD, _OUTCOME_MALFORMED = range(4)
 
@@ -72,12 +70,6 @@ def encode_entry(client_id: int, seq: int, command: Command) -> bytes:
     assert 0 <= client_id <= CLIENT_ID_MAX, client_id
     assert 0 <= seq <= SEQ_MAX, seq
     return ENTRY_HEADER.pack(client_id, seq) + encode_command(command)
-
-
-def command_order_id(command: Command) -> str:
-    """The order a command is about."""
-    assert isinstance(command, AddOrder | CancelOrder | ReplaceOrder), command
-    return command.order_id
 
 
 class ExchangeStateMachine:
@@ -130,14 +122,18 @@ class ExchangeStateMachine:
             self.dedup.record(client_id, seq, reply)
             self._chain_step(index, client_id, seq, _OUTCOME_MALFORMED)
             return Applied(index, reply, ())
-        events = self.market.apply(command)
-        order_events = tuple(e for e in events if not isinstance(e, MarketDataEvent))
-        market_data = tuple(e for e in events if isinstance(e, MarketDataEvent))
-        reply = Reply(client_id, seq, command_order_id(command), order_events, index)
+        order_events: list[Event] = []
+        market_data: list[MarketDataEvent] = []
+        for event in self.market.apply(command):
+            if type(event) in _MARKET_DATA_TYPES:
+                market_data.append(event)  # type: ignore[arg-type]
+            else:
+                order_events.append(event)
+        reply = Reply(client_id, seq, command.order_id, tuple(order_events), index)
         self.dedup.record(client_id, seq, reply)
         self.executed_count += 1
         self._chain_step(index, client_id, seq, _OUTCOME_EXECUTED)
-        return Applied(index, reply, market_data)
+        return Applied(index, reply, tuple(market_data))
 
     def _chain_step(self, index: int, client_id: int, seq: int, outcome: int) -> None:
         """Fold one dedup-table transition into the running chain hash (what the table saw)."""

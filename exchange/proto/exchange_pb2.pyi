@@ -201,7 +201,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("replica_id", "role", "leader_id", "leader_address", "commit_index", "applied_index", "book_digest", "state_digest", "symbols", "orders_applied", "duplicates_replayed", "replicas")
+    __slots__ = ("replica_id", "role", "leader_id", "leader_address", "commit_index", "applied_index", "book_digest", "state_digest", "symbols", "orders_applied", "duplicates_replayed", "replicas", "error")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +214,7 @@ class Status(_message.Message):
     ORDERS_APPLIED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_REPLAYED_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     replica_id: int
     role: str
     leader_id: int
@@ -226,4 +227,5 @@ class Status(_message.Message):
     orders_applied: int
     duplicates_replayed: int
     replicas: int
-    def __init__(self, replica_id: _Optional[int] = ..., role: _Optional[str] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., book_digest: _Optional[str] = ..., state_digest: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., orders_applied: _Optional[int] = ..., duplicates_replayed: _Optional[int] = ..., replicas: _Optional[int] = ...) -> None: ...
+    error: str
+    def __init__(self, replica_id: _Optional[int] = ..., role: _Optional[str] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., book_digest: _Optional[str] = ..., state_digest: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., orders_applied: _Optional[int] = ..., duplicates_replayed: _Optional[int] = ..., replicas: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...

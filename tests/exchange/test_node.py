@@ -59,6 +59,7 @@ class FakeReplica:
         self.log = log
         self.commit_then_fail = False
         self.paused = False
+        self.error = None
 
     @property
     def is_leader(self) -> bool:
