@@ -27,6 +27,7 @@ from consensus.sim.protocol import ProtocolAdapter, mu_protocol
 from consensus.sim.world import RunResult, World
 
 FAILURE_LINES_SHOWN = 40
+LOG_LINES_SHOWN = 30
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -58,6 +59,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--replicas", type=int, choices=(3, 5), help="force 3 or 5 replicas")
     parser.add_argument("--no-faults", action="store_true", help="run without the nemesis")
     parser.add_argument(
+        "--no-batches", action="store_true", help="clients never use propose_many"
+    )
+    parser.add_argument(
         "--keep-going", action="store_true", help="do not stop at the first failing seed"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every seed's result")
@@ -81,6 +85,8 @@ def replay_command(seed: int, args: argparse.Namespace) -> str:
         parts.append(f"--replicas {args.replicas}")
     if args.no_faults:
         parts.append("--no-faults")
+    if args.no_batches:
+        parts.append("--no-batches")
     return " ".join(parts)
 
 
@@ -92,6 +98,7 @@ def run_seed(seed: int, args: argparse.Namespace, protocol: ProtocolAdapter) -> 
         quiet_phase_ns=int(args.quiet_ms * NS_PER_MS),
         faults=not args.no_faults,
         replicas=args.replicas,
+        batches=not args.no_batches,
     )
     return World(plan, protocol).run()
 
@@ -102,7 +109,8 @@ def describe(result: RunResult) -> str:
         f"seed {result.seed}: {'ok' if result.ok else 'FAILED'}"
         f"{' (truncated)' if result.truncated else ''} steps={result.steps} "
         f"sim={result.sim_ns / NS_PER_MS:.1f}ms acks={result.acks} "
-        f"deliveries={result.deliveries} faults: {faults} wall={result.wall_s:.2f}s "
+        f"deliveries={result.deliveries} overruns={result.overruns} faults: {faults} "
+        f"wall={result.wall_s:.2f}s "
         f"trace={result.trace_hash}"
     )
 
@@ -115,6 +123,11 @@ def report_failure(result: RunResult, args: argparse.Namespace) -> None:
         print(f"  {line}")
     if len(lines) > FAILURE_LINES_SHOWN:
         print(f"  ... ({len(lines) - FAILURE_LINES_SHOWN} more lines)")
+    if result.log_tail:
+        print("  protocol log and world events (simulated time; -v shows more):")
+        shown = result.log_tail if args.verbose else result.log_tail[-LOG_LINES_SHOWN:]
+        for line in shown:
+            print(f"    {line}")
     print(f"  replay: {replay_command(result.seed, args)}")
 
 

@@ -49,7 +49,9 @@ CONNECT_POLL_NS = 20_000  # how often connect() looks for a region that is not r
 POSTED_LAND_ALL_P = 0.7  # probability that a poll lands every queued posted write
 EXCLUSIVE_REGION_NAMES = frozenset({"log"})  # regions that must have a single writer at a time
 MID_WRITE_SWITCH_P = 0.25  # share of exclusive-region writes preempted after the permission check
-REVOKE_WAIT_NS = 50_000_000  # as consensus.fabric.shm.REVOKE_WAIT_S_MAX
+# shm gives up on a stopped writer after 50 ms (REVOKE_WAIT_S_MAX), 6x its failure detection
+# time; the simulator's timings are scaled down, and a shorter wait makes stalls happen often.
+REVOKE_WAIT_NS = 1_000_000
 
 
 class FabricObserver(Protocol):
@@ -105,6 +107,7 @@ class SimNetwork:
         self.scheduler = scheduler
         self.observer = observer
         self.crash = crash  # the world's crash: kills the replica's tasks
+        self.note: Callable[[str], None] = scheduler.trace  # the world replaces it
         self.triggers: dict[ReplicaIdT, CrashTrigger] = {}
         self.endpoints: dict[ReplicaIdT, SimFabric] = {}
         self.writes_landed = 0
@@ -240,7 +243,11 @@ class SimNetwork:
         assert region is not None, f"no region {owner}.{name}"
         key = (owner, name)
         self.permission_epochs[key] = self.permission_epochs.get(key, 0) + 1
-        self.scheduler.trace(f"{cause} {'grant' if grant else 'revoke'} {peer} on {owner}.{name}")
+        text = f"{cause} {'grant' if grant else 'revoke'} {peer} on {owner}.{name}"
+        if cause == "owner":
+            self.scheduler.trace(text)
+        else:
+            self.note(text)
         self.observer.permission_changed(owner, name, region.writers(), cause)
 
     def close(self) -> None:

@@ -75,7 +75,6 @@ class Nemesis:
         }[kind]
         if strike():
             self.counts[kind] += 1
-            self.scheduler.trace(f"fault {kind}")
 
     def duration_ns(self) -> int:
         return self.rng.randint(FAULT_DURATION_NS_MIN, FAULT_DURATION_NS_MAX)
@@ -118,7 +117,7 @@ class Nemesis:
         node = self.pick(0.3)
         if node is None or not self.budget_left():
             return False
-        self.world.crash(node.replica_id, "nemesis crash")
+        self.world.crash(node.replica_id, "nemesis")
         return True
 
     def after_crash(self, node: Node) -> None:
@@ -138,6 +137,8 @@ class Nemesis:
         writes = self.rng.randint(1, 2 * (len(self.world.nodes) - 1))
         torn = self.rng.random() < TORN_WRITE_P
         self.world.network.triggers[nodes[0].replica_id] = CrashTrigger(writes, torn)
+        self.world.note(f"arm r{nodes[0].replica_id}: crash after {writes} log writes"
+                        f"{' (torn)' if torn else ''}")
         return True
 
     def sigstop(self) -> bool:
@@ -146,12 +147,14 @@ class Nemesis:
             return False
         node.stopped = True
         self.scheduler.paused.add(node.replica_id)
+        self.world.note(f"SIGSTOP r{node.replica_id}")
         incarnation = node.incarnation
 
         def sigcont() -> None:
             if node.incarnation == incarnation and node.stopped:
                 node.stopped = False
                 self.scheduler.paused.discard(node.replica_id)
+                self.world.note(f"SIGCONT r{node.replica_id}")
 
         self.later(sigcont)
         return True
@@ -173,11 +176,8 @@ class Nemesis:
         return True
 
     def call_hook(self, node: Node, which: str) -> None:
-        """Call ``replica.pause()``/``resume()`` from a task of that replica (as the FIFO would)."""
-        replica, runtime = node.replica, node.runtime
-        assert replica is not None and runtime is not None
-        hook = replica.pause if which == "pause" else replica.resume
-        runtime.spawn(f"nemesis-{which}", hook)
+        """Ask ``node``'s control task to call ``replica.pause()``/``resume()``."""
+        self.world.command(node, which)
 
     def slow(self) -> bool:
         node = self.pick(0.5)
@@ -185,10 +185,12 @@ class Nemesis:
             return False
         replica_id, incarnation = node.replica_id, node.incarnation
         self.scheduler.slowed.add(replica_id)
+        self.world.note(f"slow r{replica_id}")
 
         def unslow() -> None:
             if node.incarnation == incarnation:
                 self.scheduler.slowed.discard(replica_id)
+                self.world.note(f"unslow r{replica_id}")
 
         self.later(unslow)
         return True

@@ -78,7 +78,7 @@ class Node:
         self.paused = False
         self.applied = 0
         self.counter = 0
-        protocol = mu_protocol()
+        protocol = mu_protocol(simulated=False)
         self.expected = protocol.expected_errors
         registry = open_registry(args.cluster)
         fabric = open_fabric("shm", args.id, args.cluster, registry, reattach=args.reattach)

@@ -1,7 +1,8 @@
 """How the world builds a replica: the protocol under test behind one small adapter.
 
 Rule 1: the default adapter builds the production ``consensus.Replica`` with a ``ReplicaConfig``
-        whose timeouts suit simulated time; nothing else of the protocol is replaced or copied.
+        whose timings are scaled for simulated time (``SIM_TIMINGS_US``); nothing else of the
+        protocol is replaced or copied.
 Rule 2: ``expected_errors`` are the exceptions ``propose`` may raise without that being a bug
         (not the leader, timed out): the client backs off and proposes a new payload; an entry
         whose proposal raised is never counted as acknowledged.
@@ -36,6 +37,10 @@ class ReplicaLike(Protocol):
     @property
     def is_leader(self) -> bool: ...
 
+    @property
+    def error(self) -> Exception | None:
+        """Why the replica stopped taking part (e.g. ``LogOverrun``), or ``None``."""
+
     def start(self) -> None: ...
 
     def propose(self, payload: bytes, timeout_s: float = ...) -> int: ...
@@ -66,11 +71,34 @@ class ProtocolAdapter:
     name: str
     build: ReplicaFactory
     expected_errors: tuple[type[Exception], ...]
+    overrun_error: type[Exception] | None = None  # a replica that fell behind the log: allowed
 
 
-def mu_protocol() -> ProtocolAdapter:
-    """The production Mu replica (``consensus.Replica``)."""
-    from consensus import NotLeader, ProposalTimeout, Replica, ReplicaConfig
+# The simulator runs the protocol's timings scaled down 4x (relations between them kept), so that
+# a failure detection, a campaign and a catch-up fit in a few tens of simulated milliseconds.
+SIM_TIMINGS_US: dict[str, int] = {
+    "heartbeat_interval_us": 50,
+    "scan_interval_us": 60,
+    "dead_after_us": 2000,
+    "scan_gap_cap_us": 250,
+    "startup_grace_us": 5000,
+    "fate_sharing_stuck_us": 5000,
+    "permission_wait_us": 5000,
+    "commit_flush_idle_us": 125,
+}
+
+
+def mu_protocol(simulated: bool = True) -> ProtocolAdapter:
+    """The production Mu replica (``consensus.Replica``); with ``simulated``, the timings of
+    ``SIM_TIMINGS_US``, else the production defaults."""
+    from consensus import (
+        LogOverrun,
+        NotLeader,
+        ProposalTimeout,
+        Replica,
+        ReplicaConfig,
+        ReplicaStopped,
+    )
 
     def build(
         spec: ReplicaSpec,
@@ -85,6 +113,7 @@ def mu_protocol() -> ProtocolAdapter:
             members=spec.members,
             payload_size_max=spec.payload_bytes_max,
             log_slots=spec.log_slots,
+            **(SIM_TIMINGS_US if simulated else {}),
         )
         return Replica(
             config,
@@ -95,4 +124,6 @@ def mu_protocol() -> ProtocolAdapter:
             on_leader_change=on_leader_change,
         )
 
-    return ProtocolAdapter("mu", build, (NotLeader, ProposalTimeout))
+    return ProtocolAdapter(
+        "mu", build, (NotLeader, ProposalTimeout, ReplicaStopped, LogOverrun), LogOverrun
+    )

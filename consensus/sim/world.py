@@ -18,11 +18,13 @@ Rule 5: a run that reaches ``plan.steps_max`` switch points ends early and is re
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
-from consensus.runtime import Runtime
+from consensus.runtime import Runtime, Signal
 from consensus.sim.checkers import ExclusiveWriterChecker, HistoryChecker, Violation
 from consensus.sim.fabric import SimNetwork
 from consensus.sim.nemesis import Nemesis
@@ -32,15 +34,31 @@ from consensus.sim.registry import SimRegistry
 from consensus.sim.runtime import SimRuntime
 from consensus.sim.scheduler import WORLD_OWNER, Scheduler
 
-LIVENESS_NS = 15 * NS_PER_MS  # after the heal, an acknowledged proposal must come within this
+# After the heal an acknowledged proposal must come within this: failure detection (2 ms), a
+# failed campaign (5 ms), its random back-off (up to 5 ms) and a second campaign.
+LIVENESS_NS = 15 * NS_PER_MS
 CATCHUP_NS = 8 * NS_PER_MS  # acknowledged this long before the end => delivered by every replica
 SHUTDOWN_NS = 10 * NS_PER_MS  # stop() of every replica must return within this
 CLIENT_IDLE_S = 0.000_2  # a client on a non-leader looks again after this
 CLIENT_BACKOFF_S = 0.000_1  # after NotLeader / a timeout
-CLIENT_THINK_NS_MAX = 40_000  # a client waits up to this between two proposals (lets time jump)
 PROPOSE_TIMEOUT_S = 0.005
 BATCH_MAX = 8
 PAYLOAD_HEADER = struct.Struct("<I")  # the unique proposal counter
+LOG_TAIL_LINES = 400  # protocol log lines and world events kept per run, shown with a failure
+PROTOCOL_LOGGER = "consensus"
+
+
+class _LogTap(logging.Handler):
+    """Keeps the protocol's last log lines, stamped with simulated time, instead of printing."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        super().__init__(logging.DEBUG)
+        self.scheduler = scheduler
+        self.lines: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{self.scheduler.now_ns / NS_PER_MS:9.3f} ms "
+                          f"{record.levelname.lower()}: {record.getMessage()}")
 
 
 @dataclass(eq=False)
@@ -55,6 +73,8 @@ class Node:
     stopped: bool = False  # SIGSTOP-paused by the nemesis
     hook_paused: bool = False  # paused through replica.pause()
     is_leader: bool = False  # as last reported by on_leader_change
+    commands: list[str] = field(default_factory=list)  # pause/resume, for the control task
+    command_ready: Signal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +89,10 @@ class RunResult:
     deliveries: int
     faults: tuple[tuple[str, int], ...]
     truncated: bool
+    overruns: int  # replicas that reported LogOverrun (fell behind the circular log)
     wall_s: float
     plan: str
+    log_tail: tuple[str, ...]
 
     @property
     def ok(self) -> bool:
@@ -94,6 +116,7 @@ class World:
         self.history = HistoryChecker(self.report)
         self.writers = ExclusiveWriterChecker(self.report)
         self.network = SimNetwork(self.scheduler, self.writers, self.crash)
+        self.network.note = self.note
         self.members = tuple(range(1, plan.replicas + 1))
         self.nodes = {r: Node(r) for r in self.members}
         self.registry_store: dict[str, bytes] = {}
@@ -102,6 +125,8 @@ class World:
         self.truncated = False
         self.shutdown_done = False
         self.closing = False
+        self.overrun: set[int] = set()
+        self.tap = _LogTap(self.scheduler)
         self.rng = self.scheduler.rng
 
     # ------------------------------------------------------------------ running
@@ -117,7 +142,18 @@ class World:
         self.scheduler.at(plan.end_ns, self.shutdown)
         self.scheduler.at(plan.end_ns + SHUTDOWN_NS, self.check_shutdown)
         self.scheduler.on_step = self.on_step
-        self.scheduler.run()
+        logger = logging.getLogger(PROTOCOL_LOGGER)
+        tap = self.tap
+        saved = (logger.level, logger.propagate)
+        logger.addHandler(tap)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        try:
+            self.scheduler.run()
+        finally:
+            logger.removeHandler(tap)
+            logger.setLevel(saved[0])
+            logger.propagate = saved[1]
         self.network.close()
         return RunResult(
             seed=plan.seed,
@@ -130,14 +166,21 @@ class World:
             deliveries=self.history.deliveries,
             faults=tuple(sorted(self.nemesis.counts.items())),
             truncated=self.truncated,
+            overruns=len(self.overrun),
             wall_s=time.perf_counter() - started,
             plan=plan.describe(),
+            log_tail=tuple(tap.lines),
         )
 
     def on_step(self) -> None:
         if self.scheduler.steps >= self.plan.steps_max:
             self.truncated = True
             self.scheduler.stop()
+
+    def note(self, text: str) -> None:
+        """A world event (fault, crash, restart, heal) for the trace and the failure report."""
+        self.scheduler.trace(text)
+        self.tap.lines.append(f"{self.scheduler.now_ns / NS_PER_MS:9.3f} ms world: {text}")
 
     def report(self, violation: Violation) -> None:
         self.scheduler.fail(f"{violation} (t={self.scheduler.now_ns} ns, "
@@ -149,9 +192,13 @@ class World:
         node.incarnation += 1
         restarted = node.incarnation > 1
         label = f"r{node.replica_id}" + (f"i{node.incarnation}" if restarted else "")
+        if restarted:
+            self.note(f"restart r{node.replica_id} (incarnation {node.incarnation})")
         runtime = SimRuntime(self.scheduler, node.replica_id, label, self.plan.seed)
         node.runtime = runtime
         node.up, node.stopped, node.hook_paused, node.is_leader = True, False, False, False
+        node.commands = []
+        node.command_ready = runtime.signal()
         incarnation = node.incarnation
         spec = ReplicaSpec(
             replica_id=node.replica_id,
@@ -177,8 +224,32 @@ class World:
             node.replica = replica
             replica.start()
             runtime.spawn("client", lambda: self.client(node, incarnation, runtime, replica))
+            runtime.spawn("control", lambda: self.control(node, incarnation, replica))
 
         runtime.spawn("boot", boot_task)
+
+    def command(self, node: Node, command: str) -> None:
+        """Queue ``pause``/``resume`` for ``node``'s control task (the FIFO of production: one
+        reader, so hook calls never overtake each other)."""
+        assert command in ("pause", "resume")
+        assert node.command_ready is not None
+        self.note(f"{command} hook r{node.replica_id}")
+        node.commands.append(command)
+        node.command_ready.set()
+
+    def control(self, node: Node, incarnation: int, replica: ReplicaLike) -> None:
+        ready = node.command_ready
+        assert ready is not None
+        while node.incarnation == incarnation:
+            if not node.commands:
+                ready.clear()
+                ready.wait(None)
+                continue
+            command = node.commands.pop(0)
+            if command == "pause":
+                replica.pause()
+            else:
+                replica.resume()
 
     def leader_changed(self, node: Node, incarnation: int, is_self: bool) -> None:
         if node.incarnation == incarnation:
@@ -189,7 +260,7 @@ class World:
         node = self.nodes[replica_id]
         if not node.up:
             return
-        self.scheduler.trace(f"crash r{replica_id}: {why}")
+        self.note(f"crash r{replica_id}: {why}")
         node.up, node.is_leader, node.replica = False, False, None
         self.network.triggers.pop(replica_id, None)
         endpoint = self.network.endpoints.get(replica_id)
@@ -222,7 +293,7 @@ class World:
             assert len(indexes) == len(payloads), "propose_many returned the wrong count"
             for index, payload in zip(indexes, payloads, strict=True):
                 self.acknowledged(index, payload)
-            runtime.sleep(self.rng.randrange(CLIENT_THINK_NS_MAX) / 1e9)
+            runtime.sleep(self.rng.randrange(self.plan.think_ns_max) / 1e9)
 
     def next_payload(self) -> bytes:
         self.counters.proposals += 1
@@ -241,8 +312,8 @@ class World:
 
     # ------------------------------------------------------------ end of a run
     def heal(self) -> None:
+        self.note("heal")
         self.nemesis.heal()
-        self.scheduler.trace("heal")
 
     def check_liveness(self) -> None:
         if self.counters.acks_after_heal == 0:
@@ -257,7 +328,19 @@ class World:
     def shutdown(self) -> None:
         cutoff = self.plan.end_ns - CATCHUP_NS
         acked_upto = max((i for t, i in self.counters.ack_times if t <= cutoff), default=0)
-        live = [(n.replica_id, n.incarnation) for n in self.nodes.values() if n.up]
+        for node in self.nodes.values():
+            if node.up and node.replica is not None and node.replica.error is not None:
+                self.overrun.add(node.replica_id)
+                if self.protocol.overrun_error is None or not isinstance(
+                    node.replica.error, self.protocol.overrun_error
+                ):
+                    self.report(Violation("error", f"replica {node.replica_id} stopped "
+                                          f"taking part: {node.replica.error!r}"))
+        live = [
+            (n.replica_id, n.incarnation)
+            for n in self.nodes.values()
+            if n.up and n.replica_id not in self.overrun
+        ]
         self.history.check_caught_up(live, acked_upto)
         replicas = [n.replica for n in self.nodes.values() if n.up and n.replica is not None]
         self.closing = True  # clients stop proposing

@@ -61,6 +61,10 @@ class ToyReplica:
     def is_leader(self) -> bool:
         return self.spec.replica_id == 1 and not self.paused
 
+    @property
+    def error(self) -> Exception | None:
+        return None
+
     def offset(self, index: int) -> int:
         return COMMIT.size + (index % self.spec.log_slots) * self.slot_bytes
 
