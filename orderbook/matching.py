@@ -167,7 +167,16 @@ class Matcher:
                         events_append(Filled(contra_id, in_id, price, fill))
                         events_append(Trade(symbol, price, fill))
                         if fill == qty:
-                            opp.unlink(order)
+                            if order.prev is None:  # the usual case: unlink the head inline
+                                level.head = nxt
+                                if nxt is None:
+                                    level.tail = None
+                                else:
+                                    nxt.prev = None
+                                level.count -= 1
+                                order.level = order.next = None
+                            else:
+                                opp.unlink(order)
                             del orders[contra_id]
                         if price != self.last_trade_price:
                             self._set_last_trade_price(price)

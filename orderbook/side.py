@@ -146,9 +146,11 @@ class BookSide:
         if level.count == 0 and self.levels.get(key) is level:
             del self.levels[key]
             keys = self.keys
-            keys.remove(key)
             if key == self.best:
+                keys.pop(0)  # SortedList.pop(0) has a fast path; remove() bisects
                 self.best = keys[0] if keys else EMPTY_KEY
+            else:
+                keys.remove(key)
 
     def best_limit(self) -> Level | None:
         """The best level with a limit price (market orders are not part of depth)."""
