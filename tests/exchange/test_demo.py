@@ -1,0 +1,59 @@
+"""The README's main command and the benchmark, run as a user would (short runs)."""
+
+import glob
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _leftovers(cluster_id: str) -> list[str]:
+    return glob.glob(f"/dev/shm/mu.{cluster_id}.*") + glob.glob(f"/dev/shm/sem.mu.{cluster_id}.*")
+
+
+def test_demo_fails_over_and_ends_with_equal_digests():
+    result = subprocess.run(
+        [sys.executable, "-m", "exchange", "demo", "--seconds", "4", "--traders", "2",
+         "--no-progress"], capture_output=True, text=True, timeout=120, check=False)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "paused the leader" in out and "resumed server" in out
+    assert re.search(r"failover: server \d paused -> server \d answering after [\d.]+ ms", out)
+    assert "replicas' digests: ALL EQUAL" in out
+    assert "failed 0" in out
+    cluster_id = re.search(r"cluster (demo-\d+-\d+)", out).group(1)
+    workdir = re.search(r"logs in (\S+)\)", out).group(1)
+    assert _leftovers(cluster_id) == []
+    assert glob.glob(f"{workdir}/*") == []
+
+
+def test_demo_ctrl_c_stops_cleanly():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exchange", "demo", "--seconds", "30", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    header = process.stdout.readline()
+    cluster_id = re.search(r"cluster (demo-\d+-\d+)", header).group(1)
+    time.sleep(4)  # servers up, traders running
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    assert "interrupted (Ctrl-C)" in err
+    assert "servers stopped" in out
+    assert "Traceback" not in err
+    assert _leftovers(cluster_id) == []
+
+
+def test_bench_prints_both_configurations_side_by_side():
+    result = subprocess.run(
+        [sys.executable, "-m", "exchange", "bench", "--seconds", "0.5", "--rounds", "1",
+         "--traders", "2"], capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"unreplicated +\d+ +\d+", result.stdout)
+    assert re.search(r"3 replicas +\d+ +\d+", result.stdout)
+    assert re.search(r"replicated/unreplicated: p50 x[\d.]+", result.stdout)
