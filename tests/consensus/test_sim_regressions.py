@@ -1,0 +1,72 @@
+"""Protocol bugs the simulator found, as scripted scenarios on the real ``consensus.Replica``.
+
+Each scenario runs a few seeds; a failure names the seed and its replay command. While a bug is
+open its test is ``xfail(strict=True)``: CI stays green, and the day the protocol is fixed the
+test XPASSes, fails, and the marker must go (it then guards against the bug coming back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from consensus.sim.plan import NS_PER_MS, Plan, make_plan
+from consensus.sim.world import RunResult, World
+
+SEEDS = (1, 2, 3)
+
+
+def scenario_plan(seed: int, **changes: object) -> Plan:
+    plan = make_plan(seed, steps_max=60_000, faults=False, replicas=3)
+    return replace(plan, **changes)  # type: ignore[arg-type]
+
+
+def failures(results: list[RunResult]) -> list[str]:
+    return [f"seed {r.seed}: {r.failure}" for r in results if not r.ok]
+
+
+def lagging_leader(seed: int) -> RunResult:
+    """Replica 2 is paused from the start (so leader 1 never writes its log) until the 64-slot log
+    has wrapped; it is resumed at the moment leader 1 crashes, so it becomes leader (lowest live
+    id) with an empty log while replica 3 holds the committed entries."""
+    plan = scenario_plan(seed, log_slots=64, pipeline_p=0.0, think_ns_max=50_000)
+    world = World(plan)
+    two = world.nodes[2]
+
+    def pause() -> None:
+        two.hook_paused = True
+        world.command(two, "pause")
+
+    def resume_and_crash_leader() -> None:
+        two.hook_paused = False
+        world.command(two, "resume")
+        world.crash(1, "scenario: leader crashes as replica 2 resumes")
+
+    world.scheduler.at(1, pause)
+    world.scheduler.at(14 * NS_PER_MS, resume_and_crash_leader)
+    return world.run()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="protocol bug (safety): recovery.adopt() starts at the new leader's own applied+1; "
+    "when a granted follower's slot already holds a later wrap, it adopts nothing and the new "
+    "leader overwrites committed entries (also: python -m consensus.sim --seed 0 --no-batches)",
+)
+def test_new_leader_behind_by_more_than_the_log_keeps_committed_entries() -> None:
+    results = [lagging_leader(seed) for seed in SEEDS]
+    assert not failures(results), "\n".join(failures(results))
+
+
+def batches_under_load(seed: int) -> RunResult:
+    """Clients only use propose_many and never leave the leader idle for long. Found by seed 3:
+    entries of a batch carry the commit index from before the batch, and a pump that learned
+    commits only from entry k+1 and the idle leader's commit word stopped delivering."""
+    plan = scenario_plan(seed, log_slots=1024, pipeline_p=1.0, think_ns_max=50_000)
+    return World(plan).run()
+
+
+def test_followers_deliver_batched_entries_under_steady_load() -> None:
+    results = [batches_under_load(seed) for seed in SEEDS]
+    assert not failures(results), "\n".join(failures(results))
