@@ -28,7 +28,7 @@ from consensus.config import ReplicaConfig
 from consensus.errors import NotLeader
 from consensus.replica import Replica
 
-BENCH_SWITCH_INTERVAL_S = 0.001  # GIL hand-over for background threads while the proposer spins
+BENCH_SWITCH_INTERVAL_S = 0.0005  # GIL hand-over for background threads while the proposer spins
 LEADER_WAIT_S = 30.0  # how long to wait for a leader to emerge
 DONE_KEY = "bench/done"
 DONE_POLL_S = 0.05

@@ -28,7 +28,7 @@ RECYCLE_WAIT_SLEEP_S = 0.00005  # back-off while waiting for replicas to apply (
 HEARTBEAT_EVERY_ENTRIES = 16  # the fast path bumps the heartbeat every 16 entries (fate sharing)
 
 # --- pump -------------------------------------------------------------------------------------
-PUMP_BATCH_MAX = 1024  # entries applied before the pump publishes its applied index
+PUMP_BATCH_MAX = 64  # entries applied before the pump publishes applied and yields (~100 us)
 PUMP_SPINS_IDLE = 64  # empty polls (yielding) before the pump starts sleeping
 PUMP_SLEEP_S_MIN = 0.00002  # first sleep of an idle pump
 PUMP_SLEEP_S_MAX = 0.0005  # an idle pump still notices a new entry within half a millisecond
@@ -44,7 +44,8 @@ DEAD_AFTER_US = 8000
 SCAN_GAP_CAP_US = 1000  # one scan gap never counts for more than this
 STARTUP_GRACE_US = 500_000  # a peer never seen beating is presumed alive this long after start
 FATE_SHARING_STUCK_US = 20_000  # a leader whose propose is stuck this long stops heartbeating
-PERMISSION_WAIT_US = 50_000  # a candidate gives up waiting for a majority's answers after this
+PERMISSION_WAIT_US = 20_000  # a candidate gives up waiting for a majority's answers after this
+CAMPAIGN_BACKOFF_US_MAX = 2000  # random back-off after a failed campaign (ties break by id anyway)
 COMMIT_FLUSH_IDLE_US = 500  # an idle leader publishes its commit index to followers after this
 CONNECT_TIMEOUT_S_DEFAULT = 30.0  # start() waits this long for every peer's regions
 STOP_JOIN_TIMEOUT_S = 2.0  # stop() waits this long for each activity to exit

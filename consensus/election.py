@@ -14,8 +14,10 @@ Rule 3 (campaign): grant itself, write a fresh request number to every peer, wai
         majority of answers while still serving the switcher, run the prepare
         (``recovery.prepare``) under the role mutex, then lead. Any failure steps down and backs
         off a random time before the next attempt.
-Rule 4 (leader upkeep): a peer that grants this leader later is caught up before it receives
-        entries (design Rule 3); an idle leader publishes its commit word.
+Rule 4 (leader upkeep): a peer the leader lost (a write failed: permission revoked, even
+        transiently) is asked again with a fresh request number; a peer that grants this leader
+        later is caught up before it receives entries (design Rule 3); an idle leader publishes
+        its commit word. A peer that moved on to another live leader refuses (Rule 1).
 Rule 5: nothing here runs while paused or failed: no answers, no campaign; the heartbeat
         activity stops beating too (fate sharing also stops it when a proposal is stuck).
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from consensus import ctrl as ctrl_mod
+from consensus.constants import CAMPAIGN_BACKOFF_US_MAX
 from consensus.detector import FailureDetector
 from consensus.fabric.base import FabricError, RevokeStalled
 from consensus.recovery import catch_up, prepare
@@ -193,7 +196,7 @@ class Background:
                 return
             state.step_down_locked("campaign failed")
         rng = state.runtime.rng()
-        wait_ns = int(rng.random() * state.config.permission_wait_us * NS_PER_US)
+        wait_ns = int(rng.random() * CAMPAIGN_BACKOFF_US_MAX * NS_PER_US)
         self._backoff_until_ns = state.runtime.now_ns() + wait_ns
 
     def _begin_campaign(self) -> int:
@@ -207,10 +210,9 @@ class Background:
             state.campaigning = True
             state.set_word(ctrl_mod.LEADING_OFFSET, LEADING_CAMPAIGN)
             state.set_word(ctrl_mod.HOLDER_OFFSET, state.replica_id)
-            request = ctrl_mod.next_request(state.replica_id,
-                                            state.word(ctrl_mod.MY_REQUEST_OFFSET))
-            state.set_word(ctrl_mod.MY_REQUEST_OFFSET, request)
+            request = self._new_request()
             state.request = request
+            state.requests = {peer: request for peer in state.peers}
         LOGGER.info("replica %d campaigns (request %d)", state.replica_id, request)
         packed = ctrl_mod.U64.pack(request)
         for peer in state.peers.values():
@@ -220,10 +222,33 @@ class Background:
                 continue
         return request
 
-    def _granted(self, request: int) -> list[Peer]:
+    def _new_request(self) -> int:
+        """The next request number of this replica, persisted in its ctrl (ctrl Rule 3)."""
+        state = self.state
+        request = ctrl_mod.next_request(state.replica_id, state.word(ctrl_mod.MY_REQUEST_OFFSET))
+        state.set_word(ctrl_mod.MY_REQUEST_OFFSET, request)
+        return request
+
+    def _granted(self) -> list[Peer]:
+        """Peers whose answer matches the request this replica last sent them."""
         state = self.state
         layout = state.ctrl_layout
-        return [p for p in state.peers.values() if state.word(layout.answer(p.position)) == request]
+        return [p for p in state.peers.values()
+                if state.word(layout.answer(p.position)) == state.requests.get(p.replica_id, -1)]
+
+    def _ask_again(self) -> None:
+        """Rule 4: a fresh request to every peer this leadership lost (caller holds role)."""
+        state = self.state
+        for replica_id in sorted(state.excluded):
+            peer = state.peers[replica_id]
+            request = self._new_request()
+            state.requests[replica_id] = request
+            try:
+                peer.ctrl.write(state.ctrl_layout.request(state.position),
+                                ctrl_mod.U64.pack(request))
+            except FabricError:
+                continue
+        state.excluded.clear()
 
     def _collect_answers(self, request: int) -> list[Peer] | None:
         """Wait for a majority of answers to ``request``; None if the campaign ended."""
@@ -232,7 +257,7 @@ class Background:
         deadline = runtime.now_ns() + state.config.permission_wait_us * NS_PER_US
         interval_s = state.config.scan_interval_us / 1e6 / 4
         while not state.stopping and not state.paused and state.failure is None:
-            granted = self._granted(request)
+            granted = self._granted()
             if len(granted) + 1 >= state.majority:
                 return granted
             self.switch()
@@ -248,11 +273,12 @@ class Background:
     def upkeep(self) -> None:
         """Rule 4: take in late grants, publish the commit word when idle."""
         state = self.state
-        late = [p for p in self._granted(state.request)
+        late = [p for p in self._granted()
                 if p not in state.followers and p.replica_id not in state.excluded]
         now = state.runtime.now_ns()
         with state.role:
             if state.leading:
+                self._ask_again()
                 for peer in late:
                     tail = state.next_index - 1
                     if catch_up(state, peer, tail, state.commit_index):

@@ -2,8 +2,9 @@
 
 Rule 1 (design Rule 4): entry ``k`` is delivered only when its slot holds a complete entry ``k``
         (log Rule 3) with proposal ``p`` and the pump has seen a commit index ``>= k`` published
-        under the same proposal ``p``: in a later entry, in ``k``'s own commit field, or in the
-        header's commit word. An entry with another proposal waits until the leader rewrites it.
+        under the same proposal ``p``: in a later complete entry (up to a pipelined batch
+        ahead), in ``k``'s own commit field, or in the header's commit word. An entry with
+        another proposal waits until the leader rewrites it.
 Rule 2: the pump keeps the commit knowledge of the highest proposal it has seen; a higher
         proposal replaces it (a new leader's commits say nothing about older proposals' slots).
 Rule 3: ``applied`` (ctrl) and ``first_undecided`` (log header) are published after each batch,
@@ -56,6 +57,7 @@ class Pump:
             if self.step():
                 idle = 0
                 sleep_s = c.PUMP_SLEEP_S_MIN
+                runtime.yield_now()  # let the proposer (same interpreter on the leader) run
                 continue
             idle += 1
             if idle < c.PUMP_SPINS_IDLE:
@@ -120,13 +122,33 @@ class Pump:
         return count
 
     def _learn_more(self, index: int) -> None:
-        """Learn commits from the header's commit word and from entry ``index + 1``."""
+        """Learn commits from the header's commit word and from the complete entries after
+        ``index``: a pipelined batch carries the commit index of before the batch, so the
+        commit covering ``index`` may ride up to ``PROPOSALS_INFLIGHT_MAX`` entries later."""
         proposal, commit = log_mod.read_commit_word(self.state.log_buf)
         if proposal:
             self._learn(proposal, commit)
-        nxt = self._entry(index + 1)
-        if nxt is not None:
-            self._learn(nxt[0], nxt[1])
+        for ahead in range(index + 1, index + 2 + c.PROPOSALS_INFLIGHT_MAX):
+            if self.commit_index >= index:
+                return
+            meta = self._meta(ahead)
+            if meta is None:
+                return
+            self._learn(meta[0], meta[1])
+
+    def _meta(self, index: int) -> tuple[int, int] | None:
+        """(proposal, commit) of complete entry ``index`` without copying its payload."""
+        buf = self.state.log_buf
+        offset = log_mod.HEADER_BYTES + (index & self._mask) * self._slot_bytes
+        head = _ENTRY_UNPACK(buf, offset)
+        found, proposal, commit, length = head
+        if found != index or proposal == 0 or length > self._payload_max:
+            return None
+        if _TRAILER_UNPACK(buf, offset + _ENTRY_BYTES + length) != (index, proposal):
+            return None
+        if _ENTRY_UNPACK(buf, offset) != head:
+            return None
+        return proposal, commit
 
     def _deliver(self, index: int, payload: bytes) -> None:
         assert index == self.applied + 1

@@ -60,6 +60,7 @@ class Replica:
         self._state: ReplicaState | None = None
         self._replicator: Replicator | None = None
         self._activities: list[Activity] = []
+        self._paused_before_start = False
         self.reattached = False
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -72,6 +73,7 @@ class Replica:
         log = self.fabric.register("log", layout.region_bytes)
         ctrl = self.fabric.register("ctrl", ctrl_layout.region_bytes)
         state = ReplicaState(cfg, self.fabric, self.runtime, log, ctrl)
+        state.paused = self._paused_before_start
         self.reattached = state.word(ctrl_mod.MAGIC_OFFSET) == ctrl_mod.MAGIC
         if not self.reattached:
             ctrl.buf[:] = bytes(len(ctrl.buf))
@@ -94,6 +96,7 @@ class Replica:
         from consensus.pump import Pump
 
         pump = Pump(state, self._on_commit)
+        self._pump, self._background = pump, background  # for inspection (tests, debugging)
         spawn = self.runtime.spawn
         rid = cfg.replica_id
         self._activities = [
@@ -118,15 +121,21 @@ class Replica:
                                state.replica_id, activity.name, c.STOP_JOIN_TIMEOUT_S)
 
     def pause(self) -> None:
-        """Rule 3: behave as if stopped."""
-        state = self._require()
+        """Rule 3: behave as if stopped (before ``start``: start paused)."""
+        state = self._state
+        if state is None:
+            self._paused_before_start = True
+            return
         state.paused = True
         with state.role:
             state.step_down_locked("paused")
 
     def resume(self) -> None:
         """Rule 3: rejoin as a follower."""
-        state = self._require()
+        state = self._state
+        if state is None:
+            self._paused_before_start = False
+            return
         state.resumed = True
         state.paused = False
 

@@ -83,7 +83,8 @@ class ReplicaState:
         self.next_index = 1
         self.commit_index = 0
         self.followers: list[Peer] = []
-        self.excluded: set[int] = set()  # peers this leadership lost; not taken back
+        self.excluded: set[int] = set()  # peers this leadership lost; asked again by upkeep
+        self.requests: dict[int, int] = {}  # the request number last sent to each peer
         self.request = 0
         self.recycle_limit = 0
         # fate sharing: the fast path counts entries into / out of a proposal
