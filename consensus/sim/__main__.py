@@ -160,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"\n{clean}/{len(results)} seeds clean in {wall:.1f} s "
         f"({steps} steps, {steps / max(wall, 1e-9):,.0f} steps/s; "
-        f"{sum(r.truncated for r in results)} truncated by --steps); "
+        f"{sum(r.truncated for r in results)} truncated by --steps, "
+        f"{sum(r.liveness_skipped for r in results)} with a majority overrun); "
         f"acks={sum(r.acks for r in results)} faults: "
         + (" ".join(f"{k}={v}" for k, v in sorted(faults.items())) or "none")
     )

@@ -13,9 +13,9 @@ import random
 from dataclasses import dataclass, replace
 
 NS_PER_MS = 1_000_000
-STEPS_MAX_DEFAULT = 30_000  # switch points per run: the safety net that bounds a run's wall time
-FAULT_PHASE_NS_DEFAULT = 30 * NS_PER_MS
-QUIET_PHASE_NS_DEFAULT = 25 * NS_PER_MS
+STEPS_MAX_DEFAULT = 25_000  # switch points per run: the safety net that bounds a run's wall time
+FAULT_PHASE_NS_DEFAULT = 25 * NS_PER_MS
+QUIET_PHASE_NS_DEFAULT = 22 * NS_PER_MS
 FIVE_REPLICAS_P = 0.2  # share of runs with 5 replicas instead of 3
 
 
@@ -75,7 +75,7 @@ def make_plan(
         log_slots=rng.choice((64, 256, 1024)),
         payload_bytes_max=rng.choice((8, 64, 200)),
         pipeline_p=rng.choice((0.0, 0.3, 0.7)),
-        think_ns_max=rng.choice((50_000, 300_000, 1_000_000)),
+        think_ns_max=rng.choice((100_000, 300_000, 1_000_000)),
         faults=faults,
     )
     if not batches:

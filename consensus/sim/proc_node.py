@@ -27,15 +27,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from consensus.fabric import open_fabric
-from consensus.registry import open_registry
+from consensus.bench import tune_process
+from consensus.errors import ConsensusError
+from consensus.fabric import FabricError, open_fabric
+from consensus.registry import RegistryError, open_registry
 from consensus.runtime import RealRuntime
 from consensus.sim.protocol import ReplicaLike, ReplicaSpec, mu_protocol
 
 STATUS_INTERVAL_S = 0.02
 PROPOSE_TIMEOUT_S = 0.5
 NOT_LEADER_BACKOFF_S = 0.002
-LOG_SLOTS = 1024
+LOG_SLOTS = 65536  # 32 s of history at 2000 proposals/s: a restarted replica never overruns
 
 
 class Journal:
@@ -174,7 +176,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    Node(parse_args(argv)).serve()
+    args = parse_args(argv)
+    tune_process()  # the benchmarks' GIL switch interval and GC settings
+    try:
+        node = Node(args)
+    except (FabricError, RegistryError, ConsensusError, ValueError) as error:
+        print(f"proc_node {args.id}: cannot start: {error}", file=sys.stderr)
+        return 2
+    node.serve()
     return 0
 
 

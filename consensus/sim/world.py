@@ -90,6 +90,7 @@ class RunResult:
     faults: tuple[tuple[str, int], ...]
     truncated: bool
     overruns: int  # replicas that reported LogOverrun (fell behind the circular log)
+    liveness_skipped: bool  # a majority had overrun: nothing could commit, nothing was required
     wall_s: float
     plan: str
     log_tail: tuple[str, ...]
@@ -126,6 +127,7 @@ class World:
         self.shutdown_done = False
         self.closing = False
         self.overrun: set[int] = set()
+        self.liveness_skipped = False
         self.tap = _LogTap(self.scheduler)
         self.rng = self.scheduler.rng
 
@@ -167,6 +169,7 @@ class World:
             faults=tuple(sorted(self.nemesis.counts.items())),
             truncated=self.truncated,
             overruns=len(self.overrun),
+            liveness_skipped=self.liveness_skipped,
             wall_s=time.perf_counter() - started,
             plan=plan.describe(),
             log_tail=tuple(tap.lines),
@@ -316,6 +319,15 @@ class World:
         self.nemesis.heal()
 
     def check_liveness(self) -> None:
+        able = [
+            n for n in self.nodes.values()
+            if n.up and n.replica is not None and n.replica.error is None
+        ]
+        if 2 * len(able) <= len(self.nodes):
+            self.note(f"liveness not required: only {len(able)} replicas can take part "
+                      "(the others fell behind the log and need state transfer)")
+            self.liveness_skipped = True
+            return
         if self.counters.acks_after_heal == 0:
             up = [n.replica_id for n in self.nodes.values() if n.up]
             leaders = [n.replica_id for n in self.nodes.values() if n.up and n.is_leader]
