@@ -14,6 +14,7 @@ import sys
 from exchange.config import (
     FABRIC_KINDS,
     GRPC_WORKERS_DEFAULT,
+    HEARTBEAT_INTERVAL_US_DEFAULT,
     LOG_SLOTS_DEFAULT,
     ConfigError,
     resolve_server_config,
@@ -53,8 +54,10 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--grpc-workers", type=int, default=GRPC_WORKERS_DEFAULT)
     serve.add_argument("--log-slots", type=int, default=LOG_SLOTS_DEFAULT,
                        help="consensus log slots")
-    serve.add_argument("--heartbeat-interval-us", type=int, default=0,
-                       help="consensus heartbeat and scan interval (default: consensus's)")
+    serve.add_argument("--heartbeat-interval-us", type=int,
+                       default=HEARTBEAT_INTERVAL_US_DEFAULT,
+                       help="consensus heartbeat and failure-detector scan interval "
+                       f"(default {HEARTBEAT_INTERVAL_US_DEFAULT}; 0 = consensus's own)")
     serve.add_argument("--dead-after-us", type=int, default=0,
                        help="a silent leader is declared dead after this (default: consensus's)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")

