@@ -18,8 +18,10 @@ Rule 4 (leader upkeep): a peer the leader lost (a write failed: permission revok
         transiently) is asked again with a fresh request number; a peer that grants this leader
         later is caught up before it receives entries (design Rule 3); an idle leader publishes
         its commit word. A peer that moved on to another live leader refuses (Rule 1).
-Rule 5: nothing here runs while paused or failed: no answers, no campaign; the heartbeat
-        activity stops beating too (fate sharing also stops it when a proposal is stuck).
+Rule 5: nothing here runs while paused: no answers, no campaign; the heartbeat activity stops
+        beating too (fate sharing also stops it when a proposal is stuck). A failed replica
+        (``LogOverrun``) neither beats nor campaigns but still answers requests: its log remains
+        a valid acceptor for a majority, it just cannot deliver or lead.
 """
 
 from __future__ import annotations
@@ -70,13 +72,17 @@ class Background:
         self.detector.reset(runtime.now_ns(), grace=True)
         interval_s = state.config.scan_interval_us / 1e6
         while not state.stopping:
-            if state.paused or state.failure is not None:
+            if state.paused:
                 runtime.sleep(interval_s)
                 continue
             if state.resumed:
                 state.resumed = False
                 self.detector.reset(runtime.now_ns(), grace=False)
-            self.step()
+            if state.failure is not None:
+                self.switch()  # a failed replica stays a passive acceptor (Rule 5)
+                self.scan()
+            else:
+                self.step()
             runtime.sleep(interval_s)
 
     def step(self) -> None:
@@ -195,6 +201,10 @@ class Background:
                 state.set_word(ctrl_mod.LEADING_OFFSET, LEADING_YES)
                 return
             state.step_down_locked("campaign failed")
+        pending, state.failure_pending = state.failure_pending, None
+        if pending is not None:
+            state.fail(pending)
+            return
         rng = state.runtime.rng()
         wait_ns = int(rng.random() * CAMPAIGN_BACKOFF_US_MAX * NS_PER_US)
         self._backoff_until_ns = state.runtime.now_ns() + wait_ns

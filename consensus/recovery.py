@@ -10,7 +10,10 @@ Rule 2 (design Rule 3): before a follower receives new entries, its log is rewri
         proposal ``b`` from its own first undecided index up to the leader's tail. A follower the
         leader cannot catch up (the leader's log no longer holds what it lacks) is given the
         last ``slots`` entries, so its pump reports ``LogOverrun`` instead of stalling.
-Rule 3: every function here runs with the role mutex held, and every remote write that fails drops
+Rule 3: a candidate that cannot read an entry that must be committed (applied somewhere, or
+        overwritten by a later wrap) fails with ``LogOverrun`` instead of leading: adopting
+        less than the committed prefix would overwrite committed entries.
+Rule 4: every function here runs with the role mutex held, and every remote write that fails drops
         that follower; fewer than a majority left means the prepare failed (the caller steps
         down).
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 from consensus import constants as c
 from consensus import log as log_mod
+from consensus.errors import LogOverrun
 from consensus.fabric.base import FabricError
 from consensus.log import Entry
 from consensus.state import LOGGER, Peer, ReplicaState
@@ -41,27 +45,36 @@ def choose_proposal(state: ReplicaState, granted: list[Peer]) -> int:
     return int(proposal)
 
 
-def _remote_entry(state: ReplicaState, peer: Peer, index: int) -> Entry | None:
-    layout = state.layout
-    raw = peer.log.read(layout.offset(index), layout.slot_bytes)
-    return log_mod.read_entry(raw, 0, index, layout.payload_size_max)
-
-
 def _local_entry(state: ReplicaState, index: int) -> Entry | None:
     layout = state.layout
     return log_mod.read_entry(state.log_buf, layout.offset(index), index, layout.payload_size_max)
 
 
+def _slot_index(state: ReplicaState, raw: bytes | memoryview, offset: int) -> int:
+    return int(log_mod.U64.unpack_from(raw, offset)[0])
+
+
 def adopt(state: ReplicaState, granted: list[Peer], start: int) -> list[Entry]:
-    """Entries ``start..`` with the highest proposal among this replica and ``granted``."""
+    """Entries ``start..`` with the highest proposal among this replica and ``granted``.
+
+    Raises ``LogOverrun`` (this replica is too far behind to lead) when an entry that must be
+    committed is no longer in any log read: one a replica already applied, or one whose slot
+    holds a later wrap (a leader writes ``k + slots`` only after ``k`` was applied).
+    """
+    applied_max = max([state.applied] + [first_undecided(peer) - 1 for peer in granted])
     adopted: list[Entry] = []
     for index in range(start, start + state.layout.slots):
         best = _local_entry(state, index)
+        later = _slot_index(state, state.log_buf, state.layout.offset(index))
         for peer in granted:
-            found = _remote_entry(state, peer, index)
+            raw = peer.log.read(state.layout.offset(index), state.layout.slot_bytes)
+            later = max(later, _slot_index(state, raw, 0))
+            found = log_mod.read_entry(raw, 0, index, state.layout.payload_size_max)
             if found is not None and (best is None or found.proposal > best.proposal):
                 best = found
         if best is None:
+            if index <= applied_max or later > index:
+                raise LogOverrun(state.replica_id, index, max(later, applied_max))
             break
         assert best.index == index
         adopted.append(best)
@@ -121,6 +134,9 @@ def prepare(state: ReplicaState, granted: list[Peer]) -> bool:
     try:
         adopted = adopt(state, ok, start)
     except FabricError:
+        return False
+    except LogOverrun as error:
+        state.failure_pending = error
         return False
     tail = start - 1 + len(adopted)
     buf = bytearray(state.layout.slot_bytes)

@@ -72,6 +72,7 @@ class ReplicaState:
         self.resumed = False  # set by resume(); the background activity resets its detector
         self.failure: ConsensusError | None = None
         self.on_error: OnError | None = None
+        self.failure_pending: ConsensusError | None = None  # found under role; fail() after it
         # background view (written by the background activity only)
         self.alive: frozenset[int] = frozenset()
         self.peer_leading: dict[int, int] = {}

@@ -27,7 +27,8 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S, what: s
 
 
 class Cluster:
-    def __init__(self, size: int, log_slots: int = 1024, payload_size_max: int = 64) -> None:
+    def __init__(self, size: int, log_slots: int = 1024, payload_size_max: int = 64,
+                 paused: tuple[int, ...] = ()) -> None:
         self.network = MemoryNetwork()
         self.store: dict[str, bytes] = {}
         self.members = tuple(range(1, size + 1))
@@ -38,6 +39,8 @@ class Cluster:
         self.payload_size_max = payload_size_max
         for member in self.members:
             self.replicas[member] = self._build(member)
+            if member in paused:
+                self.replicas[member].pause()  # starts paused: never grants, log stays empty
         self._start(list(self.replicas.values()))
 
     def _build(self, member: int) -> Replica:

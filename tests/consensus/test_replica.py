@@ -21,7 +21,7 @@ def make_cluster():
     sys.setswitchinterval(0.0005)
     made: list[Cluster] = []
 
-    def make(size: int, **kwargs: int) -> Cluster:
+    def make(size: int, **kwargs: object) -> Cluster:
         made.append(Cluster(size, **kwargs))
         return made[-1]
 
@@ -155,3 +155,25 @@ def test_oversized_payload_is_refused(make_cluster):
     cluster = make_cluster(3)
     with pytest.raises(ValueError, match="payload_size_max"):
         cluster.leader().propose(bytes(65))
+
+
+def test_candidate_behind_by_more_than_the_log_does_not_lead(make_cluster):
+    """Replica 2 misses a whole log's worth of entries, then is the lowest live id when the leader
+    dies: it must fail with LogOverrun instead of leading with an empty log (which would
+    overwrite committed entries); replica 3 then leads with replica 2 as a passive acceptor."""
+    cluster = make_cluster(3, log_slots=16, paused=(2,))
+    two = cluster.replicas[2]
+    leader = cluster.leader()
+    assert leader.replica_id == 1
+    cluster.propose_n(100, "wraps")  # 6 wraps of replica 3's log; replica 2 holds nothing new
+    cluster.wait_applied(100, (1, 3))
+    leader.stop()
+    two.resume()
+    wait_until(lambda: isinstance(two.error, LogOverrun), what="replica 2 to report LogOverrun")
+    assert not two.is_leader
+    three = cluster.leader(exclude=(1, 2))
+    assert three.replica_id == 3
+    cluster.propose_n(10, "after", exclude=(1, 2))
+    cluster.wait_applied(110, (3,))
+    cluster.check_identical((1, 3))
+    assert [p for _, p in cluster.delivered[3][:100]] == [p for _, p in cluster.delivered[1][:100]]
