@@ -1,15 +1,13 @@
 """Protocol bugs the simulator found, as scripted scenarios on the real ``consensus.Replica``.
 
-Each scenario runs a few seeds; a failure names the seed and its replay command. While a bug is
-open its test is ``xfail(strict=True)``: CI stays green, and the day the protocol is fixed the
-test XPASSes, fails, and the marker must go (it then guards against the bug coming back).
+Each scenario runs a few seeds; a failure names the seed and its replay command. A bug still
+open gets ``xfail(strict=True)`` (CI stays green; the fix makes the test XPASS and fail, and the
+marker goes); both bugs below are fixed, so these tests guard against their return.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-
-import pytest
 
 from consensus.sim.plan import NS_PER_MS, Plan, make_plan
 from consensus.sim.world import RunResult, World
@@ -29,7 +27,10 @@ def failures(results: list[RunResult]) -> list[str]:
 def lagging_leader(seed: int) -> RunResult:
     """Replica 2 is paused from the start (so leader 1 never writes its log) until the 64-slot log
     has wrapped; it is resumed at the moment leader 1 crashes, so it becomes leader (lowest live
-    id) with an empty log while replica 3 holds the committed entries."""
+    id) with an empty log while replica 3 holds the committed entries. Found by seed 0 with
+    --no-batches: recovery.adopt() started at the candidate's own applied + 1, found a later wrap
+    in the follower's slot, adopted nothing, and the new leader overwrote committed entries (fixed
+    in be72132: such a candidate fails with LogOverrun instead of leading)."""
     plan = scenario_plan(seed, log_slots=64, pipeline_p=0.0, think_ns_max=50_000)
     world = World(plan)
     two = world.nodes[2]
@@ -48,12 +49,6 @@ def lagging_leader(seed: int) -> RunResult:
     return world.run()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol bug (safety): recovery.adopt() starts at the new leader's own applied+1; "
-    "when a granted follower's slot already holds a later wrap, it adopts nothing and the new "
-    "leader overwrites committed entries (also: python -m consensus.sim --seed 0 --no-batches)",
-)
 def test_new_leader_behind_by_more_than_the_log_keeps_committed_entries() -> None:
     results = [lagging_leader(seed) for seed in SEEDS]
     assert not failures(results), "\n".join(failures(results))
