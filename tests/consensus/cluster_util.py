@@ -13,8 +13,8 @@ from consensus.registry.base import InProcessRegistry
 
 # Generous detector timings: all replicas share one interpreter (and its GIL) in these tests, so a
 # 2-core shared machine must not see spurious fail-overs; correctness, not speed, is tested here.
-TEST_TIMINGS = dict(heartbeat_interval_us=500, scan_interval_us=500, dead_after_us=40_000,
-                    scan_gap_cap_us=2000, startup_grace_us=200_000)
+TEST_TIMINGS = dict(heartbeat_interval_us=500, scan_interval_us=500, dead_after_us=150_000,
+                    scan_gap_cap_us=2000, startup_grace_us=300_000)
 WAIT_S = 10.0
 
 

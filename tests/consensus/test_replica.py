@@ -135,8 +135,8 @@ def test_log_overrun_is_reported(make_cluster):
     lagging.pause()
     cluster.propose_n(100, "past")  # the leader recycles once replica 3 is considered dead
     lagging.resume()
-    wait_until(lambda: isinstance(lagging.error, LogOverrun), what="LogOverrun")
-    assert cluster.errors[3] and isinstance(cluster.errors[3][0], LogOverrun)
+    wait_until(lambda: bool(cluster.errors[3]), what="on_error(LogOverrun)")
+    assert isinstance(lagging.error, LogOverrun) and cluster.errors[3] == [lagging.error]
     assert "state transfer needed" in str(lagging.error)
     assert lagging.applied_index == 5  # nothing wrong was applied
     cluster.check_identical()
