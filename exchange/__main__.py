@@ -60,6 +60,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        f"(default {HEARTBEAT_INTERVAL_US_DEFAULT}; 0 = consensus's own)")
     serve.add_argument("--dead-after-us", type=int, default=0,
                        help="a silent leader is declared dead after this (default: consensus's)")
+    serve.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
 
@@ -84,7 +85,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.heartbeat_interval_us < 0 or args.dead_after_us < 0:
         raise ConfigError("--heartbeat-interval-us and --dead-after-us must be >= 0")
     config = dataclasses.replace(config, heartbeat_interval_us=args.heartbeat_interval_us,
-                                 dead_after_us=args.dead_after_us)
+                                 dead_after_us=args.dead_after_us, parent_pid=args.parent_pid)
     return serve(config)
 
 

@@ -3,6 +3,7 @@
 Rule 1: ``LocalCluster`` owns everything it starts: the server processes, their FIFOs, their log
         files and the cluster's shared memory; ``stop`` removes all of it (also after a failed start
         and on Ctrl-C, through the context manager), and each server is stopped by its own pid.
+        Servers also exit by themselves when the launching process dies (``--parent-pid``).
 Rule 2: every cluster gets a fresh cluster id and fresh ports, so runs never see each other's
         registry entries or regions; stale shared memory of the same id is removed before start.
 Rule 3: ``start`` returns only when every server answers and (replicated) they agree on a leader;
@@ -136,7 +137,7 @@ class LocalCluster:
             sys.executable, "-m", "exchange", "serve", "--id", str(replica_id),
             "--server-uris", self.server_uris, "--replicas", str(self.replicas),
             "--fabric", self.fabric, "--cluster-id", self.cluster_id, "--fifo", fifo_path,
-            *self.extra_args,
+            "--parent-pid", str(os.getpid()), *self.extra_args,
         ]
         env = {k: v for k, v in os.environ.items() if k not in ("SID", "SERVER_URIS")}
         with open(log_path, "ab") as log_file:

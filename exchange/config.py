@@ -84,6 +84,7 @@ class ServerConfig:
     log_slots: int
     heartbeat_interval_us: int = HEARTBEAT_INTERVAL_US_DEFAULT  # 0 = the consensus default
     dead_after_us: int = 0  # 0 = the consensus default
+    parent_pid: int = 0  # exit when this process is gone (launchers set it); 0 = never
 
     @property
     def members(self) -> tuple[int, ...]:

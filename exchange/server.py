@@ -10,6 +10,7 @@ Rule 2: a configuration or startup problem is one line on stderr and exit status
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -38,10 +39,17 @@ class StartupError(RuntimeError):
     """The server cannot start; the message says why."""
 
 
-def _watch_role(node: ExchangeNode, health: HealthReporter, stop: threading.Event) -> None:
-    """Log role changes and keep health statuses current."""
+def _watch_role(
+    node: ExchangeNode, health: HealthReporter, stop: threading.Event, parent_pid: int
+) -> None:
+    """Log role changes, keep health statuses current, stop when the launcher is gone."""
     last_role = ""
     while not stop.wait(ROLE_POLL_INTERVAL_S):
+        if parent_pid and os.getppid() != parent_pid:
+            log.warning("server %d: launcher %d exited; shutting down", node.replica_id,
+                        parent_pid)
+            stop.set()
+            return
         role = node.role()
         if role != last_role:
             log.warning("server %d: role %s -> %s", node.replica_id, last_role or "-", role)
@@ -95,7 +103,8 @@ def serve(config: ServerConfig) -> int:
         if config.fifo_path is not None:
             fifo = ControlFifo(config.fifo_path, node.pause, node.resume)
         _install_signal_handlers(stop)
-        watcher = threading.Thread(target=_watch_role, args=(node, health, stop), daemon=True)
+        watcher = threading.Thread(target=_watch_role, args=(node, health, stop, config.parent_pid),
+                                   daemon=True)
         watcher.start()
         mode = "unreplicated" if config.replicas == 1 else f"{config.replicas} replicas"
         log.warning(
