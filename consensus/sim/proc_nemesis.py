@@ -39,6 +39,7 @@ GAP_S_MIN, GAP_S_MAX = 0.05, 0.3  # fault-free time between two faults
 STARTUP_S_MAX = 20.0  # until some replica is leader and an entry is acknowledged
 CATCHUP_S = 15.0
 QUIT_S = 5.0  # a replica process must exit this long after "quit"
+SETTLE_S = 1.0  # after "hold": longer than a proposal's timeout, so every ack is journalled
 POLL_S = 0.01
 
 
@@ -237,6 +238,9 @@ def run_nemesis(
             raise RuntimeError(f"no proposal acknowledged within {STARTUP_S_MAX:.0f} s of start; "
                                f"see {directory}/stderr-*.txt")
         nemesis.run(seconds)
+        for replica in MEMBERS:
+            cluster.send(replica, "hold")
+        time.sleep(SETTLE_S)
         target = acked_upto(directory)
 
         def caught_up() -> bool:

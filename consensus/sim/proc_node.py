@@ -13,8 +13,9 @@ Rule 2: the journal is append-only files in ``--dir``, one line per event, each 
 Rule 3: every payload is unique: ``<id>.<incarnation>.<counter>``, padded to ``--payload-bytes``.
 Rule 4: ``status-<id>.txt`` is replaced atomically every ``STATUS_INTERVAL_S`` with
         ``leader=<0|1> applied=<index> paused=<0|1> incarnation=<n>``.
-Rule 5: stdin carries control lines: ``pause``, ``resume`` (the replica's pause hook) and ``quit``
-        (clean shutdown); end of input also quits.
+Rule 5: stdin carries control lines: ``pause``, ``resume`` (the replica's pause hook), ``hold``
+        (the client stops proposing, so the history can settle) and ``quit`` (clean shutdown);
+        end of input also quits.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class Node:
         self.journal = Journal(Path(args.dir), args.id, args.incarnation)
         self.stopping = threading.Event()
         self.paused = False
+        self.holding = False
         self.applied = 0
         self.counter = 0
         protocol = mu_protocol(simulated=False)
@@ -102,7 +104,7 @@ class Node:
     def propose_forever(self) -> None:
         pause_s = 1.0 / self.args.rate
         while not self.stopping.is_set():
-            if self.paused or not self.replica.is_leader:
+            if self.paused or self.holding or not self.replica.is_leader:
                 time.sleep(NOT_LEADER_BACKOFF_S)
                 continue
             payload = self.payload()
@@ -139,6 +141,8 @@ class Node:
             elif command == "resume":
                 self.replica.resume()
                 self.paused = False
+            elif command == "hold":
+                self.holding = True
             elif command == "quit":
                 break
             elif command:
