@@ -93,8 +93,14 @@ def _run_load(args: argparse.Namespace) -> int:
 def _run_shell(args: argparse.Namespace) -> int:
     from traders.shell import run_shell
 
+    if args.client_id < 0 or args.first_seq < 1:
+        raise ConfigError("--client-id must be >= 1 and --first-seq >= 1")
     client_id = args.client_id or random.SystemRandom().randrange(1, 2**48)
-    return run_shell(server_addresses(args.servers), client_id)
+    if args.client_id and args.first_seq == 1:
+        print("note: a client id reused against the same cluster gets its earlier replies back "
+              "(marked duplicate) for the seqs it already used; pass --first-seq to start higher",
+              file=sys.stderr)
+    return run_shell(server_addresses(args.servers), client_id, args.first_seq)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     shell.add_argument("--servers", default=None, metavar="1=HOST:PORT,...",
                        help="servers (default: env SERVER_URIS)")
     shell.add_argument("--client-id", type=int, default=0, help="default: random")
+    shell.add_argument("--first-seq", type=int, default=1,
+                       help="first sequence number (order ids are <client id>.<seq>)")
     args = parser.parse_args(argv)
     try:
         if args.command == "load":

@@ -223,10 +223,10 @@ class TraderShell(cmd.Cmd):
     do_EOF = do_quit  # noqa: N815 (cmd.Cmd's name for end of input)
 
 
-def run_shell(addresses: tuple[str, ...], client_id: int) -> int:
+def run_shell(addresses: tuple[str, ...], client_id: int, first_seq: int = 1) -> int:
     connection = ClusterConnection(addresses)
-    shell = TraderShell(TraderClient(connection, client_id))
-    shell.say(f"client id {client_id}; servers {', '.join(addresses)}")
+    shell = TraderShell(TraderClient(connection, client_id, first_seq=first_seq))
+    shell.say(f"client id {client_id}, first seq {first_seq}; servers {', '.join(addresses)}")
     try:
         shell.cmdloop()
     except KeyboardInterrupt:

@@ -39,6 +39,7 @@ def test_shell_places_cancels_replaces_and_reads(server):
     result = _run(["shell", "--servers", server.server_uris, "--client-id", "77"], script)
     out = result.stdout
     assert result.returncode == 0, result.stderr
+    assert "client id 77, first seq 1" in out
     assert "order 77.1 seq 1" in out and "accept 77.1" in out
     assert "fill 77.2 contra=77.1 price=1010 qty=40" in out
     assert "replace 77.1 price=1010 qty=120" in out  # order quantity 100 + 20; 80 open
