@@ -19,7 +19,7 @@ from orderbook.events import CancelRejected, Event, Rejected, ReplaceRejected
 from orderbook.side import Order
 from orderbook.types import AddOrder, CancelOrder, Command, ReplaceOrder
 
-REASON_BAD_SYMBOL = f"symbol must be a string of 1..{SYMBOL_BYTES_MAX} UTF-8 bytes"
+REASON_BAD_SYMBOL = f"symbol must be 1..{SYMBOL_BYTES_MAX} UTF-8 bytes of printable text"
 REASON_BAD_COMMAND = "not a command"
 
 
@@ -35,7 +35,7 @@ class Market:
         if isinstance(cmd, AddOrder):
             book = self._books.get(cmd.symbol)
             if book is None:
-                if not valid_text(cmd.symbol, SYMBOL_BYTES_MAX):
+                if not (valid_text(cmd.symbol, SYMBOL_BYTES_MAX) and cmd.symbol.isprintable()):
                     return [Rejected(str(cmd.order_id), REASON_BAD_SYMBOL)]
                 book = self._books[cmd.symbol] = Book(cmd.symbol, self._orders)
             return book.add(cmd.order_id, cmd.side, cmd.price, cmd.qty, cmd.stop, cmd.aon,

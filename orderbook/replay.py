@@ -47,6 +47,8 @@ FIELDS = {
     "replace": {"op", "id", "symbol", "qty_delta", "price"},
 }
 MARKET_DATA_EVENTS = {"bbo", "depth_change"}
+JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
+              bool: "true/false", type(None): "null"}
 
 
 class LineError(Exception):
@@ -69,7 +71,7 @@ def _field(obj: dict[str, Any], name: str, kind: type, default: Any = None) -> A
 def parse_command(obj: object) -> Command:
     """The command a decoded JSON value describes; LineError naming the problem otherwise."""
     if not isinstance(obj, dict):
-        raise LineError(f"expected a JSON object, got {type(obj).__name__}")
+        raise LineError(f"expected a JSON object, got {JSON_TYPES.get(type(obj), 'a value')}")
     op = _field(obj, "op", str)
     if op not in FIELDS:
         raise LineError(f"unknown op {op!r} (expected add, cancel or replace)")

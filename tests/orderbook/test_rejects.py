@@ -26,7 +26,7 @@ from orderbook.constants import PRICE_TICKS_MAX, QTY_MAX
 from orderbook.market import REASON_BAD_COMMAND, REASON_BAD_SYMBOL
 from tests.orderbook.helpers import BUY, SELL, Harness
 
-ADD_CASES: list[tuple[dict[str, Any], str]] = [
+ADD_CASES: list[tuple[dict[str, Any], str | None]] = [
     ({"qty": 0}, REASON_QTY),
     ({"qty": -5}, REASON_QTY),
     ({"qty": QTY_MAX + 1}, REASON_QTY_MAX),
@@ -48,6 +48,8 @@ ADD_CASES: list[tuple[dict[str, Any], str]] = [
     ({"symbol": ""}, REASON_BAD_SYMBOL),
     ({"symbol": "S" * 17}, REASON_BAD_SYMBOL),
     ({"symbol": None}, REASON_BAD_SYMBOL),
+    ({"symbol": "A\x00"}, REASON_BAD_SYMBOL),
+    ({"symbol": "A B"}, None),  # printable, accepted
 ]
 
 
@@ -59,13 +61,16 @@ def _base() -> Harness:
 
 
 @pytest.mark.parametrize(("change", "reason"), ADD_CASES)
-def test_add_rejects(change: dict[str, Any], reason: str) -> None:
+def test_add_rejects(change: dict[str, Any], reason: str | None) -> None:
     h = _base()
     before = h.market.digest()
     fields: dict[str, Any] = {"order_id": "new", "symbol": "X", "side": Side.BUY, "price": 100,
                               "qty": 10, "stop": 0}
     fields.update(change)
     events = h.apply(AddOrder(**fields))
+    if reason is None:
+        assert events[0].to_dict() == {"event": "accept", "id": "new"}
+        return
     assert len(events) == 1 and isinstance(events[0], Rejected)
     assert events[0].reason == reason
     assert h.market.digest() == before

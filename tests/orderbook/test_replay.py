@@ -70,7 +70,7 @@ def test_replay_reports_bad_lines_and_continues(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.decode().splitlines() == [
         "line 2: invalid JSON: Expecting value at column 1",
-        "line 3: expected a JSON object, got list",
+        "line 3: expected a JSON object, got an array",
         "line 4: unknown op 'fly' (expected add, cancel or replace)",
         "line 5: missing field 'qty'",
         "line 6: field 'side' must be \"buy\" or \"sell\", got 'up'",
