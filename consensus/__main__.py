@@ -18,6 +18,7 @@ EXAMPLES = """examples:
   python -m consensus bench st-lat --local 3 1 64 1      # latency, dump-st-64-1.txt
   python -m consensus bench st 2 64 1 --cluster mine     # one replica; run 1 and 3 likewise
   python -m consensus bench failover                     # 50 leader pauses, p50/p99
+  python -m consensus bench failover --sigstop           # SIGSTOP the leader process instead
   python -m consensus bench failover --pauses 0 --duration 60   # fault-free: leader changes
 Replicas meet through the registry: memcached at $DORY_REGISTRY_IP, else an embedded one.
 MU_LOG=info shows leader changes and permission switches on stderr."""
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     failover.add_argument("--pauses", type=_non_negative, default=50,
                           help="leader pauses (0: fault-free run of --duration seconds)")
     failover.add_argument("--duration", type=_positive, default=60, help="seconds, with --pauses 0")
+    failover.add_argument("--sigstop", action="store_true",
+                          help="stop the leader's process (SIGSTOP/SIGCONT) instead of the pause "
+                          "hook: a leader that cannot step down, detected by silence alone")
     _node_options(failover)
     node = kinds.add_parser("failover-node", help=argparse.SUPPRESS)
     node.add_argument("process_id", type=_positive)
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.kind == "failover":
         return cluster.run_failover(cluster.FailoverOptions(
             args.pauses, float(args.duration), args.members, args.payload_size,
-            args.interval_us, args.dead_after_us))
+            args.interval_us, args.dead_after_us, args.sigstop))
     return cluster.run_node(cluster.NodeOptions(
         args.process_id, args.members, args.cluster, args.payload_size, args.interval_us,
         args.dead_after_us, args.record))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -213,6 +214,7 @@ class FailoverOptions:
     payload_size: int
     interval_us: int
     dead_after_us: int
+    sigstop: bool = False  # stop the leader's process (SIGSTOP) instead of the pause hook
 
 
 def run_failover(opts: FailoverOptions) -> int:
@@ -232,7 +234,7 @@ def run_failover(opts: FailoverOptions) -> int:
         print(f"failover: cluster {cluster} up, leader {leader}", file=sys.stderr)
         if opts.pauses == 0:
             return _steady(events, opts.duration_s)
-        return _pause_loop(events, by_id, leader, opts.pauses)
+        return _pause_loop(events, by_id, leader, opts.pauses, opts.sigstop)
     except TimeoutError as error:
         print(f"failover: {error}", file=sys.stderr)
         return 1
@@ -265,22 +267,30 @@ def _steady(events: queue.SimpleQueue[Event], duration_s: float) -> int:
 
 
 def _pause_loop(events: queue.SimpleQueue[Event], by_id: dict[int, subprocess.Popen[str]],
-                leader: int, pauses: int) -> int:
+                leader: int, pauses: int, sigstop: bool) -> int:
     from tqdm import tqdm
 
     failovers: list[int] = []
     for _ in tqdm(range(pauses), unit="failover", file=sys.stderr, leave=False):
         time.sleep(STEADY_BEFORE_PAUSE_S)
-        _send(by_id[leader], "pause")
-        paused = _next_event(events, "paused", FAILOVER_WAIT_S)
+        if sigstop:
+            paused_ns = time.monotonic_ns()
+            os.kill(by_id[leader].pid, signal.SIGSTOP)
+        else:
+            _send(by_id[leader], "pause")
+            paused_ns = _next_event(events, "paused", FAILOVER_WAIT_S).time_ns
         new = _next_event(events, "first-commit", FAILOVER_WAIT_S, exclude=leader)
-        failovers.append(new.time_ns - paused.time_ns)
-        _send(by_id[leader], "resume")
-        _next_event(events, "resumed", FAILOVER_WAIT_S)
+        failovers.append(new.time_ns - paused_ns)
+        if sigstop:
+            os.kill(by_id[leader].pid, signal.SIGCONT)
+        else:
+            _send(by_id[leader], "resume")
+            _next_event(events, "resumed", FAILOVER_WAIT_S)
         time.sleep(REJOIN_WAIT_S)
         leader = new.replica
     ordered = sorted(failovers)
     p50, p99 = percentile(ordered, 0.5), percentile(ordered, 0.99)
-    print(f"{pauses} fail-overs (pause -> first commit by the new leader): "
+    how = "SIGSTOP" if sigstop else "pause hook"
+    print(f"{pauses} fail-overs ({how} -> first commit by the new leader): "
           f"p50 {p50 / 1e6:.2f} ms, p99 {p99 / 1e6:.2f} ms, max {ordered[-1] / 1e6:.2f} ms")
     return 0

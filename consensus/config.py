@@ -4,6 +4,8 @@ Rule 1: a config that could not work (bad ids, a payload too large, timings out 
         ``ValueError`` naming the field, at construction time, never later in a background thread.
 Rule 2: timings are in microseconds (``_us``) and have the defaults of ``consensus.constants``;
         the simulator passes the same defaults, as its time is simulated.
+Rule 3: ``candidate_dead_after_us`` is clamped into ``(scan_gap_cap_us, dead_after_us]``, so a
+        config that only sets ``dead_after_us`` stays consistent.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class ReplicaConfig:
     heartbeat_interval_us: int = c.HEARTBEAT_INTERVAL_US
     scan_interval_us: int = c.SCAN_INTERVAL_US
     dead_after_us: int = c.DEAD_AFTER_US
+    candidate_dead_after_us: int = c.CANDIDATE_DEAD_AFTER_US
     scan_gap_cap_us: int = c.SCAN_GAP_CAP_US
     startup_grace_us: int = c.STARTUP_GRACE_US
     fate_sharing_stuck_us: int = c.FATE_SHARING_STUCK_US
@@ -57,6 +60,10 @@ class ReplicaConfig:
                 raise ValueError(f"{name} must be positive")
         if not self.scan_interval_us <= self.scan_gap_cap_us < self.dead_after_us:
             raise ValueError("need scan_interval_us <= scan_gap_cap_us < dead_after_us")
+        if not self.scan_gap_cap_us < self.candidate_dead_after_us <= self.dead_after_us:
+            object.__setattr__(self, "candidate_dead_after_us",
+                               max(min(self.candidate_dead_after_us, self.dead_after_us),
+                                   self.scan_gap_cap_us + 1))
         if self.heartbeat_interval_us * 2 > self.dead_after_us:
             raise ValueError("dead_after_us must be at least twice heartbeat_interval_us")
         if self.connect_timeout_s <= 0:

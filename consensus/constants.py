@@ -42,6 +42,9 @@ SCAN_INTERVAL_US = 250  # the scanner reads peers' counters this often
 # machine; see docs/consensus.md for the trade-off against fail-over time.
 DEAD_AFTER_US = 8000
 SCAN_GAP_CAP_US = 1000  # one scan gap never counts for more than this
+# For "am I the lowest live id?" only: a silent peer that does not lead is skipped after 2 ms.
+# Misjudging a non-leader deposes nobody (a live leader is never preempted), so this may be short.
+CANDIDATE_DEAD_AFTER_US = 2000
 STARTUP_GRACE_US = 500_000  # a peer never seen beating is presumed alive this long after start
 FATE_SHARING_STUCK_US = 20_000  # a leader whose propose is stuck this long stops heartbeating
 PERMISSION_WAIT_US = 20_000  # a candidate gives up waiting for a majority's answers after this
@@ -54,7 +57,7 @@ assert MEMBERS_MIN <= MEMBERS_MAX
 assert REPLICA_ID_MAX < PROPOSAL_ROUND_STRIDE
 assert LOG_SLOTS_MIN <= LOG_SLOTS_DEFAULT <= LOG_SLOTS_MAX
 assert PROPOSALS_INFLIGHT_MAX <= LOG_SLOTS_DEFAULT // 2
-assert SCAN_INTERVAL_US <= SCAN_GAP_CAP_US < DEAD_AFTER_US
+assert SCAN_INTERVAL_US <= SCAN_GAP_CAP_US < CANDIDATE_DEAD_AFTER_US <= DEAD_AFTER_US
 assert HEARTBEAT_INTERVAL_US * 4 <= DEAD_AFTER_US
 assert DEAD_AFTER_US < FATE_SHARING_STUCK_US
 assert PUMP_SLEEP_S_MIN <= PUMP_SLEEP_S_MAX

@@ -6,7 +6,9 @@ Rule 1: a peer is dead once its counter stayed unchanged for ``dead_after_ns`` o
 Rule 2: a counter that changed makes the peer alive at once (and resets its silence).
 Rule 3: a peer never seen beating is presumed alive for ``startup_grace_ns`` after ``reset``,
         so a cluster starting up does not elect around a replica that is still importing.
-Rule 4: ``reset`` (start, resume) forgets all history: a resumed replica does not judge its peers
+Rule 4: callers may ask with a shorter threshold (the election uses one for peers that do not
+        lead: misjudging a non-leader costs nothing, see ``election`` Rule 2).
+Rule 5: ``reset`` (start, resume) forgets all history: a resumed replica does not judge its peers
         by the time it spent paused. Only a start grants the grace of Rule 3.
 
 This is Mu's score-based detector with the score replaced by observed silence: Python's scheduling
@@ -63,11 +65,13 @@ class FailureDetector:
         else:
             state.silent_ns += gap_ns
 
-    def is_alive(self, peer: int, now_ns: int) -> bool:
+    def is_alive(self, peer: int, now_ns: int, dead_after_ns: int | None = None) -> bool:
+        """Whether ``peer`` beat within ``dead_after_ns`` (default: the detector's threshold)."""
         state = self._state[peer]
         if not state.seen_beating and now_ns - self._reset_ns < self.startup_grace_ns:
             return state.silent_ns < self.startup_grace_ns
-        return state.silent_ns < self.dead_after_ns
+        threshold = self.dead_after_ns if dead_after_ns is None else dead_after_ns
+        return state.silent_ns < threshold
 
-    def alive(self, now_ns: int) -> frozenset[int]:
-        return frozenset(p for p in self.peers if self.is_alive(p, now_ns))
+    def alive(self, now_ns: int, dead_after_ns: int | None = None) -> frozenset[int]:
+        return frozenset(p for p in self.peers if self.is_alive(p, now_ns, dead_after_ns))

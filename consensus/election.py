@@ -9,7 +9,11 @@ Rule 1 (switcher): a request from member ``r`` in this replica's ctrl is granted
 Rule 2 (leader rule): a replica campaigns only when no live peer is leading and it is the lowest
         id among the live replicas (itself included). This is Mu's rule ("lowest live id") with
         one deviation: a resumed or restarted replica with a lower id does not preempt a live
-        leader; it follows it (docs/consensus.md).
+        leader; it follows it (docs/consensus.md). Leaders are judged dead with
+        ``dead_after_us``; for the lowest-live-id test, peers are judged with the shorter
+        ``candidate_dead_after_us``: wrongly skipping a non-leader cannot depose anyone (Rule 1
+        protects a live leader, candidates yield to lower ids), so a leader that stepped down
+        (pause hook, stop) is replaced fast while a silent *leading* replica gets the full time.
 Rule 3 (campaign): grant itself, write a fresh request number to every peer, wait (bounded) for a
         majority of answers while still serving the switcher, run the prepare
         (``recovery.prepare``) under the role mutex, then lead. Any failure steps down and backs
@@ -64,6 +68,8 @@ class Background:
         self._last_commit = 0
         self._commit_since_ns = 0
         self._flushed = 0
+        self._candidate_dead_after_ns = cfg.candidate_dead_after_us * NS_PER_US
+        self._alive_quick: frozenset[int] = frozenset()
 
     # --- the activity ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -113,6 +119,7 @@ class Background:
             self.detector.observe(peer.replica_id, beat, gap)
             state.peer_leading[peer.replica_id] = leading
         state.alive = self.detector.alive(now)
+        self._alive_quick = self.detector.alive(now, self._candidate_dead_after_ns)
 
     def _live_leader(self) -> int | None:
         state = self.state
@@ -128,7 +135,7 @@ class Background:
             return False
         if self._live_leader() is not None:
             return False
-        return min(state.alive | {state.replica_id}) == state.replica_id
+        return min(self._alive_quick | {state.replica_id}) == state.replica_id
 
     def _report_leader(self) -> None:
         state = self.state
