@@ -8,13 +8,15 @@ Rule 3: waiting stops are indexed, untouched (open = qty) and not yet reached by
 Rule 4: the book is not crossed at rest except where all-or-none orders block the cross: the best
         non-AON limit bid is below the best non-AON limit ask, and a resting non-AON market order
         faces no non-AON limit order.
+Rule 5: no per-command state survives a command (pending stops, touched levels, replace state);
+        the published BBO and the cached best keys equal what the book holds.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from orderbook.side import BookSide, Order
+from orderbook.side import EMPTY_KEY, BookSide, Order
 
 if TYPE_CHECKING:
     from orderbook.book import Book
@@ -84,3 +86,7 @@ def check_book(book: Book) -> None:
     check_uncrossed(bids, asks)
     assert not book._pending, "stop orders left pending after a command"
     assert not book._touched, "touched levels left after a command"
+    assert book._stale_order is None, "replace state left after a command"
+    assert book._bbo == book.bbo(), "published BBO differs from the book"
+    for side in (book.bids, book.asks):
+        assert side.best == (side.keys[0] if side.keys else EMPTY_KEY), "stale best key"
