@@ -70,6 +70,7 @@ ORPHAN_RECHECK_S = 0.01  # a connecting writer re-checks a semaphore it thinks o
 
 MAGIC = b"MUSHMRG1"
 _HEADER = struct.Struct("<8sQQII")  # magic, nonce, size, owner id, owner pid
+OWNER_PID_OFFSET = 28
 CLOSED_OFFSET = 32
 PERMISSION_OFFSET = 64  # + writer id: 1 = may write
 WRITER_PID_OFFSET = 512  # + 4 * writer id: pid of the writer's process (u32)
@@ -190,7 +191,9 @@ class Mapping:
         self.view = memoryview(self.map)
         self.meta = self.view[:META_BYTES]
         self.data = self.view[META_BYTES:]
-        self.magic, self.nonce, self.size, self.owner, _ = _HEADER.unpack_from(self.meta)
+        self.magic, self.nonce, self.size, self.owner, self.owner_pid = _HEADER.unpack_from(
+            self.meta
+        )
         if self.magic != MAGIC or self.size != file_size - META_BYTES:
             self.close()
             raise ValueError(f"{path}: not a region of this fabric")
@@ -222,6 +225,18 @@ class Mapping:
             pass
 
 
+def check_not_running(mapping: Mapping, path: Path) -> None:
+    """Refuse to take over a region whose owner process is still alive (two replicas with one
+    id would each believe the other's writes are their own)."""
+    pid = mapping.owner_pid
+    if pid != os.getpid() and process_alive(pid):
+        mapping.close()
+        raise FabricError(
+            f"region {path.name} belongs to a running process (pid {pid}): is replica "
+            f"{mapping.owner} started twice? (python -m consensus.fabric cleanup CLUSTER)"
+        )
+
+
 def create_region_file(path: Path, owner: ReplicaIdT, size: int) -> Mapping:
     """Create a fresh region file at ``path`` (atomically replacing any old one, Rule 6)."""
     try:
@@ -229,6 +244,7 @@ def create_region_file(path: Path, owner: ReplicaIdT, size: int) -> Mapping:
     except (OSError, ValueError):
         pass
     else:
+        check_not_running(old, path)
         old.mark_closed()
         old.close()
     nonce = int.from_bytes(os.urandom(8), "little") or 1
@@ -463,6 +479,7 @@ class ShmFabric:
         if mapping.closed:
             mapping.close()
             return None
+        check_not_running(mapping, path)
         if mapping.size != size:
             found = mapping.size
             mapping.close()
@@ -470,6 +487,8 @@ class ShmFabric:
                 f"region {path.name}: re-attaching with size {size} but it has {found} bytes; "
                 "clean up the cluster or restart without re-attach"
             )
+        _PID.pack_into(mapping.meta, OWNER_PID_OFFSET, os.getpid())
+        mapping.owner_pid = os.getpid()
         return mapping
 
     def connect(self, owner: ReplicaIdT, name: str, timeout_s: float) -> ShmRemote:
@@ -530,8 +549,8 @@ class ShmFabric:
         self._closed = True
         for remote in self._remotes:
             remote.close()
-        for region in self._regions.values():
-            region.mapping.close()
+        # Local regions stay mapped while the protocol may still hold ``buf`` (its threads may
+        # be stopping); the mapping goes when the last view does.
         self._remotes.clear()
         self._regions.clear()
 

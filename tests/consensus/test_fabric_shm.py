@@ -391,6 +391,9 @@ def test_permissions_hold_while_owner_is_stopped_or_killed(cluster_id: str) -> N
         assert ready.wait(CHILD_TIMEOUT_S)
         remote = allowed.connect(1, "log", timeout_s=CHILD_TIMEOUT_S)
         intruder = denied.connect(1, "log", timeout_s=CHILD_TIMEOUT_S)
+        for reattach in (False, True):  # a second replica 1 must not take over the region
+            with pytest.raises(FabricError, match="started twice"):
+                shm_fabric(1, cluster_id, reattach).register("log", REGION_BYTES)
         os.kill(process.pid or 0, signal.SIGSTOP)
         wait_state(process.pid or 0, "T")
         remote.write(100, b"while stopped")
