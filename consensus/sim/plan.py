@@ -66,7 +66,7 @@ def make_plan(
     plan = Plan(
         seed=seed,
         replicas=5 if rng.random() < FIVE_REPLICAS_P else 3,
-        step_ns=rng.choice((1_000, 2_000, 3_000)),
+        step_ns=rng.choice((2_000, 2_500, 3_000)),
         stickiness=rng.uniform(0.2, 0.8),
         steps_max=steps_max,
         fault_phase_ns=fault_phase_ns,

@@ -328,16 +328,16 @@ class Scheduler:
             if self.steps != last_steps:
                 last_steps, last_change = self.steps, time.monotonic()
             elif time.monotonic() - last_change > hang_timeout_s:
-                self.failure = self.failure or self._hang_report()
+                self.failure = self.failure or self._hang_report(hang_timeout_s)
                 return
 
-    def _hang_report(self) -> str:
+    def _hang_report(self, hang_timeout_s: float) -> str:
         task = self.current
         if task is None or task.thread is None or task.thread.ident is None:
             return "hang: no task holds the baton"
         frame = sys._current_frames().get(task.thread.ident)
         stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)"
         return (
-            f"hang: task {task.name} ran {HANG_TIMEOUT_S:.0f} s of wall-clock time without "
+            f"hang: task {task.name} ran {hang_timeout_s:.0f} s of wall-clock time without "
             f"reaching a switch point (a polling loop without yield_now/sleep?):\n{stack}"
         )

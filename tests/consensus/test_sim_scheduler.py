@@ -223,3 +223,21 @@ def test_stop_kills_everything() -> None:
 
 def test_sim_killed_is_not_an_exception() -> None:
     assert not issubclass(SimKilled, Exception)
+
+
+def test_a_task_spinning_without_switch_points_is_reported_as_a_hang() -> None:
+    scheduler, rt = make()
+    release: list[bool] = []
+
+    def spinner() -> None:
+        rt.yield_now()
+        while not release:  # a polling loop that forgot yield_now
+            pass
+
+    rt.spawn("spinner", spinner)
+    try:
+        scheduler.run(hang_timeout_s=1.0)
+    finally:
+        release.append(True)
+    assert scheduler.failure is not None and "hang" in scheduler.failure
+    assert "task r1.spinner ran 1 s" in scheduler.failure and "in spinner" in scheduler.failure
