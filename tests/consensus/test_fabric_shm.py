@@ -422,3 +422,19 @@ def test_remote_is_a_remote_region(cluster_id: str) -> None:
     assert isinstance(region, LocalRegion) and isinstance(remote, RemoteRegion)
     assert isinstance(remote, ShmRemote)
     owner.close()
+
+
+def test_clusters_do_not_share_regions(cluster_id: str) -> None:
+    other_cluster = f"{cluster_id}-b"
+    try:
+        mine = shm_fabric(1, cluster_id).register("log", 64)
+        theirs = shm_fabric(1, other_cluster).register("log", 64)
+        mine.grant_write(2)
+        theirs.grant_write(2)
+        shm_fabric(2, cluster_id).connect(1, "log", timeout_s=1.0).write(0, b"mine")
+        shm_fabric(2, other_cluster).connect(1, "log", timeout_s=1.0).write(0, b"them")
+        assert (bytes(mine.buf[:4]), bytes(theirs.buf[:4])) == (b"mine", b"them")
+        assert cleanup(other_cluster) >= 2
+        assert bytes(mine.buf[:4]) == b"mine" and cluster_objects(cluster_id)
+    finally:
+        cleanup(other_cluster)
