@@ -1,7 +1,7 @@
 """The deterministic simulator on the real protocol: a bounded number of seeds with every fault
 and invariant on, and exact replay (same seed, same trace, also across processes).
 
-``MU_SIM_SEEDS`` (default 120) and ``MU_SIM_FIRST_SEED`` (default 0) choose the seeds; a failure
+``MU_SIM_SEEDS`` (default 200) and ``MU_SIM_FIRST_SEED`` (default 0) choose the seeds; a failure
 lists every failing seed with its replay command."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from consensus.sim.plan import make_plan
 from consensus.sim.world import World
 
-SEEDS = int(os.environ.get("MU_SIM_SEEDS", "120"))
+SEEDS = int(os.environ.get("MU_SIM_SEEDS", "200"))
 FIRST_SEED = int(os.environ.get("MU_SIM_FIRST_SEED", "0"))
 REPLAY_SEED = 7
 
