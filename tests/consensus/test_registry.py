@@ -135,8 +135,10 @@ def test_open_registry_picks_backend_from_environment(
     monkeypatch: pytest.MonkeyPatch, memcached_address: str
 ) -> None:
     monkeypatch.delenv("DORY_REGISTRY_IP", raising=False)
-    embedded = open_registry(fresh_cluster())
+    embedded_cluster = fresh_cluster()
+    embedded = open_registry(embedded_cluster)
     assert isinstance(embedded, EmbeddedRegistry)
+    remove_cluster(embedded_cluster)
     monkeypatch.setenv("DORY_REGISTRY_IP", memcached_address)
     remote = open_registry(fresh_cluster())
     assert isinstance(remote, MemcachedRegistry)
