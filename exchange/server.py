@@ -9,6 +9,7 @@ Rule 2: a configuration or startup problem is one line on stderr and exit status
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -132,6 +133,9 @@ def serve(config: ServerConfig) -> int:
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:
+    # ``kill -USR1 <pid>`` writes every thread's stack to the log, even if the process is stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+
     def handler(signum: int, _frame: FrameType | None) -> None:
         log.warning("received %s", signal.Signals(signum).name)
         stop.set()
