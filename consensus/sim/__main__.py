@@ -24,7 +24,7 @@ from consensus.sim.plan import (
     make_plan,
 )
 from consensus.sim.protocol import ProtocolAdapter, mu_protocol
-from consensus.sim.world import RunResult, World
+from consensus.sim.world import CATCHUP_NS, LIVENESS_NS, RunResult, World
 
 FAILURE_LINES_SHOWN = 40
 LOG_LINES_SHOWN = 30
@@ -37,8 +37,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "production code on a simulated fabric, a seeded scheduler interleaving their one-sided "
         "operations, and a nemesis (crashes, crashes mid-write, SIGSTOP, the pause hook, slow "
         "replicas, permission loss). Every seed is reproducible.",
-        epilog="examples: python -m consensus.sim --seeds 300    "
-        "python -m consensus.sim --seed 1234 -v",
+        epilog="examples:\n  python -m consensus.sim --seeds 300\n"
+        "  python -m consensus.sim --seed 1234 -v\n"
+        "  python -m consensus.sim --seeds 20000 --first 100000 --keep-going   (soak)\n"
+        "see docs/simulation.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--seeds", type=int, default=100, help="how many seeds to run (default 100)")
@@ -68,8 +71,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.seeds is not None and args.seeds <= 0:
         parser.error("--seeds must be positive")
-    if args.steps <= 0 or args.fault_ms < 0 or args.quiet_ms <= 0:
-        parser.error("--steps and --quiet-ms must be positive, --fault-ms not negative")
+    if args.steps <= 0 or args.fault_ms < 0:
+        parser.error("--steps must be positive and --fault-ms not negative")
+    quiet_min_ms = max(LIVENESS_NS, CATCHUP_NS) / NS_PER_MS + 1
+    if args.quiet_ms < quiet_min_ms:
+        parser.error(f"--quiet-ms must be at least {quiet_min_ms:g} (the liveness and catch-up "
+                     "checks need that much fault-free time)")
     return args
 
 
