@@ -438,3 +438,38 @@ def test_clusters_do_not_share_regions(cluster_id: str) -> None:
         assert bytes(mine.buf[:4]) == b"mine" and cluster_objects(cluster_id)
     finally:
         cleanup(other_cluster)
+
+
+def ordered_writer_main(cluster_id: str, stop: Any) -> None:
+    """Write 4 KiB blocks of one increasing u64 counter, over and over, at offset 0."""
+    fabric = shm_fabric(2, cluster_id)
+    remote = fabric.connect(1, "log", timeout_s=CHILD_TIMEOUT_S)
+    counter = 0
+    while not stop.is_set():
+        counter += 1
+        remote.write(0, counter.to_bytes(8, "little") * (REGION_BYTES // 8))
+    fabric.close()
+
+
+@pytest.mark.slow
+def test_reader_that_sees_the_tail_sees_the_whole_write(cluster_id: str) -> None:
+    """Base Rule 5: the tail lands after the rest, so after reading tail value k every body
+    word must be k or newer."""
+    owner = shm_fabric(1, cluster_id)
+    region = owner.register("log", REGION_BYTES)
+    region.grant_write(2)
+    reader = shm_fabric(3, cluster_id).connect(1, "log", timeout_s=1.0)
+    tail_offset = REGION_BYTES - 16
+    stop = SPAWN.Event()
+    checked = 0
+    with child(ordered_writer_main, cluster_id, stop):
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline or checked < 1000:
+            assert time.monotonic() < deadline + CHILD_TIMEOUT_S, "the writer never wrote"
+            tail = int.from_bytes(reader.read(tail_offset, 8), "little")
+            body = memoryview(reader.read(0, tail_offset)).cast("Q")
+            if tail:
+                assert min(body) >= tail, f"tail says write {tail}, body has {min(body)}"
+                checked += 1
+        stop.set()
+    owner.close()
