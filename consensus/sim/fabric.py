@@ -22,7 +22,8 @@ Rule 6: as on the ``shm`` fabric, a write to an exclusive region may be preempte
         even if its permission is revoked meanwhile. ``revoke_write`` waits (in simulated time)
         for the revoked writer's write in flight; if the writer does not finish within
         ``REVOKE_WAIT_NS`` (it is SIGSTOPped, or starved), the revoke raises ``RevokeStalled`` and
-        the write may still land later. A writer killed mid-write never lands its write.
+        the write may still land later. A writer killed mid-write never lands its write. A writer
+        in ``stop_mid_write`` is preempted, and stopped, inside its next log write.
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ class SimNetwork:
         self.crash = crash  # the world's crash: kills the replica's tasks
         self.note: Callable[[str], None] = scheduler.trace  # the world replaces it
         self.triggers: dict[ReplicaIdT, CrashTrigger] = {}
+        self.stop_mid_write: set[ReplicaIdT] = set()  # SIGSTOP these inside their next log write
+        self.on_stop_mid_write: Callable[[ReplicaIdT], None] = lambda writer: None
         self.endpoints: dict[ReplicaIdT, SimFabric] = {}
         self.writes_landed = 0
         self.writes_rejected = 0
@@ -130,7 +133,8 @@ class SimNetwork:
         """A synchronous write, possibly preempted between permission check and copy (Rule 6)."""
         region = remote.region
         exclusive = region.name in EXCLUSIVE_REGION_NAMES and region.owner != writer
-        if not exclusive or self.scheduler.rng.random() >= MID_WRITE_SWITCH_P:
+        stop = exclusive and writer in self.stop_mid_write
+        if not stop and (not exclusive or self.scheduler.rng.random() >= MID_WRITE_SWITCH_P):
             self.land(writer, remote, offset, data)
             return
         with region.lock:
@@ -142,6 +146,9 @@ class SimNetwork:
             return
         key = (region.owner, region.name, writer)
         self.in_flight[key] = self.in_flight.get(key, 0) + 1
+        if stop:
+            self.stop_mid_write.discard(writer)
+            self.on_stop_mid_write(writer)
         try:
             self.scheduler.switch(f"mid-write {writer}>{region.owner}.{region.name}@{offset}")
             self.land(writer, remote, offset, data, checked=False)

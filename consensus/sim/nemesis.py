@@ -29,6 +29,7 @@ FAULT_WEIGHTS: tuple[tuple[str, int], ...] = (
     ("crash", 3),
     ("crash-leader-mid-write", 3),
     ("sigstop", 3),
+    ("sigstop-mid-write", 2),
     ("pause-hook", 2),
     ("slow", 2),
     ("revoke", 2),
@@ -37,6 +38,8 @@ FAULT_DURATION_NS_MIN = 100_000
 FAULT_DURATION_NS_MAX = 6 * NS_PER_MS
 LEADER_TARGET_P = 0.6  # share of stop/pause faults aimed at the current leader
 TORN_WRITE_P = 0.3
+STOP_MID_WRITE_NS_MIN = 2_500_000  # longer than the simulated failure detection (2 ms) ...
+STOP_MID_WRITE_NS_MAX = 8_000_000  # ... so that a follower switches and its revoke stalls
 LOG_REGION = "log"
 
 
@@ -48,6 +51,7 @@ class Nemesis:
         self.counts: Counter[str] = Counter()
         self.revoked: list[tuple[int, int, int]] = []  # (owner, holder, epoch after revoke)
         self.healed = False
+        world.network.on_stop_mid_write = self.stopped_mid_write
 
     # ---------------------------------------------------------------- planning
     def schedule(self) -> None:
@@ -69,6 +73,7 @@ class Nemesis:
             "crash": self.crash,
             "crash-leader-mid-write": self.crash_leader_mid_write,
             "sigstop": self.sigstop,
+            "sigstop-mid-write": self.sigstop_mid_write,
             "pause-hook": self.pause_hook,
             "slow": self.slow,
             "revoke": self.revoke,
@@ -90,6 +95,7 @@ class Nemesis:
             1
             for n in self.world.nodes.values()
             if not n.up or n.stopped or n.hook_paused or n.replica_id in triggers
+            or n.replica_id in self.world.network.stop_mid_write
         )
 
     def budget_left(self) -> bool:
@@ -101,6 +107,7 @@ class Nemesis:
             n
             for n in self.world.nodes.values()
             if n.up and not n.stopped and not n.hook_paused and n.replica_id not in triggers
+            and n.replica_id not in self.world.network.stop_mid_write
         ]
 
     def pick(self, leader_p: float) -> Node | None:
@@ -158,6 +165,32 @@ class Nemesis:
 
         self.later(sigcont)
         return True
+
+    def sigstop_mid_write(self) -> bool:
+        """Arm: SIGSTOP the leader inside its next log write, long enough to be replaced, so a
+        follower's revoke of it stalls (``RevokeStalled``) and its write lands late."""
+        nodes = [n for n in self.healthy() if n.is_leader]
+        if not nodes or not self.budget_left():
+            return False
+        self.world.network.stop_mid_write.add(nodes[0].replica_id)
+        self.world.note(f"arm r{nodes[0].replica_id}: SIGSTOP inside its next log write")
+        return True
+
+    def stopped_mid_write(self, replica_id: int) -> None:
+        node = self.world.nodes[replica_id]
+        node.stopped = True
+        self.scheduler.paused.add(replica_id)
+        self.world.note(f"SIGSTOP r{replica_id} inside a log write")
+        incarnation = node.incarnation
+
+        def sigcont() -> None:
+            if node.incarnation == incarnation and node.stopped:
+                node.stopped = False
+                self.scheduler.paused.discard(replica_id)
+                self.world.note(f"SIGCONT r{replica_id}")
+
+        hold_ns = self.rng.randint(STOP_MID_WRITE_NS_MIN, STOP_MID_WRITE_NS_MAX)
+        self.scheduler.at(self.scheduler.now_ns + hold_ns, sigcont)
 
     def pause_hook(self) -> bool:
         node = self.pick(LEADER_TARGET_P)
@@ -229,6 +262,7 @@ class Nemesis:
         self.healed = True
         world = self.world
         world.network.triggers.clear()
+        world.network.stop_mid_write.clear()
         self.scheduler.slowed.clear()
         for entry in list(self.revoked):
             self.restore(entry)

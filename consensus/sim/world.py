@@ -266,6 +266,7 @@ class World:
         self.note(f"crash r{replica_id}: {why}")
         node.up, node.is_leader, node.replica = False, False, None
         self.network.triggers.pop(replica_id, None)
+        self.network.stop_mid_write.discard(replica_id)
         endpoint = self.network.endpoints.get(replica_id)
         if endpoint is not None:
             endpoint.crash()
