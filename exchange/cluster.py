@@ -237,10 +237,15 @@ class LocalCluster:
             time.sleep(POLL_INTERVAL_S)
 
     def leader_id(self) -> int | None:
-        for replica_id, status in self.statuses().items():
-            if status is not None and status.role in ("leader", "standalone"):
-                return replica_id
-        return None
+        """The server most servers name as leader (a deposed idle leader may still claim the
+        role until it next writes), or None."""
+        votes: dict[int, int] = {}
+        for status in self.statuses().values():
+            if status is not None and status.role != "paused" and status.leader_id:
+                votes[status.leader_id] = votes.get(status.leader_id, 0) + 1
+        if not votes:
+            return None
+        return max(votes, key=lambda replica_id: (votes[replica_id], -replica_id))
 
     def control(self, replica_id: int, command: str) -> None:
         """Write one line (``p`` or ``r``) into server ``replica_id``'s control FIFO."""

@@ -103,13 +103,13 @@ def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
     )
     load = LoadRun(config)
     failover = Failover(old_leader=leader)
-    bar = tqdm(total=args.seconds, unit="s", disable=args.no_progress,
+    bar = tqdm(total=args.seconds, unit="s", disable=True if args.no_progress else None,
                bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} s {postfix}")
 
     def tick(answered: int) -> None:
         elapsed = load.elapsed_s()
         if not failover.paused_ns and elapsed >= PAUSE_AT * args.seconds:
-            current = cluster.leader_id() or leader  # leadership may have moved on its own
+            current = _serving_leader(cluster, load) or leader
             failover.old_leader = current
             cluster.control(current, "p")
             failover.paused_ns = time.monotonic_ns()
@@ -139,12 +139,22 @@ def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
     return _summary(cluster, report, failover, statuses)
 
 
+def _serving_leader(cluster: LocalCluster, load: LoadRun) -> int | None:
+    """The server answering the traders right now (leadership may have moved on its own)."""
+    address = load.last_server()
+    for replica_id, server_address in cluster.addresses.items():
+        if server_address == address:
+            return replica_id
+    return cluster.leader_id()
+
+
 def _summary(cluster: LocalCluster, report: LoadReport, failover: Failover,
              statuses: dict[int, pb.Status]) -> int:
     old_address = cluster.addresses[failover.old_leader]
-    after_pause = sorted(
+    after_pause = sorted(  # answers of the new leader to requests that lived through the pause
         (s.end_ns, s.replica) for s in report.samples
-        if s.outcome == ACKED and s.end_ns > failover.paused_ns and s.replica != old_address
+        if s.outcome == ACKED and s.replica != old_address
+        and max(s.start_ns, s.first_failure_ns) >= failover.paused_ns
     )
     recovered_ns = after_pause[0][0] if after_pause else 0
     print("\n== summary")

@@ -63,7 +63,7 @@ def _run_load(args: argparse.Namespace) -> int:
           f"{', '.join(config.addresses)}")
     run = LoadRun(config)
     run.start()
-    bar = tqdm(total=test_ms / 1000, unit="s", disable=args.no_progress,
+    bar = tqdm(total=test_ms / 1000, unit="s", disable=True if args.no_progress else None,
                bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} s {postfix}")
 
     def tick(answered: int) -> None:

@@ -166,6 +166,16 @@ class LoadRun:
     def elapsed_s(self) -> float:
         return (time.monotonic_ns() - self.started_ns) / 1e9
 
+    def last_server(self) -> str:
+        """The server that answered the most recent request (the leader as traders see it)."""
+        latest: tuple[int, str] = (0, "")
+        for samples in self._samples:
+            if samples:
+                sample = samples[-1]
+                if sample.replica and sample.end_ns > latest[0]:
+                    latest = (sample.end_ns, sample.replica)
+        return latest[1]
+
     def start(self) -> None:
         self.started_ns = time.monotonic_ns()
         self.deadline_ns = self.started_ns + self.config.test_ms * 1_000_000
