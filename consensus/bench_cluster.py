@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from consensus.bench import LEADER_WAIT_S, percentile, tune_process
+from consensus.bench import LEADER_WAIT_S, percentile, raise_priority, tune_process
 from consensus.config import ReplicaConfig
 from consensus.errors import ConsensusError
 from consensus.replica import Replica
@@ -101,6 +101,7 @@ def run_node(opts: NodeOptions) -> int:
     from consensus.fabric import open_fabric
     from consensus.registry import open_registry
 
+    raise_priority()
     registry = open_registry(opts.cluster)
     fabric = open_fabric("shm", opts.replica_id, opts.cluster, registry)
     config = ReplicaConfig(opts.replica_id, opts.members, payload_size_max=opts.payload_size,
@@ -271,26 +272,55 @@ def _pause_loop(events: queue.SimpleQueue[Event], by_id: dict[int, subprocess.Po
     from tqdm import tqdm
 
     failovers: list[int] = []
+    unplanned = aborted = 0
     for _ in tqdm(range(pauses), unit="failover", file=sys.stderr, leave=False):
         time.sleep(STEADY_BEFORE_PAUSE_S)
-        if sigstop:
-            paused_ns = time.monotonic_ns()
-            os.kill(by_id[leader].pid, signal.SIGSTOP)
-        else:
-            _send(by_id[leader], "pause")
-            paused_ns = _next_event(events, "paused", FAILOVER_WAIT_S).time_ns
-        new = _next_event(events, "first-commit", FAILOVER_WAIT_S, exclude=leader)
-        failovers.append(new.time_ns - paused_ns)
+        current = _drain_leader(events, leader)
+        if current != leader:
+            unplanned += 1
+            leader = current
+        try:
+            failovers.append(_one_failover(events, by_id[leader], leader, sigstop))
+        except TimeoutError:
+            aborted += 1  # the leader changed under us (a spurious change) or none emerged
         if sigstop:
             os.kill(by_id[leader].pid, signal.SIGCONT)
         else:
             _send(by_id[leader], "resume")
-            _next_event(events, "resumed", FAILOVER_WAIT_S)
         time.sleep(REJOIN_WAIT_S)
-        leader = new.replica
+        leader = _drain_leader(events, leader)
+    if not failovers:
+        print("failover: no fail-over completed", file=sys.stderr)
+        return 1
     ordered = sorted(failovers)
     p50, p99 = percentile(ordered, 0.5), percentile(ordered, 0.99)
     how = "SIGSTOP" if sigstop else "pause hook"
     print(f"{pauses} fail-overs ({how} -> first commit by the new leader): "
-          f"p50 {p50 / 1e6:.2f} ms, p99 {p99 / 1e6:.2f} ms, max {ordered[-1] / 1e6:.2f} ms")
+          f"p50 {p50 / 1e6:.2f} ms, p99 {p99 / 1e6:.2f} ms, max {ordered[-1] / 1e6:.2f} ms; "
+          f"unplanned leader changes between pauses: {unplanned}; aborted: {aborted}")
     return 0
+
+
+def _one_failover(events: queue.SimpleQueue[Event], child: subprocess.Popen[str], leader: int,
+                  sigstop: bool) -> int:
+    """Stop ``leader``; return ns from the stop to the first commit of another replica."""
+    if sigstop:
+        paused_ns = time.monotonic_ns()
+        os.kill(child.pid, signal.SIGSTOP)
+    else:
+        _send(child, "pause")
+        paused_ns = _next_event(events, "paused", FAILOVER_WAIT_S).time_ns
+    new = _next_event(events, "first-commit", FAILOVER_WAIT_S, exclude=leader)
+    events.put(new)  # _drain_leader sees the new leader
+    return new.time_ns - paused_ns
+
+
+def _drain_leader(events: queue.SimpleQueue[Event], leader: int) -> int:
+    """The replica that most recently reported its first commit (events queued so far)."""
+    while True:
+        try:
+            event = events.get_nowait()
+        except queue.Empty:
+            return leader
+        if event.kind == "first-commit":
+            leader = event.replica

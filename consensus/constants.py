@@ -36,17 +36,18 @@ PUMP_SLEEP_S_MAX = 0.0005  # an idle pump still notices a new entry within half 
 # --- background plane -------------------------------------------------------------------------
 HEARTBEAT_INTERVAL_US = 200  # the heartbeat thread bumps the counter this often when idle
 SCAN_INTERVAL_US = 250  # the scanner reads peers' counters this often
-# A peer is dead after its counter stayed still for this long, counted in scan gaps capped at
-# SCAN_GAP_CAP_US so the scanner's own stalls (GC, descheduling) never count against a peer.
-# 8 ms tolerates the GIL's 5 ms switch interval and scheduler hiccups of this shared 2-core
-# machine; see docs/consensus.md for the trade-off against fail-over time.
-DEAD_AFTER_US = 8000
+# A LEADING peer is dead after its counter stayed still for this long, counted in scan gaps
+# capped at SCAN_GAP_CAP_US so the scanner's own stalls (GC, descheduling) never count against a
+# peer. 20 ms: on this shared 2-core machine at load 5-10 a runnable process waits 10+ ms for a
+# CPU, and 8 ms caused leader changes in fault-free runs. A leader that steps down (pause hook,
+# stop) is replaced within CANDIDATE_DEAD_AFTER_US instead; see docs/consensus.md.
+DEAD_AFTER_US = 20_000
 SCAN_GAP_CAP_US = 1000  # one scan gap never counts for more than this
 # For "am I the lowest live id?" only: a silent peer that does not lead is skipped after 2 ms.
 # Misjudging a non-leader deposes nobody (a live leader is never preempted), so this may be short.
 CANDIDATE_DEAD_AFTER_US = 2000
 STARTUP_GRACE_US = 500_000  # a peer never seen beating is presumed alive this long after start
-FATE_SHARING_STUCK_US = 20_000  # a leader whose propose is stuck this long stops heartbeating
+FATE_SHARING_STUCK_US = 50_000  # a leader whose propose is stuck this long stops heartbeating
 PERMISSION_WAIT_US = 20_000  # a candidate gives up waiting for a majority's answers after this
 CAMPAIGN_BACKOFF_US_MAX = 2000  # random back-off after a failed campaign (ties break by id anyway)
 COMMIT_FLUSH_IDLE_US = 500  # an idle leader publishes its commit index to followers after this

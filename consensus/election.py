@@ -118,7 +118,11 @@ class Background:
             beat, leading = ctrl_mod.PAIR.unpack_from(pair, 0)
             self.detector.observe(peer.replica_id, beat, gap)
             state.peer_leading[peer.replica_id] = leading
-        state.alive = self.detector.alive(now)
+        alive = self.detector.alive(now)
+        if alive != state.alive:
+            LOGGER.info("replica %d: live peers %s -> %s", state.replica_id, sorted(state.alive),
+                        sorted(alive))
+        state.alive = alive
         self._alive_quick = self.detector.alive(now, self._candidate_dead_after_ns)
 
     def _live_leader(self) -> int | None:
