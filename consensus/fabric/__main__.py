@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 "per-op perf_counter_ns, timer overhead subtracted",
                 flush=True,
             )
-            print(report(run(arguments.ops, arguments.revoke_ops)))
+            print(report(*run(arguments.ops, arguments.revoke_ops)))
         elif arguments.command == "cleanup":
             from consensus.fabric.shm import cleanup
 
