@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from exchange.config import PAYLOAD_SIZE_MAX_BYTES, ServerConfig
 from exchange.node import ConsensusReplica, ExchangeNode
 
-SCAN_GAP_CAP_HEARTBEATS = 4  # one scanner stall never counts for more than 4 heartbeats
-
 log = logging.getLogger("exchange.replication")
 
 
@@ -58,9 +56,10 @@ def _timings(config: ServerConfig) -> dict[str, int]:
         interval_us = config.heartbeat_interval_us
         timings["heartbeat_interval_us"] = interval_us
         timings["scan_interval_us"] = interval_us
-        timings["scan_gap_cap_us"] = max(
-            interval_us, min(interval_us * SCAN_GAP_CAP_HEARTBEATS, dead_after_us - 1)
-        )
+        # A scan gap counts for at most one scan period (or consensus's cap if larger), so a
+        # stalled scanner never blames its peers for its own stall.
+        timings["scan_gap_cap_us"] = min(max(interval_us, constants.SCAN_GAP_CAP_US),
+                                         dead_after_us - 1)
     return timings
 
 
