@@ -280,9 +280,7 @@ def test_revoke_while_writer_is_stopped(cluster_id: str) -> None:
         assert ready.wait(CHILD_TIMEOUT_S)
         os.kill(process.pid or 0, signal.SIGSTOP)
         wait_state(process.pid or 0, "T")
-        started = time.monotonic()
-        region.revoke_write(2)
-        assert time.monotonic() - started < 0.5
+        region.revoke_write(2)  # returns at once: the stopped writer holds no write
         # resume before ``go.set()``: notifying an Event waits for its (stopped) waiters
         os.kill(process.pid or 0, signal.SIGCONT)
         go.set()
@@ -296,6 +294,17 @@ def wait_state(pid: int, state: str) -> None:
     while process_state(pid) != state:
         assert time.monotonic() < deadline, f"pid {pid} never reached state {state}"
         time.sleep(0.001)
+
+
+def revoke_until_done(region: Any) -> None:
+    """Retry a stalled revoke, as the protocol does (a resumed writer may be slow to run)."""
+    deadline = time.monotonic() + CHILD_TIMEOUT_S
+    while True:
+        try:
+            region.revoke_write(2)
+            return
+        except RevokeStalled:
+            assert time.monotonic() < deadline, "the resumed writer never finished its write"
 
 
 def holder_main(cluster_id: str, ready: Any, stop_self: bool) -> None:
@@ -324,7 +333,7 @@ def test_writer_stopped_inside_a_write_stalls_revoke(cluster_id: str) -> None:
             region.revoke_write(2)
         assert region.writers() == frozenset()
         os.kill(process.pid or 0, signal.SIGCONT)  # it finishes its write, releasing the lock
-        region.revoke_write(2)
+        revoke_until_done(region)
     owner.close()
 
 
@@ -338,9 +347,7 @@ def test_writer_killed_inside_a_write_does_not_wedge(cluster_id: str) -> None:
         assert ready.wait(CHILD_TIMEOUT_S)
         process.kill()
         process.join(CHILD_TIMEOUT_S)
-    started = time.monotonic()
-    region.revoke_write(2)  # the holder is dead: its semaphore is released for it
-    assert time.monotonic() - started < 0.5
+    region.revoke_write(2)  # the holder is dead: its semaphore is released, no RevokeStalled
     region.grant_write(2)
     restarted = shm_fabric(2, cluster_id)
     restarted.connect(1, "log", timeout_s=1.0).write(0, b"after restart")
