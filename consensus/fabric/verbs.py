@@ -12,8 +12,9 @@ Rule 2: ``grant_write``/``revoke_write`` change the owner's QP access flags
 Rule 3: regions are memory-mapped files (``/dev/shm/mu.<cluster>.<owner>.<region>.verbs``)
         registered with LOCAL_WRITE | REMOTE_READ | REMOTE_WRITE; ``reattach`` maps the old file.
 Rule 4: connection details travel through the registry: the owner publishes ``(addr, rkey,
-        size)``; a writer publishes its QP ``(qp_num, lid, gid, psn)`` and waits for the owner's;
-        the owner's accept thread answers writers with ids ``1..PEER_ID_SCAN_MAX``.
+        size)``; a writer publishes its QP ``(qp_num, lid, gid, psn)`` and waits for the owner's
+        answer under a key naming its own qp_num (so a stale answer is never taken); the owner's
+        accept thread answers writers with ids ``1..PEER_ID_SCAN_MAX``.
 Rule 5: a write is posted as body then tail (the last ``WRITE_TAIL_BYTES``), in order on one RC
         QP, and its completion is polled from the fabric's completion queue; completions of posted
         writes met on the way are kept for ``poll_completions``.
@@ -297,7 +298,8 @@ class VerbsRegion:
         self.fabric = fabric
         self.name = name
         self.size = size
-        path = region_path(fabric.cluster_id, fabric.replica_id, name).with_suffix(".verbs")
+        shm_path = region_path(fabric.cluster_id, fabric.replica_id, name)
+        path = shm_path.with_name(f"{shm_path.name}.verbs")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | (0 if fabric.reattach else os.O_TRUNC), 0o600)
         try:
             os.ftruncate(fd, size)
@@ -368,11 +370,11 @@ class VerbsRemote:
         self.psn = int.from_bytes(os.urandom(3), "little")
         writer = fabric.replica_id
         registry = fabric.registry
-        registry.delete(qp_key(owner, name, writer, "owner"))
         registry.publish(
             qp_key(owner, name, writer, "writer"), endpoint.details(self.qp, self.psn).encode()
         )
-        answer = registry.wait_for(qp_key(owner, name, writer, "owner"), timeout_s)
+        answer_key = qp_key(owner, name, writer, f"owner.{self.qp.qp_num}")  # not a stale one
+        answer = registry.wait_for(answer_key, timeout_s)
         self.remote = QpDetails.decode(answer)
         endpoint.connect_qp(self.qp, self.psn, self.remote, endpoint.read_access)
 
@@ -471,8 +473,10 @@ class VerbsFabric:
         if value is None or seen.get((region.name, peer)) == value:
             return
         seen[(region.name, peer)] = value
-        answer = region.accept(peer, QpDetails.decode(value))
-        self.registry.publish(qp_key(self.replica_id, region.name, peer, "owner"), answer.encode())
+        writer = QpDetails.decode(value)
+        answer = region.accept(peer, writer)
+        side = f"owner.{writer.qp_num}"
+        self.registry.publish(qp_key(self.replica_id, region.name, peer, side), answer.encode())
 
     def sync_wr_id(self) -> int:
         self._sync_counter += 1
