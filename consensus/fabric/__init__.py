@@ -1,9 +1,13 @@
 """consensus.fabric: one-sided memory fabrics (emulated shared memory, pyverbs RDMA, in-process).
 
-``open_fabric(kind, replica_id, cluster_id, registry, reattach=False)`` returns one replica's
-endpoint: ``"shm"`` (POSIX shared memory, every replica its own process on one host) or
-``"verbs"`` (RDMA through pyverbs; imported only when chosen). The in-process fabric
-(``consensus.fabric.memory``) is not offered here: it cannot cross processes.
+Rule 1: ``open_fabric(kind, replica_id, cluster_id, registry, reattach=False)`` is the one way to
+        get a cross-process endpoint: ``"shm"`` (POSIX shared memory, every replica its own
+        process on one host) or ``"verbs"`` (RDMA through pyverbs). Any other kind is a
+        ``ValueError`` listing the choices; the in-process fabric (``consensus.fabric.memory``) is
+        not offered, as it cannot cross processes.
+Rule 2: a fabric's module is imported only when chosen, so a host without pyverbs runs ``shm``.
+Rule 3: every error a fabric raises on purpose is a ``FabricError`` (see ``base``); the semantics
+        all fabrics share are the Rules of ``consensus.fabric.base``. Design: docs/fabric.md.
 """
 
 from __future__ import annotations
