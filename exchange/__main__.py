@@ -51,9 +51,12 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--fifo", default=None, metavar="PATH",
                        help="control FIFO path (default /tmp/fifo-<id>)")
     serve.add_argument("--no-fifo", action="store_true", help="do not create a control FIFO")
-    serve.add_argument("--grpc-workers", type=int, default=GRPC_WORKERS_DEFAULT)
+    serve.add_argument("--grpc-workers", type=int, default=GRPC_WORKERS_DEFAULT,
+                       help=f"gRPC handler threads (default {GRPC_WORKERS_DEFAULT}); market-data "
+                       "streams may hold at most half of them")
     serve.add_argument("--log-slots", type=int, default=LOG_SLOTS_DEFAULT,
-                       help="consensus log slots")
+                       help=f"consensus log slots, a power of two (default {LOG_SLOTS_DEFAULT}): "
+                       "how far a paused replica may fall behind and still rejoin")
     serve.add_argument("--heartbeat-interval-us", type=int,
                        default=HEARTBEAT_INTERVAL_US_DEFAULT,
                        help="consensus heartbeat and failure-detector scan interval "

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--rate", type=float, default=0.0,
                       help="total orders/s over all traders (default 0 = closed loop)")
     load.add_argument("--seed", type=int, default=None, help="workload seed (default: random)")
-    load.add_argument("--symbols", default=",".join(DEFAULT_SYMBOLS))
+    load.add_argument("--symbols", default=",".join(DEFAULT_SYMBOLS),
+                      help="comma-separated symbols to trade (default %(default)s)")
     load.add_argument("--latency-file", default=LATENCY_FILE_DEFAULT,
                       help="per-request latencies file ('' = none)")
     load.add_argument("--no-progress", action="store_true", help="no progress bar")
