@@ -28,7 +28,7 @@ RECYCLE_WAIT_SLEEP_S = 0.00005  # back-off while waiting for replicas to apply (
 HEARTBEAT_EVERY_ENTRIES = 16  # the fast path bumps the heartbeat every 16 entries (fate sharing)
 
 # --- pump -------------------------------------------------------------------------------------
-PUMP_BATCH_MAX = 64  # entries applied before the pump publishes applied and yields (~100 us)
+PUMP_BATCH_MAX = 64  # entries applied before the pump publishes applied and yields the GIL
 PUMP_SPINS_IDLE = 64  # empty polls (yielding) before the pump starts sleeping
 PUMP_SLEEP_S_MIN = 0.00002  # first sleep of an idle pump
 PUMP_SLEEP_S_MAX = 0.0005  # an idle pump still notices a new entry within half a millisecond
