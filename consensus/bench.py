@@ -182,7 +182,8 @@ def run_st(opts: StOptions) -> int:
             try:
                 run_leader(replica, opts)
             except NotLeader as error:
-                print(f"bench: lost leadership during the run: {error}", file=sys.stderr)
+                print(f"bench: lost leadership during the run ({max(0, changes[0] - 1)} "
+                      f"leader changes seen): {error}", file=sys.stderr)
                 return 1
             finally:
                 registry.publish(DONE_KEY, b"1")
@@ -191,7 +192,7 @@ def run_st(opts: StOptions) -> int:
             while registry.lookup(DONE_KEY) is None:
                 time.sleep(DONE_POLL_S)
         print(f"replica {opts.replica_id}: applied {replica.applied_index}, "
-              f"leader changes seen {max(0, changes[0] - 1)}")
+              f"leader changes seen during the run {max(0, changes[0] - 1)}")
         return 0
     finally:
         replica.stop()
