@@ -98,3 +98,18 @@ def test_seed_28_candidate_with_a_stale_entry_keeps_committed_entries() -> None:
 def test_seed_166_a_late_member_is_asked_again_and_follows() -> None:
     result = seed_run(166)
     assert result.ok, result.failure
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="protocol bug (safety, open): a deposed leader (SIGSTOPped inside a write while "
+    "replica 3 took over with a higher proposal and committed index 49) resumes, asks the "
+    "follower it lost again (election._ask_again), is re-granted because the new leader is "
+    "paused, catches it up from a first-undecided index beyond its own tail, and writes its "
+    "stale entry 49 (old proposal 769) over the committed one; its next prepare adopts that "
+    "stale value. Fix: a leader re-gaining a follower must read its min_proposal and step down "
+    "if it is higher than its own proposal (replay: python -m consensus.sim --seed 852 -v)",
+)
+def test_seed_852_a_deposed_leader_never_overwrites_committed_entries() -> None:
+    result = seed_run(852)
+    assert result.ok, result.failure
