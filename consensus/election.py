@@ -36,7 +36,7 @@ from consensus import ctrl as ctrl_mod
 from consensus.constants import CAMPAIGN_BACKOFF_US_MAX
 from consensus.detector import FailureDetector
 from consensus.fabric.base import FabricError, RevokeStalled
-from consensus.recovery import catch_up, prepare
+from consensus.recovery import Deposed, catch_up, prepare
 from consensus.replication import flush_commit
 from consensus.state import (
     LEADING_CAMPAIGN,
@@ -257,6 +257,22 @@ class Background:
         return [p for p in state.peers.values()
                 if state.word(layout.answer(p.position)) == state.requests.get(p.replica_id, -1)]
 
+    def _repeat_requests(self) -> None:
+        """Rewrite the pending request to every peer that has not answered it (its first copy
+        may have been rejected, e.g. before that peer opened its ctrl region). Idempotent."""
+        state = self.state
+        layout = state.ctrl_layout
+        for peer in state.peers.values():
+            if peer in state.followers or peer.replica_id in state.excluded:
+                continue
+            request = state.requests.get(peer.replica_id, 0)
+            if request == 0 or state.word(layout.answer(peer.position)) == request:
+                continue
+            try:
+                peer.ctrl.write(layout.request(state.position), ctrl_mod.U64.pack(request))
+            except FabricError:
+                continue
+
     def _ask_again(self) -> None:
         """Rule 4: a fresh request to every peer this leadership lost (caller holds role)."""
         state = self.state
@@ -300,9 +316,15 @@ class Background:
         with state.role:
             if state.leading:
                 self._ask_again()
+                self._repeat_requests()
                 for peer in late:
                     tail = state.next_index - 1
-                    if catch_up(state, peer, tail, state.commit_index):
+                    try:
+                        caught_up = catch_up(state, peer, tail, state.commit_index)
+                    except Deposed as error:
+                        state.step_down_locked(str(error))
+                        return
+                    if caught_up:
                         state.followers = [*state.followers, peer]
                         LOGGER.info("leader %d: replica %d caught up to %d and follows",
                                     state.replica_id, peer.replica_id, tail)

@@ -10,9 +10,14 @@ Rule 2 (design Rule 3): before a follower receives new entries, its log is rewri
         proposal ``b`` from its own first undecided index up to the leader's tail. A follower the
         leader cannot catch up (the leader's log no longer holds what it lacks) is given the
         last ``slots`` entries, so its pump reports ``LogOverrun`` instead of stalling.
-Rule 3: a candidate that cannot read an entry that must be committed (applied somewhere, or
-        overwritten by a later wrap) fails with ``LogOverrun`` instead of leading: adopting
-        less than the committed prefix would overwrite committed entries.
+Rule 3: a candidate that cannot be sure to read an entry that must be committed (a later wrap
+        in any slot it needs, or an applied entry nobody holds) fails with ``LogOverrun``
+        instead of leading: adopting a stale or shorter prefix would overwrite committed entries.
+Rule 5: a leader that gains a follower (again) reads its ``min_proposal`` first and steps down
+        if it is above its own proposal; it then raises it to its own. Every follower that ever
+        received a leader's entries thus carries that leader's proposal, so a deposed leader that
+        regains such a follower (say, while the new leader is paused) cannot overwrite entries
+        the newer leader committed.
 Rule 4: every function here runs with the role mutex held, and every remote write that fails drops
         that follower; fewer than a majority left means the prepare failed (the caller steps
         down).
@@ -58,8 +63,9 @@ def adopt(state: ReplicaState, granted: list[Peer], start: int) -> list[Entry]:
     """Entries ``start..`` with the highest proposal among this replica and ``granted``.
 
     Raises ``LogOverrun`` (this replica is too far behind to lead) when an entry that must be
-    committed is no longer in any log read: one a replica already applied, or one whose slot
-    holds a later wrap (a leader writes ``k + slots`` only after ``k`` was applied).
+    committed may be missing from what it read: a slot holding a later wrap in any log read (a
+    leader writes ``k + slots`` only after ``k`` was applied, so the entries read for ``k``
+    may all be stale, even this replica's own), or no log holding an entry some replica applied.
     """
     applied_max = max([state.applied] + [first_undecided(peer) - 1 for peer in granted])
     adopted: list[Entry] = []
@@ -72,9 +78,11 @@ def adopt(state: ReplicaState, granted: list[Peer], start: int) -> list[Entry]:
             found = log_mod.read_entry(raw, 0, index, state.layout.payload_size_max)
             if found is not None and (best is None or found.proposal > best.proposal):
                 best = found
+        if later > index:  # the cluster applied ``index``; what we read may be stale
+            raise LogOverrun(state.replica_id, index, later)
         if best is None:
-            if index <= applied_max or later > index:
-                raise LogOverrun(state.replica_id, index, max(later, applied_max))
+            if index <= applied_max:
+                raise LogOverrun(state.replica_id, index, applied_max)
             break
         assert best.index == index
         adopted.append(best)
@@ -86,13 +94,25 @@ def first_undecided(peer: Peer) -> int:
     return int(log_mod.U64.unpack(peer.log.read(log_mod.FIRST_UNDECIDED_OFFSET, 8))[0])
 
 
+class Deposed(Exception):
+    """A follower's ``min_proposal`` is above this leader's proposal: a newer leader used it."""
+
+
 def catch_up(state: ReplicaState, peer: Peer, tail: int, commit: int) -> bool:
     """Rewrite ``peer``'s log from its first undecided index to ``tail`` with this leader's
-    proposal (Rule 2); return False if a write failed (the caller drops the peer)."""
+    proposal (Rule 2); return False if a write failed (the caller drops the peer).
+
+    Raises ``Deposed`` without writing anything when the peer's ``min_proposal`` is above this
+    leader's proposal (Rule 5): holding its permission again does not make this leader current.
+    """
     slots = state.layout.slots
-    start = max(first_undecided(peer), 1, tail - slots + 1)
     buf = bytearray(state.layout.slot_bytes)
     try:
+        seen = log_mod.U64.unpack(peer.log.read(log_mod.MIN_PROPOSAL_OFFSET, 8))[0]
+        if seen > state.proposal:
+            raise Deposed(f"replica {peer.replica_id} has min_proposal {seen} > {state.proposal}")
+        peer.log.write(log_mod.MIN_PROPOSAL_OFFSET, log_mod.U64.pack(state.proposal))
+        start = max(first_undecided(peer), 1, tail - slots + 1)
         for index in range(start, tail + 1):
             entry = _local_entry(state, index)
             if entry is None:
@@ -144,7 +164,11 @@ def prepare(state: ReplicaState, granted: list[Peer]) -> bool:
         length = log_mod.encode_entry(buf, entry.index, proposal, 0, entry.payload)
         offset = state.layout.offset(entry.index)
         state.log_buf[offset : offset + length] = buf[:length]
-    followers = [peer for peer in ok if catch_up(state, peer, tail, 0)]
+    try:
+        followers = [peer for peer in ok if catch_up(state, peer, tail, 0)]
+    except Deposed as error:
+        LOGGER.info("replica %d: prepare found a newer leader: %s", state.replica_id, error)
+        return False
     if len(followers) + 1 < state.majority:
         return False
     return _install(state, ok, followers, proposal, tail)
