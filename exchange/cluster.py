@@ -167,14 +167,20 @@ class LocalCluster:
             "--parent-pid", str(os.getpid()), *self.extra_args,
         ]
         env = {k: v for k, v in os.environ.items() if k not in ("SID", "SERVER_URIS")}
-        with open(log_path, "ab") as log_file:
-            process = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True,
-            )
-        server = ServerProcess(replica_id, self.addresses[replica_id], fifo_path, log_path,
-                               process)
-        self.servers[replica_id] = server
+        # Ctrl-C must not land between the fork and the bookkeeping (an untracked server would
+        # outlive stop()): hold SIGINT until the server is recorded.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            with open(log_path, "ab") as log_file:
+                process = subprocess.Popen(
+                    command, stdout=log_file, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                )
+            server = ServerProcess(replica_id, self.addresses[replica_id], fifo_path, log_path,
+                                   process)
+            self.servers[replica_id] = server
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         return server
 
     def stub(self, replica_id: int) -> pb_grpc.ExchangeStub:

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     cluster = LocalCluster(3, fabric=args.fabric, name="demo")
     print(f"demo: starting 3 exchange servers (cluster {cluster.cluster_id}, fabric "
-          f"{args.fabric}, logs in {cluster.workdir})")
+          f"{args.fabric}, logs in {cluster.workdir})", flush=True)
     try:
         cluster.start()
         return _run_with_cluster(cluster, args)
@@ -92,7 +92,7 @@ def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
     for replica_id, address in cluster.addresses.items():
         role = "leader" if replica_id == leader else "follower"
         print(f"  server {replica_id} at {address} ({role}), FIFO "
-              f"{cluster.servers[replica_id].fifo_path}")
+              f"{cluster.servers[replica_id].fifo_path}", flush=True)
     config = LoadConfig(
         addresses=tuple(cluster.addresses.values()),
         traders=args.traders,

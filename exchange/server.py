@@ -142,6 +142,8 @@ def _install_signal_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    # A launcher may have started us with SIGINT blocked (LocalCluster does, around fork).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def default_fifo_path(replica_id: int) -> str:

@@ -42,11 +42,12 @@ def test_demo_ctrl_c_stops_cleanly():
     time.sleep(4)  # servers up, traders running
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
-    assert process.returncode == 130, out + err
-    assert "interrupted (Ctrl-C)" in err
-    assert "servers stopped" in out
-    assert "Traceback" not in err
-    assert _leftovers(cluster_id) == []
+    both = f"stdout:\n{out}\nstderr:\n{err}"
+    assert process.returncode == 130, both
+    assert "interrupted (Ctrl-C)" in err, both
+    assert "servers stopped" in out, both
+    assert "Traceback" not in err, both
+    assert _leftovers(cluster_id) == [], both
 
 
 def test_bench_prints_both_configurations_side_by_side():
