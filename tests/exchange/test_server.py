@@ -1,5 +1,6 @@
 """One unreplicated server process over real gRPC: order entry, reads, errors, health, FIFO."""
 
+import random
 import threading
 import time
 
@@ -130,3 +131,24 @@ def test_health_and_fifo_pause_resume(standalone):
     reply = client.submit("TSTE", pb.BUY, 1, 1, seq=1).reply  # the same seq, now executed
     assert [e.kind for e in reply.events] == ["accept"] and not reply.duplicate
     channel.close()
+
+
+@pytest.mark.parametrize("seed", [11])
+def test_garbage_bytes_never_crash_the_server(standalone, seed):
+    rng = random.Random(seed)
+    channel = grpc.insecure_channel(standalone.addresses[1])
+    codes = set()
+    for method in ("SubmitOrder", "Cancel", "Replace", "GetBookSnapshot"):
+        call = channel.unary_unary(f"/mu.exchange.Exchange/{method}",
+                                   request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+        for _ in range(40):
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(60)))
+            try:
+                call(data, timeout=5)
+                codes.add("OK")
+            except grpc.RpcError as error:
+                codes.add(error.code().name)
+    channel.close()
+    assert codes <= {"OK", "INVALID_ARGUMENT", "INTERNAL"}, (seed, codes)
+    assert standalone.status(1).role == "standalone", seed  # still up and serving
