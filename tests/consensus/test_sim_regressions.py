@@ -2,16 +2,14 @@
 
 Each scenario runs a few seeds; a failure names the seed and its replay command. A bug still
 open gets ``xfail(strict=True)`` (CI stays green; the fix makes the test XPASS and fail, and the
-marker goes). The two scripted scenarios guard fixed bugs; the two seed tests are open bugs. A
-seed names a trace of the code it ran on: if an unrelated protocol change makes an open bug's
-seed pass, the strict xfail fails too, and the seed must be re-found with the soak command.
+marker goes). Every bug below is fixed. A seed names a trace of the code it ran on: after a
+protocol change the seed replays a different interleaving, so a seed test is a smoke guard;
+the scripted scenarios do not depend on one trace.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-
-import pytest
 
 from consensus.sim.plan import NS_PER_MS, Plan, make_plan
 from consensus.sim.world import RunResult, World
@@ -75,41 +73,25 @@ def seed_run(seed: int) -> RunResult:
     return World(make_plan(seed)).run()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol bug (safety, open): recovery.adopt() checks for a later wrap only when no "
-    "log holds the entry; a candidate's own stale entry (proposal 257, written locally after it "
-    "lost its majority) hides that a granted follower already overwrote that slot with a later "
-    "wrap, so the stale value is adopted over the committed one (5 replicas, 64 slots; replay: "
-    "python -m consensus.sim --seed 28 -v)",
-)
 def test_seed_28_candidate_with_a_stale_entry_keeps_committed_entries() -> None:
+    """Safety, fixed in 3ae412b: recovery.adopt() looked for a later wrap only when no log held
+    entry k, so a candidate's own stale entry (written after it lost its majority) hid that a
+    granted follower had overwritten slot k with a later wrap, and was adopted over the committed
+    value (5 replicas, 64 slots)."""
     result = seed_run(28)
     assert result.ok, result.failure
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol bug (liveness, open): a member whose ctrl region did not yet grant writes "
-    "when the leader campaigned never receives the permission request (the write is rejected "
-    "and skipped); the leader never asks it again, so it never follows or delivers until the "
-    "next leader change (5 replicas; replay: python -m consensus.sim --seed 166 -v)",
-)
 def test_seed_166_a_late_member_is_asked_again_and_follows() -> None:
+    """Liveness, fixed in 3ae412b: a member whose ctrl region did not grant writes yet when the
+    leader campaigned never received the permission request and was never asked again."""
     result = seed_run(166)
     assert result.ok, result.failure
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol bug (safety, open): a deposed leader (SIGSTOPped inside a write while "
-    "replica 3 took over with a higher proposal and committed index 49) resumes, asks the "
-    "follower it lost again (election._ask_again), is re-granted because the new leader is "
-    "paused, catches it up from a first-undecided index beyond its own tail, and writes its "
-    "stale entry 49 (old proposal 769) over the committed one; its next prepare adopts that "
-    "stale value. Fix: a leader re-gaining a follower must read its min_proposal and step down "
-    "if it is higher than its own proposal (replay: python -m consensus.sim --seed 852 -v)",
-)
 def test_seed_852_a_deposed_leader_never_overwrites_committed_entries() -> None:
+    """Safety, fixed in 3ae412b: a deposed leader, SIGSTOPped inside a write while another took
+    over and committed index 49, was re-granted a follower through _ask_again and wrote its stale
+    entry 49 over the committed one; the fix reads the follower's min_proposal first."""
     result = seed_run(852)
     assert result.ok, result.failure

@@ -17,9 +17,9 @@ from consensus.sim.world import World
 SEEDS = int(os.environ.get("MU_SIM_SEEDS", "200"))
 FIRST_SEED = int(os.environ.get("MU_SIM_FIRST_SEED", "0"))
 REPLAY_SEED = 7
-# Seeds that fail today because of an open protocol bug; each has its strict-xfail test in
+# Seeds that fail because of an open protocol bug; each has its strict-xfail test in
 # test_sim_regressions.py, which turns red when the bug is fixed (then drop the seed here).
-KNOWN_OPEN_BUG_SEEDS = frozenset({28, 166})
+KNOWN_OPEN_BUG_SEEDS: frozenset[int] = frozenset()
 
 
 def test_seeds_run_clean() -> None:
