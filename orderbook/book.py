@@ -122,6 +122,7 @@ class Book(Matcher):
         """Add an order (Rules 1-2). O(log L) plus O(1) per fill."""
         events: list[Event] = []
         self._events = events
+        orders = self._orders
         if (type(qty) is int and 0 < qty <= QTY_MAX and type(price) is int
                 and 0 <= price <= PRICE_TICKS_MAX and type(stop) is int
                 and 0 <= stop <= PRICE_TICKS_MAX):
@@ -135,7 +136,7 @@ class Book(Matcher):
             order_id = order_id if type(order_id) is str else repr(order_id)
         elif side is not _BUY and side is not _SELL:
             reason = REASON_BAD_SIDE
-        elif order_id in self._orders:
+        elif order_id in orders:
             reason = REASON_DUPLICATE
         if reason is not None:
             events.append(Rejected(order_id, reason))
@@ -143,7 +144,7 @@ class Book(Matcher):
         events.append(Accepted(order_id))
         self._seq += 1
         order = Order(order_id, side is _BUY, price, qty, stop, aon, ioc, self)
-        self._orders[order_id] = order
+        orders[order_id] = order
         if not (stop and self._hold_stop(order)):
             self._submit(order)
         if self._pending:
@@ -254,14 +255,13 @@ class Book(Matcher):
                 return
             price = level.price
             entry = ((price, level.qty, level.count),)
-            old_bid, _, old_ask, _ = self._bbo
             if level.is_buy:
                 self._events.append(DepthChanged(self.symbol, entry, ()))
-                if price < old_bid:
+                if price < self._bbo[0]:
                     return  # below the unchanged best bid: BBO cannot have moved
             else:
                 self._events.append(DepthChanged(self.symbol, (), entry))
-                if price > old_ask > 0:
+                if price > self._bbo[2] > 0:
                     return  # above the unchanged best ask: BBO cannot have moved
             self._publish_bbo()
             return

@@ -99,11 +99,13 @@ class BookSide:
         """Append `order` at the back of its price level, creating the level if needed."""
         assert order.open_qty > 0
         price = order.price
-        key = -price if self.is_buy and price else (BID_MARKET_KEY if self.is_buy else price)
-        level = self.levels.get(key)
+        is_buy = self.is_buy
+        key = (-price if price else BID_MARKET_KEY) if is_buy else price
+        levels = self.levels
+        level = levels.get(key)
         if level is None:
-            level = Level(price, key, self.is_buy)
-            self.levels[key] = level
+            level = Level(price, key, is_buy)
+            levels[key] = level
             self.keys.add(key)
             if key < self.best:
                 self.best = key
