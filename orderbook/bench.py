@@ -14,7 +14,11 @@ Rule 2: the timed runs apply pre-built commands to a fresh Market: --repeat runs
         The pre-built command list is hidden from the cyclic collector with gc.freeze(): it is
         harness input that a server would never hold, and with 1,000,000 tracked objects it made
         every full collection (triggered as the book grows) several times slower.
-Rule 3: memory per resting order = tracemalloc-traced bytes of a fresh Market holding
+Rule 3: --no-gc disables the cyclic collector during the timed runs. The engine frees every
+        order by reference counting (it creates no garbage cycles: tests/orderbook/test_market.py
+        checks it), so a server may run it that way; with ~400,000 resting orders the default
+        collector's full passes cost about a third of the run on this machine.
+Rule 4: memory per resting order = tracemalloc-traced bytes of a fresh Market holding
         MEMORY_ORDERS resting orders built from the same price distribution (order objects, id
         strings, id index, levels, sorted keys: everything the book keeps), divided by their count.
 """
@@ -201,12 +205,15 @@ def percentile(sorted_values: Sequence[int], fraction: float) -> int:
     return sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))]
 
 
-def run(count: int, seed: int, show: bool, workload: str, repeat: int = 1) -> Figures:
+def run(count: int, seed: int, show: bool, workload: str, repeat: int = 1,
+        collector: bool = True) -> Figures:
     """All phases; throughput is the best of `repeat` runs (each on a fresh Market)."""
     assert repeat >= 1
     commands = generate(count, seed, show, workload)
     gc.collect()
     gc.freeze()  # harness input only (Rule 2); the engine's own objects stay collectable
+    if not collector:
+        gc.disable()  # Rule 3
     try:
         baseline = max(run_baseline(commands) for _ in range(repeat))
         seconds = cpu_seconds = float("inf")
@@ -225,6 +232,7 @@ def run(count: int, seed: int, show: bool, workload: str, repeat: int = 1) -> Fi
             raise RuntimeError("determinism check failed: two runs of one stream differ")
         del market
     finally:
+        gc.enable()
         gc.unfreeze()
     ordered = sorted(latencies)
     per_order, peak_per_order = measure_memory(MEMORY_ORDERS, seed)
@@ -267,6 +275,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload", choices=WORKLOADS, default="passive",
                         help="passive (default): limit orders on their own side of the mid, "
                         "market orders sweep; crossing: limit orders on either side of the mid")
+    parser.add_argument("--no-gc", action="store_true",
+                        help="disable the cyclic garbage collector during the timed runs "
+                        "(the engine creates no reference cycles)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -274,6 +285,8 @@ def main(args: argparse.Namespace) -> int:
     if args.commands <= 0 or args.repeat <= 0:
         print("error: --commands and --repeat must be positive", file=sys.stderr)
         return 2
-    figures = run(args.commands, args.seed, not args.no_progress, args.workload, args.repeat)
+    figures = run(args.commands, args.seed, not args.no_progress, args.workload, args.repeat,
+                  collector=not args.no_gc)
     print(report(figures, args.seed, args.workload))
+    print(f"cyclic garbage collector during timed runs: {'off' if args.no_gc else 'on'}")
     return 0

@@ -57,3 +57,25 @@ def test_replace_without_symbol_in_other_book() -> None:
     assert [e.to_dict()["event"] for e in events] == ["replace", "depth_change", "bbo"]
     book = market.book("AAA")
     assert book is not None and book.bbo() == (101, 10, 0, 0)
+
+
+def test_engine_leaves_no_garbage_cycles() -> None:
+    # Orders are freed by reference counting (unlinking clears prev/next/level), so a server
+    # may run with the cyclic collector off (see `python -m orderbook bench --no-gc`).
+    import gc
+    import random
+
+    from tests.orderbook.test_properties import random_command
+
+    gc.collect()
+    gc.disable()
+    try:
+        market = Market()
+        rng = random.Random(5)
+        live: list[str] = []
+        for number in range(5000):
+            market.apply(random_command(rng, number, live))
+        assert market.order_count() > 0
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
