@@ -16,6 +16,7 @@ from exchange.config import (
     GRPC_WORKERS_DEFAULT,
     HEARTBEAT_INTERVAL_US_DEFAULT,
     LOG_SLOTS_DEFAULT,
+    PUMP_YIELD_US_DEFAULT,
     ConfigError,
     resolve_server_config,
 )
@@ -63,6 +64,9 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        f"(default {HEARTBEAT_INTERVAL_US_DEFAULT}; 0 = consensus's own)")
     serve.add_argument("--dead-after-us", type=int, default=0,
                        help="a silent leader is declared dead after this (default: consensus's)")
+    serve.add_argument("--pump-yield-us", type=int, default=PUMP_YIELD_US_DEFAULT,
+                       help="how long the consensus pump's yield sleeps (default "
+                       f"{PUMP_YIELD_US_DEFAULT}; 0 = consensus's sleep(0) spin)")
     serve.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
@@ -88,7 +92,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.heartbeat_interval_us < 0 or args.dead_after_us < 0:
         raise ConfigError("--heartbeat-interval-us and --dead-after-us must be >= 0")
     config = dataclasses.replace(config, heartbeat_interval_us=args.heartbeat_interval_us,
-                                 dead_after_us=args.dead_after_us, parent_pid=args.parent_pid)
+                                 dead_after_us=args.dead_after_us, parent_pid=args.parent_pid,
+                                 pump_yield_us=max(0, args.pump_yield_us))
     return serve(config)
 
 
