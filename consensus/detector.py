@@ -36,6 +36,7 @@ class FailureDetector:
     _state: dict[int, _PeerState] = field(default_factory=dict)
     _last_scan_ns: int = 0
     _reset_ns: int = 0
+    _started: bool = False
 
     def __post_init__(self) -> None:
         assert 0 < self.gap_cap_ns < self.dead_after_ns
@@ -46,10 +47,11 @@ class FailureDetector:
         self._state = {peer: _PeerState() for peer in self.peers}
         self._last_scan_ns = now_ns
         self._reset_ns = now_ns if grace else now_ns - self.startup_grace_ns
+        self._started = True
 
     def begin_scan(self, now_ns: int) -> int:
         """Start a scan at ``now_ns``; return the observed gap to count for unchanged peers."""
-        assert self._state, "reset() first"
+        assert self._started, "reset() first"
         gap = min(max(now_ns - self._last_scan_ns, 0), self.gap_cap_ns)
         self._last_scan_ns = now_ns
         return gap

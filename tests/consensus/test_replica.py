@@ -177,3 +177,10 @@ def test_candidate_behind_by_more_than_the_log_does_not_lead(make_cluster):
     cluster.wait_applied(110, (3,))
     cluster.check_identical((1, 3))
     assert [p for _, p in cluster.delivered[3][:100]] == [p for _, p in cluster.delivered[1][:100]]
+
+
+def test_single_replica_is_its_own_majority(make_cluster):
+    cluster = make_cluster(1)
+    assert cluster.propose_n(20, "solo") == list(range(1, 21))
+    cluster.wait_applied(20)
+    cluster.check_identical()
