@@ -46,9 +46,11 @@ class Cluster:
     def _build(self, member: int) -> Replica:
         config = ReplicaConfig(member, self.members, payload_size_max=self.payload_size_max,
                                log_slots=self.log_slots, **TEST_TIMINGS)  # type: ignore[arg-type]
-        return Replica(config, self.network.endpoint(member), InProcessRegistry("t", self.store),
-                       on_commit=lambda i, p, m=member: self.delivered[m].append((i, p)),
-                       on_error=lambda e, m=member: self.errors[m].append(e))
+        delivered, errors = self.delivered[member], self.errors[member]
+        return Replica(config, self.network.endpoint(member),  # type: ignore[arg-type]
+                       InProcessRegistry("t", self.store),
+                       on_commit=lambda i, p: delivered.append((i, p)),
+                       on_error=errors.append)
 
     @staticmethod
     def _start(replicas: list[Replica]) -> None:
@@ -85,8 +87,11 @@ class Cluster:
     def wait_applied(self, index: int, members: tuple[int, ...] | None = None) -> None:
         for member in members or self.members:
             replica = self.replicas[member]
-            wait_until(lambda r=replica: r.applied_index >= index,
-                       what=f"replica {member} to apply {index}")
+
+            def applied(r: Replica = replica) -> bool:
+                return r.applied_index >= index
+
+            wait_until(applied, what=f"replica {member} to apply {index}")
 
     def check_identical(self, members: tuple[int, ...] | None = None) -> None:
         """Every replica delivered a prefix of one sequence, indexes 1.., each once."""

@@ -3,7 +3,7 @@ from consensus.detector import FailureDetector
 MS = 1_000_000
 
 
-def make():
+def make() -> FailureDetector:
     detector = FailureDetector(peers=(2, 3), dead_after_ns=4 * MS, gap_cap_ns=1 * MS,
                                startup_grace_ns=50 * MS)
     detector.reset(0, grace=False)

@@ -3,6 +3,8 @@ asked for."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from consensus import LogOverrun, ReplicaConfig
@@ -15,7 +17,7 @@ from consensus.state import Peer, ReplicaState
 SLOTS = 8
 
 
-def build():
+def build() -> tuple[ReplicaState, Peer, Any]:
     network = MemoryNetwork()
     config = ReplicaConfig(1, (1, 2, 3), payload_size_max=16, log_slots=SLOTS)
     layout = log_mod.LogLayout.create(SLOTS, 16)
@@ -24,12 +26,12 @@ def build():
     log2 = two.register("log", layout.region_bytes)
     two.register("ctrl", 256)
     log2.grant_write(1)
-    state = ReplicaState(config, one, RealRuntime(), log1, ctrl1)
+    state = ReplicaState(config, one, RealRuntime(), log1, ctrl1)  # type: ignore[arg-type]
     peer = Peer(2, 1, one.connect(2, "log", 1.0), one.connect(2, "ctrl", 1.0))
     return state, peer, log2
 
 
-def put(buf, layout, index, proposal, payload):
+def put(buf: Any, layout: log_mod.LogLayout, index: int, proposal: int, payload: bytes) -> None:
     slot = bytearray(layout.slot_bytes)
     length = log_mod.encode_entry(slot, index, proposal, 0, payload)
     offset = layout.offset(index)

@@ -22,7 +22,7 @@ def make_cluster():
     made: list[Cluster] = []
 
     def make(size: int, **kwargs: object) -> Cluster:
-        made.append(Cluster(size, **kwargs))
+        made.append(Cluster(size, **kwargs))  # type: ignore[arg-type]
         return made[-1]
 
     yield make
