@@ -179,7 +179,12 @@ def run_st(opts: StOptions) -> int:
     tune_process()
     try:
         leader = wait_for_leader(replica, LEADER_WAIT_S)
-        if leader == opts.replica_id:
+        if leader != opts.replica_id:
+            print(f"replica {opts.replica_id}: following leader {leader}")
+        while registry.lookup(DONE_KEY) is None:
+            if not replica.is_leader:  # whoever leads runs the benchmark, even after a change
+                time.sleep(DONE_POLL_S)
+                continue
             try:
                 run_leader(replica, opts)
             except NotLeader as error:
@@ -191,10 +196,6 @@ def run_st(opts: StOptions) -> int:
                 return 1
             finally:
                 registry.publish(DONE_KEY, b"1")
-        else:
-            print(f"replica {opts.replica_id}: following leader {leader}")
-            while registry.lookup(DONE_KEY) is None:
-                time.sleep(DONE_POLL_S)
         print(f"replica {opts.replica_id}: applied {replica.applied_index}, "
               f"leader changes seen during the run {max(0, changes[0] - 1)}")
         return 0
