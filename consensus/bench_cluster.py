@@ -42,9 +42,19 @@ def cleanup_cluster(cluster: str) -> None:
     cleanup(cluster)
 
 
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM (``timeout``, ``kill``) into SystemExit so the cleanup in ``finally`` runs."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def spawn_local(
     argv_for: list[list[str]], cluster: str, pipes: bool
 ) -> list[subprocess.Popen[str]]:
+    _exit_on_sigterm()
     env = dict(os.environ, MU_BENCH_CLUSTER=cluster)
     env.pop("DORY_REGISTRY_IP", None)
     return [
@@ -57,6 +67,11 @@ def spawn_local(
 
 def reap(children: list[subprocess.Popen[str]], cluster: str) -> None:
     for child in children:
+        if child.poll() is None and child.returncode is None:
+            try:
+                child.send_signal(signal.SIGCONT)  # a SIGSTOPped child cannot exit otherwise
+            except ProcessLookupError:
+                pass
         if child.poll() is None:
             try:
                 child.wait(CHILD_EXIT_WAIT_S)
@@ -71,7 +86,7 @@ def run_local_st(argv_for: list[list[str]], cluster: str) -> int:
     children = spawn_local(argv_for, cluster, pipes=False)
     try:
         return max(child.wait() for child in children)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         for child in children:
             child.terminate()
         return 130

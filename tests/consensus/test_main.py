@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 
@@ -42,12 +44,18 @@ def test_too_many_outstanding_is_refused(capsys):
 
 @pytest.mark.slow
 def test_local_st_runs_a_whole_cluster(tmp_path):
-    done = subprocess.run(
+    launcher = subprocess.Popen(
         [sys.executable, "-m", "consensus", "bench", "st-lat", "--local", "3", "1", "64", "4",
          "--count", "2000", "--dump-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "Received 2000 in " in done.stdout
-    assert "p99" in done.stdout
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its replicas
+            launcher.wait()
+    assert launcher.returncode == 0, stderr
+    assert "Received 2000 in " in stdout
+    assert "p99" in stdout
     lines = (tmp_path / "dump-st-64-4.txt").read_text().split()
     assert len(lines) == 2000 and all(int(v) > 0 for v in lines)
