@@ -142,6 +142,30 @@ class Fabric(Protocol):
         """Release this endpoint's resources; further calls raise ``RegionClosed``."""
 
 
+class ImmediateCompletions:
+    """``post_write``/``poll_completions`` for emulated fabrics, whose writes finish at once: the
+    write runs synchronously and its outcome is queued until polled, oldest first."""
+
+    _completions: list[Completion]
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def post_write(self, remote: RemoteRegion, offset: int, data: Buffer, wr_id: int) -> None:
+        self._check_open()
+        try:
+            remote.write(offset, data)
+        except FabricError as error:
+            self._completions.append(Completion(wr_id, error))
+        else:
+            self._completions.append(Completion(wr_id, None))
+
+    def poll_completions(self, max_entries: int) -> list[Completion]:
+        done = self._completions[:max_entries]
+        del self._completions[:max_entries]
+        return done
+
+
 def check_range(region_name: str, size: int, offset: int, length: int) -> None:
     """Raise ``OutOfRange`` unless ``[offset, offset + length)`` lies inside a region of
     ``size``."""

@@ -20,6 +20,7 @@ from consensus.fabric.base import (
     Buffer,
     Completion,
     FabricError,
+    ImmediateCompletions,
     RegionClosed,
     ReplicaIdT,
     UnknownPeer,
@@ -135,7 +136,7 @@ class MemoryNetwork:
             self._regions.clear()
 
 
-class MemoryFabric:
+class MemoryFabric(ImmediateCompletions):
     """One replica's endpoint on a ``MemoryNetwork`` (``Fabric``)."""
 
     def __init__(self, network: MemoryNetwork, replica_id: ReplicaIdT) -> None:
@@ -162,20 +163,6 @@ class MemoryFabric:
             if time.monotonic() >= deadline:
                 raise UnknownPeer(f"replica {owner} has no region {name!r} after {timeout_s} s")
             time.sleep(CONNECT_POLL_INTERVAL_S)
-
-    def post_write(self, remote: MemoryRemote, offset: int, data: Buffer, wr_id: int) -> None:
-        self._check_open()
-        try:
-            remote.write(offset, data)
-        except FabricError as error:
-            self._completions.append(Completion(wr_id, error))
-        else:
-            self._completions.append(Completion(wr_id, None))
-
-    def poll_completions(self, max_entries: int) -> list[Completion]:
-        done = self._completions[:max_entries]
-        del self._completions[:max_entries]
-        return done
 
     def close(self) -> None:
         self._closed = True

@@ -46,9 +46,9 @@ from consensus.fabric.base import (
     Completion,
     FabricError,
     FabricUnavailable,
+    ImmediateCompletions,
     OutOfRange,
     RegionClosed,
-    RemoteRegion,
     ReplicaIdT,
     RevokeStalled,
     UnknownPeer,
@@ -424,7 +424,7 @@ class ShmRemote:
             self.mapping = None
 
 
-class ShmFabric:
+class ShmFabric(ImmediateCompletions):
     """One replica's endpoint on the shared-memory fabric (``Fabric``)."""
 
     def __init__(
@@ -526,20 +526,6 @@ class ShmFabric:
             mapping.close()
             return None
         return mapping
-
-    def post_write(self, remote: RemoteRegion, offset: int, data: Buffer, wr_id: int) -> None:
-        self._check_open()
-        try:
-            remote.write(offset, data)
-        except FabricError as error:
-            self._completions.append(Completion(wr_id, error))
-        else:
-            self._completions.append(Completion(wr_id, None))
-
-    def poll_completions(self, max_entries: int) -> list[Completion]:
-        done = self._completions[:max_entries]
-        del self._completions[:max_entries]
-        return done
 
     def close(self) -> None:
         """Unmap everything; the regions stay in shared memory for a restart (``cleanup`` removes
