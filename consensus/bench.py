@@ -161,6 +161,24 @@ def report_latency(latencies: array[int], opts: StOptions, base: float) -> None:
           f"round); p50/baseline {p50 / base:.1f}x; dump: {path}")
 
 
+class LeaderChanges:
+    """Counts changes from one known leader to another (the first leader is not a change), and
+    separately the moments this replica saw no live leader (a heartbeat gap that healed)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.gaps = 0
+        self._last: int | None = None
+
+    def observe(self, leader: int | None, mine: bool) -> None:
+        if leader is None:
+            self.gaps += 1
+            return
+        if self._last is not None and leader != self._last:
+            self.count += 1
+        self._last = leader
+
+
 def run_st(opts: StOptions) -> int:
     """One replica of the st/st-lat benchmark (Rule 1)."""
     from consensus.fabric import open_fabric
@@ -172,9 +190,8 @@ def run_st(opts: StOptions) -> int:
     fabric = open_fabric(opts.fabric, opts.replica_id, opts.cluster, registry)
     config = ReplicaConfig(opts.replica_id, opts.members, payload_size_max=opts.payload_size,
                            log_slots=opts.log_slots)
-    changes = [0]
-    replica = Replica(config, fabric, registry,
-                      on_leader_change=lambda leader, mine: changes.__setitem__(0, changes[0] + 1))
+    changes = LeaderChanges()
+    replica = Replica(config, fabric, registry, on_leader_change=changes.observe)
     replica.start()
     tune_process()
     try:
@@ -188,7 +205,7 @@ def run_st(opts: StOptions) -> int:
             try:
                 run_leader(replica, opts)
             except NotLeader as error:
-                print(f"bench: lost leadership during the run ({max(0, changes[0] - 1)} "
+                print(f"bench: lost leadership during the run ({changes.count} "
                       f"leader changes seen): {error}", file=sys.stderr)
                 return 1
             except ConsensusError as error:
@@ -197,7 +214,8 @@ def run_st(opts: StOptions) -> int:
             finally:
                 registry.publish(DONE_KEY, b"1")
         print(f"replica {opts.replica_id}: applied {replica.applied_index}, "
-              f"leader changes seen during the run {max(0, changes[0] - 1)}")
+              f"leader changes seen during the run {changes.count}"
+              f" (moments with no live leader in view: {changes.gaps})")
         return 0
     finally:
         replica.stop()
