@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from sys import getrefcount
 
 from sortedcontainers import SortedList
 
@@ -37,7 +38,7 @@ from orderbook.events import (
     Replaced,
     ReplaceRejected,
 )
-from orderbook.matching import Matcher
+from orderbook.matching import RETIRED_ORDERS_MAX, Matcher
 from orderbook.side import EMPTY_KEY, BookSide, Order
 from orderbook.side import Level as BookLevel
 from orderbook.types import Side
@@ -114,6 +115,7 @@ class Book(Matcher):
         self._bbo = (0, 0, 0, 0)
         self._stale_order = None
         self._stale_price = 0
+        self._retired: list[Order] = []
 
     # ---- commands -------------------------------------------------------------------------
 
@@ -143,7 +145,14 @@ class Book(Matcher):
             return events
         events.append(Accepted(order_id))
         self._seq += 1
-        order = Order(order_id, side is _BUY, price, qty, stop, aon, ioc, self)
+        retired = self._retired
+        while retired:
+            order = retired.pop()
+            if getrefcount(order) == 2:  # this local and the argument: nobody else holds it
+                order.__init__(order_id, side is _BUY, price, qty, stop, aon, ioc, self)  # type: ignore[misc]
+                break
+        else:
+            order = Order(order_id, side is _BUY, price, qty, stop, aon, ioc, self)
         orders[order_id] = order
         if not (stop and self._hold_stop(order)):
             self._submit(order)
@@ -173,6 +182,8 @@ class Book(Matcher):
         else:
             self._take_off(order)
         self._publish()
+        if len(self._retired) < RETIRED_ORDERS_MAX:
+            self._retired.append(order)
         return events
 
     def replace(self, order_id: str, qty_delta: int = 0, price: int = 0) -> list[Event]:

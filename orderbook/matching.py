@@ -35,6 +35,9 @@ from sortedcontainers import SortedList
 from orderbook.events import Cancelled, Event, Filled, Trade
 from orderbook.side import EMPTY_KEY, BookSide, Level, Order
 
+RETIRED_ORDERS_MAX = 1024
+"""Most retired Order objects a book keeps for reuse by later adds (see Book.add)."""
+
 INF_KEY = 1 << 63
 """Limit key of a market order: every resting key is <= it."""
 
@@ -81,6 +84,7 @@ class Matcher:
     _pending: list[tuple[int, Order]]
     _stale_order: Order | None  # the order being replaced, during its replace command
     _stale_price: int  # its price before the replace (Rule 7)
+    _retired: list[Order]  # filled or cancelled orders that Book.add may reuse
 
     def _submit(self, order: Order) -> None:
         """Match `order`, then rest it, cancel its IOC remainder, or retire it (Rules 1-5)."""
@@ -100,11 +104,14 @@ class Matcher:
                 self._prune()
             else:
                 self._match_regular(order, bound, opp, deferred)
-        if not order.open_qty:
-            self._orders.pop(order.order_id, None)
-        elif order.ioc:
-            self._events.append(Cancelled(order.order_id, order.open_qty))
-            del self._orders[order.order_id]
+        if not order.open_qty or order.ioc:
+            if order.open_qty:
+                self._events.append(Cancelled(order.order_id, order.open_qty))
+                del self._orders[order.order_id]
+            else:
+                self._orders.pop(order.order_id, None)
+            if len(self._retired) < RETIRED_ORDERS_MAX:
+                self._retired.append(order)
         else:
             self._touched.append(own.rest(order))
             if deferred:
@@ -132,6 +139,7 @@ class Matcher:
         touched_append = self._touched.append
         events_append = self._events.append
         orders = self._orders
+        retired = self._retired
         symbol = self.symbol
         in_id = inbound.order_id
         stale = self._stale_order
@@ -178,6 +186,8 @@ class Matcher:
                             else:
                                 opp.unlink(order)
                             del orders[contra_id]
+                            if len(retired) < RETIRED_ORDERS_MAX:
+                                retired.append(order)
                         if price != self.last_trade_price:
                             self._set_last_trade_price(price)
                         if not remaining:
