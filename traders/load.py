@@ -27,6 +27,7 @@ from traders.workload import Cancel, Replace, Submit, Workload
 
 SAMPLES_MAX = 2_000_000  # per trader; far above what a Python trader sends in a long run
 PROGRESS_INTERVAL_S = 0.1
+CLOSE_JOIN_S = 5.0  # how long close() lets in-flight requests finish before closing channels
 REJECT_KINDS = frozenset({"reject", "cancel_reject", "replace_reject"})
 ACKED, REJECTED, INVALID, FAILED = range(4)
 OUTCOME_NAMES = ("acked", "rejected", "invalid", "failed")
@@ -207,6 +208,12 @@ class LoadRun:
         return LoadReport(samples, self.started_ns, max(ended, self.deadline_ns), counts)
 
     def close(self) -> None:
+        """Stop the traders, let in-flight requests end (bounded), then close the channels: a
+        trader must never call into a closed channel (Ctrl-C in the demo)."""
+        self._stop.set()
+        deadline = time.monotonic() + CLOSE_JOIN_S
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         self.connection.close()
 
     def _trade(self, index: int) -> None:
@@ -226,7 +233,12 @@ class LoadRun:
                 start_ns = now
             if start_ns >= self.deadline_ns:
                 return
-            samples.append(self._one(client, workload, start_ns))
+            try:
+                samples.append(self._one(client, workload, start_ns))
+            except ValueError:  # grpc: "Cannot invoke RPC on closed channel"
+                if self._stop.is_set():
+                    return  # shut down while this request was in flight
+                raise
 
     def _one(self, client: TraderClient, workload: Workload, start_ns: int) -> Sample:
         request = workload.next_request()
