@@ -34,7 +34,6 @@ from __future__ import annotations
 import importlib
 import mmap
 import os
-import re
 import struct
 import threading
 import time
@@ -55,7 +54,7 @@ from consensus.fabric.base import (
     WriteRejected,
     check_range,
 )
-from consensus.registry.base import Registry, validate_cluster_id
+from consensus.registry.base import Registry, check_name, validate_cluster_id
 
 SHM_DIR = Path("/dev/shm")
 OBJECT_PREFIX = "mu"
@@ -77,7 +76,6 @@ WRITER_PID_OFFSET = 512  # + 4 * writer id: pid of the writer's process (u32)
 REVOKER_PID_OFFSET = 1536  # + 4 * writer id: pid of a process revoking that writer, else 0
 _PID = struct.Struct("<I")
 _SEMAPHORE_KIND = 1  # _multiprocessing.SemLock kind SEMAPHORE (no owner checks on release)
-_REGION_NAME_PATTERN = re.compile(rf"[A-Za-z0-9_-]{{1,{REGION_NAME_LENGTH_MAX}}}")
 
 # The C semaphore behind multiprocessing.Lock; used raw, so no resource tracker adopts it.
 _SEMLOCK: Any = importlib.import_module("_multiprocessing").SemLock
@@ -127,12 +125,7 @@ def check_replica_id(replica_id: ReplicaIdT) -> int:
 
 
 def check_region_name(name: str) -> str:
-    if not _REGION_NAME_PATTERN.fullmatch(name):
-        raise ValueError(
-            f"region name {name!r} must be 1..{REGION_NAME_LENGTH_MAX} characters of "
-            "letters, digits, '_' and '-'"
-        )
-    return name
+    return check_name("region name", name, REGION_NAME_LENGTH_MAX)
 
 
 def open_semaphore(name: str) -> SemLock:

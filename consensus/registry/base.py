@@ -26,7 +26,7 @@ REGISTRY_POLL_INTERVAL_S = 0.002  # how often wait_for re-reads: registry look-u
 CLUSTER_ID_LENGTH_MAX = 64
 KEY_LENGTH_MAX = 160  # memcached allows 250 bytes for namespace + key
 
-_CLUSTER_ID_PATTERN = re.compile(rf"[A-Za-z0-9_-]{{1,{CLUSTER_ID_LENGTH_MAX}}}")
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 _KEY_PATTERN = re.compile(rf"[\x21-\x7e]{{1,{KEY_LENGTH_MAX}}}")
 
 
@@ -56,15 +56,20 @@ class Registry(Protocol):
     def close(self) -> None: ...
 
 
+def check_name(what: str, name: str, length_max: int) -> str:
+    """Return ``name`` if it is 1..``length_max`` letters, digits, '_' and '-' (safe in file and
+    shared-memory object names), else ``ValueError`` naming ``what``."""
+    if len(name) > length_max or not _NAME_PATTERN.fullmatch(name):
+        raise ValueError(
+            f"{what} {name!r} must be 1..{length_max} characters of letters, digits, '_' and '-'"
+        )
+    return name
+
+
 def validate_cluster_id(cluster_id: str) -> str:
     """Return ``cluster_id`` if it can be a namespace and part of file names, else
     ``ValueError``."""
-    if not _CLUSTER_ID_PATTERN.fullmatch(cluster_id):
-        raise ValueError(
-            f"cluster id {cluster_id!r} must be 1..{CLUSTER_ID_LENGTH_MAX} characters of "
-            "letters, digits, '_' and '-'"
-        )
-    return cluster_id
+    return check_name("cluster id", cluster_id, CLUSTER_ID_LENGTH_MAX)
 
 
 def validate_key(key: str) -> str:
