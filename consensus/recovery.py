@@ -138,15 +138,9 @@ def prepare(state: ReplicaState, granted: list[Peer]) -> bool:
         proposal = choose_proposal(state, granted)
     except FabricError:
         return False
-    ok: list[Peer] = []
-    mark = log_mod.U64.pack(proposal)
-    for peer in granted:
-        try:
-            peer.log.write(log_mod.MIN_PROPOSAL_OFFSET, mark)
-            ok.append(peer)
-        except FabricError:
-            continue
-    if len(ok) + 1 < state.majority:
+    ok = _write_to_majority(state, granted, log_mod.MIN_PROPOSAL_OFFSET,
+                            log_mod.U64.pack(proposal))
+    if ok is None:
         return False
     log_mod.U64.pack_into(state.log_buf, log_mod.MIN_PROPOSAL_OFFSET, proposal)
     state.proposal = proposal
@@ -174,19 +168,28 @@ def prepare(state: ReplicaState, granted: list[Peer]) -> bool:
     return _install(state, ok, followers, proposal, tail)
 
 
+def _write_to_majority(
+    state: ReplicaState, peers: list[Peer], offset: int, data: bytes
+) -> list[Peer] | None:
+    """Write ``data`` at ``offset`` of every peer's log; return the peers it landed on, or None
+    when they and this replica together are no majority."""
+    landed: list[Peer] = []
+    for peer in peers:
+        try:
+            peer.log.write(offset, data)
+        except FabricError:
+            continue
+        landed.append(peer)
+    return landed if len(landed) + 1 >= state.majority else None
+
+
 def _install(
     state: ReplicaState, granted: list[Peer], followers: list[Peer], proposal: int, tail: int
 ) -> bool:
     """Commit the adopted tail everywhere and start serving."""
     word = log_mod.COMMIT_WORD.pack(proposal, tail, proposal)
-    serving = []
-    for peer in followers:
-        try:
-            peer.log.write(log_mod.COMMIT_WORD_OFFSET, word)
-            serving.append(peer)
-        except FabricError:
-            continue
-    if len(serving) + 1 < state.majority:
+    serving = _write_to_majority(state, followers, log_mod.COMMIT_WORD_OFFSET, word)
+    if serving is None:
         return False
     state.log_buf[log_mod.COMMIT_WORD_OFFSET : log_mod.COMMIT_WORD_OFFSET + len(word)] = word
     state.followers = serving
