@@ -14,9 +14,16 @@ Rule 4 (design Rule 6): a slot holding entry ``k + m * slots`` (m > 0) when ``k`
         wrong entry.
 Rule 5: idle polling backs off (yield, then sleeps doubling up to ``PUMP_SLEEP_S_MAX``), because
         followers share the machine's cores with the leader.
+Rule 6: on the leader, the proposing thread delivers its own committed entries at once
+        (``deliver_committed``) instead of waiting for the pump to read them back: the leader's
+        ``applied`` then keeps up with its commits (a pump sharing the proposer's interpreter
+        could not, and the leader's own ``applied`` bounded recycling). Delivery, by either
+        path, happens under ``lock``, so every index is still delivered once and in order.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from consensus import constants as c
 from consensus import ctrl as ctrl_mod
@@ -27,6 +34,7 @@ from consensus.state import LOGGER, OnCommit, ReplicaState
 _ENTRY_UNPACK = log_mod.ENTRY.unpack_from
 _TRAILER_UNPACK = log_mod.TRAILER.unpack_from
 _ENTRY_BYTES = log_mod.ENTRY.size
+_HEADER_BYTES = log_mod.HEADER_BYTES
 
 
 class Pump:
@@ -36,6 +44,7 @@ class Pump:
         self.state = state
         self.on_commit = on_commit
         self.applied = state.applied
+        self.lock = state.runtime.mutex()  # Rule 6: held while delivering (pump or proposer)
         self.commit_proposal = 0
         self.commit_index = 0
         layout = state.layout
@@ -99,24 +108,82 @@ class Pump:
 
     def step(self) -> int:
         """Deliver what is committed (at most PUMP_BATCH_MAX entries); return how many."""
-        count = 0
+        with self.lock:
+            return self._step_locked()
+
+    def deliver_committed(self, first: int, payloads: Sequence[bytes]) -> None:
+        """Rule 6: the leader committed ``payloads`` at ``first...``; deliver everything up to
+        the last of them. Entries before ``first`` not yet delivered (other proposers', or
+        recovered ones) are read from this replica's own log, where the leader wrote them
+        before committing; one that cannot be read complete is left to the pump. Called
+        without ``role``; a failing callback fails the replica (as in the pump), not the caller.
+        """
+        last = first + len(payloads) - 1
+        with self.lock:
+            index = self.applied + 1
+            if index > last or self.state.failure is not None:
+                return
+            try:
+                while index <= last:
+                    if index >= first:
+                        payload = payloads[index - first]
+                    else:
+                        entry = self._entry(index)
+                        if entry is None:
+                            break
+                        payload = entry[2]
+                    self._deliver(index, payload)
+                    index += 1
+            except ConsensusError as error:
+                self.state.fail(error)
+            self._publish()
+
+    def _step_locked(self) -> int:
+        """``step``'s body: ``_entry``, ``_learn`` and ``_deliver`` inlined (the pump is the
+        followers' hot path: they must keep up with the leader on the cores left to them)."""
+        state = self.state
+        buf = state.log_buf
+        mask, slot_bytes, payload_max = self._mask, self._slot_bytes, self._payload_max
+        on_commit = self.on_commit
+        commit_proposal, commit_index = self.commit_proposal, self.commit_index
         index = self.applied + 1
+        count = 0
         try:
             while count < c.PUMP_BATCH_MAX:
-                entry = self._entry(index)
-                if entry is None:
+                offset = _HEADER_BYTES + (index & mask) * slot_bytes
+                head = _ENTRY_UNPACK(buf, offset)
+                found, proposal, commit, length = head
+                if found != index or proposal == 0 or length > payload_max:
+                    if found > index and (found - index) & mask == 0:
+                        self._check_overrun(index, found)
                     break
-                proposal, commit, payload = entry
-                self._learn(proposal, commit)
-                if proposal != self.commit_proposal or self.commit_index < index:
+                start = offset + _ENTRY_BYTES
+                if _TRAILER_UNPACK(buf, start + length) != (index, proposal):
+                    break
+                payload = bytes(buf[start : start + length]) if on_commit is not None else b""
+                if _ENTRY_UNPACK(buf, offset) != head:
+                    break
+                if proposal > commit_proposal:  # Rule 2 (``_learn``)
+                    commit_proposal, commit_index = proposal, commit
+                elif proposal == commit_proposal and commit > commit_index:
+                    commit_index = commit
+                if proposal != commit_proposal or commit_index < index:
+                    self.commit_proposal, self.commit_index = commit_proposal, commit_index
                     self._learn_more(index)
-                    if proposal != self.commit_proposal or self.commit_index < index:
+                    commit_proposal, commit_index = self.commit_proposal, self.commit_index
+                    if proposal != commit_proposal or commit_index < index:
                         break
-                self._deliver(index, payload)
+                self.applied = index
+                if on_commit is not None:
+                    try:
+                        on_commit(index, payload)
+                    except Exception as error:
+                        raise self._callback_failed(index, error) from error
                 index += 1
                 count += 1
         except ConsensusError as error:
-            self.state.fail(error)
+            state.fail(error)
+        self.commit_proposal, self.commit_index = commit_proposal, commit_index
         if count:
             self._publish()
         return count
@@ -124,31 +191,28 @@ class Pump:
     def _learn_more(self, index: int) -> None:
         """Learn commits from the header's commit word and from the complete entries after
         ``index``: a pipelined batch carries the commit index of before the batch, so the
-        commit covering ``index`` may ride up to ``PROPOSALS_INFLIGHT_MAX`` entries later."""
+        commit covering ``index`` may ride up to ``PROPOSALS_INFLIGHT_MAX`` entries later.
+        Once ``index`` is covered the scan goes on to cover a whole batch, so the entries
+        delivered next need no look-ahead of their own (one header read per entry, not two)."""
         proposal, commit = log_mod.read_commit_word(self.state.log_buf)
         if proposal:
             self._learn(proposal, commit)
-        for ahead in range(index + 1, index + 2 + c.PROPOSALS_INFLIGHT_MAX):
-            if self.commit_index >= index:
-                return
-            meta = self._meta(ahead)
-            if meta is None:
-                return
-            self._learn(meta[0], meta[1])
-
-    def _meta(self, index: int) -> tuple[int, int] | None:
-        """(proposal, commit) of complete entry ``index`` without copying its payload."""
+        wanted = index + c.PUMP_BATCH_MAX - 1
         buf = self.state.log_buf
-        offset = log_mod.HEADER_BYTES + (index & self._mask) * self._slot_bytes
-        head = _ENTRY_UNPACK(buf, offset)
-        found, proposal, commit, length = head
-        if found != index or proposal == 0 or length > self._payload_max:
-            return None
-        if _TRAILER_UNPACK(buf, offset + _ENTRY_BYTES + length) != (index, proposal):
-            return None
-        if _ENTRY_UNPACK(buf, offset) != head:
-            return None
-        return proposal, commit
+        mask, slot_bytes, payload_max = self._mask, self._slot_bytes, self._payload_max
+        for ahead in range(index + 1, index + 2 + c.PROPOSALS_INFLIGHT_MAX):
+            if self.commit_index >= wanted:
+                return
+            offset = _HEADER_BYTES + (ahead & mask) * slot_bytes  # ``_meta``, inlined
+            head = _ENTRY_UNPACK(buf, offset)
+            found, proposal, commit, length = head
+            if found != ahead or proposal == 0 or length > payload_max:
+                return
+            if _TRAILER_UNPACK(buf, offset + _ENTRY_BYTES + length) != (ahead, proposal):
+                return
+            if _ENTRY_UNPACK(buf, offset) != head:
+                return
+            self._learn(proposal, commit)
 
     def _deliver(self, index: int, payload: bytes) -> None:
         assert index == self.applied + 1
@@ -156,9 +220,14 @@ class Pump:
         if self.on_commit is not None:
             try:
                 self.on_commit(index, payload)
-            except Exception as error:  # the application's bug must not kill the pump silently
-                LOGGER.exception("replica %d: on_commit(%d) raised", self.state.replica_id, index)
-                raise CallbackFailed(f"on_commit({index}) raised {error!r}") from error
+            except Exception as error:
+                raise self._callback_failed(index, error) from error
+
+    def _callback_failed(self, index: int, error: Exception) -> CallbackFailed:
+        """The application's bug must not kill the pump silently: log it, fail the replica."""
+        LOGGER.error("replica %d: on_commit(%d) raised", self.state.replica_id, index,
+                     exc_info=error)
+        return CallbackFailed(f"on_commit({index}) raised {error!r}")
 
     def _publish(self) -> None:
         state = self.state

@@ -90,12 +90,12 @@ class Replica:
                 self.fabric.connect(peer, "ctrl", cfg.connect_timeout_s))
         self.registry.publish(f"consensus/{cfg.replica_id}/started", b"1")
         self._state = state
-        self._replicator = Replicator(state)
         state.on_error = self._on_error
         background = Background(state, self._on_leader_change)
         from consensus.pump import Pump
 
         pump = Pump(state, self._on_commit)
+        self._replicator = Replicator(state, pump)
         self._pump, self._background = pump, background  # for inspection (tests, debugging)
         spawn = self.runtime.spawn
         rid = cfg.replica_id

@@ -12,6 +12,9 @@ Rule 3: the log is circular: entry ``k`` is written only when ``k <= recycle_lim
 Rule 4: no per-entry allocation beyond the caller's payload: entries are encoded with precompiled
         ``struct``s into one preallocated slot buffer, and the write view is cached per length.
 Rule 5: the role mutex is held while writing but released before any sleep (runtime Rule 3).
+Rule 6: once committed, the proposing thread delivers its entries itself (pump Rule 6), after
+        releasing the role mutex: a committed entry stays committed whatever happens to the
+        leadership, and the pump's lock is never taken under ``role``.
 
 Commit indexes ride on the next entry (its ``commit`` field) and in the leader's own log header;
 an idle leader's background activity publishes the commit word to followers (``flush_commit``).
@@ -26,6 +29,7 @@ from consensus import ctrl as ctrl_mod
 from consensus import log as log_mod
 from consensus.errors import NotLeader, ProposalTimeout, ReplicaStopped
 from consensus.fabric.base import FabricError
+from consensus.pump import Pump
 from consensus.state import LOGGER, Peer, ReplicaState
 
 _ENTRY_PACK = log_mod.ENTRY.pack_into
@@ -39,8 +43,9 @@ assert c.HEARTBEAT_EVERY_ENTRIES & _HEARTBEAT_MASK == 0
 class Replicator:
     """The leader's fast path over a ``ReplicaState`` (used only while ``state.leading``)."""
 
-    def __init__(self, state: ReplicaState) -> None:
+    def __init__(self, state: ReplicaState, pump: Pump) -> None:
         self.state = state
+        self.pump = pump
         layout = state.layout
         self._slot_mask = layout.slots - 1
         self._slot_bytes = layout.slot_bytes
@@ -63,8 +68,11 @@ class Replicator:
             with state.role:
                 self._check_leading()
                 if state.next_index <= state.recycle_limit or self._refresh_limit(1):
-                    return self._append(payload)
+                    index = self._append(payload)
+                    break
             deadline = self._wait_space(deadline, timeout_s)
+        self.pump.deliver_committed(index, (payload,))
+        return index
 
     def propose_many(self, payloads: Sequence[bytes], timeout_s: float) -> list[int]:
         """Replicate ``payloads`` in order, pipelined in batches of at most
@@ -83,10 +91,15 @@ class Replicator:
                 self._check_leading()
                 last = state.next_index + len(batch) - 1
                 if last <= state.recycle_limit or self._refresh_limit(len(batch)):
-                    indexes.extend(self._append_batch(batch))
-                    position += len(batch)
-                    deadline = 0
-                    continue
+                    first = self._append_batch(batch)
+                else:
+                    first = 0
+            if first:
+                self.pump.deliver_committed(first, batch)
+                indexes.extend(range(first, first + len(batch)))
+                position += len(batch)
+                deadline = 0
+                continue
             deadline = self._wait_space(deadline, timeout_s)
         assert len(indexes) == len(payloads)
         return indexes
@@ -143,7 +156,8 @@ class Replicator:
         state.propose_left += 1
         return index
 
-    def _append_batch(self, batch: Sequence[bytes]) -> list[int]:
+    def _append_batch(self, batch: Sequence[bytes]) -> int:
+        """Replicate ``batch``; return the index of its first entry once all are committed."""
         state = self.state
         state.propose_entered += 1
         proposal = state.proposal
@@ -176,7 +190,7 @@ class Replicator:
         state.commit_index = last
         _COMMIT_PACK(state.log_buf, log_mod.COMMIT_WORD_OFFSET, proposal, last, proposal)
         state.bump_heartbeat()
-        return list(range(first, last + 1))
+        return first
 
     def _majority_index(self, reached: dict[int, int], last: int) -> int:
         """The highest index held by a majority (this replica holds everything up to ``last``)."""

@@ -4,6 +4,7 @@ LogOverrun. Each ends by checking that all replicas delivered the same entries."
 from __future__ import annotations
 
 import sys
+import threading
 
 import pytest
 
@@ -189,3 +190,64 @@ def test_single_replica_is_its_own_majority(make_cluster):
     assert cluster.propose_n(20, "solo") == list(range(1, 21))
     cluster.wait_applied(20)
     cluster.check_identical()
+
+
+def test_leader_delivers_its_own_entries_in_the_proposing_thread(make_cluster):
+    cluster = make_cluster(3)
+    leader = cluster.leader()
+    threads: list[str] = []
+    original = leader._on_commit
+    assert original is not None
+
+    def recording(index: int, payload: bytes) -> None:
+        threads.append(threading.current_thread().name)
+        original(index, payload)
+
+    leader._pump.on_commit = recording
+    index = leader.propose(b"inline")
+    # delivered before propose returned, by the caller's thread: no pump round trip
+    assert leader.applied_index == index
+    assert cluster.delivered[leader.replica_id][-1] == (index, b"inline")
+    assert threads == [threading.current_thread().name]
+    batch = leader.propose_many([b"a", b"b", b"c"])
+    assert leader.applied_index == batch[-1]
+    cluster.wait_applied(batch[-1])
+    cluster.check_identical()
+
+
+def test_concurrent_proposers_deliver_every_entry_once_in_order(make_cluster):
+    cluster = make_cluster(3)
+    leader = cluster.leader()
+    per_thread = 200
+
+    def propose(tag: int) -> None:
+        for i in range(per_thread):
+            leader.propose(f"{tag}-{i}".encode())
+
+    workers = [threading.Thread(target=propose, args=(tag,)) for tag in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    total = 4 * per_thread
+    assert leader.applied_index == total  # the last proposer delivered everything before it
+    cluster.wait_applied(total)
+    cluster.check_identical()
+    payloads = sorted(payload for _, payload in cluster.delivered[leader.replica_id])
+    assert payloads == sorted(f"{t}-{i}".encode() for t in range(4) for i in range(per_thread))
+
+
+def test_raising_callback_on_the_leader_fails_the_replica_not_the_proposer(make_cluster):
+    cluster = make_cluster(3)
+    leader = cluster.leader()
+
+    def broken(index: int, payload: bytes) -> None:
+        raise RuntimeError("application bug")
+
+    leader._pump.on_commit = broken
+    index = leader.propose(b"boom")  # committed: the proposer is told so
+    assert index == 1
+    wait_until(lambda: leader.error is not None, what="the replica to fail")
+    assert "application bug" in str(leader.error)
+    assert not leader.is_leader
+    assert cluster.errors[leader.replica_id]
