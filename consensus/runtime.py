@@ -17,6 +17,7 @@ Rule 3: a ``Mutex`` may be held across fabric operations (the simulator's mutex 
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -106,7 +107,10 @@ class RealRuntime:
         time.sleep(seconds)
 
     def yield_now(self) -> None:
-        time.sleep(0)
+        # sched_yield releases the GIL (other threads of this process run) and also hands the
+        # CPU to another runnable process on this core (a follower sharing it), which
+        # sleep(0) does not.
+        os.sched_yield()
 
     def spawn(self, name: str, target: Callable[[], None]) -> Activity:
         return _Thread(name, target)
