@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         st.add_argument("--dump-dir", default=".", help="where st-lat writes its dump")
         st.add_argument("--local", type=_positive, metavar="N",
                         help="spawn an N-replica cluster on this host (process_id is ignored)")
+        st.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
+                        help="once the leader is known, give it a CPU of its own and the "
+                        "followers the others, like the original's numactl (default: on with "
+                        "--local, off otherwise)")
+        st.add_argument("--reset-markers", action=argparse.BooleanOptionalAction, default=True,
+                        help=argparse.SUPPRESS)  # --local: a fresh cluster id has none
     failover = kinds.add_parser("failover", help="pause the leader repeatedly; fail-over times")
     failover.add_argument("--pauses", type=_non_negative, default=50,
                           help="leader pauses (0: fault-free run of --duration seconds)")
@@ -131,12 +137,14 @@ def _st(args: argparse.Namespace) -> int:
         members = ",".join(str(i) for i in range(1, args.local + 1))
         rest = [str(args.payload_size), str(args.outstanding), "--count", str(args.count),
                 "--members", members, "--cluster", ident, "--log-slots", str(args.log_slots),
-                "--dump-dir", args.dump_dir]
+                "--dump-dir", args.dump_dir, "--pin" if args.pin is not False else "--no-pin",
+                "--no-reset-markers"]
         argv = [["bench", args.kind, str(rid), *rest] for rid in range(1, args.local + 1)]
         return cluster.run_local_st(argv, ident)
     opts = bench.StOptions(args.process_id, args.payload_size, args.outstanding, args.count,
                            args.members, args.cluster, args.fabric, args.log_slots,
-                           args.kind == "st-lat", args.dump_dir)
+                           args.kind == "st-lat", args.dump_dir, bool(args.pin),
+                           args.reset_markers)
     try:
         return bench.run_st(opts)
     except (ValueError, OSError) as error:

@@ -10,10 +10,16 @@ Rule 2: st-lat also writes one latency per command, in ns, to ``dump-st-<size>-<
 Rule 3: every figure is printed next to a baseline measured in the same process just before:
         a bare ``struct.pack_into`` + slice copy loop of the same payload (the cost floor of one
         local append), and the ratio, because the machine is shared and noisy.
-Rule 4: benchmark processes freeze the GC after start-up, shorten the GIL switch interval (so
-        background activities get the interpreter while the proposer spins) and raise their
-        CPU priority by ``BENCH_NICE`` when allowed (the original pinned its threads to cores
-        with numactl; on a shared machine an unprioritised replica waits 10+ ms for a CPU).
+Rule 4: benchmark processes freeze the GC after start-up and raise their CPU priority by
+        ``BENCH_NICE`` when allowed (on a shared machine an unprioritised replica waits 10+ ms
+        for a CPU). The GIL switch interval stays at CPython's 5 ms: the leader delivers its
+        own entries in the proposing thread, so its background threads only need the
+        interpreter now and then, and a longer interval lets their turns coalesce into fewer
+        stalls of the proposer.
+Rule 5: with ``--pin`` (the default with ``--local``) the leader's process takes one CPU and
+        the followers share the others once the leader is known, as the original pinned its
+        processes with ``numactl``: on 2 cores a follower's wake-ups (heartbeat, scanner,
+        pump) otherwise preempt the proposer thousands of times a second.
 """
 
 from __future__ import annotations
@@ -28,13 +34,14 @@ from dataclasses import dataclass
 
 from consensus.config import ReplicaConfig
 from consensus.errors import ConsensusError, NotLeader
+from consensus.registry import Registry
 from consensus.replica import Replica
 
-BENCH_SWITCH_INTERVAL_S = 0.0005  # GIL hand-over for background threads while the proposer spins
 BENCH_NICE = -10  # priority boost of benchmark processes (MU_BENCH_NICE=0 to disable)
 LEADER_WAIT_S = 30.0  # how long to wait for a leader to emerge
 BENCH_PROPOSE_TIMEOUT_S = 10.0  # a starved follower may not apply for seconds on a loaded host
 DONE_KEY = "bench/done"
+STARTED_KEY = "bench/started"  # the id of the replica running the benchmark
 DONE_POLL_S = 0.05
 WARMUP_COMMANDS = 2000  # proposals before the clock starts (caches, branch predictors, pages)
 BASELINE_ROUNDS = 200_000
@@ -53,6 +60,9 @@ class StOptions:
     log_slots: int
     latency: bool
     dump_dir: str
+    pin: bool = False
+    reset_markers: bool = True  # False with --local: a fresh cluster id has no stale markers,
+    # and a replica that starts late must not erase the markers of the run in progress
 
 
 def raise_priority() -> None:
@@ -66,9 +76,23 @@ def raise_priority() -> None:
                   file=sys.stderr)
 
 
+def pin_roles(leader: bool) -> str:
+    """Rule 5: give the leader a CPU of its own and the followers the others (as the original's
+    ``numactl --physcpubind``); every thread of this process moves. Returns what was done."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return "not pinned (one CPU available)"
+    cpus = set(available[:1]) if leader else set(available[1:])
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # a thread that just exited
+            continue
+    return f"pinned to CPU {','.join(str(cpu) for cpu in sorted(cpus))}"
+
+
 def tune_process() -> None:
     """Rule 4, after start-up."""
-    sys.setswitchinterval(BENCH_SWITCH_INTERVAL_S)
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
@@ -179,6 +203,17 @@ class LeaderChanges:
         self._last = leader
 
 
+def _claim_run(registry: Registry, replica_id: int) -> bool:
+    """Rule 1: whoever leads first runs the benchmark (also after a leader change before the
+    run began), and only once: a replica that takes over when the runner stops does not run
+    it again."""
+    runner = registry.lookup(STARTED_KEY)
+    if runner is None:
+        registry.publish(STARTED_KEY, str(replica_id).encode())
+        return True
+    return runner == str(replica_id).encode()
+
+
 def run_st(opts: StOptions) -> int:
     """One replica of the st/st-lat benchmark (Rule 1)."""
     from consensus.fabric import open_fabric
@@ -186,7 +221,9 @@ def run_st(opts: StOptions) -> int:
 
     raise_priority()
     registry = open_registry(opts.cluster)
-    registry.delete(DONE_KEY)  # a previous run's marker would make followers leave at once
+    if opts.reset_markers:  # a previous run's markers would make followers leave at once
+        registry.delete(DONE_KEY)
+        registry.delete(STARTED_KEY)
     fabric = open_fabric(opts.fabric, opts.replica_id, opts.cluster, registry)
     config = ReplicaConfig(opts.replica_id, opts.members, payload_size_max=opts.payload_size,
                            log_slots=opts.log_slots)
@@ -196,10 +233,13 @@ def run_st(opts: StOptions) -> int:
     tune_process()
     try:
         leader = wait_for_leader(replica, LEADER_WAIT_S)
+        pinned = f", {pin_roles(leader == opts.replica_id)}" if opts.pin else ""
         if leader != opts.replica_id:
-            print(f"replica {opts.replica_id}: following leader {leader}")
+            print(f"replica {opts.replica_id}: following leader {leader}{pinned}")
+        elif pinned:
+            print(f"replica {opts.replica_id}: leading{pinned}")
         while registry.lookup(DONE_KEY) is None:
-            if not replica.is_leader:  # whoever leads runs the benchmark, even after a change
+            if not replica.is_leader or not _claim_run(registry, opts.replica_id):
                 time.sleep(DONE_POLL_S)
                 continue
             try:
@@ -213,6 +253,9 @@ def run_st(opts: StOptions) -> int:
                 return 1
             finally:
                 registry.publish(DONE_KEY, b"1")
+                # stop after the followers saw the marker: a leader stopping first would be
+                # counted as a leader change by a follower that has not looked yet
+                time.sleep(3 * DONE_POLL_S)
         print(f"replica {opts.replica_id}: applied {replica.applied_index}, "
               f"leader changes seen during the run {changes.count}"
               f" (moments with no live leader in view: {changes.gaps})")
