@@ -81,10 +81,30 @@ class Runtime(Protocol):
         """A random source (seeded in the simulator)."""
 
 
+def _name_os_thread(name: str) -> None:
+    """Give the calling thread ``name`` in the kernel too (``top -H``, ``/proc/<pid>/task``),
+    so per-activity CPU can be read from outside; best effort (Linux only, 15 bytes)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+_PR_SET_NAME = 15
+
+
 class _Thread:
     def __init__(self, name: str, target: Callable[[], None]) -> None:
         self.name = name
-        self._thread = threading.Thread(target=target, name=name, daemon=True)
+
+        def run() -> None:
+            _name_os_thread(name)
+            target()
+
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
         self._thread.start()
 
     def join(self, timeout_s: float | None) -> None:
