@@ -30,6 +30,7 @@ class ReplicaConfig:
     fate_sharing_stuck_us: int = c.FATE_SHARING_STUCK_US
     permission_wait_us: int = c.PERMISSION_WAIT_US
     commit_flush_idle_us: int = c.COMMIT_FLUSH_IDLE_US
+    pump_poll_us: int = 0  # 0: the pump spins, then backs off; > 0: it polls at this period
     connect_timeout_s: float = c.CONNECT_TIMEOUT_S_DEFAULT
 
     def __post_init__(self) -> None:
@@ -66,6 +67,8 @@ class ReplicaConfig:
                                    self.scan_gap_cap_us + 1))
         if self.heartbeat_interval_us * 2 > self.dead_after_us:
             raise ValueError("dead_after_us must be at least twice heartbeat_interval_us")
+        if self.pump_poll_us < 0:
+            raise ValueError("pump_poll_us must be 0 (adaptive) or positive")
         if self.connect_timeout_s <= 0:
             raise ValueError("connect_timeout_s must be positive")
 

@@ -32,6 +32,7 @@ PUMP_BATCH_MAX = 64  # entries applied before the pump publishes applied and yie
 PUMP_SPINS_IDLE = 64  # empty polls (yielding) before the pump starts sleeping
 PUMP_SLEEP_S_MIN = 0.00002  # first sleep of an idle pump
 PUMP_SLEEP_S_MAX = 0.0005  # an idle pump still notices a new entry within half a millisecond
+PUMP_LEADER_IDLE_S = 0.05  # a caught-up leader's pump waits for a step-down this long at most
 
 # --- background plane -------------------------------------------------------------------------
 HEARTBEAT_INTERVAL_US = 200  # the heartbeat thread bumps the counter this often when idle

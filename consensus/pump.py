@@ -13,12 +13,18 @@ Rule 4 (design Rule 6): a slot holding entry ``k + m * slots`` (m > 0) when ``k`
         the log wrapped past this replica: it stops and reports ``LogOverrun``, never applying a
         wrong entry.
 Rule 5: idle polling backs off (yield, then sleeps doubling up to ``PUMP_SLEEP_S_MAX``), because
-        followers share the machine's cores with the leader.
+        followers share the machine's cores with the leader; with ``pump_poll_us`` set, an idle
+        pump instead sleeps that long every time it finds nothing (an application whose own
+        threads need the interpreter more than its followers need a short apply lag).
 Rule 6: on the leader, the proposing thread delivers its own committed entries at once
         (``deliver_committed``) instead of waiting for the pump to read them back: the leader's
         ``applied`` then keeps up with its commits (a pump sharing the proposer's interpreter
         could not, and the leader's own ``applied`` bounded recycling). Delivery, by either
         path, happens under ``lock``, so every index is still delivered once and in order.
+Rule 7: so a leader's pump does not poll: while this replica leads and has delivered up to its
+        commit index, the pump waits on ``state.pump_bell``, rung by every step-down and by a
+        ``deliver_committed`` that left entries behind, with ``PUMP_LEADER_IDLE_S`` as a
+        safety net. (An exchange server's leader pump woke 2,000 times a second for nothing.)
 """
 
 from __future__ import annotations
@@ -59,14 +65,24 @@ class Pump:
         idle = 0
         sleep_s = c.PUMP_SLEEP_S_MIN
         LOGGER.info("replica %d: reading pump started", state.replica_id)
+        bell = state.pump_bell
+        poll_s = state.config.pump_poll_us / 1e6
         while not state.stopping:
             if state.paused or state.failure is not None:
                 runtime.sleep(c.PUMP_SLEEP_S_MAX)
+                continue
+            if state.leading and self.applied >= state.commit_index:
+                # Rule 7: the proposers deliver; wake on a step-down (or the safety timeout)
+                bell.wait(c.PUMP_LEADER_IDLE_S)
+                bell.clear()
                 continue
             if self.step():
                 idle = 0
                 sleep_s = c.PUMP_SLEEP_S_MIN
                 runtime.yield_now()  # let the proposer (same interpreter on the leader) run
+                continue
+            if poll_s:  # Rule 5: fixed polling, set by an application sharing the interpreter
+                runtime.sleep(poll_s)
                 continue
             idle += 1
             if idle < c.PUMP_SPINS_IDLE:
@@ -137,6 +153,8 @@ class Pump:
             except ConsensusError as error:
                 self.state.fail(error)
             self._publish()
+        if index <= last:
+            self.state.pump_bell.set()  # Rule 7: the pump delivers what was left
 
     def _step_locked(self) -> int:
         """``step``'s body: ``_entry``, ``_learn`` and ``_deliver`` inlined (the pump is the

@@ -66,6 +66,7 @@ class ReplicaState:
         self.ctrl_buf = ctrl.buf
         self.peers: dict[int, Peer] = {}
         self.role = runtime.mutex()
+        self.pump_bell = runtime.signal()  # wakes a leader's idle pump (pump Rule 7)
         # lifecycle
         self.stopping = False
         self.paused = False
@@ -132,6 +133,7 @@ class ReplicaState:
         self.excluded = set()
         self.recycle_limit = 0
         self.set_word(ctrl_layout_mod.LEADING_OFFSET, LEADING_NO)
+        self.pump_bell.set()  # the pump polls again as a follower's
         assert not self.leading and not self.followers
 
     def fail(self, error: ConsensusError) -> None:

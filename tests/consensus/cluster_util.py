@@ -28,7 +28,7 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S, what: s
 
 class Cluster:
     def __init__(self, size: int, log_slots: int = 1024, payload_size_max: int = 64,
-                 paused: tuple[int, ...] = ()) -> None:
+                 paused: tuple[int, ...] = (), pump_poll_us: int = 0) -> None:
         self.network = MemoryNetwork()
         self.store: dict[str, bytes] = {}
         self.members = tuple(range(1, size + 1))
@@ -37,6 +37,7 @@ class Cluster:
         self.replicas: dict[int, Replica] = {}
         self.log_slots = log_slots
         self.payload_size_max = payload_size_max
+        self.pump_poll_us = pump_poll_us
         for member in self.members:
             self.replicas[member] = self._build(member)
             if member in paused:
@@ -45,7 +46,8 @@ class Cluster:
 
     def _build(self, member: int) -> Replica:
         config = ReplicaConfig(member, self.members, payload_size_max=self.payload_size_max,
-                               log_slots=self.log_slots, **TEST_TIMINGS)  # type: ignore[arg-type]
+                               log_slots=self.log_slots, pump_poll_us=self.pump_poll_us,
+                               **TEST_TIMINGS)  # type: ignore[arg-type]
         delivered, errors = self.delivered[member], self.errors[member]
         return Replica(config, self.network.endpoint(member),  # type: ignore[arg-type]
                        InProcessRegistry("t", self.store),

@@ -155,6 +155,15 @@ def test_config_rejects_bad_values():
         ReplicaConfig(1, (1, 2, 3), log_slots=100)
     with pytest.raises(ValueError, match="distinct"):
         ReplicaConfig(1, (1, 1, 2))
+    with pytest.raises(ValueError, match="pump_poll_us"):
+        ReplicaConfig(1, (1, 2, 3), pump_poll_us=-1)
+
+
+def test_fixed_pump_polling_still_delivers_everywhere(make_cluster):
+    cluster = make_cluster(3, pump_poll_us=2000)
+    assert cluster.propose_n(30, "polled") == list(range(1, 31))
+    cluster.wait_applied(30)
+    cluster.check_identical()
 
 
 def test_oversized_payload_is_refused(make_cluster):
