@@ -16,7 +16,7 @@ from exchange.config import (
     GRPC_WORKERS_DEFAULT,
     HEARTBEAT_INTERVAL_US_DEFAULT,
     LOG_SLOTS_DEFAULT,
-    PUMP_YIELD_US_DEFAULT,
+    PUMP_POLL_US_DEFAULT,
     ConfigError,
     resolve_server_config,
 )
@@ -64,9 +64,10 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        f"(default {HEARTBEAT_INTERVAL_US_DEFAULT}; 0 = consensus's own)")
     serve.add_argument("--dead-after-us", type=int, default=0,
                        help="a silent leader is declared dead after this (default: consensus's)")
-    serve.add_argument("--pump-yield-us", type=int, default=PUMP_YIELD_US_DEFAULT,
-                       help="how long the consensus pump's yield sleeps (default "
-                       f"{PUMP_YIELD_US_DEFAULT}; 0 = consensus's sleep(0) spin)")
+    serve.add_argument("--pump-poll-us", type=int, default=PUMP_POLL_US_DEFAULT,
+                       help="how often an idle consensus pump looks for new entries, i.e. how "
+                       f"late a follower may apply (default {PUMP_POLL_US_DEFAULT}; 0 = "
+                       "consensus's adaptive spin-then-back-off polling)")
     serve.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
@@ -89,11 +90,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     if not args.no_fifo:
         fifo = args.fifo or default_fifo_path(config.replica_id)
         config = dataclasses.replace(config, fifo_path=fifo)
-    if args.heartbeat_interval_us < 0 or args.dead_after_us < 0:
-        raise ConfigError("--heartbeat-interval-us and --dead-after-us must be >= 0")
+    if args.heartbeat_interval_us < 0 or args.dead_after_us < 0 or args.pump_poll_us < 0:
+        raise ConfigError("--heartbeat-interval-us, --dead-after-us and --pump-poll-us must be "
+                          ">= 0")
     config = dataclasses.replace(config, heartbeat_interval_us=args.heartbeat_interval_us,
                                  dead_after_us=args.dead_after_us, parent_pid=args.parent_pid,
-                                 pump_yield_us=max(0, args.pump_yield_us))
+                                 pump_poll_us=args.pump_poll_us)
     return serve(config)
 
 

@@ -27,11 +27,13 @@ PAYLOAD_SIZE_MAX_BYTES = 192
 LOG_SLOTS_DEFAULT = 65_536
 assert PAYLOAD_SIZE_MAX_BYTES >= 16 + 29 + 64 + 16
 # Heartbeat and failure-detector scan period of an exchange server. Consensus's 200/250 us suit a
-# process that only replicates; here the same GIL serves gRPC, and 1 ms halves an idle server's CPU
-# (13% -> 7% of a core measured) while a dead leader is still detected after the same dead-after.
-HEARTBEAT_INTERVAL_US_DEFAULT = 1000
-# What a yield of the consensus pump costs in an exchange server (see exchange.replication).
-PUMP_YIELD_US_DEFAULT = 500  # = consensus's PUMP_SLEEP_S_MAX: an idle pump's own polling bound
+# process that only replicates; here every wake-up of a consensus thread takes the GIL from the
+# gRPC handlers (see docs/exchange.md, "Consensus threads in a gRPC server"), and a dead leader is
+# still detected after the same dead-after (20 ms: 10 beats).
+HEARTBEAT_INTERVAL_US_DEFAULT = 2000
+# How often an idle consensus pump looks for new entries (consensus ReplicaConfig.pump_poll_us):
+# a follower applies within this; the leader's handlers apply their own entries and do not wait.
+PUMP_POLL_US_DEFAULT = 2000
 
 
 class ConfigError(ValueError):
@@ -87,7 +89,7 @@ class ServerConfig:
     heartbeat_interval_us: int = HEARTBEAT_INTERVAL_US_DEFAULT  # 0 = the consensus default
     dead_after_us: int = 0  # 0 = the consensus default
     parent_pid: int = 0  # exit when this process is gone (launchers set it); 0 = never
-    pump_yield_us: int = PUMP_YIELD_US_DEFAULT  # 0 = consensus's sleep(0) yield
+    pump_poll_us: int = PUMP_POLL_US_DEFAULT  # 0 = consensus's adaptive polling
 
     @property
     def members(self) -> tuple[int, ...]:

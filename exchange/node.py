@@ -6,12 +6,9 @@ Rule 1: state changes only in ``on_commit`` (replicated mode: called by the cons
 Rule 2: the leader answers an order-entry request only once its entry is committed AND applied
         here: the handler registers a waiter for ``(client_id, seq)`` before proposing and the
         apply path hands it the reply. A request whose reply is already in the dedup table is
-        answered from the table without proposing (it is committed and applied).
-        Apply-ahead: ``propose`` returning ``i`` means the committed entry ``i`` IS this payload,
-        so the handler applies it itself as soon as every entry before it is applied (and then any
-        following entries other handlers proposed), instead of waiting for the pump to read it
-        back; the pump's ``on_commit`` skips indexes already applied. Entries are still applied
-        exactly once, in log order, to the same deterministic state machine.
+        answered from the table without proposing (it is committed and applied). On the leader
+        consensus delivers a committed entry in the proposing thread before ``propose``
+        returns (consensus pump Rule 6), so the handler usually finds its reply ready.
 Rule 3: a proposal that raised ``NotLeader`` or timed out may still be committed; the client retries
         with the same seq and the replicated dedup table answers it (exactly-once).
 Rule 4: a follower, a paused server or a server without a leader never proposes: it raises
@@ -93,10 +90,15 @@ class NodeStatus:
 
 
 class _Waiter:
+    """A handler waiting for its entry's reply. The event is made only if the reply was not
+    there when ``propose`` returned (on the leader consensus usually applies the entry in the
+    handler's own thread, so most requests never need one); both fields change under the
+    node's lock."""
+
     __slots__ = ("done", "reply")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done: threading.Event | None = None
         self.reply: Reply | None = None
 
 
@@ -120,7 +122,6 @@ class ExchangeNode:
         self.pause_listeners: list[Callable[[bool], None]] = []
         self._lock = threading.Lock()
         self._waiters: dict[tuple[int, int], list[_Waiter]] = {}
-        self._proposed: dict[int, bytes] = {}  # committed, not yet applied: index -> payload
 
     def attach(self, replica: ConsensusReplica) -> None:
         """Use ``replica`` for order entry (called once, before the replica starts serving)."""
@@ -131,40 +132,23 @@ class ExchangeNode:
     # -- apply path ---------------------------------------------------------------------------
 
     def on_commit(self, index: int, payload: bytes | memoryview) -> None:
-        """Apply committed entry ``index`` (consensus pump thread, every replica, log order).
+        """Apply committed entry ``index`` (every replica, log order, exactly once: consensus's
+        pump thread, or on the leader the proposing handler's thread).
 
-        On the leader, a handler may already have applied it (Rule 2's apply-ahead): skip it.
+        Market data is offered under the lock so that it leaves in log order whichever thread
+        applies; offering never blocks (bounded queues).
         """
         with self._lock:
-            if index <= self.state.applied_index:
-                self._proposed.pop(index, None)
-                return
-            self._apply_locked(index, payload)
-
-    def _apply_locked(self, index: int, payload: bytes | memoryview) -> None:
-        """Apply ``index``, then every following entry this leader proposed and saw committed.
-
-        Caller holds ``self._lock``. Market data is offered under the lock so that it leaves in
-        log order whichever thread applies; offering never blocks (bounded queues).
-        """
-        state, proposed, waiters_by_key = self.state, self._proposed, self._waiters
-        publish = self.hub.subscriber_count > 0
-        while True:
-            applied = state.apply(index, payload)
-            proposed.pop(index, None)
+            applied = self.state.apply(index, payload)
             reply = applied.reply
-            waiters = waiters_by_key.pop((reply.client_id, reply.seq), None)
+            waiters = self._waiters.pop((reply.client_id, reply.seq), None)
             if waiters:
                 for waiter in waiters:
                     waiter.reply = reply
-                    waiter.done.set()
-            if publish and applied.market_data:
+                    if waiter.done is not None:
+                        waiter.done.set()
+            if applied.market_data and self.hub.subscriber_count > 0:
                 self.hub.publish(_updates(applied))
-            index += 1
-            next_payload = proposed.get(index)
-            if next_payload is None:
-                return
-            payload = next_payload
 
     # -- order entry --------------------------------------------------------------------------
 
@@ -186,17 +170,17 @@ class ExchangeNode:
                 return stored
             self._waiters.setdefault(key, []).append(waiter)
         try:
-            index = replica.propose(payload, PROPOSE_TIMEOUT_S)
+            replica.propose(payload, PROPOSE_TIMEOUT_S)
         except Exception as exc:
             self._forget(key, waiter)
             raise self._proposal_error(exc) from exc
-        with self._lock:  # apply-ahead: the committed entry at ``index`` is ``payload``
-            applied_index = self.state.applied_index
-            if index == applied_index + 1:
-                self._apply_locked(index, payload)
-            elif index > applied_index:
-                self._proposed[index] = payload  # applied when the entries before it are
-        if not waiter.done.wait(APPLY_WAIT_S):
+        with self._lock:
+            reply = waiter.reply
+            if reply is None:
+                waiter.done = done = threading.Event()
+        if reply is not None:
+            return reply
+        if not done.wait(APPLY_WAIT_S):
             self._forget(key, waiter)
             raise ServerUnavailable(
                 f"entry for client {client_id} seq {seq} committed but not applied within "

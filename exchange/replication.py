@@ -11,15 +11,10 @@ Rule 3: a fabric or registry that cannot run here (no RDMA device, unreachable m
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from exchange.config import PAYLOAD_SIZE_MAX_BYTES, ServerConfig
 from exchange.node import ConsensusReplica, ExchangeNode
-
-if TYPE_CHECKING:
-    from consensus.runtime import Runtime
 
 log = logging.getLogger("exchange.replication")
 
@@ -49,36 +44,11 @@ class ReplicationHandle:
                     log.exception("closing %r failed", closer)
 
 
-def exchange_runtime(pump_yield_us: int) -> Runtime:
-    """The consensus ``Runtime`` of an exchange server: ``RealRuntime`` whose ``yield_now`` is a
-    short sleep instead of ``sleep(0)``.
-
-    Consensus's pump (its only caller) yields after every entry and up to 64 times when idle
-    before it starts sleeping. In a process that also serves gRPC, a ``sleep(0)`` spin takes the
-    GIL back from the handlers dozens of times per entry: measured 180 us of CPU per entry on the
-    leader (whose pump only skips entries the handler already applied) and 280 us on a follower,
-    on two cores shared by three replicas and the traders. A short sleep keeps the pump's
-    meaning ("let others run, look again soon") and bounds a follower's apply lag to about the
-    sleep; the leader answers from its own apply-ahead and is not delayed by it.
-    """
-    from consensus.runtime import RealRuntime
-
-    if pump_yield_us <= 0:
-        return RealRuntime()
-    yield_s = pump_yield_us / 1e6
-
-    class ExchangeRuntime(RealRuntime):
-        def yield_now(self) -> None:
-            time.sleep(yield_s)
-
-    return ExchangeRuntime()
-
-
 def _timings(config: ServerConfig) -> dict[str, int]:
     """Failure-detector timings for a server process that also runs gRPC (see docs/exchange.md)."""
     from consensus import constants
 
-    timings: dict[str, int] = {}
+    timings: dict[str, int] = {"pump_poll_us": config.pump_poll_us}
     dead_after_us = config.dead_after_us or constants.DEAD_AFTER_US
     if config.dead_after_us:
         timings["dead_after_us"] = config.dead_after_us
@@ -131,7 +101,6 @@ def start_replication(config: ServerConfig, node: ExchangeNode) -> ReplicationHa
         replica_config,
         fabric,
         registry,
-        runtime=exchange_runtime(config.pump_yield_us),
         on_commit=node.on_commit,
         on_leader_change=on_leader_change,
     )
