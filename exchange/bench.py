@@ -7,7 +7,10 @@ Rule 1: both configurations run in the same invocation, alternately (``--rounds`
         is the headline, because absolute numbers on a shared 2-core machine are noisy.
 Rule 2: latency is measured with one closed-loop trader (one request in flight), throughput with
         ``--traders`` closed-loop traders; the first ``WARMUP_S`` of every phase is discarded.
-Rule 3: the target (issue 6) is replicated p50 <= ``TARGET_P50_RATIO`` x unreplicated p50.
+Rule 3: the target (issue 6) is replicated p50 <= ``TARGET_P50_RATIO`` x unreplicated p50, judged
+        on the ratio of the two medians; the per-round ratios (each round measures both
+        configurations back to back, so slow drifts of the shared machine cancel) are printed
+        beside it, with their spread, to show how much of a difference is noise.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="closed-loop traders in the throughput phase")
     bench.add_argument("--fabric", choices=("shm", "verbs"), default="shm")
     bench.add_argument("--seed", type=int, default=7)
+    bench.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                       help="pass ARG to every server of both configurations (repeat it; e.g. "
+                       "--server-arg=--heartbeat-interval-us=5000)")
     bench.add_argument("--followers-nice", type=int, default=0, metavar="N",
                        help="run the 3-replica cluster's followers at this nice value (0-19), to "
                        "emulate followers on their own machines: with one-sided writes they are "
@@ -80,7 +86,8 @@ def _phase(cluster: LocalCluster, traders: int, seconds: float, seed: int) -> Ph
 def _measure(replicas: int, args: argparse.Namespace, round_index: int) -> tuple[PhaseResult,
                                                                                  PhaseResult]:
     name = "bench3" if replicas > 1 else "bench1"
-    with LocalCluster(replicas, fabric=args.fabric, name=name) as cluster:
+    with LocalCluster(replicas, fabric=args.fabric, name=name,
+                      extra_args=tuple(args.server_arg)) as cluster:
         if replicas > 1 and args.followers_nice:
             leader = cluster.wait_for_leader(LEADER_TIMEOUT_S)
             for replica_id, server in cluster.servers.items():
@@ -170,4 +177,8 @@ def _print_table(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]]
     verdict = "meets" if ratio <= TARGET_P50_RATIO else "MISSES"
     print(f"replicated/unreplicated: p50 x{ratio:.3f} ({verdict} the x{TARGET_P50_RATIO:.2f} "
           f"target), throughput x{tput_ratio:.3f}")
+    paired = sorted(rep.latency.p50_us / unrep.latency.p50_us
+                    for unrep, rep in zip(results[1][0], results[3][0], strict=True))
+    print(f"per-round p50 ratios (each round runs both back to back): median "
+          f"x{statistics.median(paired):.3f}, range x{paired[0]:.3f}-x{paired[-1]:.3f}")
     return 0
