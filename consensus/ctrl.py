@@ -3,7 +3,8 @@
 Rule 1: every member may write every ctrl region (granted at start), but each word has ONE writer:
         the owner writes ``heartbeat``, ``leading``, ``applied``, ``holder``, ``my_request`` and
         ``answered[i]``; member ``i`` writes only ``request[i]`` and ``answer[i]``.
-Rule 2: ``heartbeat`` and ``leading`` are adjacent so a scanner reads both in one 16-byte read.
+Rule 2: ``heartbeat``, ``leading``, ``applied`` and ``holder`` are adjacent so a scanner reads
+        them in one 32-byte read (``SCAN``).
 Rule 3: request numbers of member ``r`` are ``r, r + 2 * REPLICA_ID_MAX, ...``: they never collide
         between members, grow forever, and survive a restart because ``my_request`` lives here.
 Rule 4: ``answered[i]`` (the last request of member ``i`` this owner granted) also lives here, so
@@ -19,6 +20,7 @@ from consensus.constants import REPLICA_ID_MAX
 
 U64 = struct.Struct("<Q")
 PAIR = struct.Struct("<QQ")
+SCAN = struct.Struct("<QQQQ")  # heartbeat, leading, applied, holder (Rule 2)
 
 MAGIC = 0x4D5543_54524C31  # "MUCTRL1": marks an initialised region (a re-attach finds it)
 MAGIC_OFFSET = 0
@@ -27,6 +29,9 @@ LEADING_OFFSET = 16  # 1 while the owner leads or campaigns
 APPLIED_OFFSET = 24
 HOLDER_OFFSET = 32  # who holds write permission on the owner's log (0: nobody)
 MY_REQUEST_OFFSET = 40
+assert (LEADING_OFFSET, APPLIED_OFFSET, HOLDER_OFFSET) == (HEARTBEAT_OFFSET + 8,
+                                                          HEARTBEAT_OFFSET + 16,
+                                                          HEARTBEAT_OFFSET + 24)
 ARRAYS_OFFSET = 64
 REQUEST_STRIDE = 2 * REPLICA_ID_MAX
 

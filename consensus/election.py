@@ -26,6 +26,10 @@ Rule 5: nothing here runs while paused: no answers, no campaign; the heartbeat a
         beating too (fate sharing also stops it when a proposal is stuck). A failed replica
         (``LogOverrun``) neither beats nor campaigns but still answers requests: its log remains
         a valid acceptor for a majority, it just cannot deliver or lead.
+Rule 6: a leader also reads every peer's ``holder`` word in its scan and steps down once fewer
+        than a majority name it: an idle deposed leader (stopped, then continued, after another
+        replica took over) learns it within a scan instead of at its next write, so it stops
+        reporting itself leader. Stepping down is always safe; nothing else depends on it.
 """
 
 from __future__ import annotations
@@ -61,8 +65,7 @@ class Background:
             gap_cap_ns=cfg.scan_gap_cap_us * NS_PER_US,
             startup_grace_ns=cfg.startup_grace_us * NS_PER_US)
         self.on_leader_change = on_leader_change
-        self._pair = bytearray(16)
-        self._pair_view = memoryview(self._pair)
+        self._scan_buf = memoryview(bytearray(ctrl_mod.SCAN.size))
         self._reported: int | None = -1
         self._backoff_until_ns = 0
         self._last_commit = 0
@@ -108,16 +111,17 @@ class Background:
         state = self.state
         now = state.runtime.now_ns()
         gap = self.detector.begin_scan(now)
-        pair = self._pair_view
+        words = self._scan_buf
         for peer in state.peers.values():
             try:
-                peer.ctrl.read_into(ctrl_mod.HEARTBEAT_OFFSET, pair)
+                peer.ctrl.read_into(ctrl_mod.HEARTBEAT_OFFSET, words)
             except FabricError:
                 self.detector.observe(peer.replica_id, -2, gap)
                 continue
-            beat, leading = ctrl_mod.PAIR.unpack_from(pair, 0)
+            beat, leading, _applied, holder = ctrl_mod.SCAN.unpack_from(words, 0)
             self.detector.observe(peer.replica_id, beat, gap)
             state.peer_leading[peer.replica_id] = leading
+            state.peer_holder[peer.replica_id] = holder
         alive = self.detector.alive(now)
         if alive != state.alive:
             LOGGER.info("replica %d: live peers %s -> %s", state.replica_id, sorted(state.alive),
@@ -250,6 +254,14 @@ class Background:
         state.set_word(ctrl_mod.MY_REQUEST_OFFSET, request)
         return request
 
+    def _deposed(self) -> bool:
+        """Rule 6: fewer than a majority (this replica included) name this replica as the holder
+        of their log in the last scan, so no entry this leader writes can commit any more."""
+        state = self.state
+        me = state.replica_id
+        holding = 1 + sum(1 for holder in state.peer_holder.values() if holder == me)
+        return holding < state.majority
+
     def _granted(self) -> list[Peer]:
         """Peers whose answer matches the request this replica last sent them."""
         state = self.state
@@ -308,8 +320,14 @@ class Background:
 
     # --- leader upkeep --------------------------------------------------------------------------
     def upkeep(self) -> None:
-        """Rule 4: take in late grants, publish the commit word when idle."""
+        """Rule 4: take in late grants, publish the commit word when idle; Rule 6."""
         state = self.state
+        if self._deposed():
+            with state.role:
+                if state.leading:
+                    state.step_down_locked("a majority granted write permission to another "
+                                           "replica")
+            return
         late = [p for p in self._granted()
                 if p not in state.followers and p.replica_id not in state.excluded]
         now = state.runtime.now_ns()

@@ -77,6 +77,7 @@ class ReplicaState:
         # background view (written by the background activity only)
         self.alive: frozenset[int] = frozenset()
         self.peer_leading: dict[int, int] = {}
+        self.peer_holder: dict[int, int] = {}  # who holds each peer's log, as last scanned
         self.leader_view: int | None = None
         # leader state (under role)
         self.leading = False

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from consensus import ConsensusError, Replica, ReplicaConfig
 from consensus.fabric.memory import MemoryNetwork
 from consensus.registry.base import InProcessRegistry
+from consensus.runtime import Runtime
 
 # Generous detector timings: all replicas share one interpreter (and its GIL) in these tests, so a
 # 2-core shared machine must not see spurious fail-overs; correctness, not speed, is tested here.
@@ -28,7 +29,8 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S, what: s
 
 class Cluster:
     def __init__(self, size: int, log_slots: int = 1024, payload_size_max: int = 64,
-                 paused: tuple[int, ...] = (), pump_poll_us: int = 0) -> None:
+                 paused: tuple[int, ...] = (), pump_poll_us: int = 0,
+                 runtimes: dict[int, Runtime] | None = None) -> None:
         self.network = MemoryNetwork()
         self.store: dict[str, bytes] = {}
         self.members = tuple(range(1, size + 1))
@@ -38,6 +40,7 @@ class Cluster:
         self.log_slots = log_slots
         self.payload_size_max = payload_size_max
         self.pump_poll_us = pump_poll_us
+        self.runtimes = runtimes or {}
         for member in self.members:
             self.replicas[member] = self._build(member)
             if member in paused:
@@ -51,6 +54,7 @@ class Cluster:
         delivered, errors = self.delivered[member], self.errors[member]
         return Replica(config, self.network.endpoint(member),  # type: ignore[arg-type]
                        InProcessRegistry("t", self.store),
+                       runtime=self.runtimes.get(member),
                        on_commit=lambda i, p: delivered.append((i, p)),
                        on_error=errors.append)
 

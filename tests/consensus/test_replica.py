@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 import pytest
 
 from consensus import LogOverrun, NotLeader, ReplicaConfig
 from consensus.errors import ReplicaStopped
+from consensus.runtime import RealRuntime
 
 from .cluster_util import Cluster, wait_until
 
@@ -260,3 +262,41 @@ def test_raising_callback_on_the_leader_fails_the_replica_not_the_proposer(make_
     assert "application bug" in str(leader.error)
     assert not leader.is_leader
     assert cluster.errors[leader.replica_id]
+
+
+class FreezableRuntime(RealRuntime):
+    """A RealRuntime whose activities stop at their next sleep or yield while ``frozen`` is
+    set, as if the process were SIGSTOPped between two steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = threading.Event()
+        self.running.set()
+
+    def sleep(self, seconds: float) -> None:
+        self.running.wait()
+        super().sleep(seconds)
+
+    def yield_now(self) -> None:
+        self.running.wait()
+        super().yield_now()
+
+
+def test_idle_deposed_leader_steps_down_without_writing(make_cluster):
+    frozen = FreezableRuntime()
+    cluster = make_cluster(3, runtimes={1: frozen})
+    old = cluster.leader()
+    assert old.replica_id == 1
+    cluster.propose_n(10, "before")
+    cluster.wait_applied(10)  # followers saw the commit word: the idle leader has nothing to write
+    time.sleep(0.05)
+    frozen.running.clear()  # replica 1 stops beating; 2 and 3 take over
+    new = cluster.leader(exclude=(1,))
+    new.propose(b"by the new leader")
+    assert old.is_leader  # frozen, it cannot know yet
+    frozen.running.set()
+    # nobody proposes on the old leader: it learns from the holder words in its scan
+    wait_until(lambda: not old.is_leader, what="the idle deposed leader to step down")
+    assert old.leader_id != 1
+    cluster.wait_applied(11)
+    cluster.check_identical()
