@@ -7,15 +7,13 @@ Rule 1: ``LocalCluster`` owns everything it starts: the server processes, their 
 Rule 2: every cluster gets a fresh cluster id and fresh ports, so runs never see each other's
         registry entries or regions; stale shared memory of the same id is removed before start.
 Rule 3: ``start`` returns only when every server answers and (replicated) they agree on a leader;
-        otherwise it raises ``ClusterError`` with the tail of the servers' logs. If they disagree
-        (a deposed idle leader, see ``_probe``), one no-op request settles it before giving up.
+        otherwise it raises ``ClusterError`` with the tail of the servers' logs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -34,8 +32,6 @@ from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 
 START_TIMEOUT_S = 30.0
-AGREE_TIMEOUT_S = 3.0  # servers normally agree on a leader well within this after answering
-PROBE_GIVE_UP_S = 10.0
 STOP_TIMEOUT_S = 5.0
 STATUS_TIMEOUT_S = 1.0
 POLL_INTERVAL_S = 0.02
@@ -131,30 +127,7 @@ class LocalCluster:
         for replica_id in self.addresses:
             self._wait_answering(replica_id, deadline)
         if self.replicas > 1:
-            try:
-                self.wait_for_leader(min(AGREE_TIMEOUT_S, deadline - time.monotonic()))
-            except ClusterError:
-                self._probe()
-                self.wait_for_leader(deadline - time.monotonic())
-
-    def _probe(self) -> None:
-        """Send one no-op order-entry request (a cancel of an order that never existed).
-
-        An idle replica that led before another one took over learns it was deposed only when it
-        next writes (Mu's permission model: its writes are rejected); until then two servers can
-        report role leader. One request through the leader-following client settles it. The
-        probe changes no book (the engine answers cancel_reject) and uses a fresh client id.
-        """
-        from traders.client import ClientError, ClusterConnection, TraderClient
-
-        connection = ClusterConnection(tuple(self.addresses.values()))
-        client_id = random.SystemRandom().randrange(1, 2**48)
-        try:
-            TraderClient(connection, client_id, give_up_s=PROBE_GIVE_UP_S).cancel(f"{client_id}.0")
-        except ClientError:
-            pass  # wait_for_leader reports the state the cluster is in
-        finally:
-            connection.close()
+            self.wait_for_leader(deadline - time.monotonic())
 
     def start_server(self, replica_id: int) -> ServerProcess:
         """Start (or restart) server ``replica_id``; it answers shortly after."""
@@ -243,8 +216,8 @@ class LocalCluster:
             time.sleep(POLL_INTERVAL_S)
 
     def leader_id(self) -> int | None:
-        """The server most servers name as leader (a deposed idle leader may still claim the
-        role until it next writes), or None."""
+        """The server most servers name as leader (a deposed leader may claim the role for one
+        more scan, until it reads that a majority granted another), or None."""
         votes: dict[int, int] = {}
         for status in self.statuses().values():
             if status is not None and status.role != "paused" and status.leader_id:
