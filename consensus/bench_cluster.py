@@ -318,16 +318,41 @@ def _pause_loop(events: queue.SimpleQueue[Event], by_id: dict[int, subprocess.Po
 
 def _one_failover(events: queue.SimpleQueue[Event], child: subprocess.Popen[str], leader: int,
                   sigstop: bool) -> int:
-    """Stop ``leader``; return ns from the stop to the first commit of another replica."""
+    """Stop ``leader``; return ns from the stop to the first commit of another replica.
+
+    The replicas' events reach ``events`` through one reader thread per process, so the new
+    leader's first commit may be queued before the old leader's "paused": both are awaited in
+    any order, and every other event is put back for ``_drain_leader``.
+    """
+    paused_ns: int | None = None
     if sigstop:
         paused_ns = time.monotonic_ns()
         os.kill(child.pid, signal.SIGSTOP)
     else:
         _send(child, "pause")
-        paused_ns = _next_event(events, "paused", FAILOVER_WAIT_S).time_ns
-    new = _next_event(events, "first-commit", FAILOVER_WAIT_S, exclude=leader)
-    events.put(new)  # _drain_leader sees the new leader
-    return new.time_ns - paused_ns
+    first: Event | None = None
+    others: list[Event] = []
+    deadline = time.monotonic() + FAILOVER_WAIT_S
+    try:
+        while paused_ns is None or first is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no fail-over within {FAILOVER_WAIT_S} s")
+            try:
+                event = events.get(timeout=left)
+            except queue.Empty:
+                continue
+            if event.kind == "paused" and event.replica == leader and paused_ns is None:
+                paused_ns = event.time_ns
+            elif event.kind == "first-commit" and event.replica != leader and first is None:
+                first = event
+            else:
+                others.append(event)
+    finally:
+        for event in others:
+            events.put(event)
+    events.put(first)  # _drain_leader sees the new leader
+    return first.time_ns - paused_ns
 
 
 def _drain_leader(events: queue.SimpleQueue[Event], leader: int) -> int:
