@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from consensus.bench import LEADER_WAIT_S, percentile, raise_priority, tune_process
@@ -199,21 +200,29 @@ def _read_events(child: subprocess.Popen[str], events: queue.SimpleQueue[Event])
             events.put(Event(fields[1], int(fields[2]), int(fields[3])))
 
 
-def _next_event(events: queue.SimpleQueue[Event], kind: str, timeout_s: float,
-                exclude: int | None = None, seen: list[Event] | None = None) -> Event:
+def _events_within(events: queue.SimpleQueue[Event], timeout_s: float,
+                   what: str) -> Iterator[Event]:
+    """Yield events as they come; raise TimeoutError("no <what> ...") once ``timeout_s`` passed
+    (the caller stops iterating when it has what it waited for)."""
     deadline = time.monotonic() + timeout_s
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError(f"no {kind!r} event within {timeout_s} s")
+            raise TimeoutError(f"no {what} within {timeout_s} s")
         try:
-            event = events.get(timeout=left)
+            yield events.get(timeout=left)
         except queue.Empty:
             continue
+
+
+def _next_event(events: queue.SimpleQueue[Event], kind: str, timeout_s: float,
+                exclude: int | None = None, seen: list[Event] | None = None) -> Event:
+    for event in _events_within(events, timeout_s, f"{kind!r} event"):
         if seen is not None:
             seen.append(event)
         if event.kind == kind and event.replica != exclude:
             return event
+    raise AssertionError("unreachable: _events_within ends by raising")
 
 
 def _send(child: subprocess.Popen[str], command: str) -> None:
@@ -332,25 +341,20 @@ def _one_failover(events: queue.SimpleQueue[Event], child: subprocess.Popen[str]
         _send(child, "pause")
     first: Event | None = None
     others: list[Event] = []
-    deadline = time.monotonic() + FAILOVER_WAIT_S
     try:
-        while paused_ns is None or first is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no fail-over within {FAILOVER_WAIT_S} s")
-            try:
-                event = events.get(timeout=left)
-            except queue.Empty:
-                continue
+        for event in _events_within(events, FAILOVER_WAIT_S, "fail-over"):
             if event.kind == "paused" and event.replica == leader and paused_ns is None:
                 paused_ns = event.time_ns
             elif event.kind == "first-commit" and event.replica != leader and first is None:
                 first = event
             else:
                 others.append(event)
+            if paused_ns is not None and first is not None:
+                break
     finally:
         for event in others:
             events.put(event)
+    assert paused_ns is not None and first is not None
     events.put(first)  # _drain_leader sees the new leader
     return first.time_ns - paused_ns
 
