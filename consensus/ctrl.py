@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from consensus.constants import REPLICA_ID_MAX
 
 U64 = struct.Struct("<Q")
-PAIR = struct.Struct("<QQ")
 SCAN = struct.Struct("<QQQQ")  # heartbeat, leading, applied, holder (Rule 2)
 
 MAGIC = 0x4D5543_54524C31  # "MUCTRL1": marks an initialised region (a re-attach finds it)
