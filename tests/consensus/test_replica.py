@@ -300,3 +300,26 @@ def test_idle_deposed_leader_steps_down_without_writing(make_cluster):
     assert old.leader_id != 1
     cluster.wait_applied(11)
     cluster.check_identical()
+
+
+def test_a_caught_up_leaders_pump_does_not_poll(make_cluster):
+    cluster = make_cluster(3)
+    leader = cluster.leader()
+    cluster.propose_n(5, "warm")
+    cluster.wait_applied(5)
+    steps = {member: 0 for member in cluster.replicas}
+
+    def counting(member: int, step):  # type: ignore[no-untyped-def]
+        def wrapped() -> int:
+            steps[member] += 1
+            return step()
+        return wrapped
+
+    for member, replica in cluster.replicas.items():
+        replica._pump.step = counting(member, replica._pump.step)
+    time.sleep(0.3)
+    assert steps[leader.replica_id] == 0  # it waits on the bell (pump Rule 7)
+    assert all(steps[m] > 0 for m in cluster.replicas if m != leader.replica_id)
+    leader.pause()  # a step-down rings the bell; once resumed, as a follower, the pump polls
+    leader.resume()
+    wait_until(lambda: steps[leader.replica_id] > 0, what="the former leader's pump to poll")
