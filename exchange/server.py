@@ -31,7 +31,7 @@ from exchange.service import ExchangeService, HealthReporter
 ROLE_POLL_INTERVAL_S = 0.02  # how often health statuses follow the replica's role
 SHUTDOWN_GRACE_S = 1.0
 GRPC_MESSAGE_BYTES_MAX = 4 * 1024 * 1024
-GIL_SWITCH_INTERVAL_S = 0.0005  # as consensus's own benchmarks: default 5 ms starves heartbeats
+GIL_SWITCH_INTERVAL_S = 0.0005  # a handler holding the GIL delays a heartbeat by at most this
 
 log = logging.getLogger("exchange.server")
 
