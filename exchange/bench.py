@@ -28,8 +28,10 @@ from traders.workload import DEFAULT_SYMBOLS
 
 WARMUP_S = 0.5
 TARGET_P50_RATIO = 1.10
-BENCH_SECONDS_DEFAULT = 4.0
-BENCH_ROUNDS_DEFAULT = 2
+BENCH_SECONDS_DEFAULT = 3.0
+# Single rounds on this shared 2-core machine range over +-10% (x0.98-1.24 seen in one run), so
+# the default takes the median of 6 alternating rounds (about 2 minutes in all).
+BENCH_ROUNDS_DEFAULT = 6
 BENCH_TRADERS_DEFAULT = 8
 LEADER_TIMEOUT_S = 10.0
 BENCH_NICE = -10  # same as consensus's benchmarks
@@ -50,8 +52,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "alternately, and print both with their ratio.",
     )
     bench.add_argument("--seconds", type=float, default=BENCH_SECONDS_DEFAULT,
-                       help="length of each measured phase")
-    bench.add_argument("--rounds", type=int, default=BENCH_ROUNDS_DEFAULT)
+                       help=f"length of each measured phase (default {BENCH_SECONDS_DEFAULT:g})")
+    bench.add_argument("--rounds", type=int, default=BENCH_ROUNDS_DEFAULT,
+                       help=f"alternating rounds of each configuration (default "
+                       f"{BENCH_ROUNDS_DEFAULT}); the medians are compared")
     bench.add_argument("--traders", type=int, default=BENCH_TRADERS_DEFAULT,
                        help="closed-loop traders in the throughput phase")
     bench.add_argument("--fabric", choices=("shm", "verbs"), default="shm")
