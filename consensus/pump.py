@@ -41,6 +41,8 @@ _ENTRY_UNPACK = log_mod.ENTRY.unpack_from
 _TRAILER_UNPACK = log_mod.TRAILER.unpack_from
 _ENTRY_BYTES = log_mod.ENTRY.size
 _HEADER_BYTES = log_mod.HEADER_BYTES
+_U64_PACK = log_mod.U64.pack_into
+assert log_mod.U64.format == ctrl_mod.U64.format
 
 
 class Pump:
@@ -57,6 +59,8 @@ class Pump:
         self._mask = layout.slots - 1
         self._slot_bytes = layout.slot_bytes
         self._payload_max = layout.payload_size_max
+        self._ctrl_buf = state.ctrl_buf
+        self._log_buf = state.log_buf
         self._publish()
 
     def run(self) -> None:
@@ -139,17 +143,23 @@ class Pump:
             index = self.applied + 1
             if index > last or self.state.failure is not None:
                 return
+            on_commit = self.on_commit
             try:
-                while index <= last:
-                    if index >= first:
-                        payload = payloads[index - first]
-                    else:
-                        entry = self._entry(index)
-                        if entry is None:
-                            break
-                        payload = entry[2]
-                    self._deliver(index, payload)
+                while index < first:  # entries other proposers committed before ours
+                    entry = self._entry(index)
+                    if entry is None:
+                        break
+                    self._deliver(index, entry[2])
                     index += 1
+                if index >= first:  # the hot path: this proposer's own entries, inlined
+                    for payload in payloads[index - first :]:
+                        self.applied = index
+                        if on_commit is not None:
+                            try:
+                                on_commit(index, payload)
+                            except Exception as error:
+                                raise self._callback_failed(index, error) from error
+                        index += 1
             except ConsensusError as error:
                 self.state.fail(error)
             self._publish()
@@ -248,9 +258,10 @@ class Pump:
         return CallbackFailed(f"on_commit({index}) raised {error!r}")
 
     def _publish(self) -> None:
-        state = self.state
-        state.set_word(ctrl_mod.APPLIED_OFFSET, self.applied)
-        log_mod.U64.pack_into(state.log_buf, log_mod.FIRST_UNDECIDED_OFFSET, self.applied + 1)
+        """Rule 3 (on the leader once per ``propose``: two precompiled packs, no checks)."""
+        applied = self.applied
+        _U64_PACK(self._ctrl_buf, ctrl_mod.APPLIED_OFFSET, applied)
+        _U64_PACK(self._log_buf, log_mod.FIRST_UNDECIDED_OFFSET, applied + 1)
 
 
 class CallbackFailed(ConsensusError):
