@@ -143,7 +143,6 @@ class Pump:
             index = self.applied + 1
             if index > last or self.state.failure is not None:
                 return
-            on_commit = self.on_commit
             try:
                 while index < first:  # entries other proposers committed before ours
                     entry = self._entry(index)
@@ -151,14 +150,9 @@ class Pump:
                         break
                     self._deliver(index, entry[2])
                     index += 1
-                if index >= first:  # the hot path: this proposer's own entries, inlined
+                if index >= first:
                     for payload in payloads[index - first :]:
-                        self.applied = index
-                        if on_commit is not None:
-                            try:
-                                on_commit(index, payload)
-                            except Exception as error:
-                                raise self._callback_failed(index, error) from error
+                        self._deliver(index, payload)
                         index += 1
             except ConsensusError as error:
                 self.state.fail(error)
