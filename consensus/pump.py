@@ -24,7 +24,7 @@ Rule 6: on the leader, the proposing thread delivers its own committed entries a
 Rule 7: so a leader's pump does not poll: while this replica leads and has delivered up to its
         commit index, the pump waits on ``state.pump_bell``, rung by every step-down and by a
         ``deliver_committed`` that left entries behind, with ``PUMP_LEADER_IDLE_S`` as a
-        safety net. (An exchange server's leader pump woke 2,000 times a second for nothing.)
+        safety net. (An idle pump sleeps at most 0.5 ms: up to 2,000 empty wake-ups a second.)
 """
 
 from __future__ import annotations
