@@ -19,6 +19,7 @@ from consensus.errors import (
     ProposalTimeout,
     ReplicaStopped,
 )
+from consensus.rejoin import RecoveryStatus, SnapshotPort, SnapshotUnavailable, Transfer
 from consensus.replica import Replica
 from consensus.runtime import RealRuntime, Runtime
 
@@ -28,8 +29,12 @@ __all__ = [
     "NotLeader",
     "ProposalTimeout",
     "RealRuntime",
+    "RecoveryStatus",
     "Replica",
     "ReplicaConfig",
     "ReplicaStopped",
     "Runtime",
+    "SnapshotPort",
+    "SnapshotUnavailable",
+    "Transfer",
 ]

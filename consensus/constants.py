@@ -55,6 +55,10 @@ COMMIT_FLUSH_IDLE_US = 500  # an idle leader publishes its commit index to follo
 CONNECT_TIMEOUT_S_DEFAULT = 30.0  # start() waits this long for every peer's regions
 STOP_JOIN_TIMEOUT_S = 2.0  # stop() waits this long for each activity to exit
 
+# --- rejoin -----------------------------------------------------------------------------------
+REJOIN_RETRY_S = 0.005  # a recovering replica that found no usable peer asks again after this
+RECONNECT_INTERVAL_US = 20_000  # a restarted peer's new regions are looked up this often
+
 assert MEMBERS_MIN <= MEMBERS_MAX
 assert REPLICA_ID_MAX < PROPOSAL_ROUND_STRIDE
 assert LOG_SLOTS_MIN <= LOG_SLOTS_DEFAULT <= LOG_SLOTS_MAX

@@ -9,6 +9,9 @@ Rule 3: request numbers of member ``r`` are ``r, r + 2 * REPLICA_ID_MAX, ...``: 
         between members, grow forever, and survive a restart because ``my_request`` lives here.
 Rule 4: ``answered[i]`` (the last request of member ``i`` this owner granted) also lives here, so
         a restarted replica never grants an old request twice.
+Rule 5: ``amnesiac`` is 1 while the owner runs on fresh memory and has not been reinstated as a
+        voter (``rejoin`` Rule 1); peers never take a snapshot from, or count the ``min_proposal``
+        of, an amnesiac replica.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ SCAN = struct.Struct("<QQQQ")  # heartbeat, leading, applied, holder (Rule 2)
 MAGIC = 0x4D5543_54524C31  # "MUCTRL1": marks an initialised region (a re-attach finds it)
 MAGIC_OFFSET = 0
 HEARTBEAT_OFFSET = 8
-LEADING_OFFSET = 16  # 1 while the owner leads or campaigns
+LEADING_OFFSET = 16  # 0 follows, 1 campaigns, 2 leads, 3 recovers (state.LEADING_*)
 APPLIED_OFFSET = 24
 HOLDER_OFFSET = 32  # who holds write permission on the owner's log (0: nobody)
 MY_REQUEST_OFFSET = 40
+AMNESIAC_OFFSET = 48  # Rule 5
 assert (LEADING_OFFSET, APPLIED_OFFSET, HOLDER_OFFSET) == (HEARTBEAT_OFFSET + 8,
                                                           HEARTBEAT_OFFSET + 16,
                                                           HEARTBEAT_OFFSET + 24)

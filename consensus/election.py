@@ -30,25 +30,38 @@ Rule 6: a leader also reads every peer's ``holder`` word in its scan and steps d
         than a majority name it: an idle deposed leader (stopped, then continued, after another
         replica took over) learns it within a scan instead of at its next write, so it stops
         reporting itself leader. Stepping down is always safe; nothing else depends on it.
+Rule 7: a peer whose regions were replaced (it restarted on fresh memory: reads raise
+        ``RegionClosed``) is re-mapped from the registry, at most every
+        ``RECONNECT_INTERVAL_US``, under ``role``: it leaves ``followers`` and, while this replica
+        leads, is asked again with a fresh request (Rule 4) and caught up like any late grant.
+Rule 8: while recovering (``consensus.rejoin``) a replica never campaigns, and while amnesiac its
+        switcher grants only what rejoin Rule 1 allows; peers whose ``leading`` word says they
+        recover are left out of the lowest-live-id test (they will not campaign).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from consensus import ctrl as ctrl_mod
-from consensus.constants import CAMPAIGN_BACKOFF_US_MAX
+from consensus.constants import CAMPAIGN_BACKOFF_US_MAX, RECONNECT_INTERVAL_US
 from consensus.detector import FailureDetector
-from consensus.fabric.base import FabricError, RevokeStalled
+from consensus.fabric.base import FabricError, RegionClosed, RevokeStalled
 from consensus.recovery import Deposed, catch_up, prepare
 from consensus.replication import flush_commit
 from consensus.state import (
     LEADING_CAMPAIGN,
+    LEADING_CATCHING_UP,
+    LEADING_RECOVERING,
     LEADING_YES,
     LOGGER,
     Peer,
     ReplicaState,
 )
+
+if TYPE_CHECKING:
+    from consensus.rejoin import Rejoin
 
 NS_PER_US = 1000
 
@@ -73,6 +86,8 @@ class Background:
         self._flushed = 0
         self._candidate_dead_after_ns = cfg.candidate_dead_after_us * NS_PER_US
         self._alive_quick: frozenset[int] = frozenset()
+        self._reconnect_at_ns: dict[int, int] = {}
+        self.rejoin: Rejoin | None = None  # set by the replica (Rule 8)
 
     # --- the activity ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -115,12 +130,15 @@ class Background:
         for peer in state.peers.values():
             try:
                 peer.ctrl.read_into(ctrl_mod.HEARTBEAT_OFFSET, words)
-            except FabricError:
+            except FabricError as error:
                 self.detector.observe(peer.replica_id, -2, gap)
+                if isinstance(error, RegionClosed):
+                    self._reconnect(peer)
                 continue
-            beat, leading, _applied, holder = ctrl_mod.SCAN.unpack_from(words, 0)
+            beat, leading, applied, holder = ctrl_mod.SCAN.unpack_from(words, 0)
             self.detector.observe(peer.replica_id, beat, gap)
             state.peer_leading[peer.replica_id] = leading
+            state.peer_applied[peer.replica_id] = applied
             state.peer_holder[peer.replica_id] = holder
         alive = self.detector.alive(now)
         if alive != state.alive:
@@ -128,6 +146,35 @@ class Background:
                         sorted(alive))
         state.alive = alive
         self._alive_quick = self.detector.alive(now, self._candidate_dead_after_ns)
+
+    def _reconnect(self, peer: Peer) -> None:
+        """Rule 7."""
+        state = self.state
+        now = state.runtime.now_ns()
+        if now < self._reconnect_at_ns.get(peer.replica_id, 0):
+            return
+        self._reconnect_at_ns[peer.replica_id] = now + RECONNECT_INTERVAL_US * NS_PER_US
+        try:
+            log = state.fabric.connect(peer.replica_id, "log", 0.0)
+            ctrl = state.fabric.connect(peer.replica_id, "ctrl", 0.0)
+        except FabricError:
+            return  # not registered again yet
+        with state.role:
+            old = (peer.log, peer.ctrl)
+            peer.log, peer.ctrl = log, ctrl
+            state.followers = [p for p in state.followers if p is not peer]
+            if state.leading:
+                state.excluded.add(peer.replica_id)
+            state.requests.pop(peer.replica_id, None)
+        LOGGER.warning("replica %d: replica %d restarted; connected to its new regions",
+                       state.replica_id, peer.replica_id)
+        for region in old:
+            close = getattr(region, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:  # a read still holds a view of it: the GC unmaps it later
+                    pass
 
     def _live_leader(self) -> int | None:
         state = self.state
@@ -141,9 +188,13 @@ class Background:
         state = self.state
         if state.campaigning or state.runtime.now_ns() < self._backoff_until_ns:
             return False
+        if state.recovery is not None or state.amnesiac:  # Rule 8
+            return False
         if self._live_leader() is not None:
             return False
-        return min(self._alive_quick | {state.replica_id}) == state.replica_id
+        candidates = {p for p in self._alive_quick
+                      if state.peer_leading.get(p) not in (LEADING_RECOVERING, LEADING_CATCHING_UP)}
+        return min(candidates | {state.replica_id}) == state.replica_id
 
     def _report_leader(self) -> None:
         state = self.state
@@ -168,6 +219,8 @@ class Background:
 
     def _may_grant(self, requester: int) -> bool:
         state = self.state
+        if state.amnesiac:  # Rule 8
+            return self.rejoin is not None and self.rejoin.may_grant(requester)
         holder = state.holder
         if holder in (0, requester):
             return True

@@ -25,17 +25,25 @@ Rule 7: so a leader's pump does not poll: while this replica leads and has deliv
         commit index, the pump waits on ``state.pump_bell``, rung by every step-down and by a
         ``deliver_committed`` that left entries behind, with ``PUMP_LEADER_IDLE_S`` as a
         safety net. (An idle pump sleeps at most 0.5 ms: up to 2,000 empty wake-ups a second.)
+Rule 8: while the replica recovers (``state.recovery``), the pump runs the rejoin procedure
+        (``consensus.rejoin``) instead of delivering until the snapshot is installed
+        (``install`` moves ``applied`` to the snapshot's index under ``lock``), then delivers the
+        log as usual and checks after each turn whether it has caught up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from consensus import constants as c
 from consensus import ctrl as ctrl_mod
 from consensus import log as log_mod
 from consensus.errors import ConsensusError, LogOverrun
-from consensus.state import LOGGER, OnCommit, ReplicaState
+from consensus.state import LOGGER, PHASE_CATCH_UP, OnCommit, ReplicaState
+
+if TYPE_CHECKING:
+    from consensus.rejoin import Rejoin
 
 _ENTRY_UNPACK = log_mod.ENTRY.unpack_from
 _TRAILER_UNPACK = log_mod.TRAILER.unpack_from
@@ -61,6 +69,7 @@ class Pump:
         self._payload_max = layout.payload_size_max
         self._ctrl_buf = state.ctrl_buf
         self._log_buf = state.log_buf
+        self.rejoin: Rejoin | None = None  # set by the replica (Rule 8)
         self._publish()
 
     def run(self) -> None:
@@ -75,6 +84,12 @@ class Pump:
             if state.paused or state.failure is not None:
                 runtime.sleep(c.PUMP_SLEEP_S_MAX)
                 continue
+            recovery = state.recovery
+            if recovery is not None and self.rejoin is not None:  # Rule 8
+                if recovery.phase != PHASE_CATCH_UP:
+                    self.rejoin.step()
+                    continue
+                self.rejoin.check_caught_up()
             if state.leading and self.applied >= state.commit_index:
                 # Rule 7: the proposers deliver; wake on a step-down (or the safety timeout)
                 bell.wait(c.PUMP_LEADER_IDLE_S)
@@ -250,6 +265,14 @@ class Pump:
         LOGGER.error("replica %d: on_commit(%d) raised", self.state.replica_id, index,
                      exc_info=error)
         return CallbackFailed(f"on_commit({index}) raised {error!r}")
+
+    def install(self, index: int) -> None:
+        """Rule 8: the application installed a snapshot of ``index``; deliver from ``index + 1``
+        on. Caller holds ``lock``. Commit knowledge is relearnt from the log."""
+        self.applied = index
+        self.commit_proposal = 0
+        self.commit_index = 0
+        self._publish()
 
     def _publish(self) -> None:
         """Rule 3 (on the leader once per ``propose``: two precompiled packs, no checks)."""

@@ -7,7 +7,11 @@ Rule 1: ``start`` registers the ``log`` and ``ctrl`` regions, lets every member 
 Rule 2: a re-attached region (restart with ``reattach=True``) keeps its log, applied index,
         permission holder and request numbers; the replica rejoins as a follower and delivers
         from its persisted applied index + 1 (entries applied by the previous incarnation are
-        not delivered again: state transfer is the application's business).
+        not delivered again). A replica started on fresh regions after it ran before in this
+        cluster (its ``started`` key is in the registry) is amnesiac until reinstated
+        (``consensus.rejoin`` Rule 1); with a ``snapshots`` port it fetches a peer's snapshot,
+        installs it and catches up the log (``recovery`` shows the progress), and it recovers
+        the same way, by itself, whenever it finds its log overrun.
 Rule 3: ``pause`` makes the replica behave as if its process were stopped: it steps down
         (proposals raise ``NotLeader``), stops heartbeating, answering and pumping. ``resume``
         rejoins as a follower; it never preempts a live leader.
@@ -29,6 +33,7 @@ from consensus.election import NS_PER_US, Background
 from consensus.errors import ConsensusError, NotLeader, ReplicaStopped
 from consensus.fabric.base import Fabric
 from consensus.registry.base import Registry
+from consensus.rejoin import RecoveryStatus, Rejoin, SnapshotPort
 from consensus.replication import Replicator
 from consensus.runtime import Activity, RealRuntime, Runtime
 from consensus.state import LOGGER, OnCommit, OnError, OnLeaderChange, Peer, ReplicaState
@@ -46,6 +51,7 @@ class Replica:
         on_commit: OnCommit | None = None,
         on_leader_change: OnLeaderChange | None = None,
         on_error: OnError | None = None,
+        snapshots: SnapshotPort | None = None,
     ) -> None:
         if fabric.replica_id != config.replica_id:
             raise ValueError(f"fabric endpoint is replica {fabric.replica_id}, config says "
@@ -57,6 +63,8 @@ class Replica:
         self._on_commit = on_commit
         self._on_leader_change = on_leader_change
         self._on_error = on_error
+        self._snapshots = snapshots
+        self._rejoin: Rejoin | None = None
         self._state: ReplicaState | None = None
         self._replicator: Replicator | None = None
         self._activities: list[Activity] = []
@@ -88,13 +96,21 @@ class Replica:
                 peer, cfg.position(peer),
                 self.fabric.connect(peer, "log", cfg.connect_timeout_s),
                 self.fabric.connect(peer, "ctrl", cfg.connect_timeout_s))
-        self.registry.publish(f"consensus/{cfg.replica_id}/started", b"1")
+        # A replica that ran before in this cluster (the registry outlives its processes) may
+        # have promised or accepted entries it no longer holds: it rejoins amnesiac (Rule 2).
+        started_key = f"consensus/{cfg.replica_id}/started"
+        ran_before = self.registry.lookup(started_key) is not None
+        self.registry.publish(started_key, b"1")
         self._state = state
         state.on_error = self._on_error
         background = Background(state, self._on_leader_change)
         from consensus.pump import Pump
 
         pump = Pump(state, self._on_commit)
+        rejoin = Rejoin(state, self._snapshots, pump)
+        pump.rejoin = background.rejoin = self._rejoin = rejoin
+        if not self.reattached and ran_before:
+            rejoin.start("restarted on fresh memory", amnesiac=True)
         self._replicator = Replicator(state, pump)
         self._pump, self._background = pump, background  # for inspection (tests, debugging)
         spawn = self.runtime.spawn
@@ -194,6 +210,11 @@ class Replica:
     def error(self) -> ConsensusError | None:
         """The error that stopped this replica from taking part (``LogOverrun``...), if any."""
         return None if self._state is None else self._state.failure
+
+    @property
+    def recovery(self) -> RecoveryStatus | None:
+        """The rejoin in progress (snapshot fetch or log catch-up), or None once caught up."""
+        return None if self._rejoin is None else self._rejoin.status()
 
     @property
     def is_paused(self) -> bool:

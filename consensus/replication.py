@@ -9,6 +9,8 @@ Rule 2: ``propose`` returns index ``k`` only after ``k`` is in this replica's ow
 Rule 3: the log is circular: entry ``k`` is written only when ``k <= recycle_limit`` =
         ``slots + min(applied)`` over this replica and its live followers (design Rule 6).
         ``recycle_limit`` is refreshed (remote reads) only when the next entry would pass it.
+        A dead follower, or one that announced it recovers through a snapshot
+        (``LEADING_RECOVERING``), is not waited for: it overruns and rejoins (rejoin Rule 4).
 Rule 4: no per-entry allocation beyond the caller's payload: entries are encoded with precompiled
         ``struct``s into one preallocated slot buffer, and the write view is cached per length.
 Rule 5: the role mutex is held while writing but released before any sleep (runtime Rule 3).
@@ -30,7 +32,7 @@ from consensus import log as log_mod
 from consensus.errors import NotLeader, ProposalTimeout, ReplicaStopped
 from consensus.fabric.base import FabricError
 from consensus.pump import Pump
-from consensus.state import LOGGER, Peer, ReplicaState
+from consensus.state import LEADING_RECOVERING, LOGGER, Peer, ReplicaState
 
 _ENTRY_PACK = log_mod.ENTRY.pack_into
 _TRAILER_PACK = log_mod.TRAILER.pack_into
@@ -214,6 +216,8 @@ class Replicator:
         for peer in state.followers:
             if peer.replica_id not in state.alive:
                 continue
+            if state.peer_leading.get(peer.replica_id) == LEADING_RECOVERING:
+                continue  # it fetches a snapshot and catches up from there (rejoin Rule 2)
             lowest = min(lowest, ctrl_mod.U64.unpack(
                 peer.ctrl.read(ctrl_mod.APPLIED_OFFSET, 8))[0])
         state.recycle_limit = lowest + state.layout.slots

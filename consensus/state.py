@@ -9,6 +9,11 @@ Rule 2: this replica's own log is written locally only under ``role`` and only w
 Rule 3: ``step_down_locked`` is the one way to stop leading or campaigning; it clears the ctrl
         ``leading`` word so peers stop following this replica.
 Rule 4: activities read ``stopping`` and ``paused`` at every loop turn and exit (or idle) at once.
+Rule 5: ``recovery`` is set while the replica rejoins (``rejoin``): a ``LogOverrun`` passed to
+        ``fail`` starts a recovery instead of failing when a snapshot port is wired
+        (``on_overrun``); meanwhile the ctrl ``leading`` word reads ``LEADING_RECOVERING`` (phase
+        ``snapshot``) or ``LEADING_CATCHING_UP`` (``step_down_locked`` writes
+        ``idle_leading_word``), so peers neither wait for nor defer to this replica.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from consensus import ctrl as ctrl_layout_mod
 from consensus import log as log_mod
 from consensus.config import ReplicaConfig
-from consensus.errors import ConsensusError
+from consensus.errors import ConsensusError, LogOverrun
 from consensus.fabric.base import Fabric, LocalRegion, RemoteRegion
 from consensus.runtime import Runtime
 
@@ -29,10 +34,32 @@ LOGGER = logging.getLogger("consensus")
 LEADING_NO = 0
 LEADING_CAMPAIGN = 1  # asking for permissions / running prepare
 LEADING_YES = 2  # serving proposals
+LEADING_RECOVERING = 3  # needs a snapshot (rejoin Rule 2): not a candidate, not waited for
+LEADING_CATCHING_UP = 4  # snapshot index published: not a candidate, but waited for by recycling
 
 OnCommit = Callable[[int, bytes], None]
 OnLeaderChange = Callable[[int | None, bool], None]
 OnError = Callable[[ConsensusError], None]
+OnOverrun = Callable[[LogOverrun], bool]
+
+PHASE_SNAPSHOT = "snapshot"  # asking peers for a snapshot (its index not yet known)
+PHASE_INSTALL = "install"  # the snapshot's index is published; receiving and installing it
+PHASE_CATCH_UP = "catch-up"  # snapshot installed; delivering the log up to the commit index
+
+
+@dataclass(slots=True)
+class Recovery:
+    """Progress of one rejoin (Rule 5); written by the pump activity, read by anyone."""
+
+    reason: str
+    started_ns: int
+    amnesiac: bool  # started on fresh memory (rejoin Rule 1), not only behind the log
+    phase: str = PHASE_SNAPSHOT
+    snapshot_index: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+    attempts: int = 0
+    provider: int = 0  # the peer the snapshot came (or comes) from
 
 
 @dataclass(slots=True)
@@ -74,10 +101,16 @@ class ReplicaState:
         self.failure: ConsensusError | None = None
         self.on_error: OnError | None = None
         self.failure_pending: ConsensusError | None = None  # found under role; fail() after it
+        # rejoin (Rule 5; rejoin.py)
+        self.recovery: Recovery | None = None
+        self.amnesiac = False  # fresh memory, not yet reinstated as a voter (rejoin Rule 1)
+        self.required_proposal: int | None = None  # rejoin Rule 1's bound, once known
+        self.on_overrun: OnOverrun | None = None
         # background view (written by the background activity only)
         self.alive: frozenset[int] = frozenset()
         self.peer_leading: dict[int, int] = {}
         self.peer_holder: dict[int, int] = {}  # who holds each peer's log, as last scanned
+        self.peer_applied: dict[int, int] = {}  # each peer's applied index, as last scanned
         self.leader_view: int | None = None
         # leader state (under role)
         self.leading = False
@@ -117,6 +150,14 @@ class ReplicaState:
         ctrl_layout_mod.U64.pack_into(self.ctrl_buf, ctrl_layout_mod.HEARTBEAT_OFFSET,
                                       self.heartbeat)
 
+    @property
+    def idle_leading_word(self) -> int:
+        """The ctrl ``leading`` word of a replica that neither leads nor campaigns (Rule 5)."""
+        recovery = self.recovery
+        if recovery is None:
+            return LEADING_NO
+        return LEADING_RECOVERING if recovery.phase == PHASE_SNAPSHOT else LEADING_CATCHING_UP
+
     def leader_hint(self) -> int | None:
         """The leader as far as this replica knows (for ``NotLeader``)."""
         if self.leading:
@@ -133,12 +174,16 @@ class ReplicaState:
         self.followers = []
         self.excluded = set()
         self.recycle_limit = 0
-        self.set_word(ctrl_layout_mod.LEADING_OFFSET, LEADING_NO)
+        self.set_word(ctrl_layout_mod.LEADING_OFFSET, self.idle_leading_word)
         self.pump_bell.set()  # the pump polls again as a follower's
         assert not self.leading and not self.followers
 
     def fail(self, error: ConsensusError) -> None:
-        """Record an error that stops this replica from taking part (LogOverrun, a bad callback)."""
+        """Record an error that stops this replica from taking part (LogOverrun, a bad callback).
+        A ``LogOverrun`` starts a recovery instead when a snapshot port is wired (Rule 5)."""
+        recover = self.on_overrun
+        if isinstance(error, LogOverrun) and recover is not None and recover(error):
+            return
         first = self.failure is None
         if first:
             self.failure = error
