@@ -9,6 +9,8 @@ Rule 2: permission check and copy happen under the region's lock, so a revoke th
         and returned is never followed by a write of the revoked peer (base Rule 4).
 Rule 3: a region survives its replica's endpoint being closed (as shared memory survives a killed
         process); ``MemoryNetwork.close`` drops them all.
+Rule 4: ``MemoryNetwork.wipe(owner)`` models a restart on fresh memory: the owner's regions are
+        closed (handles on them raise ``RegionClosed``) and the next ``register`` creates new ones.
 """
 
 from __future__ import annotations
@@ -128,6 +130,14 @@ class MemoryNetwork:
             self._regions[(owner, name)] = region
             return region
 
+    def wipe(self, owner: ReplicaIdT) -> None:
+        """Rule 4."""
+        with self._lock:
+            for (region_owner, _), region in self._regions.items():
+                if region_owner == owner:
+                    with region.lock:
+                        region.closed = True
+
     def close(self) -> None:
         with self._lock:
             for region in self._regions.values():
@@ -158,7 +168,7 @@ class MemoryFabric(ImmediateCompletions):
         deadline = time.monotonic() + timeout_s
         while True:
             region = self.network.region(owner, name)
-            if region is not None:
+            if region is not None and not region.closed:
                 return MemoryRemote(self.replica_id, region)
             if time.monotonic() >= deadline:
                 raise UnknownPeer(f"replica {owner} has no region {name!r} after {timeout_s} s")

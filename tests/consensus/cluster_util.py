@@ -3,11 +3,12 @@ over ``MemoryNetwork`` and an ``InProcessRegistry``. Conditions are awaited, nev
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
 
-from consensus import ConsensusError, Replica, ReplicaConfig
+from consensus import ConsensusError, Replica, ReplicaConfig, SnapshotUnavailable, Transfer
 from consensus.fabric.memory import MemoryNetwork
 from consensus.registry.base import InProcessRegistry
 from consensus.runtime import Runtime
@@ -112,3 +113,98 @@ class Cluster:
         for replica in self.replicas.values():
             replica.stop()
         self.network.close()
+
+
+class ChainApp:
+    """A replicated state machine for rejoin tests: a hash chain over the delivered payloads,
+    with snapshots. ``on_commit`` runs on the pump thread; ``snapshot`` on a fetching peer's."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.index = 0
+        self.chain = b"\0" * 32
+        self.first_delivered = 0  # the first index delivered by on_commit (after any snapshot)
+        self.installed: list[int] = []
+
+    def on_commit(self, index: int, payload: bytes) -> None:
+        with self.lock:
+            assert index == self.index + 1, (index, self.index)
+            self.index = index
+            self.chain = hashlib.sha256(self.chain + payload).digest()
+            if not self.first_delivered:
+                self.first_delivered = index
+
+    def snapshot(self) -> tuple[int, bytes]:
+        with self.lock:
+            return self.index, self.index.to_bytes(8, "little") + self.chain
+
+    def install(self, index: int, data: bytes) -> None:
+        if len(data) != 40 or int.from_bytes(data[:8], "little") != index:
+            raise SnapshotUnavailable(f"bad snapshot of index {index}")
+        with self.lock:
+            self.index = index
+            self.chain = data[8:]
+            self.installed.append(index)
+            self.first_delivered = 0
+
+
+class ChainPort:
+    """``SnapshotPort`` between the ``ChainApp``s of one in-process cluster."""
+
+    def __init__(self, apps: dict[int, ChainApp], me: int) -> None:
+        self.apps = apps
+        self.me = me
+
+    def fetch(self, peer: int, transfer: Transfer) -> tuple[int, bytes]:
+        app = self.apps.get(peer)
+        if app is None:
+            raise SnapshotUnavailable(f"replica {peer} is down")
+        index, data = app.snapshot()
+        transfer.begin(index, len(data))
+        transfer.advance(len(data))
+        return index, data
+
+    def install(self, index: int, data: bytes) -> None:
+        self.apps[self.me].install(index, data)
+
+
+class SnapshotCluster(Cluster):
+    """A ``Cluster`` whose replicas run ``ChainApp``s with a snapshot port, and can be killed and
+    restarted on fresh memory (``restart_fresh``)."""
+
+    def __init__(self, size: int, **kwargs: object) -> None:
+        self.apps: dict[int, ChainApp] = {m: ChainApp() for m in range(1, size + 1)}
+        super().__init__(size, **kwargs)  # type: ignore[arg-type]
+
+    def _build(self, member: int) -> Replica:
+        config = ReplicaConfig(member, self.members, payload_size_max=self.payload_size_max,
+                               log_slots=self.log_slots, pump_poll_us=self.pump_poll_us,
+                               **TEST_TIMINGS)  # type: ignore[arg-type]
+        app, errors = self.apps[member], self.errors[member]
+        return Replica(config, self.network.endpoint(member),  # type: ignore[arg-type]
+                       InProcessRegistry("t", self.store), on_commit=app.on_commit,
+                       on_error=errors.append, snapshots=ChainPort(self.apps, member))
+
+    def kill(self, member: int) -> None:
+        """Stop ``member`` and lose its memory (its app state and its regions)."""
+        self.replicas[member].stop()
+        self.network.wipe(member)
+        del self.apps[member]
+
+    def restart_fresh(self, member: int) -> Replica:
+        self.apps[member] = ChainApp()
+        replica = self.replicas[member] = self._build(member)
+        replica.start()
+        return replica
+
+    def wait_caught_up(self, member: int, index: int) -> None:
+        replica = self.replicas[member]
+        wait_until(lambda: replica.recovery is None and self.apps[member].index >= index,
+                   what=f"replica {member} to recover and reach {index}")
+
+    def check_same_state(self) -> None:
+        states = {m: app.snapshot() for m, app in self.apps.items()}
+        top = max(index for index, _ in states.values())
+        wait_until(lambda: all(app.index == top for app in self.apps.values()),
+                   what=f"every replica at {top}")
+        assert len({app.chain for app in self.apps.values()}) == 1, states

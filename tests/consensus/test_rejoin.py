@@ -1,0 +1,145 @@
+"""Rejoin (consensus/rejoin.py): restarts on fresh memory, overrun followers and the amnesia rule,
+on in-process clusters whose replicas run a hash-chain state machine with snapshots."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from consensus import LogOverrun
+from consensus.state import PHASE_CATCH_UP
+from tests.consensus.cluster_util import SnapshotCluster, wait_until
+
+
+@pytest.fixture
+def make_cluster():
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    made: list[SnapshotCluster] = []
+
+    def make(size: int, **kwargs: object) -> SnapshotCluster:
+        made.append(SnapshotCluster(size, **kwargs))
+        return made[-1]
+
+    yield make
+    for cluster in made:
+        cluster.stop()
+    sys.setswitchinterval(interval)
+
+
+def test_a_first_boot_needs_no_snapshot(make_cluster):
+    cluster = make_cluster(3)
+    cluster.leader()
+    for member in cluster.members:
+        assert cluster.replicas[member].recovery is None
+        assert cluster.apps[member].installed == []
+
+
+def test_a_follower_restarted_on_fresh_memory_rejoins_by_snapshot(make_cluster):
+    cluster = make_cluster(3, log_slots=16)
+    leader = cluster.leader()
+    cluster.propose_n(100, "before")  # six wraps: the log alone cannot catch a fresh replica up
+    follower = next(m for m in cluster.members if m != leader.replica_id)
+    cluster.kill(follower)
+    cluster.propose_n(20, "while-down", exclude=(follower,))
+    fresh = cluster.restart_fresh(follower)
+    cluster.wait_caught_up(follower, 120)
+    assert not fresh.is_leader and fresh.error is None
+    app = cluster.apps[follower]
+    assert app.installed and app.installed[0] >= 100  # a snapshot, not a replay from index 1
+    cluster.propose_n(20, "after")
+    cluster.check_same_state()
+
+
+def test_a_restarted_former_leader_rejoins_as_a_follower(make_cluster):
+    cluster = make_cluster(3, log_slots=16)
+    first = cluster.leader()
+    cluster.propose_n(50, "before")
+    cluster.kill(first.replica_id)
+    second = cluster.leader(exclude=(first.replica_id,))
+    cluster.propose_n(50, "new-leader", exclude=(first.replica_id,))
+    back = cluster.restart_fresh(first.replica_id)
+    cluster.wait_caught_up(first.replica_id, 100)
+    assert second.is_leader and not back.is_leader
+    cluster.propose_n(10, "after")
+    cluster.check_same_state()
+
+
+def test_an_overrun_follower_recovers_by_itself(make_cluster):
+    cluster = make_cluster(3, log_slots=16)
+    cluster.leader()
+    cluster.propose_n(5, "start")
+    cluster.wait_applied(5)
+    lagging = cluster.replicas[3]
+    lagging.pause()
+    cluster.propose_n(100, "past")  # the leader recycles once replica 3 is considered dead
+    lagging.resume()
+    cluster.wait_caught_up(3, 105)
+    assert lagging.error is None and cluster.errors[3] == []
+    assert cluster.apps[3].installed  # it took a snapshot instead of failing with LogOverrun
+    cluster.propose_n(10, "after")
+    cluster.check_same_state()
+
+
+def test_every_member_restarted_one_at_a_time_keeps_the_state(make_cluster):
+    cluster = make_cluster(3, log_slots=16)
+    total = 0
+    for round_ in range(2):
+        for member in cluster.members:
+            cluster.propose_n(30, f"r{round_}-{member}")
+            total += 30
+            cluster.kill(member)
+            cluster.propose_n(30, f"r{round_}-{member}-down", exclude=(member,))
+            total += 30
+            cluster.restart_fresh(member)
+            cluster.wait_caught_up(member, total)
+    cluster.check_same_state()
+
+
+def test_recovery_reports_progress(make_cluster):
+    cluster = make_cluster(3, log_slots=16)
+    leader = cluster.leader()
+    cluster.propose_n(40, "x")
+    follower = next(m for m in cluster.members if m != leader.replica_id)
+    cluster.kill(follower)
+    fresh = cluster.restart_fresh(follower)
+    seen = []
+    wait_until(lambda: seen.append(fresh.recovery) or fresh.recovery is None,
+               what="the recovery to end")
+    statuses = [s for s in seen if s is not None]
+    assert statuses, "a restarted replica reports a recovery"
+    assert statuses[0].amnesiac and "fresh memory" in statuses[0].reason
+    assert any(s.snapshot_index >= 40 for s in statuses) or cluster.apps[follower].installed
+
+
+def test_without_a_port_an_overrun_still_fails(make_cluster):
+    """A bare log (no snapshot port) keeps the old contract: LogOverrun is an error."""
+    from tests.consensus.cluster_util import Cluster
+
+    cluster = Cluster(3, log_slots=16)
+    try:
+        cluster.leader()
+        cluster.propose_n(5, "start")
+        cluster.wait_applied(5)
+        cluster.replicas[3].pause()
+        cluster.propose_n(100, "past")
+        cluster.replicas[3].resume()
+        wait_until(lambda: isinstance(cluster.replicas[3].error, LogOverrun),
+                   what="LogOverrun without a port")
+    finally:
+        cluster.stop()
+
+
+def test_catch_up_phase_is_visible_before_the_end(make_cluster):
+    cluster = make_cluster(3, log_slots=16)
+    leader = cluster.leader()
+    cluster.propose_n(40, "x")
+    follower = next(m for m in cluster.members if m != leader.replica_id)
+    cluster.kill(follower)
+    fresh = cluster.restart_fresh(follower)
+    phases = set()
+    wait_until(lambda: phases.add(getattr(fresh.recovery, "phase", None)) or fresh.recovery is None,
+               what="the recovery to end")
+    assert None in phases
+    assert phases <= {None, "snapshot", "install", PHASE_CATCH_UP}
