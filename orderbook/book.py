@@ -21,6 +21,10 @@ Rule 6: an Order object that left the book (filled, cancelled, IOC remainder) go
         a reused object is already in the cyclic GC's oldest generation, so the book's growth
         promotes fewer new objects and triggers fewer full collections (each walks every
         resting order). The reuse is invisible to the events and the digest.
+Rule 7: `restore` (snapshot decode, orderbook.snapshot) is the one way to build a book other
+        than by commands: it installs exactly the Rule 5 state on a fresh book, and the state
+        outside Rule 5 is derived (the published BBO) or per-command (empty), so a restored
+        book answers every later command as the original would.
 """
 
 from __future__ import annotations
@@ -249,6 +253,41 @@ class Book(Matcher):
         self._publish()
         return events
 
+    def restore(self, last_trade_price: int, seq: int,
+                bids: tuple[list[int], list[int], list[Order]],
+                asks: tuple[list[int], list[int], list[Order]],
+                stops: list[tuple[int, Order]]) -> None:
+        """Install a snapshot's state on this fresh, empty book (Rule 7), bypassing matching.
+
+        `bids`/`asks` are (level prices in priority order, order count per level, resting
+        orders in priority order) as BookSide.restore takes them; `stops` are the waiting stop
+        orders as (sequence number, order), buy stops then sell stops, each in trigger order.
+        Every order was built with `book=self` and is added to the market's id index here.
+        Preconditions (checked by the decoder, which raises SnapshotError): ids unique market
+        wide, stops not yet reached by `last_trade_price`, stop seqs distinct and <= `seq`.
+        Cost O(n + L log L).
+        """
+        assert self._seq == 0 and self.last_trade_price == 0
+        assert not self.bids.levels and not self.asks.levels and not self._stop_entries
+        self.last_trade_price = last_trade_price
+        self._seq = seq
+        index = self._orders
+        for side, (prices, counts, orders) in ((self.bids, bids), (self.asks, asks)):
+            side.restore(prices, counts, orders)
+            index.update({order.order_id: order for order in orders})
+        entries = self._stop_entries
+        buy_stops: list[tuple[int, int, Order]] = []
+        sell_stops: list[tuple[int, int, Order]] = []
+        for stop_seq, order in stops:
+            assert order.level is None and order.book is self and stop_seq <= seq
+            entry = (order.stop if order.is_buy else -order.stop, stop_seq, order)
+            (buy_stops if order.is_buy else sell_stops).append(entry)
+            entries[order.order_id] = entry
+            index[order.order_id] = order
+        self._stop_bids = SortedList(buy_stops)
+        self._stop_asks = SortedList(sell_stops)
+        self._bbo = self.bbo()
+
     # ---- helpers (each mutates only what its name says) ---------------------------------------
 
     def _take_off(self, order: Order) -> None:
@@ -364,6 +403,17 @@ class Book(Matcher):
     def stop_orders(self) -> list[Order]:
         """Waiting stop orders, buy stops then sell stops, each in trigger order."""
         return [entry[2] for entry in self._stop_bids] + [entry[2] for entry in self._stop_asks]
+
+    def waiting_stops(self) -> list[tuple[int, Order]]:
+        """Waiting stop orders with their sequence numbers, buy stops then sell stops, each in
+        trigger order (what a snapshot stores)."""
+        return ([(entry[1], entry[2]) for entry in self._stop_bids]
+                + [(entry[1], entry[2]) for entry in self._stop_asks])
+
+    @property
+    def sequence(self) -> int:
+        """Adds accepted so far (the sequence counter of Rule 2)."""
+        return self._seq
 
     def order(self, order_id: str) -> Order | None:
         """The live order with this id in this book, or None."""

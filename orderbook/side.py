@@ -9,8 +9,11 @@ Rule 3: a resting order has open_qty > 0 and `level` set; an order off the book 
 Rule 4: an emptied level may linger (count 0) only inside one matching pass; `drop` removes it.
 Rule 5: `best` is the smallest key (EMPTY_KEY when there is none), kept by `rest` and `drop` so
         the hot path never indexes the SortedList (measured: 40 ns against 450 ns).
+Rule 6: `restore` is the only other way levels appear: it installs, on an empty side, levels
+        decoded from a snapshot (orderbook.snapshot), keeping Rules 1-5 without matching.
 
-Costs: rest O(log L) for a new level (L levels), O(1) for an existing one; unlink O(1).
+Costs: rest O(log L) for a new level (L levels), O(1) for an existing one; unlink O(1);
+restore O(n + L log L).
 """
 
 from __future__ import annotations
@@ -170,3 +173,46 @@ class BookSide:
         """Every limit level, best first. O(L)."""
         levels = self.levels
         return [levels[key] for key in self.keys if key != 0 and key != BID_MARKET_KEY]
+
+    def restore(self, prices: list[int], counts: list[int], orders: list[Order]) -> None:
+        """Install resting orders decoded from a snapshot (Rule 6), bypassing matching.
+
+        Preconditions (the snapshot decoder checks them and raises before calling): the side is
+        empty; `prices` are distinct and in priority order (their keys strictly increase);
+        `counts[i] >= 1` orders of `orders` (in time priority) rest at `prices[i]`, their sum is
+        len(orders); every order belongs to this side, has 0 < open_qty and level None. Each
+        order's price is set to its level's (one shared int per level, as `rest` does).
+        Cost O(n + L log L); no per-order allocation beyond the orders themselves.
+        """
+        assert not self.levels and not self.keys and self.best == EMPTY_KEY
+        assert len(prices) == len(counts) and sum(counts) == len(orders)
+        is_buy = self.is_buy
+        levels = self.levels
+        keys: list[int] = []
+        start = 0
+        for price, count in zip(prices, counts, strict=True):
+            key = (-price if price else BID_MARKET_KEY) if is_buy else price
+            assert not keys or keys[-1] < key, "levels out of priority order"
+            level = Level(price, key, is_buy)
+            chunk = orders[start:start + count]
+            start += count
+            prev = None
+            total = 0
+            for order in chunk:
+                order.price = price
+                order.level = level
+                order.prev = prev
+                if prev is not None:
+                    prev.next = order
+                total += order.open_qty
+                prev = order
+            assert prev is not None
+            prev.next = None
+            level.head = chunk[0]
+            level.tail = prev
+            level.qty = total
+            level.count = count
+            levels[key] = level
+            keys.append(key)
+        self.keys = SortedList(keys)
+        self.best = keys[0] if keys else EMPTY_KEY
