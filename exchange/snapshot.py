@@ -19,11 +19,12 @@ Rule 4: ``applied_index`` sits at a fixed body offset: `snapshot_index` reads it
 Body layout (little-endian):
     <Q applied index><Q executed><Q duplicates><32s chain><Q seqs per client max><Q clients max>
     market body (orderbook.snapshot),
-    string table: <I count>, lengths I*, UTF-8 blob (surrogates passed through),
-    <I clients>, client ids Q*, floors Q*, reply counts I*,
-    replies (all clients, LRU order, each client's oldest first): seq Q*, log index Q*,
-    flags B* (1 duplicate), order id I*, error I* (string indexes), event counts I*,
-    events: tags B*, fixed parts (per-tag layout below, strings as I indexes), depth levels q*.
+    <I clients>, client ids Q*, floors Q*, reply counts I* (clients least recently used first),
+    replies (each client's oldest first): seq Q*, log index Q*, flags B* (1 duplicate),
+    event counts I*; event tags B* (TAG_*); <I n> integers q*; <I m> string lengths I* + UTF-8
+    blob (surrogates passed through). The integer and string streams hold, in order, per reply
+    its order id and error, then per event its fields in declaration order (a DepthChanged:
+    symbol; bid count, ask count, then price, qty, count per level).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
+from itertools import accumulate, islice
 from typing import TYPE_CHECKING
 
 from exchange.dedup import DedupTable
@@ -70,116 +72,116 @@ _NAME = "exchange state"
 _STATE_HEAD = struct.Struct("<QQQ32sQQ")
 _COUNT = struct.Struct("<I")
 FLAG_DUPLICATE = 1
-# Event layouts after the tag: strings are indexes (I) into the string table.
-_EVENT_LAYOUTS: dict[type, tuple[int, struct.Struct]] = {
-    Accepted: (1, struct.Struct("<I")),
-    Rejected: (2, struct.Struct("<II")),
-    Filled: (3, struct.Struct("<IIqq")),
-    Cancelled: (4, struct.Struct("<Iq")),
-    CancelRejected: (5, struct.Struct("<II")),
-    Replaced: (6, struct.Struct("<Iqq")),
-    ReplaceRejected: (7, struct.Struct("<II")),
-    Trade: (8, struct.Struct("<Iqq")),
-    BboChanged: (9, struct.Struct("<Iqqqq")),
-    DepthChanged: (10, struct.Struct("<III")),  # symbol, bid levels, ask levels
-}
-_LAYOUT_OF_TAG = {tag: layout for tag, layout in _EVENT_LAYOUTS.values()}
-_SIZE_OF_TAG = bytes(
-    [_LAYOUT_OF_TAG.get(tag, struct.Struct("")).size for tag in range(256)])
-_TAG_DEPTH = _EVENT_LAYOUTS[DepthChanged][0]
-CLIENTS_LIMIT_MAX = 1 << 32
+TAG_ACCEPTED, TAG_REJECTED, TAG_FILLED, TAG_CANCELLED, TAG_CANCEL_REJECTED = 1, 2, 3, 4, 5
+TAG_REPLACED, TAG_REPLACE_REJECTED, TAG_TRADE, TAG_BBO, TAG_DEPTH = 6, 7, 8, 9, 10
+LIMIT_MAX = 1 << 32
 """Largest dedup limit a snapshot may carry (bounds what a corrupt one makes us allocate)."""
 
-assert len(_LAYOUT_OF_TAG) == len(_EVENT_LAYOUTS)
 assert _STATE_HEAD.size == 72
-
-
-class _Strings:
-    """The string table: each distinct string once, numbered in first-use order (Rule 1)."""
-
-    __slots__ = ("index",)
-
-    def __init__(self) -> None:
-        self.index: dict[str, int] = {}
-
-    def __call__(self, text: str) -> int:
-        index = self.index
-        number = index.get(text)
-        if number is None:
-            number = index[text] = len(index)
-        return number
-
-    def pack(self) -> list[bytes]:
-        encoded = [text.encode("utf-8", "surrogatepass") for text in self.index]
-        return [_COUNT.pack(len(encoded)),
-                struct.pack(f"<{len(encoded)}I", *map(len, encoded)), b"".join(encoded)]
 
 
 # ---- encode ----------------------------------------------------------------------------------
 
-def _pack_event(event: Event, strings: _Strings, depth: list[int]) -> bytes:
-    """Tag + fixed part of one event; a DepthChanged's levels go to `depth`."""
-    tag, layout = _EVENT_LAYOUTS[type(event)]
-    head = bytes((tag,))
-    if type(event) is Filled:
-        return head + layout.pack(strings(event.order_id), strings(event.contra_id),
-                                  event.price, event.qty)
-    if type(event) is Accepted:
-        return head + layout.pack(strings(event.order_id))
-    if type(event) is Cancelled:
-        return head + layout.pack(strings(event.order_id), event.qty)
-    if type(event) in (Rejected, CancelRejected, ReplaceRejected):
-        return head + layout.pack(strings(event.order_id), strings(event.reason))  # type: ignore[union-attr]
-    if type(event) is Replaced:
-        return head + layout.pack(strings(event.order_id), event.qty, event.price)
-    if type(event) is Trade:
-        return head + layout.pack(strings(event.symbol), event.price, event.qty)
-    if type(event) is BboChanged:
-        return head + layout.pack(strings(event.symbol), event.bid, event.bid_qty, event.ask,
-                                  event.ask_qty)
-    assert type(event) is DepthChanged
-    for level in event.bids + event.asks:
-        depth.extend(level)
-    return head + layout.pack(strings(event.symbol), len(event.bids), len(event.asks))
+def _flatten_events(events: tuple[Event, ...], tags: list[int], texts: list[str],
+                    ints: list[int]) -> None:
+    """Append each event's tag, its strings and its integers (field order) to the columns."""
+    for event in events:
+        kind = type(event)
+        if kind is Accepted:
+            tags.append(TAG_ACCEPTED)
+            texts.append(event.order_id)  # type: ignore[union-attr]
+        elif kind is Filled:
+            assert isinstance(event, Filled)
+            tags.append(TAG_FILLED)
+            texts += (event.order_id, event.contra_id)
+            ints += (event.price, event.qty)
+        elif kind is Cancelled:
+            assert isinstance(event, Cancelled)
+            tags.append(TAG_CANCELLED)
+            texts.append(event.order_id)
+            ints.append(event.qty)
+        elif kind is Replaced:
+            assert isinstance(event, Replaced)
+            tags.append(TAG_REPLACED)
+            texts.append(event.order_id)
+            ints += (event.qty, event.price)
+        elif kind is Rejected or kind is CancelRejected or kind is ReplaceRejected:
+            assert isinstance(event, Rejected | CancelRejected | ReplaceRejected)
+            tags.append(TAG_REJECTED if kind is Rejected else TAG_CANCEL_REJECTED
+                        if kind is CancelRejected else TAG_REPLACE_REJECTED)
+            texts += (event.order_id, event.reason)
+        else:
+            _flatten_market_data(event, tags, texts, ints)
+
+
+def _flatten_market_data(event: Event, tags: list[int], texts: list[str],
+                         ints: list[int]) -> None:
+    """The rare (never stored by the exchange today, but representable) market-data events."""
+    if isinstance(event, Trade):
+        tags.append(TAG_TRADE)
+        texts.append(event.symbol)
+        ints += (event.price, event.qty)
+    elif isinstance(event, BboChanged):
+        tags.append(TAG_BBO)
+        texts.append(event.symbol)
+        ints += (event.bid, event.bid_qty, event.ask, event.ask_qty)
+    else:
+        assert isinstance(event, DepthChanged), type(event)
+        tags.append(TAG_DEPTH)
+        texts.append(event.symbol)
+        ints += (len(event.bids), len(event.asks))
+        for level in event.bids + event.asks:
+            ints.extend(level)
+
+
+def _pack_texts(texts: list[str]) -> list[bytes]:
+    """<I count>, lengths I*, UTF-8 blob (surrogates passed through: replies echo input)."""
+    blob = "".join(texts)
+    if blob.isascii():
+        lengths = list(map(len, texts))
+        data = blob.encode("ascii")
+    else:
+        encoded = [text.encode("utf-8", "surrogatepass") for text in texts]
+        lengths = list(map(len, encoded))
+        data = b"".join(encoded)
+    return [_COUNT.pack(len(texts)), struct.pack(f"<{len(texts)}I", *lengths), data]
 
 
 def _encode_dedup(dedup: DedupTable[Reply], out: list[bytes]) -> None:
-    strings = _Strings()
-    client_ids: list[int] = []
+    clients: list[int] = []
     floors: list[int] = []
-    reply_counts: list[int] = []
+    counts: list[int] = []
     seqs: list[int] = []
     indexes: list[int] = []
     flags: list[int] = []
-    order_ids: list[int] = []
-    errors: list[int] = []
     event_counts: list[int] = []
-    events: list[bytes] = []
-    depth: list[int] = []
+    tags: list[int] = []
+    texts: list[str] = []
+    ints: list[int] = []
     for client_id, floor_seq, replies in dedup.records():
-        client_ids.append(client_id)
+        clients.append(client_id)
         floors.append(floor_seq)
-        reply_counts.append(len(replies))
+        counts.append(len(replies))
         for seq, reply in replies.items():
             assert reply.client_id == client_id and reply.seq == seq, (client_id, seq)
             seqs.append(seq)
             indexes.append(reply.log_index)
             flags.append(FLAG_DUPLICATE if reply.duplicate else 0)
-            order_ids.append(strings(reply.order_id))
-            errors.append(strings(reply.error))
             event_counts.append(len(reply.events))
-            events.extend([_pack_event(event, strings, depth) for event in reply.events])
-    out.extend(strings.pack())
-    out.append(_COUNT.pack(len(client_ids)))
-    for code, column in (("Q", client_ids), ("Q", floors), ("I", reply_counts), ("Q", seqs),
-                         ("Q", indexes)):
-        out.append(struct.pack(f"<{len(column)}{code}", *column))
+            texts += (reply.order_id, reply.error)
+            _flatten_events(reply.events, tags, texts, ints)
+    out.append(_COUNT.pack(len(clients)))
+    out.append(struct.pack(f"<{len(clients)}Q", *clients))
+    out.append(struct.pack(f"<{len(clients)}Q", *floors))
+    out.append(struct.pack(f"<{len(clients)}I", *counts))
+    out.append(struct.pack(f"<{len(seqs)}Q", *seqs))
+    out.append(struct.pack(f"<{len(seqs)}Q", *indexes))
     out.append(bytes(flags))
-    for column in (order_ids, errors, event_counts):
-        out.append(struct.pack(f"<{len(column)}I", *column))
-    out.append(bytes([event[0] for event in events]))
-    out.append(b"".join([event[1:] for event in events]))
-    out.append(struct.pack(f"<{len(depth)}q", *depth))
+    out.append(struct.pack(f"<{len(seqs)}I", *event_counts))
+    out.append(bytes(tags))
+    out.append(_COUNT.pack(len(ints)))
+    out.append(struct.pack(f"<{len(ints)}q", *ints))
+    out.extend(_pack_texts(texts))
 
 
 def encode_state(machine: ExchangeStateMachine) -> bytes:
@@ -195,136 +197,110 @@ def encode_state(machine: ExchangeStateMachine) -> bytes:
 
 # ---- decode ----------------------------------------------------------------------------------
 
-def _read_strings(reader: Reader) -> list[str]:
+def _read_texts(reader: Reader) -> list[str]:
     (count,) = reader.unpack(_COUNT, "string count")
     lengths = reader.ints("I", count, "string lengths")
     blob = reader.take(sum(lengths), "strings")
     try:
         text = str(blob, "utf-8", "surrogatepass")
     except UnicodeDecodeError:
-        raise reader.error("string table is not valid UTF-8") from None
-    result: list[str] = []
-    start = 0
+        raise reader.error("reply strings are not valid UTF-8") from None
+    ends = list(accumulate(lengths))
     if len(text) == len(blob):  # ASCII: byte offsets are character offsets
-        for length in lengths:
-            result.append(text[start:start + length])
-            start += length
-        return result
+        return [text[end - size:end] for end, size in zip(ends, lengths, strict=True)]
     try:
-        for length in lengths:
-            result.append(str(blob[start:start + length], "utf-8", "surrogatepass"))
-            start += length
+        return [str(blob[end - size:end], "utf-8", "surrogatepass")
+                for end, size in zip(ends, lengths, strict=True)]
     except UnicodeDecodeError:
-        raise reader.error("string table: a character straddles two strings") from None
+        raise reader.error("reply strings: a character straddles two strings") from None
+
+
+def _event_builders(text: Callable[[], str], number: Callable[[], int]
+                    ) -> tuple[Callable[[], Event], ...]:
+    """Per tag (index), a function building the next event from the string and int streams
+    (arguments are evaluated left to right, in field order)."""
+
+    def depth() -> Event:
+        symbol = text()
+        bid_count, ask_count = number(), number()
+        bids = tuple([(number(), number(), number()) for _ in range(bid_count)])
+        asks = tuple([(number(), number(), number()) for _ in range(ask_count)])
+        return DepthChanged(symbol, bids, asks)
+
+    return (
+        lambda: Accepted(""),  # tag 0: never valid (rejected before building)
+        lambda: Accepted(text()),
+        lambda: Rejected(text(), text()),
+        lambda: Filled(text(), text(), number(), number()),
+        lambda: Cancelled(text(), number()),
+        lambda: CancelRejected(text(), text()),
+        lambda: Replaced(text(), number(), number()),
+        lambda: ReplaceRejected(text(), text()),
+        lambda: Trade(text(), number(), number()),
+        lambda: BboChanged(text(), number(), number(), number(), number()),
+        depth,
+    )
+
+
+def _read_replies(reader: Reader, client_ids: tuple[int, ...], counts: tuple[int, ...]
+                  ) -> list[tuple[int, int, OrderedDict[int, Reply]]]:
+    """Every client's replies with their events (each stream exactly consumed)."""
+    from exchange.state_machine import Reply
+
+    total = sum(counts)
+    seqs = reader.ints("Q", total, "reply seqs")
+    indexes = reader.ints("Q", total, "reply log indexes")
+    flags = bytes(reader.take(total, "reply flags"))
+    event_counts = reader.ints("I", total, "reply event counts")
+    tags = bytes(reader.take(sum(event_counts), "event tags"))
+    if tags and (min(tags) < TAG_ACCEPTED or max(tags) > TAG_DEPTH):
+        raise reader.error("unknown event tag")
+    if flags and max(flags) > FLAG_DUPLICATE:
+        raise reader.error("unknown reply flags")
+    (int_count,) = reader.unpack(_COUNT, "event integer count")
+    ints = reader.ints("q", int_count, "event integers")
+    texts = _read_texts(reader)
+    text_stream, int_stream = iter(texts), iter(ints)
+    builders = _event_builders(text_stream.__next__, int_stream.__next__)
+    tag_stream = iter(tags)
+    result = []
+    start = 0
+    try:
+        for client_id, count in zip(client_ids, counts, strict=True):
+            replies: OrderedDict[int, Reply] = OrderedDict()
+            for number in range(start, start + count):
+                seq = seqs[number]
+                order_id, error = next(text_stream), next(text_stream)
+                events = tuple([builders[tag]()
+                                for tag in islice(tag_stream, event_counts[number])])
+                replies[seq] = Reply(client_id, seq, order_id, events, indexes[number],
+                                     flags[number] == FLAG_DUPLICATE, error)
+            if len(replies) != count:
+                raise reader.error(f"client {client_id} stores a seq twice")
+            start += count
+            result.append((client_id, 0, replies))
+    except StopIteration:
+        raise reader.error("reply strings or integers end early") from None
+    if next(text_stream, None) is not None or next(int_stream, None) is not None:
+        raise reader.error("unused reply strings or integers")
     return result
 
 
-def _event_builders(strings: list[str]) -> dict[int, Callable[[tuple[int, ...]], Event]]:
-    text = strings.__getitem__
-    return {
-        1: lambda f: Accepted(text(f[0])),
-        2: lambda f: Rejected(text(f[0]), text(f[1])),
-        3: lambda f: Filled(text(f[0]), text(f[1]), f[2], f[3]),
-        4: lambda f: Cancelled(text(f[0]), f[1]),
-        5: lambda f: CancelRejected(text(f[0]), text(f[1])),
-        6: lambda f: Replaced(text(f[0]), f[1], f[2]),
-        7: lambda f: ReplaceRejected(text(f[0]), text(f[1])),
-        8: lambda f: Trade(text(f[0]), f[1], f[2]),
-        9: lambda f: BboChanged(text(f[0]), f[1], f[2], f[3], f[4]),
-    }
-
-
-def _read_events(reader: Reader, count: int, strings: list[str]) -> list[Event]:
-    """`count` events (tags, fixed parts, depth levels); every size checked before reading."""
-    tags = bytes(reader.take(count, "event tags"))
-    if count and (min(tags) < 1 or max(tags) > _TAG_DEPTH):
-        raise reader.error("unknown event tag")
-    fixed = reader.take(sum(_SIZE_OF_TAG[tag] for tag in tags), "event fields")
-    depth_layout = _LAYOUT_OF_TAG[_TAG_DEPTH]
-    depth_total = 0
-    builders = _event_builders(strings)
-    events: list[Event] = []
-    append = events.append
-    offset = 0
-    try:
-        for tag in tags:
-            layout = _LAYOUT_OF_TAG[tag]
-            fields = layout.unpack_from(fixed, offset)
-            offset += layout.size
-            if tag == _TAG_DEPTH:
-                depth_total += fields[1] + fields[2]
-                append(DepthChanged(strings[fields[0]], (), ()))
-            else:
-                append(builders[tag](fields))
-        levels = reader.ints("q", 3 * depth_total, "depth levels")
-        _fill_depth(events, tags, fixed, depth_layout, levels)
-    except IndexError:
-        raise reader.error("an event names a string outside the string table") from None
-    return events
-
-
-def _fill_depth(events: list[Event], tags: bytes, fixed: memoryview, layout: struct.Struct,
-                levels: tuple[int, ...]) -> None:
-    """Give each DepthChanged its levels, in event order (a second pass: rare events)."""
-    if not levels:
-        return
-    offset = 0
-    position = 0
-    for event, tag in zip(events, tags, strict=True):
-        if tag == _TAG_DEPTH:
-            assert isinstance(event, DepthChanged)
-            _, bid_count, ask_count = layout.unpack_from(fixed, offset)
-            flat = levels[position:position + 3 * (bid_count + ask_count)]
-            position += len(flat)
-            triples = [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
-            event.bids = tuple(triples[:bid_count])
-            event.asks = tuple(triples[bid_count:])
-        offset += _SIZE_OF_TAG[tag]
-
-
-def _read_dedup(reader: Reader, seqs_max: int, clients_max: int,
-                reply_type: type[Reply]) -> DedupTable[Reply]:
-    strings = _read_strings(reader)
+def _read_dedup(reader: Reader, seqs_max: int, clients_max: int) -> DedupTable[Reply]:
     (client_count,) = reader.unpack(_COUNT, "client count")
     if client_count > clients_max:
         raise reader.error(f"{client_count} clients in the dedup table, limit {clients_max}")
     client_ids = reader.ints("Q", client_count, "client ids")
     floors = reader.ints("Q", client_count, "client floors")
-    reply_counts = reader.ints("I", client_count, "reply counts")
-    if client_count and max(reply_counts) > seqs_max:
+    counts = reader.ints("I", client_count, "reply counts")
+    if client_count and max(counts) > seqs_max:
         raise reader.error(f"a client has more than {seqs_max} replies stored")
     if len(set(client_ids)) != client_count:
         raise reader.error("a client appears twice in the dedup table")
-    total = sum(reply_counts)
-    seqs = reader.ints("Q", total, "reply seqs")
-    indexes = reader.ints("Q", total, "reply log indexes")
-    flags = bytes(reader.take(total, "reply flags"))
-    order_ids = reader.ints("I", total, "reply order ids")
-    errors = reader.ints("I", total, "reply errors")
-    event_counts = reader.ints("I", total, "reply event counts")
-    events = _read_events(reader, sum(event_counts), strings)
-    records = []
-    position = 0
-    event_position = 0
-    try:
-        for client_id, floor_seq, count in zip(client_ids, floors, reply_counts, strict=True):
-            replies: OrderedDict[int, Reply] = OrderedDict()
-            for number in range(position, position + count):
-                seq = seqs[number]
-                end = event_position + event_counts[number]
-                replies[seq] = reply_type(client_id, seq, strings[order_ids[number]],
-                                          tuple(events[event_position:end]), indexes[number],
-                                          flags[number] == FLAG_DUPLICATE, strings[errors[number]])
-                event_position = end
-            if len(replies) != count:
-                raise reader.error(f"client {client_id} stores a seq twice")
-            position += count
-            records.append((client_id, floor_seq, replies))
-    except IndexError:
-        raise reader.error("a reply names a string outside the string table") from None
-    if max(flags, default=0) > FLAG_DUPLICATE:
-        raise reader.error("unknown reply flags")
-    return DedupTable.restore(seqs_max, clients_max, records)
+    records = _read_replies(reader, client_ids, counts)
+    return DedupTable.restore(seqs_max, clients_max, [
+        (client_id, floor_seq, replies)
+        for (client_id, _, replies), floor_seq in zip(records, floors, strict=True)])
 
 
 def decode_state(data: bytes | memoryview, machine_type: type[ExchangeStateMachine],
@@ -332,13 +308,11 @@ def decode_state(data: bytes | memoryview, machine_type: type[ExchangeStateMachi
     """The state machine a snapshot holds (Rules 1-3). `limits` = (seqs_per_client_max,
     clients_max) this replica runs with; a snapshot with other limits is refused. Raises
     SnapshotError. O(size)."""
-    from exchange.state_machine import Reply
-
     reader = Reader(unseal(data, STATE_MAGIC, _NAME), _NAME)
     applied, executed, duplicates, chain, seqs_max, clients_max = reader.unpack(
         _STATE_HEAD, "state header")
-    if not (1 <= seqs_max < CLIENTS_LIMIT_MAX and 1 <= clients_max < CLIENTS_LIMIT_MAX):
-        raise reader.error(f"dedup limits {seqs_max}, {clients_max} outside 1..{CLIENTS_LIMIT_MAX}")
+    if not (1 <= seqs_max < LIMIT_MAX and 1 <= clients_max < LIMIT_MAX):
+        raise reader.error(f"dedup limits {seqs_max}, {clients_max} outside 1..{LIMIT_MAX}")
     if limits is not None and limits != (seqs_max, clients_max):
         raise SnapshotError(f"{_NAME} snapshot was taken with dedup limits (seqs per client "
                             f"{seqs_max}, clients {clients_max}), this replica runs with "
@@ -347,7 +321,7 @@ def decode_state(data: bytes | memoryview, machine_type: type[ExchangeStateMachi
         raise reader.error(f"{executed} executed + {duplicates} duplicates > {applied} applied")
     with gc_paused():
         market = decode_market_body(reader)
-        dedup = _read_dedup(reader, seqs_max, clients_max, Reply)
+        dedup = _read_dedup(reader, seqs_max, clients_max)
     reader.finish()
     return machine_type.from_parts(market, dedup, applied, executed, duplicates, bytes(chain))
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from sys import getrefcount
 
 from sortedcontainers import SortedList
@@ -49,7 +50,7 @@ from orderbook.events import (
     ReplaceRejected,
 )
 from orderbook.matching import RETIRED_ORDERS_MAX, Matcher
-from orderbook.side import EMPTY_KEY, BookSide, Order
+from orderbook.side import EMPTY_KEY, FLAG_AON_OF, FLAG_IOC_OF, BookSide, Order, OrderColumns
 from orderbook.side import Level as BookLevel
 from orderbook.types import Side
 
@@ -254,36 +255,42 @@ class Book(Matcher):
         return events
 
     def restore(self, last_trade_price: int, seq: int,
-                bids: tuple[list[int], list[int], list[Order]],
-                asks: tuple[list[int], list[int], list[Order]],
-                stops: list[tuple[int, Order]]) -> None:
+                bids: tuple[Sequence[int], Sequence[int], OrderColumns],
+                asks: tuple[Sequence[int], Sequence[int], OrderColumns],
+                stops: tuple[Sequence[int], Sequence[int], int, OrderColumns]) -> None:
         """Install a snapshot's state on this fresh, empty book (Rule 7), bypassing matching.
 
-        `bids`/`asks` are (level prices in priority order, order count per level, resting
-        orders in priority order) as BookSide.restore takes them; `stops` are the waiting stop
-        orders as (sequence number, order), buy stops then sell stops, each in trigger order.
-        Every order was built with `book=self` and is added to the market's id index here.
-        Preconditions (checked by the decoder, which raises SnapshotError): ids unique market
-        wide, stops not yet reached by `last_trade_price`, stop seqs distinct and <= `seq`.
-        Cost O(n + L log L).
+        `bids`/`asks` are (level prices in priority order, order count per level, the resting
+        orders as columns in priority order), as BookSide.restore takes them. `stops` are
+        (sequence numbers, prices, number of buy stops, columns) of the waiting stop orders,
+        buy stops then sell stops, each in trigger order. Every order is created here with
+        `book=self` and added to the market's shared id index.
+        Preconditions (the decoder checks them and raises SnapshotError): ids unique market
+        wide, stops untouched and not yet reached by `last_trade_price`, stop seqs distinct
+        and <= `seq`, in trigger order. Cost O(n + L log L).
         """
         assert self._seq == 0 and self.last_trade_price == 0
         assert not self.bids.levels and not self.asks.levels and not self._stop_entries
         self.last_trade_price = last_trade_price
         self._seq = seq
         index = self._orders
-        for side, (prices, counts, orders) in ((self.bids, bids), (self.asks, asks)):
-            side.restore(prices, counts, orders)
-            index.update({order.order_id: order for order in orders})
+        self.bids.restore(self, *bids, index)
+        self.asks.restore(self, *asks, index)
+        seqs, prices, buy_count, columns = stops
         entries = self._stop_entries
         buy_stops: list[tuple[int, int, Order]] = []
         sell_stops: list[tuple[int, int, Order]] = []
-        for stop_seq, order in stops:
-            assert order.level is None and order.book is self and stop_seq <= seq
-            entry = (order.stop if order.is_buy else -order.stop, stop_seq, order)
-            (buy_stops if order.is_buy else sell_stops).append(entry)
-            entries[order.order_id] = entry
-            index[order.order_id] = order
+        rows = zip(seqs, prices, columns.ids, columns.qtys, columns.opens, columns.stops,
+                   columns.flags, strict=True)
+        for number, (stop_seq, price, order_id, qty, open_qty, stop, flags) in enumerate(rows):
+            is_buy = number < buy_count
+            assert open_qty == qty and 0 < stop_seq <= seq
+            order = Order(order_id, is_buy, price, qty, stop, FLAG_AON_OF[flags],
+                          FLAG_IOC_OF[flags], self)
+            entry = (stop if is_buy else -stop, stop_seq, order)
+            (buy_stops if is_buy else sell_stops).append(entry)
+            entries[order_id] = entry
+            index[order_id] = order
         self._stop_bids = SortedList(buy_stops)
         self._stop_asks = SortedList(sell_stops)
         self._bbo = self.bbo()

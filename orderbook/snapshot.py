@@ -23,11 +23,11 @@ Rule 5: what is stored is exactly `Book.digest()`'s Rule 5 state (what decides f
 Market body: <I books>, then per book:
     <B symbol length> symbol, <q last trade><q seq><I bid levels><I ask levels><I bid orders>
     <I ask orders><I buy stops><I sell stops>,
-    bid level prices q*, bid level counts I*, ask level prices q*, ask level counts I*,
-    resting orders (bids then asks) as columns: qty q*, open q*, stop q*, flags B* (1 AON, 2 IOC),
-    id lengths B*, ids (UTF-8, concatenated);
-    waiting stops (buy then sell) as columns: seq q*, price q*, qty q*, open q*, stop q*,
-    flags B*, id lengths B*, ids.
+    per side (bids, then asks): level prices q*, level counts I*, then its resting orders in
+    priority order as columns: qty q*, open q*, stop q*, flags B* (1 AON, 2 IOC), id lengths B*,
+    ids (UTF-8, concatenated);
+    waiting stops (buy stops then sell stops, each in trigger order): seq q*, price q*, then the
+    same order columns.
 Cost: encode and decode O(n) in the number of orders plus O(L log L) in levels; about 35 bytes
 plus the id per resting order.
 """
@@ -37,10 +37,10 @@ from __future__ import annotations
 import gc
 import hashlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import accumulate, repeat
-from operator import ge, gt
+from operator import add, attrgetter, ge, gt, mul
 
 from orderbook.book import Book, valid_text
 from orderbook.constants import (
@@ -51,7 +51,13 @@ from orderbook.constants import (
     SYMBOL_BYTES_MAX,
 )
 from orderbook.market import Market
-from orderbook.side import Order
+from orderbook.side import (
+    ORDER_FLAG_IOC,
+    ORDER_FLAGS_MAX,
+    BookSide,
+    Order,
+    OrderColumns,
+)
 
 MARKET_MAGIC = b"MUMARKET"
 """Magic of a market snapshot (an exchange snapshot has its own)."""
@@ -69,11 +75,6 @@ _PREFIX = struct.Struct("<8sIQ")
 _BOOK_HEAD = struct.Struct("<qqIIIIII")
 _COUNT = struct.Struct("<I")
 _TEXT_LEN = struct.Struct("<B")
-FLAG_AON = 1
-FLAG_IOC = 2
-_FLAGS_MAX = FLAG_AON | FLAG_IOC
-_AON = tuple(bool(flags & FLAG_AON) for flags in range(_FLAGS_MAX + 1))
-_IOC = tuple(bool(flags & FLAG_IOC) for flags in range(_FLAGS_MAX + 1))
 
 assert HEADER.size == _PREFIX.size + 32
 assert len(MARKET_MAGIC) == 8
@@ -216,12 +217,14 @@ def gc_paused() -> Iterator[None]:
 
 # ---- encode ----------------------------------------------------------------------------------
 
-def _pack_ints(code: str, values: list[int]) -> bytes:
+_ORDER_FIELDS = attrgetter("order_id", "qty", "open_qty", "stop", "aon", "ioc")
+
+
+def _pack_ints(code: str, values: Sequence[int]) -> bytes:
     return struct.pack(f"<{len(values)}{code}", *values)
 
 
-def _pack_ids(orders: list[Order]) -> list[bytes]:
-    ids = [order.order_id for order in orders]
+def _pack_ids(ids: Sequence[str]) -> list[bytes]:
     blob = "".join(ids)
     if blob.isascii():
         return [bytes(map(len, ids)), blob.encode("ascii")]
@@ -230,16 +233,20 @@ def _pack_ids(orders: list[Order]) -> list[bytes]:
 
 
 def _pack_orders(orders: list[Order], out: list[bytes]) -> None:
-    """The per-order columns shared by resting orders and stops: qty, open, stop, flags, ids."""
-    out.append(_pack_ints("q", [order.qty for order in orders]))
-    out.append(_pack_ints("q", [order.open_qty for order in orders]))
-    out.append(_pack_ints("q", [order.stop for order in orders]))
-    out.append(bytes([order.aon + 2 * order.ioc for order in orders]))
-    out.extend(_pack_ids(orders))
+    """The order columns (OrderColumns): qty, open, stop, flags, id lengths, ids."""
+    if not orders:
+        out.append(b"")
+        return
+    ids, qtys, opens, stops, aons, iocs = zip(*map(_ORDER_FIELDS, orders), strict=True)
+    out.append(_pack_ints("q", qtys))
+    out.append(_pack_ints("q", opens))
+    out.append(_pack_ints("q", stops))
+    out.append(bytes(map(add, aons, map(mul, iocs, repeat(ORDER_FLAG_IOC)))))
+    out.extend(_pack_ids(ids))
 
 
-def _side_columns(book: Book, is_buy: bool) -> tuple[list[int], list[int], list[Order]]:
-    side = book.bids if is_buy else book.asks
+def _walk_side(side: BookSide) -> tuple[list[int], list[int], list[Order]]:
+    """Level prices, level counts and resting orders of `side`, in priority order."""
     prices: list[int] = []
     counts: list[int] = []
     orders: list[Order] = []
@@ -253,30 +260,29 @@ def _side_columns(book: Book, is_buy: bool) -> tuple[list[int], list[int], list[
         while order is not None:
             append(order)
             order = order.next
+    assert len(orders) == sum(counts)
     return prices, counts, orders
 
 
 def encode_book(book: Book, out: list[bytes]) -> None:
     """Append the body section of one book to `out` (layout in the module docstring)."""
     symbol = book.symbol.encode("utf-8")
-    bid_prices, bid_counts, bids = _side_columns(book, True)
-    ask_prices, ask_counts, asks = _side_columns(book, False)
+    bid_prices, bid_counts, bids = _walk_side(book.bids)
+    ask_prices, ask_counts, asks = _walk_side(book.asks)
     stops = book.waiting_stops()
     buy_count = sum(1 for _, order in stops if order.is_buy)
-    assert len(bids) == sum(bid_counts) and len(asks) == sum(ask_counts)
     out.append(_TEXT_LEN.pack(len(symbol)) + symbol)
     out.append(_BOOK_HEAD.pack(book.last_trade_price, book.sequence, len(bid_prices),
                                len(ask_prices), len(bids), len(asks), buy_count,
                                len(stops) - buy_count))
-    out.append(_pack_ints("q", bid_prices))
-    out.append(_pack_ints("I", bid_counts))
-    out.append(_pack_ints("q", ask_prices))
-    out.append(_pack_ints("I", ask_counts))
-    _pack_orders(bids + asks, out)
+    for prices, counts, orders in ((bid_prices, bid_counts, bids),
+                                   (ask_prices, ask_counts, asks)):
+        out.append(_pack_ints("q", prices))
+        out.append(_pack_ints("I", counts))
+        _pack_orders(orders, out)
     out.append(_pack_ints("q", [seq for seq, _ in stops]))
-    stop_orders = [order for _, order in stops]
-    out.append(_pack_ints("q", [order.price for order in stop_orders]))
-    _pack_orders(stop_orders, out)
+    out.append(_pack_ints("q", [order.price for _, order in stops]))
+    _pack_orders([order for _, order in stops], out)
 
 
 def encode_market_body(market: Market, out: list[bytes]) -> None:
@@ -298,43 +304,28 @@ def encode_market(market: Market) -> bytes:
 
 # ---- decode ----------------------------------------------------------------------------------
 
-class _Columns:
-    """One group of decoded order columns (resting orders of a book, or its stops)."""
-
-    __slots__ = ("qtys", "opens", "stops", "flags", "ids")
-
-    def __init__(self, reader: Reader, count: int, what: str) -> None:
-        self.qtys = reader.ints("q", count, f"{what} quantities")
-        self.opens = reader.ints("q", count, f"{what} open quantities")
-        self.stops = reader.ints("q", count, f"{what} stop prices")
-        self.flags = bytes(reader.take(count, f"{what} flags"))
-        self.ids = reader.texts(count, ORDER_ID_BYTES_MAX, f"{what} ids")
-        if not count:
-            return
-        if min(self.opens) < 1 or max(self.qtys) > QTY_MAX or any(map(gt, self.opens, self.qtys)):
+def _read_orders(reader: Reader, count: int, what: str) -> OrderColumns:
+    """`count` orders' columns, their ranges checked (Rule 4)."""
+    qtys = reader.ints("q", count, f"{what} quantities")
+    opens = reader.ints("q", count, f"{what} open quantities")
+    stops = reader.ints("q", count, f"{what} stop prices")
+    flags = bytes(reader.take(count, f"{what} flags"))
+    ids = reader.texts(count, ORDER_ID_BYTES_MAX, f"{what} ids")
+    if count:
+        if min(opens) < 1 or max(qtys) > QTY_MAX or any(map(gt, opens, qtys)):
             raise reader.error(f"{what} quantity outside 0 < open <= qty <= {QTY_MAX}")
-        if min(self.stops) < 0 or max(self.stops) > PRICE_TICKS_MAX:
+        if min(stops) < 0 or max(stops) > PRICE_TICKS_MAX:
             raise reader.error(f"{what} stop price outside 0..{PRICE_TICKS_MAX}")
-        if max(self.flags) > _FLAGS_MAX:
-            raise reader.error(f"{what} flags {max(self.flags)} unknown")
-
-    def build(self, book: Book, is_buy: bool, prices: list[int], start: int,
-              end: int) -> list[Order]:
-        """Order objects for entries start..end (one price each), open quantities set."""
-        flags = self.flags[start:end]
-        orders = list(map(Order, self.ids[start:end], repeat(is_buy), prices,
-                          self.qtys[start:end], self.stops[start:end],
-                          [_AON[flag] for flag in flags], [_IOC[flag] for flag in flags],
-                          repeat(book)))
-        for order, open_qty in zip(orders, self.opens[start:end], strict=True):
-            order.open_qty = open_qty
-        return orders
+        if max(flags) > ORDER_FLAGS_MAX:
+            raise reader.error(f"{what} flags {max(flags)} unknown")
+    return OrderColumns(ids, qtys, opens, stops, flags)
 
 
-def _read_levels(reader: Reader, is_buy: bool, levels: int, orders: int,
-                 what: str) -> tuple[list[int], list[int]]:
-    prices = list(reader.ints("q", levels, f"{what} level prices"))
-    counts = list(reader.ints("I", levels, f"{what} level counts"))
+def _read_side(reader: Reader, is_buy: bool, levels: int, orders: int,
+               what: str) -> tuple[tuple[int, ...], tuple[int, ...], OrderColumns]:
+    """One side's levels and resting orders, in priority order (checked)."""
+    prices = reader.ints("q", levels, f"{what} level prices")
+    counts = reader.ints("I", levels, f"{what} level counts")
     if levels and (min(prices) < 0 or max(prices) > PRICE_TICKS_MAX):
         raise reader.error(f"{what} level price outside 0..{PRICE_TICKS_MAX}")
     if levels and min(counts) < 1 or sum(counts) != orders:
@@ -342,72 +333,64 @@ def _read_levels(reader: Reader, is_buy: bool, levels: int, orders: int,
     keys = [(-price if price else BID_MARKET_KEY) if is_buy else price for price in prices]
     if any(map(ge, keys, keys[1:])):
         raise reader.error(f"{what} levels out of priority order")
-    return prices, counts
+    columns = _read_orders(reader, orders, f"{what} order")
+    if orders and max(columns.flags) & ORDER_FLAG_IOC:
+        raise reader.error(f"{what}: an IOC order rests")
+    return prices, counts, columns
 
 
-def _resting(book: Book, columns: _Columns, is_buy: bool, prices: list[int], counts: list[int],
-             start: int) -> tuple[list[int], list[int], list[Order]]:
-    per_order = [price for price, count in zip(prices, counts, strict=True)
-                 for price in repeat(price, count)]
-    orders = columns.build(book, is_buy, per_order, start, start + len(per_order))
-    return prices, counts, orders
-
-
-def _check_stops(reader: Reader, book: Book, seqs: tuple[int, ...], columns: _Columns,
+def _check_stops(reader: Reader, symbol: str, seqs: tuple[int, ...], columns: OrderColumns,
                  buy_count: int, last: int, seq: int) -> None:
     """Stops must be waiting (not reached by `last`), untouched, and in trigger order with
     distinct sequence numbers (Book Rule 2, orderbook.checks Rule 3)."""
     if not seqs:
         return
     if min(seqs) < 1 or max(seqs) > seq or len(set(seqs)) != len(seqs):
-        raise reader.error(f"book {book.symbol}: stop sequence numbers not distinct in 1..{seq}")
+        raise reader.error(f"book {symbol}: stop sequence numbers not distinct in 1..{seq}")
     if columns.opens != columns.qtys:
-        raise reader.error(f"book {book.symbol}: a waiting stop order is partially filled")
+        raise reader.error(f"book {symbol}: a waiting stop order is partially filled")
     stops = columns.stops
     buys, sells = stops[:buy_count], stops[buy_count:]
     if not last or (buys and min(buys) <= last) or (sells and max(sells) >= last):
-        raise reader.error(f"book {book.symbol}: a waiting stop was already reached by the "
+        raise reader.error(f"book {symbol}: a waiting stop was already reached by the "
                            f"last trade price {last}")
     buy_keys = list(zip(buys, seqs[:buy_count], strict=True))
-    sell_keys = [(-stop, stop_seq) for stop, stop_seq in zip(sells, seqs[buy_count:],
-                                                                strict=True)]
+    sell_keys = [(-stop, stop_seq)
+                 for stop, stop_seq in zip(sells, seqs[buy_count:], strict=True)]
     if any(map(gt, buy_keys, buy_keys[1:])) or any(map(gt, sell_keys, sell_keys[1:])):
-        raise reader.error(f"book {book.symbol}: waiting stops out of trigger order")
+        raise reader.error(f"book {symbol}: waiting stops out of trigger order")
+
+
+def _read_symbol(reader: Reader, previous: str) -> str:
+    (size,) = reader.unpack(_TEXT_LEN, "symbol length")
+    symbol = reader.text(size, "symbol")
+    if not (valid_text(symbol, SYMBOL_BYTES_MAX) and symbol.isprintable()):
+        raise reader.error(f"invalid symbol {symbol!r}")
+    if symbol <= previous:
+        raise reader.error(f"books out of symbol order at {symbol!r}")
+    return symbol
 
 
 def decode_book(reader: Reader, market: Market, previous: str) -> str:
     """Read one book section into `market`; returns its symbol (which must sort after
     `previous`, Rule 1)."""
-    (symbol_size,) = reader.unpack(_TEXT_LEN, "symbol length")
-    symbol = reader.text(symbol_size, "symbol")
-    if not (valid_text(symbol, SYMBOL_BYTES_MAX) and symbol.isprintable()):
-        raise reader.error(f"invalid symbol {symbol!r}")
-    if symbol <= previous:
-        raise reader.error(f"books out of symbol order at {symbol!r}")
+    symbol = _read_symbol(reader, previous)
     last, seq, bid_levels, ask_levels, bid_count, ask_count, buy_stops, sell_stops = (
         reader.unpack(_BOOK_HEAD, f"book {symbol} header"))
     if not 0 <= last <= PRICE_TICKS_MAX or seq < 0:
         raise reader.error(f"book {symbol}: last trade price {last} or sequence {seq} invalid")
-    bid_prices, bid_counts = _read_levels(reader, True, bid_levels, bid_count, f"{symbol} bid")
-    ask_prices, ask_counts = _read_levels(reader, False, ask_levels, ask_count, f"{symbol} ask")
-    resting = _Columns(reader, bid_count + ask_count, f"{symbol} resting order")
-    if resting.flags and max(resting.flags) & FLAG_IOC:
-        raise reader.error(f"book {symbol}: an IOC order rests")
+    bids = _read_side(reader, True, bid_levels, bid_count, f"{symbol} bid")
+    asks = _read_side(reader, False, ask_levels, ask_count, f"{symbol} ask")
     stop_count = buy_stops + sell_stops
     seqs = reader.ints("q", stop_count, f"{symbol} stop sequence numbers")
-    stop_prices = reader.ints("q", stop_count, f"{symbol} stop order prices")
-    stops = _Columns(reader, stop_count, f"{symbol} stop order")
-    if stop_prices and (min(stop_prices) < 0 or max(stop_prices) > PRICE_TICKS_MAX):
+    prices = reader.ints("q", stop_count, f"{symbol} stop order prices")
+    stops = _read_orders(reader, stop_count, f"{symbol} stop order")
+    if prices and (min(prices) < 0 or max(prices) > PRICE_TICKS_MAX):
         raise reader.error(f"book {symbol}: stop order price outside 0..{PRICE_TICKS_MAX}")
-    book = market.restore_book(symbol)
-    _check_stops(reader, book, seqs, stops, buy_stops, last, seq)
-    bids = _resting(book, resting, True, bid_prices, bid_counts, 0)
-    asks = _resting(book, resting, False, ask_prices, ask_counts, bid_count)
-    stop_orders = (stops.build(book, True, list(stop_prices[:buy_stops]), 0, buy_stops)
-                   + stops.build(book, False, list(stop_prices[buy_stops:]), buy_stops,
-                                 stop_count))
+    _check_stops(reader, symbol, seqs, stops, buy_stops, last, seq)
     live = market.order_count()
-    book.restore(last, seq, bids, asks, list(zip(seqs, stop_orders, strict=True)))
+    book = market.restore_book(symbol)
+    book.restore(last, seq, bids, asks, (seqs, prices, buy_stops, stops))
     if market.order_count() != live + bid_count + ask_count + stop_count:
         raise reader.error(f"book {symbol}: duplicate order id")
     return symbol
