@@ -12,6 +12,10 @@ Rule 3: the table is bounded. Per client it keeps the replies of the last ``seqs
         too old (it might have executed) and never executed. Clients beyond ``clients_max`` are
         evicted least recently used first (by apply order). A client must keep fewer than
         ``seqs_per_client_max`` requests in flight and must not reuse seqs.
+Rule 4: the table's whole state is its limits plus, per client in LRU order (least recently
+        applied first), the floor and the replies in insertion order; ``records`` reads exactly
+        that and ``restore`` rebuilds it (exchange.snapshot), so a restored table evicts exactly
+        as the original would.
 
 Cost: ``lookup`` and ``record`` are O(1) amortized.
 """
@@ -19,6 +23,7 @@ Cost: ``lookup`` and ``record`` are O(1) amortized.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -85,3 +90,28 @@ class DedupTable(Generic[ReplyT]):
             evicted_seq, _ = record.replies.popitem(last=False)
             record.floor_seq = max(record.floor_seq, evicted_seq)
         assert len(record.replies) <= self.seqs_per_client_max
+
+    def records(self) -> Iterator[tuple[int, int, OrderedDict[int, ReplyT]]]:
+        """``(client_id, floor_seq, replies)`` per client, least recently applied first, replies
+        oldest first (Rule 4). The caller must not mutate what it gets. O(1) per client."""
+        for client_id, record in self._clients.items():
+            yield client_id, record.floor_seq, record.replies
+
+    @classmethod
+    def restore(
+        cls,
+        seqs_per_client_max: int,
+        clients_max: int,
+        records: Iterable[tuple[int, int, OrderedDict[int, ReplyT]]],
+    ) -> DedupTable[ReplyT]:
+        """A table holding ``records`` as ``records()`` yields them (Rule 4); takes ownership of
+        the reply dicts. Preconditions (the snapshot decoder checks them): client ids distinct,
+        at most ``clients_max`` of them, at most ``seqs_per_client_max`` replies each."""
+        table: DedupTable[ReplyT] = cls(seqs_per_client_max, clients_max)
+        clients = table._clients
+        for client_id, floor_seq, replies in records:
+            assert client_id not in clients, client_id
+            assert len(replies) <= seqs_per_client_max, (client_id, len(replies))
+            clients[client_id] = _ClientRecord(floor_seq, replies)
+        assert len(clients) <= clients_max
+        return table

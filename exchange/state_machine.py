@@ -9,6 +9,9 @@ Rule 2: ``apply`` never raises on bad payload bytes: a malformed entry becomes a
 Rule 3: exactly-once order entry: a ``(client_id, seq)`` already executed returns its stored reply
         marked ``duplicate`` and executes nothing (``exchange.dedup``).
 Rule 4: no gRPC, no consensus, no threads here: callers serialize access (the server holds a lock).
+Rule 5: ``snapshot()`` / ``restore(data)`` (exchange.snapshot) carry the whole state: a restored
+        machine has the same ``state_digest()`` and ``book_digest()`` and applies the entries
+        after ``applied_index`` exactly as the original would.
 
 A log entry is ``ENTRY_HEADER (client_id u64, seq u64)`` followed by ``orderbook.encode_command``.
 The reply keeps the order-level events of the command (accepted, rejected, fills, cancels,
@@ -86,6 +89,57 @@ class ExchangeStateMachine:
         self.executed_count = 0
         self.duplicate_count = 0
         self._chain = hashlib.sha256(b"mu-exchange state chain v1").digest()
+
+    @property
+    def chain(self) -> bytes:
+        """The running chain hash of the dedup table's history (part of ``state_digest()``)."""
+        return self._chain
+
+    def snapshot(self) -> bytes:
+        """The snapshot of the whole state (Rule 5; format in exchange.snapshot). O(state)."""
+        from exchange.snapshot import encode_state
+
+        return encode_state(self)
+
+    @classmethod
+    def restore(
+        cls,
+        data: bytes | memoryview,
+        *,
+        seqs_per_client_max: int | None = None,
+        clients_max: int | None = None,
+    ) -> ExchangeStateMachine:
+        """The machine a ``snapshot()`` holds (Rule 5). Raises ``exchange.snapshot.SnapshotError``
+        with a one-line reason for corrupt, truncated, foreign or other-version bytes, and, when
+        the dedup limits are given, for a snapshot taken with other limits. O(size)."""
+        from exchange.snapshot import decode_state
+
+        assert (seqs_per_client_max is None) == (clients_max is None)
+        limits = None
+        if seqs_per_client_max is not None and clients_max is not None:
+            limits = (seqs_per_client_max, clients_max)
+        return decode_state(data, cls, limits)
+
+    @classmethod
+    def from_parts(
+        cls,
+        market: Market,
+        dedup: DedupTable[Reply],
+        applied_index: int,
+        executed_count: int,
+        duplicate_count: int,
+        chain: bytes,
+    ) -> ExchangeStateMachine:
+        """A machine holding exactly these parts (for the snapshot decoder)."""
+        assert len(chain) == hashlib.sha256().digest_size, len(chain)
+        machine = cls(dedup.seqs_per_client_max, dedup.clients_max)
+        machine.market = market
+        machine.dedup = dedup
+        machine.applied_index = applied_index
+        machine.executed_count = executed_count
+        machine.duplicate_count = duplicate_count
+        machine._chain = chain
+        return machine
 
     def lookup(self, client_id: int, seq: int) -> Reply | None:
         """The stored reply of an already executed request, marked duplicate; else ``None``."""

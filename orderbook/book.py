@@ -21,12 +21,17 @@ Rule 6: an Order object that left the book (filled, cancelled, IOC remainder) go
         a reused object is already in the cyclic GC's oldest generation, so the book's growth
         promotes fewer new objects and triggers fewer full collections (each walks every
         resting order). The reuse is invisible to the events and the digest.
+Rule 7: `restore` (snapshot decode, orderbook.snapshot) is the one way to build a book other
+        than by commands: it installs exactly the Rule 5 state on a fresh book, and the state
+        outside Rule 5 is derived (the published BBO) or per-command (empty), so a restored
+        book answers every later command as the original would.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from sys import getrefcount
 
 from sortedcontainers import SortedList
@@ -45,7 +50,7 @@ from orderbook.events import (
     ReplaceRejected,
 )
 from orderbook.matching import RETIRED_ORDERS_MAX, Matcher
-from orderbook.side import EMPTY_KEY, BookSide, Order
+from orderbook.side import EMPTY_KEY, FLAG_AON_OF, FLAG_IOC_OF, BookSide, Order, OrderColumns
 from orderbook.side import Level as BookLevel
 from orderbook.types import Side
 
@@ -249,6 +254,47 @@ class Book(Matcher):
         self._publish()
         return events
 
+    def restore(self, last_trade_price: int, seq: int,
+                bids: tuple[Sequence[int], Sequence[int], OrderColumns],
+                asks: tuple[Sequence[int], Sequence[int], OrderColumns],
+                stops: tuple[Sequence[int], Sequence[int], int, OrderColumns]) -> None:
+        """Install a snapshot's state on this fresh, empty book (Rule 7), bypassing matching.
+
+        `bids`/`asks` are (level prices in priority order, order count per level, the resting
+        orders as columns in priority order), as BookSide.restore takes them. `stops` are
+        (sequence numbers, prices, number of buy stops, columns) of the waiting stop orders,
+        buy stops then sell stops, each in trigger order. Every order is created here with
+        `book=self` and added to the market's shared id index.
+        Preconditions (the decoder checks them and raises SnapshotError): ids unique market
+        wide, stops untouched and not yet reached by `last_trade_price`, stop seqs distinct
+        and <= `seq`, in trigger order. Cost O(n + L log L).
+        """
+        assert self._seq == 0 and self.last_trade_price == 0
+        assert not self.bids.levels and not self.asks.levels and not self._stop_entries
+        self.last_trade_price = last_trade_price
+        self._seq = seq
+        index = self._orders
+        self.bids.restore(self, *bids, index)
+        self.asks.restore(self, *asks, index)
+        seqs, prices, buy_count, columns = stops
+        entries = self._stop_entries
+        buy_stops: list[tuple[int, int, Order]] = []
+        sell_stops: list[tuple[int, int, Order]] = []
+        rows = zip(seqs, prices, columns.ids, columns.qtys, columns.opens, columns.stops,
+                   columns.flags, strict=True)
+        for number, (stop_seq, price, order_id, qty, open_qty, stop, flags) in enumerate(rows):
+            is_buy = number < buy_count
+            assert open_qty == qty and 0 < stop_seq <= seq
+            order = Order(order_id, is_buy, price, qty, stop, FLAG_AON_OF[flags],
+                          FLAG_IOC_OF[flags], self)
+            entry = (stop if is_buy else -stop, stop_seq, order)
+            (buy_stops if is_buy else sell_stops).append(entry)
+            entries[order_id] = entry
+            index[order_id] = order
+        self._stop_bids = SortedList(buy_stops)
+        self._stop_asks = SortedList(sell_stops)
+        self._bbo = self.bbo()
+
     # ---- helpers (each mutates only what its name says) ---------------------------------------
 
     def _take_off(self, order: Order) -> None:
@@ -364,6 +410,17 @@ class Book(Matcher):
     def stop_orders(self) -> list[Order]:
         """Waiting stop orders, buy stops then sell stops, each in trigger order."""
         return [entry[2] for entry in self._stop_bids] + [entry[2] for entry in self._stop_asks]
+
+    def waiting_stops(self) -> list[tuple[int, Order]]:
+        """Waiting stop orders with their sequence numbers, buy stops then sell stops, each in
+        trigger order (what a snapshot stores)."""
+        return ([(entry[1], entry[2]) for entry in self._stop_bids]
+                + [(entry[1], entry[2]) for entry in self._stop_asks])
+
+    @property
+    def sequence(self) -> int:
+        """Adds accepted so far (the sequence counter of Rule 2)."""
+        return self._seq
 
     def order(self, order_id: str) -> Order | None:
         """The live order with this id in this book, or None."""

@@ -7,6 +7,8 @@ Rule 2: order ids are unique among live orders (resting or waiting stops) of the
         filled or cancelled.
 Rule 3: books are created on the first valid add for a symbol and never removed; `digest()`
         hashes every book in sorted symbol order, so equal command streams give equal digests.
+Rule 4: `restore_book` creates an empty book for a snapshot decoder (orderbook.snapshot), which
+        then fills it through `Book.restore`; nothing else creates books outside `apply`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ class Market:
                 return [ReplaceRejected(str(cmd.order_id), REASON_NOT_FOUND)]
             return book.replace(cmd.order_id, cmd.qty_delta, cmd.price)
         return [Rejected(str(getattr(cmd, "order_id", "")), REASON_BAD_COMMAND)]
+
+    def restore_book(self, symbol: str) -> Book:
+        """A new empty book for `symbol`, sharing the id index (Rule 4). Precondition: `symbol`
+        is a valid symbol with no book yet (the decoder checks both)."""
+        assert symbol not in self._books
+        assert valid_text(symbol, SYMBOL_BYTES_MAX) and symbol.isprintable()
+        book = self._books[symbol] = Book(symbol, self._orders)
+        return book
 
     def _book_of(self, order_id: object, symbol: str | None) -> Book | None:
         """The book holding live order `order_id` (and named `symbol`, if given)."""
