@@ -270,6 +270,36 @@ class LocalCluster:
             server.process.kill()
             server.process.wait(STOP_TIMEOUT_S)
 
+    def kill_server(self, replica_id: int) -> None:
+        """``kill -9`` server ``replica_id`` (it loses its memory; ``start_server`` restarts it
+        with the same command, and it rejoins by snapshot)."""
+        server = self.servers.get(replica_id)
+        if server is None or server.process.poll() is not None:
+            return
+        server.process.kill()
+        server.process.wait(STOP_TIMEOUT_S)
+
+    def wait_caught_up(self, replica_id: int, timeout_s: float) -> pb.Status:
+        """Wait until server ``replica_id`` answers as a follower or leader (not recovering) and
+        has applied what the leader had committed when the wait began; return its status."""
+        deadline = time.monotonic() + timeout_s
+        target = 0
+        leader = self.leader_id()
+        if leader is not None and leader != replica_id:
+            with contextlib.suppress(grpc.RpcError):
+                target = self.status(leader).commit_index
+        status: pb.Status | None = None
+        while True:
+            with contextlib.suppress(grpc.RpcError):
+                status = self.status(replica_id)
+                if status.role in ("follower", "leader") and status.applied_index >= target:
+                    return status
+            if time.monotonic() >= deadline:
+                shown = (status.role, status.applied_index) if status else "no answer"
+                raise ClusterError(f"server {replica_id} did not catch up to {target} within "
+                                   f"{timeout_s:.1f} s: {shown}\n{self.log_tail(replica_id)}")
+            time.sleep(POLL_INTERVAL_S)
+
     def stop(self, keep_logs: bool = False) -> None:
         """Stop every server, remove FIFOs, shared memory and (unless ``keep_logs``) logs."""
         for channel in self._channels.values():

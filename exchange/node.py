@@ -13,6 +13,9 @@ Rule 3: a proposal that raised ``NotLeader`` or timed out may still be committed
         with the same seq and the replicated dedup table answers it (exactly-once).
 Rule 4: a follower, a paused server or a server without a leader never proposes: it raises
         ``NotLeaderError`` (with the leader's address when known) or ``ServerUnavailable``.
+Rule 5: a server that rejoins (consensus's ``recovery`` is set) reports role ``recovering`` with
+        its progress; its state is replaced whole by ``install_snapshot`` (decoded outside the
+        lock, swapped under it), and ``take_snapshot`` serves peers a consistent (index, bytes).
 
 No gRPC here: ``exchange.service`` maps these errors to status codes.
 """
@@ -52,11 +55,30 @@ class ConsensusReplica(Protocol):
     @property
     def error(self) -> Exception | None: ...
 
+    @property
+    def recovery(self) -> RecoveryView | None: ...
+
     def pause(self) -> None: ...
 
     def resume(self) -> None: ...
 
     def stop(self) -> None: ...
+
+
+class RecoveryView(Protocol):
+    """The part of ``consensus.RecoveryStatus`` the exchange shows."""
+
+    @property
+    def snapshot_index(self) -> int: ...
+
+    @property
+    def bytes_done(self) -> int: ...
+
+    @property
+    def bytes_total(self) -> int: ...
+
+    @property
+    def entries_left(self) -> int: ...
 
 
 class NotLeaderError(Exception):
@@ -75,7 +97,7 @@ class ServerUnavailable(Exception):
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
     replica_id: int
-    role: str  # leader | follower | paused | standalone | failed
+    role: str  # leader | follower | recovering | paused | standalone | failed
     error: str  # why the replica stopped taking part (role failed), else ""
     leader_id: int | None
     leader_address: str
@@ -87,6 +109,7 @@ class NodeStatus:
     executed_count: int
     duplicate_count: int
     replicas: int
+    recovery: RecoveryView | None = None  # while role is recovering (Rule 5)
 
 
 class _Waiter:
@@ -258,6 +281,8 @@ class ExchangeNode:
             return "standalone"
         if replica.error is not None:
             return "failed"
+        if replica.recovery is not None:
+            return "recovering"
         return "leader" if replica.is_leader else "follower"
 
     def status(self) -> NodeStatus:
@@ -287,7 +312,31 @@ class ExchangeNode:
             executed_count=executed,
             duplicate_count=duplicates,
             replicas=self.replicas,
+            recovery=None if replica is None else replica.recovery,
         )
+
+    # -- state transfer (Rule 5) --------------------------------------------------------------
+
+    def take_snapshot(self) -> tuple[int, bytes]:
+        """``(applied index, snapshot bytes)`` of the state, consistent with each other."""
+        with self._lock:
+            return self.state.applied_index, self.state.snapshot()
+
+    def install_snapshot(self, index: int, data: bytes) -> None:
+        """Replace the whole state with the snapshot ``data`` of ``index``. Raises
+        ``exchange.snapshot.SnapshotError`` (nothing changed) when it does not decode or does
+        not cover ``index``."""
+        from exchange.snapshot import SnapshotError
+
+        current = self.state
+        restored = ExchangeStateMachine.restore(
+            data, seqs_per_client_max=current.dedup.seqs_per_client_max,
+            clients_max=current.dedup.clients_max)
+        if restored.applied_index != index:
+            raise SnapshotError(f"snapshot covers index {restored.applied_index}, announced "
+                                f"{index}")
+        with self._lock:
+            self.state = restored
 
     # -- control ------------------------------------------------------------------------------
 

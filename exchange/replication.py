@@ -6,15 +6,22 @@ Rule 2: every replica applies committed entries through ``ExchangeNode.on_commit
         it in log order, exactly once per index, on the leader too).
 Rule 3: a fabric or registry that cannot run here (no RDMA device, unreachable memcached) raises
         ``ReplicationUnavailable`` with the underlying one-line reason.
+Rule 4: the replica's snapshot port (``GrpcSnapshotPort``) fetches peers' snapshots through
+        ``exchange.state_transfer`` and installs them into the node; every failure reaches
+        consensus as ``SnapshotUnavailable`` so that it asks another peer.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exchange.config import PAYLOAD_SIZE_MAX_BYTES, ServerConfig
 from exchange.node import ConsensusReplica, ExchangeNode
+
+if TYPE_CHECKING:
+    from consensus import Transfer
 
 log = logging.getLogger("exchange.replication")
 
@@ -63,6 +70,35 @@ def _timings(config: ServerConfig) -> dict[str, int]:
     return timings
 
 
+class GrpcSnapshotPort:
+    """``consensus.SnapshotPort`` over gRPC between exchange servers (Rule 4)."""
+
+    def __init__(self, node: ExchangeNode, addresses: dict[int, str]) -> None:
+        self.node = node
+        self.addresses = addresses
+
+    def fetch(self, peer: int, transfer: Transfer) -> tuple[int, bytes]:
+        from consensus import SnapshotUnavailable
+        from exchange.state_transfer import TransferFailed, fetch_snapshot
+
+        address = self.addresses.get(peer)
+        if address is None:
+            raise SnapshotUnavailable(f"no address for server {peer}")
+        try:
+            return fetch_snapshot(address, self.node.replica_id, transfer.begin, transfer.advance)
+        except TransferFailed as exc:
+            raise SnapshotUnavailable(str(exc)) from None
+
+    def install(self, index: int, data: bytes) -> None:
+        from consensus import SnapshotUnavailable
+        from exchange.snapshot import SnapshotError
+
+        try:
+            self.node.install_snapshot(index, data)
+        except SnapshotError as exc:
+            raise SnapshotUnavailable(f"snapshot of index {index} refused: {exc}") from None
+
+
 def start_replication(config: ServerConfig, node: ExchangeNode) -> ReplicationHandle:
     """Open the registry and fabric, start a replica feeding ``node``, and attach it."""
     assert config.replicas > 1
@@ -103,6 +139,7 @@ def start_replication(config: ServerConfig, node: ExchangeNode) -> ReplicationHa
         registry,
         on_commit=node.on_commit,
         on_leader_change=on_leader_change,
+        snapshots=GrpcSnapshotPort(node, config.addresses),
     )
     node.attach(replica)
     try:

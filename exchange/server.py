@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from types import FrameType
 
@@ -27,6 +28,7 @@ from exchange.node import ExchangeNode
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 from exchange.replication import ReplicationHandle, ReplicationUnavailable, start_replication
 from exchange.service import ExchangeService, HealthReporter
+from exchange.state_transfer import SnapshotService
 
 ROLE_POLL_INTERVAL_S = 0.02  # how often health statuses follow the replica's role
 SHUTDOWN_GRACE_S = 1.0
@@ -45,6 +47,7 @@ def _watch_role(
 ) -> None:
     """Log role changes, keep health statuses current, stop when the launcher is gone."""
     last_role = ""
+    recovering_since = 0.0
     while not stop.wait(ROLE_POLL_INTERVAL_S):
         if parent_pid and os.getppid() != parent_pid:
             log.warning("server %d: launcher %d exited; shutting down", node.replica_id,
@@ -53,7 +56,16 @@ def _watch_role(
             return
         role = node.role()
         if role != last_role:
-            log.warning("server %d: role %s -> %s", node.replica_id, last_role or "-", role)
+            if role == "recovering":
+                recovering_since = time.monotonic()
+                log.warning("server %d: recovering: fetching a peer's snapshot, then catching up "
+                            "the log (GetStatus shows progress)", node.replica_id)
+            elif last_role == "recovering":
+                took_ms = (time.monotonic() - recovering_since) * 1000
+                log.warning("server %d: caught up at index %d in %.0f ms; serving as %s",
+                            node.replica_id, node.state.applied_index, took_ms, role)
+            else:
+                log.warning("server %d: role %s -> %s", node.replica_id, last_role or "-", role)
             last_role = role
         health.refresh()
 
@@ -72,6 +84,9 @@ def build_grpc_server(
         ExchangeService(node), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    pb_grpc.add_ReplicationServicer_to_server(  # type: ignore[no-untyped-call]
+        SnapshotService(node.take_snapshot, lambda: node.role() == "recovering"), server
+    )
     try:
         port = server.add_insecure_port(config.listen)
     except RuntimeError as exc:

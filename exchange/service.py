@@ -4,8 +4,9 @@ Rule 1: no request can crash the server: bad input -> INVALID_ARGUMENT with a me
         FAILED_PRECONDITION with trailing metadata ``leader-address``/``leader-id``; paused, no
         leader or a timeout -> UNAVAILABLE; anything unexpected is logged and answered INTERNAL.
 Rule 2: standard health checking (grpc.health.v1): service ``""`` is SERVING while the server is
-        not paused; service ``ORDER_ENTRY_SERVICE`` is SERVING only while this server accepts order
-        entry (leader or unreplicated, not paused), so a load balancer can find the leader.
+        neither paused nor recovering (fetching a snapshot or catching up the log); service
+        ``ORDER_ENTRY_SERVICE`` is SERVING only while this server accepts order entry (leader or
+        unreplicated, not paused), so a load balancer can find the leader.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from grpc_health.v1 import health, health_pb2
 
 from exchange import convert
 from exchange.market_data import StreamEnded
-from exchange.node import ExchangeNode, NotLeaderError, ServerUnavailable
+from exchange.node import ExchangeNode, NodeStatus, NotLeaderError, ServerUnavailable
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 from exchange.state_machine import Reply
@@ -155,7 +156,18 @@ class ExchangeService(pb_grpc.ExchangeServicer):
             orders_applied=status.executed_count,
             duplicates_replayed=status.duplicate_count,
             replicas=status.replicas,
+            **_recovery_fields(status),
         )
+
+
+def _recovery_fields(status: NodeStatus) -> dict[str, int]:
+    recovery = status.recovery
+    if recovery is None:
+        return {}
+    return {"recovery_snapshot_index": recovery.snapshot_index,
+            "recovery_bytes_done": recovery.bytes_done,
+            "recovery_bytes_total": recovery.bytes_total,
+            "recovery_entries_left": recovery.entries_left}
 
 
 class HealthReporter:
@@ -169,7 +181,7 @@ class HealthReporter:
     def refresh(self) -> None:
         """Re-read the node's role; cheap, called periodically and on pause/resume."""
         role = self.node.role()
-        alive = role != "paused"
+        alive = role not in ("paused", "recovering")
         order_entry = role in ("leader", "standalone")
         if (alive, order_entry) == self._last:
             return

@@ -237,3 +237,19 @@ class Status(_message.Message):
     recovery_bytes_total: int
     recovery_entries_left: int
     def __init__(self, replica_id: _Optional[int] = ..., role: _Optional[str] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., book_digest: _Optional[str] = ..., state_digest: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., orders_applied: _Optional[int] = ..., duplicates_replayed: _Optional[int] = ..., replicas: _Optional[int] = ..., error: _Optional[str] = ..., recovery_snapshot_index: _Optional[int] = ..., recovery_bytes_done: _Optional[int] = ..., recovery_bytes_total: _Optional[int] = ..., recovery_entries_left: _Optional[int] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ("requester_id",)
+    REQUESTER_ID_FIELD_NUMBER: _ClassVar[int]
+    requester_id: int
+    def __init__(self, requester_id: _Optional[int] = ...) -> None: ...
+
+class SnapshotChunk(_message.Message):
+    __slots__ = ("index", "total_bytes", "data")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    total_bytes: int
+    data: bytes
+    def __init__(self, index: _Optional[int] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
