@@ -26,8 +26,9 @@ Rule 3: installing happens under the pump's lock, so delivery resumes exactly at
 Rule 4: with a snapshot port, a ``LogOverrun`` (in the pump, or a candidate's prepare) is not a
         failure: the replica goes back to Rule 2 by itself, as often as it needs to. Without a
         port (a bare log), the replica fails as before.
-Rule 5: the recovery ends when the replica is no longer amnesiac and has applied everything up to a
-        commit index published after the snapshot (the commit word's commit ``>= S``).
+Rule 5: the recovery ends when the replica is no longer amnesiac and has applied everything up to
+        the highest commit index it knows (from the commit word or from entries), once that
+        index is at least ``S``.
 
 The transfer itself is the application's ``SnapshotPort``: the exchange streams it over gRPC
 between servers, the simulator copies it with simulated delays. See docs/consensus.md.
@@ -234,9 +235,21 @@ class Rejoin:
             if required is None or proposal < required or proposal == 0:
                 return
             self._reinstate()
+        commit = self._known_commit(proposal, commit)
         if commit < recovery.snapshot_index or self.pump.applied < commit:
             return
         self._finish()
+
+    def _known_commit(self, word_proposal: int, word_commit: int) -> int:
+        """The highest commit index this replica knows: the header's commit word (written by an
+        idle leader and at the end of a catch-up) or what the pump learnt from entries (under
+        load the commit rides on entries and the word is not rewritten)."""
+        pump = self.pump
+        if pump.commit_proposal > word_proposal:
+            return pump.commit_index
+        if pump.commit_proposal == word_proposal:
+            return max(pump.commit_index, word_commit)
+        return word_commit
 
     def _reinstate(self) -> None:
         state = self.state
@@ -336,7 +349,7 @@ class Rejoin:
         recovery = state.recovery
         if recovery is None:
             return None
-        _, commit = log_mod.read_commit_word(state.log_buf)
+        commit = self._known_commit(*log_mod.read_commit_word(state.log_buf))
         applied = self.pump.applied
         base = max(applied, recovery.snapshot_index)
         return RecoveryStatus(

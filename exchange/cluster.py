@@ -30,6 +30,7 @@ import grpc
 from exchange.config import format_server_uris
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
+from traders.client import open_channel
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
@@ -159,7 +160,7 @@ class LocalCluster:
     def stub(self, replica_id: int) -> pb_grpc.ExchangeStub:
         stub = self._stubs.get(replica_id)
         if stub is None:
-            channel = grpc.insecure_channel(self.addresses[replica_id])
+            channel = open_channel(self.addresses[replica_id])
             self._channels[replica_id] = channel
             stub = pb_grpc.ExchangeStub(channel)  # type: ignore[no-untyped-call]
             self._stubs[replica_id] = stub
@@ -278,6 +279,10 @@ class LocalCluster:
             return
         server.process.kill()
         server.process.wait(STOP_TIMEOUT_S)
+        channel = self._channels.pop(replica_id, None)  # its successor listens on a new socket
+        self._stubs.pop(replica_id, None)
+        if channel is not None:
+            channel.close()
 
     def wait_caught_up(self, replica_id: int, timeout_s: float) -> pb.Status:
         """Wait until server ``replica_id`` answers as a follower or leader (not recovering) and

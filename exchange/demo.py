@@ -8,14 +8,17 @@ Rule 2: every figure printed is measured in this run: latency percentiles from t
 
 Timeline (fractions of the run): traders start at 0; at ``PAUSE_AT`` the leader is paused through
 its control FIFO (``p``), leadership moves, traders follow; at ``RESUME_AT`` it is resumed (``r``)
-and rejoins as a follower; after the run every server must have applied the same log with equal
-digests.
+and rejoins as a follower; with ``--restart``, at ``RESTART_AT`` a follower is killed (-9) and
+restarted with the same command: it comes back on fresh memory, fetches a peer's snapshot and
+catches up the log (the summary shows how long that took). After the run every server must have
+applied the same log with equal digests.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -27,6 +30,8 @@ from traders.workload import DEFAULT_SYMBOLS
 
 PAUSE_AT = 0.4
 RESUME_AT = 0.7
+RESTART_AT = 0.8
+REJOIN_TIMEOUT_S = 30.0
 DEMO_SECONDS_DEFAULT = 12.0
 DEMO_TRADERS_DEFAULT = 4
 CONVERGE_TIMEOUT_S = 10.0
@@ -39,6 +44,30 @@ class Failover:
     paused_ns: int = 0
     resumed_ns: int = 0
     new_leader: int | None = None
+
+
+@dataclass(slots=True)
+class Restart:
+    """The ``--restart`` phase: a follower killed with -9, restarted, caught up."""
+
+    server: int = 0
+    killed_ns: int = 0
+    caught_up_ns: int = 0
+    applied_index: int = 0
+    error: str = ""
+
+    def run(self, cluster: LocalCluster) -> None:
+        """Kill, restart with the same command, wait until caught up (a thread of its own)."""
+        cluster.kill_server(self.server)
+        self.killed_ns = time.monotonic_ns()
+        cluster.start_server(self.server)
+        try:
+            status = cluster.wait_caught_up(self.server, REJOIN_TIMEOUT_S)
+        except ClusterError as exc:
+            self.error = str(exc).splitlines()[0]
+            return
+        self.caught_up_ns = time.monotonic_ns()
+        self.applied_index = status.applied_index
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,6 +89,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.add_argument("--latency-file", default="", help="dump per-request latencies here")
     demo.add_argument("--keep-logs", action="store_true", help="keep the servers' log files")
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--restart", action="store_true",
+                      help="also kill -9 a follower late in the run and restart it with the same "
+                      "command: it rejoins by snapshot (the summary shows the rejoin time)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,6 +135,8 @@ def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
     )
     load = LoadRun(config)
     failover = Failover(old_leader=leader)
+    restart = Restart()
+    restarter: list[threading.Thread] = []
     bar = tqdm(total=args.seconds, unit="s", disable=True if args.no_progress else None,
                bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} s {postfix}")
 
@@ -121,6 +155,13 @@ def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
             failover.resumed_ns = time.monotonic_ns()
             bar.write(f"demo: {elapsed:.1f} s: resumed server {paused} (echo r); it rejoins as "
                       "a follower")
+        if args.restart and not restarter and elapsed >= RESTART_AT * args.seconds:
+            serving = _serving_leader(cluster, load) or leader
+            restart.server = next(i for i in sorted(cluster.addresses) if i != serving)
+            restarter.append(threading.Thread(target=restart.run, args=(cluster,), daemon=True))
+            restarter[0].start()
+            bar.write(f"demo: {elapsed:.1f} s: killed server {restart.server} (kill -9) and "
+                      "restarted it with the same command; it rejoins by snapshot")
         bar.n = min(elapsed, args.seconds)
         bar.set_postfix_str(f"{answered} answers")
 
@@ -135,8 +176,24 @@ def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
     report = load.report()
     if args.latency_file:
         report.dump(args.latency_file)
+    for thread in restarter:
+        thread.join(REJOIN_TIMEOUT_S)
     statuses = cluster.wait_converged(CONVERGE_TIMEOUT_S)
-    return _summary(cluster, report, failover, statuses)
+    code = _summary(cluster, report, failover, statuses)
+    if restarter:
+        code = code or _restart_summary(restart)
+    return code
+
+
+def _restart_summary(restart: Restart) -> int:
+    if not restart.caught_up_ns:
+        print(f"restart: server {restart.server} did NOT catch up: {restart.error or 'timeout'}")
+        return 1
+    took_ms = (restart.caught_up_ns - restart.killed_ns) / 1e6
+    print(f"restart: server {restart.server} killed (-9), restarted with the same command, "
+          f"caught up at index {restart.applied_index} {took_ms:.0f} ms after the kill "
+          "(process start, snapshot from a peer, log catch-up)")
+    return 0
 
 
 def _serving_leader(cluster: LocalCluster, load: LoadRun) -> int | None:
