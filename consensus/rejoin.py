@@ -133,6 +133,7 @@ class Rejoin:
         self.port = port
         self.pump = pump
         self.published = 0  # the highest snapshot index published as applied (Rule 3)
+        self.last: RecoveryStatus | None = None  # the latest completed recovery (phase "done")
         self._retry_at_ns = 0
         if port is not None:
             state.on_overrun = self.on_overrun
@@ -151,7 +152,7 @@ class Rejoin:
             state.set_word(ctrl_mod.AMNESIAC_OFFSET, 1)
         with state.role:
             state.step_down_locked(f"recovering: {reason}")
-        LOGGER.warning("replica %d recovering: %s", state.replica_id, reason)
+        LOGGER.info("replica %d recovering: %s", state.replica_id, reason)
         return True
 
     def on_overrun(self, error: LogOverrun) -> bool:
@@ -261,14 +262,18 @@ class Rejoin:
         state = self.state
         recovery = state.recovery
         assert recovery is not None
+        self.last = RecoveryStatus(
+            phase="done", reason=recovery.reason, amnesiac=False,
+            snapshot_index=recovery.snapshot_index, bytes_done=recovery.bytes_done,
+            bytes_total=recovery.bytes_total, entries_left=0,
+            elapsed_ns=state.runtime.now_ns() - recovery.started_ns, provider=recovery.provider)
         state.recovery = None
         with state.role:
             state.step_down_locked("caught up")
-        elapsed_ms = (state.runtime.now_ns() - recovery.started_ns) / NS_PER_MS
-        LOGGER.warning("replica %d caught up at index %d in %.1f ms (snapshot index %d, %d bytes "
-                       "from replica %d, %d attempt(s))", state.replica_id, self.pump.applied,
-                       elapsed_ms, recovery.snapshot_index, recovery.bytes_total,
-                       recovery.provider, recovery.attempts)
+        LOGGER.info("replica %d caught up at index %d in %.1f ms (snapshot index %d, %d bytes "
+                    "from replica %d, %d attempt(s))", state.replica_id, self.pump.applied,
+                    self.last.elapsed_ns / NS_PER_MS, recovery.snapshot_index,
+                    recovery.bytes_total, recovery.provider, recovery.attempts)
 
     # --- reads of peers -------------------------------------------------------------------------
     def required_bound(self) -> int | None:

@@ -217,6 +217,11 @@ class Replica:
         return None if self._rejoin is None else self._rejoin.status()
 
     @property
+    def last_recovery(self) -> RecoveryStatus | None:
+        """The latest completed rejoin (phase ``done``, its total time), or None."""
+        return None if self._rejoin is None else self._rejoin.last
+
+    @property
     def is_paused(self) -> bool:
         return self._state is not None and self._state.paused
 

@@ -61,13 +61,23 @@ def _watch_role(
                 log.warning("server %d: recovering: fetching a peer's snapshot, then catching up "
                             "the log (GetStatus shows progress)", node.replica_id)
             elif last_role == "recovering":
-                took_ms = (time.monotonic() - recovering_since) * 1000
-                log.warning("server %d: caught up at index %d in %.0f ms; serving as %s",
-                            node.replica_id, node.state.applied_index, took_ms, role)
+                _log_caught_up(node, role, time.monotonic() - recovering_since)
             else:
                 log.warning("server %d: role %s -> %s", node.replica_id, last_role or "-", role)
             last_role = role
         health.refresh()
+
+
+def _log_caught_up(node: ExchangeNode, role: str, watched_s: float) -> None:
+    """The rejoin's closing line, with consensus's own measure (from replica start)."""
+    done = node.replica.last_recovery if node.replica is not None else None
+    if done is None:
+        log.warning("server %d: caught up at index %d in %.0f ms; serving as %s",
+                    node.replica_id, node.state.applied_index, watched_s * 1000, role)
+        return
+    log.warning("server %d: caught up at index %d in %.0f ms (snapshot of index %d, %d bytes from "
+                "server %d); serving as %s", node.replica_id, node.state.applied_index,
+                done.elapsed_ns / 1e6, done.snapshot_index, done.bytes_total, done.provider, role)
 
 
 def build_grpc_server(
