@@ -77,14 +77,23 @@ def _check_range(name: str, value: int, low: int, high: int) -> None:
 
 def _encodable(command: Command) -> Command:
     """Raise ``BadRequest`` if the engine's codec cannot carry ``command`` (Rule 1)."""
-    try:
-        encode_command(command)
-    except (ValueError, OverflowError) as exc:
-        raise BadRequest(f"request cannot be encoded: {exc}") from None
+    _encoded(command)
     return command
 
 
+def _encoded(command: Command) -> bytes:
+    try:
+        return encode_command(command)
+    except (ValueError, OverflowError) as exc:
+        raise BadRequest(f"request cannot be encoded: {exc}") from None
+
+
 def submit_command(request: pb.SubmitOrderRequest) -> tuple[int, int, Command]:
+    client_id, seq, command = _submit(request)
+    return client_id, seq, _encodable(command)
+
+
+def _submit(request: pb.SubmitOrderRequest) -> tuple[int, int, Command]:
     _check_ids(request.client_id, request.seq)
     check_symbol(request.symbol, required=True)
     if request.side == pb.BUY:
@@ -106,18 +115,28 @@ def submit_command(request: pb.SubmitOrderRequest) -> tuple[int, int, Command]:
         aon=request.all_or_none,
         ioc=request.immediate_or_cancel,
     )
-    return request.client_id, request.seq, _encodable(command)
+    return request.client_id, request.seq, command
 
 
 def cancel_command(request: pb.CancelRequest) -> tuple[int, int, Command]:
+    client_id, seq, command = _cancel(request)
+    return client_id, seq, _encodable(command)
+
+
+def _cancel(request: pb.CancelRequest) -> tuple[int, int, Command]:
     _check_ids(request.client_id, request.seq)
     _check_own_order(request.client_id, request.order_id)
     check_symbol(request.symbol, required=False)
     command = CancelOrder(order_id=request.order_id, symbol=request.symbol or None)
-    return request.client_id, request.seq, _encodable(command)
+    return request.client_id, request.seq, command
 
 
 def replace_command(request: pb.ReplaceRequest) -> tuple[int, int, Command]:
+    client_id, seq, command = _replace(request)
+    return client_id, seq, _encodable(command)
+
+
+def _replace(request: pb.ReplaceRequest) -> tuple[int, int, Command]:
     _check_ids(request.client_id, request.seq)
     _check_own_order(request.client_id, request.order_id)
     check_symbol(request.symbol, required=False)
@@ -131,7 +150,30 @@ def replace_command(request: pb.ReplaceRequest) -> tuple[int, int, Command]:
         price=request.new_price,
         symbol=request.symbol or None,
     )
-    return request.client_id, request.seq, _encodable(command)
+    return request.client_id, request.seq, command
+
+
+def session_order(order: pb.SessionOrder) -> tuple[int, int, bytes]:
+    """``(client_id, seq, encoded command)`` of one OrderSession order; ``BadRequest`` if bad."""
+    kind = order.WhichOneof("request")
+    if kind == "submit":
+        client_id, seq, command = _submit(order.submit)
+    elif kind == "cancel":
+        client_id, seq, command = _cancel(order.cancel)
+    elif kind == "replace":
+        client_id, seq, command = _replace(order.replace)
+    else:
+        raise BadRequest("session order carries no submit, cancel or replace")
+    return client_id, seq, _encoded(command)
+
+
+def session_ids(order: pb.SessionOrder) -> tuple[int, int]:
+    """``(client_id, seq)`` of a session order as sent (0, 0 when it carries no request)."""
+    kind = order.WhichOneof("request")
+    if kind is None:
+        return 0, 0
+    request = getattr(order, kind)
+    return int(request.client_id), int(request.seq)
 
 
 def event_message(event: Event) -> pb.OrderEvent:
@@ -183,7 +225,7 @@ def price_levels(levels: Iterable[tuple[int, int, int]]) -> list[pb.PriceLevel]:
     return [pb.PriceLevel(price=p, quantity=q, order_count=n) for p, q, n in levels]
 
 
-def reply_message(reply: Reply, replica_id: int) -> pb.OrderReply:
+def reply_message(reply: Reply, replica_id: int, unsolicited: bool = False) -> pb.OrderReply:
     message = pb.OrderReply(
         client_id=reply.client_id,
         seq=reply.seq,
@@ -191,6 +233,7 @@ def reply_message(reply: Reply, replica_id: int) -> pb.OrderReply:
         log_index=reply.log_index,
         duplicate=reply.duplicate,
         replica_id=replica_id,
+        unsolicited=unsolicited,
     )
     events = message.events
     for event in reply.events:
