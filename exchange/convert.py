@@ -11,18 +11,26 @@ Rule 3: events travel in the flat form of ``Event.to_dict()``: well-known keys g
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from exchange.proto import exchange_pb2 as pb
 from exchange.state_machine import CLIENT_ID_MAX, SEQ_MAX, Reply
 from orderbook import (
+    Accepted,
     AddOrder,
     BboChanged,
+    Cancelled,
     CancelOrder,
+    CancelRejected,
     Command,
     DepthChanged,
     Event,
+    Filled,
+    Rejected,
+    Replaced,
     ReplaceOrder,
+    ReplaceRejected,
     Side,
     Trade,
     encode_command,
@@ -177,8 +185,29 @@ def session_ids(order: pb.SessionOrder) -> tuple[int, int]:
 
 
 def event_message(event: Event) -> pb.OrderEvent:
-    """The flat protobuf form of one engine event (Rule 3)."""
+    """The flat protobuf form of one engine event (Rule 3). The order-level events, which every
+    reply carries, are built directly (the same message ``event_message_from_dict`` builds from
+    ``to_dict()``, a test pins it); the others go through their dict."""
+    build = _ORDER_EVENT_BUILDERS.get(type(event))
+    if build is not None:
+        return build(event)
     return event_message_from_dict(event.to_dict())
+
+
+_OrderEventBuilder = Callable[[Any], pb.OrderEvent]
+_ORDER_EVENT_BUILDERS: dict[type, _OrderEventBuilder] = {
+    Accepted: lambda e: pb.OrderEvent(kind="accept", order_id=e.order_id),
+    Rejected: lambda e: pb.OrderEvent(kind="reject", order_id=e.order_id, reason=e.reason),
+    Filled: lambda e: pb.OrderEvent(kind="fill", order_id=e.order_id,
+                                    contra_order_id=e.contra_id, price=e.price, quantity=e.qty),
+    Cancelled: lambda e: pb.OrderEvent(kind="cancel", order_id=e.order_id, quantity=e.qty),
+    CancelRejected: lambda e: pb.OrderEvent(kind="cancel_reject", order_id=e.order_id,
+                                            reason=e.reason),
+    Replaced: lambda e: pb.OrderEvent(kind="replace", order_id=e.order_id, quantity=e.qty,
+                                      price=e.price),
+    ReplaceRejected: lambda e: pb.OrderEvent(kind="replace_reject", order_id=e.order_id,
+                                             reason=e.reason),
+}
 
 
 def event_message_from_dict(fields: Mapping[str, object]) -> pb.OrderEvent:
@@ -226,21 +255,19 @@ def price_levels(levels: Iterable[tuple[int, int, int]]) -> list[pb.PriceLevel]:
 
 
 def reply_message(reply: Reply, replica_id: int, unsolicited: bool = False) -> pb.OrderReply:
-    message = pb.OrderReply(
+    events = [event_message(event) for event in reply.events]
+    if reply.error:
+        events.append(pb.OrderEvent(kind="rejected", order_id=reply.order_id, reason=reply.error))
+    return pb.OrderReply(
         client_id=reply.client_id,
         seq=reply.seq,
         order_id=reply.order_id,
+        events=events,
         log_index=reply.log_index,
         duplicate=reply.duplicate,
         replica_id=replica_id,
         unsolicited=unsolicited,
     )
-    events = message.events
-    for event in reply.events:
-        events.append(event_message(event))
-    if reply.error:
-        events.append(pb.OrderEvent(kind="rejected", order_id=reply.order_id, reason=reply.error))
-    return message
 
 
 def event_dict(message: pb.OrderEvent) -> dict[str, object]:

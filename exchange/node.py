@@ -184,6 +184,7 @@ class ExchangeNode:
         results = self.state.apply_entry(index, payload)
         sinks = self._sinks
         sessions = self._sessions
+        woken: set[OrderSession] = set()
         market_data = False
         for applied in results:
             reply = applied.reply
@@ -191,16 +192,25 @@ class ExchangeNode:
                 waiting = sinks.pop((reply.client_id, reply.seq), None)
                 if waiting is not None:
                     for sink in waiting:
-                        sink.deliver(reply)
+                        if type(sink) is Slot:
+                            sink.reply = reply  # woken below, once per session
+                            woken.add(sink.session)
+                        else:
+                            sink.deliver(reply)
             if sessions and reply.events:
-                self._route_fills(reply, sessions)
+                self._route_fills(reply, sessions, woken)
             if applied.market_data:
                 market_data = True
+        if woken:
+            for session in woken:
+                session.wake()
         if market_data and self.hub.subscriber_count > 0:
             self.hub.publish([u for applied in results for u in _updates(applied)])
 
     @staticmethod
-    def _route_fills(reply: Reply, sessions: dict[int, OrderSession]) -> None:
+    def _route_fills(
+        reply: Reply, sessions: dict[int, OrderSession], woken: set[OrderSession]
+    ) -> None:
         """Unsolicited fills of other clients' orders to their sessions (Rule 6)."""
         for event in reply.events:
             if type(event) is not Filled:
@@ -215,6 +225,7 @@ class ExchangeNode:
             if session is not None:
                 session.add_unsolicited(
                     Reply(owner, 0, event.order_id, (event,), reply.log_index))
+                woken.add(session)
 
     # -- order entry --------------------------------------------------------------------------
 

@@ -65,10 +65,10 @@ class Slot:
         return self.session.error is not None
 
     def deliver(self, reply: Reply) -> None:
+        """Fill this slot and wake the session's writer (the apply path fills slots of a whole
+        entry first and wakes each session once: ``OrderSession.wake``)."""
         self.reply = reply
-        session = self.session
-        with session.cond:
-            session.cond.notify()
+        self.session.wake()
 
     def fail(self, error: Exception) -> None:
         self.session.fail(error)
@@ -108,7 +108,8 @@ class OrderSession:
             return slots
 
     def add_unsolicited(self, reply: Reply) -> None:
-        """Queue a fill of one of the client's resting orders (apply path, Rule 4)."""
+        """Queue a fill of one of the client's resting orders (apply path, Rule 4); the caller
+        wakes the session (``wake``) once it has queued the whole entry's fills."""
         with self.cond:
             if len(self._unsolicited) >= SESSION_UNSOLICITED_MAX:
                 self._fail_locked(FlowControlExceeded(
@@ -116,6 +117,9 @@ class OrderSession:
                     f"read its session"))
                 return
             self._unsolicited.append(reply)
+
+    def wake(self) -> None:
+        with self.cond:
             self.cond.notify()
 
     def fail(self, error: Exception) -> None:
