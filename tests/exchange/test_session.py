@@ -98,7 +98,8 @@ def test_more_than_the_in_flight_limit_ends_the_session_with_resource_exhausted(
 
 def test_an_oversized_order_list_is_invalid_argument():
     service = ExchangeService(ExchangeNode(1, {1: "local"}, 1))
-    big = pb.SessionRequest(orders=[_submit(3, i + 1) for i in range(SESSION_MESSAGE_ORDERS_MAX + 1)])
+    orders = [_submit(3, i + 1) for i in range(SESSION_MESSAGE_ORDERS_MAX + 1)]
+    big = pb.SessionRequest(orders=orders)
     context = Context()
     with pytest.raises(Aborted):
         list(service.OrderSession(_script(big), context))
