@@ -232,7 +232,7 @@ def event_message_from_dict(fields: Mapping[str, object]) -> pb.OrderEvent:
     return message
 
 
-def market_data_message(index: int, event: Event) -> pb.MarketDataUpdate:
+def market_data_message(index: int, event: Event, conflated: bool = False) -> pb.MarketDataUpdate:
     """The protobuf form of one market-data event (Trade, BboChanged or DepthChanged)."""
     if isinstance(event, Trade):
         trade = pb.TradeUpdate(price=event.price, quantity=event.qty)
@@ -244,10 +244,12 @@ def market_data_message(index: int, event: Event) -> pb.MarketDataUpdate:
             ask_price=event.ask,
             ask_quantity=event.ask_qty,
         )
-        return pb.MarketDataUpdate(log_index=index, symbol=event.symbol, bbo=bbo)
+        return pb.MarketDataUpdate(log_index=index, symbol=event.symbol, bbo=bbo,
+                                   conflated=conflated)
     assert isinstance(event, DepthChanged), event
     depth = pb.DepthUpdate(bids=price_levels(event.bids), asks=price_levels(event.asks))
-    return pb.MarketDataUpdate(log_index=index, symbol=event.symbol, depth=depth)
+    return pb.MarketDataUpdate(log_index=index, symbol=event.symbol, depth=depth,
+                               conflated=conflated)
 
 
 def price_levels(levels: Iterable[tuple[int, int, int]]) -> list[pb.PriceLevel]:

@@ -24,7 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from exchange import convert
-from exchange.market_data import StreamEnded
+from exchange.market_data import MARKET_DATA_BATCH_MAX, StreamEnded, Update
 from exchange.node import ExchangeNode, NotLeaderError, ServerUnavailable
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
@@ -175,6 +175,25 @@ class ExchangeService(pb_grpc.ExchangeServicer):
     def StreamMarketData(  # noqa: N802
         self, request: pb.MarketDataRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.MarketDataUpdate]:
+        for updates in self._market_data(request, context, 1):
+            update, conflated = updates[0]
+            yield convert.market_data_message(update.index, update.event, conflated)
+
+    def StreamMarketDataBatches(  # noqa: N802
+        self, request: pb.MarketDataRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.MarketDataBatch]:
+        """Every update that is ready, in one message: what keeps up with streaming order entry."""
+        message = convert.market_data_message
+        for updates in self._market_data(request, context, MARKET_DATA_BATCH_MAX):
+            conflated_count = sum(1 for _, conflated in updates if conflated)
+            yield pb.MarketDataBatch(
+                updates=[message(u.index, u.event, conflated) for u, conflated in updates],
+                conflated_count=conflated_count,
+            )
+
+    def _market_data(
+        self, request: pb.MarketDataRequest, context: grpc.ServicerContext, count_max: int
+    ) -> Iterator[list[tuple[Update, bool]]]:
         for symbol in request.symbols:
             try:
                 convert.check_symbol(symbol, required=True)
@@ -187,12 +206,11 @@ class ExchangeService(pb_grpc.ExchangeServicer):
         try:
             while context.is_active():
                 try:
-                    update = subscription.next_update(STREAM_POLL_S)
+                    updates = subscription.next_updates(STREAM_POLL_S, count_max)
                 except StreamEnded as exc:
                     _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-                if update is None:
-                    continue
-                yield convert.market_data_message(update.index, update.event)
+                if updates:
+                    yield updates
         finally:
             self.node.hub.unsubscribe(subscription)
 

@@ -5,6 +5,7 @@ context double (deterministic flow control); the ``slow`` ones use a real server
 """
 
 import threading
+import time
 
 import grpc
 import pytest
@@ -77,7 +78,8 @@ def test_reports_come_in_request_order_with_invalid_orders_answered_in_place():
 
 
 def test_more_than_the_in_flight_limit_ends_the_session_with_resource_exhausted():
-    service = ExchangeService(ExchangeNode(1, {1: "local"}, 1))
+    node = ExchangeNode(1, {1: "local"}, 1)
+    service = ExchangeService(node)
     size = SESSION_MESSAGE_ORDERS_MAX
     messages = [pb.SessionRequest(orders=[_submit(9, m * size + i + 1) for i in range(size)])
                 for m in range(SESSION_IN_FLIGHT_MAX // size + 2)]
@@ -86,6 +88,10 @@ def test_more_than_the_in_flight_limit_ends_the_session_with_resource_exhausted(
     session = service.OrderSession(_script(messages[0], first_read, *messages[1:]), context)
     assert len(next(session).reports) == size  # the first list is answered...
     first_read.set()  # ...then the client sends the rest without reading
+    deadline = time.monotonic() + WAIT_S
+    while node._sessions[9].error is None:  # the reader has run into the limit
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
     reports = []
     with pytest.raises(Aborted):
         for response in session:
@@ -148,4 +154,49 @@ def test_a_session_client_that_breaks_the_limit_gets_a_final_error(standalone):
     client._outbox.put(pb.SessionRequest())  # an empty list breaks the protocol
     with pytest.raises(RequestRejected, match="INVALID_ARGUMENT"):
         client.receive()
+    connection.close()
+
+
+@pytest.mark.slow
+def test_batched_market_data_carries_every_trade_of_a_session_burst(standalone):
+    stub = standalone.stub(1)
+    stream = stub.StreamMarketDataBatches(pb.MarketDataRequest(symbols=["SMD"]), timeout=30)
+    trades: list[pb.MarketDataUpdate] = []
+    done = threading.Event()
+    total = 200
+    target = [2**62]
+
+    def read() -> None:
+        try:
+            for batch in stream:
+                trades.extend(u for u in batch.updates if u.WhichOneof("update") == "trade")
+                if len(trades) >= target[0]:
+                    done.set()
+        except grpc.RpcError:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    connection = ClusterConnection(tuple(standalone.addresses.values()))
+    client = SessionClient(connection, next(_client_ids))
+    marker = 0
+    while not any(t.log_index == marker for t in trades):  # until the stream is surely live
+        client.send([client.submit_order("SMD", pb.SELL, 10, 1),
+                     client.submit_order("SMD", pb.BUY, 10, 1)])
+        while client.in_flight:
+            marker = max(r.log_index for r in client.receive())
+        time.sleep(0.05)
+    start = len(trades)  # trades come in log order: nothing before the marker is still due
+    target[0] = start + total
+    for _ in range(total // 20):
+        client.send([client.submit_order("SMD", side, 10 + n // 2, 1)
+                     for n in range(20) for side in (pb.SELL, pb.BUY)][:40])
+        while client.in_flight:
+            client.receive()
+    assert done.wait(10), f"{len(trades) - start} of {total} trades arrived"
+    stream.cancel()
+    reader.join(5)
+    assert len(trades) - start == total
+    assert [t.log_index for t in trades] == sorted(t.log_index for t in trades)
+    client.close()
     connection.close()
