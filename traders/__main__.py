@@ -113,7 +113,7 @@ def _run_shell(args: argparse.Namespace) -> int:
         print("note: a client id reused against the same cluster gets its earlier replies back "
               "(marked duplicate) for the seqs it already used; pass --first-seq to start higher",
               file=sys.stderr)
-    return run_shell(server_addresses(args.servers), client_id, args.first_seq)
+    return run_shell(server_addresses(args.servers), client_id, args.first_seq, args.unary)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     shell.add_argument("--servers", default=None, metavar="1=HOST:PORT,...",
                        help="servers (default: env SERVER_URIS)")
     shell.add_argument("--client-id", type=int, default=0, help="default: random")
+    shell.add_argument("--unary", action="store_true",
+                       help="unary calls instead of an order session (no unsolicited fills)")
     shell.add_argument("--first-seq", type=int, default=1,
                        help="first sequence number (order ids are <client id>.<seq>)")
     args = parser.parse_args(argv)

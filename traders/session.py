@@ -105,6 +105,7 @@ class SessionClient:
         self._call: grpc.Call | None = None
         self._responses: Iterator[pb.SessionResponse] | None = None
         self._waiting_since = 0.0  # monotonic time receive() started waiting; 0 = not waiting
+        self._poll_until = 0.0  # poll(): the watchdog ends the wait at this monotonic time
         self.reconnects = 0
         self.last_failure_ns = 0  # monotonic time of the latest stream failure
         self.last_error = ""
@@ -231,10 +232,36 @@ class SessionClient:
             self.reconnects += 1
         self._outbox = self._call = self._responses = None
 
+    def poll(self, timeout_s: float) -> list[pb.OrderReply]:
+        """Reports that arrive within ``timeout_s`` (unsolicited fills of an idle trader). The
+        stream is closed at the end of the wait and reopened by the next ``send``; fills are
+        routed to a stream once it has carried an order of this client."""
+        if self._responses is None:
+            self._connect()
+        assert self._responses is not None
+        out: list[pb.OrderReply] = []
+        self._poll_until = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    response = next(self._responses)
+                except (grpc.RpcError, StopIteration):
+                    self._disconnect()
+                    return out
+                for report in response.reports:
+                    if not report.unsolicited:
+                        self.unanswered.pop(report.seq, None)
+                    out.append(report)
+        finally:
+            self._poll_until = 0.0
+
     def check_stall(self, now: float) -> None:
-        """Watchdog: cancel the stream after ``stall_s`` without a report (Rule 2)."""
+        """Watchdog: cancel the stream after ``stall_s`` without a report (Rule 2), or at the end
+        of a ``poll``."""
         since, call = self._waiting_since, self._call
         if since and call is not None and now - since > self.stall_s and self.unanswered:
+            call.cancel()  # type: ignore[no-untyped-call]
+        if self._poll_until and call is not None and now > self._poll_until:
             call.cancel()  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
