@@ -11,6 +11,14 @@ Rule 3: the target (issue 6) is replicated p50 <= ``TARGET_P50_RATIO`` x unrepli
         on the ratio of the two medians; the per-round ratios (each round measures both
         configurations back to back, so slow drifts of the shared machine cancel) are printed
         beside it, with their spread, to show how much of a difference is noise.
+Rule 4: ``--stream`` (issue 18) measures, per round and per cluster (3 replicas, then
+        unreplicated), three order-entry modes with ``--traders`` closed-loop traders: unary calls,
+        OrderSession with 1 order per message and with ``STREAM_BATCH`` per message (each trader
+        keeps ``--window`` messages unanswered); plus one closed-loop trader's latency, unary and
+        session (1 order, 1 in flight). It ends with one line per configuration,
+        ``<mode> replicas=<n>: <N> orders/s, p50 <X> us`` (medians over rounds; the p50 is the
+        per-order latency of the same throughput phase), then the verdicts against issue 18's
+        targets, each with the per-round spread.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ import sys
 from dataclasses import dataclass
 
 from exchange.cluster import ClusterError, LocalCluster
-from traders.load import ACKED, REJECTED, LoadConfig, LoadRun
+from exchange.session import SESSION_IN_FLIGHT_MAX
+from traders.load import ACKED, REJECTED, STREAM_WINDOW_DEFAULT, LoadConfig, LoadRun
 from traders.stats import LatencySummary, summarize
 from traders.workload import DEFAULT_SYMBOLS
 
@@ -35,6 +44,13 @@ BENCH_ROUNDS_DEFAULT = 6
 BENCH_TRADERS_DEFAULT = 8
 LEADER_TIMEOUT_S = 10.0
 BENCH_NICE = -10  # same as consensus's benchmarks
+STREAM_BATCH = 20  # orders per session message in the batched mode (issue 18)
+STREAM_ROUNDS_DEFAULT = 3
+TARGET_STREAM_BATCH_PER_S = 20_000  # issue 18: 3 replicas, 8 traders, 20 orders per message
+TARGET_STREAM_BATCH_RATIO = 0.85  # ... and at least this times the unreplicated figure
+TARGET_STREAM_SINGLE_PER_S = 4_000  # issue 18: 3 replicas, 8 traders, 1 order per message
+STREAM_MODES = (("unary", False, 1), ("stream batch=1", True, 1),
+                (f"stream batch={STREAM_BATCH}", True, STREAM_BATCH))
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +69,16 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     bench.add_argument("--seconds", type=float, default=BENCH_SECONDS_DEFAULT,
                        help=f"length of each measured phase (default {BENCH_SECONDS_DEFAULT:g})")
-    bench.add_argument("--rounds", type=int, default=BENCH_ROUNDS_DEFAULT,
+    bench.add_argument("--rounds", type=int, default=None,
                        help=f"alternating rounds of each configuration (default "
-                       f"{BENCH_ROUNDS_DEFAULT}); the medians are compared")
+                       f"{BENCH_ROUNDS_DEFAULT}, {STREAM_ROUNDS_DEFAULT} with --stream); the "
+                       f"medians are compared")
+    bench.add_argument("--stream", action="store_true",
+                       help="unary vs OrderSession with 1 and 20 orders per message, 3 replicas "
+                       "and unreplicated, one line per configuration and issue 18's verdicts")
+    bench.add_argument("--window", type=int, default=STREAM_WINDOW_DEFAULT,
+                       help="with --stream: session messages each trader keeps unanswered "
+                       f"(default {STREAM_WINDOW_DEFAULT})")
     bench.add_argument("--traders", type=int, default=BENCH_TRADERS_DEFAULT,
                        help="closed-loop traders in the throughput phase")
     bench.add_argument("--fabric", choices=("shm", "verbs"), default="shm")
@@ -69,10 +92,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        "not on the commit path, but here they share 2 cores with the leader")
 
 
-def _phase(cluster: LocalCluster, traders: int, seconds: float, seed: int) -> PhaseResult:
+def _phase(cluster: LocalCluster, traders: int, seconds: float, seed: int,
+           stream: bool = False, batch: int = 1, window: int = 1) -> PhaseResult:
     load = LoadRun(LoadConfig(
         addresses=tuple(cluster.addresses.values()), traders=traders, rate_per_s=0.0,
         test_ms=int((seconds + WARMUP_S) * 1000), seed=seed, symbols=DEFAULT_SYMBOLS,
+        stream=stream, batch=batch, window=window,
     ))
     load.start()
     load.wait()
@@ -140,6 +165,10 @@ def _raise_priority() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.rounds is None:
+        args.rounds = STREAM_ROUNDS_DEFAULT if args.stream else BENCH_ROUNDS_DEFAULT
+    if args.stream:
+        return run_stream(args)
     if args.seconds <= 0 or args.rounds < 1 or args.traders < 1:
         print("python -m exchange bench: error: need --seconds > 0, --rounds >= 1, "
               "--traders >= 1", file=sys.stderr)
@@ -186,3 +215,93 @@ def _print_table(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]]
     print(f"per-round p50 ratios (each round runs both back to back): median "
           f"x{statistics.median(paired):.3f}, range x{paired[0]:.3f}-x{paired[-1]:.3f}")
     return 0
+
+
+StreamResults = dict[tuple[str, int], list[PhaseResult]]
+
+
+def _measure_stream(replicas: int, args: argparse.Namespace, round_index: int,
+                    results: StreamResults) -> None:
+    """One cluster, every mode of Rule 4, appended to ``results``."""
+    name = "bench3" if replicas > 1 else "bench1"
+    seed = args.seed + round_index
+    with LocalCluster(replicas, fabric=args.fabric, name=name,
+                      extra_args=tuple(args.server_arg)) as cluster:
+        _phase(cluster, 1, WARMUP_S, seed)  # warm the server's code paths and channels
+        for mode, stream, batch in STREAM_MODES:
+            window = args.window if stream else 1
+            result = _phase(cluster, args.traders, args.seconds, seed, stream, batch, window)
+            results.setdefault((mode, replicas), []).append(result)
+            print(f"round {round_index + 1}/{args.rounds} {mode} replicas={replicas}: "
+                  f"{result.throughput_per_s:,.0f} orders/s, p50 {result.latency.p50_us:.0f} us",
+                  flush=True)
+        for mode, stream in (("1 trader unary", False), ("1 trader stream", True)):
+            result = _phase(cluster, 1, args.seconds, seed, stream, 1, 1)
+            results.setdefault((mode, replicas), []).append(result)
+            print(f"round {round_index + 1}/{args.rounds} {mode} replicas={replicas}: "
+                  f"p50 {result.latency.p50_us:.0f} us", flush=True)
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    """Rule 4."""
+    if args.seconds <= 0 or args.rounds < 1 or args.traders < 1 or not \
+            1 <= args.window * STREAM_BATCH <= SESSION_IN_FLIGHT_MAX:
+        print(f"python -m exchange bench: error: need --seconds > 0, --rounds >= 1, --traders "
+              f">= 1, 1 <= --window <= {SESSION_IN_FLIGHT_MAX // STREAM_BATCH}", file=sys.stderr)
+        return 2
+    print(f"bench: traders and servers at {_raise_priority()}; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    results: StreamResults = {}
+    try:
+        for round_index in range(args.rounds):
+            for replicas in (3, 1):
+                _measure_stream(replicas, args, round_index, results)
+    except ClusterError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nend-to-end through gRPC, {args.traders} closed-loop traders, medians of "
+          f"{args.rounds} rounds of {args.seconds:g} s (min-max over rounds); sessions keep "
+          f"{args.window} messages unanswered; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    for mode, _, _ in STREAM_MODES:
+        for replicas in (3, 1):
+            phases = results[(mode, replicas)]
+            rates = sorted(r.throughput_per_s for r in phases)
+            p50 = statistics.median(r.latency.p50_us for r in phases)
+            print(f"{mode} replicas={replicas}: {statistics.median(rates):,.0f} orders/s, "
+                  f"p50 {p50:.0f} us  ({rates[0]:,.0f}-{rates[-1]:,.0f})")
+    _stream_verdicts(results)
+    return 0
+
+
+def _ratios(results: StreamResults, mode: str, key: str) -> list[float]:
+    """Per-round ratios 3 replicas / unreplicated of ``key`` (rate or p50), sorted."""
+    def value(result: PhaseResult) -> float:
+        return result.throughput_per_s if key == "rate" else result.latency.p50_us
+
+    pairs = zip(results[(mode, 3)], results[(mode, 1)], strict=True)
+    return sorted(value(a) / value(b) if value(b) else 0.0 for a, b in pairs)
+
+
+def _stream_verdicts(results: StreamResults) -> None:
+    batched = f"stream batch={STREAM_BATCH}"
+    rate = statistics.median(r.throughput_per_s for r in results[(batched, 3)])
+    ratios = _ratios(results, batched, "rate")
+    print(f"verdict: stream batch={STREAM_BATCH} replicas=3 {rate:,.0f} orders/s "
+          f"({'meets' if rate >= TARGET_STREAM_BATCH_PER_S else 'MISSES'} >= "
+          f"{TARGET_STREAM_BATCH_PER_S:,}); x{statistics.median(ratios):.2f} unreplicated, "
+          f"per-round x{ratios[0]:.2f}-x{ratios[-1]:.2f} "
+          f"({'meets' if statistics.median(ratios) >= TARGET_STREAM_BATCH_RATIO else 'MISSES'}"
+          f" >= x{TARGET_STREAM_BATCH_RATIO})")
+    rate = statistics.median(r.throughput_per_s for r in results[("stream batch=1", 3)])
+    ratios = _ratios(results, "stream batch=1", "rate")
+    print(f"verdict: stream batch=1 replicas=3 {rate:,.0f} orders/s "
+          f"({'meets' if rate >= TARGET_STREAM_SINGLE_PER_S else 'MISSES'} >= "
+          f"{TARGET_STREAM_SINGLE_PER_S:,}); x{statistics.median(ratios):.2f} unreplicated, "
+          f"per-round x{ratios[0]:.2f}-x{ratios[-1]:.2f}")
+    for mode in ("1 trader unary", "1 trader stream"):
+        ratios = _ratios(results, mode, "p50")
+        median = statistics.median(ratios)
+        print(f"verdict: {mode} p50 replicas=3 / unreplicated: median of per-round ratios "
+              f"x{median:.3f} (x{ratios[0]:.3f}-x{ratios[-1]:.3f}) "
+              f"({'meets' if median <= TARGET_P50_RATIO else 'MISSES'} <= x{TARGET_P50_RATIO})")

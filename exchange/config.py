@@ -18,14 +18,20 @@ FABRIC_KINDS = ("shm", "verbs")
 DEFAULT_CLUSTER_ID = "mu-exchange"
 DEFAULT_FIFO_TEMPLATE = "/tmp/fifo-{id}"
 REPLICA_ID_MAX = 255  # consensus proposal numbers reserve one byte for the replica id
-GRPC_WORKERS_DEFAULT = 16  # handler threads per server: order entry + market-data streams
-# Consensus log payload: 16-byte entry header + an encoded command (29 fixed bytes + order id <= 64
-# + symbol <= 16 = 125 bytes at most); 192 keeps a slot (with consensus's 48-byte overhead) at 256.
-PAYLOAD_SIZE_MAX_BYTES = 192
-# A paused or slow replica can rejoin only while the log still holds every entry it missed (there
-# is no state transfer): 65,536 slots of 256 bytes = 16 MiB per replica, about a minute of orders.
-LOG_SLOTS_DEFAULT = 65_536
+GRPC_WORKERS_DEFAULT = 32  # handler threads: order entry, sessions (<= 1/2), market data (<= 1/4)
+# Consensus log payload, a per-slot size: the leader packs the requests that arrive while a
+# proposal is in flight into one batch entry (exchange.state_machine Rule 5) of at most this many
+# bytes. A request is 18 bytes of batch framing + its command (29 fixed bytes + order id <= 64 +
+# symbol <= 16 = 127 at most, about 60 for usual ids), so a slot carries 15-30 requests; with
+# consensus's 48-byte slot overhead the slot is 2 KiB. (A single-request entry is <= 141 bytes.)
+PAYLOAD_SIZE_MAX_BYTES = 2048 - 48
+# A paused or slow replica can rejoin from the log only while the log still holds every entry it
+# missed: 32,768 slots of 2 KiB = 64 MiB per replica, 30 s of unary orders at the rates Python
+# reaches here, minutes of batched streaming orders.
+LOG_SLOTS_DEFAULT = 32_768
+BATCH_REQUESTS_MAX = 64  # requests in one consensus entry (the byte bound usually binds first)
 assert PAYLOAD_SIZE_MAX_BYTES >= 16 + 29 + 64 + 16
+assert PAYLOAD_SIZE_MAX_BYTES >= 8 + 1 + 2 + 18 + 29 + 64 + 16  # a batch of one always fits
 # Heartbeat and failure-detector scan period of an exchange server. Consensus's 200/250 us suit a
 # process that only replicates; here every wake-up of a consensus thread takes the GIL from the
 # gRPC handlers (see docs/exchange.md, "Consensus threads in a gRPC server"), and a dead leader is

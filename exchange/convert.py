@@ -11,18 +11,26 @@ Rule 3: events travel in the flat form of ``Event.to_dict()``: well-known keys g
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from exchange.proto import exchange_pb2 as pb
 from exchange.state_machine import CLIENT_ID_MAX, SEQ_MAX, Reply
 from orderbook import (
+    Accepted,
     AddOrder,
     BboChanged,
+    Cancelled,
     CancelOrder,
+    CancelRejected,
     Command,
     DepthChanged,
     Event,
+    Filled,
+    Rejected,
+    Replaced,
     ReplaceOrder,
+    ReplaceRejected,
     Side,
     Trade,
     encode_command,
@@ -77,14 +85,23 @@ def _check_range(name: str, value: int, low: int, high: int) -> None:
 
 def _encodable(command: Command) -> Command:
     """Raise ``BadRequest`` if the engine's codec cannot carry ``command`` (Rule 1)."""
-    try:
-        encode_command(command)
-    except (ValueError, OverflowError) as exc:
-        raise BadRequest(f"request cannot be encoded: {exc}") from None
+    _encoded(command)
     return command
 
 
+def _encoded(command: Command) -> bytes:
+    try:
+        return encode_command(command)
+    except (ValueError, OverflowError) as exc:
+        raise BadRequest(f"request cannot be encoded: {exc}") from None
+
+
 def submit_command(request: pb.SubmitOrderRequest) -> tuple[int, int, Command]:
+    client_id, seq, command = _submit(request)
+    return client_id, seq, _encodable(command)
+
+
+def _submit(request: pb.SubmitOrderRequest) -> tuple[int, int, Command]:
     _check_ids(request.client_id, request.seq)
     check_symbol(request.symbol, required=True)
     if request.side == pb.BUY:
@@ -106,18 +123,28 @@ def submit_command(request: pb.SubmitOrderRequest) -> tuple[int, int, Command]:
         aon=request.all_or_none,
         ioc=request.immediate_or_cancel,
     )
-    return request.client_id, request.seq, _encodable(command)
+    return request.client_id, request.seq, command
 
 
 def cancel_command(request: pb.CancelRequest) -> tuple[int, int, Command]:
+    client_id, seq, command = _cancel(request)
+    return client_id, seq, _encodable(command)
+
+
+def _cancel(request: pb.CancelRequest) -> tuple[int, int, Command]:
     _check_ids(request.client_id, request.seq)
     _check_own_order(request.client_id, request.order_id)
     check_symbol(request.symbol, required=False)
     command = CancelOrder(order_id=request.order_id, symbol=request.symbol or None)
-    return request.client_id, request.seq, _encodable(command)
+    return request.client_id, request.seq, command
 
 
 def replace_command(request: pb.ReplaceRequest) -> tuple[int, int, Command]:
+    client_id, seq, command = _replace(request)
+    return client_id, seq, _encodable(command)
+
+
+def _replace(request: pb.ReplaceRequest) -> tuple[int, int, Command]:
     _check_ids(request.client_id, request.seq)
     _check_own_order(request.client_id, request.order_id)
     check_symbol(request.symbol, required=False)
@@ -131,12 +158,56 @@ def replace_command(request: pb.ReplaceRequest) -> tuple[int, int, Command]:
         price=request.new_price,
         symbol=request.symbol or None,
     )
-    return request.client_id, request.seq, _encodable(command)
+    return request.client_id, request.seq, command
+
+
+def session_order(order: pb.SessionOrder) -> tuple[int, int, bytes]:
+    """``(client_id, seq, encoded command)`` of one OrderSession order; ``BadRequest`` if bad."""
+    kind = order.WhichOneof("request")
+    if kind == "submit":
+        client_id, seq, command = _submit(order.submit)
+    elif kind == "cancel":
+        client_id, seq, command = _cancel(order.cancel)
+    elif kind == "replace":
+        client_id, seq, command = _replace(order.replace)
+    else:
+        raise BadRequest("session order carries no submit, cancel or replace")
+    return client_id, seq, _encoded(command)
+
+
+def session_ids(order: pb.SessionOrder) -> tuple[int, int]:
+    """``(client_id, seq)`` of a session order as sent (0, 0 when it carries no request)."""
+    kind = order.WhichOneof("request")
+    if kind is None:
+        return 0, 0
+    request = getattr(order, kind)
+    return int(request.client_id), int(request.seq)
 
 
 def event_message(event: Event) -> pb.OrderEvent:
-    """The flat protobuf form of one engine event (Rule 3)."""
+    """The flat protobuf form of one engine event (Rule 3). The order-level events, which every
+    reply carries, are built directly (the same message ``event_message_from_dict`` builds from
+    ``to_dict()``, a test pins it); the others go through their dict."""
+    build = _ORDER_EVENT_BUILDERS.get(type(event))
+    if build is not None:
+        return build(event)
     return event_message_from_dict(event.to_dict())
+
+
+_OrderEventBuilder = Callable[[Any], pb.OrderEvent]
+_ORDER_EVENT_BUILDERS: dict[type, _OrderEventBuilder] = {
+    Accepted: lambda e: pb.OrderEvent(kind="accept", order_id=e.order_id),
+    Rejected: lambda e: pb.OrderEvent(kind="reject", order_id=e.order_id, reason=e.reason),
+    Filled: lambda e: pb.OrderEvent(kind="fill", order_id=e.order_id,
+                                    contra_order_id=e.contra_id, price=e.price, quantity=e.qty),
+    Cancelled: lambda e: pb.OrderEvent(kind="cancel", order_id=e.order_id, quantity=e.qty),
+    CancelRejected: lambda e: pb.OrderEvent(kind="cancel_reject", order_id=e.order_id,
+                                            reason=e.reason),
+    Replaced: lambda e: pb.OrderEvent(kind="replace", order_id=e.order_id, quantity=e.qty,
+                                      price=e.price),
+    ReplaceRejected: lambda e: pb.OrderEvent(kind="replace_reject", order_id=e.order_id,
+                                             reason=e.reason),
+}
 
 
 def event_message_from_dict(fields: Mapping[str, object]) -> pb.OrderEvent:
@@ -161,7 +232,7 @@ def event_message_from_dict(fields: Mapping[str, object]) -> pb.OrderEvent:
     return message
 
 
-def market_data_message(index: int, event: Event) -> pb.MarketDataUpdate:
+def market_data_message(index: int, event: Event, conflated: bool = False) -> pb.MarketDataUpdate:
     """The protobuf form of one market-data event (Trade, BboChanged or DepthChanged)."""
     if isinstance(event, Trade):
         trade = pb.TradeUpdate(price=event.price, quantity=event.qty)
@@ -173,31 +244,32 @@ def market_data_message(index: int, event: Event) -> pb.MarketDataUpdate:
             ask_price=event.ask,
             ask_quantity=event.ask_qty,
         )
-        return pb.MarketDataUpdate(log_index=index, symbol=event.symbol, bbo=bbo)
+        return pb.MarketDataUpdate(log_index=index, symbol=event.symbol, bbo=bbo,
+                                   conflated=conflated)
     assert isinstance(event, DepthChanged), event
     depth = pb.DepthUpdate(bids=price_levels(event.bids), asks=price_levels(event.asks))
-    return pb.MarketDataUpdate(log_index=index, symbol=event.symbol, depth=depth)
+    return pb.MarketDataUpdate(log_index=index, symbol=event.symbol, depth=depth,
+                               conflated=conflated)
 
 
 def price_levels(levels: Iterable[tuple[int, int, int]]) -> list[pb.PriceLevel]:
     return [pb.PriceLevel(price=p, quantity=q, order_count=n) for p, q, n in levels]
 
 
-def reply_message(reply: Reply, replica_id: int) -> pb.OrderReply:
-    message = pb.OrderReply(
+def reply_message(reply: Reply, replica_id: int, unsolicited: bool = False) -> pb.OrderReply:
+    events = [event_message(event) for event in reply.events]
+    if reply.error:
+        events.append(pb.OrderEvent(kind="rejected", order_id=reply.order_id, reason=reply.error))
+    return pb.OrderReply(
         client_id=reply.client_id,
         seq=reply.seq,
         order_id=reply.order_id,
+        events=events,
         log_index=reply.log_index,
         duplicate=reply.duplicate,
         replica_id=replica_id,
+        unsolicited=unsolicited,
     )
-    events = message.events
-    for event in reply.events:
-        events.append(event_message(event))
-    if reply.error:
-        events.append(pb.OrderEvent(kind="rejected", order_id=reply.order_id, reason=reply.error))
-    return message
 
 
 def event_dict(message: pb.OrderEvent) -> dict[str, object]:

@@ -13,7 +13,14 @@ Rule 3: a proposal that raised ``NotLeader`` or timed out may still be committed
         with the same seq and the replicated dedup table answers it (exactly-once).
 Rule 4: a follower, a paused server or a server without a leader never proposes: it raises
         ``NotLeaderError`` (with the leader's address when known) or ``ServerUnavailable``.
-Rule 5: a server that rejoins (consensus's ``recovery`` is set) reports role ``recovering`` with
+Rule 5: every proposal goes through the group-commit ``Batcher`` (exchange.batching): unary calls
+        and session requests that arrive while a proposal is in flight share the next entry.
+        Replies reach their requesters through ``_sinks`` (a unary waiter, a session slot),
+        registered under the lock before the request is queued, so none is missed.
+Rule 6: a session's unsolicited fills (fills of a client's resting orders caused by another
+        client's request) are routed by the owner's client id, which order ids carry
+        (``"<client_id>.<seq>"``), to the newest open session of that client on this server.
+Rule 7: a server that rejoins (consensus's ``recovery`` is set) reports role ``recovering`` with
         its progress; its state is replaced whole by ``install_snapshot`` (decoded outside the
         lock, swapped under it), and ``take_snapshot`` serves peers a consistent (index, bytes).
 
@@ -28,9 +35,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from exchange.batching import Batcher, Pending
+from exchange.config import BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES
 from exchange.market_data import SUBSCRIBERS_MAX_DEFAULT, MarketDataHub, Update
-from exchange.state_machine import Applied, ExchangeStateMachine, Reply, encode_entry
-from orderbook import Command
+from exchange.session import SESSION_IN_FLIGHT_MAX, OrderSession, Slot
+from exchange.state_machine import (
+    Applied,
+    ExchangeStateMachine,
+    Reply,
+    encode_batch,
+    encode_entry,
+)
+from orderbook import Command, Filled, encode_command
 
 PROPOSE_TIMEOUT_S = 1.0  # consensus propose: far above a commit (~tens of us), below client retry
 APPLY_WAIT_S = 2.0  # committed -> applied here; only slow when this replica lost leadership
@@ -121,20 +137,38 @@ class NodeStatus:
     executed_count: int
     duplicate_count: int
     replicas: int
-    recovery: RecoveryView | None = None  # while role is recovering (Rule 5)
+    recovery: RecoveryView | None = None  # while role is recovering (Rule 7)
 
 
 class _Waiter:
-    """A handler waiting for its entry's reply. The event is made only if the reply was not
-    there when ``propose`` returned (on the leader consensus usually applies the entry in the
-    handler's own thread, so most requests never need one); both fields change under the
-    node's lock."""
+    """A unary handler waiting for its entry's reply (a batching ``Sink``). The event is made
+    only if the reply was not there when ``submit`` returned (when idle the handler proposes and
+    applies its own entry, so most requests never need one); the fields change under the node's
+    lock."""
 
-    __slots__ = ("done", "reply")
+    __slots__ = ("done", "error", "reply")
 
     def __init__(self) -> None:
         self.done: threading.Event | None = None
         self.reply: Reply | None = None
+        self.error: Exception | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return False
+
+    def deliver(self, reply: Reply) -> None:
+        self.reply = reply
+        if self.done is not None:
+            self.done.set()
+
+    def fail(self, error: Exception) -> None:
+        self.error = error
+        if self.done is not None:
+            self.done.set()
+
+
+Sink = _Waiter | Slot
 
 
 class ExchangeNode:
@@ -156,7 +190,12 @@ class ExchangeNode:
         self.paused = False
         self.pause_listeners: list[Callable[[bool], None]] = []
         self._lock = threading.Lock()
-        self._waiters: dict[tuple[int, int], list[_Waiter]] = {}
+        self._sinks: dict[tuple[int, int], list[Sink]] = {}
+        self._sessions: dict[int, OrderSession] = {}  # client id -> newest open session
+        self.sessions_max = subscribers_max * 2
+        self._session_count = 0
+        self.batcher = Batcher(self._propose, self._batch_failed, BATCH_REQUESTS_MAX,
+                               PAYLOAD_SIZE_MAX_BYTES)
 
     def attach(self, replica: ConsensusReplica) -> None:
         """Use ``replica`` for order entry (called once, before the replica starts serving)."""
@@ -168,22 +207,60 @@ class ExchangeNode:
 
     def on_commit(self, index: int, payload: bytes | memoryview) -> None:
         """Apply committed entry ``index`` (every replica, log order, exactly once: consensus's
-        pump thread, or on the leader the proposing handler's thread).
+        pump thread, or on the leader the proposing thread).
 
         Market data is offered under the lock so that it leaves in log order whichever thread
         applies; offering never blocks (bounded queues).
         """
         with self._lock:
-            applied = self.state.apply(index, payload)
+            self._apply_locked(index, payload)
+
+    def _apply_locked(self, index: int, payload: bytes | memoryview) -> None:
+        results = self.state.apply_entry(index, payload)
+        sinks = self._sinks
+        sessions = self._sessions
+        woken: set[OrderSession] = set()
+        market_data = False
+        for applied in results:
             reply = applied.reply
-            waiters = self._waiters.pop((reply.client_id, reply.seq), None)
-            if waiters:
-                for waiter in waiters:
-                    waiter.reply = reply
-                    if waiter.done is not None:
-                        waiter.done.set()
-            if applied.market_data and self.hub.subscriber_count > 0:
-                self.hub.publish(_updates(applied))
+            if sinks:
+                waiting = sinks.pop((reply.client_id, reply.seq), None)
+                if waiting is not None:
+                    for sink in waiting:
+                        if type(sink) is Slot:
+                            sink.reply = reply  # woken below, once per session
+                            woken.add(sink.session)
+                        else:
+                            sink.deliver(reply)
+            if sessions and reply.events:
+                self._route_fills(reply, sessions, woken)
+            if applied.market_data:
+                market_data = True
+        if woken:
+            for session in woken:
+                session.wake()
+        if market_data and self.hub.subscriber_count > 0:
+            self.hub.publish([u for applied in results for u in _updates(applied)])
+
+    @staticmethod
+    def _route_fills(
+        reply: Reply, sessions: dict[int, OrderSession], woken: set[OrderSession]
+    ) -> None:
+        """Unsolicited fills of other clients' orders to their sessions (Rule 6)."""
+        for event in reply.events:
+            if type(event) is not Filled:
+                continue
+            owner_text, _, _ = event.order_id.partition(".")
+            if not owner_text.isdigit():
+                continue
+            owner = int(owner_text)
+            if owner == reply.client_id:
+                continue
+            session = sessions.get(owner)
+            if session is not None:
+                session.add_unsolicited(
+                    Reply(owner, 0, event.order_id, (event,), reply.log_index))
+                woken.add(session)
 
     # -- order entry --------------------------------------------------------------------------
 
@@ -196,31 +273,29 @@ class ExchangeNode:
             return self._execute_unreplicated(client_id, seq, command)
         if not replica.is_leader:
             raise self._not_leader(replica.leader_id)
-        payload = encode_entry(client_id, seq, command)
-        key = (client_id, seq)
         waiter = _Waiter()
         with self._lock:
             stored = self.state.lookup(client_id, seq)
             if stored is not None:
                 return stored
-            self._waiters.setdefault(key, []).append(waiter)
-        try:
-            replica.propose(payload, PROPOSE_TIMEOUT_S)
-        except Exception as exc:
-            self._forget(key, waiter)
-            raise self._proposal_error(exc) from exc
+            self._sinks.setdefault((client_id, seq), []).append(waiter)
+        self.batcher.submit([Pending(client_id, seq, encode_command(command), waiter)])
         with self._lock:
-            reply = waiter.reply
-            if reply is None:
+            reply, error = waiter.reply, waiter.error
+            if reply is None and error is None:
                 waiter.done = done = threading.Event()
         if reply is not None:
             return reply
+        if error is not None:
+            raise error
         if not done.wait(APPLY_WAIT_S):
-            self._forget(key, waiter)
+            self._forget(client_id, seq, waiter)
             raise ServerUnavailable(
-                f"entry for client {client_id} seq {seq} committed but not applied within "
+                f"request of client {client_id} seq {seq} not applied within "
                 f"{APPLY_WAIT_S} s on server {self.replica_id}; retry with the same seq"
             )
+        if waiter.error is not None:
+            raise waiter.error
         assert waiter.reply is not None
         return waiter.reply
 
@@ -235,13 +310,88 @@ class ExchangeNode:
             self.hub.publish(_updates(applied))
         return applied.reply
 
-    def _forget(self, key: tuple[int, int], waiter: _Waiter) -> None:
+    def _propose(self, payload: bytes) -> int:
+        """The batcher's proposal (Rule 5): replicate and, on the leader, apply ``payload``."""
+        replica = self.replica
+        assert replica is not None
+        if self.paused:
+            raise ServerUnavailable(f"server {self.replica_id} is paused; try another server")
+        return replica.propose(payload, PROPOSE_TIMEOUT_S)
+
+    def _batch_failed(self, batch: list[Pending], exc: Exception) -> None:
+        """A proposal raised: fail every request of it that is still waiting (batching Rule 3)."""
+        error = exc if isinstance(exc, NotLeaderError | ServerUnavailable) else \
+            self._proposal_error(exc)
         with self._lock:
-            waiters = self._waiters.get(key)
-            if waiters is not None and waiter in waiters:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self._waiters[key]
+            for item in batch:
+                self._forget_locked(item.client_id, item.seq, item.sink)
+                item.sink.fail(error)
+
+    def _forget(self, client_id: int, seq: int, sink: Sink) -> None:
+        with self._lock:
+            self._forget_locked(client_id, seq, sink)
+
+    def _forget_locked(self, client_id: int, seq: int, sink: object) -> None:
+        key = (client_id, seq)
+        sinks = self._sinks.get(key)
+        if sinks is not None and sink in sinks:
+            sinks.remove(sink)
+            if not sinks:
+                del self._sinks[key]
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def open_session(self, in_flight_max: int = SESSION_IN_FLIGHT_MAX) -> OrderSession:
+        """A new OrderSession; raises like ``execute`` unless this server takes order entry."""
+        self._check_order_entry()
+        with self._lock:
+            if self._session_count >= self.sessions_max:
+                raise ServerUnavailable(
+                    f"too many order sessions (max {self.sessions_max} per server); retry later")
+            self._session_count += 1
+        return OrderSession(in_flight_max)
+
+    def bind_session(self, session: OrderSession, client_id: int) -> None:
+        """Route ``client_id``'s unsolicited fills to ``session`` (Rule 6)."""
+        with self._lock:
+            session.client_id = client_id
+            self._sessions[client_id] = session
+
+    def close_session(self, session: OrderSession) -> None:
+        with self._lock:
+            self._session_count -= 1
+            if self._sessions.get(session.client_id) is session:
+                del self._sessions[session.client_id]
+
+    def submit_session(
+        self, session: OrderSession, requests: list[tuple[Slot, int, int, bytes]]
+    ) -> None:
+        """Queue ``(slot, client_id, seq, encoded command)`` requests of one session message, in
+        order; answers from the dedup table fill their slots at once. Raises like ``execute``."""
+        self._check_order_entry()
+        items: list[Pending] = []
+        with self._lock:
+            lookup, sinks = self.state.lookup, self._sinks
+            for slot, client_id, seq, body in requests:
+                stored = lookup(client_id, seq)
+                if stored is not None:
+                    slot.deliver(stored)
+                    continue
+                sinks.setdefault((client_id, seq), []).append(slot)
+                items.append(Pending(client_id, seq, body, slot))
+            if items and self.replica is None:  # unreplicated: apply the message as one entry
+                payload = encode_batch([(p.client_id, p.seq, p.body) for p in items])
+                self._apply_locked(self.state.applied_index + 1, payload)
+                return
+        if items:
+            self.batcher.submit(items)
+
+    def _check_order_entry(self) -> None:
+        if self.paused:
+            raise ServerUnavailable(f"server {self.replica_id} is paused; try another server")
+        replica = self.replica
+        if replica is not None and not replica.is_leader:
+            raise self._not_leader(replica.leader_id)
 
     def _proposal_error(self, exc: Exception) -> Exception:
         """Map a consensus exception to NotLeaderError / ServerUnavailable."""
@@ -327,7 +477,7 @@ class ExchangeNode:
             recovery=None if replica is None else replica.recovery,
         )
 
-    # -- state transfer (Rule 5) --------------------------------------------------------------
+    # -- state transfer (Rule 7) --------------------------------------------------------------
 
     def take_snapshot(self) -> tuple[int, bytes]:
         """``(applied index, snapshot bytes)`` of the state, consistent with each other."""
@@ -377,6 +527,7 @@ class ExchangeNode:
             listener(False)
 
     def close(self) -> None:
+        self.batcher.stop()
         self.hub.close()
 
 

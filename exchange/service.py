@@ -3,6 +3,11 @@
 Rule 1: no request can crash the server: bad input -> INVALID_ARGUMENT with a message; follower ->
         FAILED_PRECONDITION with trailing metadata ``leader-address``/``leader-id``; paused, no
         leader or a timeout -> UNAVAILABLE; anything unexpected is logged and answered INTERNAL.
+Rule 3: an OrderSession runs on two threads: the gRPC worker writes reports (``take`` -> one
+        SessionResponse per wake-up, as many reports as are ready), a reader thread reads order
+        lists, validates them and queues them for proposal; errors of either end the stream with
+        the status of Rule 1 (``SessionError.code`` for session errors), after the reports that
+        were ready.
 Rule 2: standard health checking (grpc.health.v1): service ``""`` is SERVING while the server is
         neither paused nor recovering (fetching a snapshot or catching up the log); service
         ``ORDER_ENTRY_SERVICE`` is SERVING only while this server accepts order entry (leader or
@@ -12,17 +17,28 @@ Rule 2: standard health checking (grpc.health.v1): service ``""`` is SERVING whi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from typing import NoReturn, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2
 
 from exchange import convert
-from exchange.market_data import StreamEnded
+from exchange.market_data import MARKET_DATA_BATCH_MAX, StreamEnded, Update
 from exchange.node import ExchangeNode, NodeStatus, NotLeaderError, ServerUnavailable
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
+from exchange.session import (
+    SESSION_MESSAGE_ORDERS_MAX,
+    BadSessionMessage,
+    SessionError,
+    SessionFinished,
+    Slot,
+)
+from exchange.session import (
+    OrderSession as ServerSession,
+)
 from exchange.state_machine import Reply
 from orderbook import Command
 
@@ -59,20 +75,88 @@ class ExchangeService(pb_grpc.ExchangeServicer):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             reply: Reply = self.node.execute(client_id, seq, command)
-        except NotLeaderError as exc:
-            metadata: list[tuple[str, str]] = []
-            if exc.leader_address:
-                metadata.append((LEADER_ADDRESS_KEY, exc.leader_address))
-            if exc.leader_id is not None:
-                metadata.append((LEADER_ID_KEY, str(exc.leader_id)))
-            context.set_trailing_metadata(tuple(metadata))
-            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except ServerUnavailable as exc:
-            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        except (NotLeaderError, ServerUnavailable) as exc:
+            _abort_order_entry(context, exc)
         except Exception:
             log.exception("order entry failed unexpectedly (client %d seq %d)", client_id, seq)
             _abort(context, grpc.StatusCode.INTERNAL, "internal error; see the server log")
         return convert.reply_message(reply, self.node.replica_id)
+
+    def OrderSession(  # noqa: N802
+        self, request_iterator: Iterator[pb.SessionRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.SessionResponse]:
+        """Rule 3: this generator writes; ``_read_session`` reads on its own thread."""
+        node = self.node
+        try:
+            session = node.open_session()
+        except (NotLeaderError, ServerUnavailable) as exc:
+            _abort_order_entry(context, exc)
+        reader = threading.Thread(target=self._read_session, args=(request_iterator, session),
+                                  name="session-reader", daemon=True)
+        reader.start()
+        replica_id = node.replica_id
+        reply_message = convert.reply_message
+        try:
+            while True:
+                try:
+                    ready = session.take(STREAM_POLL_S)
+                except SessionFinished:
+                    return
+                except (NotLeaderError, ServerUnavailable) as exc:
+                    _abort_order_entry(context, exc)
+                except SessionError as exc:
+                    _abort(context, getattr(grpc.StatusCode, exc.code), str(exc))
+                if ready is None:
+                    if not context.is_active():
+                        return
+                    continue
+                answers, unsolicited = ready
+                reports = [reply_message(reply, replica_id) for reply in answers]
+                reports.extend(reply_message(r, replica_id, unsolicited=True) for r in unsolicited)
+                yield pb.SessionResponse(reports=reports)
+        finally:
+            session.fail(SessionFinished("stream closed"))
+            node.close_session(session)
+
+    def _read_session(self, requests: Iterator[pb.SessionRequest], session: ServerSession) -> None:
+        """Read order lists, validate, queue for proposal, in order (Rule 3)."""
+        try:
+            for message in requests:
+                orders = message.orders
+                if not 1 <= len(orders) <= SESSION_MESSAGE_ORDERS_MAX:
+                    raise BadSessionMessage(
+                        f"a session message carries 1..{SESSION_MESSAGE_ORDERS_MAX} orders "
+                        f"(SESSION_MESSAGE_ORDERS_MAX), got {len(orders)}")
+                self._queue_orders(session, orders)
+            session.finish_input()
+        except (NotLeaderError, ServerUnavailable, SessionError) as exc:
+            session.fail(exc)
+        except grpc.RpcError:
+            session.fail(SessionFinished("stream cancelled"))
+        except Exception as exc:
+            log.exception("order session failed unexpectedly")
+            session.fail(SessionError(f"internal error; see the server log ({exc!r})"))
+
+    def _queue_orders(self, session: ServerSession, orders: Iterable[pb.SessionOrder]) -> None:
+        orders = list(orders)
+        slots = session.admit(len(orders))
+        requests: list[tuple[Slot, int, int, bytes]] = []
+        for slot, order in zip(slots, orders, strict=True):
+            try:
+                client_id, seq, body = convert.session_order(order)
+                if session.client_id != client_id:
+                    if session.client_id:
+                        raise convert.BadRequest(
+                            f"this session carries client {session.client_id}; "
+                            f"got client_id {client_id}")
+                    self.node.bind_session(session, client_id)
+            except convert.BadRequest as exc:
+                client_id, seq = convert.session_ids(order)
+                slot.deliver(Reply(client_id, seq, "", (), 0, error=f"invalid request: {exc}"))
+                continue
+            requests.append((slot, client_id, seq, body))
+        if requests:
+            self.node.submit_session(session, requests)
 
     def SubmitOrder(  # noqa: N802 (gRPC method name)
         self, request: pb.SubmitOrderRequest, context: grpc.ServicerContext
@@ -92,6 +176,25 @@ class ExchangeService(pb_grpc.ExchangeServicer):
     def StreamMarketData(  # noqa: N802
         self, request: pb.MarketDataRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.MarketDataUpdate]:
+        for updates in self._market_data(request, context, 1):
+            update, conflated = updates[0]
+            yield convert.market_data_message(update.index, update.event, conflated)
+
+    def StreamMarketDataBatches(  # noqa: N802
+        self, request: pb.MarketDataRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.MarketDataBatch]:
+        """Every update that is ready, in one message: what keeps up with streaming order entry."""
+        message = convert.market_data_message
+        for updates in self._market_data(request, context, MARKET_DATA_BATCH_MAX):
+            conflated_count = sum(1 for _, conflated in updates if conflated)
+            yield pb.MarketDataBatch(
+                updates=[message(u.index, u.event, conflated) for u, conflated in updates],
+                conflated_count=conflated_count,
+            )
+
+    def _market_data(
+        self, request: pb.MarketDataRequest, context: grpc.ServicerContext, count_max: int
+    ) -> Iterator[list[tuple[Update, bool]]]:
         for symbol in request.symbols:
             try:
                 convert.check_symbol(symbol, required=True)
@@ -104,12 +207,11 @@ class ExchangeService(pb_grpc.ExchangeServicer):
         try:
             while context.is_active():
                 try:
-                    update = subscription.next_update(STREAM_POLL_S)
+                    updates = subscription.next_updates(STREAM_POLL_S, count_max)
                 except StreamEnded as exc:
                     _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-                if update is None:
-                    continue
-                yield convert.market_data_message(update.index, update.event)
+                if updates:
+                    yield updates
         finally:
             self.node.hub.unsubscribe(subscription)
 
@@ -168,6 +270,21 @@ def _recovery_fields(status: NodeStatus) -> dict[str, int]:
             "recovery_bytes_done": recovery.bytes_done,
             "recovery_bytes_total": recovery.bytes_total,
             "recovery_entries_left": recovery.entries_left}
+
+
+def _abort_order_entry(
+    context: grpc.ServicerContext, exc: NotLeaderError | ServerUnavailable
+) -> NoReturn:
+    """FAILED_PRECONDITION + leader metadata for a follower, UNAVAILABLE otherwise (Rule 1)."""
+    if isinstance(exc, NotLeaderError):
+        metadata: list[tuple[str, str]] = []
+        if exc.leader_address:
+            metadata.append((LEADER_ADDRESS_KEY, exc.leader_address))
+        if exc.leader_id is not None:
+            metadata.append((LEADER_ID_KEY, str(exc.leader_id)))
+        context.set_trailing_metadata(tuple(metadata))
+        _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
 
 
 class HealthReporter:

@@ -9,11 +9,20 @@ Rule 2: ``apply`` never raises on bad payload bytes: a malformed entry becomes a
 Rule 3: exactly-once order entry: a ``(client_id, seq)`` already executed returns its stored reply
         marked ``duplicate`` and executes nothing (``exchange.dedup``).
 Rule 4: no gRPC, no consensus, no threads here: callers serialize access (the server holds a lock).
-Rule 5: ``snapshot()`` / ``restore(data)`` (exchange.snapshot) carry the whole state: a restored
+Rule 5: a log entry is either a single request or a batch of requests (the leader proposes what
+        arrived while its previous proposal was in flight as one entry); a batch applies its
+        requests in order, each with its own dedup decision and reply, exactly as if each had been
+        its own entry at the same index. Both formats decode forever (entries are versioned).
+Rule 6: ``snapshot()`` / ``restore(data)`` (exchange.snapshot) carry the whole state: a restored
         machine has the same ``state_digest()`` and ``book_digest()`` and applies the entries
         after ``applied_index`` exactly as the original would.
 
-A log entry is ``ENTRY_HEADER (client_id u64, seq u64)`` followed by ``orderbook.encode_command``.
+A single-request entry (format 0) is ``ENTRY_HEADER (client_id u64, seq u64)`` followed by
+``orderbook.encode_command``; its client_id is never 0 (client ids start at 1). A batch entry
+starts with a zero client_id: ``BATCH_HEADER (0 u64, version u8, count u16)`` then ``count`` times
+``BATCH_ITEM (client_id u64, seq u64, length u16)`` + ``length`` bytes of encoded command
+(version 1). The state chain folds a single entry's dedup transition on its own and a batch's
+transitions in one step (one hash per entry, not per request).
 The reply keeps the order-level events of the command (accepted, rejected, fills, cancels,
 replaces); the market-data events (trades, BBO and depth changes) are returned separately for
 publication and are not stored.
@@ -38,6 +47,10 @@ from orderbook import (
 )
 
 ENTRY_HEADER = struct.Struct("<QQ")  # client_id, seq
+BATCH_HEADER = struct.Struct("<QBH")  # 0 (no client), format version, request count
+BATCH_ITEM = struct.Struct("<QQH")  # client_id, seq, length of the encoded command
+BATCH_VERSION = 1
+BATCH_REQUESTS_MAX = 0xFFFF  # what the count field can say; the leader's bound is far lower
 CLIENT_ID_MAX = 2**64 - 1
 SEQ_MAX = 2**64 - 1
 MarketDataEvent = Trade | BboChanged | DepthChanged
@@ -75,6 +88,23 @@ def encode_entry(client_id: int, seq: int, command: Command) -> bytes:
     return ENTRY_HEADER.pack(client_id, seq) + encode_command(command)
 
 
+def encode_batch(items: list[tuple[int, int, bytes]]) -> bytes:
+    """The log payload of a batch of ``(client_id, seq, encoded command)`` requests (Rule 5)."""
+    assert 1 <= len(items) <= BATCH_REQUESTS_MAX, len(items)
+    parts = [BATCH_HEADER.pack(0, BATCH_VERSION, len(items))]
+    pack = BATCH_ITEM.pack
+    for client_id, seq, body in items:
+        assert 1 <= client_id <= CLIENT_ID_MAX, client_id
+        parts.append(pack(client_id, seq, len(body)))
+        parts.append(body)
+    return b"".join(parts)
+
+
+def batch_item_bytes(body: bytes) -> int:
+    """What one request adds to a batch entry."""
+    return BATCH_ITEM.size + len(body)
+
+
 class ExchangeStateMachine:
     """Dedup table + ``orderbook.Market``, advanced by committed log entries (see module rules)."""
 
@@ -96,7 +126,7 @@ class ExchangeStateMachine:
         return self._chain
 
     def snapshot(self) -> bytes:
-        """The snapshot of the whole state (Rule 5; format in exchange.snapshot). O(state)."""
+        """The snapshot of the whole state (Rule 6; format in exchange.snapshot). O(state)."""
         from exchange.snapshot import encode_state
 
         return encode_state(self)
@@ -109,7 +139,7 @@ class ExchangeStateMachine:
         seqs_per_client_max: int | None = None,
         clients_max: int | None = None,
     ) -> ExchangeStateMachine:
-        """The machine a ``snapshot()`` holds (Rule 5). Raises ``exchange.snapshot.SnapshotError``
+        """The machine a ``snapshot()`` holds (Rule 6). Raises ``exchange.snapshot.SnapshotError``
         with a one-line reason for corrupt, truncated, foreign or other-version bytes, and, when
         the dedup limits are given, for a snapshot taken with other limits. O(size)."""
         from exchange.snapshot import decode_state
@@ -149,33 +179,84 @@ class ExchangeStateMachine:
         return _as_duplicate(reply)
 
     def apply(self, index: int, payload: bytes | memoryview) -> Applied:
-        """Apply the committed entry ``index``. O(matching work of the command)."""
+        """Apply the committed entry ``index`` and return its first request's outcome (all of
+        them for a single-request entry; ``apply_entry`` gives every request of a batch)."""
+        return self.apply_entry(index, payload)[0]
+
+    def apply_entry(self, index: int, payload: bytes | memoryview) -> list[Applied]:
+        """Apply the committed entry ``index``: one ``Applied`` per request, in order (at least
+        one). O(matching work of the commands)."""
         assert index == self.applied_index + 1, (index, self.applied_index)
         self.applied_index = index
         if len(payload) < ENTRY_HEADER.size:
             reply = Reply(0, 0, "", (), index, error=f"log entry {index} is too short")
             self._chain_step(index, 0, 0, _OUTCOME_MALFORMED)
-            return Applied(index, reply, ())
+            return [Applied(index, reply, ())]
         client_id, seq = ENTRY_HEADER.unpack_from(payload, 0)
+        if client_id == 0:
+            return self._apply_batch(index, memoryview(payload))
+        applied, outcome = self._request(index, client_id, seq,
+                                         memoryview(payload)[ENTRY_HEADER.size :])
+        self._chain_step(index, client_id, seq, outcome)
+        return [applied]
+
+    def _apply_batch(self, index: int, payload: memoryview) -> list[Applied]:
+        """Apply a batch entry (Rule 5); a malformed frame is one error reply for the entry."""
+        size = len(payload)
+        if size < BATCH_HEADER.size:
+            return [self._malformed(index, "batch header is truncated")]
+        _, version, count = BATCH_HEADER.unpack_from(payload, 0)
+        if version != BATCH_VERSION or count == 0:
+            return [self._malformed(index, f"batch version {version} with {count} requests")]
+        out: list[Applied] = []
+        records: list[bytes] = []
+        offset = BATCH_HEADER.size
+        unpack_item, item_size, request = BATCH_ITEM.unpack_from, BATCH_ITEM.size, self._request
+        pack_record = _CHAIN_RECORD.pack
+        for position in range(count):
+            end = offset + item_size
+            if end > size:
+                out.append(self._malformed(index, f"batch item {position} is truncated"))
+                break
+            client_id, seq, length = unpack_item(payload, offset)
+            offset = end + length
+            if offset > size or client_id == 0:
+                out.append(self._malformed(index, f"batch item {position} is malformed"))
+                break
+            applied, outcome = request(index, client_id, seq, payload[end:offset])
+            out.append(applied)
+            records.append(pack_record(index, client_id, seq, outcome))
+        if records:
+            self._chain = hashlib.sha256(self._chain + b"".join(records)).digest()
+        return out
+
+    def _malformed(self, index: int, why: str) -> Applied:
+        self._chain_step(index, 0, 0, _OUTCOME_MALFORMED)
+        return Applied(index, Reply(0, 0, "", (), index, error=f"log entry {index}: {why}"), ())
+
+    def _request(
+        self, index: int, client_id: int, seq: int, body: memoryview
+    ) -> tuple[Applied, int]:
+        """Apply one request (dedup, then execute): its outcome and its chain outcome code."""
         stored = self.dedup.lookup(client_id, seq)
         if stored is not None:
             self.duplicate_count += 1
-            self._chain_step(index, client_id, seq, _OUTCOME_DUPLICATE)
-            return Applied(index, _as_duplicate(stored), ())
+            return Applied(index, _as_duplicate(stored), ()), _OUTCOME_DUPLICATE
         if self.dedup.is_too_old(client_id, seq):
             error = f"seq {seq} of client {client_id} is older than the replies the exchange keeps"
-            self._chain_step(index, client_id, seq, _OUTCOME_TOO_OLD)
-            return Applied(index, Reply(client_id, seq, "", (), index, error=error), ())
-        return self._execute(index, client_id, seq, memoryview(payload)[ENTRY_HEADER.size :])
+            return Applied(index, Reply(client_id, seq, "", (), index, error=error), ()), \
+                _OUTCOME_TOO_OLD
+        return self._execute(index, client_id, seq, body)
 
-    def _execute(self, index: int, client_id: int, seq: int, body: memoryview) -> Applied:
+    def _execute(
+        self, index: int, client_id: int, seq: int, body: memoryview
+    ) -> tuple[Applied, int]:
         try:
             command = decode_command(body)
         except ValueError as exc:
             reply = Reply(client_id, seq, "", (), index, error=f"malformed command: {exc}")
             self.dedup.record(client_id, seq, reply)
-            self._chain_step(index, client_id, seq, _OUTCOME_MALFORMED)
-            return Applied(index, reply, ())
+            return Applied(index, reply, ()), _OUTCOME_MALFORMED
         order_events: list[Event] = []
         market_data: list[MarketDataEvent] = []
         for event in self.market.apply(command):
@@ -186,8 +267,7 @@ class ExchangeStateMachine:
         reply = Reply(client_id, seq, command.order_id, tuple(order_events), index)
         self.dedup.record(client_id, seq, reply)
         self.executed_count += 1
-        self._chain_step(index, client_id, seq, _OUTCOME_EXECUTED)
-        return Applied(index, reply, tuple(market_data))
+        return Applied(index, reply, tuple(market_data)), _OUTCOME_EXECUTED
 
     def _chain_step(self, index: int, client_id: int, seq: int, outcome: int) -> None:
         """Fold one dedup-table transition into the running chain hash (what the table saw)."""

@@ -38,7 +38,7 @@ def server_addresses(text: str | None) -> tuple[str, ...]:
 def _run_load(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from traders.load import LoadConfig, LoadRun
+    from traders.load import STREAM_WINDOW_DEFAULT, LoadConfig, LoadRun
 
     traders = args.traders if args.traders is not None else env_int("TRADERS_NUM",
                                                                    TRADERS_DEFAULT)
@@ -50,6 +50,8 @@ def _run_load(args: argparse.Namespace) -> int:
     if args.rate < 0:
         raise ConfigError(f"--rate {args.rate}: must be >= 0 (0 = closed loop)")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    if (args.batch != 1 or args.window is not None) and not args.stream:
+        raise ConfigError("--batch and --window apply to --stream sessions only")
     config = LoadConfig(
         addresses=server_addresses(args.servers),
         traders=traders,
@@ -57,8 +59,17 @@ def _run_load(args: argparse.Namespace) -> int:
         test_ms=test_ms,
         seed=seed,
         symbols=tuple(args.symbols.split(",")),
+        stream=args.stream,
+        batch=args.batch,
+        window=args.window if args.window is not None else STREAM_WINDOW_DEFAULT,
     )
+    problem = config.check()
+    if problem:
+        raise ConfigError(problem)
     loop = f"open loop {args.rate:g}/s" if args.rate else "closed loop"
+    if args.stream:
+        loop = (f"sessions, {config.batch} orders per message, {config.window} messages "
+                f"unanswered per trader")
     print(f"load: {traders} traders, {loop}, {test_ms} ms, seed {seed}, servers "
           f"{', '.join(config.addresses)}")
     run = LoadRun(config)
@@ -82,6 +93,8 @@ def _run_load(args: argparse.Namespace) -> int:
     report = run.report()
     for line in report.lines():
         print(line)
+    if args.stream:
+        print(f"unsolicited fills reported on sessions: {run.unsolicited}")
     if args.latency_file:
         report.dump(args.latency_file)
         print(f"per-request latencies written to {args.latency_file}")
@@ -100,7 +113,7 @@ def _run_shell(args: argparse.Namespace) -> int:
         print("note: a client id reused against the same cluster gets its earlier replies back "
               "(marked duplicate) for the seqs it already used; pass --first-seq to start higher",
               file=sys.stderr)
-    return run_shell(server_addresses(args.servers), client_id, args.first_seq)
+    return run_shell(server_addresses(args.servers), client_id, args.first_seq, args.unary)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
                       help=f"run length in ms (default: env TEST_MS or {TEST_MS_DEFAULT})")
     load.add_argument("--rate", type=float, default=0.0,
                       help="total orders/s over all traders (default 0 = closed loop)")
+    load.add_argument("--stream", action="store_true",
+                      help="each trader uses one OrderSession stream instead of unary calls")
+    load.add_argument("--batch", type=int, default=1, metavar="K",
+                      help="with --stream: orders per session message (1..50, default 1)")
+    load.add_argument("--window", type=int, default=None, metavar="W",
+                      help="with --stream: messages a trader keeps unanswered (default 4; "
+                      "W x K <= 100)")
     load.add_argument("--seed", type=int, default=None, help="workload seed (default: random)")
     load.add_argument("--symbols", default=",".join(DEFAULT_SYMBOLS),
                       help="comma-separated symbols to trade (default %(default)s)")
@@ -133,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     shell.add_argument("--servers", default=None, metavar="1=HOST:PORT,...",
                        help="servers (default: env SERVER_URIS)")
     shell.add_argument("--client-id", type=int, default=0, help="default: random")
+    shell.add_argument("--unary", action="store_true",
+                       help="unary calls instead of an order session (no unsolicited fills)")
     shell.add_argument("--first-seq", type=int, default=1,
                        help="first sequence number (order ids are <client id>.<seq>)")
     args = parser.parse_args(argv)

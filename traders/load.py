@@ -10,6 +10,10 @@ Rule 2: a request counts as *acked* when the exchange answered it with no reject
         requests that needed more than one attempt (redirects, failovers).
 Rule 3: per-request samples are kept in memory (bounded by ``SAMPLES_MAX`` per trader) and can be
         dumped to a file, one request per line.
+Rule 4: with ``stream`` each trader runs one OrderSession (``traders.session``): it keeps up to
+        ``window`` order lists of ``batch`` orders unanswered (closed loop over the window), and a
+        request's latency runs from the send of its list to the arrival of its answer. A request
+        answered after a reconnect counts as retried.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from exchange.proto import exchange_pb2 as pb
+from exchange.session import SESSION_IN_FLIGHT_MAX, SESSION_MESSAGE_ORDERS_MAX
 from traders.client import ClusterConnection, ExchangeUnreachable, RequestRejected, TraderClient
+from traders.session import SessionClient
 from traders.stats import LatencySummary, longest_silence_ns, merge_intervals, summarize
-from traders.workload import Cancel, Replace, Submit, Workload
+from traders.workload import Cancel, Replace, Request, Submit, Workload
 
 SAMPLES_MAX = 2_000_000  # per trader; far above what a Python trader sends in a long run
 PROGRESS_INTERVAL_S = 0.1
+STREAM_WINDOW_DEFAULT = 4  # session messages a trader keeps unanswered
+DRAIN_S = 5.0  # how long a session trader waits for its last answers after the deadline
 CLOSE_JOIN_S = 5.0  # how long close() lets in-flight requests finish before closing channels
 REJECT_KINDS = frozenset({"reject", "cancel_reject", "replace_reject"})
 ACKED, REJECTED, INVALID, FAILED = range(4)
@@ -56,6 +64,20 @@ class LoadConfig:
     seed: int
     symbols: tuple[str, ...]
     client_id_base: int = 0  # 0 = random (client ids must not repeat across runs)
+    stream: bool = False  # OrderSession instead of unary calls (Rule 4)
+    batch: int = 1  # orders per session message
+    window: int = STREAM_WINDOW_DEFAULT  # session messages unanswered per trader
+
+    def check(self) -> str:
+        """Why this configuration cannot run ("" when it can)."""
+        if not 1 <= self.batch <= SESSION_MESSAGE_ORDERS_MAX:
+            return f"--batch {self.batch}: must be in 1..{SESSION_MESSAGE_ORDERS_MAX}"
+        if self.window < 1 or self.window * self.batch > SESSION_IN_FLIGHT_MAX:
+            return (f"--window {self.window} x --batch {self.batch}: at most "
+                    f"{SESSION_IN_FLIGHT_MAX} orders may be unanswered per session")
+        if self.stream and self.rate_per_s:
+            return "--rate: sessions run closed loop over their window; drop --rate"
+        return ""
 
 
 @dataclass(slots=True)
@@ -149,6 +171,7 @@ class LoadRun:
     def __init__(self, config: LoadConfig) -> None:
         assert config.traders >= 1, config.traders
         assert config.test_ms > 0, config.test_ms
+        assert not config.check(), config.check()
         self.config = config
         self.connection = ClusterConnection(config.addresses)
         base = config.client_id_base or (random.SystemRandom().getrandbits(40) << 16)
@@ -159,6 +182,7 @@ class LoadRun:
         self.started_ns = 0
         self.deadline_ns = 0
         self.errors: list[str] = []
+        self.unsolicited = 0  # fills of resting orders reported on sessions
 
     @property
     def answered(self) -> int:
@@ -181,7 +205,8 @@ class LoadRun:
         self.started_ns = time.monotonic_ns()
         self.deadline_ns = self.started_ns + self.config.test_ms * 1_000_000
         for index in range(self.config.traders):
-            thread = threading.Thread(target=self._trade, args=(index,), name=f"trader-{index}",
+            target = self._trade_stream if self.config.stream else self._trade
+            thread = threading.Thread(target=target, args=(index,), name=f"trader-{index}",
                                       daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -264,3 +289,74 @@ class LoadRun:
         end_ns = time.monotonic_ns()
         return Sample(start_ns, end_ns, result.attempts, result.first_failure_ns,
                       _outcome(result.reply), result.server)
+
+    def _trade_stream(self, index: int) -> None:
+        """One trader over an OrderSession (Rule 4)."""
+        config = self.config
+        client = self.clients[index]
+        session = SessionClient(self.connection, client.client_id, give_up_s=client.give_up_s)
+        workload = Workload(config.seed * 1_000_003 + index, config.symbols)
+        samples = self._samples[index]
+        sent: dict[int, tuple[int, int, Request]] = {}  # seq -> (send ns, reconnects, request)
+        window_orders = config.window * config.batch
+        try:
+            while not self._stop.is_set() and len(samples) < SAMPLES_MAX:
+                now = time.monotonic_ns()
+                sending = now < self.deadline_ns
+                while sending and session.in_flight + config.batch <= window_orders:
+                    self._send_list(session, workload, sent, now)
+                if not session.in_flight:
+                    return
+                if not sending and now > self.deadline_ns + int(DRAIN_S * 1e9):
+                    return
+                self._absorb(session, workload, sent, samples)
+        except (RequestRejected, ExchangeUnreachable) as exc:
+            self.errors.append(str(exc))
+            end_ns = time.monotonic_ns()
+            outcome = INVALID if isinstance(exc, RequestRejected) else FAILED
+            samples.extend(Sample(start, end_ns, 0, 0, outcome, "")
+                           for start, _, _ in sent.values())
+        finally:
+            session.close()
+
+    def _send_list(self, session: SessionClient, workload: Workload,
+                   sent: dict[int, tuple[int, int, Request]], now_ns: int) -> None:
+        orders = []
+        for _ in range(self.config.batch):
+            request = workload.next_request()
+            if isinstance(request, Submit):
+                order = session.submit_order(request.symbol, request.side, request.price,
+                                             request.quantity,
+                                             immediate_or_cancel=request.immediate_or_cancel)
+            elif isinstance(request, Cancel):
+                order = session.cancel_order(request.order_id, request.symbol)
+            else:
+                order = session.replace_order(request.order_id, request.quantity_delta,
+                                              request.new_price, request.symbol)
+            orders.append(order)
+            sent[session.last_seq] = (now_ns, session.reconnects, request)
+        session.send(orders)
+
+    def _absorb(self, session: SessionClient, workload: Workload,
+                sent: dict[int, tuple[int, int, Request]], samples: list[Sample]) -> None:
+        reports = session.receive()
+        end_ns = time.monotonic_ns()
+        server = session.target
+        for report in reports:
+            if report.unsolicited:
+                self.unsolicited += 1
+                continue
+            entry = sent.pop(report.seq, None)
+            if entry is None:
+                continue
+            start_ns, reconnects, request = entry
+            retried = session.reconnects - reconnects
+            if report.log_index == 0 and any(e.kind == "rejected" for e in report.events):
+                outcome = INVALID
+            else:
+                outcome = _outcome(report)
+            samples.append(Sample(start_ns, end_ns, 1 + retried,
+                                  session.last_failure_ns if retried else 0, outcome, server))
+            if (isinstance(request, Submit) and request.price
+                    and _still_resting(report, request.quantity)):
+                workload.remember(report.order_id, request.symbol)

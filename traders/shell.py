@@ -2,8 +2,12 @@
 
 Rule 1: a bad command line prints one ``error:`` line and the shell goes on; only ``quit``, EOF or
         Ctrl-C end it.
-Rule 2: order entry goes through the leader-following ``TraderClient`` (same retry and exactly-once
-        rules as the load generator); reads (book, status, watch) go to the current leader guess.
+Rule 2: order entry goes through one OrderSession (``traders.session``; ``--unary`` uses the
+        unary ``TraderClient``), with the same retry and exactly-once rules as the load generator;
+        reads (book, status, watch) go to the current leader guess.
+Rule 3: with a session, fills of this trader's resting orders caused by other traders arrive as
+        unsolicited reports; the shell prints them (``fill (unsolicited) ...``) as they come in
+        with the answer to a command, and ``fills`` waits a moment for any.
 
 Commands::
 
@@ -13,6 +17,7 @@ Commands::
     replace ORDER_ID [qty=+N|-N] [price=P]
     book SYMBOL [LEVELS]
     watch SYMBOL [SECONDS]                           market data (trades, BBO, depth); Ctrl-C stops
+    fills                                            unsolicited fills of resting orders (session)
     status                                           every server's role, indexes and digests
     quit
 """
@@ -27,10 +32,12 @@ import grpc
 
 from exchange.proto import exchange_pb2 as pb
 from traders.client import ClientError, ClusterConnection, TraderClient
+from traders.session import SessionClient
 
 WATCH_SECONDS_DEFAULT = 10.0
 WATCH_SECONDS_MAX = 3600.0
 READ_TIMEOUT_S = 2.0
+FILLS_WAIT_S = 0.5  # how long ``fills`` listens
 
 
 class ShellError(ValueError):
@@ -78,10 +85,33 @@ class TraderShell(cmd.Cmd):
     intro = "mu-exchange trader shell; type help or ? for commands."
     prompt = "trader> "
 
-    def __init__(self, client: TraderClient, stdout: TextIO = sys.stdout) -> None:
+    def __init__(self, client: TraderClient, stdout: TextIO = sys.stdout,
+                 session: SessionClient | None = None) -> None:
         super().__init__(stdout=stdout)
         self.client = client
+        self.session = session
         self.use_rawinput = sys.stdin.isatty()
+
+    def _session_call(self, order: pb.SessionOrder) -> None:
+        """Send one order on the session and print its answer and any unsolicited fills."""
+        session = self.session
+        assert session is not None
+        seq = getattr(order, order.WhichOneof("request") or "submit").seq
+        session.send([order])
+        while seq in session.unanswered:
+            for report in session.receive():
+                self._print_report(report)
+
+    def _print_report(self, reply: pb.OrderReply) -> None:
+        if reply.unsolicited:
+            for event in reply.events:
+                self.say(f"fill (unsolicited, log {reply.log_index}) {format_event(event)}")
+            return
+        invalid = [e for e in reply.events if e.kind == "rejected"] if not reply.log_index else []
+        if invalid:  # refused before execution: the unary call's INVALID_ARGUMENT
+            self.say(f"error: {invalid[0].reason.removeprefix('invalid request: ')}")
+            return
+        self._print_reply(reply)
 
     def say(self, text: str) -> None:
         self.stdout.write(text + "\n")
@@ -122,6 +152,10 @@ class TraderShell(cmd.Cmd):
                 stop = _int(word[5:], "stop")
             else:
                 price = _int(word, "PRICE")
+        if self.session is not None:
+            self._session_call(self.session.submit_order(symbol, side, price, quantity, stop,
+                                                         aon, ioc))
+            return
         result = self.client.submit(symbol, side, price, quantity, stop, aon, ioc)
         self._print_reply(result.reply)
 
@@ -145,6 +179,9 @@ class TraderShell(cmd.Cmd):
         words = arg.split()
         if len(words) != 1:
             raise ShellError("usage: cancel ORDER_ID")
+        if self.session is not None:
+            self._session_call(self.session.cancel_order(words[0]))
+            return
         self._print_reply(self.client.cancel(words[0]).reply)
 
     def do_replace(self, arg: str) -> None:
@@ -160,7 +197,17 @@ class TraderShell(cmd.Cmd):
                 price = _int(word[6:], "price")
             else:
                 raise ShellError(f"unexpected {word!r}; use qty=+N|-N and/or price=P")
+        if self.session is not None:
+            self._session_call(self.session.replace_order(words[0], delta, price))
+            return
         self._print_reply(self.client.replace(words[0], delta, price).reply)
+
+    def do_fills(self, arg: str) -> None:
+        """fills: print fills of your resting orders that other traders caused (session only)"""
+        if self.session is None:
+            raise ShellError("fills needs a session (the shell runs without --unary)")
+        for report in self.session.poll(FILLS_WAIT_S):
+            self._print_report(report)
 
     def do_book(self, arg: str) -> None:
         """book SYMBOL [LEVELS]: the order book as the leader sees it"""
@@ -223,15 +270,22 @@ class TraderShell(cmd.Cmd):
     do_EOF = do_quit  # noqa: N815 (cmd.Cmd's name for end of input)
 
 
-def run_shell(addresses: tuple[str, ...], client_id: int, first_seq: int = 1) -> int:
+def run_shell(addresses: tuple[str, ...], client_id: int, first_seq: int = 1,
+              unary: bool = False) -> int:
     connection = ClusterConnection(addresses)
-    shell = TraderShell(TraderClient(connection, client_id, first_seq=first_seq))
-    shell.say(f"client id {client_id}, first seq {first_seq}; servers {', '.join(addresses)}")
+    session = None if unary else SessionClient(connection, client_id, first_seq=first_seq)
+    shell = TraderShell(TraderClient(connection, client_id, first_seq=first_seq),
+                        session=session)
+    mode = "unary calls" if unary else "an order session"
+    shell.say(f"client id {client_id}, first seq {first_seq}; servers {', '.join(addresses)}; "
+              f"{mode}")
     try:
         shell.cmdloop()
     except KeyboardInterrupt:
         shell.say("\ninterrupted; bye")
     finally:
+        if session is not None:
+            session.close()
         connection.close()
     return 0
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65xchange/proto/exchange.proto\x12\x0bmu.exchange\"\xcc\x01\n\x12SubmitOrderRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12\x1f\n\x04side\x18\x04 \x01(\x0e\x32\x11.mu.exchange.Side\x12\r\n\x05price\x18\x05 \x01(\x03\x12\x10\n\x08quantity\x18\x06 \x01(\x03\x12\x12\n\nstop_price\x18\x07 \x01(\x03\x12\x13\n\x0b\x61ll_or_none\x18\x08 \x01(\x08\x12\x1b\n\x13immediate_or_cancel\x18\t \x01(\x08\"Q\n\rCancelRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x0e\n\x06symbol\x18\x04 \x01(\t\"}\n\x0eReplaceRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x16\n\x0equantity_delta\x18\x04 \x01(\x03\x12\x11\n\tnew_price\x18\x05 \x01(\x03\x12\x0e\n\x06symbol\x18\x06 \x01(\t\"\xe7\x01\n\nOrderEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63ontra_order_id\x18\x03 \x01(\t\x12\x0e\n\x06symbol\x18\x04 \x01(\t\x12\r\n\x05price\x18\x05 \x01(\x03\x12\x10\n\x08quantity\x18\x06 \x01(\x03\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x31\n\x05\x65xtra\x18\x08 \x03(\x0b\x32\".mu.exchange.OrderEvent.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa1\x01\n\nOrderReply\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\'\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x17.mu.exchange.OrderEvent\x12\x11\n\tlog_index\x18\x05 \x01(\x04\x12\x11\n\tduplicate\x18\x06 \x01(\x08\x12\x12\n\nreplica_id\x18\x07 \x01(\r\";\n\x11MarketDataRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x15\n\rinclude_depth\x18\x02 \x01(\x08\"B\n\nPriceLevel\x12\r\n\x05price\x18\x01 \x01(\x03\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x13\n\x0border_count\x18\x03 \x01(\r\".\n\x0bTradeUpdate\x12\r\n\x05price\x18\x01 \x01(\x03\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"]\n\tBboUpdate\x12\x11\n\tbid_price\x18\x01 \x01(\x03\x12\x14\n\x0c\x62id_quantity\x18\x02 \x01(\x03\x12\x11\n\task_price\x18\x03 \x01(\x03\x12\x14\n\x0c\x61sk_quantity\x18\x04 \x01(\x03\"[\n\x0b\x44\x65pthUpdate\x12%\n\x04\x62ids\x18\x01 \x03(\x0b\x32\x17.mu.exchange.PriceLevel\x12%\n\x04\x61sks\x18\x02 \x03(\x0b\x32\x17.mu.exchange.PriceLevel\"\xbc\x01\n\x10MarketDataUpdate\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12)\n\x05trade\x18\x03 \x01(\x0b\x32\x18.mu.exchange.TradeUpdateH\x00\x12%\n\x03\x62\x62o\x18\x04 \x01(\x0b\x32\x16.mu.exchange.BboUpdateH\x00\x12)\n\x05\x64\x65pth\x18\x05 \x01(\x0b\x32\x18.mu.exchange.DepthUpdateH\x00\x42\x08\n\x06update\"5\n\x13\x42ookSnapshotRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x0e\n\x06levels\x18\x02 \x01(\r\"\xb1\x01\n\x0c\x42ookSnapshot\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12%\n\x04\x62ids\x18\x02 \x03(\x0b\x32\x17.mu.exchange.PriceLevel\x12%\n\x04\x61sks\x18\x03 \x03(\x0b\x32\x17.mu.exchange.PriceLevel\x12\x18\n\x10last_trade_price\x18\x04 \x01(\x03\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x12\n\nreplica_id\x18\x06 \x01(\r\"\x0f\n\rStatusRequest\"\x8f\x03\n\x06Status\x12\x12\n\nreplica_id\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\r\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x05 \x01(\x04\x12\x15\n\rapplied_index\x18\x06 \x01(\x04\x12\x13\n\x0b\x62ook_digest\x18\x07 \x01(\t\x12\x14\n\x0cstate_digest\x18\x08 \x01(\t\x12\x0f\n\x07symbols\x18\t \x03(\t\x12\x16\n\x0eorders_applied\x18\n \x01(\x04\x12\x1b\n\x13\x64uplicates_replayed\x18\x0b \x01(\x04\x12\x10\n\x08replicas\x18\x0c \x01(\r\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x1f\n\x17recovery_snapshot_index\x18\x0e \x01(\x04\x12\x1b\n\x13recovery_bytes_done\x18\x0f \x01(\x04\x12\x1c\n\x14recovery_bytes_total\x18\x10 \x01(\x04\x12\x1d\n\x15recovery_entries_left\x18\x11 \x01(\x04\"\'\n\x0fSnapshotRequest\x12\x14\n\x0crequester_id\x18\x01 \x01(\r\"A\n\rSnapshotChunk\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c*/\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x07\n\x03\x42UY\x10\x01\x12\x08\n\x04SELL\x10\x02\x32\xb6\x03\n\x08\x45xchange\x12G\n\x0bSubmitOrder\x12\x1f.mu.exchange.SubmitOrderRequest\x1a\x17.mu.exchange.OrderReply\x12=\n\x06\x43\x61ncel\x12\x1a.mu.exchange.CancelRequest\x1a\x17.mu.exchange.OrderReply\x12?\n\x07Replace\x12\x1b.mu.exchange.ReplaceRequest\x1a\x17.mu.exchange.OrderReply\x12S\n\x10StreamMarketData\x12\x1e.mu.exchange.MarketDataRequest\x1a\x1d.mu.exchange.MarketDataUpdate0\x01\x12N\n\x0fGetBookSnapshot\x12 .mu.exchange.BookSnapshotRequest\x1a\x19.mu.exchange.BookSnapshot\x12<\n\tGetStatus\x12\x1a.mu.exchange.StatusRequest\x1a\x13.mu.exchange.Status2Z\n\x0bReplication\x12K\n\rFetchSnapshot\x12\x1c.mu.exchange.SnapshotRequest\x1a\x1a.mu.exchange.SnapshotChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65xchange/proto/exchange.proto\x12\x0bmu.exchange\"\xcc\x01\n\x12SubmitOrderRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0e\n\x06symbol\x18\x03 \x01(\t\x12\x1f\n\x04side\x18\x04 \x01(\x0e\x32\x11.mu.exchange.Side\x12\r\n\x05price\x18\x05 \x01(\x03\x12\x10\n\x08quantity\x18\x06 \x01(\x03\x12\x12\n\nstop_price\x18\x07 \x01(\x03\x12\x13\n\x0b\x61ll_or_none\x18\x08 \x01(\x08\x12\x1b\n\x13immediate_or_cancel\x18\t \x01(\x08\"Q\n\rCancelRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x0e\n\x06symbol\x18\x04 \x01(\t\"}\n\x0eReplaceRequest\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x16\n\x0equantity_delta\x18\x04 \x01(\x03\x12\x11\n\tnew_price\x18\x05 \x01(\x03\x12\x0e\n\x06symbol\x18\x06 \x01(\t\"\xe7\x01\n\nOrderEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63ontra_order_id\x18\x03 \x01(\t\x12\x0e\n\x06symbol\x18\x04 \x01(\t\x12\r\n\x05price\x18\x05 \x01(\x03\x12\x10\n\x08quantity\x18\x06 \x01(\x03\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x31\n\x05\x65xtra\x18\x08 \x03(\x0b\x32\".mu.exchange.OrderEvent.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb6\x01\n\nOrderReply\x12\x11\n\tclient_id\x18\x01 \x01(\x04\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\'\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x17.mu.exchange.OrderEvent\x12\x11\n\tlog_index\x18\x05 \x01(\x04\x12\x11\n\tduplicate\x18\x06 \x01(\x08\x12\x12\n\nreplica_id\x18\x07 \x01(\r\x12\x13\n\x0bunsolicited\x18\x08 \x01(\x08\"\xaa\x01\n\x0cSessionOrder\x12\x31\n\x06submit\x18\x01 \x01(\x0b\x32\x1f.mu.exchange.SubmitOrderRequestH\x00\x12,\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x1a.mu.exchange.CancelRequestH\x00\x12.\n\x07replace\x18\x03 \x01(\x0b\x32\x1b.mu.exchange.ReplaceRequestH\x00\x42\t\n\x07request\";\n\x0eSessionRequest\x12)\n\x06orders\x18\x01 \x03(\x0b\x32\x19.mu.exchange.SessionOrder\";\n\x0fSessionResponse\x12(\n\x07reports\x18\x01 \x03(\x0b\x32\x17.mu.exchange.OrderReply\";\n\x11MarketDataRequest\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x15\n\rinclude_depth\x18\x02 \x01(\x08\"B\n\nPriceLevel\x12\r\n\x05price\x18\x01 \x01(\x03\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x13\n\x0border_count\x18\x03 \x01(\r\".\n\x0bTradeUpdate\x12\r\n\x05price\x18\x01 \x01(\x03\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"]\n\tBboUpdate\x12\x11\n\tbid_price\x18\x01 \x01(\x03\x12\x14\n\x0c\x62id_quantity\x18\x02 \x01(\x03\x12\x11\n\task_price\x18\x03 \x01(\x03\x12\x14\n\x0c\x61sk_quantity\x18\x04 \x01(\x03\"[\n\x0b\x44\x65pthUpdate\x12%\n\x04\x62ids\x18\x01 \x03(\x0b\x32\x17.mu.exchange.PriceLevel\x12%\n\x04\x61sks\x18\x02 \x03(\x0b\x32\x17.mu.exchange.PriceLevel\"\xcf\x01\n\x10MarketDataUpdate\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x0e\n\x06symbol\x18\x02 \x01(\t\x12)\n\x05trade\x18\x03 \x01(\x0b\x32\x18.mu.exchange.TradeUpdateH\x00\x12%\n\x03\x62\x62o\x18\x04 \x01(\x0b\x32\x16.mu.exchange.BboUpdateH\x00\x12)\n\x05\x64\x65pth\x18\x05 \x01(\x0b\x32\x18.mu.exchange.DepthUpdateH\x00\x12\x11\n\tconflated\x18\x06 \x01(\x08\x42\x08\n\x06update\"Z\n\x0fMarketDataBatch\x12.\n\x07updates\x18\x01 \x03(\x0b\x32\x1d.mu.exchange.MarketDataUpdate\x12\x17\n\x0f\x63onflated_count\x18\x02 \x01(\x04\"5\n\x13\x42ookSnapshotRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x0e\n\x06levels\x18\x02 \x01(\r\"\xb1\x01\n\x0c\x42ookSnapshot\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12%\n\x04\x62ids\x18\x02 \x03(\x0b\x32\x17.mu.exchange.PriceLevel\x12%\n\x04\x61sks\x18\x03 \x03(\x0b\x32\x17.mu.exchange.PriceLevel\x12\x18\n\x10last_trade_price\x18\x04 \x01(\x03\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x12\n\nreplica_id\x18\x06 \x01(\r\"\x0f\n\rStatusRequest\"\x8f\x03\n\x06Status\x12\x12\n\nreplica_id\x18\x01 \x01(\r\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\r\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x05 \x01(\x04\x12\x15\n\rapplied_index\x18\x06 \x01(\x04\x12\x13\n\x0b\x62ook_digest\x18\x07 \x01(\t\x12\x14\n\x0cstate_digest\x18\x08 \x01(\t\x12\x0f\n\x07symbols\x18\t \x03(\t\x12\x16\n\x0eorders_applied\x18\n \x01(\x04\x12\x1b\n\x13\x64uplicates_replayed\x18\x0b \x01(\x04\x12\x10\n\x08replicas\x18\x0c \x01(\r\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x1f\n\x17recovery_snapshot_index\x18\x0e \x01(\x04\x12\x1b\n\x13recovery_bytes_done\x18\x0f \x01(\x04\x12\x1c\n\x14recovery_bytes_total\x18\x10 \x01(\x04\x12\x1d\n\x15recovery_entries_left\x18\x11 \x01(\x04\"\'\n\x0fSnapshotRequest\x12\x14\n\x0crequester_id\x18\x01 \x01(\r\"A\n\rSnapshotChunk\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c*/\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x07\n\x03\x42UY\x10\x01\x12\x08\n\x04SELL\x10\x02\x32\xe0\x04\n\x08\x45xchange\x12G\n\x0bSubmitOrder\x12\x1f.mu.exchange.SubmitOrderRequest\x1a\x17.mu.exchange.OrderReply\x12=\n\x06\x43\x61ncel\x12\x1a.mu.exchange.CancelRequest\x1a\x17.mu.exchange.OrderReply\x12?\n\x07Replace\x12\x1b.mu.exchange.ReplaceRequest\x1a\x17.mu.exchange.OrderReply\x12M\n\x0cOrderSession\x12\x1b.mu.exchange.SessionRequest\x1a\x1c.mu.exchange.SessionResponse(\x01\x30\x01\x12S\n\x10StreamMarketData\x12\x1e.mu.exchange.MarketDataRequest\x1a\x1d.mu.exchange.MarketDataUpdate0\x01\x12Y\n\x17StreamMarketDataBatches\x12\x1e.mu.exchange.MarketDataRequest\x1a\x1c.mu.exchange.MarketDataBatch0\x01\x12N\n\x0fGetBookSnapshot\x12 .mu.exchange.BookSnapshotRequest\x1a\x19.mu.exchange.BookSnapshot\x12<\n\tGetStatus\x12\x1a.mu.exchange.StatusRequest\x1a\x13.mu.exchange.Status2Z\n\x0bReplication\x12K\n\rFetchSnapshot\x12\x1c.mu.exchange.SnapshotRequest\x1a\x1a.mu.exchange.SnapshotChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ORDEREVENT_EXTRAENTRY']._loaded_options = None
   _globals['_ORDEREVENT_EXTRAENTRY']._serialized_options = b'8\001'
-  _globals['_SIDE']._serialized_start=2179
-  _globals['_SIDE']._serialized_end=2226
+  _globals['_SIDE']._serialized_start=2606
+  _globals['_SIDE']._serialized_end=2653
   _globals['_SUBMITORDERREQUEST']._serialized_start=47
   _globals['_SUBMITORDERREQUEST']._serialized_end=251
   _globals['_CANCELREQUEST']._serialized_start=253
@@ -46,33 +46,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDEREVENT_EXTRAENTRY']._serialized_start=651
   _globals['_ORDEREVENT_EXTRAENTRY']._serialized_end=695
   _globals['_ORDERREPLY']._serialized_start=698
-  _globals['_ORDERREPLY']._serialized_end=859
-  _globals['_MARKETDATAREQUEST']._serialized_start=861
-  _globals['_MARKETDATAREQUEST']._serialized_end=920
-  _globals['_PRICELEVEL']._serialized_start=922
-  _globals['_PRICELEVEL']._serialized_end=988
-  _globals['_TRADEUPDATE']._serialized_start=990
-  _globals['_TRADEUPDATE']._serialized_end=1036
-  _globals['_BBOUPDATE']._serialized_start=1038
-  _globals['_BBOUPDATE']._serialized_end=1131
-  _globals['_DEPTHUPDATE']._serialized_start=1133
-  _globals['_DEPTHUPDATE']._serialized_end=1224
-  _globals['_MARKETDATAUPDATE']._serialized_start=1227
-  _globals['_MARKETDATAUPDATE']._serialized_end=1415
-  _globals['_BOOKSNAPSHOTREQUEST']._serialized_start=1417
-  _globals['_BOOKSNAPSHOTREQUEST']._serialized_end=1470
-  _globals['_BOOKSNAPSHOT']._serialized_start=1473
-  _globals['_BOOKSNAPSHOT']._serialized_end=1650
-  _globals['_STATUSREQUEST']._serialized_start=1652
-  _globals['_STATUSREQUEST']._serialized_end=1667
-  _globals['_STATUS']._serialized_start=1670
-  _globals['_STATUS']._serialized_end=2069
-  _globals['_SNAPSHOTREQUEST']._serialized_start=2071
-  _globals['_SNAPSHOTREQUEST']._serialized_end=2110
-  _globals['_SNAPSHOTCHUNK']._serialized_start=2112
-  _globals['_SNAPSHOTCHUNK']._serialized_end=2177
-  _globals['_EXCHANGE']._serialized_start=2229
-  _globals['_EXCHANGE']._serialized_end=2667
-  _globals['_REPLICATION']._serialized_start=2669
-  _globals['_REPLICATION']._serialized_end=2759
+  _globals['_ORDERREPLY']._serialized_end=880
+  _globals['_SESSIONORDER']._serialized_start=883
+  _globals['_SESSIONORDER']._serialized_end=1053
+  _globals['_SESSIONREQUEST']._serialized_start=1055
+  _globals['_SESSIONREQUEST']._serialized_end=1114
+  _globals['_SESSIONRESPONSE']._serialized_start=1116
+  _globals['_SESSIONRESPONSE']._serialized_end=1175
+  _globals['_MARKETDATAREQUEST']._serialized_start=1177
+  _globals['_MARKETDATAREQUEST']._serialized_end=1236
+  _globals['_PRICELEVEL']._serialized_start=1238
+  _globals['_PRICELEVEL']._serialized_end=1304
+  _globals['_TRADEUPDATE']._serialized_start=1306
+  _globals['_TRADEUPDATE']._serialized_end=1352
+  _globals['_BBOUPDATE']._serialized_start=1354
+  _globals['_BBOUPDATE']._serialized_end=1447
+  _globals['_DEPTHUPDATE']._serialized_start=1449
+  _globals['_DEPTHUPDATE']._serialized_end=1540
+  _globals['_MARKETDATAUPDATE']._serialized_start=1543
+  _globals['_MARKETDATAUPDATE']._serialized_end=1750
+  _globals['_MARKETDATABATCH']._serialized_start=1752
+  _globals['_MARKETDATABATCH']._serialized_end=1842
+  _globals['_BOOKSNAPSHOTREQUEST']._serialized_start=1844
+  _globals['_BOOKSNAPSHOTREQUEST']._serialized_end=1897
+  _globals['_BOOKSNAPSHOT']._serialized_start=1900
+  _globals['_BOOKSNAPSHOT']._serialized_end=2077
+  _globals['_STATUSREQUEST']._serialized_start=2079
+  _globals['_STATUSREQUEST']._serialized_end=2094
+  _globals['_STATUS']._serialized_start=2097
+  _globals['_STATUS']._serialized_end=2496
+  _globals['_SNAPSHOTREQUEST']._serialized_start=2498
+  _globals['_SNAPSHOTREQUEST']._serialized_end=2537
+  _globals['_SNAPSHOTCHUNK']._serialized_start=2539
+  _globals['_SNAPSHOTCHUNK']._serialized_end=2604
+  _globals['_EXCHANGE']._serialized_start=2656
+  _globals['_EXCHANGE']._serialized_end=3264
+  _globals['_REPLICATION']._serialized_start=3266
+  _globals['_REPLICATION']._serialized_end=3356
 # @@protoc_insertion_point(module_scope)

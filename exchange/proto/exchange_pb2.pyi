@@ -95,7 +95,7 @@ class OrderEvent(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., order_id: _Optional[str] = ..., contra_order_id: _Optional[str] = ..., symbol: _Optional[str] = ..., price: _Optional[int] = ..., quantity: _Optional[int] = ..., reason: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class OrderReply(_message.Message):
-    __slots__ = ("client_id", "seq", "order_id", "events", "log_index", "duplicate", "replica_id")
+    __slots__ = ("client_id", "seq", "order_id", "events", "log_index", "duplicate", "replica_id", "unsolicited")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class OrderReply(_message.Message):
     LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
+    UNSOLICITED_FIELD_NUMBER: _ClassVar[int]
     client_id: int
     seq: int
     order_id: str
@@ -110,7 +111,30 @@ class OrderReply(_message.Message):
     log_index: int
     duplicate: bool
     replica_id: int
-    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., order_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[OrderEvent, _Mapping]]] = ..., log_index: _Optional[int] = ..., duplicate: _Optional[bool] = ..., replica_id: _Optional[int] = ...) -> None: ...
+    unsolicited: bool
+    def __init__(self, client_id: _Optional[int] = ..., seq: _Optional[int] = ..., order_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[OrderEvent, _Mapping]]] = ..., log_index: _Optional[int] = ..., duplicate: _Optional[bool] = ..., replica_id: _Optional[int] = ..., unsolicited: _Optional[bool] = ...) -> None: ...
+
+class SessionOrder(_message.Message):
+    __slots__ = ("submit", "cancel", "replace")
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    submit: SubmitOrderRequest
+    cancel: CancelRequest
+    replace: ReplaceRequest
+    def __init__(self, submit: _Optional[_Union[SubmitOrderRequest, _Mapping]] = ..., cancel: _Optional[_Union[CancelRequest, _Mapping]] = ..., replace: _Optional[_Union[ReplaceRequest, _Mapping]] = ...) -> None: ...
+
+class SessionRequest(_message.Message):
+    __slots__ = ("orders",)
+    ORDERS_FIELD_NUMBER: _ClassVar[int]
+    orders: _containers.RepeatedCompositeFieldContainer[SessionOrder]
+    def __init__(self, orders: _Optional[_Iterable[_Union[SessionOrder, _Mapping]]] = ...) -> None: ...
+
+class SessionResponse(_message.Message):
+    __slots__ = ("reports",)
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    reports: _containers.RepeatedCompositeFieldContainer[OrderReply]
+    def __init__(self, reports: _Optional[_Iterable[_Union[OrderReply, _Mapping]]] = ...) -> None: ...
 
 class MarketDataRequest(_message.Message):
     __slots__ = ("symbols", "include_depth")
@@ -159,18 +183,28 @@ class DepthUpdate(_message.Message):
     def __init__(self, bids: _Optional[_Iterable[_Union[PriceLevel, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[PriceLevel, _Mapping]]] = ...) -> None: ...
 
 class MarketDataUpdate(_message.Message):
-    __slots__ = ("log_index", "symbol", "trade", "bbo", "depth")
+    __slots__ = ("log_index", "symbol", "trade", "bbo", "depth", "conflated")
     LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
     SYMBOL_FIELD_NUMBER: _ClassVar[int]
     TRADE_FIELD_NUMBER: _ClassVar[int]
     BBO_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
+    CONFLATED_FIELD_NUMBER: _ClassVar[int]
     log_index: int
     symbol: str
     trade: TradeUpdate
     bbo: BboUpdate
     depth: DepthUpdate
-    def __init__(self, log_index: _Optional[int] = ..., symbol: _Optional[str] = ..., trade: _Optional[_Union[TradeUpdate, _Mapping]] = ..., bbo: _Optional[_Union[BboUpdate, _Mapping]] = ..., depth: _Optional[_Union[DepthUpdate, _Mapping]] = ...) -> None: ...
+    conflated: bool
+    def __init__(self, log_index: _Optional[int] = ..., symbol: _Optional[str] = ..., trade: _Optional[_Union[TradeUpdate, _Mapping]] = ..., bbo: _Optional[_Union[BboUpdate, _Mapping]] = ..., depth: _Optional[_Union[DepthUpdate, _Mapping]] = ..., conflated: _Optional[bool] = ...) -> None: ...
+
+class MarketDataBatch(_message.Message):
+    __slots__ = ("updates", "conflated_count")
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    CONFLATED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    updates: _containers.RepeatedCompositeFieldContainer[MarketDataUpdate]
+    conflated_count: int
+    def __init__(self, updates: _Optional[_Iterable[_Union[MarketDataUpdate, _Mapping]]] = ..., conflated_count: _Optional[int] = ...) -> None: ...
 
 class BookSnapshotRequest(_message.Message):
     __slots__ = ("symbol", "levels")

@@ -49,10 +49,20 @@ class ExchangeStub:
                 request_serializer=exchange_dot_proto_dot_exchange__pb2.ReplaceRequest.SerializeToString,
                 response_deserializer=exchange_dot_proto_dot_exchange__pb2.OrderReply.FromString,
                 _registered_method=True)
+        self.OrderSession = channel.stream_stream(
+                '/mu.exchange.Exchange/OrderSession',
+                request_serializer=exchange_dot_proto_dot_exchange__pb2.SessionRequest.SerializeToString,
+                response_deserializer=exchange_dot_proto_dot_exchange__pb2.SessionResponse.FromString,
+                _registered_method=True)
         self.StreamMarketData = channel.unary_stream(
                 '/mu.exchange.Exchange/StreamMarketData',
                 request_serializer=exchange_dot_proto_dot_exchange__pb2.MarketDataRequest.SerializeToString,
                 response_deserializer=exchange_dot_proto_dot_exchange__pb2.MarketDataUpdate.FromString,
+                _registered_method=True)
+        self.StreamMarketDataBatches = channel.unary_stream(
+                '/mu.exchange.Exchange/StreamMarketDataBatches',
+                request_serializer=exchange_dot_proto_dot_exchange__pb2.MarketDataRequest.SerializeToString,
+                response_deserializer=exchange_dot_proto_dot_exchange__pb2.MarketDataBatch.FromString,
                 _registered_method=True)
         self.GetBookSnapshot = channel.unary_unary(
                 '/mu.exchange.Exchange/GetBookSnapshot',
@@ -87,7 +97,19 @@ class ExchangeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OrderSession(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamMarketData(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamMarketDataBatches(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,10 +145,20 @@ def add_ExchangeServicer_to_server(servicer, server):
                     request_deserializer=exchange_dot_proto_dot_exchange__pb2.ReplaceRequest.FromString,
                     response_serializer=exchange_dot_proto_dot_exchange__pb2.OrderReply.SerializeToString,
             ),
+            'OrderSession': grpc.stream_stream_rpc_method_handler(
+                    servicer.OrderSession,
+                    request_deserializer=exchange_dot_proto_dot_exchange__pb2.SessionRequest.FromString,
+                    response_serializer=exchange_dot_proto_dot_exchange__pb2.SessionResponse.SerializeToString,
+            ),
             'StreamMarketData': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamMarketData,
                     request_deserializer=exchange_dot_proto_dot_exchange__pb2.MarketDataRequest.FromString,
                     response_serializer=exchange_dot_proto_dot_exchange__pb2.MarketDataUpdate.SerializeToString,
+            ),
+            'StreamMarketDataBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamMarketDataBatches,
+                    request_deserializer=exchange_dot_proto_dot_exchange__pb2.MarketDataRequest.FromString,
+                    response_serializer=exchange_dot_proto_dot_exchange__pb2.MarketDataBatch.SerializeToString,
             ),
             'GetBookSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBookSnapshot,
@@ -231,6 +263,33 @@ class Exchange:
             _registered_method=True)
 
     @staticmethod
+    def OrderSession(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mu.exchange.Exchange/OrderSession',
+            exchange_dot_proto_dot_exchange__pb2.SessionRequest.SerializeToString,
+            exchange_dot_proto_dot_exchange__pb2.SessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def StreamMarketData(request,
             target,
             options=(),
@@ -247,6 +306,33 @@ class Exchange:
             '/mu.exchange.Exchange/StreamMarketData',
             exchange_dot_proto_dot_exchange__pb2.MarketDataRequest.SerializeToString,
             exchange_dot_proto_dot_exchange__pb2.MarketDataUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMarketDataBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mu.exchange.Exchange/StreamMarketDataBatches',
+            exchange_dot_proto_dot_exchange__pb2.MarketDataRequest.SerializeToString,
+            exchange_dot_proto_dot_exchange__pb2.MarketDataBatch.FromString,
             options,
             channel_credentials,
             insecure,

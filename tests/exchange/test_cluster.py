@@ -12,8 +12,10 @@ import pytest
 
 from exchange.cluster import LocalCluster
 from exchange.proto import exchange_pb2 as pb
-from tests.exchange.conftest import new_client
+from tests.exchange.conftest import _client_ids, new_client
+from traders.client import ClusterConnection
 from traders.load import LoadConfig, LoadRun
+from traders.session import SessionClient
 
 pytestmark = pytest.mark.slow
 LEADER_TIMEOUT_S = 10.0
@@ -132,3 +134,42 @@ def test_digests_equal_after_load_with_failovers(cluster3, seed):
     assert report.retried >= 1, seed  # the traders did live through the failovers
     statuses = _assert_converged(cluster3)
     assert len({s.orders_applied for s in statuses.values()}) == 1, seed
+
+
+def test_sessions_execute_exactly_once_across_a_failover(cluster3):
+    """A trader streams order lists with many unanswered; the leader is paused in the middle;
+    the session reconnects to the new leader and resends every unanswered seq: each order rests
+    exactly once (one lot per price level) and every seq is answered exactly once."""
+    leader = cluster3.wait_for_leader(LEADER_TIMEOUT_S)
+    connection = ClusterConnection(tuple(cluster3.addresses.values()))
+    session = SessionClient(connection, next(_client_ids))
+    total, per_message, window = 400, 5, 60
+    answers: dict[int, pb.OrderReply] = {}
+    paused_at = 0
+    sent = 0
+    while len(answers) < total:
+        while sent < total and session.in_flight + per_message <= window:
+            session.send([session.submit_order("CLS", pb.BUY, 1_000 + sent + i, 1)
+                          for i in range(per_message)])
+            sent += per_message
+        for report in session.receive():
+            assert not report.unsolicited
+            assert report.seq not in answers, f"seq {report.seq} answered twice"
+            answers[report.seq] = report
+        if not paused_at and len(answers) >= 100:
+            assert session.in_flight > 0
+            paused_at = len(answers)
+            cluster3.control(leader, "p")  # orders are in flight right now
+    new_leader = cluster3.wait_for_leader(LEADER_TIMEOUT_S, exclude=leader)
+    assert session.reconnects >= 1 and session.target == cluster3.addresses[new_leader]
+    assert sorted(answers) == list(range(1, total + 1))
+    assert all(not r.events or r.events[0].kind == "accept" for r in answers.values())
+    session.close()
+    connection.close()
+    cluster3.control(leader, "r")
+    _wait_role(cluster3, leader, "follower")
+    _assert_converged(cluster3)
+    for replica_id in cluster3.addresses:
+        snap = cluster3.stub(replica_id).GetBookSnapshot(pb.BookSnapshotRequest(symbol="CLS"))
+        assert [(lv.price, lv.quantity, lv.order_count) for lv in snap.bids] == \
+            [(1_000 + total - 1 - i, 1, 1) for i in range(total)]

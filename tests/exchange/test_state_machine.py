@@ -4,8 +4,14 @@ import random
 
 import pytest
 
-from exchange.state_machine import ENTRY_HEADER, ExchangeStateMachine, encode_entry
-from orderbook import AddOrder, CancelOrder, Filled, ReplaceOrder, Side, Trade
+from exchange.state_machine import (
+    BATCH_HEADER,
+    ENTRY_HEADER,
+    ExchangeStateMachine,
+    encode_batch,
+    encode_entry,
+)
+from orderbook import AddOrder, CancelOrder, Filled, ReplaceOrder, Side, Trade, encode_command
 
 
 def _add(client: int, seq: int, side: Side, price: int, qty: int) -> bytes:
@@ -91,3 +97,56 @@ def test_same_log_gives_same_digests(seed):
     for index, payload in enumerate(log[:-1], start=1):
         c.apply(index, payload)
     assert c.state_digest() != a.state_digest(), f"seed {seed}"
+
+
+def _body(client: int, seq: int, side: Side, price: int, qty: int) -> tuple[int, int, bytes]:
+    return client, seq, encode_command(AddOrder(f"{client}.{seq}", "AAPL", side, price, qty))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_batch_applies_like_its_requests_one_by_one(seed):
+    rng = random.Random(seed)
+    requests = [_body(1 + rng.randrange(4), seq, rng.choice((Side.BUY, Side.SELL)),
+                      100 + rng.randrange(5), 1 + rng.randrange(9)) for seq in range(1, 200)]
+    requests += requests[:10]  # retries of requests already executed, in the same log
+    single, batched = ExchangeStateMachine(), ExchangeStateMachine()
+    single_replies = [single.apply(i + 1, ENTRY_HEADER.pack(c, s) + b).reply
+                      for i, (c, s, b) in enumerate(requests)]
+    batched_replies = []
+    index = 0
+    position = 0
+    while position < len(requests):
+        size = 1 + rng.randrange(40)
+        chunk = requests[position : position + size]
+        position += size
+        index += 1
+        applied = batched.apply_entry(index, encode_batch(chunk))
+        assert [a.index for a in applied] == [index] * len(chunk), seed
+        batched_replies += [a.reply for a in applied]
+    assert [(r.client_id, r.seq, r.events, r.duplicate) for r in single_replies] == \
+        [(r.client_id, r.seq, r.events, r.duplicate) for r in batched_replies], seed
+    assert single.book_digest() == batched.book_digest(), seed
+    assert batched.duplicate_count == single.duplicate_count == 10, seed
+    assert batched.executed_count == single.executed_count, seed
+
+
+def test_single_and_batch_entries_mix_and_malformed_batches_are_replies():
+    sm = ExchangeStateMachine()
+    assert not sm.apply(1, _add(7, 1, Side.SELL, 100, 5)).reply.error  # format 0 still decodes
+    applied = sm.apply_entry(2, encode_batch([_body(7, 2, Side.BUY, 100, 2),
+                                               _body(8, 1, Side.BUY, 100, 2)]))
+    assert [(a.reply.client_id, a.reply.seq) for a in applied] == [(7, 2), (8, 1)]
+    assert any(isinstance(e, Filled) for e in applied[1].reply.events)
+    bad_version = BATCH_HEADER.pack(0, 99, 1) + b"\x00" * 40
+    assert "version 99" in sm.apply_entry(3, bad_version)[0].reply.error
+    truncated = encode_batch([_body(9, 1, Side.BUY, 90, 1), _body(9, 2, Side.BUY, 90, 1)])[:-5]
+    out = sm.apply_entry(4, truncated)
+    assert [a.reply.seq for a in out] == [1, 0] and "malformed" in out[1].reply.error
+    assert sm.applied_index == 4
+    again = ExchangeStateMachine()  # a replica that applies the same entries agrees
+    for index, payload in enumerate([_add(7, 1, Side.SELL, 100, 5),
+                                     encode_batch([_body(7, 2, Side.BUY, 100, 2),
+                                                   _body(8, 1, Side.BUY, 100, 2)]),
+                                     bad_version, truncated], start=1):
+        again.apply_entry(index, payload)
+    assert again.state_digest() == sm.state_digest()

@@ -50,6 +50,30 @@ def test_shell_places_cancels_replaces_and_reads(server):
     assert "error: unknown command 'frobnicate'" in out
     assert "standalone leader 1" in out
     assert "watching SHL for 1 s" in out and "watch ended" in out
+    assert "an order session" in out
+
+
+def test_shell_reports_unsolicited_fills_and_runs_unary(server):
+    seller = _run(["shell", "--servers", server.server_uris, "--client-id", "91"],
+                  "sell SHF 10 500\nbuy SHF 1 1\nfills\nquit\n")
+    assert seller.returncode == 0, seller.stderr
+    buyer = _run(["shell", "--servers", server.server_uris, "--client-id", "92", "--unary"],
+                 "buy SHF 4 500\nquit\n")
+    assert "fill 92.1 contra=91.1 price=500 qty=4" in buyer.stdout and "unary" in buyer.stdout
+    script = "sell SHG 10 600\nfills\nfills\nfills\nfills\nquit\n"
+    with subprocess.Popen([sys.executable, "-m", "traders", "shell", "--servers",
+                           server.server_uris, "--client-id", "93"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as shell:
+        assert shell.stdin is not None and shell.stdout is not None
+        shell.stdin.write("sell SHG 10 600\n")
+        shell.stdin.flush()
+        while "accept 93.1" not in shell.stdout.readline():
+            pass
+        bought = _run(["shell", "--servers", server.server_uris, "--client-id", "94"],
+                      "buy SHG 3 600\nquit\n")
+        assert "fill 94.1 contra=93.1" in bought.stdout
+        out, _ = shell.communicate(script.split("\n", 1)[1], timeout=60)
+    assert "fill (unsolicited" in out and "fill 93.1 contra=94.1 price=600 qty=3" in out
 
 
 def test_load_reports_and_dumps_latencies(server, tmp_path):
@@ -67,6 +91,19 @@ def test_load_reports_and_dumps_latencies(server, tmp_path):
     assert lines[0].startswith("# start_us latency_us")
     assert len(lines) > 10
     assert all(len(line.split()) == 5 for line in lines[1:])
+
+
+def test_load_over_sessions(server):
+    result = _run(["load", "--servers", server.server_uris, "--traders", "2", "--test-ms",
+                   "1500", "--seed", "4", "--stream", "--batch", "10", "--window", "3",
+                   "--latency-file", "", "--no-progress"])
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "sessions, 10 orders per message, 3 messages unanswered per trader" in out
+    assert "failed 0" in out and "unsolicited fills reported on sessions" in out
+    bad = _run(["load", "--servers", server.server_uris, "--stream", "--batch", "20",
+                "--window", "6", "--test-ms", "10"])
+    assert bad.returncode == 2 and "at most 100 orders may be unanswered" in bad.stderr
 
 
 def test_load_bad_arguments_are_one_line_errors():

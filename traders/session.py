@@ -1,0 +1,272 @@
+"""A trader's OrderSession: pipelined order lists over one stream, reconnecting across failovers.
+
+Rule 1: every order gets the client's next seq once; until its answer arrives it stays in
+        ``unanswered`` (in send order), and every reconnect resends all of them, in order, with the
+        same seqs, so the exchange executes each at most once (its dedup table answers a resent
+        order that already executed, marked duplicate).
+Rule 2: a stream that ends with FAILED_PRECONDITION and ``leader-address`` reconnects there;
+        UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED, an end without status, or no report for
+        ``stall_s`` while orders are unanswered (a stopped server) try the next server after a
+        short, growing back-off. RESOURCE_EXHAUSTED (the client broke the flow-control limit) and
+        INVALID_ARGUMENT (a malformed message) are final (``RequestRejected``). Without progress
+        for ``give_up_s`` the client gives up (``ExchangeUnreachable``).
+Rule 3: a message carries at most ``SESSION_MESSAGE_ORDERS_MAX`` orders; callers keep at most
+        ``SESSION_IN_FLIGHT_MAX`` unanswered (``in_flight``); ``send`` asserts both.
+Rule 4: reports with ``unsolicited`` set are fills of this client's resting orders caused by other
+        traders; ``receive`` returns them with the answers and they never touch ``unanswered``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+
+import grpc
+
+from exchange.proto import exchange_pb2 as pb
+from exchange.session import SESSION_IN_FLIGHT_MAX, SESSION_MESSAGE_ORDERS_MAX
+from traders.client import (
+    ATTEMPT_TIMEOUT_S,
+    BACKOFF_INITIAL_S,
+    BACKOFF_MAX_S,
+    GIVE_UP_S,
+    RETRYABLE_CODES,
+    ClusterConnection,
+    ExchangeUnreachable,
+    RequestRejected,
+    _leader_hint,
+)
+
+WATCHDOG_PERIOD_S = 0.05  # how often stalled streams are looked for
+
+
+class _Watchdog:
+    """One thread for every session of the process: cancels a stream whose client has waited
+    longer than its stall limit for a report (Rule 2), so ``receive`` never blocks forever."""
+
+    def __init__(self) -> None:
+        self._sessions: weakref.WeakSet[SessionClient] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, session: SessionClient) -> None:
+        with self._lock:
+            self._sessions.add(session)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="session-watchdog",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(WATCHDOG_PERIOD_S)
+            now = time.monotonic()
+            with self._lock:
+                sessions = list(self._sessions)
+            for session in sessions:
+                session.check_stall(now)
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _requests(outbox: queue.SimpleQueue[pb.SessionRequest | None]) -> Iterator[pb.SessionRequest]:
+    while True:
+        message = outbox.get()
+        if message is None:
+            return
+        yield message
+
+
+class SessionClient:
+    """One trader's session (see module rules). Use from one thread."""
+
+    def __init__(
+        self,
+        connection: ClusterConnection,
+        client_id: int,
+        first_seq: int = 1,
+        give_up_s: float = GIVE_UP_S,
+        stall_s: float = ATTEMPT_TIMEOUT_S,
+    ) -> None:
+        assert client_id > 0, client_id
+        assert first_seq >= 1, first_seq
+        self.connection = connection
+        self.client_id = client_id
+        self.give_up_s = give_up_s
+        self.stall_s = stall_s
+        self._seq = first_seq - 1
+        self.unanswered: dict[int, pb.SessionOrder] = {}  # seq -> order, in send order
+        self.target = connection.leader_guess
+        self._outbox: queue.SimpleQueue[pb.SessionRequest | None] | None = None
+        self._call: grpc.Call | None = None
+        self._responses: Iterator[pb.SessionResponse] | None = None
+        self._waiting_since = 0.0  # monotonic time receive() started waiting; 0 = not waiting
+        self._poll_until = 0.0  # poll(): the watchdog ends the wait at this monotonic time
+        self.reconnects = 0
+        self.last_failure_ns = 0  # monotonic time of the latest stream failure
+        self.last_error = ""
+        _WATCHDOG.watch(self)
+
+    # -- building orders ----------------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    @property
+    def last_seq(self) -> int:
+        """The seq the latest built order got."""
+        return self._seq
+
+    def submit_order(
+        self, symbol: str, side: pb.Side, price: int, quantity: int, stop_price: int = 0,
+        all_or_none: bool = False, immediate_or_cancel: bool = False,
+    ) -> pb.SessionOrder:
+        return pb.SessionOrder(submit=pb.SubmitOrderRequest(
+            client_id=self.client_id, seq=self.next_seq(), symbol=symbol, side=side, price=price,
+            quantity=quantity, stop_price=stop_price, all_or_none=all_or_none,
+            immediate_or_cancel=immediate_or_cancel))
+
+    def cancel_order(self, order_id: str, symbol: str = "") -> pb.SessionOrder:
+        return pb.SessionOrder(cancel=pb.CancelRequest(
+            client_id=self.client_id, seq=self.next_seq(), order_id=order_id, symbol=symbol))
+
+    def replace_order(self, order_id: str, quantity_delta: int = 0, new_price: int = 0,
+                      symbol: str = "") -> pb.SessionOrder:
+        return pb.SessionOrder(replace=pb.ReplaceRequest(
+            client_id=self.client_id, seq=self.next_seq(), order_id=order_id,
+            quantity_delta=quantity_delta, new_price=new_price, symbol=symbol))
+
+    # -- the stream ---------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.unanswered)
+
+    def send(self, orders: list[pb.SessionOrder]) -> None:
+        """Send one order list (Rule 3); answers come from ``receive``."""
+        assert 1 <= len(orders) <= SESSION_MESSAGE_ORDERS_MAX, len(orders)
+        assert len(self.unanswered) + len(orders) <= SESSION_IN_FLIGHT_MAX
+        for order in orders:
+            request = getattr(order, order.WhichOneof("request") or "submit")
+            self.unanswered[request.seq] = order
+        if self._outbox is None:
+            self._connect()  # sends everything unanswered, these orders included
+            return
+        self._outbox.put(pb.SessionRequest(orders=orders))
+
+    def receive(self) -> list[pb.OrderReply]:
+        """The next reports (answers in send order, unsolicited fills: Rule 4); reconnects and
+        resends as Rule 2 says. Precondition: something is unanswered or subscribed to."""
+        give_up_at = 0.0
+        backoff_s = BACKOFF_INITIAL_S
+        while True:
+            if self._responses is None:
+                self._connect()
+            assert self._responses is not None
+            self._waiting_since = time.monotonic()
+            try:
+                response = next(self._responses)
+            except StopIteration:
+                error_text, hint, final = "stream ended without a status", None, False
+            except grpc.RpcError as error:
+                error_text, hint, final = self._classify(error)
+            else:
+                self._waiting_since = 0.0
+                reports = list(response.reports)
+                unanswered = self.unanswered
+                for report in reports:
+                    if not report.unsolicited:
+                        unanswered.pop(report.seq, None)
+                return reports
+            self._waiting_since = 0.0
+            self._disconnect()
+            self.last_failure_ns = time.monotonic_ns()
+            self.last_error = f"{self.target}: {error_text}"
+            if final:
+                raise RequestRejected(error_text)
+            now = time.monotonic()
+            give_up_at = give_up_at or now + self.give_up_s
+            if now >= give_up_at:
+                raise ExchangeUnreachable(
+                    f"no leader took the session within {self.give_up_s} s; last error: "
+                    f"{self.last_error}")
+            if hint is not None and hint != self.target:
+                self.target = hint
+                continue
+            time.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+            self.target = self.connection.next_address(self.target)
+
+    def _classify(self, error: grpc.RpcError) -> tuple[str, str | None, bool]:
+        """(message, leader hint, final?) of a stream's end (Rule 2)."""
+        code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+        details = error.details() if isinstance(error, grpc.Call) else str(error)
+        text = f"{code.name}: {details}"
+        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            return text, None, True
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            return text, _leader_hint(error), False
+        return text, None, code not in RETRYABLE_CODES
+
+    def _connect(self) -> None:
+        """Open a stream to ``target`` and resend every unanswered order, in order (Rule 1)."""
+        outbox: queue.SimpleQueue[pb.SessionRequest | None] = queue.SimpleQueue()
+        call = self.connection.stub(self.target).OrderSession(_requests(outbox))
+        self._outbox, self._call, self._responses = outbox, call, call
+        orders = list(self.unanswered.values())
+        for start in range(0, len(orders), SESSION_MESSAGE_ORDERS_MAX):
+            outbox.put(pb.SessionRequest(orders=orders[start : start + SESSION_MESSAGE_ORDERS_MAX]))
+        self.connection.leader_guess = self.target
+
+    def _disconnect(self) -> None:
+        if self._outbox is not None:
+            self._outbox.put(None)
+        if self._call is not None:
+            self._call.cancel()  # type: ignore[no-untyped-call]
+        if self._outbox is not None:
+            self.reconnects += 1
+        self._outbox = self._call = self._responses = None
+
+    def poll(self, timeout_s: float) -> list[pb.OrderReply]:
+        """Reports that arrive within ``timeout_s`` (unsolicited fills of an idle trader). The
+        stream is closed at the end of the wait and reopened by the next ``send``; fills are
+        routed to a stream once it has carried an order of this client."""
+        if self._responses is None:
+            self._connect()
+        assert self._responses is not None
+        out: list[pb.OrderReply] = []
+        self._poll_until = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    response = next(self._responses)
+                except (grpc.RpcError, StopIteration):
+                    self._disconnect()
+                    return out
+                for report in response.reports:
+                    if not report.unsolicited:
+                        self.unanswered.pop(report.seq, None)
+                    out.append(report)
+        finally:
+            self._poll_until = 0.0
+
+    def check_stall(self, now: float) -> None:
+        """Watchdog: cancel the stream after ``stall_s`` without a report (Rule 2), or at the end
+        of a ``poll``."""
+        since, call = self._waiting_since, self._call
+        if since and call is not None and now - since > self.stall_s and self.unanswered:
+            call.cancel()  # type: ignore[no-untyped-call]
+        if self._poll_until and call is not None and now > self._poll_until:
+            call.cancel()  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        """Half-close the stream and drop it (unanswered orders stay unanswered)."""
+        self._disconnect()
+
+
+__all__ = ["SessionClient"]
