@@ -1,4 +1,4 @@
-"""``python -m exchange {serve,demo,bench,bench-snapshot}``: the exchange's command line.
+"""``python -m exchange {serve,demo,bench,bench-snapshot,bench-rejoin}``: the command line.
 
 Rule 1: bad arguments and configuration errors print one line and exit 2; Ctrl-C exits 130 with a
         clear message; tracebacks are for bugs only.
@@ -108,11 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_serve(commands)
     import exchange.bench as bench
     import exchange.demo as demo
+    import exchange.rejoin_bench as rejoin_bench
     import exchange.snapshot_bench as snapshot_bench
 
     demo.add_parser(commands)
     bench.add_parser(commands)
     snapshot_bench.add_parser(commands)
+    rejoin_bench.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             return demo.run(args)
         if args.command == "bench-snapshot":
             return snapshot_bench.run(args)
+        if args.command == "bench-rejoin":
+            return rejoin_bench.run(args)
         return bench.run(args)
     except ConfigError as exc:
         print(f"python -m exchange {args.command}: error: {exc}", file=sys.stderr)
