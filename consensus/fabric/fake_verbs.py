@@ -184,6 +184,9 @@ REQUIRED_MASK: dict[tuple[int, int], int] = {
     (S.IBV_QPS_RTS, S.IBV_QPS_RTS): 0,
 }
 
+PREVIOUS_STATE: dict[int, int] = {S.IBV_QPS_INIT: S.IBV_QPS_RESET, S.IBV_QPS_RTR: S.IBV_QPS_INIT,
+                                  S.IBV_QPS_RTS: S.IBV_QPS_RTR}
+
 
 # ---- plain attribute objects --------------------------------------------------------------------
 
@@ -333,7 +336,7 @@ class MR:
                  implicit: bool = False, **kwargs: Any) -> None:
         self.pd = creator
         network = creator.context.network
-        self._own = None if address is not None else ctypes.create_string_buffer(length)
+        self._own = ctypes.create_string_buffer(length if address is None else 0)
         self.buf: int = address if address is not None else ctypes.addressof(self._own)
         self.length, self.access = length, int(access)
         self.lkey = self.rkey = network.register(self)
@@ -443,8 +446,7 @@ class QP:
 
     def _transition(self, qp_attr: QPAttr, target: int, message: str) -> None:
         """One step towards RTS with the mask pyverbs' ``to_*`` methods pass."""
-        source = {S.IBV_QPS_INIT: S.IBV_QPS_RESET, S.IBV_QPS_RTR: S.IBV_QPS_INIT,
-                  S.IBV_QPS_RTS: S.IBV_QPS_RTR}[target]
+        source = PREVIOUS_STATE[target]
         qp_attr.qp_state = target
         try:
             self.modify(qp_attr, REQUIRED_MASK[(source, target)] | M.IBV_QP_STATE)
@@ -535,7 +537,7 @@ class FakeRdma:
         def get_device_list() -> list[Device]:
             return [Device(network.device_name.encode())]
 
-        modules = {
+        modules: dict[str, dict[str, Any]] = {
             "device": {"Context": context, "get_device_list": get_device_list, "Device": Device,
                        "PortAttr": PortAttr},
             "pd": {"PD": PD},
