@@ -507,8 +507,8 @@ class VerbsFabric:
         self._slots = SlotPool(STAGING_SLOTS, STAGING_SLOT_BYTES)
         self.requests = CompletionRouter(self.endpoint.send_cq, self._success, self._finished)
         self.drains = CompletionRouter(self.endpoint.drain_cq, self._success, lambda _: None)
-        # (wr_id, status, link, error) of finished posted writes; at most STAGING_SLOTS
-        self._posted_done: deque[tuple[int, int, Link, FabricError | None]] = deque()
+        # (wr_id, status, link, nonce, error) of finished posted writes; at most STAGING_SLOTS
+        self._posted_done: deque[tuple[int, int, Link, int, FabricError | None]] = deque()
         self._posted_lock = threading.Lock()
         self._links: list[Link] = []
         self._links_lock = threading.Lock()
@@ -625,13 +625,13 @@ class VerbsFabric:
             self._repair_wake.set()
             if self.requests.release_on_timeout(request) and request.hold:
                 self._slots.give(request.slot)
-            error = self._error(link, self._flushed, "timed out")
+            error = self._error(link, self._flushed, "timed out", request.nonce)
             if isinstance(error, WriteRejected):  # the owner is alive: it revoked this link
                 link.unresponsive = False
             raise error
         try:
             if request.status != self._success:
-                raise self._error(link, request.status, "failed")
+                raise self._error(link, request.status, "failed", request.nonce)
             return b"" if data is not None else self.endpoint.staging.read(length, request.slot)
         finally:
             if request.hold:
@@ -674,7 +674,7 @@ class VerbsFabric:
             if posted_wr_id is None:
                 raise
             with self._posted_lock:
-                self._posted_done.append((posted_wr_id, self._flushed, link, error))
+                self._posted_done.append((posted_wr_id, self._flushed, link, link.nonce, error))
             return None
         return request
 
@@ -702,7 +702,8 @@ class VerbsFabric:
         if request.posted_wr_id is not None:
             assert link is not None
             with self._posted_lock:
-                self._posted_done.append((request.posted_wr_id, request.status, link, None))
+                self._posted_done.append((request.posted_wr_id, request.status, link,
+                                          request.nonce, None))
         if not request.hold:
             self._slots.give(request.slot)
 
@@ -711,25 +712,30 @@ class VerbsFabric:
             FabricError)
         return kind(f"{link.describe()}: work completion status {status}")
 
-    def _error(self, link: Link, status: int, what: str) -> FabricError:
+    def _error(self, link: Link, status: int, what: str, nonce: int | None = None) -> FabricError:
         """The error a caller sees: rejected if the owner refused or revoked it (Rule 4)."""
         if status in self._rejections and link.kind == KIND_WRITE:
             return WriteRejected(f"{link.describe()}: write rejected (status {status})")
-        if link.kind == KIND_WRITE and self._was_revoked(link):
+        if link.kind == KIND_WRITE and self._was_revoked(link, nonce):
             return WriteRejected(f"{link.describe()}: write permission revoked")
         if isinstance(link.cause, WriteRejected):
             return WriteRejected(f"{link.describe()}: {link.cause}")
         return FabricError(f"{link.describe()}: {what} (status {status})")
 
-    def _was_revoked(self, link: Link) -> bool:
-        """Did the owner revoke this incarnation of ``link``? (slow path: a registry lookup)"""
-        if link.revoked is None:
-            try:
-                value = self.registry.lookup(revoked_key(link.owner, link.name, self.replica_id))
-            except RegistryError:
-                return False
-            link.revoked = value == f"{link.nonce:x}".encode()
-        return link.revoked
+    def _was_revoked(self, link: Link, nonce: int | None = None) -> bool:
+        """Did the owner revoke incarnation ``nonce`` (default: the current one) of ``link``?
+        The slow path of an error only: a registry lookup, cached for the current one."""
+        current = nonce is None or nonce == link.nonce
+        if current and link.revoked is not None:
+            return link.revoked
+        try:
+            value = self.registry.lookup(revoked_key(link.owner, link.name, self.replica_id))
+        except RegistryError:
+            return False
+        revoked = value == f"{link.nonce if nonce is None else nonce:x}".encode()
+        if current:
+            link.revoked = revoked
+        return revoked
 
     def publish_revoked(self, name: str, peer: int, nonce: int) -> None:
         self.registry.publish(revoked_key(self.replica_id, name, peer), f"{nonce:x}".encode())
@@ -752,15 +758,15 @@ class VerbsFabric:
                     and link.break_with(FabricError(f"{link.describe()}: a posted write had no "
                                                     "completion in time"), unresponsive=True)):
                 self._repair_wake.set()
-        taken: list[tuple[int, int, Link, FabricError | None]] = []
+        taken: list[tuple[int, int, Link, int, FabricError | None]] = []
         with self._posted_lock:
             while self._posted_done and len(taken) < max_entries:
                 taken.append(self._posted_done.popleft())
         done = []
-        for wr_id, status, link, error in taken:
+        for wr_id, status, link, nonce, error in taken:
             if error is None and status != self._success:
-                error = self._error(link, status, f"posted write {wr_id} failed")
-            elif error is not None and link.kind == KIND_WRITE and self._was_revoked(link):
+                error = self._error(link, status, f"posted write {wr_id} failed", nonce)
+            elif error is not None and link.kind == KIND_WRITE and self._was_revoked(link, nonce):
                 error = WriteRejected(str(error))
             done.append(Completion(wr_id, error))
         return done

@@ -52,8 +52,8 @@ KINDS = (KIND_READ, KIND_WRITE)
 class Request:
     """One operation of one caller (Rule 1)."""
 
-    __slots__ = ("finished", "hold", "link", "posted_wr_id", "request_id", "slot", "status",
-                 "wrs_left", "started")
+    __slots__ = ("finished", "hold", "link", "nonce", "posted_wr_id", "request_id", "slot",
+                 "started", "status", "wrs_left")
 
     def __init__(self, request_id: int, link: Link | None, slot: int, wrs: int,
                  posted_wr_id: int | None, hold: bool) -> None:
@@ -67,6 +67,7 @@ class Request:
         self.posted_wr_id = posted_wr_id
         self.hold = hold
         self.started = time.monotonic()
+        self.nonce = 0  # the link incarnation it was posted on
 
     def wr_id(self, k: int) -> int:
         assert 0 <= k < WRS_PER_REQUEST_MAX
@@ -236,6 +237,7 @@ class Link:
             if self.state != READY:
                 raise self.failure(rejected)
             self.outstanding.add(request)
+            request.nonce = self.nonce
             for k, work_request in enumerate(work_requests):
                 try:
                     self.qp.post_send(work_request, None)
