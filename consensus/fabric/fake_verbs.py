@@ -248,6 +248,8 @@ class SendWR:
     def __init__(self, wr_id: int = 0, opcode: int = ibv_wr_opcode.IBV_WR_SEND, num_sge: int = 0,
                  imm_data: int = 0, sg: list[SGE] | None = None,
                  send_flags: int = ibv_send_flags.IBV_SEND_SIGNALED) -> None:
+        if num_sge < 1 or not sg:
+            raise PyverbsUserError("A WR needs at least one SGE")
         self.wr_id, self.opcode, self.num_sge, self.imm_data = wr_id, opcode, num_sge, imm_data
         self._sg = list(sg or [])[:num_sge]
         self.send_flags = send_flags
@@ -260,6 +262,8 @@ class SendWR:
 class RecvWR:
     def __init__(self, wr_id: int = 0, num_sge: int = 0, sg: list[SGE] | None = None,
                  next_wr: RecvWR | None = None) -> None:
+        if num_sge < 1 or not sg:
+            raise PyverbsUserError("A WR needs at least one SGE")
         self.wr_id, self.num_sge, self._sg, self.next_wr = wr_id, num_sge, list(sg or []), next_wr
 
 
@@ -733,7 +737,7 @@ class FakeRdma:
                 raise PyverbsRDMAError("Failed to post send", errno.EINVAL)
             if len(qp.send_queue) >= qp.cap.max_send_wr:
                 raise PyverbsRDMAError("Failed to post send", errno.ENOMEM)
-            sge = wr._sg[0] if wr._sg else SGE(0, 0, 0)
+            sge = wr._sg[0]
             signaled = qp.sq_sig_all or bool(wr.send_flags & ibv_send_flags.IBV_SEND_SIGNALED)
             work = _SendWork(wr.wr_id, int(wr.opcode), sge.addr, sge.length, sge.lkey, wr._rkey,
                              wr._remote_addr, signaled, qp.npsn, qp.epoch)

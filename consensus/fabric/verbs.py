@@ -554,7 +554,7 @@ class VerbsFabric:
             if acceptance.write_enabled:
                 marker = Request(self.drains.new_id(), None, -1, 1, None, hold=True)
                 self.drains.add(marker)
-                acceptance.qp.post_recv(endpoint.verbs.wr.RecvWR(wr_id=marker.wr_id(0)), None)
+                acceptance.qp.post_recv(endpoint.drain_marker(marker.wr_id(0)), None)
                 acceptance.marker = marker
         pending = acceptance.marker
         if pending is not None and not self.drains.wait(

@@ -34,6 +34,7 @@ STAGING_SLOT_BYTES = 16 * 1024  # the largest single write or read
 STAGING_SLOTS = 64  # requests in flight per fabric (each owns a slot)
 LINK_SEND_WR_MAX = 2 * STAGING_SLOTS  # every request of the fabric could be on one link
 DRAIN_MARKERS_MAX = 4  # receive queue depth of a responder (drain markers only)
+MARKER_BYTES = 64  # the receive buffer of drain markers (pyverbs wants one SGE per WR)
 CQ_ENTRIES = 4 * STAGING_SLOTS  # >= 2 completions per request + drain markers
 QP_TIMEOUT_CODE = 14  # 4.096 us * 2**14 = 67 ms per retry
 QP_RETRY_COUNT = 7
@@ -245,6 +246,8 @@ class Endpoint:
         self.staging = verbs.mr.MR(
             self.pd, STAGING_SLOT_BYTES * STAGING_SLOTS, enums.IBV_ACCESS_LOCAL_WRITE
         )
+        # where a drain marker (a receive WR) would put a SEND's bytes; no SEND ever comes
+        self.marker_memory = verbs.mr.MR(self.pd, MARKER_BYTES, enums.IBV_ACCESS_LOCAL_WRITE)
         local = enums.IBV_ACCESS_LOCAL_WRITE
         self.write_access: int = (
             local | enums.IBV_ACCESS_REMOTE_READ | enums.IBV_ACCESS_REMOTE_WRITE
@@ -259,6 +262,12 @@ class Endpoint:
         attributes = verbs.qp.QPInitAttr(qp_type=verbs.enums.IBV_QPT_RC, scq=cq, rcq=cq,
                                          cap=capabilities, sq_sig_all=0)
         return verbs.qp.QP(self.pd, attributes)
+
+    def drain_marker(self, wr_id: int) -> Any:
+        """A receive WR to post on a responder in ERR: its flush completion is the drain mark."""
+        memory = self.marker_memory
+        sge = self.verbs.wr.SGE(memory.buf, MARKER_BYTES, memory.lkey)
+        return self.verbs.wr.RecvWR(wr_id=wr_id, num_sge=1, sg=[sge])
 
     def details(self, qp: Any, psn: int) -> QpDetails:
         return QpDetails(qp.qp_num, self.lid, self.gid, psn)
