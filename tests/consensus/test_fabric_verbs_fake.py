@@ -312,3 +312,21 @@ def test_scanner_and_proposers_with_revocations(make_rig: Callable[..., Rig], se
     missing = [(r, o) for r, o, record in succeeded if bytes(logs[r].buf[o:o + 32]) != record]
     assert not missing, f"{len(missing)} writes reported successful never landed: {missing[:5]}"
     assert len(succeeded) > 100
+
+
+def test_grant_on_a_device_refusing_in_place_access_changes(make_rig: Callable[..., Rig]) -> None:
+    """Some devices refuse RTS->RTS access-flag changes: the grant then replaces the responder
+    and the writer's link is renewed with write access."""
+    rig = make_rig(refuse_access_modify=True)
+    owner1, writer = rig.fabric(1), rig.fabric(2, op_timeout_s=0.1)
+    region = owner1.register("log", 4096)
+    remote = writer.connect(1, "log", 5.0)
+    with pytest.raises(WriteRejected):
+        remote.write(0, b"early")
+    region.grant_write(2)
+    write_eventually(remote, 0, b"granted")
+    assert bytes(region.buf[:7]) == b"granted"
+    region.revoke_write(2)
+    with pytest.raises(WriteRejected):
+        remote.write(0, b"revoked")
+    assert bytes(region.buf[:7]) == b"granted"
