@@ -440,8 +440,10 @@ class VerbsFabric:
             link.post(request, work_requests, verbs.error, WriteRejected)
         except FabricError as error:
             self._repair_wake.set()
-            if request in link.outstanding:  # partly posted: the repair abandons it
-                raise
+            if request in link.outstanding:  # partly posted: the repair abandons (reports) it
+                if posted_wr_id is None:
+                    raise
+                return request
             self.requests.forget(request)
             self._slots.give(slot)
             if posted_wr_id is None:
@@ -514,12 +516,18 @@ class VerbsFabric:
         self.registry.publish(revoked_key(self.replica_id, name, peer), f"{nonce:x}".encode())
 
     def post_write(self, remote: RemoteRegion, offset: int, data: Buffer, wr_id: int) -> None:
+        """Start a write; every outcome, refusals to start included, is reported once by
+        ``poll_completions``."""
         self._check_open()
         assert isinstance(remote, VerbsRemote), "a remote region of another fabric"
-        length = len(data)
-        check_range(remote.name, remote.size, offset, length)
         link = remote.links[KIND_WRITE]
-        self._start(link, offset, length, data, wr_id, time.monotonic() + self.op_timeout_s)
+        try:
+            check_range(remote.name, remote.size, offset, len(data))
+            self._start(link, offset, len(data), data, wr_id,
+                        time.monotonic() + self.op_timeout_s)
+        except FabricError as error:
+            with self._posted_lock:
+                self._posted_done.append((wr_id, self._flushed, link, link.nonce, error))
 
     def poll_completions(self, max_entries: int) -> list[Completion]:
         self.requests.poll()
