@@ -47,15 +47,11 @@ Rule 8: importing this module is cheap; pyverbs and the device are opened by ``V
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any
 
 from consensus.fabric.base import (
     Buffer,
@@ -64,7 +60,6 @@ from consensus.fabric.base import (
     RegionClosed,
     RemoteRegion,
     ReplicaIdT,
-    RevokeStalled,
     UnknownPeer,
     WriteRejected,
     check_range,
@@ -73,7 +68,6 @@ from consensus.fabric.shm import (
     WRITE_TAIL_BYTES,
     check_region_name,
     check_replica_id,
-    region_path,
 )
 from consensus.fabric.verbs_device import (
     DEBIAN_DIST_PACKAGES,
@@ -108,6 +102,7 @@ from consensus.fabric.verbs_link import (
     Request,
     SlotPool,
 )
+from consensus.fabric.verbs_region import DRAIN_WAIT_S_MAX, Acceptance, VerbsRegion
 from consensus.registry.base import Registry, RegistryError, validate_cluster_id
 
 __all__ = [  # the device half, re-exported for callers of this module
@@ -118,115 +113,11 @@ __all__ = [  # the device half, re-exported for callers of this module
 
 PEER_ID_SCAN_MAX = 16
 OP_TIMEOUT_S_DEFAULT = 0.01  # a synchronous op waits this long for its completion (Rule 4)
-DRAIN_WAIT_S_MAX = 0.1  # a revoke waits this long for the responder's flush (Rule 2)
 REPAIR_INTERVAL_S = 0.001  # the repair thread's turn while some link is not ready
 REPAIR_ANSWER_WAIT_S = 0.5  # an unanswered reconnection is retried with a new queue pair
 ACCEPT_POLL_INTERVAL_S = 0.002  # the owner looks at its doorbell this often
 ACCEPT_FULL_SCAN_S = 0.5  # and at every request key this often, doorbell or not
 assert OP_TIMEOUT_S_DEFAULT < DRAIN_WAIT_S_MAX < REPAIR_ANSWER_WAIT_S
-
-
-@dataclass(slots=True)
-class Acceptance:
-    """The owner's end of one writer's link to one region."""
-
-    qp: Any
-    nonce: int
-    write_enabled: bool  # REMOTE_WRITE was on at some point of this queue pair's life
-    marker: Request | None = None  # the drain marker posted by an unfinished teardown
-
-
-class VerbsRegion:
-    """A region this replica owns (``LocalRegion``), registered with the device."""
-
-    def __init__(self, fabric: VerbsFabric, name: str, size: int) -> None:
-        self.fabric = fabric
-        self.name = name
-        self.size = size
-        shm_path = region_path(fabric.cluster_id, fabric.replica_id, name)
-        path = shm_path.with_name(f"{shm_path.name}.verbs")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | (0 if fabric.reattach else os.O_TRUNC), 0o600)
-        try:
-            os.ftruncate(fd, size)
-            self.map = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        self.buf = memoryview(self.map)
-        self._anchor = ctypes.c_char.from_buffer(self.map)  # pins the mapping's address
-        endpoint = fabric.endpoint
-        self.mr = endpoint.verbs.mr.MR(
-            endpoint.pd, size, endpoint.write_access, address=ctypes.addressof(self._anchor)
-        )
-        self.details = RegionDetails(ctypes.addressof(self._anchor), self.mr.rkey, size)
-        self.accepted: dict[tuple[int, str], Acceptance] = {}
-        self._writers: set[int] = set()
-        self.lock = threading.Lock()
-
-    def grant_write(self, peer: ReplicaIdT) -> None:
-        """Rule 2: a live write responder gets REMOTE_WRITE in place (nothing to drain)."""
-        check_replica_id(peer)
-        endpoint = self.fabric.endpoint
-        with self.lock:
-            self._writers.add(peer)
-            acceptance = self.accepted.get((peer, KIND_WRITE))
-            if acceptance is None or acceptance.write_enabled:
-                return
-            acceptance.write_enabled = True
-            try:
-                endpoint.set_access(acceptance.qp, endpoint.write_access)
-            except endpoint.verbs.error:  # the writer reconnects and gets write access then
-                if self.fabric.teardown(acceptance):
-                    del self.accepted[(peer, KIND_WRITE)]
-
-    def revoke_write(self, peer: ReplicaIdT) -> None:
-        """Rule 2: on return no write of ``peer`` can land; ``RevokeStalled`` otherwise."""
-        check_replica_id(peer)
-        with self.lock:
-            self._writers.discard(peer)
-            acceptance = self.accepted.get((peer, KIND_WRITE))
-            if acceptance is None or not acceptance.write_enabled:
-                return
-            if not self.fabric.teardown(acceptance):
-                raise RevokeStalled(
-                    f"region {self.name!r} of replica {self.fabric.replica_id}: the queue pair "
-                    f"of replica {peer} did not drain in {DRAIN_WAIT_S_MAX * 1000:.0f} ms; its "
-                    "permission is withdrawn, retry"
-                )
-            del self.accepted[(peer, KIND_WRITE)]
-            nonce = acceptance.nonce
-        self.fabric.publish_revoked(self.name, peer, nonce)
-
-    def writers(self) -> frozenset[ReplicaIdT]:
-        with self.lock:
-            return frozenset(self._writers)
-
-    def accept(self, peer: int, kind: str, writer: QpDetails, nonce: int) -> QpDetails | None:
-        """A new responder for ``peer``'s ``kind`` link, after tearing down the old one (Rule 5);
-        ``None`` if the old one did not drain yet (the accept thread tries again)."""
-        endpoint = self.fabric.endpoint
-        with self.lock:
-            old = self.accepted.get((peer, kind))
-            if old is not None:
-                if not self.fabric.teardown(old):
-                    return None
-                del self.accepted[(peer, kind)]
-            writable = kind == KIND_WRITE and peer in self._writers
-            if kind == KIND_READ:
-                access = endpoint.read_access
-            else:
-                access = endpoint.write_access if writable else endpoint.no_access
-            qp = endpoint.create_qp(endpoint.drain_cq)
-            psn = random_psn()
-            endpoint.connect_qp(qp, psn, writer, access)
-            self.accepted[(peer, kind)] = Acceptance(qp, nonce, writable)
-            return endpoint.details(qp, psn)
-
-    def close(self) -> None:
-        with self.lock:
-            for acceptance in self.accepted.values():
-                acceptance.qp.close()
-            self.accepted.clear()
-        self.mr.close()
 
 
 class VerbsRemote:
