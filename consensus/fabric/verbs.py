@@ -52,6 +52,7 @@ import sys
 import threading
 import time
 from collections import deque
+from typing import Any
 
 from consensus.fabric.base import (
     Buffer,
@@ -271,6 +272,7 @@ class VerbsFabric:
         with link.lock:
             link.remote = remote
             link.cause = None
+            link.unresponsive = False
             link.state = READY
         return True
 
@@ -318,17 +320,22 @@ class VerbsFabric:
             parts = [(0, body), (body, length - body)] if body else [(0, length)]
         request = Request(self.requests.new_id(), link, slot, len(parts), posted_wr_id,
                           hold=data is None)
-        region = link.region
-        work_requests = []
-        for k, (start, size) in enumerate(parts):
-            sge = verbs.wr.SGE(endpoint.staging.buf + slot + start, size, endpoint.staging.lkey)
-            work_request = verbs.wr.SendWR(wr_id=request.wr_id(k), opcode=opcode, num_sge=1,
-                                           sg=[sge], send_flags=verbs.enums.IBV_SEND_SIGNALED)
-            work_request.set_wr_rdma(region.rkey, region.addr + offset + start)
-            work_requests.append(work_request)
+
+        def build(region: RegionDetails) -> list[Any]:
+            work_requests = []
+            for k, (start, size) in enumerate(parts):
+                sge = verbs.wr.SGE(endpoint.staging.buf + slot + start, size,
+                                   endpoint.staging.lkey)
+                work_request = verbs.wr.SendWR(
+                    wr_id=request.wr_id(k), opcode=opcode, num_sge=1, sg=[sge],
+                    send_flags=verbs.enums.IBV_SEND_SIGNALED)
+                work_request.set_wr_rdma(region.rkey, region.addr + offset + start)
+                work_requests.append(work_request)
+            return work_requests
+
         self.requests.add(request)
         try:
-            link.post(request, work_requests, verbs.error, WriteRejected)
+            link.post(request, build, verbs.error, WriteRejected)
         except FabricError as error:
             self._repair_wake.set()
             if request in link.outstanding:  # partly posted: the repair abandons (reports) it

@@ -229,13 +229,15 @@ class Link:
         return (f"replica {self.writer} -> region {self.name!r} of replica {self.owner} "
                 f"({self.kind} link)")
 
-    def post(self, request: Request, work_requests: list[Any], device_error: type[Exception],
-             rejected: type[FabricError]) -> None:
-        """Post ``work_requests`` of ``request`` (Rule 5); raises the link's cause if it is not
+    def post(self, request: Request, build: Callable[[Any], list[Any]],
+             device_error: type[Exception], rejected: type[FabricError]) -> None:
+        """Post the work requests ``build(region)`` makes for ``request`` (Rule 5), with the
+        region details of the connection it is posted on; raises the link's cause if it is not
         ready, and breaks it if the device refuses a post."""
         with self.lock:
             if self.state != READY:
                 raise self.failure(rejected)
+            work_requests = build(self.region)
             self.outstanding.add(request)
             request.nonce = self.nonce
             for k, work_request in enumerate(work_requests):

@@ -66,9 +66,10 @@ def make_rig(cluster_id: str) -> Iterator[Callable[..., Rig]]:
         rig.close()
 
 
-def two_owners(rig: Rig, grant_first: bool = True) -> tuple[Any, ...]:
+def two_owners(rig: Rig, grant_first: bool = True,
+               writer_timeout_s: float = OP_TIMEOUT_S) -> tuple[Any, ...]:
     """Owners 1 and 3 with a ``log`` region each, writer 2 connected to both."""
-    owner1, writer, owner3 = rig.fabric(1), rig.fabric(2), rig.fabric(3)
+    owner1, writer, owner3 = rig.fabric(1), rig.fabric(2, writer_timeout_s), rig.fabric(3)
     region1, region3 = owner1.register("log", 4096), owner3.register("log", 4096)
     region3.grant_write(2)
     if grant_first:
@@ -137,11 +138,11 @@ def test_staging_slot_is_not_reused_while_its_write_is_in_flight(
     """Defect: staging slots were handed out round-robin with no owner, so a write still in
     flight had its bytes replaced by later writes (the card reads them when it sends)."""
     rig = make_rig()
-    owner1, writer, _, region1, region3, remote1, remote3 = two_owners(rig)
+    owner1, writer, _, region1, region3, remote1, remote3 = two_owners(rig, writer_timeout_s=5.0)
     rig.fake.set_delay(writer.endpoint.context, owner1.endpoint.context, SLOW_S)
 
-    def many() -> None:
-        for k in range(80):
+    def many() -> None:  # more writes than slots: a shared slot would be reused meanwhile
+        for k in range(70):
             remote3.write(0, bytes([k]) * 32)
 
     during_first_post_to(rig, owner1, many)
