@@ -111,7 +111,7 @@ def test_write_returns_only_after_its_own_completion(make_rig: Callable[..., Rig
     """Defect: wait_sync waited for the latest request id, so a writer whose write was overtaken
     by another thread's returned before its own write had landed."""
     rig = make_rig()
-    owner1, writer, _, region1, region3, remote1, remote3 = two_owners(rig)
+    owner1, writer, _, region1, region3, remote1, remote3 = two_owners(rig, writer_timeout_s=5.0)
     rig.fake.set_delay(writer.endpoint.context, owner1.endpoint.context, SLOW_S)
     during_first_post_to(rig, owner1, lambda: remote3.write(0, b"B" * 32))
     remote1.write(0, b"A" * 32)
@@ -124,7 +124,8 @@ def test_rejected_write_is_reported_to_its_own_writer(make_rig: Callable[..., Ri
     nobody read and the write reported success: a leader would count an acknowledgement it does
     not have (a commit without a majority)."""
     rig = make_rig()
-    owner1, writer, _, region1, _, remote1, remote3 = two_owners(rig, grant_first=False)
+    owner1, writer, _, region1, _, remote1, remote3 = two_owners(rig, grant_first=False,
+                                                                 writer_timeout_s=5.0)
     rig.fake.set_delay(writer.endpoint.context, owner1.endpoint.context, SLOW_S)
     during_first_post_to(rig, owner1, lambda: remote3.write(0, b"B" * 32))
     with pytest.raises(WriteRejected):
@@ -209,8 +210,9 @@ def test_dead_peer_costs_one_timeout_not_one_per_operation(
         with pytest.raises(FabricError):
             remote.read(0, 8)
         durations.append(time.monotonic() - start)
-    assert max(durations[1:]) < 0.1, f"every read waited: {durations}"
-    assert sum(durations) < 0.5, f"reads of a dead peer took {sum(durations):.2f} s"
+    # generous bounds for a loaded machine; waiting for the card's retries costs ~0.5 s each
+    assert max(durations[1:]) < 0.3, f"every read waited: {durations}"
+    assert sum(durations) < 1.5, f"reads of a dead peer took {sum(durations):.2f} s"
     rig.fake.revive(owner1.endpoint.context)
     deadline = time.monotonic() + SETTLE_S
     while True:
