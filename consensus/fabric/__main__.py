@@ -50,10 +50,35 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     cleanup.add_argument("cluster_id", help="the cluster id the replicas were started with")
     verbs = commands.add_parser(
-        "check-verbs", help="say whether the RDMA (verbs) fabric can run on this machine"
+        "check-verbs",
+        help="say whether the RDMA (verbs) fabric can run on this machine",
+        description="Probe the RDMA device, then run the verbs fabric between two endpoints of "
+        "this process (write, read back, revoke, refused write). --fake runs the same on the "
+        "fake device of the tests (no hardware needed).",
     )
     verbs.add_argument("--device", default=None, help="RDMA device name (default: the first)")
+    verbs.add_argument("--probe-only", action="store_true", help="only probe the device")
+    verbs.add_argument(
+        "--fake", action="store_true", help="use the fake RDMA device (consensus.fabric.fake_verbs)"
+    )
     return parser.parse_args(argv)
+
+
+def check_verbs(device: str | None, probe_only: bool, fake: bool) -> None:
+    from consensus.fabric.verbs import Verbs, probe, self_test
+
+    if not fake:
+        print(probe(device), flush=True)
+        if not probe_only:
+            print(self_test(device=device))
+        return
+    from consensus.fabric.fake_verbs import FakeRdma
+
+    with FakeRdma().install() as network:
+        verbs = Verbs(network.package)
+        print(probe(device, verbs).replace("available", "available (fake device)"), flush=True)
+        if not probe_only:
+            print(self_test(verbs, device))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"removed {cleanup(arguments.cluster_id)} objects of {arguments.cluster_id!r}")
         else:
-            from consensus.fabric.verbs import probe
-
-            print(probe(arguments.device))
+            check_verbs(arguments.device, arguments.probe_only, arguments.fake)
     except (FabricError, RegistryError, ValueError) as error:
         print(f"python -m consensus.fabric {arguments.command}: {error}", file=sys.stderr)
         return 1

@@ -25,8 +25,9 @@ leader can start writes to every follower and then wait for a majority. The emul
 complete a posted write immediately; callers must not assume either way.
 
 Implementations: ``consensus.fabric.shm`` (POSIX shared memory, one OS process per replica, the
-default on one host), ``consensus.fabric.verbs`` (pyverbs RDMA), ``consensus.sim.fabric``
-(deterministic, in-process, used by the simulator). ``open_fabric`` picks one by name.
+default on one host), ``consensus.fabric.verbs`` (pyverbs RDMA; tested on the fake device of
+``consensus.fabric.fake_verbs``), ``consensus.sim.fabric`` (deterministic, in-process, used by the
+simulator). ``open_fabric`` picks one by name.
 """
 
 from __future__ import annotations

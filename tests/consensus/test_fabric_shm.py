@@ -69,29 +69,16 @@ def cluster_objects(cluster_id: str) -> list[str]:
 # ---- single process -------------------------------------------------------------------------
 
 
-def test_write_read_and_errors(cluster_id: str) -> None:
+def test_error_messages_name_the_region_and_replicas(cluster_id: str) -> None:
+    """The shm fabric's own wording (the behaviour common to every fabric, posted writes
+    included, is in test_fabric_conformance.py)."""
     owner, writer = shm_fabric(1, cluster_id), shm_fabric(2, cluster_id)
     region = owner.register("log", REGION_BYTES)
     remote = writer.connect(1, "log", timeout_s=1.0)
-    assert (remote.owner, remote.name, remote.size) == (1, "log", REGION_BYTES)
     with pytest.raises(WriteRejected, match="replica 2 may not write region 'log' of replica 1"):
         remote.write(0, b"x" * 64)
-    assert bytes(region.buf[:64]) == bytes(64)
-    region.grant_write(2)
-    assert region.writers() == frozenset({2})
-    payload = bytes(range(100))
-    remote.write(10, payload)
-    assert bytes(region.buf[10:110]) == payload
-    assert remote.read(10, 100) == payload
-    out = bytearray(5)
-    remote.read_into(12, memoryview(out))
-    assert bytes(out) == payload[2:7]
-    region.buf[0:4] = b"own!"
-    assert remote.read(0, 4) == b"own!"
     with pytest.raises(OutOfRange, match="'log'"):
         remote.write(REGION_BYTES - 3, b"1234")
-    with pytest.raises(OutOfRange):
-        remote.read(-1, 2)
     with pytest.raises(UnknownPeer, match="replica 3 has no region 'log'"):
         writer.connect(3, "log", timeout_s=0.05)
     with pytest.raises(UnknownPeer):
@@ -100,34 +87,12 @@ def test_write_read_and_errors(cluster_id: str) -> None:
         owner.register("bad name", 64)
     with pytest.raises(FabricError, match="size"):
         owner.register("log", REGION_BYTES * 2)
-    region.revoke_write(2)
-    assert region.writers() == frozenset()
-    with pytest.raises(WriteRejected):
-        remote.write(0, b"late")
+    region.grant_write(2)
+    remote.write(0, b"x")
     writer.close()
     with pytest.raises(RegionClosed):
         remote.write(0, b"x")
-    with pytest.raises(RegionClosed):
-        writer.connect(1, "log", timeout_s=0.0)
     owner.close()
-
-
-def test_posted_writes_complete_once(cluster_id: str) -> None:
-    owner, writer = shm_fabric(1, cluster_id), shm_fabric(2, cluster_id)
-    region = owner.register("log", REGION_BYTES)
-    remote = writer.connect(1, "log", timeout_s=1.0)
-    region.grant_write(2)
-    writer.post_write(remote, 0, b"a" * 32, wr_id=7)
-    region.revoke_write(2)
-    writer.post_write(remote, 32, b"b" * 32, wr_id=8)
-    done = writer.poll_completions(1)
-    done += writer.poll_completions(10)
-    assert [(c.wr_id, c.error is None) for c in done] == [(7, True), (8, False)]
-    assert isinstance(done[1].error, WriteRejected)
-    assert writer.poll_completions(10) == []
-    assert bytes(region.buf[:64]) == b"a" * 32 + bytes(32)
-    owner.close()
-    writer.close()
 
 
 def test_open_fabric_rejects_unknown_kind(cluster_id: str) -> None:

@@ -56,7 +56,7 @@ def test_missing_pyverbs_is_reported_clearly() -> None:
     """In a Python where pyverbs cannot be imported at all, the message says so."""
     script = (
         "import sys; sys.modules['pyverbs'] = None\n"
-        "import consensus.fabric.verbs as verbs\n"
+        "import consensus.fabric.verbs_device as verbs\n"
         "verbs.DEBIAN_DIST_PACKAGES = '/nonexistent'\n"
         "try:\n"
         "    verbs.Verbs()\n"
