@@ -1,0 +1,451 @@
+"""The client-facing side of a server: RESP2 or memcached text in, replies out, writes proposed.
+
+Rule 1: each client's replies leave in the order of its commands (a ``Slot`` per command); a
+        command may be answered at once (refused, redirected, status) or by the local server.
+Rule 2: commands are handled in arrival order across clients, once per event-loop turn
+        (``Core.flush``): consecutive writes form one ``propose_many`` batch; a read is sent to
+        the local server only after every write before it was applied there (on the leader
+        consensus applies an entry in the proposing thread before ``propose`` returns, consensus
+        pump Rule 6), so a client reads its own writes.
+Rule 3: only the leader proposes. A follower answers a write with a redirect naming the leader
+        (redis ``-MOVED 0 host:port ...``, memcached ``SERVER_ERROR ... leader is server N at
+        host:port``) and serves reads from its own local server, which may be behind (the
+        original's interactive session shows this). A paused server answers everything with
+        ``-TRYAGAIN`` / ``SERVER_ERROR ... paused``. A failed replica answers with an error.
+Rule 4: a proposal that failed (``NotLeader``, timeout) may still be committed and applied: the
+        client sees an error and a retry may apply the command twice (not exactly-once; see
+        docs/kvstores.md). Unreplicated (``--replicas 1``) writes go straight to the pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from kvstores import mctext, resp
+from kvstores.constants import (
+    CLIENT_BUFFER_BYTES_MAX,
+    CLIENT_COMMANDS_PER_READ_MAX,
+    INFLIGHT_PER_CLIENT_MAX,
+    LATENCY_SAMPLES_MAX,
+    PAYLOAD_BYTES_MAX,
+    PROPOSE_TIMEOUT_S,
+)
+from kvstores.pipe import LocalPipe, Slot, SlotOwner
+from kvstores.redis_rules import Route, classify
+
+log = logging.getLogger("kvstores.frontend")
+
+
+class ReplicaView(Protocol):
+    """The part of ``consensus.Replica`` the front end uses."""
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def leader_id(self) -> int | None: ...
+
+    @property
+    def applied_index(self) -> int: ...
+
+    @property
+    def error(self) -> Exception | None: ...
+
+    def propose(self, payload: bytes, timeout_s: float = ...) -> int: ...
+
+    def propose_many(self, payloads: list[bytes], timeout_s: float = ...) -> list[int]: ...
+
+
+class LatencyLog:
+    """Replication latency of every write (ns spent in propose), for the SIGUSR1 dump."""
+
+    def __init__(self) -> None:
+        self.samples = array("q")
+
+    def add(self, latency_ns: int, count: int) -> None:
+        if len(self.samples) + count <= LATENCY_SAMPLES_MAX:
+            self.samples.extend([latency_ns] * count)
+
+    def dump(self, path: str) -> int:
+        with open(path, "w") as file:
+            file.write("\n".join(map(str, self.samples)))
+            file.write("\n" if self.samples else "")
+        return len(self.samples)
+
+
+class Flavor(Protocol):
+    """Protocol-specific error replies."""
+
+    def moved(self, replica_id: int, leader_id: int, address: str | None) -> bytes: ...
+
+    def unavailable(self, text: str) -> bytes: ...
+
+
+class RedisFlavor:
+    def moved(self, replica_id: int, leader_id: int, address: str | None) -> bytes:
+        if address is None:
+            return self.unavailable(f"server {replica_id} is a follower; leader {leader_id} "
+                                    "has not published its address")
+        # redis-cli -c follows "MOVED <slot> <host>:<port>"; the rest must hold no colon.
+        return resp.error(f"MOVED 0 {address} (server {replica_id} is a follower; the leader "
+                          f"is server {leader_id})")
+
+    def unavailable(self, text: str) -> bytes:
+        return resp.error(f"TRYAGAIN kvstores: {text}")
+
+
+class MemcachedFlavor:
+    def moved(self, replica_id: int, leader_id: int, address: str | None) -> bytes:
+        return mctext.server_error(f"kvstores: server {replica_id} is a follower; the leader "
+                                   f"is server {leader_id} at {address or 'an unknown address'}")
+
+    def unavailable(self, text: str) -> bytes:
+        return mctext.server_error(f"kvstores: {text}")
+
+
+class Core:
+    """Routing shared by every client connection of one server (see module rules)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        replica_id: int,
+        flavor: Flavor,
+        address_of: Callable[[int], str | None],
+        latencies: LatencyLog,
+    ) -> None:
+        self.loop = loop
+        self.replica_id = replica_id
+        self.flavor = flavor
+        self.address_of = address_of
+        self.latencies = latencies
+        self.pipe: LocalPipe | None = None
+        self.replica: ReplicaView | None = None  # None: unreplicated
+        self.paused = False
+        self.side_call: Callable[[bytes], bytes] | None = None  # request -> reply, any thread
+        self._queue: list[tuple[Route, bytes, Slot, int]] = []
+        self._scheduled = False
+
+    def submit(self, route: Route, data: bytes, slot: Slot, kind: int) -> None:
+        """Queue a READ or WRITE for this loop turn's ``flush`` (Rule 2)."""
+        self._queue.append((route, data, slot, kind))
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        queue = self._queue
+        self._queue = []
+        self._scheduled = False
+        payloads: list[bytes] = []
+        slots: list[Slot] = []
+        for route, data, slot, kind in queue:
+            if route is Route.WRITE:
+                payloads.append(data)
+                slots.append(slot)
+                continue
+            if payloads:
+                self._write(payloads, slots)
+                payloads, slots = [], []
+            self._read(data, slot, kind)
+        if payloads:
+            self._write(payloads, slots)
+
+    def _refusal(self) -> bytes | None:
+        """Why this server cannot serve now, as a reply; None when it can."""
+        if self.paused:
+            return self.flavor.unavailable(f"server {self.replica_id} is paused; retry later or "
+                                           "at another server")
+        pipe = self.pipe
+        assert pipe is not None
+        if pipe.failed is not None:
+            return self.flavor.unavailable(f"server {self.replica_id} failed: {pipe.failed}")
+        replica = self.replica
+        if replica is not None and replica.error is not None:
+            return self.flavor.unavailable(f"server {self.replica_id} failed: {replica.error}")
+        return None
+
+    def _read(self, data: bytes, slot: Slot, kind: int) -> None:
+        refusal = self._refusal()
+        if refusal is not None:
+            slot.fill(refusal)
+            return
+        assert self.pipe is not None
+        self.pipe.send(data, slot, kind)
+
+    def _write(self, payloads: list[bytes], slots: list[Slot]) -> None:
+        refusal = self._refusal()
+        if refusal is not None:
+            for slot in slots:
+                slot.fill(refusal)
+            return
+        pipe = self.pipe
+        assert pipe is not None
+        replica = self.replica
+        if replica is None:
+            for payload, slot in zip(payloads, slots, strict=True):
+                pipe.send(payload, slot, pipe.kind_of(payload))
+            return
+        if not replica.is_leader:
+            self._fill_all(slots, self._not_leader(replica.leader_id))
+            return
+        started_ns = time.perf_counter_ns()
+        try:
+            if len(payloads) == 1:
+                indexes = [replica.propose(payloads[0], PROPOSE_TIMEOUT_S)]
+            else:
+                indexes = replica.propose_many(payloads, PROPOSE_TIMEOUT_S)
+        except Exception as exc:
+            self._fill_all(slots, self._proposal_error(exc))
+            return
+        self.latencies.add(time.perf_counter_ns() - started_ns, len(indexes))
+        for index, slot in zip(indexes, slots, strict=True):
+            pipe.claim(index, slot)
+
+    @staticmethod
+    def _fill_all(slots: list[Slot], reply: bytes) -> None:
+        for slot in slots:
+            slot.fill(reply)
+
+    def _not_leader(self, leader_id: int | None) -> bytes:
+        if leader_id is None or leader_id == self.replica_id:
+            return self.flavor.unavailable(f"server {self.replica_id} is not the leader and no "
+                                           "leader is known yet; retry")
+        return self.flavor.moved(self.replica_id, leader_id, self.address_of(leader_id))
+
+    def _proposal_error(self, exc: Exception) -> bytes:
+        name = type(exc).__name__
+        if name == "NotLeader":
+            if self.paused:
+                return self.flavor.unavailable(f"server {self.replica_id} was paused; retry")
+            leader_id = getattr(exc, "leader_id", None)
+            return self._not_leader(leader_id if isinstance(leader_id, int) else None)
+        if name == "ProposalTimeout":
+            return self.flavor.unavailable(
+                f"server {self.replica_id}: not committed within {PROPOSE_TIMEOUT_S} s; it may "
+                "still be applied, so a retry may apply it twice")
+        log.error("proposal failed on server %d: %r", self.replica_id, exc)
+        return self.flavor.unavailable(f"server {self.replica_id}: proposal failed: {exc}")
+
+    def side(self, request: bytes, slot: Slot) -> None:
+        """Answer ``request`` on a separate connection to the local server, after every command
+        sent before it was answered (a ``version`` round trip through the pipe is the barrier)."""
+        side_call = self.side_call
+        if side_call is None:
+            slot.fill(self.flavor.unavailable("not available on this server"))
+            return
+        loop = self.loop
+
+        def run_after_barrier() -> None:
+            future = loop.run_in_executor(None, side_call, request)
+            future.add_done_callback(lambda done: slot.fill(
+                done.result() if done.exception() is None
+                else self.flavor.unavailable(f"side request failed: {done.exception()}")))
+
+        self.submit(Route.READ, b"version\r\n", Slot(_Callback(run_after_barrier)), 0)
+
+    # -- status -------------------------------------------------------------------------------
+
+    def role(self) -> str:
+        replica = self.replica
+        if self.paused:
+            return "paused"
+        if self.pipe is not None and self.pipe.failed is not None:
+            return "failed"
+        if replica is None:
+            return "standalone"
+        if replica.error is not None:
+            return "failed"
+        return "leader" if replica.is_leader else "follower"
+
+    def status(self) -> list[tuple[str, str]]:
+        replica = self.replica
+        pipe = self.pipe
+        leader_id = self.replica_id if replica is None else replica.leader_id
+        error = pipe.failed if pipe is not None and pipe.failed else (
+            str(replica.error) if replica is not None and replica.error is not None else "")
+        return [
+            ("id", str(self.replica_id)),
+            ("role", self.role()),
+            ("leader", "" if leader_id is None else str(leader_id)),
+            ("leader_address", "" if leader_id is None else (self.address_of(leader_id) or "")),
+            ("applied", str(0 if pipe is None else pipe.applied_index)),
+            ("commands_sent", str(0 if pipe is None else pipe.sent_count)),
+            ("replicated", "no" if replica is None else "yes"),
+            ("error", error.replace("\r", " ").replace("\n", " ")),
+        ]
+
+
+class _Callback(SlotOwner):
+    """A slot owner that runs a function when its one slot is filled (a barrier)."""
+
+    def __init__(self, function: Callable[[], None]) -> None:
+        self._function = function
+
+    def slot_filled(self, slot: Slot) -> None:
+        self._function()
+
+
+class _Connection(asyncio.Protocol, SlotOwner):
+    """Per-client ordering and flow control (Rule 1); subclasses parse one protocol."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self._buf = bytearray()
+        self._slots: deque[Slot] = deque()
+        self._transport: asyncio.Transport | None = None
+        self._closing = False
+        self._reading_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._buf += data
+        self.parse()
+        if len(self._buf) > CLIENT_BUFFER_BYTES_MAX:
+            self.reply_and_close(self.protocol_error("request too large"))
+        elif len(self._slots) > INFLIGHT_PER_CLIENT_MAX and self._transport is not None:
+            self._transport.pause_reading()
+            self._reading_paused = True
+
+    def parse(self) -> None:
+        raise NotImplementedError
+
+    def protocol_error(self, text: str) -> bytes:
+        raise NotImplementedError
+
+    def reply(self, data: bytes, drop: bool = False) -> None:
+        slot = Slot(self, drop)
+        self._slots.append(slot)
+        slot.fill(data)
+
+    def reply_and_close(self, data: bytes) -> None:
+        self.reply(data)
+        self._closing = True
+        self._drain()
+
+    def slot(self, drop: bool = False) -> Slot:
+        slot = Slot(self, drop)
+        self._slots.append(slot)
+        return slot
+
+    def slot_filled(self, slot: Slot) -> None:
+        if self._slots[0] is slot:
+            self._drain()
+
+    def _drain(self) -> None:
+        slots = self._slots
+        parts = []
+        while slots and slots[0].data is not None:
+            slot = slots.popleft()
+            if not slot.drop:
+                assert slot.data is not None
+                parts.append(slot.data)
+        transport = self._transport
+        if transport is None:
+            return
+        if parts:
+            transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+        if self._closing and not slots:
+            transport.close()
+        elif self._reading_paused and len(slots) < INFLIGHT_PER_CLIENT_MAX // 2:
+            self._reading_paused = False
+            transport.resume_reading()
+
+
+class RedisConnection(_Connection):
+    def protocol_error(self, text: str) -> bytes:
+        return resp.error(f"ERR Protocol error: {text}")
+
+    def parse(self) -> None:
+        try:
+            commands, used = resp.parse_commands(self._buf, CLIENT_COMMANDS_PER_READ_MAX)
+        except resp.ProtocolError as exc:
+            self.reply_and_close(self.protocol_error(str(exc)))
+            return
+        del self._buf[:used]
+        now_ms = time.time_ns() // 1_000_000
+        core = self.core
+        for args, raw in commands:
+            route, data = classify(args, raw, now_ms)
+            if route is Route.WRITE or route is Route.READ:
+                if route is Route.WRITE and len(data) > PAYLOAD_BYTES_MAX:
+                    self.reply(resp.error(
+                        f"ERR kvstores: '{args[0].decode(errors='replace')}' of {len(data)} "
+                        f"bytes exceeds the {PAYLOAD_BYTES_MAX} bytes a log entry holds"))
+                    continue
+                core.submit(route, data, self.slot(), 0)
+            elif route is Route.REPLY:
+                self.reply(data)
+            elif route is Route.STATUS:
+                text = "".join(f"{key}:{value}\r\n" for key, value in core.status())
+                self.reply(resp.bulk(text.encode()))
+            else:
+                self.reply_and_close(data)
+                return
+        if len(commands) == CLIENT_COMMANDS_PER_READ_MAX:
+            self.core.loop.call_soon(self._continue)
+
+    def _continue(self) -> None:
+        if not self._closing and self._buf:
+            self.parse()
+
+
+class MemcachedConnection(_Connection):
+    def protocol_error(self, text: str) -> bytes:
+        return mctext.client_error(text)
+
+    def parse(self) -> None:
+        buf = self._buf
+        now_s = int(time.time())
+        core = self.core
+        pos = 0
+        count = 0
+        while count < CLIENT_COMMANDS_PER_READ_MAX:
+            try:
+                parsed = mctext.parse_one(buf, pos, now_s)
+            except mctext.LineError as exc:
+                del buf[:pos]
+                self.reply_and_close(self.protocol_error(str(exc)))
+                return
+            if parsed is None:
+                break
+            command, pos = parsed
+            count += 1
+            route = command.route
+            if route is Route.WRITE or route is Route.READ:
+                core.submit(route, command.data, self.slot(command.noreply), command.framing)
+            elif route is Route.REPLY:
+                self.reply(command.data, command.noreply)
+            elif route is Route.STATUS:
+                lines = "".join(f"STAT {key} {value or '-'}\r\n" for key, value in core.status())
+                self.reply(lines.encode() + b"END\r\n")
+            elif route is Route.SIDE:
+                core.side(command.data, self.slot())
+            else:
+                del buf[:pos]
+                self._closing = True
+                self._drain()
+                if not self._slots and self._transport is not None:
+                    self._transport.close()
+                return
+        del buf[:pos]
+        if count == CLIENT_COMMANDS_PER_READ_MAX:
+            self.core.loop.call_soon(self._continue)
+
+    def _continue(self) -> None:
+        if not self._closing and self._buf:
+            self.parse()
