@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from kvstores.config import FABRIC_KINDS, ConfigError, resolve
+from kvstores.config import FABRIC_KINDS, FOLLOWER_WRITES, ConfigError, resolve
 from kvstores.constants import (
     HEARTBEAT_INTERVAL_US_DEFAULT,
     LOG_SLOTS_DEFAULT,
@@ -45,6 +45,9 @@ def _add_server(commands: argparse._SubParsersAction[argparse.ArgumentParser], k
     parser.add_argument("--bind", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--advertise", default=None, metavar="HOST:PORT",
                         help="address followers name in redirects (default BIND:PORT)")
+    parser.add_argument("--follower-writes", choices=FOLLOWER_WRITES, default="redirect",
+                        help="what a follower does with a write: answer with a redirect naming "
+                        "the leader (default) or forward it to the leader and relay the reply")
     parser.add_argument("--fabric", choices=FABRIC_KINDS, default="shm",
                         help="consensus fabric: shm (one host) or verbs (RDMA)")
     parser.add_argument("--registry", default=None, metavar="HOST:PORT",
@@ -91,7 +94,8 @@ def _run_server(args: argparse.Namespace) -> int:
     config = dataclasses.replace(
         config, fifo_path=fifo, log_slots=args.log_slots,
         heartbeat_interval_us=args.heartbeat_interval_us, dead_after_us=args.dead_after_us,
-        pump_poll_us=args.pump_poll_us, parent_pid=args.parent_pid)
+        pump_poll_us=args.pump_poll_us, parent_pid=args.parent_pid,
+        follower_writes=args.follower_writes)
     return serve(config)
 
 

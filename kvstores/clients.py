@@ -100,7 +100,10 @@ def memcached_request(put: bool, key: bytes, value: bytes) -> bytes:
 
 
 def _classify(protocol: str, reply: bytes) -> tuple[str, tuple[str, int] | None]:
-    """("ok" | "redirect" | "retry" | "error", address for a redirect)."""
+    """("ok" | "redirect" | "retry" | "error", address for a redirect). "outcome unknown" is
+    retried: the load's puts are SETs of a fixed value, applying one twice changes nothing."""
+    if b"kvstores: outcome unknown" in reply[:40]:
+        return "retry", None
     if protocol == "redis":
         if not reply.startswith(b"-"):
             return "ok", None
@@ -109,7 +112,7 @@ def _classify(protocol: str, reply: bytes) -> tuple[str, tuple[str, int] | None]
     else:
         if not reply.startswith((b"SERVER_ERROR", b"CLIENT_ERROR", b"ERROR")):
             return "ok", None
-        if b"kvstores:" in reply and b"follower" not in reply:
+        if b"kvstores:" in reply and b" is a follower; " not in reply:
             return "retry", None
     match = _ADDRESS.search(reply)
     if match is None:

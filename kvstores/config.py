@@ -19,6 +19,7 @@ from kvstores.constants import (
 )
 
 FABRIC_KINDS = ("shm", "verbs")
+FOLLOWER_WRITES = ("redirect", "forward")
 REPLICA_ID_MAX = 255  # consensus proposal numbers reserve one byte for the replica id
 DEFAULT_FIFO_TEMPLATE = "/tmp/fifo-{id}"  # the original's path, shared with the exchange
 
@@ -45,6 +46,7 @@ class KvConfig:
     dead_after_us: int = 0  # 0 = consensus's default
     pump_poll_us: int = PUMP_POLL_US_DEFAULT
     parent_pid: int = 0  # exit when this process is gone (launchers set it)
+    follower_writes: str = "redirect"  # or "forward" (kvstores.forward)
 
 
 def env_int(name: str) -> int | None:

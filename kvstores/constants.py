@@ -11,6 +11,8 @@ from __future__ import annotations
 # to 4,048 bytes (key + value + framing). Only the bytes of an entry are written, not the slot.
 SLOT_BYTES = 4096
 PAYLOAD_BYTES_MAX = SLOT_BYTES - 48
+TAG_BYTES = 8  # each entry starts with its proposal's tag (kvstores.pipe Rule 2)
+COMMAND_BYTES_MAX = PAYLOAD_BYTES_MAX - TAG_BYTES  # the largest command a write may be
 # A paused replica rejoins by replaying what it missed from the leader's log (there is no state
 # transfer): 32,768 slots (128 MiB of /dev/shm per replica, touched only as used) are a few
 # seconds of writes at the rates this front end reaches, enough for a forced failover.
@@ -20,6 +22,9 @@ LOG_SLOTS_DEFAULT = 32_768
 HEARTBEAT_INTERVAL_US_DEFAULT = 2000
 PUMP_POLL_US_DEFAULT = 1000
 PROPOSE_TIMEOUT_S = 0.5  # a commit takes tens of us; the event loop waits at most this
+# After a failed proposal the leader waits this long for its entries to be applied anyway (a new
+# leader commits what a majority holds within a failover, ~25 ms) before "outcome unknown".
+UNKNOWN_WAIT_S = 1.0
 
 # -- front end ----------------------------------------------------------------------------------
 CLIENT_BUFFER_BYTES_MAX = 64 * 1024 * 1024  # unparsed bytes from one client (redis: 512 MB)
@@ -30,6 +35,10 @@ INLINE_BYTES_MAX = 64 * 1024  # one inline (telnet-style) command line (redis: 6
 MEMCACHED_KEY_BYTES_MAX = 250  # memcached's own key limit
 MEMCACHED_LINE_BYTES_MAX = 2048  # a memcached command line (memcached: 2048 with keys)
 MEMCACHED_RELATIVE_EXPTIME_MAX_S = 60 * 60 * 24 * 30  # memcached: larger values are unix times
+
+FORWARD_RETRY_SLEEP_S = 0.002  # a forwarded write met a leader change: try again after this
+FORWARD_RETRY_S_MAX = 3.0  # ... until this long after it arrived (a failover takes ~25 ms)
+QUERY_CONNECT_S = 1.0  # connecting to another server's front end (loopback or LAN)
 
 # -- pipe to the local server -------------------------------------------------------------------
 PIPE_RECV_BYTES = 256 * 1024  # one read of the local server's replies

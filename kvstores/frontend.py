@@ -10,17 +10,24 @@ Rule 2: commands are handled in arrival order across clients, once per event-loo
 Rule 3: only the leader proposes. A follower answers a write with a redirect naming the leader
         (redis ``-MOVED 0 host:port ...``, memcached ``SERVER_ERROR ... leader is server N at
         host:port``) and serves reads from its own local server, which may be behind (the
-        original's interactive session shows this). A paused server answers everything with
-        ``-TRYAGAIN`` / ``SERVER_ERROR ... paused``. A failed replica answers with an error.
-Rule 4: a proposal that failed (``NotLeader``, timeout) may still be committed and applied: the
-        client sees an error and a retry may apply the command twice (not exactly-once; see
+        original's interactive session shows this). With ``--follower-writes forward`` a
+        follower instead sends the write to the leader's front end (``kvstores.forward``). A
+        paused server answers everything with ``-TRYAGAIN`` / ``SERVER_ERROR kvstores:
+        unavailable``. A failed replica answers with an error.
+Rule 4: a proposal that failed (``NotLeader``, timeout) may still be committed and applied: its
+        tags stay claimed for ``UNKNOWN_WAIT_S``, so if this replica applies the entry anyway (the
+        new leader committed it) the client gets the real reply; otherwise "outcome unknown"
+        (never TRYAGAIN or a redirect, which promise that nothing was proposed), and a retry may
+        apply the command twice (not exactly-once; see
         docs/kvstores.md). Unreplicated (``--replicas 1``) writes go straight to the pipe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 import time
 from array import array
 from collections import deque
@@ -31,12 +38,13 @@ from kvstores import mctext, resp
 from kvstores.constants import (
     CLIENT_BUFFER_BYTES_MAX,
     CLIENT_COMMANDS_PER_READ_MAX,
+    COMMAND_BYTES_MAX,
     INFLIGHT_PER_CLIENT_MAX,
     LATENCY_SAMPLES_MAX,
-    PAYLOAD_BYTES_MAX,
     PROPOSE_TIMEOUT_S,
+    UNKNOWN_WAIT_S,
 )
-from kvstores.pipe import LocalPipe, Slot, SlotOwner
+from kvstores.pipe import LocalPipe, Slot, SlotOwner, tag_entry
 from kvstores.redis_rules import Route, classify
 
 log = logging.getLogger("kvstores.frontend")
@@ -80,11 +88,19 @@ class LatencyLog:
 
 
 class Flavor(Protocol):
-    """Protocol-specific error replies."""
+    """Protocol-specific error replies. ``moved`` and ``unavailable`` say the command was not
+    proposed (safe to retry anywhere); ``unknown`` says it may or may not be applied; ``failed``
+    says this server cannot serve at all."""
 
     def moved(self, replica_id: int, leader_id: int, address: str | None) -> bytes: ...
 
     def unavailable(self, text: str) -> bytes: ...
+
+    def unknown(self, text: str) -> bytes: ...
+
+    def failed(self, text: str) -> bytes: ...
+
+    def retryable(self, reply: bytes) -> bool: ...
 
 
 class RedisFlavor:
@@ -99,6 +115,15 @@ class RedisFlavor:
     def unavailable(self, text: str) -> bytes:
         return resp.error(f"TRYAGAIN kvstores: {text}")
 
+    def unknown(self, text: str) -> bytes:
+        return resp.error(f"ERR kvstores: outcome unknown: {text}")
+
+    def failed(self, text: str) -> bytes:
+        return resp.error(f"ERR kvstores: {text}")
+
+    def retryable(self, reply: bytes) -> bool:
+        return reply.startswith((b"-MOVED ", b"-TRYAGAIN "))
+
 
 class MemcachedFlavor:
     def moved(self, replica_id: int, leader_id: int, address: str | None) -> bytes:
@@ -106,7 +131,21 @@ class MemcachedFlavor:
                                    f"is server {leader_id} at {address or 'an unknown address'}")
 
     def unavailable(self, text: str) -> bytes:
-        return mctext.server_error(f"kvstores: {text}")
+        return mctext.server_error(f"kvstores: unavailable: {text}")
+
+    def unknown(self, text: str) -> bytes:
+        return mctext.server_error(f"kvstores: outcome unknown: {text}")
+
+    def failed(self, text: str) -> bytes:
+        return mctext.server_error(f"kvstores: failed: {text}")
+
+    def retryable(self, reply: bytes) -> bool:
+        return reply.startswith(b"SERVER_ERROR kvstores: ") and (
+            b" is a follower; " in reply or reply.startswith(b"SERVER_ERROR kvstores: unavail"))
+
+
+class Forwarder(Protocol):
+    def forward(self, leader_id: int | None, payload: bytes, slot: Slot, kind: int) -> None: ...
 
 
 class Core:
@@ -129,6 +168,9 @@ class Core:
         self.replica: ReplicaView | None = None  # None: unreplicated
         self.paused = False
         self.side_call: Callable[[bytes], bytes] | None = None  # request -> reply, any thread
+        self.forwarder: Forwarder | None = None  # --follower-writes forward
+        # Tags are unique per proposal: this server's id and a counter from a random start.
+        self._next_tag = (replica_id << 48) | secrets.randbits(40)
         self._queue: list[tuple[Route, bytes, Slot, int]] = []
         self._scheduled = False
 
@@ -165,10 +207,10 @@ class Core:
         pipe = self.pipe
         assert pipe is not None
         if pipe.failed is not None:
-            return self.flavor.unavailable(f"server {self.replica_id} failed: {pipe.failed}")
+            return self.flavor.failed(f"server {self.replica_id} failed: {pipe.failed}")
         replica = self.replica
         if replica is not None and replica.error is not None:
-            return self.flavor.unavailable(f"server {self.replica_id} failed: {replica.error}")
+            return self.flavor.failed(f"server {self.replica_id} failed: {replica.error}")
         return None
 
     def _read(self, data: bytes, slot: Slot, kind: int) -> None:
@@ -193,20 +235,40 @@ class Core:
                 pipe.send(payload, slot, pipe.kind_of(payload))
             return
         if not replica.is_leader:
-            self._fill_all(slots, self._not_leader(replica.leader_id))
+            forwarder = self.forwarder
+            if forwarder is None:
+                self._fill_all(slots, self._not_leader(replica.leader_id))
+                return
+            for payload, slot in zip(payloads, slots, strict=True):
+                forwarder.forward(replica.leader_id, payload, slot, pipe.kind_of(payload))
             return
+        first_tag = self._next_tag
+        self._next_tag += len(payloads)
+        entries = []
+        for tag, payload, slot in zip(itertools.count(first_tag), payloads, slots):
+            pipe.claim(tag, slot)
+            entries.append(tag_entry(tag, payload))
         started_ns = time.perf_counter_ns()
         try:
-            if len(payloads) == 1:
-                indexes = [replica.propose(payloads[0], PROPOSE_TIMEOUT_S)]
+            if len(entries) == 1:
+                replica.propose(entries[0], PROPOSE_TIMEOUT_S)
             else:
-                indexes = replica.propose_many(payloads, PROPOSE_TIMEOUT_S)
+                replica.propose_many(entries, PROPOSE_TIMEOUT_S)
         except Exception as exc:
-            self._fill_all(slots, self._proposal_error(exc))
+            # Rule 4: the entries may still be committed; their claims stay for a while.
+            reply = self._proposal_error(exc)
+            self.loop.call_later(UNKNOWN_WAIT_S, self._give_up, first_tag, len(entries), reply)
             return
-        self.latencies.add(time.perf_counter_ns() - started_ns, len(indexes))
-        for index, slot in zip(indexes, slots, strict=True):
-            pipe.claim(index, slot)
+        self.latencies.add(time.perf_counter_ns() - started_ns, len(entries))
+
+    def _give_up(self, first_tag: int, count: int, reply: bytes) -> None:
+        """Answer the claims of a failed proposal that no applied entry answered."""
+        pipe = self.pipe
+        assert pipe is not None
+        for tag in range(first_tag, first_tag + count):
+            slot = pipe.unclaim(tag)
+            if slot is not None:
+                slot.fill(reply)
 
     @staticmethod
     def _fill_all(slots: list[Slot], reply: bytes) -> None:
@@ -220,25 +282,25 @@ class Core:
         return self.flavor.moved(self.replica_id, leader_id, self.address_of(leader_id))
 
     def _proposal_error(self, exc: Exception) -> bytes:
+        """A failed ``propose``: the entry may still be committed (Rule 4)."""
         name = type(exc).__name__
         if name == "NotLeader":
-            if self.paused:
-                return self.flavor.unavailable(f"server {self.replica_id} was paused; retry")
-            leader_id = getattr(exc, "leader_id", None)
-            return self._not_leader(leader_id if isinstance(leader_id, int) else None)
+            return self.flavor.unknown(f"server {self.replica_id} lost leadership while "
+                                       "replicating this write and did not see it applied "
+                                       f"within {UNKNOWN_WAIT_S} s")
         if name == "ProposalTimeout":
-            return self.flavor.unavailable(
-                f"server {self.replica_id}: not committed within {PROPOSE_TIMEOUT_S} s; it may "
-                "still be applied, so a retry may apply it twice")
+            return self.flavor.unknown(f"server {self.replica_id}: not committed within "
+                                       f"{PROPOSE_TIMEOUT_S} s, nor applied {UNKNOWN_WAIT_S} s "
+                                       "later")
         log.error("proposal failed on server %d: %r", self.replica_id, exc)
-        return self.flavor.unavailable(f"server {self.replica_id}: proposal failed: {exc}")
+        return self.flavor.unknown(f"server {self.replica_id}: proposal failed: {exc}")
 
     def side(self, request: bytes, slot: Slot) -> None:
         """Answer ``request`` on a separate connection to the local server, after every command
         sent before it was answered (a ``version`` round trip through the pipe is the barrier)."""
         side_call = self.side_call
         if side_call is None:
-            slot.fill(self.flavor.unavailable("not available on this server"))
+            slot.fill(self.flavor.failed("not available on this server"))
             return
         loop = self.loop
 
@@ -246,7 +308,7 @@ class Core:
             future = loop.run_in_executor(None, side_call, request)
             future.add_done_callback(lambda done: slot.fill(
                 done.result() if done.exception() is None
-                else self.flavor.unavailable(f"side request failed: {done.exception()}")))
+                else self.flavor.failed(f"side request failed: {done.exception()}")))
 
         self.submit(Route.READ, b"version\r\n", Slot(_Callback(run_after_barrier)), 0)
 
@@ -382,10 +444,10 @@ class RedisConnection(_Connection):
         for args, raw in commands:
             route, data = classify(args, raw, now_ms)
             if route is Route.WRITE or route is Route.READ:
-                if route is Route.WRITE and len(data) > PAYLOAD_BYTES_MAX:
+                if route is Route.WRITE and len(data) > COMMAND_BYTES_MAX:
                     self.reply(resp.error(
                         f"ERR kvstores: '{args[0].decode(errors='replace')}' of {len(data)} "
-                        f"bytes exceeds the {PAYLOAD_BYTES_MAX} bytes a log entry holds"))
+                        f"bytes exceeds the {COMMAND_BYTES_MAX} bytes a log entry holds"))
                     continue
                 core.submit(route, data, self.slot(), 0)
             elif route is Route.REPLY:

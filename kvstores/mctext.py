@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from kvstores.constants import (
+    COMMAND_BYTES_MAX,
     MEMCACHED_KEY_BYTES_MAX,
     MEMCACHED_LINE_BYTES_MAX,
     MEMCACHED_RELATIVE_EXPTIME_MAX_S,
-    PAYLOAD_BYTES_MAX,
 )
 from kvstores.redis_rules import Route
 
@@ -138,7 +138,7 @@ def _storage(
     head = words[:fields]
     head[3] = _absolute(words[3], now_s)
     payload = b" ".join(head) + CRLF + bytes(buf[end:data_end])
-    if len(payload) > PAYLOAD_BYTES_MAX:
+    if len(payload) > COMMAND_BYTES_MAX:
         reply = server_error("object too large for cache")
         return McCommand(Route.REPLY, reply, Framing.LINE, noreply), data_end
     return McCommand(Route.WRITE, payload, Framing.LINE, noreply), data_end

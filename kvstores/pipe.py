@@ -3,9 +3,11 @@
 Rule 1: the order in which commands reach the local server is the order of ``send`` calls, and
         each command's reply goes to the target recorded with it: replies come back in order on
         one connection, so a FIFO of targets routes them. A target is a client's reply ``Slot``,
-        a log index (the reply goes to whoever ``claim``s that index: the leader's handler once
-        ``propose`` returned) or ``None`` (dropped: a follower applying the log).
-Rule 2: ``apply`` (consensus's ``on_commit``) sends committed entries in log order with no gap:
+        an entry's tag (the reply goes to the slot that ``claim``ed the tag: the leader's front
+        end claims it before proposing; unclaimed, it is dropped) or ``None`` (dropped).
+Rule 2: a log entry is ``TAG_BYTES`` of tag (unique per proposal: proposer id and a counter)
+        then the command. ``apply`` (consensus's ``on_commit``) sends committed entries'
+        commands in log order with no gap:
         a replica whose first entry is not 1, or that skips one, stops with ``PipeFailed`` rather
         than serve a data set that is not the log's.
 Rule 3: the event loop's thread never blocks on the socket: what the kernel does not take waits
@@ -13,8 +15,9 @@ Rule 3: the event loop's thread never blocks on the socket: what the kernel does
         may send too; it waits, without holding the lock, while more than
         ``PIPE_OUT_BYTES_SOFT_MAX`` is unsent. The lock covers target FIFO + buffer + send, so
         targets and bytes stay in the same order.
-Rule 4: replies are read only on the loop's thread, so a ``claim`` made right after ``propose``
-        returns (same thread) always precedes the reply it claims.
+Rule 4: claims are made and replies routed only on the loop's thread, and a claim precedes the
+        proposal; a leader that loses leadership during ``propose`` keeps its claims a while, so
+        an entry the new leader commits anyway still answers its client.
 Rule 5: if the local server goes away the pipe calls ``on_failure`` once: the replica's data is
         gone, so the server stops (a restart comes back empty; see docs/kvstores.md).
 """
@@ -24,14 +27,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 
-from kvstores.constants import PIPE_OUT_BYTES_SOFT_MAX, PIPE_RECV_BYTES, PIPE_WAIT_S
+from kvstores.constants import PIPE_OUT_BYTES_SOFT_MAX, PIPE_RECV_BYTES, PIPE_WAIT_S, TAG_BYTES
+
+_TAG = struct.Struct("<Q")
+assert _TAG.size == TAG_BYTES
 
 log = logging.getLogger("kvstores.pipe")
+
+
+def tag_entry(tag: int, command: bytes) -> bytes:
+    """The log payload of ``command`` proposed under ``tag`` (Rule 2)."""
+    return _TAG.pack(tag) + command
 
 
 class PipeFailed(RuntimeError):
@@ -41,12 +53,13 @@ class PipeFailed(RuntimeError):
 class Slot:
     """One client command's place in that client's reply order."""
 
-    __slots__ = ("conn", "data", "drop")
+    __slots__ = ("conn", "data", "drop", "retry_deadline")
 
     def __init__(self, conn: SlotOwner, drop: bool = False) -> None:
         self.conn = conn
         self.data: bytes | None = None
         self.drop = drop  # memcached noreply: the reply is read but not sent
+        self.retry_deadline = 0.0  # kvstores.forward: retry a forwarded write until then
 
     def fill(self, data: bytes) -> None:
         assert self.data is None
@@ -137,19 +150,24 @@ class LocalPipe:
                 time.sleep(PIPE_WAIT_S)
 
     def apply(self, index: int, payload: bytes | memoryview) -> None:
-        """Consensus ``on_commit``: send committed entry ``index`` (Rule 2)."""
+        """Consensus ``on_commit``: send the command of committed entry ``index`` (Rule 2)."""
         if index != self.applied_index + 1:
             reason = (f"log entry {index} arrived after {self.applied_index}: this replica's "
                       "local server does not hold the entries before it")
             self._fail(reason)
             raise PipeFailed(reason)
         self.applied_index = index
-        data = bytes(payload)
-        self.send(data, index, self.kind_of(data))
+        tag = _TAG.unpack_from(payload)[0]
+        data = bytes(payload[TAG_BYTES:])
+        self.send(data, tag, self.kind_of(data))
 
-    def claim(self, index: int, slot: Slot) -> None:
-        """Route the reply of log entry ``index`` to ``slot`` (loop thread, Rule 4)."""
-        self._claims[index] = slot
+    def claim(self, tag: int, slot: Slot) -> None:
+        """Route the reply of the entry tagged ``tag`` to ``slot`` (loop thread, Rule 4)."""
+        self._claims[tag] = slot
+
+    def unclaim(self, tag: int) -> Slot | None:
+        """Withdraw a claim; the slot if it was still waiting (loop thread)."""
+        return self._claims.pop(tag, None)
 
     def _flush_locked(self) -> None:
         out = self._out
@@ -218,6 +236,15 @@ class LocalPipe:
         self.failed = reason
         log.critical("local server pipe failed: %s", reason)
         self._loop.call_soon_threadsafe(self._on_failure, reason)
+
+    def abandon(self) -> None:
+        """After a failure: answer every outstanding client slot with the failure reply."""
+        assert self.failed is not None
+        while self._pending:
+            target, _kind = self._pending.popleft()
+            slot = self._claims.pop(target, None) if type(target) is int else target
+            if isinstance(slot, Slot):
+                slot.fill(self._failure_reply)
 
     def close(self) -> None:
         try:

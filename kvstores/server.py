@@ -10,7 +10,8 @@ Rule 2: a configuration or startup problem is one line on stderr and exit status
 Rule 3: ``kill -USR1 <pid>`` writes the replication latencies (ns in ``propose``, one per write)
         to ``dump-<id>.txt`` in the working directory, as the original did.
 Rule 4: ``/tmp/fifo-<id>``: ``p`` pauses the replica (no heartbeat: leadership moves; clients get
-        TRYAGAIN), ``r`` resumes it as a follower; the exchange's FIFO reader is reused.
+        TRYAGAIN), ``r`` resumes it as a follower; the exchange's FIFO reader is reused. Both run
+        on the event loop's thread, between two turns, so a pause never lands inside a proposal.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class KvServer:
         self.replication: Any = None
         self.fifo: ControlFifo | None = None
         self.server: asyncio.AbstractServer | None = None
+        self.forwarder: Any = None
         self.stopped = asyncio.Event()
         self.exit_status = 0
         self._last_role = ""
@@ -111,6 +113,13 @@ class KvServer:
             except ReplicationUnavailable as exc:
                 raise StartupError(str(exc)) from None
             self.core.replica = self.replication.replica
+        if config.follower_writes == "forward" and config.replicas > 1:
+            from kvstores.forward import LeaderForwarder
+
+            self.forwarder = LeaderForwarder(
+                self.core, self.loop, _redis_framer if redis else _memcached_framer,
+                _redis_kind if redis else mctext.framing_of)
+            self.core.forwarder = self.forwarder
         factory = RedisConnection if redis else MemcachedConnection
         try:
             self.server = await self.loop.create_server(
@@ -120,7 +129,7 @@ class KvServer:
                                f"{exc.strerror or exc}") from None
         if config.fifo_path is not None:
             try:
-                self.fifo = ControlFifo(config.fifo_path, self._pause, self._resume)
+                self.fifo = ControlFifo(config.fifo_path, self._pause_soon, self._resume_soon)
             except ControlFifoError as exc:
                 raise StartupError(str(exc)) from None
         self.loop.call_later(STATUS_POLL_S, self._watch)
@@ -144,7 +153,13 @@ class KvServer:
             return
         self.loop.call_later(STATUS_POLL_S, self._watch)
 
-    def _pause(self) -> None:  # FIFO thread
+    def _pause_soon(self) -> None:  # FIFO thread
+        self.loop.call_soon_threadsafe(self._pause)
+
+    def _resume_soon(self) -> None:  # FIFO thread
+        self.loop.call_soon_threadsafe(self._resume)
+
+    def _pause(self) -> None:  # loop thread: between two turns, so no proposal is in flight
         if self.core.paused:
             log.warning("server %d: already paused", self.config.replica_id)
             return
@@ -153,7 +168,7 @@ class KvServer:
             self.replication.replica.pause()
         log.warning("server %d: PAUSED (no heartbeat, no service)", self.config.replica_id)
 
-    def _resume(self) -> None:  # FIFO thread
+    def _resume(self) -> None:  # loop thread
         if not self.core.paused:
             log.warning("server %d: not paused; resume ignored", self.config.replica_id)
             return
@@ -179,6 +194,8 @@ class KvServer:
             self.fifo.close()
         if self.server is not None:
             self.server.close()
+        if self.forwarder is not None:
+            self.forwarder.close()
         if self.replication is not None:
             await self.loop.run_in_executor(None, self.replication.close)
         if self.pipe is not None:
