@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("redis", "memcached"):
         for mode in ("puts-only", "gets-only", "puts-gets"):
             _add_load(commands, kind, mode)
+    from kvstores import failover
+
+    failover.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,

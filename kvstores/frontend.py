@@ -20,6 +20,10 @@ Rule 4: a proposal that failed (``NotLeader``, timeout) may still be committed a
         (never TRYAGAIN or a redirect, which promise that nothing was proposed), and a retry may
         apply the command twice (not exactly-once; see
         docs/kvstores.md). Unreplicated (``--replicas 1``) writes go straight to the pipe.
+Rule 5: if the failed batch's log indexes are known (the event loop is the only proposer, so a
+        batch lands right after the commit index; every success checks it), an index that this
+        replica applies with another entry's tag proves the entry meant for it lost: its client
+        gets TRYAGAIN (nothing applied), which the forwarder and the load clients retry.
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ class ReplicaView(Protocol):
 
     @property
     def applied_index(self) -> int: ...
+
+    @property
+    def commit_index(self) -> int: ...
 
     @property
     def error(self) -> Exception | None: ...
@@ -171,6 +178,7 @@ class Core:
         self.forwarder: Forwarder | None = None  # --follower-writes forward
         # Tags are unique per proposal: this server's id and a counter from a random start.
         self._next_tag = (replica_id << 48) | secrets.randbits(40)
+        self.index_prediction_ok = True
         self._queue: list[tuple[Route, bytes, Slot, int]] = []
         self._scheduled = False
 
@@ -248,18 +256,37 @@ class Core:
         for tag, payload, slot in zip(itertools.count(first_tag), payloads, slots):
             pipe.claim(tag, slot)
             entries.append(tag_entry(tag, payload))
+        # This loop is the only proposer, so a serving leader puts the batch right after its
+        # commit index; checked on every success, relied on only after a failure (Rule 5).
+        first_index = replica.commit_index + 1
         started_ns = time.perf_counter_ns()
         try:
             if len(entries) == 1:
-                replica.propose(entries[0], PROPOSE_TIMEOUT_S)
+                indexes = [replica.propose(entries[0], PROPOSE_TIMEOUT_S)]
             else:
-                replica.propose_many(entries, PROPOSE_TIMEOUT_S)
+                indexes = replica.propose_many(entries, PROPOSE_TIMEOUT_S)
         except Exception as exc:
-            # Rule 4: the entries may still be committed; their claims stay for a while.
-            reply = self._proposal_error(exc)
-            self.loop.call_later(UNKNOWN_WAIT_S, self._give_up, first_tag, len(entries), reply)
+            self._proposal_failed(exc, first_tag, first_index, len(entries))
             return
         self.latencies.add(time.perf_counter_ns() - started_ns, len(entries))
+        if indexes[0] != first_index and self.index_prediction_ok:
+            self.index_prediction_ok = False
+            log.warning("server %d: a batch went to index %d, not %d: failed proposals now "
+                        "answer 'outcome unknown' only", self.replica_id, indexes[0], first_index)
+
+    def _proposal_failed(self, exc: Exception, first_tag: int, first_index: int,
+                         count: int) -> None:
+        """Rule 4/5: the entries may still be committed; their claims stay for a while, and an
+        index applied with another entry proves the one meant for it lost (safe to retry)."""
+        pipe = self.pipe
+        assert pipe is not None
+        if self.index_prediction_ok:
+            pipe.expect(first_index, list(range(first_tag, first_tag + count)),
+                        self.flavor.unavailable(
+                            f"server {self.replica_id} lost leadership; this write was not "
+                            "applied (another entry took its place in the log)"))
+        reply = self._proposal_error(exc)
+        self.loop.call_later(UNKNOWN_WAIT_S, self._give_up, first_tag, count, reply)
 
     def _give_up(self, first_tag: int, count: int, reply: bytes) -> None:
         """Answer the claims of a failed proposal that no applied entry answered."""

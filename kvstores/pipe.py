@@ -17,7 +17,8 @@ Rule 3: the event loop's thread never blocks on the socket: what the kernel does
         targets and bytes stay in the same order.
 Rule 4: claims are made and replies routed only on the loop's thread, and a claim precedes the
         proposal; a leader that loses leadership during ``propose`` keeps its claims a while, so
-        an entry the new leader commits anyway still answers its client.
+        an entry the new leader commits anyway still answers its client, and ``expect`` turns an
+        index applied with someone else's entry into a definite "not applied".
 Rule 5: if the local server goes away the pipe calls ``on_failure`` once: the replica's data is
         gone, so the server stops (a restart comes back empty; see docs/kvstores.md).
 """
@@ -36,6 +37,7 @@ from collections.abc import Callable
 from kvstores.constants import PIPE_OUT_BYTES_SOFT_MAX, PIPE_RECV_BYTES, PIPE_WAIT_S, TAG_BYTES
 
 _TAG = struct.Struct("<Q")
+RECENT_TAGS_MASK = 4095  # the last 4,096 applied tags are kept (a failed batch is <= 256)
 assert _TAG.size == TAG_BYTES
 
 log = logging.getLogger("kvstores.pipe")
@@ -107,6 +109,9 @@ class LocalPipe:
         self._loop_thread = threading.get_ident()
         self.failed: str | None = None
         self.applied_index = 0
+        self._recent_tags = [0] * (RECENT_TAGS_MASK + 1)  # tag applied at each recent index
+        self._expected: dict[int, int] = {}  # index -> tag a failed proposal may have put there
+        self._lost_reply = failure_reply
         self.sent_count = 0
         loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -156,10 +161,36 @@ class LocalPipe:
                       "local server does not hold the entries before it")
             self._fail(reason)
             raise PipeFailed(reason)
-        self.applied_index = index
         tag = _TAG.unpack_from(payload)[0]
+        with self._lock:
+            self._recent_tags[index & RECENT_TAGS_MASK] = tag
+            self.applied_index = index
+            expected = self._expected.pop(index, None) if self._expected else None
+        if expected is not None and expected != tag:
+            self._loop.call_soon_threadsafe(self._lost, expected)
         data = bytes(payload[TAG_BYTES:])
         self.send(data, tag, self.kind_of(data))
+
+    def expect(self, first_index: int, tags: list[int], lost_reply: bytes) -> None:
+        """A failed proposal wrote ``tags`` at ``first_index``... if anywhere: each index that
+        is (or gets) applied with another entry's tag proves that entry lost, and its claim is
+        answered ``lost_reply`` (nothing applied: safe to retry). Loop thread (Rule 4)."""
+        self._lost_reply = lost_reply
+        lost: list[int] = []
+        with self._lock:
+            for index, tag in enumerate(tags, first_index):
+                if index > self.applied_index:
+                    self._expected[index] = tag
+                elif (index > self.applied_index - RECENT_TAGS_MASK
+                      and self._recent_tags[index & RECENT_TAGS_MASK] != tag):
+                    lost.append(tag)
+        for tag in lost:
+            self._lost(tag)
+
+    def _lost(self, tag: int) -> None:
+        slot = self._claims.pop(tag, None)
+        if slot is not None:
+            slot.fill(self._lost_reply)
 
     def claim(self, tag: int, slot: Slot) -> None:
         """Route the reply of the entry tagged ``tag`` to ``slot`` (loop thread, Rule 4)."""
