@@ -150,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("redis", "memcached"):
         for mode in ("puts-only", "gets-only", "puts-gets"):
             _add_load(commands, kind, mode)
-    from kvstores import failover
+    from kvstores import bench, failover
 
+    bench.add_parser(commands)
     failover.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -193,6 +193,15 @@ class Core:
         queue = self._queue
         self._queue = []
         self._scheduled = False
+        pipe = self.pipe
+        assert pipe is not None
+        pipe.hold()
+        try:
+            self._route(queue)
+        finally:
+            pipe.release()
+
+    def _route(self, queue: list[tuple[Route, bytes, Slot, int]]) -> None:
         payloads: list[bytes] = []
         slots: list[Slot] = []
         for route, data, slot, kind in queue:

@@ -21,6 +21,9 @@ Rule 4: claims are made and replies routed only on the loop's thread, and a clai
         index applied with someone else's entry into a definite "not applied".
 Rule 5: if the local server goes away the pipe calls ``on_failure`` once: the replica's data is
         gone, so the server stops (a restart comes back empty; see docs/kvstores.md).
+Rule 6: between ``hold`` and ``release`` (one event-loop turn of the front end) the loop
+        thread's sends only append to the buffer, so a turn's commands from many clients reach
+        the local server in one system call; other threads' sends are not held.
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ class LocalPipe:
         self._claims: dict[int, Slot] = {}
         self._in = bytearray()
         self._writer_on = False
+        self._held = False
         self._loop_thread = threading.get_ident()
         self.failed: str | None = None
         self.applied_index = 0
@@ -128,6 +132,9 @@ class LocalPipe:
             self._pending.append((target, kind))
             self.sent_count += 1
             out = self._out
+            if in_loop and self._held:
+                out += data  # release() sends the whole turn's commands at once (Rule 6)
+                return
             if out:
                 out += data
                 self._flush_locked()
@@ -153,6 +160,21 @@ class LocalPipe:
         if not in_loop:
             while len(self._out) > PIPE_OUT_BYTES_SOFT_MAX and self.failed is None:
                 time.sleep(PIPE_WAIT_S)
+
+    def hold(self) -> None:
+        """Loop thread: buffer this turn's sends until ``release`` (Rule 6)."""
+        self._held = True
+
+    def release(self) -> None:
+        """Loop thread: send what ``hold`` buffered, in one system call when the kernel takes it."""
+        self._held = False
+        with self._lock:
+            if not self._out:
+                return
+            self._flush_locked()
+            if self._out and not self._writer_on and self.failed is None:
+                self._writer_on = True
+                self._loop.add_writer(self._sock.fileno(), self._on_writable)
 
     def apply(self, index: int, payload: bytes | memoryview) -> None:
         """Consensus ``on_commit``: send the command of committed entry ``index`` (Rule 2)."""
