@@ -24,6 +24,9 @@ Rule 5: if the failed batch's log indexes are known (the event loop is the only 
         batch lands right after the commit index; every success checks it), an index that this
         replica applies with another entry's tag proves the entry meant for it lost: its client
         gets TRYAGAIN (nothing applied), which the forwarder and the load clients retry.
+Rule 6: a replica killed and started again has an empty local server; it applies the log from
+        index 1 or not at all (pipe Rule 2), and until it has applied an entry it refuses reads
+        (role ``stale``) instead of answering from an empty data set.
 """
 
 from __future__ import annotations
@@ -174,6 +177,7 @@ class Core:
         self.pipe: LocalPipe | None = None
         self.replica: ReplicaView | None = None  # None: unreplicated
         self.paused = False
+        self.restarted = False  # Rule 6: killed and started again, local server empty
         self.side_call: Callable[[bytes], bytes] | None = None  # request -> reply, any thread
         self.forwarder: Forwarder | None = None  # --follower-writes forward
         # Tags are unique per proposal: this server's id and a counter from a random start.
@@ -228,6 +232,11 @@ class Core:
         replica = self.replica
         if replica is not None and replica.error is not None:
             return self.flavor.failed(f"server {self.replica_id} failed: {replica.error}")
+        if self.restarted and pipe.applied_index == 0:
+            return self.flavor.failed(
+                f"server {self.replica_id} was restarted after a crash with an empty local "
+                "server and has not been given the log from its start; it serves nothing until "
+                "it has (no state transfer yet, see docs/kvstores.md); use another server")
         return None
 
     def _read(self, data: bytes, slot: Slot, kind: int) -> None:
@@ -360,7 +369,10 @@ class Core:
             return "standalone"
         if replica.error is not None:
             return "failed"
-        return "leader" if replica.is_leader else "follower"
+        if replica.is_leader:
+            return "leader"
+        return "stale" if self.restarted and self.pipe and not self.pipe.applied_index else \
+            "follower"
 
     def status(self) -> list[tuple[str, str]]:
         replica = self.replica

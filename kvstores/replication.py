@@ -5,7 +5,9 @@ Rule 1: this is the only kvstores module that imports ``consensus``; the unrepli
 Rule 2: every replica applies committed entries through ``LocalPipe.apply`` (consensus's
         ``on_commit``: log order, once per index, on the leader in the proposing thread).
 Rule 3: each server publishes its client address under ``kvstores/<id>/address`` in the
-        registry, so followers can name the leader's address in redirects.
+        registry, so followers can name the leader's address in redirects; a clean stop deletes
+        it, so finding it at start means the previous process of this replica was killed
+        (``Replication.restarted``).
 Rule 4: a fabric or registry that cannot run here raises ``ReplicationUnavailable`` with the
         underlying one-line reason.
 """
@@ -33,8 +35,11 @@ def address_key(replica_id: int) -> str:
 class Replication:
     """The replica plus what must be closed after it (fabric, registry), and an address book."""
 
-    def __init__(self, replica: Any, fabric: Any, registry: Any) -> None:
+    def __init__(self, replica: Any, fabric: Any, registry: Any, restarted: bool,
+                 replica_id: int) -> None:
         self.replica = replica
+        self.restarted = restarted
+        self._replica_id = replica_id
         self._fabric = fabric
         self.registry = registry
         self._addresses: dict[int, str] = {}
@@ -54,11 +59,15 @@ class Replication:
             self._addresses[replica_id] = address
         return address
 
+    def _forget_address(self) -> None:
+        self.registry.delete(address_key(self._replica_id))
+
     def forget_addresses(self) -> None:
         self._addresses.clear()
 
     def close(self) -> None:
-        for closer in (self.replica.stop, self._fabric.close, self.registry.close):
+        for closer in (self.replica.stop, self._forget_address, self._fabric.close,
+                       self.registry.close):
             try:
                 closer()
             except Exception:
@@ -96,6 +105,7 @@ def start_replication(
         raise ReplicationUnavailable(f"the consensus package is not usable: {exc}") from None
     try:
         registry = open_registry(config.cluster_id, config.registry_address)
+        restarted = registry.lookup(address_key(config.replica_id)) is not None
         registry.publish(address_key(config.replica_id), config.advertise.encode())
     except Exception as exc:
         raise ReplicationUnavailable(f"cannot use the replica registry: {exc}") from None
@@ -119,4 +129,4 @@ def start_replication(
         fabric.close()
         registry.close()
         raise ReplicationUnavailable(f"consensus replica failed to start: {exc}") from None
-    return Replication(replica, fabric, registry)
+    return Replication(replica, fabric, registry, restarted, config.replica_id)

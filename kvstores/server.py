@@ -113,6 +113,11 @@ class KvServer:
             except ReplicationUnavailable as exc:
                 raise StartupError(str(exc)) from None
             self.core.replica = self.replication.replica
+            self.core.restarted = self.replication.restarted
+            if self.replication.restarted:
+                log.warning("server %d: restarted after a crash: the local server is empty; "
+                            "reads are refused until the log is applied from its start",
+                            config.replica_id)
         if config.follower_writes == "forward" and config.replicas > 1:
             from kvstores.forward import LeaderForwarder
 

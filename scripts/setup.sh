@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for mu-exchange: system packages (memcached for the registry tests,
-# multi-host runs and kvstores; redis-server and redis-tools for kvstores) and the Python package with its test extra. Idempotent; safe to run again.
+# multi-host runs and kvstores; redis-server and redis-tools for kvstores) and the Python
+# package with its test extra. Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
