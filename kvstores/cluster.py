@@ -2,8 +2,9 @@
 the queries that inspect a replica (status, data-set digest).
 
 Rule 1: ``LocalKvCluster`` owns what it starts: server processes (each stopped by its own pid),
-        their FIFOs and logs in a private work directory, the cluster's shared memory; ``stop``
-        removes all of it, also after a failed start. Servers exit by themselves when the
+        their FIFOs, logs and latency dumps in a private work directory (their working
+        directory), the cluster's shared memory; ``stop`` removes all of it, also after a failed
+        start. Servers exit by themselves when the
         launching process dies (``--parent-pid``), and their local servers with them.
 Rule 2: every cluster gets a fresh cluster id and fresh ports.
 Rule 3: ``start`` returns only when every server answers and (replicated) one leader is named by
@@ -195,7 +196,7 @@ class LocalKvCluster:
         try:
             with open(log_path, "ab") as log_file:
                 process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, env=env,
+                                           stdin=subprocess.DEVNULL, env=env, cwd=self.workdir,
                                            start_new_session=True)
             server = ServerProcess(replica_id, self.addresses[replica_id], fifo_path, log_path,
                                    process)
@@ -300,7 +301,7 @@ class LocalKvCluster:
                 os.unlink(self.servers[replica_id].fifo_path)
         _cleanup_shared_memory(self.cluster_id)
         if not keep_logs:
-            for path in self.workdir.glob("*"):
+            for path in self.workdir.glob("*"):  # logs, FIFOs, dump-<id>.txt
                 with contextlib.suppress(OSError):
                     path.unlink()
             with contextlib.suppress(OSError):
