@@ -24,7 +24,7 @@ PUMP_POLL_US_DEFAULT = 1000
 PROPOSE_TIMEOUT_S = 0.5  # a commit takes tens of us; the event loop waits at most this
 # After a failed proposal the leader waits this long for its entries to be applied anyway (a new
 # leader commits what a majority holds within a failover, ~25 ms) before "outcome unknown".
-UNKNOWN_WAIT_S = 1.0
+UNKNOWN_WAIT_S = 2.0
 
 # -- front end ----------------------------------------------------------------------------------
 CLIENT_BUFFER_BYTES_MAX = 64 * 1024 * 1024  # unparsed bytes from one client (redis: 512 MB)
@@ -37,7 +37,7 @@ MEMCACHED_LINE_BYTES_MAX = 2048  # a memcached command line (memcached: 2048 wit
 MEMCACHED_RELATIVE_EXPTIME_MAX_S = 60 * 60 * 24 * 30  # memcached: larger values are unix times
 
 FORWARD_RETRY_SLEEP_S = 0.002  # a forwarded write met a leader change: try again after this
-FORWARD_RETRY_S_MAX = 3.0  # ... until this long after it arrived (a failover takes ~25 ms)
+FORWARD_RETRY_S_MAX = 5.0  # ... until this long after it arrived (a failover takes ~25 ms)
 QUERY_CONNECT_S = 1.0  # connecting to another server's front end (loopback or LAN)
 
 # -- pipe to the local server -------------------------------------------------------------------

@@ -51,7 +51,7 @@ from kvstores.constants import (
     PROPOSE_TIMEOUT_S,
     UNKNOWN_WAIT_S,
 )
-from kvstores.pipe import LocalPipe, Slot, SlotOwner, tag_entry
+from kvstores.pipe import NOOP_TAG, LocalPipe, Slot, SlotOwner, tag_entry
 from kvstores.redis_rules import Route, classify
 
 log = logging.getLogger("kvstores.frontend")
@@ -305,6 +305,19 @@ class Core:
                             "applied (another entry took its place in the log)"))
         reply = self._proposal_error(exc)
         self.loop.call_later(UNKNOWN_WAIT_S, self._give_up, first_tag, count, reply)
+
+    def propose_noop(self) -> None:
+        """A new leader's first entry (loop thread): it takes the next index at once, so a
+        deposed leader's failed batch learns there that its entry was lost (Rule 5) without
+        waiting for the next client write."""
+        replica = self.replica
+        if replica is None or self.paused or not replica.is_leader:
+            return
+        try:
+            replica.propose(tag_entry(NOOP_TAG, b""), PROPOSE_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("server %d: the new leader's no-op was not committed: %s",
+                        self.replica_id, exc)
 
     def _give_up(self, first_tag: int, count: int, reply: bytes) -> None:
         """Answer the claims of a failed proposal that no applied entry answered."""

@@ -6,7 +6,8 @@ Rule 1: the order in which commands reach the local server is the order of ``sen
         an entry's tag (the reply goes to the slot that ``claim``ed the tag: the leader's front
         end claims it before proposing; unclaimed, it is dropped) or ``None`` (dropped).
 Rule 2: a log entry is ``TAG_BYTES`` of tag (unique per proposal: proposer id and a counter)
-        then the command. ``apply`` (consensus's ``on_commit``) sends committed entries'
+        then the command; an entry with no command is a new leader's no-op (``NOOP_TAG``), which
+        only takes its index. ``apply`` (consensus's ``on_commit``) sends committed entries'
         commands in log order with no gap:
         a replica whose first entry is not 1, or that skips one, stops with ``PipeFailed`` rather
         than serve a data set that is not the log's.
@@ -40,6 +41,7 @@ from collections.abc import Callable
 from kvstores.constants import PIPE_OUT_BYTES_SOFT_MAX, PIPE_RECV_BYTES, PIPE_WAIT_S, TAG_BYTES
 
 _TAG = struct.Struct("<Q")
+NOOP_TAG = 0  # real tags are >= 1 << 48 (replica ids start at 1)
 RECENT_TAGS_MASK = 4095  # the last 4,096 applied tags are kept (a failed batch is <= 256)
 assert _TAG.size == TAG_BYTES
 
@@ -190,8 +192,9 @@ class LocalPipe:
             expected = self._expected.pop(index, None) if self._expected else None
         if expected is not None and expected != tag:
             self._loop.call_soon_threadsafe(self._lost, expected)
-        data = bytes(payload[TAG_BYTES:])
-        self.send(data, tag, self.kind_of(data))
+        if len(payload) > TAG_BYTES:  # an empty command is a new leader's no-op (Rule 2)
+            data = bytes(payload[TAG_BYTES:])
+            self.send(data, tag, self.kind_of(data))
 
     def expect(self, first_index: int, tags: list[int], lost_reply: bytes) -> None:
         """A failed proposal wrote ``tags`` at ``first_index``... if anywhere: each index that

@@ -139,9 +139,11 @@ class KvServer:
                 raise StartupError(str(exc)) from None
         self.loop.call_later(STATUS_POLL_S, self._watch)
 
-    def _on_leader_change(self, leader_id: int | None, is_self: bool) -> None:
+    def _on_leader_change(self, leader_id: int | None, is_self: bool) -> None:  # consensus thread
         who = "this server" if is_self else f"server {leader_id}"
         log.warning("server %d: leader is now %s", self.config.replica_id, who)
+        if is_self:
+            self.loop.call_soon_threadsafe(self.core.propose_noop)
 
     def _watch(self) -> None:
         """Log role changes; stop when the launcher is gone."""
