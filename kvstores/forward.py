@@ -3,10 +3,12 @@
 Rule 1: a forwarded write travels as the bytes the leader would propose (expiries already
         absolute, ``noreply`` removed), over one ordered connection per leader address; the
         leader's reply goes back to the client's slot.
-Rule 2: a reply that promises nothing was proposed (redirect, TRYAGAIN: the leader moved, is
-        paused or not elected yet) is retried through this server's own routing after
-        ``FORWARD_RETRY_SLEEP_S``, until ``FORWARD_RETRY_S_MAX``: if this server became leader it
-        proposes the write itself. Any other reply, "outcome unknown" included, goes to the client.
+Rule 2: a reply that promises nothing was applied (redirect, TRYAGAIN: the leader moved, is
+        paused or not elected yet, or its entry provably lost its log index) is retried through
+        this server's own routing after ``FORWARD_RETRY_SLEEP_S``, until ``FORWARD_RETRY_S_MAX``:
+        if this server became leader it proposes the write itself. The same holds for this
+        server's own proposals while it leads (``retrying``). Any other reply, "outcome
+        unknown" included, goes to the client.
 Rule 3: a connection lost with writes outstanding answers them "outcome unknown" (the leader may
         have applied them); they are never retried.
 Rule 4: a client's pipelined writes may be reordered when one of them is retried (the next one
@@ -80,6 +82,12 @@ class LeaderForwarder:
                 return
         self.forwarded_count += 1
         pipe.send(payload, Slot(_Retry(self, payload, slot, kind, deadline)), kind)
+
+    def retrying(self, payload: bytes, slot: Slot, kind: int) -> Slot:
+        """A slot for this leader's own proposal of ``payload``: a reply saying it was not
+        applied (its log index went to another entry) retries it like a forwarded one."""
+        deadline = slot.retry_deadline or time.monotonic() + FORWARD_RETRY_S_MAX
+        return Slot(_Retry(self, payload, slot, kind, deadline))
 
     def replied(self, retry: _Retry, reply: bytes) -> None:
         if self._core.flavor.retryable(reply):

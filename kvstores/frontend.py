@@ -157,6 +157,8 @@ class MemcachedFlavor:
 class Forwarder(Protocol):
     def forward(self, leader_id: int | None, payload: bytes, slot: Slot, kind: int) -> None: ...
 
+    def retrying(self, payload: bytes, slot: Slot, kind: int) -> Slot: ...
+
 
 class Core:
     """Routing shared by every client connection of one server (see module rules)."""
@@ -271,8 +273,11 @@ class Core:
         first_tag = self._next_tag
         self._next_tag += len(payloads)
         entries = []
+        forwarder = self.forwarder
         for tag, payload, slot in zip(itertools.count(first_tag), payloads, slots):
-            pipe.claim(tag, slot)
+            # With forwarding on, a write proven not applied is retried here too (forward Rule 2).
+            pipe.claim(tag, slot if forwarder is None else
+                       forwarder.retrying(payload, slot, pipe.kind_of(payload)))
             entries.append(tag_entry(tag, payload))
         # This loop is the only proposer, so a serving leader puts the batch right after its
         # commit index; checked on every success, relied on only after a failure (Rule 5).
