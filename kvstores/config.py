@@ -99,6 +99,8 @@ def resolve(
     """Combine flags with the environment and check the result (Rules 1-2)."""
     if replica_id is None:
         replica_id = env_int("SID")
+    if replica_id is None and replicas == 1:
+        replica_id = 1  # the unreplicated front end needs no id
     if replica_id is None:
         raise ConfigError("no replica id: pass --id N or set SID=N")
     if not 1 <= replica_id <= REPLICA_ID_MAX:
