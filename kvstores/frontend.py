@@ -234,15 +234,15 @@ class Core:
         replica = self.replica
         if replica is not None and replica.error is not None:
             return self.flavor.failed(f"server {self.replica_id} failed: {replica.error}")
-        if self.restarted and pipe.applied_index == 0:
-            return self.flavor.failed(
-                f"server {self.replica_id} was restarted after a crash with an empty local "
-                "server and has not been given the log from its start; it serves nothing until "
-                "it has (no state transfer yet, see docs/kvstores.md); use another server")
         return None
 
     def _read(self, data: bytes, slot: Slot, kind: int) -> None:
         refusal = self._refusal()
+        if refusal is None and self.restarted and self.pipe and self.pipe.applied_index == 0:
+            refusal = self.flavor.failed(
+                f"server {self.replica_id} was restarted after a crash with an empty local "
+                "server and has not been given the log from its start; it serves no reads until "
+                "it has (no state transfer yet, see docs/kvstores.md); use another server")
         if refusal is not None:
             slot.fill(refusal)
             return
