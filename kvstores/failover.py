@@ -213,7 +213,9 @@ def check_memcached(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(f"failover-check: seed {args.seed}")
+    from kvstores.bench import raise_priority
+
+    print(f"failover-check: seed {args.seed}; {raise_priority()}")
     results = []
     try:
         if args.only in (None, "redis"):
