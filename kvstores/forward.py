@@ -60,6 +60,7 @@ class LeaderForwarder:
         self._framer = framer
         self._kind_of = kind_of
         self._pipes: dict[str, LocalPipe] = {}
+        self._held: list[LocalPipe] = []
         self.forwarded_count = 0
         self.retried_count = 0
 
@@ -81,7 +82,16 @@ class LeaderForwarder:
                     f"server {core.replica_id}: cannot reach the leader at {address}: {exc}"))
                 return
         self.forwarded_count += 1
+        if pipe not in self._held:
+            pipe.hold()  # this turn's forwarded writes leave together (pipe Rule 6)
+            self._held.append(pipe)
         pipe.send(payload, Slot(_Retry(self, payload, slot, kind, deadline)), kind)
+
+    def release(self) -> None:
+        """End of the front end's turn: send what this turn forwarded."""
+        held, self._held = self._held, []
+        for pipe in held:
+            pipe.release()
 
     def retrying(self, payload: bytes, slot: Slot, kind: int) -> Slot:
         """A slot for this leader's own proposal of ``payload``: a reply saying it was not

@@ -159,6 +159,8 @@ class Forwarder(Protocol):
 
     def retrying(self, payload: bytes, slot: Slot, kind: int) -> Slot: ...
 
+    def release(self) -> None: ...
+
 
 class Core:
     """Routing shared by every client connection of one server (see module rules)."""
@@ -206,6 +208,8 @@ class Core:
             self._route(queue)
         finally:
             pipe.release()
+            if self.forwarder is not None:
+                self.forwarder.release()
 
     def _route(self, queue: list[tuple[Route, bytes, Slot, int]]) -> None:
         payloads: list[bytes] = []
