@@ -1,12 +1,13 @@
 """The real server behind a front end: a private ``redis-server`` or ``memcached`` child process.
 
 Rule 1: each start is a fresh process with an empty data set, in a private directory
-        (``/tmp/kvstores-<cluster>-<id>-<pid>``) holding its unix socket and log; it has no TCP
-        port, persists nothing (redis: no RDB, no AOF) and never evicts (redis ``maxmemory 0``,
-        memcached ``-M``: an out-of-memory store fails the same way everywhere instead of evicting
-        by each replica's own access pattern).
+        (``/tmp/kvstores-local-<cluster>-<id>-<pid>``) holding its unix socket and log; it has
+        no TCP port, persists nothing (redis: no RDB, no AOF) and never evicts (redis
+        ``maxmemory 0``, memcached ``-M``: an out-of-memory store fails the same way everywhere
+        instead of evicting by each replica's own access pattern).
 Rule 2: the child dies with its parent (``PR_SET_PDEATHSIG``), so a front end killed with -9
-        leaves no server behind; a directory left by a dead front end is removed at the next start.
+        leaves no server behind; a directory left by any dead front end is removed at the next
+        start of any front end.
 Rule 3: ``start`` returns only once the server accepts connections on its socket, else raises
         ``BackendError`` with the reason (binary missing, early exit with its log's last line,
         timeout).
@@ -35,6 +36,8 @@ from kvstores.constants import (
 )
 
 KINDS = ("redis", "memcached")
+DIRECTORY_ROOT = "/tmp"
+DIRECTORY_PREFIX = "kvstores-local-"  # + <cluster>-<id>-<front end pid>
 _PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("kvstores.backend")
@@ -59,8 +62,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_dirs(prefix: str) -> None:
-    for path in glob.glob(f"{prefix}-*"):
+def _remove_stale_dirs() -> None:
+    for path in glob.glob(os.path.join(DIRECTORY_ROOT, f"{DIRECTORY_PREFIX}*-*")):
         pid_text = path.rsplit("-", 1)[-1]
         if pid_text.isdigit() and not _pid_alive(int(pid_text)):
             shutil.rmtree(path, ignore_errors=True)
@@ -126,9 +129,9 @@ def start(kind: str, cluster_id: str, replica_id: int) -> Backend:
     binary = "redis-server" if kind == "redis" else "memcached"
     if shutil.which(binary) is None:
         raise BackendError(f"{binary} is not installed (bash scripts/setup.sh installs it)")
-    prefix = os.path.join("/tmp", f"kvstores-{cluster_id}-{replica_id}")
-    _remove_stale_dirs(prefix)
-    directory = f"{prefix}-{os.getpid()}"
+    _remove_stale_dirs()
+    directory = os.path.join(DIRECTORY_ROOT,
+                             f"{DIRECTORY_PREFIX}{cluster_id}-{replica_id}-{os.getpid()}")
     shutil.rmtree(directory, ignore_errors=True)
     os.makedirs(directory, mode=0o700)
     socket_path = os.path.join(directory, f"{kind}.sock")

@@ -14,6 +14,11 @@ Rule 3: a connection lost with writes outstanding answers them "outcome unknown"
 Rule 4: a client's pipelined writes may be reordered when one of them is retried (the next one
         may reach the new leader first): clients that need their own writes in order across a
         failover wait for each reply (redis-benchmark and the load clients do).
+Rule 5: a forwarded write is forwarded once: each connection opens with ``KVSTORES FORWARDER``
+        (memcached ``kvstores forwarder``), and a server that is not the leader answers that
+        connection's writes with a redirect instead of forwarding them, which the origin retries.
+        Two servers that each think the other leads would otherwise forward to each other and
+        wait forever, each connection's replies being in order.
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ class LeaderForwarder:
     """See module rules. One per follower front end; loop thread only."""
 
     def __init__(self, core: Core, loop: asyncio.AbstractEventLoop, framer: Framer,
-                 kind_of: Callable[[bytes], int]) -> None:
+                 kind_of: Callable[[bytes], int], hello: bytes) -> None:
+        self._hello = hello
         self._core = core
         self._loop = loop
         self._framer = framer
@@ -123,6 +129,7 @@ class LeaderForwarder:
             f"server {self._core.replica_id} lost its connection to the leader at {address}")
         pipe = LocalPipe(sock, self._loop, self._framer, self._kind_of,
                          lambda reason: self._lost(address, reason), unknown)
+        pipe.send(self._hello, None, 0)  # Rule 5: the leader must never forward these again
         self._pipes[address] = pipe
         log.warning("server %d: forwarding writes to the leader at %s", self._core.replica_id,
                     address)

@@ -272,7 +272,10 @@ class Core:
                 self._fill_all(slots, self._not_leader(replica.leader_id))
                 return
             for payload, slot in zip(payloads, slots, strict=True):
-                forwarder.forward(replica.leader_id, payload, slot, pipe.kind_of(payload))
+                if slot.forwarded:  # forward Rule 5: the origin retries, nobody re-forwards
+                    slot.fill(self._not_leader(replica.leader_id))
+                else:
+                    forwarder.forward(replica.leader_id, payload, slot, pipe.kind_of(payload))
             return
         first_tag = self._next_tag
         self._next_tag += len(payloads)
@@ -434,6 +437,7 @@ class _Connection(asyncio.Protocol, SlotOwner):
         self._transport: asyncio.Transport | None = None
         self._closing = False
         self._reading_paused = False
+        self.from_forwarder = False  # another server's forwarder (forward Rule 5)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -470,7 +474,7 @@ class _Connection(asyncio.Protocol, SlotOwner):
         self._drain()
 
     def slot(self, drop: bool = False) -> Slot:
-        slot = Slot(self, drop)
+        slot = Slot(self, drop, self.from_forwarder)
         self._slots.append(slot)
         return slot
 
@@ -525,6 +529,9 @@ class RedisConnection(_Connection):
             elif route is Route.STATUS:
                 text = "".join(f"{key}:{value}\r\n" for key, value in core.status())
                 self.reply(resp.bulk(text.encode()))
+            elif route is Route.FORWARDER:
+                self.from_forwarder = True
+                self.reply(data)
             else:
                 self.reply_and_close(data)
                 return
@@ -567,6 +574,9 @@ class MemcachedConnection(_Connection):
                 self.reply(lines.encode() + b"END\r\n")
             elif route is Route.SIDE:
                 core.side(command.data, self.slot())
+            elif route is Route.FORWARDER:
+                self.from_forwarder = True
+                self.reply(command.data)
             else:
                 del buf[:pos]
                 self._closing = True

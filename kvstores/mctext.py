@@ -186,6 +186,8 @@ def _read_or_local(name: bytes, body: list[bytes], noreply: bool) -> McCommand:
         return McCommand(Route.QUIT, b"", Framing.LINE, True)
     if name == b"kvstores" and body[1:] == [b"status"]:
         return McCommand(Route.STATUS, b"", Framing.BLOCK, False)
+    if name == b"kvstores" and body[1:] == [b"forwarder"]:
+        return McCommand(Route.FORWARDER, b"OK\r\n", Framing.LINE, False)
     reason = _REFUSED_REASON.get(name, _ADMIN if name in _ADMIN_NAMES else "")
     if reason:
         return McCommand(Route.REPLY, refuse(name, reason), Framing.LINE, noreply)

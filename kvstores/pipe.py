@@ -60,13 +60,14 @@ class PipeFailed(RuntimeError):
 class Slot:
     """One client command's place in that client's reply order."""
 
-    __slots__ = ("conn", "data", "drop", "retry_deadline")
+    __slots__ = ("conn", "data", "drop", "retry_deadline", "forwarded")
 
-    def __init__(self, conn: SlotOwner, drop: bool = False) -> None:
+    def __init__(self, conn: SlotOwner, drop: bool = False, forwarded: bool = False) -> None:
         self.conn = conn
         self.data: bytes | None = None
         self.drop = drop  # memcached noreply: the reply is read but not sent
         self.retry_deadline = 0.0  # kvstores.forward: retry a forwarded write until then
+        self.forwarded = forwarded  # came from another server's forwarder: never forward again
 
     def fill(self, data: bytes) -> None:
         assert self.data is None

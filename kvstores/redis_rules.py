@@ -29,6 +29,7 @@ class Route(IntEnum):
     QUIT = 3  # answer +OK and close
     STATUS = 4  # the front end's own status (KVSTORES STATUS)
     SIDE = 5  # after every command sent before it: on a separate connection (memcached metadump)
+    FORWARDER = 6  # this connection is another server's forwarder (kvstores.forward Rule 5)
 
 
 def _names(text: str) -> frozenset[bytes]:
@@ -192,6 +193,8 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
             return Route.READ, encode_command([b"DEBUG", b"DIGEST"])
         if sub == b"STATUS":
             return Route.STATUS, b""
+        if sub == b"FORWARDER":
+            return Route.FORWARDER, _OK
         return Route.REPLY, error("ERR usage: KVSTORES STATUS | KVSTORES DIGEST")
     raise AssertionError(name)
 

@@ -123,7 +123,9 @@ class KvServer:
 
             self.forwarder = LeaderForwarder(
                 self.core, self.loop, _redis_framer if redis else _memcached_framer,
-                _redis_kind if redis else mctext.framing_of)
+                _redis_kind if redis else mctext.framing_of,
+                resp.encode_command([b"KVSTORES", b"FORWARDER"]) if redis
+                else b"kvstores forwarder\r\n")
             self.core.forwarder = self.forwarder
         factory = RedisConnection if redis else MemcachedConnection
         try:
