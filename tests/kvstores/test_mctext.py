@@ -45,6 +45,7 @@ def test_routes_of_other_commands():
     assert parse(b"flush_all\r\n")[0].route is Route.WRITE
     assert parse(b"lru_crawler metadump all\r\n")[0].route is Route.SIDE
     assert parse(b"kvstores status\r\n")[0].route is Route.STATUS
+    assert parse(b"kvstores forwarder\r\n")[0].route is Route.FORWARDER
 
 
 @pytest.mark.parametrize("line, word", [(b"mg k v\r\n", b"'mg'"), (b"flush_all 5\r\n", b"delayed"),

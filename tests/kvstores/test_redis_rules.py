@@ -63,6 +63,7 @@ def test_local_answers_and_status():
     assert route(b"QUIT")[0] is Route.QUIT
     assert route(b"KVSTORES", b"STATUS")[0] is Route.STATUS
     assert route(b"KVSTORES", b"DIGEST") == (Route.READ, encode_command([b"DEBUG", b"DIGEST"]))
+    assert route(b"KVSTORES", b"FORWARDER") == (Route.FORWARDER, b"+OK\r\n")
 
 
 def test_tables_are_disjoint():
