@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Set up a fresh machine for mu-exchange: system packages (memcached for the registry tests and
-# multi-host runs) and the Python package with its test extra. Idempotent; safe to run again.
+# Set up a fresh machine for mu-exchange: system packages (memcached for the registry tests,
+# multi-host runs and kvstores; redis-server and redis-tools for kvstores) and the Python
+# package with its test extra. Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v memcached >/dev/null 2>&1 || need_apt+=(memcached)
+# kvstores replicates real servers and is tested with the real clients (redis-cli, redis-benchmark).
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 # pyverbs (rdma-core) for the verbs fabric; without an RDMA device it only fails clearly, but then it
 # fails saying the device is missing rather than the library.
 [ -d /usr/lib/python3/dist-packages/pyverbs ] || need_apt+=(python3-pyverbs)

@@ -1,0 +1,238 @@
+"""Which redis commands a replicated front end may run, and how each one travels.
+
+Rule 1: an allow-list decides: a command not named here is refused with an error naming it. Every
+        write in ``WRITES`` has the same effect on every replica given the same prior state, so
+        applying the committed log in order keeps the local servers identical.
+Rule 2: a write whose effect depends on the moment it is applied is made deterministic by the
+        leader before it is proposed: relative expiries (``EXPIRE``, ``PEXPIRE``, ``SETEX``,
+        ``PSETEX``, ``SET ... EX|PX``) become absolute ones (``PEXPIREAT``, ``SET ... PXAT``) from
+        the leader's clock. The rest of that kind is refused (see ``REFUSED``).
+Rule 3: commands with effects outside the data set or per-connection state (scripting, blocking,
+        pub/sub, transactions, admin, ``SELECT`` of another db, ``HELLO``) are refused, because
+        every client shares one connection to the local server.
+Rule 4: reads (``READS``) never go through consensus: the leader serves them from its local
+        server after every write it has applied; a follower from its own (possibly behind) server.
+Rule 5: ``classify`` is pure: the clock is passed in.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from kvstores.resp import bulk, encode_command, error, simple
+
+
+class Route(IntEnum):
+    READ = 0  # forward to the local server
+    WRITE = 1  # propose through consensus, then every replica applies it
+    REPLY = 2  # answered by the front end with the given bytes
+    QUIT = 3  # answer +OK and close
+    STATUS = 4  # the front end's own status (KVSTORES STATUS)
+    SIDE = 5  # after every command sent before it: on a separate connection (memcached metadump)
+    FORWARDER = 6  # this connection is another server's forwarder (kvstores.forward Rule 5)
+
+
+def _names(text: str) -> frozenset[bytes]:
+    return frozenset(name.encode() for name in text.split())
+
+
+WRITES = _names(
+    "SET SETNX MSET MSETNX GETSET GETDEL APPEND SETRANGE INCR DECR INCRBY DECRBY INCRBYFLOAT "
+    "DEL UNLINK RENAME RENAMENX COPY PERSIST EXPIREAT PEXPIREAT "
+    "HSET HSETNX HMSET HDEL HINCRBY HINCRBYFLOAT "
+    "LPUSH RPUSH LPUSHX RPUSHX LPOP RPOP LSET LINSERT LREM LTRIM LMOVE RPOPLPUSH LMPOP "
+    "SADD SREM SMOVE SINTERSTORE SUNIONSTORE SDIFFSTORE "
+    "ZADD ZINCRBY ZREM ZREMRANGEBYRANK ZREMRANGEBYSCORE ZREMRANGEBYLEX ZPOPMIN ZPOPMAX ZMPOP "
+    "ZRANGESTORE ZUNIONSTORE ZINTERSTORE ZDIFFSTORE "
+    "SETBIT BITOP BITFIELD PFADD PFMERGE PFCOUNT GEOADD GEOSEARCHSTORE "
+    "XDEL XTRIM FLUSHDB FLUSHALL"
+)
+# PFCOUNT is here because it may rewrite the HyperLogLog's cached cardinality (redis flags it as
+# a write): applied everywhere, the stored bytes stay equal.
+
+READS = _names(
+    "GET MGET STRLEN GETRANGE SUBSTR EXISTS TYPE TTL PTTL EXPIRETIME PEXPIRETIME KEYS SCAN "
+    "DBSIZE RANDOMKEY DUMP LCS TOUCH "
+    "HGET HMGET HGETALL HKEYS HVALS HLEN HEXISTS HSTRLEN HSCAN HRANDFIELD "
+    "LRANGE LLEN LINDEX LPOS "
+    "SMEMBERS SISMEMBER SMISMEMBER SCARD SRANDMEMBER SSCAN SINTER SUNION SDIFF SINTERCARD "
+    "ZRANGE ZRANGEBYSCORE ZREVRANGE ZREVRANGEBYSCORE ZRANGEBYLEX ZREVRANGEBYLEX ZRANK "
+    "ZREVRANK ZSCORE ZMSCORE ZCARD ZCOUNT ZLEXCOUNT ZSCAN ZRANDMEMBER ZINTER ZUNION ZDIFF "
+    "ZINTERCARD GETBIT BITCOUNT BITPOS BITFIELD_RO SORT_RO "
+    "XRANGE XREVRANGE XLEN GEOPOS GEODIST GEOHASH GEOSEARCH GEORADIUS_RO "
+    "GEORADIUSBYMEMBER_RO INFO COMMAND TIME LASTSAVE"
+)
+
+_RANDOM = "its effect is random, so replicas would diverge"
+_BLOCKING = "blocking commands are not replicated"
+_SCRIPT = "scripts are not replicated (their writes are not known before they run)"
+_ADMIN = "administrative commands would act on one replica only"
+_CONN = "per-connection state is not kept: every client shares one connection to the local server"
+_TTL = "relative expiry here is not rewritten to an absolute time; use EXPIREAT/PEXPIREAT"
+REFUSED: dict[bytes, str] = {
+    name: reason
+    for names, reason in (
+        ("SPOP", _RANDOM),
+        ("BLPOP BRPOP BLMOVE BRPOPLPUSH BLMPOP BZPOPMIN BZPOPMAX BZMPOP WAIT WAITAOF XREAD "
+         "XREADGROUP", _BLOCKING),
+        ("EVAL EVALSHA EVAL_RO EVALSHA_RO FCALL FCALL_RO SCRIPT FUNCTION", _SCRIPT),
+        ("CONFIG DEBUG SAVE BGSAVE BGREWRITEAOF SHUTDOWN REPLICAOF SLAVEOF FAILOVER CLUSTER "
+         "MIGRATE MOVE SWAPDB RESTORE RESTORE-ASKING OBJECT MEMORY LATENCY SLOWLOG ACL MODULE "
+         "SYNC PSYNC MONITOR SORT GEORADIUS GEORADIUSBYMEMBER XGROUP XACK XCLAIM XAUTOCLAIM "
+         "XSETID XINFO XPENDING LOLWUT", _ADMIN),
+        ("MULTI EXEC DISCARD WATCH UNWATCH SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE "
+         "PUNSUBSCRIBE SUNSUBSCRIBE PUBLISH SPUBLISH PUBSUB AUTH HELLO RESET READONLY READWRITE "
+         "ASKING CLIENT", _CONN),
+        ("GETEX", _TTL),
+    )
+    for name in _names(names)
+}
+assert not WRITES & READS
+assert not REFUSED.keys() & (WRITES | READS)
+
+_PLAIN = {name: Route.WRITE for name in WRITES} | {name: Route.READ for name in READS}
+_OK = simple("OK")
+
+
+def refuse(name: bytes, reason: str) -> bytes:
+    text = name.decode("utf-8", errors="replace")
+    return error(f"ERR kvstores: '{text}' is not supported by the replicated server: {reason}")
+
+
+def _wrong_args(name: bytes) -> bytes:
+    return error(f"ERR wrong number of arguments for '{name.decode(errors='replace').lower()}' "
+                 "command")
+
+
+def _positive_int(arg: bytes) -> int | None:
+    try:
+        value = int(arg)
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def _set(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
+    """SET key value [...] [EX s | PX ms]: a relative expiry becomes PXAT (Rule 2)."""
+    for position in range(3, len(args) - 1):
+        option = args[position].upper()
+        if option in (b"EX", b"PX"):
+            amount = _positive_int(args[position + 1])
+            if amount is None:
+                return Route.WRITE, raw  # redis refuses it the same way everywhere
+            at_ms = now_ms + (amount * 1000 if option == b"EX" else amount)
+            rewritten = args[:position] + [b"PXAT", b"%d" % at_ms] + args[position + 2 :]
+            return Route.WRITE, encode_command(rewritten)
+    return Route.WRITE, raw
+
+
+def _expire(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
+    """EXPIRE/PEXPIRE key amount [NX|XX|GT|LT] -> PEXPIREAT key absolute-ms [flag]."""
+    if len(args) < 3:
+        return Route.REPLY, _wrong_args(args[0])
+    try:
+        amount = int(args[2])
+    except ValueError:
+        return Route.WRITE, raw
+    scale = 1000 if args[0].upper() == b"EXPIRE" else 1
+    return Route.WRITE, encode_command(
+        [b"PEXPIREAT", args[1], b"%d" % (now_ms + amount * scale)] + args[3:])
+
+
+def _setex(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
+    """SETEX/PSETEX key amount value -> SET key value PXAT absolute-ms."""
+    if len(args) != 4:
+        return Route.REPLY, _wrong_args(args[0])
+    amount = _positive_int(args[2])
+    if amount is None:
+        return Route.WRITE, raw
+    scale = 1000 if args[0].upper() == b"SETEX" else 1
+    return Route.WRITE, encode_command(
+        [b"SET", args[1], args[3], b"PXAT", b"%d" % (now_ms + amount * scale)])
+
+
+def _xadd(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
+    """XADD with an explicit id is deterministic; an id the server generates (``*``) is not."""
+    position = 2
+    upper = [arg.upper() for arg in args[: min(len(args), 9)]]
+    if position < len(upper) and upper[position] == b"NOMKSTREAM":
+        position += 1
+    if position < len(upper) and upper[position] in (b"MAXLEN", b"MINID"):
+        position += 1
+        if position < len(args) and args[position] in (b"=", b"~"):
+            position += 1
+        position += 1
+        if position < len(upper) and upper[position] == b"LIMIT":
+            position += 2
+    if position >= len(args):
+        return Route.REPLY, _wrong_args(args[0])
+    if args[position] == b"*" or args[position].endswith(b"-*"):
+        return Route.REPLY, refuse(b"XADD", "an id generated by the server ('*') depends on the "
+                                   "replica's clock; pass an explicit id")
+    return Route.WRITE, raw
+
+
+def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
+    """Commands the front end answers itself."""
+    name = args[0].upper()
+    if name == b"PING":
+        return Route.REPLY, (simple("PONG") if len(args) == 1 else bulk(args[1]))
+    if name == b"ECHO":
+        return Route.REPLY, (bulk(args[1]) if len(args) == 2 else _wrong_args(name))
+    if name == b"QUIT":
+        return Route.QUIT, _OK
+    if name == b"SELECT":
+        if len(args) == 2 and args[1] == b"0":
+            return Route.REPLY, _OK
+        return Route.REPLY, refuse(b"SELECT", "only database 0 is served")
+    if name == b"KVSTORES":
+        sub = args[1].upper() if len(args) > 1 else b""
+        if sub == b"DIGEST":
+            # DEBUG DIGEST of the local server (enabled for its private socket only): after
+            # every write applied before it, so equal digests mean equal data sets.
+            return Route.READ, encode_command([b"DEBUG", b"DIGEST"])
+        if sub == b"STATUS":
+            return Route.STATUS, b""
+        if sub == b"FORWARDER":
+            return Route.FORWARDER, _OK
+        return Route.REPLY, error("ERR usage: KVSTORES STATUS | KVSTORES DIGEST")
+    raise AssertionError(name)
+
+
+_SPECIAL = {
+    b"SET": _set,
+    b"EXPIRE": _expire,
+    b"PEXPIRE": _expire,
+    b"SETEX": _setex,
+    b"PSETEX": _setex,
+    b"XADD": _xadd,
+    b"PING": _local,
+    b"ECHO": _local,
+    b"QUIT": _local,
+    b"SELECT": _local,
+    b"KVSTORES": _local,
+}
+assert not _SPECIAL.keys() & REFUSED.keys()
+
+
+def classify(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
+    """(route, bytes) for one command: the bytes to forward or propose, or the reply to send.
+
+    ``now_ms`` is the leader's clock (unix ms), used only to make relative expiries absolute.
+    """
+    assert args
+    name = args[0]
+    route = _PLAIN.get(name)
+    if route is None:
+        name = name.upper()
+        route = _PLAIN.get(name)
+    if route is not None and name not in _SPECIAL:
+        return route, raw
+    special = _SPECIAL.get(name)
+    if special is not None:
+        return special(args, raw, now_ms)
+    reason = REFUSED.get(name)
+    if reason is not None:
+        return Route.REPLY, refuse(name, reason)
+    return Route.REPLY, error(
+        f"ERR kvstores: unknown or unsupported command '{name.decode(errors='replace')}'")

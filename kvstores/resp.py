@@ -1,0 +1,154 @@
+"""RESP2, sans-IO: client commands in, replies framed, errors encoded. No sockets here.
+
+Rule 1: ``parse_commands`` consumes only complete commands and reports how far it got, so the
+        caller keeps the rest for the next read; a malformed command raises ``ProtocolError``
+        (the front end answers ``-ERR Protocol error: ...`` and closes, as redis-server does).
+Rule 2: a command arrives as multibulk (``*N\\r\\n$len\\r\\narg\\r\\n...``, what every client
+        library sends) or inline (``SET k v\\r\\n``, telnet style); both yield the arguments and
+        the exact RESP bytes to forward, so an unchanged command is never re-encoded.
+Rule 3: ``reply_end`` frames one complete reply of any RESP2 type (nested arrays included) without
+        decoding it; replies are forwarded to clients byte for byte.
+
+Cost: O(bytes) per command, one ``find`` per line.
+"""
+
+from __future__ import annotations
+
+from kvstores.constants import ARGS_MAX, INLINE_BYTES_MAX
+
+CRLF = b"\r\n"
+_STAR = 42  # '*'
+_DOLLAR = 36  # '$'
+
+
+class ProtocolError(ValueError):
+    """The client sent bytes that are not RESP; the message says what (redis's wording)."""
+
+
+def encode_command(args: list[bytes]) -> bytes:
+    """The multibulk RESP encoding of ``args``."""
+    assert args
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts.append(b"$%d\r\n" % len(arg))
+        parts.append(arg)
+        parts.append(CRLF)
+    return b"".join(parts)
+
+
+def error(message: str) -> bytes:
+    """An error reply; ``message`` starts with its code (``ERR``, ``MOVED``, ``TRYAGAIN``...)."""
+    text = message.replace("\r", " ").replace("\n", " ")
+    return b"-" + text.encode("utf-8", errors="replace") + CRLF
+
+
+def simple(text: str) -> bytes:
+    return b"+" + text.encode() + CRLF
+
+
+def bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _int_field(buf: bytes | bytearray, start: int, end: int, what: str) -> int:
+    try:
+        return int(buf[start:end])
+    except ValueError:
+        raise ProtocolError(f"invalid {what}") from None
+
+
+def _parse_multibulk(buf: bytes | bytearray, pos: int) -> tuple[list[bytes], int] | None:
+    """(args, end) of the multibulk command at ``pos``, or None when incomplete."""
+    eol = buf.find(CRLF, pos)
+    if eol < 0:
+        if len(buf) - pos > INLINE_BYTES_MAX:
+            raise ProtocolError("too big mbulk count string")
+        return None
+    count = _int_field(buf, pos + 1, eol, "multibulk length")
+    if count > ARGS_MAX:
+        raise ProtocolError("invalid multibulk length")
+    pos = eol + 2
+    args: list[bytes] = []
+    size = len(buf)
+    for _ in range(count):
+        if pos >= size:
+            return None
+        if buf[pos] != _DOLLAR:
+            raise ProtocolError(f"expected '$', got '{chr(buf[pos])}'")
+        eol = buf.find(CRLF, pos)
+        if eol < 0:
+            return None
+        length = _int_field(buf, pos + 1, eol, "bulk length")
+        if length < 0:
+            raise ProtocolError("invalid bulk length")
+        start = eol + 2
+        end = start + length
+        if end + 2 > size:
+            return None
+        if buf[end : end + 2] != CRLF:
+            raise ProtocolError("bulk argument not terminated by CRLF")
+        args.append(bytes(buf[start:end]))
+        pos = end + 2
+    return args, pos
+
+
+def parse_commands(
+    buf: bytes | bytearray, limit: int
+) -> tuple[list[tuple[list[bytes], bytes]], int]:
+    """Parse up to ``limit`` complete commands from ``buf``: ([(args, raw), ...], consumed).
+
+    ``raw`` is the command's RESP encoding (the bytes received for multibulk commands). Empty
+    commands (``*0``, blank inline lines) are skipped, as redis-server does.
+    """
+    assert limit > 0
+    commands: list[tuple[list[bytes], bytes]] = []
+    pos = 0
+    size = len(buf)
+    while pos < size and len(commands) < limit:
+        if buf[pos] == _STAR:
+            parsed = _parse_multibulk(buf, pos)
+            if parsed is None:
+                break
+            args, end = parsed
+            if args:
+                commands.append((args, bytes(buf[pos:end])))
+            pos = end
+            continue
+        eol = buf.find(b"\n", pos)
+        if eol < 0:
+            if size - pos > INLINE_BYTES_MAX:
+                raise ProtocolError("too big inline request")
+            break
+        line = bytes(buf[pos:eol]).rstrip(b"\r")
+        pos = eol + 1
+        words = line.split()
+        if words:
+            commands.append((words, encode_command(words)))
+    return commands, pos
+
+
+def reply_end(buf: bytes | bytearray, pos: int) -> int:
+    """The end of the complete RESP2 reply starting at ``pos``, or -1 if it is incomplete."""
+    need = 1
+    size = len(buf)
+    while need:
+        if pos >= size:
+            return -1
+        eol = buf.find(CRLF, pos)
+        if eol < 0:
+            return -1
+        kind = buf[pos]
+        if kind == _DOLLAR:
+            length = int(buf[pos + 1 : eol])
+            pos = eol + 2 if length < 0 else eol + 4 + length
+            if pos > size:
+                return -1
+        elif kind == _STAR:
+            count = int(buf[pos + 1 : eol])
+            pos = eol + 2
+            if count > 0:
+                need += count
+        else:
+            pos = eol + 2
+        need -= 1
+    return pos

@@ -1,0 +1,91 @@
+"""The ordered pipe (kvstores.pipe) against a fake local server on a socketpair: routing by
+target, tags and claims, log gaps, proven-lost entries, no-ops."""
+
+import asyncio
+import socket
+
+import pytest
+
+from kvstores.pipe import NOOP_TAG, LocalPipe, PipeFailed, Slot, SlotOwner, tag_entry
+from kvstores.resp import reply_end
+
+
+class Owner(SlotOwner):
+    def __init__(self):
+        self.filled = []
+
+    def slot_filled(self, slot):
+        self.filled.append(slot.data)
+
+
+def make_pipe(loop):
+    ours, server = socket.socketpair()
+    failures = []
+    pipe = LocalPipe(ours, loop, lambda buf, pos, kind: reply_end(buf, pos), lambda data: 0,
+                     failures.append, b"-ERR gone\r\n")
+    return pipe, server, failures
+
+
+async def settle():
+    for _ in range(20):
+        await asyncio.sleep(0.005)
+
+
+def test_replies_follow_targets_and_tags_in_order():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pipe, server, _ = make_pipe(loop)
+        owner = Owner()
+        read = Slot(owner)
+        claimed = Slot(owner)
+        pipe.claim(tag=(1 << 48) + 5, slot=claimed)
+        pipe.send(b"*1\r\n$3\r\nGET\r\n", read)
+        pipe.apply(1, tag_entry((1 << 48) + 4, b"SET-A"))  # nobody claimed: dropped
+        pipe.apply(2, tag_entry((1 << 48) + 5, b"SET-B"))
+        pipe.apply(3, tag_entry(NOOP_TAG, b""))  # a no-op reaches no server
+        await settle()
+        assert server.recv(100) == b"*1\r\n$3\r\nGET\r\nSET-ASET-B"
+        server.sendall(b"$1\r\nx\r\n+A\r\n+B\r\n")
+        await settle()
+        assert owner.filled == [b"$1\r\nx\r\n", b"+B\r\n"]
+        assert pipe.applied_index == 3
+        pipe.close()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_gap_in_the_log_stops_the_pipe():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pipe, server, failures = make_pipe(loop)
+        with pytest.raises(PipeFailed):
+            pipe.apply(2, tag_entry(7, b"X"))
+        await settle()
+        assert failures and "arrived after 0" in failures[0]
+        pipe.close()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_index_taken_by_another_entry_proves_the_claimed_one_lost():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pipe, server, _ = make_pipe(loop)
+        owner = Owner()
+        ours, kept = (2 << 48) + 1, (2 << 48) + 2
+        pipe.claim(ours, Slot(owner))
+        pipe.claim(kept, Slot(owner))
+        pipe.expect(1, [ours, kept], b"-TRYAGAIN lost\r\n")
+        pipe.apply(1, tag_entry(NOOP_TAG, b""))  # the new leader's no-op took index 1
+        pipe.apply(2, tag_entry(kept, b"CMD"))  # index 2 holds our second entry after all
+        await settle()
+        assert owner.filled == [b"-TRYAGAIN lost\r\n"]
+        server.sendall(b"+OK\r\n")
+        await settle()
+        assert owner.filled == [b"-TRYAGAIN lost\r\n", b"+OK\r\n"]
+        pipe.close()
+        server.close()
+
+    asyncio.run(scenario())
