@@ -1,4 +1,4 @@
-"""``python -m exchange {serve,demo,bench}``: the exchange's command line.
+"""``python -m exchange {serve,demo,bench,watch}``: the exchange's command line.
 
 Rule 1: bad arguments and configuration errors print one line and exit 2; Ctrl-C exits 130 with a
         clear message; tracebacks are for bugs only.
@@ -108,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_serve(commands)
     import exchange.bench as bench
     import exchange.demo as demo
+    import exchange.watch as watch
 
     demo.add_parser(commands)
     bench.add_parser(commands)
+    watch.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_serve(args)
         if args.command == "demo":
             return demo.run(args)
+        if args.command == "watch":
+            return watch.run(args)
         return bench.run(args)
     except ConfigError as exc:
         print(f"python -m exchange {args.command}: error: {exc}", file=sys.stderr)
