@@ -15,6 +15,12 @@ Rule 3: the terminal is always given back: cbreak mode and the alternate screen 
         every exit path (``q``, Ctrl-C, an exception, ``--seconds`` running out).
 Rule 4: threads: one poller, one stream reader, the probe, the key reader and rich's refresh
         thread; they share the model under one lock and stop within ``STOP_JOIN_S``.
+Rule 5: ``exchange demo --watch`` runs the dashboard as a child process, so that drawing never
+        takes the traders' interpreter lock (their latencies are the figures the demo reports).
+        The demo feeds it notes and the traders' latencies through a pipe it never blocks on
+        (a line the child is too slow to take is dropped and counted); the child ignores Ctrl-C
+        and quits when the pipe closes, so the demo alone decides when the run ends; the child
+        quitting (``q``) ends the demo's load early.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import contextlib
 import io
 import os
 import select
+import signal
+import subprocess
 import sys
 import termios
 import threading
@@ -52,6 +60,8 @@ STREAM_RETRY_S = 0.2
 STOP_JOIN_S = 2.0
 KEY_POLL_S = 0.1
 SVG_WIDTH, SVG_HEIGHT = 120, 40
+FEED_PAIRS_PER_LINE = 80  # at most 32 bytes a pair: a line stays below PIPE_BUF (4096)
+CHILD_EXIT_S = 5.0
 DEFAULT_WATCH_SYMBOLS = ("AAPL", "MSFT", "GOOG", "AMZN")
 # A restarted server must be seen within a poll or two, not after gRPC's default reconnect
 # back-off (1 s growing to 120 s).
@@ -345,32 +355,73 @@ def save_svg(watcher: Watcher, path: str) -> None:
 
 
 class DemoDashboard:
-    """The dashboard in place of the demo's progress bar: tqdm's ``write``, ``n``,
-    ``set_postfix_str`` and ``close``, plus ``quit_requested`` for the ``q`` key."""
+    """The dashboard in place of the demo's progress bar (Rule 5): a ``watch`` child process on
+    this terminal, fed through a pipe. Offers what the demo uses of tqdm (``write``, ``n``,
+    ``set_postfix_str``, ``close``) plus ``quit_requested`` (the child ended: ``q``)."""
 
-    def __init__(self, addresses: dict[int, str], feed: LatencyFeed, seconds: float,
+    def __init__(self, server_uris: str, feed: LatencyFeed, seconds: float,
                  svg_path: str = "") -> None:
-        self.watcher = Watcher(addresses, DEFAULT_WATCH_SYMBOLS, latency_feed=feed,
-                               latency_source="traders")
+        read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        command = [sys.executable, "-m", "exchange", "watch", "--server-uris", server_uris,
+                   "--probe-rate", "0", "--feed-fd", str(read_fd)]
+        if svg_path:
+            command += ["--svg", svg_path]
+        self._child = subprocess.Popen(command, pass_fds=(read_fd,))
+        os.close(read_fd)
+        self._feed = feed
         self.seconds = seconds
         self.n = 0.0
-        self._postfix = ""
-        self._context = dashboard(self.watcher, REFRESH_HZ_DEFAULT, svg_path)
-        self._context.__enter__()
+        self.dropped = 0
 
     @property
     def quit_requested(self) -> bool:
-        return self.watcher.quit_requested.is_set()
+        return self._child.poll() is not None
+
+    def _send(self, line: str) -> None:
+        data = (line.replace("\n", " ") + "\n").encode()
+        try:
+            os.write(self._write_fd, data)  # a line is far below PIPE_BUF: written whole or not
+        except BlockingIOError:
+            self.dropped += 1  # the child is behind; the demo must never wait for it
+        except OSError:
+            pass  # the child has gone (q); quit_requested says so
 
     def write(self, text: str) -> None:
-        self.watcher.note(text)
+        self._send(f"note {text}")
 
     def set_postfix_str(self, text: str) -> None:
-        self._postfix = text
-        self.watcher.subtitle = f"  | demo {self.n:.1f}/{self.seconds:g} s, {text}"
+        self._send(f"subtitle demo {self.n:.1f}/{self.seconds:g} s, {text}")
+        samples = self._feed()
+        for first in range(0, len(samples), FEED_PAIRS_PER_LINE):
+            chunk = samples[first:first + FEED_PAIRS_PER_LINE]
+            self._send("lat " + " ".join(f"{end} {latency}" for end, latency in chunk))
 
     def close(self) -> None:
-        self._context.__exit__(None, None, None)
+        os.close(self._write_fd)  # end of feed: the child quits and gives the terminal back
+        try:
+            self._child.wait(CHILD_EXIT_S)
+        except subprocess.TimeoutExpired:
+            self._child.kill()
+            self._child.wait()
+
+
+def _read_feed(watcher: Watcher, fd: int) -> None:
+    """Rule 5, the child's side: ``note TEXT``, ``subtitle TEXT``, ``lat END LAT END LAT ...``
+    (monotonic ns, the same clock in both processes); end of file = quit."""
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as feed:
+        for line in feed:
+            kind, _, rest = line.rstrip("\n").partition(" ")
+            if kind == "note":
+                watcher.note(rest)
+            elif kind == "subtitle":
+                watcher.subtitle = f"  {rest}"
+            elif kind == "lat":
+                numbers = [int(x) for x in rest.split() if x.isdigit()]
+                pairs = list(zip(numbers[::2], numbers[1::2], strict=False))
+                with watcher.lock:
+                    watcher.model.add_latencies(pairs)
+    watcher.quit_requested.set()
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -398,6 +449,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="quit after this long (default 0 = until q or Ctrl-C)")
     watch.add_argument("--svg", default="", metavar="FILE",
                        help="at exit, write the last frame as an SVG screenshot (120x40 cells)")
+    watch.add_argument("--feed-fd", type=int, default=-1, help=argparse.SUPPRESS)  # demo
 
 
 def run(args: argparse.Namespace) -> int:
@@ -412,7 +464,13 @@ def run(args: argparse.Namespace) -> int:
     if args.seconds < 0:
         raise ConfigError(f"--seconds {args.seconds:g}: must be >= 0")
     symbols = (args.symbol, *(s for s in DEFAULT_WATCH_SYMBOLS if s != args.symbol))
-    watcher = Watcher(addresses, symbols, probe_rate=args.probe_rate)
+    if args.feed_fd >= 0:  # the demo's dashboard: the demo decides when to stop (Rule 5)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        watcher = Watcher(addresses, symbols, latency_source="traders")
+        threading.Thread(target=_read_feed, args=(watcher, args.feed_fd), daemon=True,
+                         name="watch-feed").start()
+    else:
+        watcher = Watcher(addresses, symbols, probe_rate=args.probe_rate)
     deadline = time.monotonic() + args.seconds if args.seconds else float("inf")
     with dashboard(watcher, args.refresh_hz, args.svg):
         while not watcher.quit_requested.wait(KEY_POLL_S):

@@ -27,7 +27,7 @@ LADDER_LEVELS_MIN = 3
 EVENT_ROWS_MIN = 4
 METRICS_ROWS = 4  # two lines of figures + the border
 TAPE_WIDTH = 34
-BAR_WIDTH_MAX = 20
+BAR_WIDTH_MAX = 16
 ROLE_STYLES = {
     "leader": "bold green", "standalone": "bold green", "follower": "cyan",
     "recovering": "yellow", "paused": "bold red", "failed": "bold red", "down": "bold red",
@@ -72,12 +72,12 @@ def _header(model: ClusterModel, subtitle: str) -> Text:
     text = Text.assemble(("mu-exchange watch", "bold"), f"  {len(model.servers)} servers  ")
     leader = f"leader {model.leader}" if model.leader is not None else "NO LEADER"
     text.append(leader, style="bold green" if model.leader is not None else "bold red")
-    text.append(f"  {time.strftime('%H:%M:%S')}  symbol ")
+    text.append(f"  {time.strftime('%H:%M:%S')}{subtitle}  symbol ")
     for index, symbol in enumerate(model.symbols[:9]):
         style = "reverse bold" if index == model.symbol_index else "dim"
         text.append(f"{index + 1}:{symbol}", style=style)
         text.append(" ")
-    text.append(f"  keys: ←/→ symbol, q quit{subtitle}", style="dim")
+    text.append("  keys: ←/→ symbol, q quit", style="dim")
     text.no_wrap = True
     text.overflow = "ellipsis"
     return text
@@ -155,9 +155,9 @@ def _ladder(model: ClusterModel, levels: int) -> Panel:
     table = Table(box=None, expand=True, pad_edge=False, show_edge=False)
     table.add_column("orders", justify="right", no_wrap=True, min_width=6)
     table.add_column("bid qty", justify="right", no_wrap=True, min_width=8)
-    table.add_column("", justify="right", no_wrap=True, ratio=1)
+    table.add_column("", justify="right", no_wrap=True, ratio=1, min_width=BAR_WIDTH_MAX)
     table.add_column("price", justify="center", no_wrap=True, min_width=10)
-    table.add_column("", justify="left", no_wrap=True, ratio=1)
+    table.add_column("", justify="left", no_wrap=True, ratio=1, min_width=BAR_WIDTH_MAX)
     table.add_column("ask qty", justify="left", no_wrap=True, min_width=8)
     table.add_column("orders", justify="left", no_wrap=True, min_width=6)
     for _ in range(levels - len(asks)):
@@ -181,7 +181,7 @@ def _ladder(model: ClusterModel, levels: int) -> Panel:
 
 def _bar(level: pb.PriceLevel, largest: int, style: str) -> Text:
     width = max(1, BAR_WIDTH_MAX * level.quantity // largest)
-    return Text("■" * width, style=style)
+    return Text("■" * width, style=style, overflow="crop", no_wrap=True)
 
 
 def _tape(model: ClusterModel, rows: int) -> Panel:

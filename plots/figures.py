@@ -126,6 +126,8 @@ def latency_cdf(series: Mapping[str, Sequence[float]], path: str | Path, title: 
 
 
 def _us(value_us: float) -> str:
+    if value_us >= 1_000_000:
+        return f"{value_us / 1_000_000:.3g} s"
     if value_us >= 1000:
         return f"{value_us / 1000:.3g} ms"
     return f"{value_us:.3g} us"
