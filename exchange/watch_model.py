@@ -8,8 +8,10 @@ Rule 1: the model is fed, never fetches: ``observe`` takes one poll of every ser
 Rule 2: the leader is the server most answering, unpaused servers name, provided it answers as
         leader (or standalone) itself; a change from one leader to another is an event whose
         duration is bounded by the polls: the old leader was last seen leading at ``from_ns``, the
-        new one first at ``to_ns``. Orders that were in flight across that window (from the
-        latency feed, for ``STALL_WATCH_S`` after the change) give the wait traders saw.
+        new one first at ``to_ns``. The latency feed then tells what traders saw, once
+        ``STALL_WATCH_S`` has passed: the longest wait of an order in flight across the window,
+        and, when answers are dense (at least ``SILENCE_SAMPLES_MIN`` within ``STALL_WATCH_S``
+        of it), the longest time without any answer around it: the failover as clients felt it.
 Rule 3: every collection is bounded: ``EVENTS_MAX`` events, ``TAPE_TRADES_MAX`` trades per symbol
         and ``SYMBOLS_MAX`` symbols, ``HISTORY_BUCKETS`` buckets of history, ``DIGESTS_KEPT_MAX``
         digests per server.
@@ -33,7 +35,8 @@ HISTORY_BUCKETS = 120  # 60 s of history
 LATENCY_WINDOW_S = 5.0  # percentiles shown are over this many seconds of answers
 LATENCY_SAMPLES_MAX = 200_000  # kept for the window; a Python trader load stays far below
 DIGESTS_KEPT_MAX = 256
-STALL_WATCH_S = 3.0  # how long after a leader change late answers still count towards its stall
+STALL_WATCH_S = 1.0  # answers this long around a leader change's window describe it
+SILENCE_SAMPLES_MIN = 100  # fewer answers (a 10/s probe) cannot measure a silence of ms
 LEADERLESS_EVENT_S = 1.0  # "no leader" becomes an event only after this long
 GOOD_ROLES = frozenset({"leader", "follower", "standalone"})
 LEADING_ROLES = frozenset({"leader", "standalone"})
@@ -52,13 +55,18 @@ class Event:
     # failed, note
     text: str
     window_ns: tuple[int, int] = (0, 0)  # leader change: (old leader last seen, new first seen)
-    stall_ns: int = 0
+    stall_ns: int = 0  # longest wait of an order in flight across the window
+    silence_ns: int = 0  # longest time without an answer around the window (dense feeds)
 
     def line(self) -> str:
-        if self.kind != "leader" or not self.window_ns[0]:
+        if self.kind != "leader" or not self.window_ns[1]:
             return self.text
         bound_ms = (self.window_ns[1] - self.window_ns[0]) / 1e6
-        stall = f"; orders waited up to {self.stall_ns / 1e6:.1f} ms" if self.stall_ns else ""
+        stall = ""
+        if self.silence_ns:
+            stall += f"; no order answered for {self.silence_ns / 1e6:.1f} ms"
+        if self.stall_ns:
+            stall += f"; longest order wait {self.stall_ns / 1e6:.1f} ms"
         return f"{self.text}: changed within {bound_ms:.0f} ms (between polls){stall}"
 
 
@@ -115,7 +123,7 @@ class ClusterModel:
         self.latency_source = ""
         self._applied: deque[tuple[int, int]] = deque()  # (time_ns, orders applied), 60 s
         self._latencies: deque[tuple[int, int]] = deque()  # (end_ns, latency_ns)
-        self._pending: list[Event] = []  # leader changes still collecting their stall
+        self._pending: list[Event] = []  # leader changes waiting for the answers around them
         self.now_ns = 0
 
     # ---- cluster polls -------------------------------------------------------------------
@@ -295,15 +303,24 @@ class ClusterModel:
             if len(self._latencies) >= LATENCY_SAMPLES_MAX:
                 self._latencies.popleft()
             self._latencies.append((end_ns, latency_ns))
-            for event in self._pending:
-                start_ns = end_ns - latency_ns
-                if start_ns <= event.window_ns[1] and end_ns >= event.window_ns[0]:
-                    event.stall_ns = max(event.stall_ns, latency_ns)
         now = max(self.now_ns, self._latencies[-1][0] if self._latencies else 0)
-        self._pending = [e for e in self._pending if now - e.time_ns < STALL_WATCH_S * 1e9]
+        watch_ns = int(STALL_WATCH_S * 1e9)
+        for event in [e for e in self._pending if now - e.window_ns[1] > watch_ns]:
+            self._settle(event, watch_ns)
+            self._pending.remove(event)
         horizon = now - int(HISTORY_BUCKETS * BUCKET_S * 1e9)
         while self._latencies and self._latencies[0][0] < horizon:
             self._latencies.popleft()
+
+    def _settle(self, event: Event, watch_ns: int) -> None:
+        """Rule 2: what the answers around a leader change's window say about it."""
+        low, high = event.window_ns[0] - watch_ns, event.window_ns[1] + watch_ns
+        ends = sorted(end for end, _ in self._latencies if low <= end <= high)
+        event.stall_ns = max((lat for end, lat in self._latencies
+                              if end >= event.window_ns[0] and end - lat <= event.window_ns[1]),
+                             default=0)
+        if len(ends) >= SILENCE_SAMPLES_MIN:
+            event.silence_ns = max(b - a for a, b in zip(ends, ends[1:], strict=False))
 
     def latency_percentiles_us(self) -> tuple[int, float, float, float, float]:
         """(count, p50, p90, p99, max) over the last ``LATENCY_WINDOW_S``; zeros if none."""
