@@ -112,7 +112,9 @@ def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
     )
     load = LoadRun(config)
     failover = Failover(old_leader=leader)
-    if args.watch:
+    if args.watch and not sys.stdout.isatty():
+        print("demo: --watch needs a terminal; showing the progress bar instead", flush=True)
+    if args.watch and sys.stdout.isatty():
         from exchange.watch import DemoDashboard
 
         cursors: list[int] = []

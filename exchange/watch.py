@@ -43,6 +43,7 @@ from typing import Any
 import grpc
 
 from exchange.config import ConfigError, parse_server_uris
+from exchange.convert import BadRequest, check_symbol
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 from exchange.watch_model import GOOD_ROLES, ClusterModel, Trade
@@ -463,6 +464,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--refresh-hz {args.refresh_hz:g}: must be 0.5..30")
     if args.seconds < 0:
         raise ConfigError(f"--seconds {args.seconds:g}: must be >= 0")
+    try:
+        check_symbol(args.symbol, required=True)
+    except BadRequest as exc:
+        raise ConfigError(f"--symbol: {exc}") from None
     symbols = (args.symbol, *(s for s in DEFAULT_WATCH_SYMBOLS if s != args.symbol))
     if args.feed_fd >= 0:  # the demo's dashboard: the demo decides when to stop (Rule 5)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
