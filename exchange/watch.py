@@ -94,7 +94,7 @@ class Watcher:
         self.addresses = dict(sorted(addresses.items()))
         self.model = ClusterModel(self.addresses, symbols, frozenset({PROBE_SYMBOL}))
         self.model.latency_source = latency_source or (
-            f"probe ({probe_rate:g}/s)" if probe_rate else "no probe:")
+            f"probe ({probe_rate:g}/s)" if probe_rate else "no probe")
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.quit_requested = threading.Event()
@@ -227,6 +227,8 @@ class Watcher:
             call = self._stubs[server].StreamMarketData(pb.MarketDataRequest())
             with self.lock:
                 self._stream_call, self._stream_server = call, server
+            if self.stopping.is_set():  # stop() may have looked for a call just before
+                call.cancel()
             floor = last_index  # Rule 2: a lagging server must not repeat trades already shown
             try:
                 for update in call:

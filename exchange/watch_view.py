@@ -222,7 +222,7 @@ def _metrics(model: ClusterModel) -> Panel:
         line = (f"{model.latency_source} latency p50 {_ms(p50)} p90 {_ms(p90)} p99 {_ms(p99)} "
                 f"max {_ms(top)}")
     else:
-        line = f"{model.latency_source or 'latency'}: no answers in the last 5 s"
+        line = f"latency ({model.latency_source}): no answers in the last 5 s"
     figures.add_row(Text(line, overflow="ellipsis", no_wrap=True),
                     Text(sparkline(model.p99_history_us(), width), style="red"))
     return Panel(figures, title="load (last 5 s; sparklines: 60 s, p99 in red)",

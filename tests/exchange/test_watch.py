@@ -29,13 +29,14 @@ SYMBOL = "WTCH"
 
 
 class Terminal:
-    """A watch process on a pty, its output fed to a pyte screen by a reader thread."""
+    """``python -m exchange ARGS`` on a pty, its output fed to a pyte screen by a reader
+    thread."""
 
     def __init__(self, args: list[str]) -> None:
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
         env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(COLUMNS), LINES=str(ROWS))
-        self.process = subprocess.Popen([sys.executable, "-m", "exchange", "watch", *args],
+        self.process = subprocess.Popen([sys.executable, "-m", "exchange", *args],
                                         stdin=slave, stdout=slave, stderr=slave, env=env,
                                         start_new_session=True)
         os.close(slave)
@@ -107,6 +108,25 @@ class Terminal:
         os.close(self.master)
 
 
+def test_demo_watch_shows_the_failover_live_then_the_summary():
+    """First in the module: the demo starts its own cluster, before the module's one exists."""
+    term = Terminal(["demo", "--watch", "--seconds", "5", "--traders", "2", "--no-plots"])
+    try:
+        # the demo first starts its cluster (up to 30 s on a loaded machine) and its traders
+        paused = int(term.wait_for(r"demo: [\d.]+ s: paused the leader, server (\d)",
+                                   timeout_s=90).group(1))
+        term.wait_until(lambda: term.leader_change_after_pause(paused),
+                        f"a leader change from {paused} after the demo's pause")
+        term.wait_for(r"traders latency p50 [\d.]+m?s")
+        assert term.process.wait(90) == 0, bytes(term.raw[-3000:])
+        term.reader.join(5)
+    finally:
+        term.close()
+    out = bytes(term.raw)
+    assert b"replicas' digests: ALL EQUAL" in out
+    assert b"\x1b[?1049l" in out and b"Traceback" not in out
+
+
 @pytest.fixture(scope="module")
 def cluster():
     if not consensus_ready():
@@ -117,7 +137,7 @@ def cluster():
 
 def test_dashboard_follows_orders_a_failover_and_a_restart(cluster):
     cluster.wait_for_leader(10)
-    term = Terminal(["--server-uris", cluster.server_uris, "--symbol", SYMBOL,
+    term = Terminal(["watch", "--server-uris", cluster.server_uris, "--symbol", SYMBOL,
                      "--probe-rate", "5"])
     try:
         term.wait_for(r"leader \d\s+\d\d:\d\d:\d\d")
@@ -146,7 +166,7 @@ def test_dashboard_follows_orders_a_failover_and_a_restart(cluster):
         term.wait_for(rf"server {follower} down")
         term.wait_for(rf"\n│\s+{follower}\s+\S+\s+down\s")
         cluster.start_server(follower)
-        term.wait_for(rf"server {follower} answers again")
+        term.wait_for(rf"server {follower} (answers again|restarted)")
         assert "Traceback" not in term.text()
 
         term.type(b"\t")  # next symbol: the ladder follows the selection
@@ -184,7 +204,7 @@ def _pause_the_leader(term, cluster, leader, header_leader, tries=3):
 
 
 def test_ctrl_c_ends_it_cleanly(cluster):
-    term = Terminal(["--server-uris", cluster.server_uris, "--probe-rate", "0"])
+    term = Terminal(["watch", "--server-uris", cluster.server_uris, "--probe-rate", "0"])
     try:
         term.wait_for(r"leader \d\s+\d\d:\d\d:\d\d")
         term.process.send_signal(signal.SIGINT)
@@ -209,3 +229,4 @@ def test_bad_arguments_are_one_line_errors(argv, capsys, monkeypatch):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("python -m exchange watch: error:") and err.count("\n") == 1
+
