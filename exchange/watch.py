@@ -20,7 +20,8 @@ Rule 5: ``exchange demo --watch`` runs the dashboard as a child process, so that
         The demo feeds it notes and the traders' latencies through a pipe it never blocks on
         (a line the child is too slow to take is dropped and counted); the child ignores Ctrl-C
         and quits when the pipe closes, so the demo alone decides when the run ends; the child
-        quitting (``q``) ends the demo's load early.
+        quitting (``q``) ends the demo's load early. The demo starts its traders once the child
+        says it is on the screen (``--ready-fd``), or after ``CHILD_READY_S``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ KEY_POLL_S = 0.1
 SVG_WIDTH, SVG_HEIGHT = 120, 40
 FEED_PAIRS_PER_LINE = 80  # at most 32 bytes a pair: a line stays below PIPE_BUF (4096)
 CHILD_EXIT_S = 5.0
+CHILD_READY_S = 30.0  # start-up of the dashboard child; seconds on a loaded 2-core machine
 DEFAULT_WATCH_SYMBOLS = ("AAPL", "MSFT", "GOOG", "AMZN")
 # A restarted server must be seen within a poll or two, not after gRPC's default reconnect
 # back-off (1 s growing to 120 s).
@@ -366,12 +368,18 @@ class DemoDashboard:
                  svg_path: str = "") -> None:
         read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
+        ready_read_fd, ready_write_fd = os.pipe()
         command = [sys.executable, "-m", "exchange", "watch", "--server-uris", server_uris,
-                   "--probe-rate", "0", "--feed-fd", str(read_fd)]
+                   "--probe-rate", "0", "--feed-fd", str(read_fd),
+                   "--ready-fd", str(ready_write_fd)]
         if svg_path:
             command += ["--svg", svg_path]
-        self._child = subprocess.Popen(command, pass_fds=(read_fd,))
+        self._child = subprocess.Popen(command, pass_fds=(read_fd, ready_write_fd))
         os.close(read_fd)
+        os.close(ready_write_fd)
+        # the load starts once the dashboard is on the screen (or has failed, or is too slow)
+        select.select([ready_read_fd], [], [], CHILD_READY_S)
+        os.close(ready_read_fd)
         self._feed = feed
         self.seconds = seconds
         self.n = 0.0
@@ -453,6 +461,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     watch.add_argument("--svg", default="", metavar="FILE",
                        help="at exit, write the last frame as an SVG screenshot (120x40 cells)")
     watch.add_argument("--feed-fd", type=int, default=-1, help=argparse.SUPPRESS)  # demo
+    watch.add_argument("--ready-fd", type=int, default=-1, help=argparse.SUPPRESS)  # demo
 
 
 def run(args: argparse.Namespace) -> int:
@@ -480,6 +489,9 @@ def run(args: argparse.Namespace) -> int:
         watcher = Watcher(addresses, symbols, probe_rate=args.probe_rate)
     deadline = time.monotonic() + args.seconds if args.seconds else float("inf")
     with dashboard(watcher, args.refresh_hz, args.svg):
+        if args.ready_fd >= 0:  # the demo waits for this before it starts its traders
+            os.write(args.ready_fd, b"ready\n")
+            os.close(args.ready_fd)
         while not watcher.quit_requested.wait(KEY_POLL_S):
             if time.monotonic() >= deadline:
                 break

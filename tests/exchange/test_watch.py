@@ -110,7 +110,7 @@ class Terminal:
 
 def test_demo_watch_shows_the_failover_live_then_the_summary():
     """First in the module: the demo starts its own cluster, before the module's one exists."""
-    term = Terminal(["demo", "--watch", "--seconds", "5", "--traders", "2", "--no-plots"])
+    term = Terminal(["demo", "--watch", "--seconds", "8", "--traders", "2", "--no-plots"])
     try:
         # the demo first starts its cluster (up to 30 s on a loaded machine) and its traders
         paused = int(term.wait_for(r"demo: [\d.]+ s: paused the leader, server (\d)",
