@@ -61,7 +61,7 @@ PROBE_GIVE_UP_S = 5.0
 STREAM_RETRY_S = 0.2
 STOP_JOIN_S = 2.0
 KEY_POLL_S = 0.1
-SVG_WIDTH, SVG_HEIGHT = 120, 40
+SVG_WIDTH, SVG_HEIGHT = 120, 46  # taller than a usual terminal: more of the event log
 FEED_PAIRS_PER_LINE = 80  # at most 32 bytes a pair: a line stays below PIPE_BUF (4096)
 CHILD_EXIT_S = 5.0
 CHILD_READY_S = 30.0  # start-up of the dashboard child; seconds on a loaded 2-core machine
@@ -459,7 +459,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     watch.add_argument("--seconds", type=float, default=0.0,
                        help="quit after this long (default 0 = until q or Ctrl-C)")
     watch.add_argument("--svg", default="", metavar="FILE",
-                       help="at exit, write the last frame as an SVG screenshot (120x40 cells)")
+                       help="at exit, write the last frame as an SVG screenshot "
+                       f"({SVG_WIDTH}x{SVG_HEIGHT} cells)")
     watch.add_argument("--feed-fd", type=int, default=-1, help=argparse.SUPPRESS)  # demo
     watch.add_argument("--ready-fd", type=int, default=-1, help=argparse.SUPPRESS)  # demo
 
