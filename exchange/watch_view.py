@@ -27,6 +27,7 @@ LADDER_LEVELS_MIN = 3
 EVENT_ROWS_MIN = 4
 METRICS_ROWS = 4  # two lines of figures + the border
 TAPE_WIDTH = 34
+PRICE_WIDTH = 10
 BAR_WIDTH_MAX = 16
 ROLE_STYLES = {
     "leader": "bold green", "standalone": "bold green", "follower": "cyan",
@@ -143,6 +144,22 @@ def _cluster(model: ClusterModel) -> Panel:
     return Panel(Group(*lines), title="cluster", title_align="left", padding=(0, 1))
 
 
+def _ladder_row(level: pb.PriceLevel | None, largest: int, bid: bool) -> Text:
+    """One ladder line in fixed-width columns (plain lines draw several times faster than a
+    rich Table, and the dashboard redraws them every frame)."""
+    if level is None:
+        return Text("")
+    bar = "■" * max(1, BAR_WIDTH_MAX * level.quantity // largest)
+    style = "green" if bid else "red"
+    if bid:
+        return Text.assemble(f"{level.order_count:>6} {level.quantity:>9,} ",
+                             (f"{bar:>{BAR_WIDTH_MAX}}", style), " ",
+                             (f"{level.price:^{PRICE_WIDTH}}", style))
+    return Text.assemble(" " * (17 + BAR_WIDTH_MAX), (f"{level.price:^{PRICE_WIDTH}}", style),
+                         " ", (f"{bar:<{BAR_WIDTH_MAX}}", style),
+                         f" {level.quantity:<9,} {level.order_count:<6}")
+
+
 def _ladder(model: ClusterModel, levels: int) -> Panel:
     book = model.book
     title = f"book {model.symbol}" if model.symbol else "book"
@@ -152,59 +169,37 @@ def _ladder(model: ClusterModel, levels: int) -> Panel:
     asks = list(book.asks[:levels])
     bids = list(book.bids[:levels])
     largest = max((level.quantity for level in asks + bids), default=1) or 1
-    table = Table(box=None, expand=True, pad_edge=False, show_edge=False)
-    table.add_column("orders", justify="right", no_wrap=True, min_width=6)
-    table.add_column("bid qty", justify="right", no_wrap=True, min_width=8)
-    table.add_column("", justify="right", no_wrap=True, ratio=1, min_width=BAR_WIDTH_MAX)
-    table.add_column("price", justify="center", no_wrap=True, min_width=10)
-    table.add_column("", justify="left", no_wrap=True, ratio=1, min_width=BAR_WIDTH_MAX)
-    table.add_column("ask qty", justify="left", no_wrap=True, min_width=8)
-    table.add_column("orders", justify="left", no_wrap=True, min_width=6)
-    for _ in range(levels - len(asks)):
-        table.add_row("", "", "", "", "", "", "")
-    for level in reversed(asks):
-        table.add_row("", "", "", Text(str(level.price), "red"), _bar(level, largest, "red"),
-                      f"{level.quantity:,}", str(level.order_count))
+    header = (f"{'orders':>6} {'bid qty':>9} {'':>{BAR_WIDTH_MAX}} {'price':^{PRICE_WIDTH}} "
+              f"{'':<{BAR_WIDTH_MAX}} {'ask qty':<9} {'orders':<6}")
+    lines = [Text(header, style="bold")]
+    lines += [Text("")] * (levels - len(asks))
+    lines += [_ladder_row(level, largest, bid=False) for level in reversed(asks)]
     spread = (f"spread {asks[0].price - bids[0].price}" if asks and bids
               else "one side empty" if asks or bids else "empty book")
-    table.add_row("", "", "", Text(spread, style="dim"), "", "", "")
-    for level in bids:
-        table.add_row(str(level.order_count), f"{level.quantity:,}",
-                      _bar(level, largest, "green"), Text(str(level.price), "green"), "", "", "")
-    for _ in range(levels - len(bids)):
-        table.add_row("", "", "", "", "", "", "")
+    lines.append(Text(" " * (17 + BAR_WIDTH_MAX) + f"{spread:^{PRICE_WIDTH}}", style="dim"))
+    lines += [_ladder_row(level, largest, bid=True) for level in bids]
     last = f", last {book.last_trade_price}" if book.last_trade_price else ""
     subtitle = f"server {book.replica_id} @ index {book.applied_index:,}{last}"
-    return Panel(table, title=title, title_align="left", subtitle=subtitle,
+    return Panel(Group(*lines), title=title, title_align="left", subtitle=subtitle,
                  subtitle_align="right")
-
-
-def _bar(level: pb.PriceLevel, largest: int, style: str) -> Text:
-    width = max(1, BAR_WIDTH_MAX * level.quantity // largest)
-    return Text("■" * width, style=style, overflow="crop", no_wrap=True)
 
 
 def _tape(model: ClusterModel, rows: int) -> Panel:
     trades = list(model.tape.get(model.symbol, ()))[-rows:]
-    table = Table(box=None, expand=True, pad_edge=False, show_edge=False)
-    table.add_column("time", no_wrap=True)
-    table.add_column("price", justify="right", no_wrap=True)
-    table.add_column("qty", justify="right", no_wrap=True)
+    lines = [Text(f"{'time':<12} {'price':>9} {'qty':>7}", style="bold")]
     previous = None
     shown = []
     for trade in trades:
-        tick = "" if previous is None else "▲" if trade.price > previous else (
-            "▼" if trade.price < previous else " ")
+        tick = "" if previous is None or trade.price == previous else (
+            "▲" if trade.price > previous else "▼")
         style = "green" if tick == "▲" else "red" if tick == "▼" else ""
         clock = time.strftime("%H:%M:%S", time.localtime(trade.wall_s))
-        shown.append((f"{clock}.{int(trade.wall_s * 1000) % 1000:03d}",
-                      Text(f"{tick}{trade.price}", style=style), f"{trade.quantity:,}"))
+        shown.append(Text.assemble(f"{clock}.{int(trade.wall_s * 1000) % 1000:03d} ",
+                                   (f"{tick + str(trade.price):>9}", style),
+                                   f" {trade.quantity:>7,}"))
         previous = trade.price
-    for row in reversed(shown):
-        table.add_row(*row)
-    if not shown:
-        table.add_row(Text("no trades yet", style="dim"), "", "")
-    return Panel(table, title="trades", title_align="left")
+    lines += shown[::-1] or [Text("no trades yet", style="dim")]
+    return Panel(Group(*lines), title="trades", title_align="left")
 
 
 def _metrics(model: ClusterModel) -> Panel:
