@@ -1,12 +1,13 @@
 """``python -m exchange watch``: a live terminal dashboard of a running cluster.
 
 Rule 1: the watcher only reads, except for its optional probe: it polls every server's
-        ``GetStatus`` (in parallel, each with a deadline, so a stopped server costs one timeout,
-        not a stall), reads the chosen symbol's ``GetBookSnapshot`` and follows the trade tape
-        through ``StreamMarketData``. The probe (``--probe-rate``, default ``PROBE_RATE_DEFAULT``
-        a second) sends immediate-or-cancel buy orders of one lot at price 1 for the symbol
-        ``PROBE_SYMBOL``, which no trader uses: they never rest and never trade, and their
-        latency is a real order's (gRPC + consensus + apply).
+        ``GetStatus`` (in parallel, each call with a deadline, and a slow call is waited for
+        across rounds, so a stopped server delays nobody else's row), reads the chosen symbol's
+        ``GetBookSnapshot`` and follows its trade tape through ``StreamMarketData``. The probe
+        (``--probe-rate``, default ``PROBE_RATE_DEFAULT`` a second) sends immediate-or-cancel
+        buy orders of one lot at price 1 for the symbol ``PROBE_SYMBOL``, which no trader uses:
+        they never rest and never trade, and their latency is a real order's (gRPC + consensus
+        + apply).
 Rule 2: no failure of a server reaches the screen as a traceback: every RPC error becomes the
         server's "down" reason or a reconnect; the market-data stream moves to another server
         when its server is paused, down, recovering or failed, and skips updates it already
@@ -51,7 +52,9 @@ from exchange.watch_model import GOOD_ROLES, ClusterModel, Trade
 from exchange.watch_view import LADDER_LEVELS_MAX, render
 
 STATUS_POLL_S = 0.05  # 20 polls a second: leader changes are bounded to about this
-STATUS_TIMEOUT_S = 0.3  # a stopped (SIGSTOP) server costs this, then counts as down
+STATUS_TIMEOUT_S = 1.0  # a server silent this long counts as down (a loaded 2-core machine
+# can hold a healthy server's answer for hundreds of milliseconds)
+POLL_WAIT_STEP_S = 0.002
 SNAPSHOT_EVERY_POLLS = 2
 REFRESH_HZ_DEFAULT = 4.0  # a frame costs ~20 ms of CPU (3 servers, 120x40 cells)
 PROBE_RATE_DEFAULT = 10.0
@@ -167,31 +170,49 @@ class Watcher:
     # ---- polling ---------------------------------------------------------------------------
 
     def _poll_loop(self) -> None:
-        request = pb.StatusRequest()
         polls = 0
-        while not self.stopping.is_set():
-            began = time.monotonic()
-            futures = {i: stub.GetStatus.future(request, timeout=STATUS_TIMEOUT_S)
-                       for i, stub in self._stubs.items()}
-            answers: dict[int, pb.Status | str] = {}
-            for replica_id, future in futures.items():
+        pending: dict[int, Any] = {}  # replica id -> its GetStatus call still in flight
+        try:
+            while not self.stopping.is_set():
+                began = time.monotonic()
+                answers = self._poll(pending, began + STATUS_POLL_S)
+                samples = self._feed() if self._feed is not None else []
+                with self.lock:
+                    self.model.observe(time.monotonic_ns(), time.time(), answers)
+                    self.model.add_latencies(samples)
+                    moved = self._stream_server and self.model.servers[
+                        self._stream_server].role not in GOOD_ROLES
+                    call = self._stream_call if moved else None
+                if call is not None:
+                    call.cancel()  # the stream reader reconnects elsewhere
+                if polls % SNAPSHOT_EVERY_POLLS == 0:
+                    self._snapshot()
+                polls += 1
+                self.stopping.wait(max(0.0, STATUS_POLL_S - (time.monotonic() - began)))
+        finally:
+            for future in pending.values():
+                future.cancel()
+
+    def _poll(self, pending: dict[int, Any], deadline: float) -> dict[int, pb.Status | str]:
+        """One round of status calls, in parallel (Rule 1): every server without a call in
+        flight gets one; the answers (or errors) that arrive by ``deadline`` are returned. A
+        slow server's call stays in flight into later rounds, so it delays nobody else's, and
+        counts as down only when it fails (``STATUS_TIMEOUT_S``)."""
+        request = pb.StatusRequest()
+        for replica_id, stub in self._stubs.items():
+            if replica_id not in pending:
+                pending[replica_id] = stub.GetStatus.future(request, timeout=STATUS_TIMEOUT_S)
+        while any(not f.done() for f in pending.values()) and time.monotonic() < deadline:
+            time.sleep(POLL_WAIT_STEP_S)
+        answers: dict[int, pb.Status | str] = {}
+        for replica_id, future in list(pending.items()):
+            if future.done():
+                del pending[replica_id]
                 try:
                     answers[replica_id] = future.result()
                 except grpc.RpcError as error:
                     answers[replica_id] = _reason(error)
-            samples = self._feed() if self._feed is not None else []
-            with self.lock:
-                self.model.observe(time.monotonic_ns(), time.time(), answers)
-                self.model.add_latencies(samples)
-                moved = self._stream_server and self.model.servers[self._stream_server].role \
-                    not in GOOD_ROLES
-                call = self._stream_call if moved else None
-            if call is not None:
-                call.cancel()  # the stream reader reconnects elsewhere
-            if polls % SNAPSHOT_EVERY_POLLS == 0:
-                self._snapshot()
-            polls += 1
-            self.stopping.wait(max(0.0, STATUS_POLL_S - (time.monotonic() - began)))
+        return answers
 
     def _reader(self) -> int:
         """The server to read the book and the trades from (Rule 1): a follower with the least
