@@ -442,6 +442,9 @@ class DemoDashboard:
         except subprocess.TimeoutExpired:
             self._child.kill()
             self._child.wait()
+        if self.dropped:
+            print(f"demo: the dashboard fell behind; {self.dropped} feed lines were dropped "
+                  "(the demo's own figures are complete)")
 
 
 def _read_feed(watcher: Watcher, fd: int) -> None:
