@@ -17,6 +17,8 @@ EXAMPLES = """examples:
   python -m consensus bench st --local 3 1 64 1          # 3-replica cluster here, throughput
   python -m consensus bench st-lat --local 3 1 64 1      # latency, dump-st-64-1.txt
   python -m consensus bench st 2 64 1 --cluster mine     # one replica; run 1 and 3 likewise
+  python -m consensus bench st-lat --local 3 1 64 1 --plot   # ... and dump-st-64-1.png
+  python -m consensus bench plot dump-st-64-1.txt dump-st-64-8.txt   # CDFs, one PNG
   python -m consensus bench failover                     # 50 leader pauses, p50/p99
   python -m consensus bench failover --sigstop           # SIGSTOP the leader process instead
   python -m consensus bench failover --pauses 0 --duration 60   # fault-free: leader changes
@@ -79,8 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="once the leader is known, give it a CPU of its own and the "
                         "followers the others, like the original's numactl (default: on with "
                         "--local, off otherwise)")
+        st.add_argument("--plot", action="store_true",
+                        help="st-lat: also draw the dump as a latency CDF (dump-st-*.png)")
         st.add_argument("--reset-markers", action=argparse.BooleanOptionalAction, default=True,
                         help=argparse.SUPPRESS)  # --local: a fresh cluster id has none
+    plot = kinds.add_parser("plot", help="draw st-lat dumps as latency CDFs (PNG)",
+                            description="Draw st-lat dump files (one latency in ns per line) "
+                            "as latency CDFs on a log scale, one curve per file, in one PNG.")
+    plot.add_argument("dumps", nargs="+", metavar="DUMP", help="dump-st-<size>-<outstanding>.txt")
+    plot.add_argument("--out", default="", metavar="PNG",
+                      help="picture path (default: the first dump's name with .png)")
     failover = kinds.add_parser("failover", help="pause the leader repeatedly; fail-over times")
     failover.add_argument("--pauses", type=_non_negative, default=50,
                           help="leader pauses (0: fault-free run of --duration seconds)")
@@ -113,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(relativeCreated)8.1f ms %(threadName)s: %(message)s")
     if args.kind in ("st", "st-lat"):
         return _st(args)
+    if args.kind == "plot":
+        from consensus.bench import plot_dumps
+
+        return plot_dumps(args.dumps, args.out)
     from consensus import bench_cluster as cluster
 
     if args.kind == "failover":
@@ -138,13 +152,13 @@ def _st(args: argparse.Namespace) -> int:
         rest = [str(args.payload_size), str(args.outstanding), "--count", str(args.count),
                 "--members", members, "--cluster", ident, "--log-slots", str(args.log_slots),
                 "--dump-dir", args.dump_dir, "--pin" if args.pin is not False else "--no-pin",
-                "--no-reset-markers"]
+                "--no-reset-markers", *(["--plot"] if args.plot else [])]
         argv = [["bench", args.kind, str(rid), *rest] for rid in range(1, args.local + 1)]
         return cluster.run_local_st(argv, ident)
     opts = bench.StOptions(args.process_id, args.payload_size, args.outstanding, args.count,
                            args.members, args.cluster, args.fabric, args.log_slots,
                            args.kind == "st-lat", args.dump_dir, bool(args.pin),
-                           args.reset_markers)
+                           args.reset_markers, args.plot)
     try:
         return bench.run_st(opts)
     except (ValueError, OSError) as error:

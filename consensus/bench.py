@@ -7,6 +7,8 @@ Rule 1: every process runs the same command with its own id; whichever replica l
         the followers exit (the original needed Ctrl-C).
 Rule 2: st-lat also writes one latency per command, in ns, to ``dump-st-<size>-<outstanding>.txt``
         and prints p50/p90/p99. With ``outstanding > 1`` a command's latency is its batch's.
+        ``--plot`` (or ``bench plot DUMP...`` later) draws dumps as latency CDFs through the
+        top-level ``plots`` package, which imports nothing of ours.
 Rule 3: every figure is printed next to a baseline measured in the same process just before:
         a bare ``struct.pack_into`` + slice copy loop of the same payload (the cost floor of one
         local append), and the ratio, because the machine is shared and noisy.
@@ -66,6 +68,7 @@ class StOptions:
     pin: bool = False
     reset_markers: bool = True  # False with --local: a fresh cluster id has no stale markers,
     # and a replica that starts late must not erase the markers of the run in progress
+    plot: bool = False  # st-lat: draw the dump as a CDF beside it
 
 
 def raise_priority() -> None:
@@ -200,6 +203,30 @@ def report_latency(latencies: array[int], opts: StOptions, base: float) -> None:
     p50, p90, p99 = (percentile(ordered, f) for f in (0.50, 0.90, 0.99))
     print(f"latency ns: p50 {p50:,} p90 {p90:,} p99 {p99:,} (per {opts.outstanding}-command "
           f"round); p50/baseline {p50 / base:.1f}x; dump: {path}")
+    if opts.plot:
+        plot_dumps([path])
+
+
+def plot_dumps(paths: list[str], out: str = "") -> int:
+    """Draw st-lat dumps (ns per line) as one latency CDF, a curve per file, into ``out``
+    (default: the first dump's name with ``.png``); print the path. 0, or 1 with one line."""
+    from plots import PlotError, latency_cdf, read_latency_column
+
+    assert paths, "at least one dump"
+    target = out or os.path.splitext(paths[0])[0] + ".png"
+    try:
+        series = {os.path.basename(path): [ns / 1e3 for ns in read_latency_column(path)]
+                  for path in paths}
+        written = latency_cdf(series, target, "consensus bench st-lat: replication latency")
+    except PlotError as error:
+        print(f"bench plot: error: {error}", file=sys.stderr)
+        return 1
+    except ImportError as error:
+        print(f"bench plot: error: needs matplotlib ({error}); run scripts/setup.sh",
+              file=sys.stderr)
+        return 1
+    print(f"picture: {written}")
+    return 0
 
 
 class LeaderChanges:

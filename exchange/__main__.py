@@ -1,4 +1,4 @@
-"""``python -m exchange {serve,demo,bench,bench-snapshot,bench-rejoin}``: the command line.
+"""``python -m exchange {serve,demo,bench,watch,bench-snapshot,bench-rejoin}``: the CLI.
 
 Rule 1: bad arguments and configuration errors print one line and exit 2; Ctrl-C exits 130 with a
         clear message; tracebacks are for bugs only.
@@ -110,11 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     import exchange.demo as demo
     import exchange.rejoin_bench as rejoin_bench
     import exchange.snapshot_bench as snapshot_bench
+    import exchange.watch as watch
 
     demo.add_parser(commands)
     bench.add_parser(commands)
     snapshot_bench.add_parser(commands)
     rejoin_bench.add_parser(commands)
+    watch.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             return snapshot_bench.run(args)
         if args.command == "bench-rejoin":
             return rejoin_bench.run(args)
+        if args.command == "watch":
+            return watch.run(args)
         return bench.run(args)
     except ConfigError as exc:
         print(f"python -m exchange {args.command}: error: {exc}", file=sys.stderr)

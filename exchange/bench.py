@@ -57,6 +57,7 @@ STREAM_MODES = (("unary", False, 1), ("stream batch=1", True, 1),
 class PhaseResult:
     latency: LatencySummary
     throughput_per_s: float
+    latencies_us: tuple[float, ...] = ()  # every measured request, for the CDF picture
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,6 +91,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="run the 3-replica cluster's followers at this nice value (0-19), to "
                        "emulate followers on their own machines: with one-sided writes they are "
                        "not on the commit path, but here they share 2 cores with the leader")
+    bench.add_argument("--plot-dir", default=".", metavar="DIR",
+                       help="where to write bench-latency-cdf.png (default: the current "
+                       "directory)")
+    bench.add_argument("--no-plots", action="store_true", help="write no pictures")
 
 
 def _phase(cluster: LocalCluster, traders: int, seconds: float, seed: int,
@@ -109,7 +114,8 @@ def _phase(cluster: LocalCluster, traders: int, seconds: float, seed: int,
     failed = report.counts.get("failed", 0)
     if failed:
         raise ClusterError(f"{failed} requests failed during the benchmark: {load.errors[:1]}")
-    return PhaseResult(summarize(s.latency_ns for s in measured), len(measured) / seconds)
+    return PhaseResult(summarize(s.latency_ns for s in measured), len(measured) / seconds,
+                       tuple(s.latency_ns / 1e3 for s in measured))
 
 
 def _measure(replicas: int, args: argparse.Namespace, round_index: int) -> tuple[PhaseResult,
@@ -188,7 +194,24 @@ def run(args: argparse.Namespace) -> int:
     except ClusterError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 1
-    return _print_table(results, args)
+    status = _print_table(results, args)
+    if not args.no_plots:
+        _picture(results, args)
+    return status
+
+
+def _picture(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]],
+             args: argparse.Namespace) -> None:
+    """One CDF per configuration and phase, each pooling every round's requests."""
+    from traders.pictures import write_cdf
+
+    series = {}
+    for replicas, label in ((1, "unreplicated"), (3, "3 replicas")):
+        for phase, traders in ((0, 1), (1, args.traders)):
+            pooled = [v for result in results[replicas][phase] for v in result.latencies_us]
+            series[f"{label}, {traders} trader{'s' if traders > 1 else ''}"] = pooled
+    write_cdf(args.plot_dir, "bench", f"exchange bench: order latency through gRPC "
+              f"({args.rounds} rounds of {args.seconds:g} s)", series)
 
 
 def _print_table(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]],

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from exchange.cluster import ClusterError, LocalCluster
 from exchange.proto import exchange_pb2 as pb
-from traders.load import ACKED, LoadConfig, LoadReport, LoadRun
+from traders.load import ACKED, REJECTED, LoadConfig, LoadReport, LoadRun, Sample
 from traders.stats import summarize
 from traders.workload import DEFAULT_SYMBOLS
 
@@ -92,6 +92,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.add_argument("--restart", action="store_true",
                       help="also kill -9 a follower late in the run and restart it with the same "
                       "command: it rejoins by snapshot (the summary shows the rejoin time)")
+    demo.add_argument("--watch", action="store_true",
+                      help="show the live dashboard (python -m exchange watch) instead of the "
+                      "progress bar; q ends the load early")
+    demo.add_argument("--svg", default="", metavar="FILE",
+                      help="with --watch: write the dashboard's last frame here as an SVG")
+    demo.add_argument("--plot-dir", default=".", metavar="DIR",
+                      help="where to write demo-latency-cdf.png and demo-timeline.png "
+                      "(default: the current directory)")
+    demo.add_argument("--no-plots", action="store_true", help="write no pictures")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,11 +146,23 @@ def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
     failover = Failover(old_leader=leader)
     restart = Restart()
     restarter: list[threading.Thread] = []
-    bar = tqdm(total=args.seconds, unit="s", disable=True if args.no_progress else None,
-               bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} s {postfix}")
+    if args.watch and not sys.stdout.isatty():
+        print("demo: --watch needs a terminal; showing the progress bar instead", flush=True)
+    if args.watch and sys.stdout.isatty():
+        from exchange.watch import DemoDashboard
+
+        cursors: list[int] = []
+        bar = DemoDashboard(cluster.server_uris, lambda: [
+            (s.end_ns, s.latency_ns) for s in load.samples_since(cursors)
+            if s.outcome in (ACKED, REJECTED)], args.seconds, args.svg)
+    else:
+        bar = tqdm(total=args.seconds, unit="s", disable=True if args.no_progress else None,
+                   bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} s {postfix}")
 
     def tick(answered: int) -> None:
         elapsed = load.elapsed_s()
+        if getattr(bar, "quit_requested", False):
+            load.stop()  # q in the dashboard
         if not failover.paused_ns and elapsed >= PAUSE_AT * args.seconds:
             current = _serving_leader(cluster, load) or leader
             failover.old_leader = current
@@ -179,7 +200,8 @@ def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
     for thread in restarter:
         thread.join(REJOIN_TIMEOUT_S)
     statuses = cluster.wait_converged(CONVERGE_TIMEOUT_S)
-    code = _summary(cluster, report, failover, statuses)
+    code = _summary(cluster, report, failover, statuses,
+                    "" if args.no_plots else args.plot_dir)
     if restarter:
         code = code or _restart_summary(restart)
     return code
@@ -206,7 +228,7 @@ def _serving_leader(cluster: LocalCluster, load: LoadRun) -> int | None:
 
 
 def _summary(cluster: LocalCluster, report: LoadReport, failover: Failover,
-             statuses: dict[int, pb.Status]) -> int:
+             statuses: dict[int, pb.Status], plot_dir: str) -> int:
     old_address = cluster.addresses[failover.old_leader]
     after_pause = sorted(  # answers of the new leader to requests that lived through the pause
         (s.end_ns, s.replica) for s in report.samples
@@ -241,4 +263,27 @@ def _summary(cluster: LocalCluster, report: LoadReport, failover: Failover,
     equal = len({d for d in digests.values()}) == 1
     print("replicas' digests: " + ("ALL EQUAL" if equal else "DIFFERENT (bug!)"))
     ok = equal and bool(recovered_ns) and report.counts.get("failed", 0) == 0
+    if plot_dir:
+        _pictures(cluster, report, failover, windows, plot_dir)
     return 0 if ok else 1
+
+
+def _pictures(cluster: LocalCluster, report: LoadReport, failover: Failover,
+              windows: tuple[tuple[str, list[Sample]], ...], plot_dir: str) -> None:
+    from plots import Marker
+    from traders.pictures import latencies_us, write_run_plots
+
+    def seconds(ns: int) -> float:
+        return (ns - report.started_ns) / 1e9
+
+    markers = []
+    if failover.paused_ns:
+        markers.append(Marker(seconds(failover.paused_ns), "pause",
+                              f"server {failover.old_leader} paused"))
+    if failover.resumed_ns:
+        markers.append(Marker(seconds(failover.resumed_ns), "resume",
+                              f"server {failover.old_leader} resumed"))
+    names = {address: f"server {replica_id}" for replica_id, address in cluster.addresses.items()}
+    write_run_plots(report, plot_dir, "demo", "exchange demo",
+                    series={name: latencies_us(samples) for name, samples in windows},
+                    markers=markers, names=names)

@@ -7,6 +7,6 @@ PYTHON=${PYTHON:-python3}
 echo "== ruff" >&2
 $PYTHON -m ruff check .
 echo "== mypy" >&2
-$PYTHON -m mypy orderbook consensus exchange traders kvstores
+$PYTHON -m mypy orderbook consensus exchange traders kvstores plots
 echo "== pytest" >&2
 $PYTHON -m pytest "$@"

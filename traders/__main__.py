@@ -98,6 +98,11 @@ def _run_load(args: argparse.Namespace) -> int:
     if args.latency_file:
         report.dump(args.latency_file)
         print(f"per-request latencies written to {args.latency_file}")
+    if not args.no_plots:
+        from traders.pictures import write_run_plots
+
+        write_run_plots(report, args.plot_dir, "load",
+                        f"traders load: {traders} traders, {loop}, seed {seed}")
     for error in run.errors[:3]:
         print(f"  error: {error}", file=sys.stderr)
     return 1 if report.counts.get("failed", 0) else 0
@@ -148,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--latency-file", default=LATENCY_FILE_DEFAULT,
                       help="per-request latencies file ('' = none)")
     load.add_argument("--no-progress", action="store_true", help="no progress bar")
+    load.add_argument("--plot-dir", default=".", metavar="DIR",
+                      help="where to write load-latency-cdf.png and load-timeline.png "
+                      "(default: the current directory)")
+    load.add_argument("--no-plots", action="store_true", help="write no pictures")
     shell = commands.add_parser("shell", help="interactive trader",
                                 description="An interactive trader; type help inside.")
     shell.add_argument("--servers", default=None, metavar="1=HOST:PORT,...",

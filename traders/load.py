@@ -201,6 +201,17 @@ class LoadRun:
                     latest = (sample.end_ns, sample.replica)
         return latest[1]
 
+    def samples_since(self, cursors: list[int]) -> list[Sample]:
+        """The samples recorded since the last call with the same ``cursors`` (one position per
+        trader, updated in place; start with ``[]``), for a live view of a running load."""
+        cursors.extend(0 for _ in range(len(self._samples) - len(cursors)))
+        fresh: list[Sample] = []
+        for index, samples in enumerate(self._samples):
+            end = len(samples)  # traders only append; a later append is picked up next time
+            fresh.extend(samples[cursors[index]:end])
+            cursors[index] = end
+        return fresh
+
     def start(self) -> None:
         self.started_ns = time.monotonic_ns()
         self.deadline_ns = self.started_ns + self.config.test_ms * 1_000_000

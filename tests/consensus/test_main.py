@@ -59,3 +59,23 @@ def test_local_st_runs_a_whole_cluster(tmp_path):
     assert "p99" in stdout
     lines = (tmp_path / "dump-st-64-4.txt").read_text().split()
     assert len(lines) == 2000 and all(int(v) > 0 for v in lines)
+
+
+def test_plot_draws_st_lat_dumps_as_one_cdf(tmp_path, capsys):
+    from tests.plots.png import assert_png
+
+    dumps = []
+    for outstanding, base_ns in ((1, 3000), (8, 9000)):
+        dump = tmp_path / f"dump-st-64-{outstanding}.txt"
+        dump.write_text("".join(f"{base_ns + (i * 37) % 2000}\n" for i in range(5000)))
+        dumps.append(str(dump))
+    assert main(["bench", "plot", *dumps]) == 0
+    assert f"picture: {tmp_path / 'dump-st-64-1.png'}" in capsys.readouterr().out
+    assert_png(tmp_path / "dump-st-64-1.png")
+    (tmp_path / "bad.txt").write_text("12\nnot-a-number\n")
+    assert main(["bench", "plot", str(tmp_path / "bad.txt")]) == 1
+    assert main(["bench", "plot", str(tmp_path / "missing.txt")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"bench plot: error: {tmp_path / 'bad.txt'}:2: not a number: 'not-a-number'",
+                   f"bench plot: error: cannot read {tmp_path / 'missing.txt'}: No such file or "
+                   "directory"]

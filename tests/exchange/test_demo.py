@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from tests.plots.png import assert_png
+
 pytestmark = pytest.mark.slow
 
 
@@ -16,10 +18,11 @@ def _leftovers(cluster_id: str) -> list[str]:
     return glob.glob(f"/dev/shm/mu.{cluster_id}.*") + glob.glob(f"/dev/shm/sem.mu.{cluster_id}.*")
 
 
-def test_demo_fails_over_and_ends_with_equal_digests():
+def test_demo_fails_over_and_ends_with_equal_digests(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "exchange", "demo", "--seconds", "4", "--traders", "2",
-         "--no-progress"], capture_output=True, text=True, timeout=120, check=False)
+         "--no-progress", "--plot-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "paused the leader" in out and "resumed server" in out
@@ -30,11 +33,15 @@ def test_demo_fails_over_and_ends_with_equal_digests():
     workdir = re.search(r"logs in (\S+)\)", out).group(1)
     assert _leftovers(cluster_id) == []
     assert glob.glob(f"{workdir}/*") == []
+    for name in ("demo-latency-cdf.png", "demo-timeline.png"):
+        assert f"picture: {tmp_path / name}" in out
+        assert_png(tmp_path / name)
 
 
 def test_demo_ctrl_c_stops_cleanly():
     process = subprocess.Popen(
-        [sys.executable, "-m", "exchange", "demo", "--seconds", "30", "--no-progress"],
+        [sys.executable, "-m", "exchange", "demo", "--seconds", "30", "--no-progress",
+         "--no-plots"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert process.stdout is not None
     header = process.stdout.readline()
@@ -50,11 +57,14 @@ def test_demo_ctrl_c_stops_cleanly():
     assert _leftovers(cluster_id) == [], both
 
 
-def test_bench_prints_both_configurations_side_by_side():
+def test_bench_prints_both_configurations_side_by_side(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "exchange", "bench", "--seconds", "0.5", "--rounds", "1",
-         "--traders", "2"], capture_output=True, text=True, timeout=180, check=False)
+         "--traders", "2", "--plot-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"unreplicated +\d+ +\d+", result.stdout)
     assert re.search(r"3 replicas +\d+ +\d+", result.stdout)
     assert re.search(r"replicated/unreplicated: p50 x[\d.]+", result.stdout)
+    assert f"picture: {tmp_path / 'bench-latency-cdf.png'}" in result.stdout
+    assert_png(tmp_path / "bench-latency-cdf.png")

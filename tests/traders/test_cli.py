@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from exchange.cluster import LocalCluster
+from tests.plots.png import assert_png
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +82,7 @@ def test_load_reports_and_dumps_latencies(server, tmp_path):
     env_uris = {**os.environ, "SERVER_URIS": server.server_uris, "TRADERS_NUM": "2"}
     result = subprocess.run(
         [sys.executable, "-m", "traders", "load", "--test-ms", "1500", "--seed", "3",
-         "--latency-file", str(dump), "--no-progress"],
+         "--latency-file", str(dump), "--no-progress", "--plot-dir", str(tmp_path)],
         text=True, capture_output=True, timeout=60, env=env_uris, check=False)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -91,6 +92,9 @@ def test_load_reports_and_dumps_latencies(server, tmp_path):
     assert lines[0].startswith("# start_us latency_us")
     assert len(lines) > 10
     assert all(len(line.split()) == 5 for line in lines[1:])
+    for name in ("load-latency-cdf.png", "load-timeline.png"):
+        assert f"picture: {tmp_path / name}" in out
+        assert_png(tmp_path / name)
 
 
 def test_load_over_sessions(server):
