@@ -190,8 +190,9 @@ def encode_state(machine: ExchangeStateMachine) -> bytes:
     out = [_STATE_HEAD.pack(machine.applied_index, machine.executed_count,
                             machine.duplicate_count, machine.chain, dedup.seqs_per_client_max,
                             dedup.clients_max)]
-    encode_market_body(machine.market, out)
-    _encode_dedup(dedup, out)
+    with gc_paused():
+        encode_market_body(machine.market, out)
+        _encode_dedup(dedup, out)
     return seal(STATE_MAGIC, out)
 
 

@@ -47,6 +47,8 @@ AON_SHARE = 0.05
 ENCODE_MS_TARGET = 250.0
 RESTORE_MS_TARGET = 400.0
 BYTES_PER_ORDER_TARGET = 300.0
+PICKLE_RECURSION_MAX = 100_000
+"""Recursion limit for the pickle baseline: deep enough for the longest price level."""
 COMMANDS_PER_ORDER_MAX = 4
 """Bound on the build loop: at most this many commands per requested live order."""
 
@@ -179,11 +181,12 @@ def run(args: argparse.Namespace) -> int:
         print("python -m exchange bench-snapshot: error: need --orders >= 1 and --rounds >= 1",
               file=sys.stderr)
         return 2
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 100_000))  # pickle walks linked lists
     machine, entries, build_s = build_state(args.orders, args.seed)
     live, description = _describe(machine, entries, build_s)
     print(description, flush=True)
     with_pickle = not args.no_pickle
+    if with_pickle:  # pickle recurses along the orders' linked lists (one level per order)
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), PICKLE_RECURSION_MAX))
     rows: list[list[float]] = []
     data: bytes | None = None
     print(f"{'round':>5}{'encode ms':>11}{'restore ms':>12}"
