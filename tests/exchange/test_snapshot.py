@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 
 from exchange.__main__ import main
 from exchange.dedup import DedupTable
-from exchange.snapshot import STATE_MAGIC, SnapshotError, encode_state, snapshot_index
+from exchange.snapshot import (
+    HEADER_SIZE,
+    STATE_MAGIC,
+    SnapshotError,
+    encode_state,
+    snapshot_index,
+    snapshot_size,
+)
 from exchange.state_machine import ExchangeStateMachine, Reply, encode_entry
 from orderbook import (
     Accepted,
@@ -155,9 +162,15 @@ def test_every_event_type_round_trips_in_a_reply() -> None:
     assert [(c, f) for c, f, _ in restored.dedup.records()] == [(7, 2), (1, 0)]
 
 
-def test_snapshot_index_reads_the_applied_index() -> None:
+def test_snapshot_index_and_size_read_the_header() -> None:
     machine = machine_after(seeded_payloads(SEED + 3, 50))
-    assert snapshot_index(machine.snapshot()) == 50
+    data = machine.snapshot()
+    assert snapshot_index(data) == 50
+    assert snapshot_size(data[:HEADER_SIZE]) == len(data)
+    with pytest.raises(SnapshotError, match="shorter than its 52-byte header"):
+        snapshot_size(data[:10])
+    with pytest.raises(SnapshotError, match="checksum mismatch"):
+        snapshot_index(data[:-1] + bytes([data[-1] ^ 1]))
 
 
 def test_limits_are_kept_and_checked() -> None:
