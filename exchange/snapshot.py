@@ -14,7 +14,8 @@ Rule 2: the body holds everything that decides future applies and digests: ``app
 Rule 3: the dedup limits are part of the snapshot: every replica must evict alike, so a restore
         that is told the limits it expects refuses a snapshot taken with others.
 Rule 4: ``applied_index`` sits at a fixed body offset: `snapshot_index` reads it after checking
-        the envelope, without decoding the market (the consensus layer resumes from it).
+        the envelope, without decoding the market (the consensus layer resumes from it);
+        `snapshot_size` tells a receiver the total size from the first HEADER_SIZE bytes.
 
 Body layout (little-endian):
     <Q applied index><Q executed><Q duplicates><32s chain><Q seqs per client max><Q clients max>
@@ -53,6 +54,7 @@ from orderbook.snapshot import (
     HEADER,
     Reader,
     SnapshotError,
+    body_size,
     decode_market_body,
     encode_market_body,
     gc_paused,
@@ -63,12 +65,15 @@ from orderbook.snapshot import (
 if TYPE_CHECKING:
     from exchange.state_machine import ExchangeStateMachine, Reply
 
-__all__ = ["STATE_MAGIC", "SnapshotError", "decode_state", "encode_state", "snapshot_index"]
+__all__ = ["HEADER_SIZE", "STATE_MAGIC", "SnapshotError", "decode_state", "encode_state",
+           "snapshot_index", "snapshot_size"]
 
 STATE_MAGIC = b"MUXSTATE"
 """Magic of an exchange state-machine snapshot (a bare market snapshot has MUMARKET)."""
 
 _NAME = "exchange state"
+HEADER_SIZE = HEADER.size
+"""Bytes of the envelope header: what `snapshot_size` needs to see first."""
 _STATE_HEAD = struct.Struct("<QQQ32sQQ")
 _COUNT = struct.Struct("<I")
 FLAG_DUPLICATE = 1
@@ -190,8 +195,9 @@ def encode_state(machine: ExchangeStateMachine) -> bytes:
     out = [_STATE_HEAD.pack(machine.applied_index, machine.executed_count,
                             machine.duplicate_count, machine.chain, dedup.seqs_per_client_max,
                             dedup.clients_max)]
-    encode_market_body(machine.market, out)
-    _encode_dedup(dedup, out)
+    with gc_paused():
+        encode_market_body(machine.market, out)
+        _encode_dedup(dedup, out)
     return seal(STATE_MAGIC, out)
 
 
@@ -323,6 +329,12 @@ def decode_state(data: bytes | memoryview, machine_type: type[ExchangeStateMachi
         dedup = _read_dedup(reader, seqs_max, clients_max)
     reader.finish()
     return machine_type.from_parts(market, dedup, applied, executed, duplicates, bytes(chain))
+
+
+def snapshot_size(header: bytes | memoryview) -> int:
+    """Total size of the exchange snapshot whose first HEADER_SIZE bytes are `header`, after
+    checking its magic and version: a receiver knows how much to fetch. Raises SnapshotError."""
+    return HEADER.size + body_size(header, STATE_MAGIC, _NAME)
 
 
 def snapshot_index(data: bytes | memoryview) -> int:

@@ -47,6 +47,10 @@ AON_SHARE = 0.05
 ENCODE_MS_TARGET = 250.0
 RESTORE_MS_TARGET = 400.0
 BYTES_PER_ORDER_TARGET = 300.0
+BUSY_WALL_PER_CPU = 1.5
+"""Wall time above this multiple of CPU time means other jobs took the CPU (a note is printed)."""
+PICKLE_RECURSION_MAX = 100_000
+"""Recursion limit for the pickle baseline: deep enough for the longest price level."""
 COMMANDS_PER_ORDER_MAX = 4
 """Bound on the build loop: at most this many commands per requested live order."""
 
@@ -95,39 +99,45 @@ def _command(rng: random.Random, number: int, live: list[str]) -> Command:
     return AddOrder(order_id, symbol, side, price, qty, aon=rng.random() < AON_SHARE)
 
 
-def build_state(orders: int, seed: int) -> tuple[ExchangeStateMachine, int, float]:
-    """The state of Rule 1, the number of entries applied and the seconds that took."""
+def build_state(orders: int, seed: int) -> tuple[ExchangeStateMachine, int]:
+    """The state of Rule 1 and the number of entries applied."""
     assert orders >= 1
     rng = random.Random(seed)
     machine = ExchangeStateMachine()
     live: list[str] = []
     seqs = [0] * CLIENTS
     index = 0
-    started = time.perf_counter()
     while machine.market.order_count() < orders:
         assert index < COMMANDS_PER_ORDER_MAX * orders + 1_000, "workload does not build up"
         client = index % CLIENTS
         seqs[client] += 1
         index += 1
         machine.apply(index, encode_entry(client + 1, seqs[client], _command(rng, index, live)))
-    return machine, index, time.perf_counter() - started
+    return machine, index
 
 
-def _timed(action: Callable[[], T]) -> tuple[T, float]:
-    """`action()` and its wall time in ms, the cyclic GC collected before (not during)."""
+Timing = tuple[float, float]
+"""(wall ms, CPU ms of this process) of one timed action."""
+
+
+def _timed(action: Callable[[], T]) -> tuple[T, Timing]:
+    """`action()` with its wall and CPU time in ms, the cyclic GC collected before (not
+    during). CPU time is printed beside wall time because on this shared 2-core machine other
+    jobs can stretch wall time many times over; the CPU time shows what the code costs."""
     gc.collect()
-    started = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     result = action()
-    return result, (time.perf_counter() - started) * 1e3
+    return result, ((time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3)
 
 
-def _peak_restore_bytes(data: bytes) -> int:
-    """Peak memory traced while restoring (Rule 3), including the restored state."""
+def _peak_bytes(action: Callable[[], object]) -> int:
+    """Peak memory traced while `action` runs, what it returns included (Rule 3)."""
     gc.collect()
     tracemalloc.start()
     try:
-        ExchangeStateMachine.restore(data)
+        result = action()
         _, peak = tracemalloc.get_traced_memory()
+        del result
     finally:
         tracemalloc.stop()
     return peak
@@ -137,7 +147,7 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):8.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def _describe(machine: ExchangeStateMachine, entries: int, build_s: float) -> tuple[int, str]:
+def _describe(machine: ExchangeStateMachine, entries: int, build: Timing) -> tuple[int, str]:
     market = machine.market
     resting = levels = stops = 0
     for symbol in market.symbols():
@@ -153,25 +163,27 @@ def _describe(machine: ExchangeStateMachine, entries: int, build_s: float) -> tu
     return live, (f"state: {live:,} live orders ({resting:,} resting on {levels:,} levels, "
                   f"{stops:,} waiting stops) in {len(market.symbols())} symbols; dedup "
                   f"{machine.dedup.client_count} clients, {replies:,} replies, {events:,} events; "
-                  f"built by applying {entries:,} log entries in {build_s * 1e3:,.0f} ms")
+                  f"built by applying {entries:,} log entries in {build[0]:,.0f} ms "
+                  f"(CPU {build[1]:,.0f} ms)")
 
 
 def _round(machine: ExchangeStateMachine, expected: bytes | None,
-           with_pickle: bool) -> tuple[bytes, list[float]]:
-    data, encode_ms = _timed(machine.snapshot)
-    restored, restore_ms = _timed(lambda: ExchangeStateMachine.restore(data))
+           with_pickle: bool) -> tuple[bytes, dict[str, Timing], int]:
+    data, encode = _timed(machine.snapshot)
+    restored, restore = _timed(lambda: ExchangeStateMachine.restore(data))
     if expected is not None and data != expected:
         raise AssertionError("two snapshots of the same state differ")
     if (restored.state_digest() != machine.state_digest()
             or restored.book_digest() != machine.book_digest() or restored.snapshot() != data):
         raise AssertionError("the restored state differs from the original")
     del restored
-    figures = [encode_ms, restore_ms]
+    figures = {"encode": encode, "restore": restore}
+    pickled_size = 0
     if with_pickle:
-        pickled, dumps_ms = _timed(lambda: pickle.dumps(machine, pickle.HIGHEST_PROTOCOL))
-        _, loads_ms = _timed(lambda: pickle.loads(pickled))
-        figures += [dumps_ms, loads_ms, float(len(pickled))]
-    return data, figures
+        pickled, figures["dumps"] = _timed(lambda: pickle.dumps(machine, pickle.HIGHEST_PROTOCOL))
+        _, figures["loads"] = _timed(lambda: pickle.loads(pickled))
+        pickled_size = len(pickled)
+    return data, figures, pickled_size
 
 
 def run(args: argparse.Namespace) -> int:
@@ -179,54 +191,63 @@ def run(args: argparse.Namespace) -> int:
         print("python -m exchange bench-snapshot: error: need --orders >= 1 and --rounds >= 1",
               file=sys.stderr)
         return 2
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 100_000))  # pickle walks linked lists
-    machine, entries, build_s = build_state(args.orders, args.seed)
-    live, description = _describe(machine, entries, build_s)
+    (machine, entries), build = _timed(lambda: build_state(args.orders, args.seed))
+    live, description = _describe(machine, entries, build)
     print(description, flush=True)
     with_pickle = not args.no_pickle
-    rows: list[list[float]] = []
+    if with_pickle:  # pickle recurses along the orders' linked lists (one level per order)
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), PICKLE_RECURSION_MAX))
+    rows: list[dict[str, Timing]] = []
     data: bytes | None = None
-    print(f"{'round':>5}{'encode ms':>11}{'restore ms':>12}"
-          + (f"{'pickle.dumps ms':>17}{'pickle.loads ms':>17}" if with_pickle else ""))
+    names = ["encode", "restore"] + (["dumps", "loads"] if with_pickle else [])
+    print("round " + "".join(f"{name + ' wall/CPU ms':>26}" for name in names))
+    pickled_size = 0
     for round_index in range(args.rounds):
-        data, figures = _round(machine, data, with_pickle)
+        data, figures, pickled_size = _round(machine, data, with_pickle)
         rows.append(figures)
-        print(f"{round_index + 1:>5}{figures[0]:11.1f}{figures[1]:12.1f}"
-              + (f"{figures[2]:17.1f}{figures[3]:17.1f}" if with_pickle else ""), flush=True)
+        print(f"{round_index + 1:>5} " + "".join(
+            f"{figures[name][0]:17.1f} /{figures[name][1]:7.1f}" for name in names), flush=True)
     assert data is not None
-    return _summary(rows, data, live, build_s, with_pickle)
-
-
-def _summary(rows: list[list[float]], data: bytes, live: int, build_s: float,
-             with_pickle: bool) -> int:
-    encode = [row[0] for row in rows]
-    restore = [row[1] for row in rows]
-    per_order = len(data) / live
-    print(f"median (min-max) over {len(rows)} rounds: encode {_spread(encode)} ms, "
-          f"restore {_spread(restore)} ms")
-    print(f"snapshot: {len(data):,} bytes = {per_order:.1f} bytes per live order "
-          f"(target <= {BYTES_PER_ORDER_TARGET:.0f})")
-    rebuild_ratio = statistics.median(restore) / (build_s * 1e3)
-    print(f"restore vs rebuilding by applying the log: x{rebuild_ratio:.3f} "
-          f"({build_s * 1e3:,.0f} ms)")
-    if with_pickle:
-        dumps = [row[2] for row in rows]
-        loads = [row[3] for row in rows]
-        print(f"pickle baseline: dumps {_spread(dumps)} ms, loads {_spread(loads)} ms, "
-              f"{rows[0][4] / live:.1f} bytes per live order")
-        ratios_encode = sorted(row[0] / row[2] for row in rows)
-        ratios_restore = sorted(row[1] / row[3] for row in rows)
-        print(f"per-round ratios snapshot/pickle: encode x{statistics.median(ratios_encode):.2f} "
-              f"(x{ratios_encode[0]:.2f}-x{ratios_encode[-1]:.2f}), restore "
-              f"x{statistics.median(ratios_restore):.2f} "
-              f"(x{ratios_restore[0]:.2f}-x{ratios_restore[-1]:.2f})")
-    peak = _peak_restore_bytes(data)
-    print(f"peak memory traced during one restore (restored state included): "
-          f"{peak / 1e6:,.1f} MB = {peak / live:,.0f} bytes per live order; snapshot bytes "
-          f"{len(data) / 1e6:,.1f} MB")
-    met = (statistics.median(encode) <= ENCODE_MS_TARGET
-           and statistics.median(restore) <= RESTORE_MS_TARGET
-           and per_order <= BYTES_PER_ORDER_TARGET)
-    print(f"targets encode <= {ENCODE_MS_TARGET:.0f} ms, restore <= {RESTORE_MS_TARGET:.0f} ms, "
-          f"<= {BYTES_PER_ORDER_TARGET:.0f} bytes per order: {'met' if met else 'MISSED'}")
+    _summary(rows, names, build)
+    _sizes(machine, data, live, pickled_size)
     return 0
+
+
+def _summary(rows: list[dict[str, Timing]], names: list[str], build: Timing) -> None:
+    """Medians and spreads, ratios against the baselines, and the verdict (Rule 2)."""
+    for clock, label in ((0, "wall"), (1, "CPU")):
+        print(f"{label} ms, median (min-max) over {len(rows)} rounds: " + ", ".join(
+            f"{name} {_spread([row[name][clock] for row in rows]).strip()}" for name in names))
+    for clock, label in ((0, "wall"), (1, "CPU")):
+        ratios = [f"restore / rebuilding by applying the log "
+                  f"x{statistics.median(row['restore'][clock] for row in rows) / build[clock]:.3f}"
+                  f" ({build[clock]:,.0f} ms)"]
+        if "dumps" in names:
+            for mine, theirs in (("encode", "dumps"), ("restore", "loads")):
+                per_round = sorted(row[mine][clock] / row[theirs][clock] for row in rows)
+                ratios.append(f"{mine} / pickle.{theirs} x{statistics.median(per_round):.2f} "
+                              f"(x{per_round[0]:.2f}-x{per_round[-1]:.2f})")
+        print(f"{label} ratios: " + "; ".join(ratios))
+    busy = statistics.median(row["encode"][0] / max(row["encode"][1], 1e-3) for row in rows)
+    if busy > BUSY_WALL_PER_CPU:
+        print(f"note: wall time was x{busy:.1f} the CPU time: the machine was busy with other "
+              f"jobs; the CPU figures show what the code costs")
+    for clock, label in ((0, "wall"), (1, "CPU")):
+        encode = statistics.median(row["encode"][clock] for row in rows)
+        restore = statistics.median(row["restore"][clock] for row in rows)
+        met = encode <= ENCODE_MS_TARGET and restore <= RESTORE_MS_TARGET
+        print(f"targets encode <= {ENCODE_MS_TARGET:.0f} ms, restore <= "
+              f"{RESTORE_MS_TARGET:.0f} ms ({label} medians): {'met' if met else 'MISSED'}")
+
+
+def _sizes(machine: ExchangeStateMachine, data: bytes, live: int, pickled_size: int) -> None:
+    per_order = len(data) / live
+    verdict = "met" if per_order <= BYTES_PER_ORDER_TARGET else "MISSED"
+    pickled = f"; pickle {pickled_size / live:.1f}" if pickled_size else ""
+    print(f"snapshot: {len(data):,} bytes = {per_order:.1f} bytes per live order (target <= "
+          f"{BYTES_PER_ORDER_TARGET:.0f}: {verdict}){pickled}")
+    encode_peak = _peak_bytes(machine.snapshot)
+    restore_peak = _peak_bytes(lambda: ExchangeStateMachine.restore(data))
+    print(f"peak memory traced: encode {encode_peak / 1e6:,.1f} MB (snapshot bytes "
+          f"{len(data) / 1e6:,.1f} MB included); restore {restore_peak / 1e6:,.1f} MB = "
+          f"{restore_peak / live:,.0f} bytes per live order (the restored state included)")
