@@ -57,7 +57,30 @@ STREAM_MODES = (("unary", False, 1), ("stream batch=1", True, 1),
 class PhaseResult:
     latency: LatencySummary
     throughput_per_s: float
+    # CPU time (user + system) per answered order over the whole phase, in us: the traders'
+    # process, the leader (or the unreplicated server) and the followers together. A figure that
+    # a busy shared machine disturbs far less than wall-clock rates (Rule 4).
+    cpu_us: tuple[float, float, float] = (0.0, 0.0, 0.0)
     latencies_us: tuple[float, ...] = ()  # every measured request, for the CDF picture
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0.0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_snapshot(cluster: LocalCluster) -> dict[int, float]:
+    """CPU seconds of every server (by replica id) and of this process (key 0)."""
+    times = os.times()
+    snapshot = {0: times.user + times.system}
+    for replica_id, server in cluster.servers.items():
+        snapshot[replica_id] = _process_cpu_s(server.process.pid)
+    return snapshot
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -104,9 +127,11 @@ def _phase(cluster: LocalCluster, traders: int, seconds: float, seed: int,
         test_ms=int((seconds + WARMUP_S) * 1000), seed=seed, symbols=DEFAULT_SYMBOLS,
         stream=stream, batch=batch, window=window,
     ))
+    before = _cpu_snapshot(cluster)
     load.start()
     load.wait()
     load.close()
+    after = _cpu_snapshot(cluster)
     report = load.report()
     warm_ns = report.started_ns + int(WARMUP_S * 1e9)
     measured = [s for s in report.samples
@@ -114,7 +139,12 @@ def _phase(cluster: LocalCluster, traders: int, seconds: float, seed: int,
     failed = report.counts.get("failed", 0)
     if failed:
         raise ClusterError(f"{failed} requests failed during the benchmark: {load.errors[:1]}")
+    answered = max(1, len(report.samples))
+    leader = (cluster.leader_id() or 1) if cluster.replicas > 1 else 1
+    used = {key: (after[key] - before[key]) * 1e6 / answered for key in after}
+    followers = sum(v for key, v in used.items() if key not in (0, leader))
     return PhaseResult(summarize(s.latency_ns for s in measured), len(measured) / seconds,
+                       (used[0], used[leader], followers),
                        tuple(s.latency_ns / 1e3 for s in measured))
 
 
@@ -255,9 +285,11 @@ def _measure_stream(replicas: int, args: argparse.Namespace, round_index: int,
             window = args.window if stream else 1
             result = _phase(cluster, args.traders, args.seconds, seed, stream, batch, window)
             results.setdefault((mode, replicas), []).append(result)
+            traders_cpu, leader_cpu, followers_cpu = result.cpu_us
             print(f"round {round_index + 1}/{args.rounds} {mode} replicas={replicas}: "
-                  f"{result.throughput_per_s:,.0f} orders/s, p50 {result.latency.p50_us:.0f} us",
-                  flush=True)
+                  f"{result.throughput_per_s:,.0f} orders/s, p50 {result.latency.p50_us:.0f} us; "
+                  f"CPU us/order traders {traders_cpu:.0f}, leader {leader_cpu:.0f}, followers "
+                  f"{followers_cpu:.0f}", flush=True)
         for mode, stream in (("1 trader unary", False), ("1 trader stream", True)):
             result = _phase(cluster, 1, args.seconds, seed, stream, 1, 1)
             results.setdefault((mode, replicas), []).append(result)
@@ -293,6 +325,12 @@ def run_stream(args: argparse.Namespace) -> int:
             p50 = statistics.median(r.latency.p50_us for r in phases)
             print(f"{mode} replicas={replicas}: {statistics.median(rates):,.0f} orders/s, "
                   f"p50 {p50:.0f} us  ({rates[0]:,.0f}-{rates[-1]:,.0f})")
+    print("CPU per order, us (medians; traders / leader or server / both followers):")
+    for mode, _, _ in STREAM_MODES:
+        for replicas in (3, 1):
+            cpu = [statistics.median(r.cpu_us[i] for r in results[(mode, replicas)])
+                   for i in range(3)]
+            print(f"  {mode} replicas={replicas}: {cpu[0]:.0f} / {cpu[1]:.0f} / {cpu[2]:.0f}")
     _stream_verdicts(results)
     return 0
 

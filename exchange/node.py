@@ -301,14 +301,15 @@ class ExchangeNode:
 
     def _execute_unreplicated(self, client_id: int, seq: int, command: Command) -> Reply:
         payload = encode_entry(client_id, seq, command)
+        waiter = _Waiter()
         with self._lock:
             stored = self.state.lookup(client_id, seq)
             if stored is not None:
                 return stored
-            applied = self.state.apply(self.state.applied_index + 1, payload)
-        if applied.market_data and self.hub.subscriber_count:
-            self.hub.publish(_updates(applied))
-        return applied.reply
+            self._sinks.setdefault((client_id, seq), []).append(waiter)
+            self._apply_locked(self.state.applied_index + 1, payload)  # sessions see its fills
+        assert waiter.reply is not None
+        return waiter.reply
 
     def _propose(self, payload: bytes) -> int:
         """The batcher's proposal (Rule 5): replicate and, on the leader, apply ``payload``."""

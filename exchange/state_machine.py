@@ -59,9 +59,12 @@ _CHAIN_RECORD = struct.Struct("<QQQB")  # index, client_id, seq, outcome
 _OUTCOME_EXECUTED, _OUTCOME_DUPLICATE, _OUTCOME_TOO_OLD, _OUTCOME_MALFORMED = range(4)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
-    """What a trader gets back for one order-entry request."""
+    """What a trader gets back for one order-entry request. Never changed once ``apply`` made it
+    (it is stored in the dedup table and shared with handlers); not ``frozen=True`` because a
+    frozen dataclass costs about 4x as much to build, and every replica builds one per request
+    (orderbook/events.py Rule 2 makes the same choice)."""
 
     client_id: int
     seq: int
@@ -72,9 +75,9 @@ class Reply:
     error: str = ""  # non-empty when the entry could not be executed at all
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Applied:
-    """The outcome of applying one log entry."""
+    """The outcome of applying one request (never changed once built; not frozen: see Reply)."""
 
     index: int
     reply: Reply
@@ -257,17 +260,16 @@ class ExchangeStateMachine:
             reply = Reply(client_id, seq, "", (), index, error=f"malformed command: {exc}")
             self.dedup.record(client_id, seq, reply)
             return Applied(index, reply, ()), _OUTCOME_MALFORMED
-        order_events: list[Event] = []
-        market_data: list[MarketDataEvent] = []
-        for event in self.market.apply(command):
-            if type(event) in _MARKET_DATA_TYPES:
-                market_data.append(event)  # type: ignore[arg-type]
-            else:
-                order_events.append(event)
-        reply = Reply(client_id, seq, command.order_id, tuple(order_events), index)
+        events = self.market.apply(command)
+        kinds = _MARKET_DATA_TYPES
+        order_events = tuple([e for e in events if type(e) not in kinds])
+        market_data: tuple[MarketDataEvent, ...] = ()
+        if len(order_events) < len(events):
+            market_data = tuple([e for e in events if type(e) in kinds])  # type: ignore[misc]
+        reply = Reply(client_id, seq, command.order_id, order_events, index)
         self.dedup.record(client_id, seq, reply)
         self.executed_count += 1
-        return Applied(index, reply, tuple(market_data)), _OUTCOME_EXECUTED
+        return Applied(index, reply, market_data), _OUTCOME_EXECUTED
 
     def _chain_step(self, index: int, client_id: int, seq: int, outcome: int) -> None:
         """Fold one dedup-table transition into the running chain hash (what the table saw)."""

@@ -68,3 +68,17 @@ def test_bench_prints_both_configurations_side_by_side(tmp_path):
     assert re.search(r"replicated/unreplicated: p50 x[\d.]+", result.stdout)
     assert f"picture: {tmp_path / 'bench-latency-cdf.png'}" in result.stdout
     assert_png(tmp_path / "bench-latency-cdf.png")
+
+
+def test_bench_stream_prints_one_line_per_configuration_and_the_verdicts():
+    result = subprocess.run(
+        [sys.executable, "-m", "exchange", "bench", "--stream", "--seconds", "0.3", "--rounds",
+         "1", "--traders", "2"], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for mode in ("unary", "stream batch=1", "stream batch=20"):
+        for replicas in (3, 1):
+            line = rf"^{mode} replicas={replicas}: [\d,]+ orders/s, p50 \d+ us"
+            assert re.search(line, result.stdout, re.MULTILINE), (line, result.stdout)
+    assert re.search(r"^verdict: stream batch=20 replicas=3 [\d,]+ orders/s \((meets|MISSES)",
+                     result.stdout, re.MULTILINE)
+    assert result.stdout.count("verdict:") == 4
