@@ -117,7 +117,6 @@ class SimNetwork:
         self.endpoints: dict[ReplicaIdT, SimFabric] = {}
         self.writes_landed = 0
         self.writes_rejected = 0
-        self.permission_epochs: dict[tuple[ReplicaIdT, str], int] = {}
         self.in_flight: dict[tuple[ReplicaIdT, str, ReplicaIdT], int] = {}
         self._drain_waiters: dict[tuple[ReplicaIdT, str, ReplicaIdT], _DrainWait] = {}
         self.revokes_stalled = 0
@@ -249,8 +248,6 @@ class SimNetwork:
     ) -> None:
         region = self.memory.region(owner, name)
         assert region is not None, f"no region {owner}.{name}"
-        key = (owner, name)
-        self.permission_epochs[key] = self.permission_epochs.get(key, 0) + 1
         text = f"{cause} {'grant' if grant else 'revoke'} {peer} on {owner}.{name}"
         if cause == "owner":
             self.scheduler.trace(text)
