@@ -206,3 +206,11 @@ def test_seed_2000069_a_restarted_owner_answers_the_request_it_granted() -> None
 def test_seed_2990055_a_restarted_owner_answers_the_request_it_granted() -> None:
     """The same (3 replicas): replica 2 granted leader 1 its log and was killed before answering."""
     seed_run_owner_only_grants(2990055)
+
+
+def test_seed_2020385_a_resume_command_queued_as_the_control_task_waits_runs() -> None:
+    """Harness, issue 17's soak (3 replicas): the world queued the resume hook command in the
+    very step in which replica 1's control task started to wait for commands; the scheduler
+    marked the task blocked only after that step, lost the wake-up, and replica 1 stayed paused
+    to the end (catch-up failure). Scripted in test_sim_scheduler.py."""
+    seed_run_owner_only_grants(2020385, replicas=3)
