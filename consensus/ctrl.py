@@ -7,8 +7,9 @@ Rule 2: ``heartbeat``, ``leading``, ``applied`` and ``holder`` are adjacent so a
         them in one 32-byte read (``SCAN``).
 Rule 3: request numbers of member ``r`` are ``r, r + 2 * REPLICA_ID_MAX, ...``: they never collide
         between members, grow forever, and survive a restart because ``my_request`` lives here.
-Rule 4: ``answered[i]`` (the last request of member ``i`` this owner granted) also lives here, so
-        a restarted replica never grants an old request twice.
+Rule 4: ``answered[i]`` (the last request of member ``i`` this owner granted and answered) also
+        lives here, so a restarted replica never grants an old request twice; it is written after
+        the answer, so a request whose answer a crash lost is granted (to the same holder) again.
 Rule 5: ``amnesiac`` is 1 while the owner runs on fresh memory and has not been reinstated as a
         voter (``rejoin`` Rule 1); peers never take a snapshot from, or count the ``min_proposal``
         of, an amnesiac replica.

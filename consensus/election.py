@@ -4,8 +4,11 @@ Rule 1 (switcher): a request from member ``r`` in this replica's ctrl is granted
         this replica's log, ``r`` already holds it, the holder is dead or is not leading, or the
         holder is this replica and it is not leading (it yields to a lower-id candidate even while
         campaigning). Granting revokes every other writer first (fabric Rule 4), then grants
-        ``r``, records it, and answers into ``r``'s ctrl. A live, leading holder is never
-        preempted: a spurious suspicion by one replica cannot depose a working leader.
+        ``r``, records it as the holder, answers into ``r``'s ctrl and only then records the
+        request as answered: a crash or a failed write between the grant and the answer leaves
+        the request pending, so the next turn (or the restarted incarnation) grants it again
+        (``r`` is the holder then) and answers. A live, leading holder is never preempted: a
+        spurious suspicion by one replica cannot depose a working leader.
 Rule 2 (leader rule): a replica campaigns only when no live peer is leading and it is the lowest
         id among the live replicas (itself included). This is Mu's rule ("lowest live id") with
         one deviation: a resumed or restarted replica with a lower id does not preempt a live
@@ -249,12 +252,15 @@ class Background:
                 return
             state.log.grant_write(peer.replica_id)
             state.set_word(ctrl_mod.HOLDER_OFFSET, peer.replica_id)
-            state.set_word(state.ctrl_layout.answered(peer.position), request)
         try:
             peer.ctrl.write(state.ctrl_layout.answer(state.position), ctrl_mod.U64.pack(request))
         except FabricError as error:
             LOGGER.info("replica %d: answering replica %d failed: %s", state.replica_id,
                         peer.replica_id, error)
+            return
+        # Recorded only once the answer is out (Rule 1): a crash (or a failed write) between the
+        # grant and the answer leaves the request pending, so it is granted and answered again.
+        state.set_word(state.ctrl_layout.answered(peer.position), request)
 
     # --- campaign -------------------------------------------------------------------------------
     def campaign(self) -> None:

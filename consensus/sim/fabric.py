@@ -24,6 +24,8 @@ Rule 6: as on the ``shm`` fabric, a write to an exclusive region may be preempte
         ``REVOKE_WAIT_NS`` (it is SIGSTOPped, or starved), the revoke raises ``RevokeStalled`` and
         the write may still land later. A writer killed mid-write never lands its write. A writer
         in ``stop_mid_write`` is preempted, and stopped, inside its next log write.
+Rule 7: only a region's owner grants (``SimLocalRegion.grant_write``); a fault can only withdraw
+        a permission (``withdraw_permission``), as a broken connection does, never give one.
 """
 
 from __future__ import annotations
@@ -115,7 +117,6 @@ class SimNetwork:
         self.endpoints: dict[ReplicaIdT, SimFabric] = {}
         self.writes_landed = 0
         self.writes_rejected = 0
-        self.permission_epochs: dict[tuple[ReplicaIdT, str], int] = {}
         self.in_flight: dict[tuple[ReplicaIdT, str, ReplicaIdT], int] = {}
         self._drain_waiters: dict[tuple[ReplicaIdT, str, ReplicaIdT], _DrainWait] = {}
         self.revokes_stalled = 0
@@ -231,25 +232,22 @@ class SimNetwork:
         self.scheduler.trace(f"torn write {writer}->{region.owner}.{region.name}@{offset}+{cut}")
         self.observer.write_landed(region.owner, region.name, writer)
 
-    def change_permission(
-        self, owner: ReplicaIdT, name: str, peer: ReplicaIdT, grant: bool, cause: str
+    def withdraw_permission(
+        self, owner: ReplicaIdT, name: str, peer: ReplicaIdT, cause: str
     ) -> None:
-        """Grant or revoke without a switch point or drain (the nemesis, between two steps)."""
+        """A fault takes ``peer``'s permission away, between two steps: no switch point, no drain
+        (a write of ``peer`` in flight may still land). There is no counterpart that grants:
+        only the owner grants (Rule 7)."""
         region = self.memory.region(owner, name)
         assert region is not None, f"no region {owner}.{name}"
-        if grant:
-            region.grant_write(peer)
-        else:
-            region.revoke_write(peer)
-        self.note_permission(owner, name, peer, grant, cause)
+        region.revoke_write(peer)
+        self.note_permission(owner, name, peer, False, cause)
 
     def note_permission(
         self, owner: ReplicaIdT, name: str, peer: ReplicaIdT, grant: bool, cause: str
     ) -> None:
         region = self.memory.region(owner, name)
         assert region is not None, f"no region {owner}.{name}"
-        key = (owner, name)
-        self.permission_epochs[key] = self.permission_epochs.get(key, 0) + 1
         text = f"{cause} {'grant' if grant else 'revoke'} {peer} on {owner}.{name}"
         if cause == "owner":
             self.scheduler.trace(text)
@@ -272,8 +270,10 @@ class SimLocalRegion:
         self.buf = region.buf
 
     def grant_write(self, peer: ReplicaIdT) -> None:
-        self._network.scheduler.switch(f"grant {peer} {self._region.owner}.{self.name}")
-        self._network.change_permission(self._region.owner, self.name, peer, True, "owner")
+        network, owner = self._network, self._region.owner
+        network.scheduler.switch(f"grant {peer} {owner}.{self.name}")
+        self._region.grant_write(peer)
+        network.note_permission(owner, self.name, peer, True, "owner")
 
     def revoke_write(self, peer: ReplicaIdT) -> None:
         network, owner = self._network, self._region.owner

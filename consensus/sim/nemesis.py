@@ -8,9 +8,16 @@ Rule 2: at most ``f = (n - 1) // 2`` replicas are down at once (crashed, SIGSTOP
 Rule 3: the faults are the physically possible ones: a crash (tasks killed at their next switch
         point, regions kept, restart re-attaches them), a crash of the leader between two writes
         of one entry to different followers (whole or torn), SIGSTOP/SIGCONT, the replica's own
-        pause hook, slowing a replica's steps, and a transient loss of write permission: the
-        current holder of a follower's log is revoked and, later, the same holder is re-granted
-        only if nobody changed that region's permissions in between (never a second writer).
+        pause hook, slowing a replica's steps, and a loss of write permission: the fabric
+        withdraws the current holder's permission on a follower's log (as a broken connection
+        does), so the holder's next write fails with ``WriteRejected``; a write already in
+        flight may still land (fabric Rule 6).
+Rule 4: the nemesis never grants. Only a region's owner changes who may write it, through its
+        own switcher (revoke every other writer, then grant); a lost permission is an error the
+        owner repairs when the holder asks again. A nemesis that re-granted the holder itself
+        was a second actor no real system has: at a heal it re-granted a holder while the owner
+        was inside its own revoke of that holder (waiting for a write in flight), and the
+        owner's next grant left two writers (issue 17, seeds 778475 and 777672).
 """
 
 from __future__ import annotations
@@ -49,7 +56,6 @@ class Nemesis:
         self.scheduler = world.scheduler
         self.rng = world.scheduler.rng
         self.counts: Counter[str] = Counter()
-        self.revoked: list[tuple[int, int, int]] = []  # (owner, holder, epoch after revoke)
         self.healed = False
         world.network.on_stop_mid_write = self.stopped_mid_write
 
@@ -229,6 +235,8 @@ class Nemesis:
         return True
 
     def revoke(self) -> bool:
+        """Rule 3: the sole holder of a random replica's log loses its permission; Rule 4: only
+        the owner gives it back."""
         network = self.world.network
         owners = [n.replica_id for n in self.world.nodes.values()]
         owner = owners[self.rng.randrange(len(owners))]
@@ -238,34 +246,18 @@ class Nemesis:
         holders = sorted(region.writers())
         if len(holders) != 1:
             return False
-        network.change_permission(owner, LOG_REGION, holders[0], False, "nemesis")
-        entry = (owner, holders[0], network.permission_epochs[(owner, LOG_REGION)])
-        self.revoked.append(entry)
-        self.later(lambda: self.restore(entry))
+        network.withdraw_permission(owner, LOG_REGION, holders[0], "nemesis")
         return True
-
-    def restore(self, entry: tuple[int, int, int]) -> None:
-        """Re-grant a revoked holder, only if nobody touched the region's permissions since."""
-        if entry not in self.revoked:
-            return
-        self.revoked.remove(entry)
-        owner, holder, epoch = entry
-        network = self.world.network
-        region = network.memory.region(owner, LOG_REGION)
-        unchanged = network.permission_epochs.get((owner, LOG_REGION)) == epoch
-        if region is not None and unchanged and not region.writers():
-            network.change_permission(owner, LOG_REGION, holder, True, "nemesis")
 
     # -------------------------------------------------------------------- heal
     def heal(self) -> None:
-        """End every fault: resume, un-slow, disarm, restore permissions, restart the crashed."""
+        """End every fault: resume, un-slow, disarm, restart the crashed. Lost permissions are
+        not restored here (Rule 4): the owners restore them when asked."""
         self.healed = True
         world = self.world
         world.network.triggers.clear()
         world.network.stop_mid_write.clear()
         self.scheduler.slowed.clear()
-        for entry in list(self.revoked):
-            self.restore(entry)
         for node in world.nodes.values():
             if not node.up:
                 world.boot(node)

@@ -19,6 +19,11 @@ Rule 5: a paused owner's tasks are not scheduled (SIGSTOP); a slowed owner's tas
 Rule 6: the run ends when ``stop`` is called (by the world or a checker) or when every task is
         blocked with no timer left (a deadlock, reported as a failure); at the end every task is
         killed and unwound before ``run`` returns.
+Rule 7: a wake-up is never lost: a task that blocks is blocked before its switch point's
+        step, whose world events (faults, hook commands) may already wake it. Marking it blocked
+        only after the step lost such a wake-up (a ``resume`` hook command queued in the very step
+        in which the control task went to wait was never run, and the replica stayed paused for
+        good: issue 17's soak, seed 2020385).
 
 The hot path is a lock hand-off between two threads (about 20 us on this machine), so a task keeps
 the baton with probability ``stickiness`` at each switch point: fewer hand-offs, same coverage.
@@ -173,16 +178,23 @@ class Scheduler:
         self._continue_elsewhere(me)
 
     def block(self, label: str, timeout_ns: int | None, waiting_on: Waitable | None) -> bool:
-        """Block the current task until woken (``True``) or its timeout passes (``False``)."""
+        """Block the current task until woken (``True``) or its timeout passes (``False``).
+
+        Rule 7: the task counts as blocked from before its step, so a world event of that step
+        that wakes it (a hook command's ``Signal.set``) is kept, not lost: it then does not
+        block, only yields."""
         me = self.me()
-        if me.killed:
-            raise SimKilled
-        self._step(me, label)
         if me.killed:
             raise SimKilled
         me.state = BLOCKED
         me.waiting_on = waiting_on
         me.wake_value = False
+        self._step(me, label)
+        if me.killed:
+            raise SimKilled
+        if me.state != BLOCKED:  # woken by a world event of this very step
+            self._continue_elsewhere(me)
+            return me.wake_value
         if timeout_ns is not None:
             self._seq += 1
             me.timer_token = self._seq

@@ -9,9 +9,10 @@ Rule 2: each replica incarnation owns its tasks (boot, the protocol's activities
 Rule 3: every payload is proposed once (a unique counter in its first bytes); an acknowledged
         proposal is recorded with its index; every delivery goes to the history checker at once.
 Rule 4: faults strike only during the fault phase; at ``plan.heal_ns`` every fault is healed
-        (resume, un-slow, restore revoked permissions, restart crashed replicas) and from then on
-        proposals must commit within ``LIVENESS_NS``; at ``plan.end_ns`` every live replica must
-        have delivered everything acknowledged ``CATCHUP_NS`` before, and ``stop()`` must return.
+        (resume, un-slow, disarm, restart crashed replicas; a lost permission is the owner's to
+        restore) and from then on proposals must commit within ``LIVENESS_NS``; at
+        ``plan.end_ns`` every live replica must have delivered everything acknowledged
+        ``CATCHUP_NS`` before, and ``stop()`` must return.
 Rule 5: a run that reaches ``plan.steps_max`` switch points ends early and is reported as
         truncated (its safety checks still count; its liveness checks did not run).
 """

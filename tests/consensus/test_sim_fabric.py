@@ -158,7 +158,7 @@ def test_revoke_stops_writes() -> None:
         fabric = toy.network.endpoint(1)
         remote = fabric.connect(2, "log", 1.0)
         remote.write(0, b"a")
-        toy.network.change_permission(2, "log", 1, False, "nemesis")
+        toy.network.withdraw_permission(2, "log", 1, "nemesis")
         try:
             remote.write(0, b"b")
         except WriteRejected:

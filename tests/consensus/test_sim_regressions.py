@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from consensus import ctrl as ctrl_mod
+from consensus.sim.fabric import SimNetwork
 from consensus.sim.plan import NS_PER_MS, Plan, make_plan
 from consensus.sim.world import RunResult, World
 
@@ -95,3 +97,120 @@ def test_seed_852_a_deposed_leader_never_overwrites_committed_entries() -> None:
     entry 49 over the committed one; the fix reads the follower's min_proposal first."""
     result = seed_run(852)
     assert result.ok, result.failure
+
+
+# --- issue 17: the nemesis re-granted a permission itself; a lost answer was never re-sent -------
+
+
+def record_grants(world: World) -> list[str]:
+    """Every grant of a log permission that does not come from the region's owner, as
+    ``"<cause> grant <peer> on <owner>.log"`` (the fabric's one place where permissions are noted;
+    recording does not add a switch point, so the trace is unchanged)."""
+    foreign: list[str] = []
+    network: SimNetwork = world.network
+    note = network.note_permission
+
+    def noting(owner: int, name: str, peer: int, grant: bool, cause: str) -> None:
+        if grant and name == "log" and cause != "owner":
+            foreign.append(f"{cause} grant {peer} on {owner}.{name}")
+        note(owner, name, peer, grant, cause)
+
+    network.note_permission = noting  # type: ignore[method-assign]
+    return foreign
+
+
+def seed_run_owner_only_grants(seed: int, replicas: int | None = None) -> None:
+    """The seed runs clean and every log permission it grants comes from the region's owner."""
+    world = World(make_plan(seed, replicas=replicas))
+    foreign = record_grants(world)
+    result = world.run()
+    assert result.ok and not foreign, (
+        f"seed {seed}: {result.failure or 'ok'}; grants by someone else than the owner: "
+        f"{foreign or 'none'}")
+
+
+def test_seed_778475_the_nemesis_never_grants_a_permission_back() -> None:
+    """Safety of the harness, issue 17 (3 replicas): the nemesis withdrew leader 1's permission
+    on 3.log while 1 was SIGSTOPped inside a write to it; replica 3, granting candidate 2, was
+    inside its own revoke of 1 (waiting for that write in flight) when the heal re-granted 1 on
+    3.log, so 3's grant to 2 left [1, 2]. Only an owner grants in a real system: the nemesis now
+    only withdraws, and the owner restores a lost permission when the holder asks again."""
+    seed_run_owner_only_grants(778475)
+
+
+def test_seed_777672_the_nemesis_never_grants_a_permission_back() -> None:
+    """The same race with 5 replicas on 4.log (holder 2, candidate 1), issue 17."""
+    seed_run_owner_only_grants(777672)
+
+
+def stale_holder_view(seed: int) -> RunResult:
+    """Replica 3's view of its holder is wrong (its holder word reads 0 while leader 1 writes
+    its log) when a request from replica 2 arrives: the grant must still revoke every other
+    writer, not only the one its view names, or 3.log grants [1, 2] at once."""
+    plan = scenario_plan(seed, log_slots=1024)
+    world = World(plan)
+    layout = ctrl_mod.CtrlLayout(plan.replicas)
+    request = 2 + 100 * ctrl_mod.REQUEST_STRIDE  # a request number of replica 2 (ctrl Rule 3)
+
+    def forget_holder_and_request() -> None:
+        ctrl = world.network.memory.region(3, "ctrl")
+        log = world.network.memory.region(3, "log")
+        assert ctrl is not None and log is not None
+        assert log.writers() == {1}, f"leader 1 should hold 3.log, not {sorted(log.writers())}"
+        ctrl_mod.U64.pack_into(ctrl.buf, ctrl_mod.HOLDER_OFFSET, 0)
+        ctrl_mod.U64.pack_into(ctrl.buf, layout.request(1), request)  # replica 2 is position 1
+
+    world.scheduler.at(6 * NS_PER_MS, forget_holder_and_request)
+    return world.run()
+
+
+def test_a_grant_revokes_every_other_writer_whatever_the_owner_believes() -> None:
+    results = [stale_holder_view(seed) for seed in SEEDS]
+    assert not failures(results), "\n".join(failures(results))
+
+
+def crash_between_grant_and_answer(seed: int) -> RunResult:
+    """Replica 3 crashes right after granting leader 1 its log, before its answer reaches 1 (a
+    SIGKILL between two lines of ``_grant``); it restarts later. Found by soak seeds 2000069 and
+    2990055: the grant had recorded the request as answered before answering, so the restarted
+    incarnation never answered it, leader 1 kept rewriting the same request, and replica 3 never
+    followed or delivered again (catch-up failure at the end of the run)."""
+    world = World(scenario_plan(seed))
+    network = world.network
+    note = network.note_permission
+    crashed: list[int] = []
+
+    def noting(owner: int, name: str, peer: int, grant: bool, cause: str) -> None:
+        note(owner, name, peer, grant, cause)
+        if (owner, name, peer, grant) == (3, "log", 1, True) and not crashed:
+            crashed.append(world.scheduler.now_ns)
+            world.crash(3, "scenario: crash between the grant and the answer")
+
+    network.note_permission = noting  # type: ignore[method-assign]
+    result = world.run()
+    assert crashed, f"seed {seed}: replica 3 never granted replica 1 its log"
+    return result
+
+
+def test_a_grant_whose_answer_a_crash_lost_is_answered_after_the_restart() -> None:
+    results = [crash_between_grant_and_answer(seed) for seed in SEEDS]
+    assert not failures(results), "\n".join(failures(results))
+
+
+def test_seed_2000069_a_restarted_owner_answers_the_request_it_granted() -> None:
+    """Liveness, issue 17's soak (3 replicas): replica 1 granted 2 its log and was killed before
+    answering; the restarted 1 had recorded the request as answered and never answered it."""
+    seed_run_owner_only_grants(2000069, replicas=3)
+
+
+def test_seed_2990055_a_restarted_owner_answers_the_request_it_granted() -> None:
+    """The same (3 replicas): replica 2 granted leader 1 its log and was killed before answering."""
+    seed_run_owner_only_grants(2990055)
+
+
+def test_seed_2020385_a_resume_command_queued_as_the_control_task_waits_runs() -> None:
+    """Harness, issue 17's soak (3 replicas): the world queued the resume hook command in the
+    very step in which replica 1's control task started to wait for commands; the scheduler
+    marked the task blocked only after that step, lost the wake-up, and replica 1 stayed paused
+    to the end (catch-up failure). Scripted in test_sim_scheduler.py."""
+    seed_run_owner_only_grants(2020385, replicas=3)

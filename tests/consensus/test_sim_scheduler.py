@@ -78,6 +78,25 @@ def test_signal_wakes_waiter_and_times_out() -> None:
     assert results[1][:2] == ("second", False) and results[1][2] >= 750_000_000
 
 
+@pytest.mark.parametrize("timeout_s", [None, 1.0])
+def test_a_world_event_of_the_waiting_step_wakes_the_waiter(timeout_s: float | None) -> None:
+    """Rule 7: a world event due in the very step in which a task starts to wait (a hook
+    command's ``Signal.set``, issue 17's seed 2020385) wakes it; it used to be lost (the task
+    was marked blocked only after the step), and the waiter slept for good."""
+    scheduler, rt = make()
+    flag = rt.signal()
+    results: list[tuple[bool, int]] = []
+
+    def waiter() -> None:
+        scheduler.at(rt.now_ns() + scheduler.step_ns, flag.set)  # due in the wait's own step
+        results.append((flag.wait(timeout_s), rt.now_ns()))
+
+    rt.spawn("w", waiter)
+    scheduler.run()
+    assert scheduler.failure is None, scheduler.failure
+    assert results and results[0][0] is True and results[0][1] < 100_000, results
+
+
 def test_contended_mutex_is_exclusive_and_hands_over() -> None:
     scheduler, rt = make(stickiness=0.0)
     lock = rt.mutex()
