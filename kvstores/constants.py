@@ -20,7 +20,7 @@ LOG_SLOTS_DEFAULT = 32_768
 # Heartbeat/scan period and pump poll of a replica that shares its process with a front end: the
 # same trade-off as the exchange servers (docs/exchange.md): fewer wake-ups taking the GIL.
 HEARTBEAT_INTERVAL_US_DEFAULT = 2000
-PUMP_POLL_US_DEFAULT = 1000
+PUMP_POLL_US_DEFAULT = 2000
 PROPOSE_TIMEOUT_S = 0.5  # a commit takes tens of us; the event loop waits at most this
 # After a failed proposal the leader waits this long for its entries to be applied anyway (a new
 # leader commits what a majority holds within a failover, ~25 ms) before "outcome unknown".
