@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from exchange.batching import Batcher, Pending
+from exchange.batching import Batcher, Dropped, Pending
 from exchange.config import BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES
 from exchange.market_data import SUBSCRIBERS_MAX_DEFAULT, MarketDataHub, Update
 from exchange.session import SESSION_IN_FLIGHT_MAX, OrderSession, Slot
@@ -286,7 +286,7 @@ class ExchangeNode:
 
     def _batch_failed(self, batch: list[Pending], exc: Exception) -> None:
         """A proposal raised: fail every request of it that is still waiting (batching Rule 3)."""
-        error = exc if isinstance(exc, NotLeaderError | ServerUnavailable) else \
+        error = exc if isinstance(exc, NotLeaderError | ServerUnavailable | Dropped) else \
             self._proposal_error(exc)
         with self._lock:
             for item in batch:
