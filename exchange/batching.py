@@ -9,8 +9,9 @@ Rule 2: a batch holds at most ``requests_max`` requests and its entry at most ``
         (a consensus slot); a batch of one request is a single-request entry (the format the
         unary path always used), so an idle exchange logs exactly what it logged before batching.
 Rule 3: a proposal that raises fails every request of its batch (``Sink.fail``); a request whose
-        sink is already cancelled (its session failed) is dropped from the queue unproposed, so a
-        session's later requests never overtake its failed earlier ones.
+        sink is already cancelled (its session failed) is dropped from the queue unproposed (and
+        handed to ``failed`` with ``Dropped``, so its owner forgets it), so a session's later
+        requests never overtake its failed earlier ones.
 Rule 4: the batcher never touches the state machine: replies reach sinks through the apply path
         (``ExchangeNode.on_commit``), which runs inside ``propose`` on the leader.
 """
@@ -33,6 +34,10 @@ from exchange.state_machine import (
 
 log = logging.getLogger("exchange.batching")
 STOP_JOIN_S = 2.0
+
+
+class Dropped(Exception):
+    """A queued request was not proposed because its sink was cancelled (Rule 3)."""
 
 
 class Sink(Protocol):
@@ -130,6 +135,7 @@ class Batcher:
     def _take(self) -> list[Pending]:
         """Pop the next batch (Rule 2), dropping requests whose sink is cancelled (Rule 3)."""
         batch: list[Pending] = []
+        dropped: list[Pending] = []
         size = BATCH_HEADER.size
         requests_max, bytes_max = self.requests_max, self.bytes_max
         with self._cond:
@@ -137,12 +143,14 @@ class Batcher:
             while queue and len(batch) < requests_max:
                 item = queue[0]
                 if item.sink.cancelled:
-                    queue.popleft()
+                    dropped.append(queue.popleft())
                     continue
                 if size + item.size > bytes_max and batch:
                     break
                 batch.append(queue.popleft())
                 size += item.size
+        if dropped:
+            self._failed(dropped, Dropped("not proposed: the request's session ended"))
         return batch
 
     def _propose(self, batch: list[Pending]) -> None:
@@ -168,4 +176,4 @@ class Batcher:
             thread.join(STOP_JOIN_S)
 
 
-__all__ = ["Batcher", "Pending", "Sink"]
+__all__ = ["Batcher", "Dropped", "Pending", "Sink"]

@@ -67,6 +67,16 @@ class DedupTable(Generic[ReplyT]):
             return None
         return record.replies.get(seq)
 
+    def probe(self, client_id: int, seq: int) -> tuple[ReplyT | None, bool]:
+        """``(lookup(...), is_too_old(...))`` in one look-up (the apply path asks both)."""
+        record = self._clients.get(client_id)
+        if record is None:
+            return None, False
+        reply = record.replies.get(seq)
+        if reply is not None:
+            return reply, False
+        return None, seq <= record.floor_seq
+
     def is_too_old(self, client_id: int, seq: int) -> bool:
         """True when ``seq`` is at or below the client's floor and not stored (Rule 3)."""
         record = self._clients.get(client_id)

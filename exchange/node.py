@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from exchange.batching import Batcher, Pending
+from exchange.batching import Batcher, Dropped, Pending
 from exchange.config import BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES
 from exchange.market_data import SUBSCRIBERS_MAX_DEFAULT, MarketDataHub, Update
 from exchange.session import SESSION_IN_FLIGHT_MAX, OrderSession, Slot
@@ -50,6 +50,7 @@ from orderbook import Command, Filled, encode_command
 
 PROPOSE_TIMEOUT_S = 1.0  # consensus propose: far above a commit (~tens of us), below client retry
 APPLY_WAIT_S = 2.0  # committed -> applied here; only slow when this replica lost leadership
+SESSIONS_MAX_DEFAULT = 16  # open OrderSessions per server (each holds a gRPC worker thread)
 
 log = logging.getLogger("exchange.node")
 
@@ -180,6 +181,7 @@ class ExchangeNode:
         addresses: dict[int, str],
         replicas: int,
         subscribers_max: int = SUBSCRIBERS_MAX_DEFAULT,
+        sessions_max: int = SESSIONS_MAX_DEFAULT,
     ) -> None:
         self.replica_id = replica_id
         self.addresses = addresses
@@ -192,7 +194,7 @@ class ExchangeNode:
         self._lock = threading.Lock()
         self._sinks: dict[tuple[int, int], list[Sink]] = {}
         self._sessions: dict[int, OrderSession] = {}  # client id -> newest open session
-        self.sessions_max = subscribers_max * 2
+        self.sessions_max = sessions_max
         self._session_count = 0
         self.batcher = Batcher(self._propose, self._batch_failed, BATCH_REQUESTS_MAX,
                                PAYLOAD_SIZE_MAX_BYTES)
@@ -232,7 +234,7 @@ class ExchangeNode:
                             woken.add(sink.session)
                         else:
                             sink.deliver(reply)
-            if sessions and reply.events:
+            if sessions and reply.events and not reply.duplicate:  # a replay fills nothing
                 self._route_fills(reply, sessions, woken)
             if applied.market_data:
                 market_data = True
@@ -321,7 +323,7 @@ class ExchangeNode:
 
     def _batch_failed(self, batch: list[Pending], exc: Exception) -> None:
         """A proposal raised: fail every request of it that is still waiting (batching Rule 3)."""
-        error = exc if isinstance(exc, NotLeaderError | ServerUnavailable) else \
+        error = exc if isinstance(exc, NotLeaderError | ServerUnavailable | Dropped) else \
             self._proposal_error(exc)
         with self._lock:
             for item in batch:

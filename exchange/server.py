@@ -111,9 +111,11 @@ def serve(config: ServerConfig) -> int:
     # The consensus activities (heartbeat, detector, pump) share the GIL with the gRPC threads:
     # a shorter switch interval bounds how long a busy handler can delay a heartbeat.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    # Half the gRPC workers at most may be held by market-data streams; order entry keeps the rest.
+    # Order sessions may hold half the gRPC workers and market-data streams a quarter; unary
+    # order entry and reads keep the rest.
     node = ExchangeNode(config.replica_id, config.addresses, config.replicas,
-                        subscribers_max=max(1, config.grpc_workers // 2))
+                        subscribers_max=max(1, config.grpc_workers // 4),
+                        sessions_max=max(1, config.grpc_workers // 2))
     health = HealthReporter(node)
     node.pause_listeners.append(lambda _paused: health.refresh())
     replication: ReplicationHandle | None = None

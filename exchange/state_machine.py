@@ -241,11 +241,11 @@ class ExchangeStateMachine:
         self, index: int, client_id: int, seq: int, body: memoryview
     ) -> tuple[Applied, int]:
         """Apply one request (dedup, then execute): its outcome and its chain outcome code."""
-        stored = self.dedup.lookup(client_id, seq)
+        stored, too_old = self.dedup.probe(client_id, seq)
         if stored is not None:
             self.duplicate_count += 1
             return Applied(index, _as_duplicate(stored), ()), _OUTCOME_DUPLICATE
-        if self.dedup.is_too_old(client_id, seq):
+        if too_old:
             error = f"seq {seq} of client {client_id} is older than the replies the exchange keeps"
             return Applied(index, Reply(client_id, seq, "", (), index, error=error), ()), \
                 _OUTCOME_TOO_OLD

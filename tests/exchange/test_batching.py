@@ -3,7 +3,7 @@
 import threading
 import time
 
-from exchange.batching import Batcher, Pending
+from exchange.batching import Batcher, Dropped, Pending
 from exchange.config import BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES
 from exchange.state_machine import BATCH_HEADER, ENTRY_HEADER, ExchangeStateMachine, Reply
 from orderbook import AddOrder, Side, encode_command
@@ -138,5 +138,6 @@ def test_a_failed_proposal_fails_its_requests_and_drops_cancelled_ones():
     cancelled, live = Sink(cancelled=True), Sink()
     batcher.submit([_pending(4, 1, cancelled), _pending(4, 2, live)])
     assert log.counts() == [1]  # only the live request was proposed
+    assert [type(e) for e in cancelled.errors] == [Dropped] and not live.errors
     assert ENTRY_HEADER.unpack_from(log.entries[0], 0) == (4, 2)
     batcher.stop()

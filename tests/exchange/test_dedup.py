@@ -1,5 +1,9 @@
 """The dedup table: exactly-once lookups, deterministic bounded eviction."""
 
+import random
+
+import pytest
+
 from exchange.dedup import DedupTable
 
 
@@ -34,3 +38,15 @@ def test_least_recently_applied_client_is_evicted_first():
     assert table.lookup(2, 1) is None
     assert table.lookup(1, 1) == "x"
     assert table.lookup(3, 1) == "z"
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_probe_answers_like_lookup_and_is_too_old(seed):
+    rng = random.Random(seed)
+    table: DedupTable[str] = DedupTable(seqs_per_client_max=4, clients_max=3)
+    for _ in range(2000):
+        client, seq = rng.randrange(1, 6), rng.randrange(1, 40)
+        assert table.probe(client, seq) == (table.lookup(client, seq),
+                                            table.is_too_old(client, seq)), seed
+        if table.lookup(client, seq) is None and not table.is_too_old(client, seq):
+            table.record(client, seq, f"{client}.{seq}")

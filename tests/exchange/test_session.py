@@ -15,6 +15,8 @@ from exchange.node import ExchangeNode
 from exchange.proto import exchange_pb2 as pb
 from exchange.service import ExchangeService
 from exchange.session import SESSION_IN_FLIGHT_MAX, SESSION_MESSAGE_ORDERS_MAX
+from exchange.state_machine import encode_entry
+from orderbook import AddOrder, Side, encode_command
 from tests.exchange.conftest import _client_ids
 from traders.client import ClusterConnection, RequestRejected
 from traders.session import SessionClient
@@ -200,3 +202,22 @@ def test_batched_market_data_carries_every_trade_of_a_session_burst(standalone):
     assert [t.log_index for t in trades] == sorted(t.log_index for t in trades)
     client.close()
     connection.close()
+
+
+def test_a_replayed_duplicate_sends_no_second_unsolicited_fill():
+    node = ExchangeNode(1, {1: "local"}, 1)
+    session = node.open_session()
+    node.bind_session(session, 7)
+    (slot,) = session.admit(1)
+    sell = AddOrder("7.1", "SDU", Side.SELL, 100, 10)
+    node.submit_session(session, [(slot, 7, 1, encode_command(sell))])
+    buy = AddOrder("8.1", "SDU", Side.BUY, 100, 4)
+    first = node.execute(8, 1, buy)
+    again = node.execute(8, 1, buy)  # a retry: answered from the dedup table
+    assert again.duplicate and again.events == first.events
+    node.on_commit(3, encode_entry(8, 1, buy))  # the same request committed twice (failover)
+    assert node.state.duplicate_count == 1
+    answers, unsolicited = session.take(0.0)
+    assert [r.seq for r in answers] == [1]
+    assert [(r.order_id, r.seq, r.log_index) for r in unsolicited] == [("7.1", 0, 2)]
+    assert session.take(0.0) is None
