@@ -240,8 +240,9 @@ def _picture(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]],
         for phase, traders in ((0, 1), (1, args.traders)):
             pooled = [v for result in results[replicas][phase] for v in result.latencies_us]
             series[f"{label}, {traders} trader{'s' if traders > 1 else ''}"] = pooled
+    rounds = f"{args.rounds} round{'s' if args.rounds > 1 else ''}"
     write_cdf(args.plot_dir, "bench", f"exchange bench: order latency through gRPC "
-              f"({args.rounds} rounds of {args.seconds:g} s)", series)
+              f"({rounds} of {args.seconds:g} s)", series)
 
 
 def _print_table(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]],
