@@ -1,0 +1,7 @@
+"""Test-wide settings. Hypothesis: no per-example deadline (these 2-core machines are shared; a
+deadline measures the machine's load, not the code), examples derandomized by the test's name."""
+
+from hypothesis import settings
+
+settings.register_profile("mu", deadline=None)
+settings.load_profile("mu")
