@@ -1,5 +1,5 @@
 """Test-wide settings. Hypothesis: no per-example deadline (these 2-core machines are shared; a
-deadline measures the machine's load, not the code), examples derandomized by the test's name."""
+deadline measures the machine's load, not the code)."""
 
 from hypothesis import settings
 
