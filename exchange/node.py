@@ -16,6 +16,12 @@ Rule 4: a follower, a paused server or a server without a leader never proposes:
 Rule 5: a server that rejoins (consensus's ``recovery`` is set) reports role ``recovering`` with
         its progress; its state is replaced whole by ``install_snapshot`` (decoded outside the
         lock, swapped under it), and ``take_snapshot`` serves peers a consistent (index, bytes).
+Rule 6: with a data directory (``exchange.durability``), ``on_commit`` queues every applied entry
+        in the journal (under the lock, so in log order), ``execute`` acknowledges only once the
+        reply's entry is durable (sync mode) and refuses order entry once the journal failed,
+        and an installed snapshot is stored before delivery resumes. A replicated node
+        without a replica yet (``attach`` not called: a server still loading or waiting for its
+        peers, role ``starting``) never executes anything.
 
 No gRPC here: ``exchange.service`` maps these errors to status codes.
 """
@@ -26,11 +32,14 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from exchange.market_data import SUBSCRIBERS_MAX_DEFAULT, MarketDataHub, Update
 from exchange.state_machine import Applied, ExchangeStateMachine, Reply, encode_entry
 from orderbook import Command
+
+if TYPE_CHECKING:
+    from exchange.durability import Journal
 
 PROPOSE_TIMEOUT_S = 1.0  # consensus propose: far above a commit (~tens of us), below client retry
 APPLY_WAIT_S = 2.0  # committed -> applied here; only slow when this replica lost leadership
@@ -97,7 +106,7 @@ class ServerUnavailable(Exception):
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
     replica_id: int
-    role: str  # leader | follower | recovering | paused | standalone | failed
+    role: str  # leader | follower | recovering | paused | standalone | failed | starting
     error: str  # why the replica stopped taking part (role failed), else ""
     leader_id: int | None
     leader_address: str
@@ -145,6 +154,7 @@ class ExchangeNode:
         self.pause_listeners: list[Callable[[bool], None]] = []
         self._lock = threading.Lock()
         self._waiters: dict[tuple[int, int], list[_Waiter]] = {}
+        self.journal: Journal | None = None  # Rule 6
 
     def attach(self, replica: ConsensusReplica) -> None:
         """Use ``replica`` for order entry (called once, before the replica starts serving)."""
@@ -163,6 +173,8 @@ class ExchangeNode:
         """
         with self._lock:
             applied = self.state.apply(index, payload)
+            if self.journal is not None:
+                self.journal.append(index, payload)
             reply = applied.reply
             waiters = self._waiters.pop((reply.client_id, reply.seq), None)
             if waiters:
@@ -176,11 +188,31 @@ class ExchangeNode:
     # -- order entry --------------------------------------------------------------------------
 
     def execute(self, client_id: int, seq: int, command: Command) -> Reply:
-        """Run one order-entry request exactly once and return its reply (see module rules)."""
+        """Run one order-entry request exactly once and return its reply (see module rules);
+        with a journal, only once its entry is durable (Rule 6)."""
+        journal = self.journal
+        if journal is None:
+            return self._execute_entry(client_id, seq, command)
+        from exchange.durability import JournalFailed
+
+        try:
+            if journal.failure:
+                raise JournalFailed(journal.failure)
+            reply = self._execute_entry(client_id, seq, command)
+            journal.wait_durable(reply.log_index)
+        except JournalFailed as exc:
+            raise ServerUnavailable(f"server {self.replica_id} does not acknowledge orders: "
+                                    f"{exc}") from None
+        return reply
+
+    def _execute_entry(self, client_id: int, seq: int, command: Command) -> Reply:
         if self.paused:
             raise ServerUnavailable(f"server {self.replica_id} is paused; try another server")
         replica = self.replica
         if replica is None:
+            if self.replicas > 1:
+                raise ServerUnavailable(f"server {self.replica_id} is starting (loading its "
+                                        "data or waiting for its peers); retry")
             return self._execute_unreplicated(client_id, seq, command)
         if not replica.is_leader:
             raise self._not_leader(replica.leader_id)
@@ -219,6 +251,8 @@ class ExchangeNode:
             if stored is not None:
                 return stored
             applied = self.state.apply(self.state.applied_index + 1, payload)
+            if self.journal is not None:
+                self.journal.append(applied.index, payload)
         if applied.market_data and self.hub.subscriber_count:
             self.hub.publish(_updates(applied))
         return applied.reply
@@ -278,7 +312,7 @@ class ExchangeNode:
         if self.paused:
             return "paused"
         if replica is None:
-            return "standalone"
+            return "standalone" if self.replicas == 1 else "starting"
         if replica.error is not None:
             return "failed"
         if replica.recovery is not None:
@@ -287,7 +321,8 @@ class ExchangeNode:
 
     def status(self) -> NodeStatus:
         replica = self.replica
-        leader_id = self.replica_id if replica is None else replica.leader_id
+        standalone = self.replica_id if self.replicas == 1 else None  # None while starting
+        leader_id = replica.leader_id if replica is not None else standalone
         with self._lock:
             state = self.state
             applied_index = state.applied_index
@@ -337,6 +372,14 @@ class ExchangeNode:
                                 f"{index}")
         with self._lock:
             self.state = restored
+        if self.journal is not None:
+            from exchange.durability import JournalFailed
+
+            try:
+                self.journal.installed(index, data)
+            except JournalFailed as exc:  # the state is in memory; order entry refuses (Rule 6)
+                log.error("server %d: the installed snapshot is not stored: %s",
+                          self.replica_id, exc)
 
     # -- control ------------------------------------------------------------------------------
 

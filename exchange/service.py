@@ -4,7 +4,8 @@ Rule 1: no request can crash the server: bad input -> INVALID_ARGUMENT with a me
         FAILED_PRECONDITION with trailing metadata ``leader-address``/``leader-id``; paused, no
         leader or a timeout -> UNAVAILABLE; anything unexpected is logged and answered INTERNAL.
 Rule 2: standard health checking (grpc.health.v1): service ``""`` is SERVING while the server is
-        neither paused nor recovering (fetching a snapshot or catching up the log); service
+        neither paused, recovering (fetching a snapshot or catching up the log) nor starting
+        (loading its data directory, waiting for its peers); service
         ``ORDER_ENTRY_SERVICE`` is SERVING only while this server accepts order entry (leader or
         unreplicated, not paused), so a load balancer can find the leader.
 """
@@ -181,7 +182,7 @@ class HealthReporter:
     def refresh(self) -> None:
         """Re-read the node's role; cheap, called periodically and on pause/resume."""
         role = self.node.role()
-        alive = role not in ("paused", "recovering")
+        alive = role not in ("paused", "recovering", "starting")
         order_entry = role in ("leader", "standalone")
         if (alive, order_entry) == self._last:
             return
