@@ -323,7 +323,8 @@ class Journal:
         with self._pending_lock:
             assert index == self.appended_index + 1, (index, self.appended_index)
             self.appended_index = index
-            self._pending.append(record)
+            if not self.failure:  # a failed journal stores nothing more (Rule 5)
+                self._pending.append(record)
         self._since_snapshot += 1
 
     # -- group commit (Rule 4) ------------------------------------------------------------------
