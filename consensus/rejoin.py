@@ -150,7 +150,8 @@ class Rejoin:
         if state.recovery is not None and state.recovery.phase == PHASE_SNAPSHOT:
             return True
         now = state.runtime.now_ns()
-        state.recovery = Recovery(reason=reason, started_ns=now, amnesiac=amnesiac, local=local)
+        state.recovery = Recovery(reason=reason, started_ns=now, amnesiac=amnesiac, local=local,
+                                  snapshot_index=self.pump.applied if local else 0)
         if amnesiac:
             state.amnesiac = True
             state.required_proposal = None
@@ -187,8 +188,6 @@ class Rejoin:
                 self._finish()
                 return
         if self.port is None or recovery.local:  # a bare log or a local state: the log (Rule 6)
-            if recovery.local:
-                recovery.snapshot_index = self.pump.applied
             self._enter_catch_up()
             return
         for provider in self.providers():

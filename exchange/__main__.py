@@ -21,7 +21,12 @@ from exchange.config import (
     durability_settings,
     resolve_server_config,
 )
-from exchange.durability import DURABILITY_MODES, FLUSH_INTERVAL_S, SNAPSHOT_ENTRIES_DEFAULT
+from exchange.durability import (
+    DURABILITY_MODES,
+    FLUSH_INTERVAL_S,
+    SNAPSHOT_ENTRIES_DEFAULT,
+    SYNC_INTERVAL_S,
+)
 
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
 
@@ -79,10 +84,11 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="with --data-dir: 'sync' (default) acknowledges an order only once "
                        "it is in this server's journal on disk (fdatasync, batched across "
                        "concurrent orders); 'async' acknowledges once committed and journals "
-                       f"in the background every {FLUSH_INTERVAL_S * 1000:.0f} ms: if every "
-                       "server's machine loses power at once, orders acknowledged in the last "
-                       "few milliseconds before it are lost (a process crash, kill -9, loses "
-                       "only the entries not yet handed to the kernel)")
+                       f"in the background (written every {FLUSH_INTERVAL_S * 1000:.0f} ms, "
+                       f"synced every {SYNC_INTERVAL_S * 1000:.0f} ms): if every server's "
+                       "machine loses power at once, the orders acknowledged in the last "
+                       f"~{SYNC_INTERVAL_S * 1000:.0f} ms are lost; a kill -9 of every server "
+                       f"loses those of the last ~{FLUSH_INTERVAL_S * 1000:.0f} ms")
     serve.add_argument("--snapshot-entries", type=int, default=SNAPSHOT_ENTRIES_DEFAULT,
                        help="with --data-dir: store a snapshot and trim the journal every N "
                        f"applied entries (default {SNAPSHOT_ENTRIES_DEFAULT})")

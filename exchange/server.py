@@ -97,7 +97,7 @@ def build_grpc_server(
     )
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     pb_grpc.add_ReplicationServicer_to_server(  # type: ignore[no-untyped-call]
-        SnapshotService(node.take_snapshot, lambda: node.role() == "recovering"), server
+        SnapshotService(node.take_snapshot, lambda: _no_snapshot_to_serve(node)), server
     )
     try:
         port = server.add_insecure_port(config.listen)
@@ -106,6 +106,15 @@ def build_grpc_server(
     if port == 0:
         raise StartupError(f"cannot listen on {config.listen} (address in use?)")
     return server
+
+
+def _no_snapshot_to_serve(node: ExchangeNode) -> bool:
+    """A recovering server refuses to serve its snapshot (its state is being replaced), unless
+    its state came from its own disk: a durable server that passed the cold-start gate at the
+    highest index is the one its peers must copy while it waits for them in consensus."""
+    if node.role() != "recovering":
+        return False
+    return node.journal is None or node.state.applied_index == 0
 
 
 def serve(config: ServerConfig) -> int:
