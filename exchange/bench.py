@@ -25,6 +25,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 
 from exchange.cluster import ClusterError, LocalCluster
@@ -169,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"bench: traders and servers at {_raise_priority()}", flush=True)
     configs = (1, 3, DURABLE) if args.durable else (1, 3)
+    if args.durable:
+        print(f"bench: this disk now: {_fdatasync_line()}", flush=True)
     results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]] = {c: ([], []) for c in configs}
     try:
         for round_index in range(args.rounds):
@@ -185,6 +188,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 1
     return _print_table(results, args)
+
+
+def _fdatasync_line(samples: int = 200, record_bytes: int = 150) -> str:
+    """The latency of appending one journal-sized record + ``fdatasync`` here, now (context
+    for the durable figures: on a shared machine it moves by orders of magnitude)."""
+    latencies: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="mu-bench-fsync-") as directory:
+        fd = os.open(os.path.join(directory, "probe"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            for _ in range(samples):
+                os.write(fd, b"x" * record_bytes)
+                started = time.perf_counter()
+                os.fdatasync(fd)
+                latencies.append(time.perf_counter() - started)
+        finally:
+            os.close(fd)
+    latencies.sort()
+    return (f"append {record_bytes} B + fdatasync p50 {latencies[samples // 2] * 1e6:.0f} us, "
+            f"p90 {latencies[samples * 9 // 10] * 1e6:.0f} us, "
+            f"p99 {latencies[samples * 99 // 100] * 1e6:.0f} us ({samples} samples)")
 
 
 def _print_table(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]],
@@ -213,6 +236,7 @@ def _print_table(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]]
           f"x{statistics.median(paired):.3f}, range x{paired[0]:.3f}-x{paired[-1]:.3f}")
     if DURABLE in results:
         _print_durable(results, rows)
+        print(f"bench: this disk after the rounds: {_fdatasync_line()}")
     return 0
 
 

@@ -268,7 +268,6 @@ class Journal:
         self._pending_lock = threading.Lock()
         self._write_lock = threading.Lock()  # one writer at a time (group commit)
         self._snapshot_lock = threading.Lock()
-        self._durable = threading.Condition(threading.Lock())
         self._fd = -1
         self._since_snapshot = 0
         self._written_bytes = 0
@@ -419,7 +418,7 @@ class Journal:
     def _rotate(self, first: int) -> None:
         try:
             self._open_segment(first)
-        except OSError as exc:
+        except (OSError, DataDirError) as exc:
             self._fail(f"cannot start journal segment {first} in {self.directory}: {exc}")
             raise JournalFailed(self.failure) from None
 

@@ -45,7 +45,7 @@ def _place(client: TraderClient, count: int, symbol: str = "DUR") -> None:
         client.submit(symbol, pb.BUY if i % 2 else pb.SELL, 100 + i % 11, 5 + i % 3)
 
 
-def statistics_index(statuses: dict[int, pb.Status]) -> int:
+def _top_index(statuses: dict[int, pb.Status]) -> int:
     return max(s.applied_index for s in statuses.values())
 
 
@@ -124,7 +124,7 @@ def test_killing_every_server_mid_load_loses_no_acknowledged_order(tmp_path):
         acked = sum(len(t.acked) for t in traders)
         assert acked > 0
         print(f"{rounds} rounds of kill -9 of every server: {acked} requests acknowledged, "
-              f"applied index {statistics_index(statuses)}")
+              f"applied index {_top_index(statuses)}")
         # Every acknowledged request is there exactly once (and nothing else executed: each
         # trader's last request was acknowledged too), and retries are answered from the table.
         assert {s.orders_applied for s in statuses.values()} == {acked}, statuses
