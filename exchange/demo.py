@@ -112,9 +112,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     cluster = LocalCluster(3, fabric=args.fabric, name="demo", data_dir=args.data_dir,
                            durability="sync" if args.data_dir else None, cluster_id=cluster_id)
-    where = f", data in {args.data_dir}" if args.data_dir else ", memory only"
     print(f"demo: starting 3 exchange servers (cluster {cluster.cluster_id}, fabric "
-          f"{args.fabric}, logs in {cluster.workdir}{where})", flush=True)
+          f"{args.fabric}, logs in {cluster.workdir})", flush=True)
+    print(f"demo: {'durable, data in ' + args.data_dir if args.data_dir else 'memory only'}",
+          flush=True)
     try:
         cluster.start()
         return _run_with_cluster(cluster, args)
