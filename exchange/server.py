@@ -1,7 +1,7 @@
 """``python -m exchange serve``: one exchange server process = consensus replica + order books.
 
-Rule 1: start order: node -> consensus replica (replicated mode) -> gRPC port -> control FIFO ->
-        ``READY`` line on stdout; stop order is the reverse, on SIGINT/SIGTERM, and always removes
+Rule 1: start order: node (loaded from ``--data-dir``) -> gRPC port -> (durable: start gate) ->
+        consensus replica (replicated mode) -> control FIFO -> ``READY`` line on stdout; stop order is the reverse, on SIGINT/SIGTERM, and always removes
         the FIFO.
 Rule 2: a configuration or startup problem is one line on stderr and exit status 2 (never a
         traceback); the server never exits because of a request.
@@ -200,6 +200,9 @@ def _open_journal(config: ServerConfig, node: ExchangeNode) -> tuple[Journal, in
         index = loaded.machine.applied_index
         journal = Journal(directory, config.cluster_id, config.durability, index,
                           node.take_snapshot, config.snapshot_entries)
+    except OSError as exc:
+        os.close(lock_fd)
+        raise DataDirError(f"--data-dir {directory}: {exc}") from None
     except BaseException:
         os.close(lock_fd)
         raise
