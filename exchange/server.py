@@ -1,8 +1,8 @@
 """``python -m exchange serve``: one exchange server process = consensus replica + order books.
 
 Rule 1: start order: node (loaded from ``--data-dir``) -> gRPC port -> (durable: start gate) ->
-        consensus replica (replicated mode) -> control FIFO -> ``READY`` line on stdout; stop order is the reverse, on SIGINT/SIGTERM, and always removes
-        the FIFO.
+        consensus replica (replicated mode) -> control FIFO -> ``READY`` line on stdout; stop
+        order is the reverse, on SIGINT/SIGTERM, and always removes the FIFO.
 Rule 2: a configuration or startup problem is one line on stderr and exit status 2 (never a
         traceback); the server never exits because of a request.
 Rule 3: with ``--data-dir`` the node loads its state from the directory first (a bad file stops
