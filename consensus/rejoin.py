@@ -29,6 +29,10 @@ Rule 4: with a snapshot port, a ``LogOverrun`` (in the pump, or a candidate's pr
 Rule 5: the recovery ends when the replica is no longer amnesiac and has applied everything up to
         the highest commit index it knows (from the commit word or from entries), once that
         index is at least ``S``.
+Rule 6 (local state): a replica whose application restored its state up to ``J`` from its own
+        disk (``Replica(..., initial_applied=J)``) is still amnesiac (Rule 1), but skips the
+        snapshot: it catches up the log from ``J + 1``, and goes back to Rule 2 only if it finds
+        its log overrun (Rule 4: the leader no longer held ``J + 1``).
 
 The transfer itself is the application's ``SnapshotPort``: the exchange streams it over gRPC
 between servers, the simulator copies it with simulated delays. See docs/consensus.md.
@@ -139,13 +143,16 @@ class Rejoin:
             state.on_overrun = self.on_overrun
 
     # --- starting -------------------------------------------------------------------------------
-    def start(self, reason: str, amnesiac: bool) -> bool:
-        """Begin a recovery (Rule 2 or, ``amnesiac``, Rule 1 first). Idempotent while one runs."""
+    def start(self, reason: str, amnesiac: bool, local: bool = False) -> bool:
+        """Begin a recovery (Rule 2 or, ``amnesiac``, Rule 1 first). Idempotent while one runs.
+        ``local``: the application restored its state up to ``applied`` by itself (Rule 6), so
+        the snapshot phase is skipped."""
         state = self.state
         if state.recovery is not None and state.recovery.phase == PHASE_SNAPSHOT:
             return True
         now = state.runtime.now_ns()
-        state.recovery = Recovery(reason=reason, started_ns=now, amnesiac=amnesiac)
+        state.recovery = Recovery(reason=reason, started_ns=now, amnesiac=amnesiac, local=local,
+                                  snapshot_index=self.pump.applied if local else 0)
         if amnesiac:
             state.amnesiac = True
             state.required_proposal = None
@@ -181,7 +188,7 @@ class Rejoin:
                 self._reinstate()
                 self._finish()
                 return
-        if self.port is None:  # a bare log: catch up from the log alone (Rule 4)
+        if self.port is None or recovery.local:  # a bare log or a local state: the log (Rule 6)
             self._enter_catch_up()
             return
         for provider in self.providers():
@@ -270,6 +277,11 @@ class Rejoin:
         state.recovery = None
         with state.role:
             state.step_down_locked("caught up")
+        if recovery.local:
+            LOGGER.info("replica %d caught up at index %d in %.1f ms (from its local state at "
+                        "index %d, no snapshot)", state.replica_id, self.pump.applied,
+                        self.last.elapsed_ns / NS_PER_MS, recovery.snapshot_index)
+            return
         LOGGER.info("replica %d caught up at index %d in %.1f ms (snapshot index %d, %d bytes "
                     "from replica %d, %d attempt(s))", state.replica_id, self.pump.applied,
                     self.last.elapsed_ns / NS_PER_MS, recovery.snapshot_index,

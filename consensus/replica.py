@@ -19,6 +19,13 @@ Rule 4: the heartbeat activity beats every ``heartbeat_interval_us`` unless paus
         stuck: a proposal in progress for ``fate_sharing_stuck_us`` stops the heartbeat
         (fate sharing), so a leader whose replication plane hangs is replaced.
 Rule 5: every activity checks ``stopping`` each turn; ``stop`` steps down, then joins them.
+Rule 6: ``initial_applied = J`` (fresh regions only) says the application already holds the
+        state of entries ``1..J`` (restored from its own disk): ``applied`` starts at ``J``, the
+        first undecided index at ``J + 1``, and the pump delivers from ``J + 1``. The amnesia
+        rule still holds (the log and the promises were lost); a restarted replica skips the
+        snapshot fetch and catches up the log from ``J + 1``, and fetches a snapshot only if
+        the leader's log no longer holds ``J + 1`` (it finds its log overrun, rejoin Rule 4).
+        On re-attached regions the argument is ignored (the regions' applied index wins).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ class Replica:
         on_leader_change: OnLeaderChange | None = None,
         on_error: OnError | None = None,
         snapshots: SnapshotPort | None = None,
+        initial_applied: int = 0,
     ) -> None:
         if fabric.replica_id != config.replica_id:
             raise ValueError(f"fabric endpoint is replica {fabric.replica_id}, config says "
@@ -64,6 +72,9 @@ class Replica:
         self._on_leader_change = on_leader_change
         self._on_error = on_error
         self._snapshots = snapshots
+        if initial_applied < 0:
+            raise ValueError(f"initial_applied {initial_applied} is negative")
+        self._initial_applied = initial_applied
         self._rejoin: Rejoin | None = None
         self._state: ReplicaState | None = None
         self._replicator: Replicator | None = None
@@ -87,6 +98,10 @@ class Replica:
             ctrl.buf[:] = bytes(len(ctrl.buf))
             log.buf[: log_mod.HEADER_BYTES] = bytes(log_mod.HEADER_BYTES)
             state.set_word(ctrl_mod.MAGIC_OFFSET, ctrl_mod.MAGIC)
+            # Rule 6: the application restored its state up to ``initial_applied`` (from disk).
+            state.set_word(ctrl_mod.APPLIED_OFFSET, self._initial_applied)
+            log_mod.U64.pack_into(log.buf, log_mod.FIRST_UNDECIDED_OFFSET,
+                                  self._initial_applied + 1)
         state.heartbeat = state.word(ctrl_mod.HEARTBEAT_OFFSET)
         state.set_word(ctrl_mod.LEADING_OFFSET, 0)
         for peer in cfg.peers:
@@ -110,7 +125,10 @@ class Replica:
         rejoin = Rejoin(state, self._snapshots, pump)
         pump.rejoin = background.rejoin = self._rejoin = rejoin
         if not self.reattached and ran_before:
-            rejoin.start("restarted on fresh memory", amnesiac=True)
+            local = self._initial_applied > 0 and self._snapshots is not None
+            reason = (f"restarted on fresh memory with local state at index "
+                      f"{self._initial_applied}" if local else "restarted on fresh memory")
+            rejoin.start(reason, amnesiac=True, local=local)
         self._replicator = Replicator(state, pump)
         self._pump, self._background = pump, background  # for inspection (tests, debugging)
         spawn = self.runtime.spawn

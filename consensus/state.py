@@ -60,6 +60,7 @@ class Recovery:
     bytes_total: int = 0
     attempts: int = 0
     provider: int = 0  # the peer the snapshot came (or comes) from
+    local: bool = False  # the application restored its state from disk (rejoin Rule 6)
 
 
 @dataclass(slots=True)

@@ -18,7 +18,14 @@ from exchange.config import (
     LOG_SLOTS_DEFAULT,
     PUMP_POLL_US_DEFAULT,
     ConfigError,
+    durability_settings,
     resolve_server_config,
+)
+from exchange.durability import (
+    DURABILITY_MODES,
+    FLUSH_INTERVAL_S,
+    SNAPSHOT_ENTRIES_DEFAULT,
+    SYNC_INTERVAL_S,
 )
 
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
@@ -68,6 +75,23 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="how often an idle consensus pump looks for new entries, i.e. how "
                        f"late a follower may apply (default {PUMP_POLL_US_DEFAULT}; 0 = "
                        "consensus's adaptive spin-then-back-off polling)")
+    serve.add_argument("--data-dir", default=None, metavar="DIR",
+                       help="keep a journal of applied entries and periodic snapshots in DIR "
+                       "(env MU_DATA_DIR; created if missing) and restart from it; without it "
+                       "the server runs in memory only and a restart of every server loses "
+                       "the market")
+    serve.add_argument("--durability", choices=DURABILITY_MODES, default=None,
+                       help="with --data-dir: 'sync' (default) acknowledges an order only once "
+                       "it is in this server's journal on disk (fdatasync, batched across "
+                       "concurrent orders); 'async' acknowledges once committed and journals "
+                       f"in the background (written every {FLUSH_INTERVAL_S * 1000:.0f} ms, "
+                       f"synced every {SYNC_INTERVAL_S * 1000:.0f} ms): if every server's "
+                       "machine loses power at once, the orders acknowledged in the last "
+                       f"~{SYNC_INTERVAL_S * 1000:.0f} ms are lost; a kill -9 of every server "
+                       f"loses those of the last ~{FLUSH_INTERVAL_S * 1000:.0f} ms")
+    serve.add_argument("--snapshot-entries", type=int, default=SNAPSHOT_ENTRIES_DEFAULT,
+                       help="with --data-dir: store a snapshot and trim the journal every N "
+                       f"applied entries (default {SNAPSHOT_ENTRIES_DEFAULT})")
     serve.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
@@ -93,9 +117,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.heartbeat_interval_us < 0 or args.dead_after_us < 0 or args.pump_poll_us < 0:
         raise ConfigError("--heartbeat-interval-us, --dead-after-us and --pump-poll-us must be "
                           ">= 0")
+    data_dir, durability, snapshot_entries = durability_settings(
+        args.data_dir, args.durability, args.snapshot_entries)
     config = dataclasses.replace(config, heartbeat_interval_us=args.heartbeat_interval_us,
                                  dead_after_us=args.dead_after_us, parent_pid=args.parent_pid,
-                                 pump_poll_us=args.pump_poll_us)
+                                 pump_poll_us=args.pump_poll_us, data_dir=data_dir,
+                                 durability=durability, snapshot_entries=snapshot_entries)
     return serve(config)
 
 

@@ -19,14 +19,21 @@ Rule 4: ``--stream`` (issue 18) measures, per round and per cluster (3 replicas,
         ``<mode> replicas=<n>: <N> orders/s, p50 <X> us`` (medians over rounds; the p50 is the
         per-order latency of the same throughput phase), then the verdicts against issue 18's
         targets, each with the per-round spread.
+Rule 5: ``--durable`` adds a third configuration to every round: the 3-replica cluster with
+        ``--data-dir`` (a fresh temporary directory per round, removed after) and ``--durability
+        sync``; its target (issue 11) is p50 <= ``TARGET_DURABLE_P50_RATIO`` x the memory-only
+        3-replica p50 of the same run, printed the same way (medians, per-round ratios).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 
 from exchange.cluster import ClusterError, LocalCluster
@@ -37,6 +44,8 @@ from traders.workload import DEFAULT_SYMBOLS
 
 WARMUP_S = 0.5
 TARGET_P50_RATIO = 1.10
+TARGET_DURABLE_P50_RATIO = 1.15
+DURABLE = 4  # the results key of the durable 3-replica configuration (Rule 4)
 BENCH_SECONDS_DEFAULT = 3.0
 # Single rounds on this shared 2-core machine range over +-10% (x0.98-1.24 seen in one run), so
 # the default takes the median of 6 alternating rounds (about 2 minutes in all).
@@ -110,6 +119,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                        help="pass ARG to every server of both configurations (repeat it; e.g. "
                        "--server-arg=--heartbeat-interval-us=5000)")
+    bench.add_argument("--durable", action="store_true",
+                       help="also measure the 3-replica cluster with --data-dir and --durability "
+                       "sync in every round (target: p50 <= "
+                       f"x{TARGET_DURABLE_P50_RATIO:.2f} of memory-only 3 replicas)")
     bench.add_argument("--followers-nice", type=int, default=0, metavar="N",
                        help="run the 3-replica cluster's followers at this nice value (0-19), to "
                        "emulate followers on their own machines: with one-sided writes they are "
@@ -148,11 +161,22 @@ def _phase(cluster: LocalCluster, traders: int, seconds: float, seed: int,
                        tuple(s.latency_ns / 1e3 for s in measured))
 
 
-def _measure(replicas: int, args: argparse.Namespace, round_index: int) -> tuple[PhaseResult,
-                                                                                 PhaseResult]:
-    name = "bench3" if replicas > 1 else "bench1"
-    with LocalCluster(replicas, fabric=args.fabric, name=name,
-                      extra_args=tuple(args.server_arg)) as cluster:
+def _measure(config: int, args: argparse.Namespace, round_index: int) -> tuple[PhaseResult,
+                                                                               PhaseResult]:
+    if config == DURABLE:
+        data_dir = tempfile.mkdtemp(prefix="mu-bench-data-")
+        try:
+            return _measure_cluster(3, args, round_index, data_dir)
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return _measure_cluster(config, args, round_index, None)
+
+
+def _measure_cluster(replicas: int, args: argparse.Namespace, round_index: int,
+                     data_dir: str | None) -> tuple[PhaseResult, PhaseResult]:
+    name = "bench3d" if data_dir else "bench3" if replicas > 1 else "bench1"
+    with LocalCluster(replicas, fabric=args.fabric, name=name, extra_args=tuple(args.server_arg),
+                      data_dir=data_dir, durability="sync" if data_dir else None) as cluster:
         if replicas > 1 and args.followers_nice:
             leader = cluster.wait_for_leader(LEADER_TIMEOUT_S)
             for replica_id, server in cluster.servers.items():
@@ -210,14 +234,18 @@ def run(args: argparse.Namespace) -> int:
               "--traders >= 1", file=sys.stderr)
         return 2
     print(f"bench: traders and servers at {_raise_priority()}", flush=True)
-    results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]] = {1: ([], []), 3: ([], [])}
+    configs = (1, 3, DURABLE) if args.durable else (1, 3)
+    if args.durable:
+        print(f"bench: this disk now: {_fdatasync_line()}", flush=True)
+    results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]] = {c: ([], []) for c in configs}
     try:
         for round_index in range(args.rounds):
-            for replicas in (1, 3):
-                latency, throughput = _measure(replicas, args, round_index)
-                results[replicas][0].append(latency)
-                results[replicas][1].append(throughput)
-                print(f"round {round_index + 1}/{args.rounds} replicas={replicas}: latency "
+            for config in configs:
+                latency, throughput = _measure(config, args, round_index)
+                results[config][0].append(latency)
+                results[config][1].append(throughput)
+                label = "3+sync" if config == DURABLE else str(config)
+                print(f"round {round_index + 1}/{args.rounds} replicas={label}: latency "
                       f"{latency.latency.line()}; {args.traders} traders "
                       f"{throughput.throughput_per_s:,.0f}/s p50 "
                       f"{throughput.latency.p50_us:.0f} us", flush=True)
@@ -245,6 +273,26 @@ def _picture(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]],
               f"({rounds} of {args.seconds:g} s)", series)
 
 
+def _fdatasync_line(samples: int = 200, record_bytes: int = 150) -> str:
+    """The latency of appending one journal-sized record + ``fdatasync`` here, now (context
+    for the durable figures: on a shared machine it moves by orders of magnitude)."""
+    latencies: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="mu-bench-fsync-") as directory:
+        fd = os.open(os.path.join(directory, "probe"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            for _ in range(samples):
+                os.write(fd, b"x" * record_bytes)
+                started = time.perf_counter()
+                os.fdatasync(fd)
+                latencies.append(time.perf_counter() - started)
+        finally:
+            os.close(fd)
+    latencies.sort()
+    return (f"append {record_bytes} B + fdatasync p50 {latencies[samples // 2] * 1e6:.0f} us, "
+            f"p90 {latencies[samples * 9 // 10] * 1e6:.0f} us, "
+            f"p99 {latencies[samples * 99 // 100] * 1e6:.0f} us ({samples} samples)")
+
+
 def _print_table(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]],
                  args: argparse.Namespace) -> int:
     nice = f"; followers at nice {args.followers_nice}" if args.followers_nice else ""
@@ -253,7 +301,8 @@ def _print_table(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]]
     print(f"{'':14}{'p50 us':>9}{'p90 us':>9}{'p99 us':>9}{'max us':>10}{'orders/s':>10}"
           f"{'tput p50 us':>13}")
     rows = {}
-    for replicas, label in ((1, "unreplicated"), (3, "3 replicas")):
+    labels = ((1, "unreplicated"), (3, "3 replicas"), (DURABLE, "3 + sync disk"))
+    for replicas, label in labels[:len(results)]:
         p50, p90, p99, top, _ = _median(results[replicas][0])
         *_, tput = _median(results[replicas][1])
         tput_p50 = statistics.median(r.latency.p50_us for r in results[replicas][1])
@@ -268,6 +317,9 @@ def _print_table(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]]
                     for unrep, rep in zip(results[1][0], results[3][0], strict=True))
     print(f"per-round p50 ratios (each round runs both back to back): median "
           f"x{statistics.median(paired):.3f}, range x{paired[0]:.3f}-x{paired[-1]:.3f}")
+    if DURABLE in results:
+        _print_durable(results, rows)
+        print(f"bench: this disk after the rounds: {_fdatasync_line()}")
     return 0
 
 
@@ -367,3 +419,17 @@ def _stream_verdicts(results: StreamResults) -> None:
         print(f"verdict: {mode} p50 replicas=3 / unreplicated: median of per-round ratios "
               f"x{median:.3f} (x{ratios[0]:.3f}-x{ratios[-1]:.3f}) "
               f"({'meets' if median <= TARGET_P50_RATIO else 'MISSES'} <= x{TARGET_P50_RATIO})")
+
+
+def _print_durable(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]],
+                   rows: dict[int, tuple[float, float]]) -> None:
+    """Rule 5: durable (sync) 3 replicas against memory-only 3 replicas."""
+    ratio = rows[DURABLE][0] / rows[3][0] if rows[3][0] else float("inf")
+    tput_ratio = rows[DURABLE][1] / rows[3][1] if rows[3][1] else 0.0
+    verdict = "meets" if ratio <= TARGET_DURABLE_P50_RATIO else "MISSES"
+    print(f"durable (sync)/memory-only, 3 replicas: p50 x{ratio:.3f} ({verdict} the "
+          f"x{TARGET_DURABLE_P50_RATIO:.2f} target), throughput x{tput_ratio:.3f}")
+    paired = sorted(durable.latency.p50_us / memory.latency.p50_us
+                    for memory, durable in zip(results[3][0], results[DURABLE][0], strict=True))
+    print(f"per-round durable/memory p50 ratios: median x{statistics.median(paired):.3f}, "
+          f"range x{paired[0]:.3f}-x{paired[-1]:.3f}")

@@ -6,6 +6,10 @@ Rule 1: ``LocalCluster`` owns everything it starts: the server processes, their 
         Servers also exit by themselves when the launching process dies (``--parent-pid``).
 Rule 2: every cluster gets a fresh cluster id and fresh ports, so runs never see each other's
         registry entries or regions; stale shared memory of the same id is removed before start.
+Rule 4: with ``data_dir`` every server gets ``--data-dir data_dir/server-<id>`` (and
+        ``--durability``); the directories outlive ``stop`` (they are the point), and a restarted
+        server reuses its own. ``cluster_id`` fixes the cluster id (a data directory belongs to
+        one cluster: a second run on the same directories must pass the same id).
 Rule 3: ``start`` returns only when every server answers and (replicated) they agree on a leader;
         otherwise it raises ``ClusterError`` with the tail of the servers' logs.
 """
@@ -87,12 +91,18 @@ class LocalCluster:
         fabric: str = "shm",
         name: str = "cluster",
         extra_args: tuple[str, ...] = (),
+        data_dir: str | Path | None = None,
+        durability: str | None = None,
+        cluster_id: str | None = None,
     ) -> None:
         assert replicas == 1 or replicas >= 3, replicas
         self.replicas = replicas
         self.fabric = fabric
-        self.cluster_id = f"{name}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+        self.cluster_id = cluster_id or f"{name}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
         self.extra_args = extra_args
+        # Rule 4: server N keeps its journal and snapshots in ``data_dir/server-N``.
+        self.data_dir = None if data_dir is None else Path(data_dir)
+        self.durability = durability
         self.workdir = Path(tempfile.mkdtemp(prefix=f"mu-{name}-"))
         ports = free_ports(replicas)
         self.addresses = {i + 1: f"127.0.0.1:{port}" for i, port in enumerate(ports)}
@@ -140,7 +150,12 @@ class LocalCluster:
             "--fabric", self.fabric, "--cluster-id", self.cluster_id, "--fifo", fifo_path,
             "--parent-pid", str(os.getpid()), *self.extra_args,
         ]
-        env = {k: v for k, v in os.environ.items() if k not in ("SID", "SERVER_URIS")}
+        if self.data_dir is not None:
+            command += ["--data-dir", str(self.server_data_dir(replica_id))]
+            if self.durability is not None:
+                command += ["--durability", self.durability]
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("SID", "SERVER_URIS", "MU_DATA_DIR")}
         # Ctrl-C must not land between the fork and the bookkeeping (an untracked server would
         # outlive stop()): hold SIGINT until the server is recorded.
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -156,6 +171,11 @@ class LocalCluster:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         return server
+
+    def server_data_dir(self, replica_id: int) -> Path:
+        """Server ``replica_id``'s data directory (Rule 4)."""
+        assert self.data_dir is not None
+        return self.data_dir / f"server-{replica_id}"
 
     def stub(self, replica_id: int) -> pb_grpc.ExchangeStub:
         stub = self._stubs.get(replica_id)

@@ -96,6 +96,9 @@ class ServerConfig:
     dead_after_us: int = 0  # 0 = the consensus default
     parent_pid: int = 0  # exit when this process is gone (launchers set it); 0 = never
     pump_poll_us: int = PUMP_POLL_US_DEFAULT  # 0 = consensus's adaptive polling
+    data_dir: str | None = None  # None = memory only (exchange.durability)
+    durability: str = "sync"  # sync | async (with data_dir)
+    snapshot_entries: int = 100_000  # entries between two stored snapshots
 
     @property
     def members(self) -> tuple[int, ...]:
@@ -113,6 +116,18 @@ def env_int(name: str, default: int) -> int:
         return int(text)
     except ValueError:
         raise ConfigError(f"environment variable {name}={text!r} is not an integer") from None
+
+
+def durability_settings(data_dir: str | None, durability: str | None,
+                        snapshot_entries: int) -> tuple[str | None, str, int]:
+    """``--data-dir`` (else ``MU_DATA_DIR``), ``--durability``, ``--snapshot-entries``, checked."""
+    if data_dir is None:
+        data_dir = os.environ.get("MU_DATA_DIR", "").strip() or None
+    if data_dir is None and durability is not None:
+        raise ConfigError(f"--durability {durability} needs --data-dir DIR (or MU_DATA_DIR)")
+    if snapshot_entries < 1:
+        raise ConfigError(f"--snapshot-entries {snapshot_entries}: need at least 1")
+    return data_dir, durability or "sync", snapshot_entries
 
 
 def resolve_server_config(

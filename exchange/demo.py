@@ -17,10 +17,12 @@ applied the same log with equal digests.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from exchange.cluster import ClusterError, LocalCluster
 from exchange.proto import exchange_pb2 as pb
@@ -89,6 +91,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo.add_argument("--latency-file", default="", help="dump per-request latencies here")
     demo.add_argument("--keep-logs", action="store_true", help="keep the servers' log files")
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--data-dir", default=None, metavar="DIR",
+                      help="run durable servers keeping their journals and snapshots in "
+                      "DIR/server-<id> (--durability sync); a later demo with the same DIR "
+                      "starts from the market the previous one left")
     demo.add_argument("--restart", action="store_true",
                       help="also kill -9 a follower late in the run and restart it with the same "
                       "command: it rejoins by snapshot (the summary shows the rejoin time)")
@@ -108,9 +114,17 @@ def run(args: argparse.Namespace) -> int:
         print("python -m exchange demo: error: need --seconds >= 2 and --traders >= 1",
               file=sys.stderr)
         return 2
-    cluster = LocalCluster(3, fabric=args.fabric, name="demo")
+    try:
+        cluster_id = _demo_cluster_id(args.data_dir)
+    except ClusterError as exc:
+        print(f"python -m exchange demo: error: {exc}", file=sys.stderr)
+        return 2
+    cluster = LocalCluster(3, fabric=args.fabric, name="demo", data_dir=args.data_dir,
+                           durability="sync" if args.data_dir else None, cluster_id=cluster_id)
     print(f"demo: starting 3 exchange servers (cluster {cluster.cluster_id}, fabric "
           f"{args.fabric}, logs in {cluster.workdir})", flush=True)
+    print(f"demo: {'durable, data in ' + args.data_dir if args.data_dir else 'memory only'}",
+          flush=True)
     try:
         cluster.start()
         return _run_with_cluster(cluster, args)
@@ -126,6 +140,23 @@ def run(args: argparse.Namespace) -> int:
         print("demo: servers stopped, FIFOs and shared memory removed")
 
 
+def _demo_cluster_id(data_dir: str | None) -> str | None:
+    """A durable demo keeps its cluster id in ``DIR/CLUSTER_ID`` (a data directory belongs to
+    one cluster), so the next demo on the same directory continues the same market."""
+    if data_dir is None:
+        return None
+    path = Path(data_dir) / "CLUSTER_ID"
+    try:
+        if path.exists():
+            return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cluster_id = f"demo-{os.getpid()}-{time.time_ns() % 10**9}"
+        path.write_text(cluster_id + "\n")
+    except OSError as exc:
+        raise ClusterError(f"--data-dir {data_dir}: {exc}") from None
+    return cluster_id
+
+
 def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -134,6 +165,11 @@ def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
         role = "leader" if replica_id == leader else "follower"
         print(f"  server {replica_id} at {address} ({role}), FIFO "
               f"{cluster.servers[replica_id].fifo_path}", flush=True)
+    if args.data_dir:
+        start = cluster.status(leader)
+        print(f"  durable (sync): the market starts at log index {start.applied_index} with "
+              f"{start.orders_applied} orders executed before (from {args.data_dir})",
+              flush=True)
     config = LoadConfig(
         addresses=tuple(cluster.addresses.values()),
         traders=args.traders,
@@ -204,6 +240,9 @@ def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
                     "" if args.no_plots else args.plot_dir)
     if restarter:
         code = code or _restart_summary(restart)
+    if args.data_dir:
+        print(f"durable: every acknowledged order is in {args.data_dir}; run the demo again with "
+              "the same --data-dir to continue from this market")
     return code
 
 

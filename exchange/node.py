@@ -23,6 +23,12 @@ Rule 6: a session's unsolicited fills (fills of a client's resting orders caused
 Rule 7: a server that rejoins (consensus's ``recovery`` is set) reports role ``recovering`` with
         its progress; its state is replaced whole by ``install_snapshot`` (decoded outside the
         lock, swapped under it), and ``take_snapshot`` serves peers a consistent (index, bytes).
+Rule 8: with a data directory (``exchange.durability``), ``on_commit`` queues every applied entry
+        in the journal (under the lock, so in log order), ``execute`` acknowledges only once the
+        reply's entry is durable (sync mode) and refuses order entry once the journal failed,
+        and an installed snapshot is stored before delivery resumes. A replicated node
+        without a replica yet (``attach`` not called: a server still loading or waiting for its
+        peers, role ``starting``) never executes anything.
 
 No gRPC here: ``exchange.service`` maps these errors to status codes.
 """
@@ -33,7 +39,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from exchange.batching import Batcher, Dropped, Pending
 from exchange.config import BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES
@@ -47,6 +53,9 @@ from exchange.state_machine import (
     encode_entry,
 )
 from orderbook import Command, Filled, encode_command
+
+if TYPE_CHECKING:
+    from exchange.durability import Journal
 
 PROPOSE_TIMEOUT_S = 1.0  # consensus propose: far above a commit (~tens of us), below client retry
 APPLY_WAIT_S = 2.0  # committed -> applied here; only slow when this replica lost leadership
@@ -126,7 +135,7 @@ class ServerUnavailable(Exception):
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
     replica_id: int
-    role: str  # leader | follower | recovering | paused | standalone | failed
+    role: str  # leader | follower | recovering | paused | standalone | failed | starting
     error: str  # why the replica stopped taking part (role failed), else ""
     leader_id: int | None
     leader_address: str
@@ -198,6 +207,7 @@ class ExchangeNode:
         self._session_count = 0
         self.batcher = Batcher(self._propose, self._batch_failed, BATCH_REQUESTS_MAX,
                                PAYLOAD_SIZE_MAX_BYTES)
+        self.journal: Journal | None = None  # Rule 8
 
     def attach(self, replica: ConsensusReplica) -> None:
         """Use ``replica`` for order entry (called once, before the replica starts serving)."""
@@ -219,6 +229,8 @@ class ExchangeNode:
 
     def _apply_locked(self, index: int, payload: bytes | memoryview) -> None:
         results = self.state.apply_entry(index, payload)
+        if self.journal is not None:
+            self.journal.append(index, payload)
         sinks = self._sinks
         sessions = self._sessions
         woken: set[OrderSession] = set()
@@ -266,12 +278,48 @@ class ExchangeNode:
 
     # -- order entry --------------------------------------------------------------------------
 
+    def acknowledge(self, log_index: int) -> None:
+        """Rule 8 for replies sent by other paths (order sessions): return once ``log_index`` is
+        durable; raise ``ServerUnavailable`` when the journal failed. No-op without a journal."""
+        journal = self.journal
+        if journal is None:
+            return
+        from exchange.durability import JournalFailed
+
+        try:
+            if journal.failure:
+                raise JournalFailed(journal.failure)
+            journal.wait_durable(log_index)
+        except JournalFailed as exc:
+            raise ServerUnavailable(f"server {self.replica_id} does not acknowledge orders: "
+                                    f"{exc}") from None
+
     def execute(self, client_id: int, seq: int, command: Command) -> Reply:
-        """Run one order-entry request exactly once and return its reply (see module rules)."""
+        """Run one order-entry request exactly once and return its reply (see module rules);
+        with a journal, only once its entry is durable (Rule 8)."""
+        journal = self.journal
+        if journal is None:
+            return self._execute_entry(client_id, seq, command)
+        from exchange.durability import JournalFailed
+
+        try:
+            if journal.failure:
+                raise JournalFailed(journal.failure)
+            reply = self._execute_entry(client_id, seq, command)
+            journal.wait_durable(reply.log_index)
+        except JournalFailed as exc:
+            raise ServerUnavailable(f"server {self.replica_id} does not acknowledge orders: "
+                                    f"{exc}") from None
+        return reply
+
+    def _execute_entry(self, client_id: int, seq: int, command: Command) -> Reply:
         if self.paused:
             raise ServerUnavailable(f"server {self.replica_id} is paused; try another server")
         replica = self.replica
         if replica is None:
+            if self.replicas > 1:
+                raise ServerUnavailable(f"server {self.replica_id} is starting (loading its "
+                                        "data or waiting for its peers); retry")
             return self._execute_unreplicated(client_id, seq, command)
         if not replica.is_leader:
             raise self._not_leader(replica.leader_id)
@@ -393,6 +441,9 @@ class ExchangeNode:
         if self.paused:
             raise ServerUnavailable(f"server {self.replica_id} is paused; try another server")
         replica = self.replica
+        if replica is None and self.replicas > 1:  # Rule 8: still loading or waiting for peers
+            raise ServerUnavailable(f"server {self.replica_id} is starting (loading its data or "
+                                    "waiting for its peers); retry")
         if replica is not None and not replica.is_leader:
             raise self._not_leader(replica.leader_id)
 
@@ -443,7 +494,7 @@ class ExchangeNode:
         if self.paused:
             return "paused"
         if replica is None:
-            return "standalone"
+            return "standalone" if self.replicas == 1 else "starting"
         if replica.error is not None:
             return "failed"
         if replica.recovery is not None:
@@ -452,7 +503,8 @@ class ExchangeNode:
 
     def status(self) -> NodeStatus:
         replica = self.replica
-        leader_id = self.replica_id if replica is None else replica.leader_id
+        standalone = self.replica_id if self.replicas == 1 else None  # None while starting
+        leader_id = replica.leader_id if replica is not None else standalone
         with self._lock:
             state = self.state
             applied_index = state.applied_index
@@ -502,6 +554,14 @@ class ExchangeNode:
                                 f"{index}")
         with self._lock:
             self.state = restored
+        if self.journal is not None:
+            from exchange.durability import JournalFailed
+
+            try:
+                self.journal.installed(index, data)
+            except JournalFailed as exc:  # the state is in memory; order entry refuses (Rule 8)
+                log.error("server %d: the installed snapshot is not stored: %s",
+                          self.replica_id, exc)
 
     # -- control ------------------------------------------------------------------------------
 

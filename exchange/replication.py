@@ -99,8 +99,10 @@ class GrpcSnapshotPort:
             raise SnapshotUnavailable(f"snapshot of index {index} refused: {exc}") from None
 
 
-def start_replication(config: ServerConfig, node: ExchangeNode) -> ReplicationHandle:
-    """Open the registry and fabric, start a replica feeding ``node``, and attach it."""
+def start_replication(config: ServerConfig, node: ExchangeNode,
+                      initial_applied: int = 0) -> ReplicationHandle:
+    """Open the registry and fabric, start a replica feeding ``node``, and attach it.
+    ``initial_applied``: the index of the state ``node`` loaded from its data directory."""
     assert config.replicas > 1
     try:
         from consensus import Replica, ReplicaConfig
@@ -140,6 +142,7 @@ def start_replication(config: ServerConfig, node: ExchangeNode) -> ReplicationHa
         on_commit=node.on_commit,
         on_leader_change=on_leader_change,
         snapshots=GrpcSnapshotPort(node, config.addresses),
+        initial_applied=initial_applied,
     )
     node.attach(replica)
     try:

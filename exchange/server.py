@@ -1,10 +1,15 @@
 """``python -m exchange serve``: one exchange server process = consensus replica + order books.
 
-Rule 1: start order: node -> consensus replica (replicated mode) -> gRPC port -> control FIFO ->
-        ``READY`` line on stdout; stop order is the reverse, on SIGINT/SIGTERM, and always removes
-        the FIFO.
+Rule 1: start order: node (loaded from ``--data-dir``) -> gRPC port -> (durable: start gate) ->
+        consensus replica (replicated mode) -> control FIFO -> ``READY`` line on stdout; stop
+        order is the reverse, on SIGINT/SIGTERM, and always removes the FIFO.
 Rule 2: a configuration or startup problem is one line on stderr and exit status 2 (never a
         traceback); the server never exits because of a request.
+Rule 3: with ``--data-dir`` the node loads its state from the directory first (a bad file stops
+        the start, Rule 2), the gRPC port opens before consensus starts (so that peers can read
+        this server's durable index and fetch its snapshot), and a replicated server starts its
+        replica only after ``exchange.cold_start``'s gate, at the loaded index. Without it the
+        server says once that it runs in memory only.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from types import FrameType
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from exchange.cold_start import GateStopped, pass_gate
 from exchange.config import DEFAULT_FIFO_TEMPLATE, ConfigError, ServerConfig
 from exchange.control_fifo import ControlFifo, ControlFifoError
+from exchange.durability import DataDirError, Journal, load, open_data_dir
 from exchange.node import ExchangeNode
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 from exchange.replication import ReplicationHandle, ReplicationUnavailable, start_replication
@@ -58,8 +65,13 @@ def _watch_role(
         if role != last_role:
             if role == "recovering":
                 recovering_since = time.monotonic()
-                log.warning("server %d: recovering: fetching a peer's snapshot, then catching up "
-                            "the log (GetStatus shows progress)", node.replica_id)
+                if node.journal is None:
+                    log.warning("server %d: recovering: fetching a peer's snapshot, then catching "
+                                "up the log (GetStatus shows progress)", node.replica_id)
+                else:
+                    log.warning("server %d: recovering: catching up the log from index %d (a "
+                                "peer's snapshot only if the leader's log no longer holds it)",
+                                node.replica_id, node.state.applied_index + 1)
             elif last_role == "recovering":
                 _log_caught_up(node, role, time.monotonic() - recovering_since)
             else:
@@ -75,9 +87,11 @@ def _log_caught_up(node: ExchangeNode, role: str, watched_s: float) -> None:
         log.warning("server %d: caught up at index %d in %.0f ms; serving as %s",
                     node.replica_id, node.state.applied_index, watched_s * 1000, role)
         return
-    log.warning("server %d: caught up at index %d in %.0f ms (snapshot of index %d, %d bytes from "
-                "server %d); serving as %s", node.replica_id, node.state.applied_index,
-                done.elapsed_ns / 1e6, done.snapshot_index, done.bytes_total, done.provider, role)
+    source = (f"snapshot of index {done.snapshot_index}, {done.bytes_total} bytes from server "
+              f"{done.provider}" if done.provider else
+              f"its own data from index {done.snapshot_index}")
+    log.warning("server %d: caught up at index %d in %.0f ms (%s); serving as %s",
+                node.replica_id, node.state.applied_index, done.elapsed_ns / 1e6, source, role)
 
 
 def build_grpc_server(
@@ -95,7 +109,7 @@ def build_grpc_server(
     )
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     pb_grpc.add_ReplicationServicer_to_server(  # type: ignore[no-untyped-call]
-        SnapshotService(node.take_snapshot, lambda: node.role() == "recovering"), server
+        SnapshotService(node.take_snapshot, lambda: _no_snapshot_to_serve(node)), server
     )
     try:
         port = server.add_insecure_port(config.listen)
@@ -104,6 +118,15 @@ def build_grpc_server(
     if port == 0:
         raise StartupError(f"cannot listen on {config.listen} (address in use?)")
     return server
+
+
+def _no_snapshot_to_serve(node: ExchangeNode) -> bool:
+    """A recovering server refuses to serve its snapshot (its state is being replaced), unless
+    its state came from its own disk: a durable server that passed the cold-start gate at the
+    highest index is the one its peers must copy while it waits for them in consensus."""
+    if node.role() != "recovering":
+        return False
+    return node.journal is None or node.state.applied_index == 0
 
 
 def serve(config: ServerConfig) -> int:
@@ -121,16 +144,27 @@ def serve(config: ServerConfig) -> int:
     replication: ReplicationHandle | None = None
     fifo: ControlFifo | None = None
     server: grpc.Server | None = None
+    journal: Journal | None = None
+    lock_fd = -1
     stop = threading.Event()
     try:
-        if config.replicas > 1:
-            replication = start_replication(config, node)
+        if config.data_dir is not None:
+            journal, lock_fd = _open_journal(config, node)
+        else:
+            log.warning("server %d runs in memory only (no --data-dir): restarting every server "
+                        "at once loses the market", config.replica_id)
+        _install_signal_handlers(stop)
         server = build_grpc_server(config, node, health)
         health.refresh()
         server.start()
+        if config.replicas > 1:
+            initial = node.state.applied_index
+            if journal is not None:
+                pass_gate(node, stop.is_set)
+                initial = node.state.applied_index
+            replication = start_replication(config, node, initial)
         if config.fifo_path is not None:
             fifo = ControlFifo(config.fifo_path, node.pause, node.resume)
-        _install_signal_handlers(stop)
         watcher = threading.Thread(target=_watch_role, args=(node, health, stop, config.parent_pid),
                                    daemon=True)
         watcher.start()
@@ -144,9 +178,13 @@ def serve(config: ServerConfig) -> int:
         stop.wait()
         log.warning("server %d shutting down", config.replica_id)
         return 0
-    except (StartupError, ReplicationUnavailable, ControlFifoError, ConfigError) as exc:
+    except (StartupError, ReplicationUnavailable, ControlFifoError, ConfigError,
+            DataDirError) as exc:
         print(f"exchange serve: error: {exc}", file=sys.stderr)
         return 2
+    except GateStopped:
+        log.warning("server %d stopped before it served", config.replica_id)
+        return 0
     finally:
         stop.set()
         if fifo is not None:
@@ -157,6 +195,40 @@ def serve(config: ServerConfig) -> int:
             server.stop(SHUTDOWN_GRACE_S).wait(SHUTDOWN_GRACE_S * 2)
         if replication is not None:
             replication.close()
+        if journal is not None:
+            journal.close()
+        if lock_fd >= 0:
+            os.close(lock_fd)
+
+
+def _open_journal(config: ServerConfig, node: ExchangeNode) -> tuple[Journal, int]:
+    """Rule 3: load the data directory into ``node`` and journal from there on. Raises
+    ``DataDirError``."""
+    assert config.data_dir is not None
+    directory, lock_fd = open_data_dir(config.data_dir)
+    try:
+        limits = (node.state.dedup.seqs_per_client_max, node.state.dedup.clients_max)
+        started = time.monotonic()
+        loaded = load(directory, config.cluster_id, limits)
+        node.state = loaded.machine
+        index = loaded.machine.applied_index
+        journal = Journal(directory, config.cluster_id, config.durability, index,
+                          node.take_snapshot, config.snapshot_entries)
+    except OSError as exc:
+        os.close(lock_fd)
+        raise DataDirError(f"--data-dir {directory}: {exc}") from None
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    node.journal = journal
+    journal.on_failure = lambda _reason: node.pause()  # leadership moves to a healthy server
+    journal.start()
+    log.warning("server %d: data dir %s (durability %s): state at index %d loaded in %.0f ms "
+                "(snapshot %d + %d journal records%s)", config.replica_id, directory,
+                config.durability, index, (time.monotonic() - started) * 1000,
+                loaded.snapshot_index, loaded.replayed,
+                f"; {loaded.cut_bytes} torn bytes cut" if loaded.cut_bytes else "")
+    return journal, lock_fd
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:

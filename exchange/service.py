@@ -9,7 +9,8 @@ Rule 3: an OrderSession runs on two threads: the gRPC worker writes reports (``t
         the status of Rule 1 (``SessionError.code`` for session errors), after the reports that
         were ready.
 Rule 2: standard health checking (grpc.health.v1): service ``""`` is SERVING while the server is
-        neither paused nor recovering (fetching a snapshot or catching up the log); service
+        neither paused, recovering (fetching a snapshot or catching up the log) nor starting
+        (loading its data directory, waiting for its peers); service
         ``ORDER_ENTRY_SERVICE`` is SERVING only while this server accepts order entry (leader or
         unreplicated, not paused), so a load balancer can find the leader.
 """
@@ -111,6 +112,11 @@ class ExchangeService(pb_grpc.ExchangeServicer):
                         return
                     continue
                 answers, unsolicited = ready
+                if answers:
+                    try:  # durable before acknowledged (node Rule 8)
+                        node.acknowledge(max(reply.log_index for reply in answers))
+                    except ServerUnavailable as exc:
+                        _abort_order_entry(context, exc)
                 reports = [reply_message(reply, replica_id) for reply in answers]
                 reports.extend(reply_message(r, replica_id, unsolicited=True) for r in unsolicited)
                 yield pb.SessionResponse(reports=reports)
@@ -298,7 +304,7 @@ class HealthReporter:
     def refresh(self) -> None:
         """Re-read the node's role; cheap, called periodically and on pause/resume."""
         role = self.node.role()
-        alive = role not in ("paused", "recovering")
+        alive = role not in ("paused", "recovering", "starting")
         order_entry = role in ("leader", "standalone")
         if (alive, order_entry) == self._last:
             return

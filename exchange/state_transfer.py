@@ -2,7 +2,9 @@
 
 Rule 1: the provider takes the snapshot under the node's lock (``ExchangeNode.take_snapshot``), so
         its index and bytes agree; it serves only while it is not recovering itself (then it
-        answers FAILED_PRECONDITION and the requester asks another peer).
+        answers FAILED_PRECONDITION and the requester asks another peer), except a durable
+        server whose state came from its own disk (the cold-start gate's source, see
+        ``exchange.server``).
 Rule 2: the stream is one ``SnapshotChunk`` with ``index`` and ``total_bytes``, then the bytes in
         chunks of at most ``CHUNK_BYTES``; the requester checks that exactly ``total_bytes``
         arrived. The bytes carry their own version and checksum (``exchange.snapshot``), checked

@@ -48,7 +48,7 @@ class Cluster:
                 self.replicas[member].pause()  # starts paused: never grants, log stays empty
         self._start(list(self.replicas.values()))
 
-    def _build(self, member: int) -> Replica:
+    def _build(self, member: int, initial_applied: int = 0) -> Replica:
         config = ReplicaConfig(member, self.members, payload_size_max=self.payload_size_max,
                                log_slots=self.log_slots, pump_poll_us=self.pump_poll_us,
                                **TEST_TIMINGS)  # type: ignore[arg-type]
@@ -176,14 +176,15 @@ class SnapshotCluster(Cluster):
         self.apps: dict[int, ChainApp] = {m: ChainApp() for m in range(1, size + 1)}
         super().__init__(size, **kwargs)  # type: ignore[arg-type]
 
-    def _build(self, member: int) -> Replica:
+    def _build(self, member: int, initial_applied: int = 0) -> Replica:
         config = ReplicaConfig(member, self.members, payload_size_max=self.payload_size_max,
                                log_slots=self.log_slots, pump_poll_us=self.pump_poll_us,
                                **TEST_TIMINGS)  # type: ignore[arg-type]
         app, errors = self.apps[member], self.errors[member]
         return Replica(config, self.network.endpoint(member),  # type: ignore[arg-type]
                        InProcessRegistry("t", self.store), on_commit=app.on_commit,
-                       on_error=errors.append, snapshots=ChainPort(self.apps, member))
+                       on_error=errors.append, snapshots=ChainPort(self.apps, member),
+                       initial_applied=initial_applied)
 
     def kill(self, member: int) -> None:
         """Stop ``member`` and lose its memory (its app state and its regions)."""
@@ -194,6 +195,14 @@ class SnapshotCluster(Cluster):
     def restart_fresh(self, member: int) -> Replica:
         self.apps[member] = ChainApp()
         replica = self.replicas[member] = self._build(member)
+        replica.start()
+        return replica
+
+    def restart_from_state(self, member: int, app: ChainApp) -> Replica:
+        """Restart ``member`` on fresh regions with ``app`` (its state as restored from a disk):
+        ``Replica(initial_applied=app.index)``."""
+        self.apps[member] = app
+        replica = self.replicas[member] = self._build(member, initial_applied=app.index)
         replica.start()
         return replica
 

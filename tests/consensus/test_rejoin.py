@@ -9,7 +9,7 @@ import pytest
 
 from consensus import LogOverrun
 from consensus.state import PHASE_CATCH_UP
-from tests.consensus.cluster_util import SnapshotCluster, wait_until
+from tests.consensus.cluster_util import ChainApp, SnapshotCluster, wait_until
 
 
 @pytest.fixture
@@ -143,3 +143,45 @@ def test_catch_up_phase_is_visible_before_the_end(make_cluster):
                what="the recovery to end")
     assert None in phases
     assert phases <= {None, "snapshot", "install", PHASE_CATCH_UP}
+
+
+def _kept_state(cluster: SnapshotCluster, member: int) -> ChainApp:
+    """What ``member``'s disk would hold: a copy of its state machine when it is killed."""
+    app = cluster.apps[member]
+    kept = ChainApp()
+    index, data = app.snapshot()
+    kept.install(index, data)
+    kept.installed.clear()
+    return kept
+
+
+def test_a_replica_restarted_with_local_state_catches_up_from_the_log(make_cluster):
+    cluster = make_cluster(3, log_slots=256)
+    leader = cluster.leader()
+    cluster.propose_n(30, "before")
+    follower = next(m for m in cluster.members if m != leader.replica_id)
+    cluster.wait_applied(30)
+    kept = _kept_state(cluster, follower)
+    cluster.kill(follower)
+    cluster.propose_n(20, "while-down", exclude=(follower,))
+    back = cluster.restart_from_state(follower, kept)
+    cluster.wait_caught_up(follower, 50)
+    assert back.error is None and not back.is_leader
+    assert cluster.apps[follower].installed == []  # no snapshot: the log from index 31
+    cluster.propose_n(10, "after")
+    cluster.check_same_state()
+
+
+def test_a_replica_restarted_with_local_state_behind_the_log_fetches_a_snapshot(make_cluster):
+    cluster = make_cluster(3, log_slots=16)
+    leader = cluster.leader()
+    cluster.propose_n(10, "before")
+    follower = next(m for m in cluster.members if m != leader.replica_id)
+    cluster.wait_applied(10)
+    kept = _kept_state(cluster, follower)
+    cluster.kill(follower)
+    cluster.propose_n(80, "while-down", exclude=(follower,))  # five wraps past index 11
+    cluster.restart_from_state(follower, kept)
+    cluster.wait_caught_up(follower, 90)
+    assert cluster.apps[follower].installed and cluster.apps[follower].installed[0] >= 90
+    cluster.check_same_state()

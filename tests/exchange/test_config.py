@@ -35,3 +35,18 @@ def test_replicas_must_be_one_or_all(monkeypatch):
         resolve_server_config(None, uris, None, "shm", None, None, None, None)
     single = resolve_server_config(3, uris, 1, "shm", None, None, None, None)
     assert single.members == (3,)
+
+
+def test_durability_settings(monkeypatch):
+    from exchange.config import durability_settings
+
+    monkeypatch.delenv("MU_DATA_DIR", raising=False)
+    assert durability_settings(None, None, 10) == (None, "sync", 10)
+    assert durability_settings("/d", "async", 10) == ("/d", "async", 10)
+    monkeypatch.setenv("MU_DATA_DIR", "/from-env")
+    assert durability_settings(None, None, 10) == ("/from-env", "sync", 10)
+    monkeypatch.delenv("MU_DATA_DIR")
+    with pytest.raises(ConfigError, match="--durability sync needs --data-dir"):
+        durability_settings(None, "sync", 10)
+    with pytest.raises(ConfigError, match="--snapshot-entries"):
+        durability_settings("/d", None, 0)
