@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, repeat
 from typing import TYPE_CHECKING
 
 from sortedcontainers import SortedList
@@ -202,8 +202,9 @@ class BookSide:
         """Build and install the resting orders of a snapshot (Rule 6), bypassing matching.
 
         Level i rests at `prices[i]` and holds the next `counts[i]` orders of `columns`, in time
-        priority; each order is created here (attributes set directly: no __init__ frame, about
-        40% cheaper per order) and added to `index` under its id.
+        priority; each order is created here (attributes set directly: no __init__ frame; with
+        bulk allocation and one bulk index update about 2x cheaper per order than calling
+        Order(...) and linking) and added to `index` under its id.
         Preconditions (the snapshot decoder checks them and raises before calling): the side is
         empty; the prices' keys strictly increase (priority order); every count >= 1 and they
         add up to len(columns.ids); 0 < open <= qty; flags within ORDER_FLAGS_MAX, no IOC.
@@ -214,18 +215,18 @@ class BookSide:
         is_buy = self.is_buy
         levels = self.levels
         keys: list[int] = []
-        new = Order.__new__
-        aons, iocs = FLAG_AON_OF, FLAG_IOC_OF
-        rows = zip(columns.ids, columns.qtys, columns.opens, columns.stops, columns.flags,
+        aons = FLAG_AON_OF
+        orders = list(map(Order.__new__, repeat(Order, len(columns.ids))))
+        opens = columns.opens
+        rows = zip(orders, columns.ids, columns.qtys, opens, columns.stops, columns.flags,
                    strict=True)
+        start = 0
         for price, count in zip(prices, counts, strict=True):
             key = (-price if price else BID_MARKET_KEY) if is_buy else price
             assert not keys or keys[-1] < key, "levels out of priority order"
             level = Level(price, key, is_buy)
             prev = None
-            total = 0
-            for order_id, qty, open_qty, stop, flags in islice(rows, count):
-                order = new(Order)
+            for order, order_id, qty, open_qty, stop, flags in islice(rows, count):
                 order.order_id = order_id
                 order.is_buy = is_buy
                 order.price = price
@@ -233,23 +234,21 @@ class BookSide:
                 order.open_qty = open_qty
                 order.stop = stop
                 order.aon = aons[flags]
-                order.ioc = iocs[flags]
+                order.ioc = False  # never resting (precondition)
                 order.book = book
                 order.level = level
                 order.prev = prev
-                if prev is None:
-                    level.head = order
-                else:
+                order.next = None
+                if prev is not None:
                     prev.next = order
-                index[order_id] = order
-                total += open_qty
                 prev = order
-            assert prev is not None
-            prev.next = None
+            level.head = orders[start]
             level.tail = prev
-            level.qty = total
+            level.qty = sum(opens[start:start + count])
             level.count = count
+            start += count
             levels[key] = level
             keys.append(key)
+        index.update(zip(columns.ids, orders, strict=True))
         self.keys = SortedList(keys)
         self.best = keys[0] if keys else EMPTY_KEY

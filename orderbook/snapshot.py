@@ -69,7 +69,7 @@ BODY_BYTES_MAX = 1 << 40
 """Largest body a header may announce (1 TiB): bounds what a receiver allocates."""
 
 HEADER = struct.Struct("<8sIQ32s")
-"""magic, format version, body length, sha256 over header[:_PREFIX_SIZE] + body."""
+"""magic, format version, body length, sha256 over the first _PREFIX.size bytes + body."""
 
 _PREFIX = struct.Struct("<8sIQ")
 _BOOK_HEAD = struct.Struct("<qqIIIIII")
