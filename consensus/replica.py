@@ -19,6 +19,8 @@ Rule 4: the heartbeat activity beats every ``heartbeat_interval_us`` unless paus
         stuck: a proposal in progress for ``fate_sharing_stuck_us`` stops the heartbeat
         (fate sharing), so a leader whose replication plane hangs is replaced.
 Rule 5: every activity checks ``stopping`` each turn; ``stop`` steps down, then joins them.
+Rule 6: ``_check()`` asserts the invariants that hold whenever the role mutex is free (the
+        simulator runs it between steps); it only reads, so a ``python -O`` run is the same run.
 """
 
 from __future__ import annotations
@@ -36,7 +38,17 @@ from consensus.registry.base import Registry
 from consensus.rejoin import RecoveryStatus, Rejoin, SnapshotPort
 from consensus.replication import Replicator
 from consensus.runtime import Activity, RealRuntime, Runtime
-from consensus.state import LOGGER, OnCommit, OnError, OnLeaderChange, Peer, ReplicaState
+from consensus.state import (
+    LEADING_CAMPAIGN,
+    LEADING_YES,
+    LOGGER,
+    PHASE_CATCH_UP,
+    OnCommit,
+    OnError,
+    OnLeaderChange,
+    Peer,
+    ReplicaState,
+)
 
 
 class Replica:
@@ -225,6 +237,65 @@ class Replica:
         state = self._require()
         if not state.leading:
             raise NotLeader(state.leader_hint())
+
+    # --- invariants ---------------------------------------------------------------------------
+    def _check(self) -> bool:
+        """Rule 6: assert this replica's invariants; False (nothing checked) while the role
+        mutex is held or before ``start``. Cost: a few local reads, no fabric operation."""
+        state = self._state
+        if state is None or state.role.locked():
+            return False
+        leading_word = state.word(ctrl_mod.LEADING_OFFSET)
+        assert not (state.leading and state.campaigning), "leading and campaigning at once"
+        if state.leading:
+            self._check_leader(state, leading_word)
+        elif state.campaigning:
+            assert leading_word == LEADING_CAMPAIGN, f"campaigning, leading word {leading_word}"
+        else:
+            assert leading_word == state.idle_leading_word, (
+                f"idle, leading word {leading_word}, expected {state.idle_leading_word}")
+            assert not state.followers, "followers while not leading"
+        assert state.amnesiac == bool(state.word(ctrl_mod.AMNESIAC_OFFSET)), "amnesiac word"
+        if state.amnesiac:
+            assert state.recovery is not None, "amnesiac without a recovery in progress"
+        if state.recovery is not None:
+            assert not state.leading and not state.campaigning, "a recovering replica leads"
+        self._check_pump(state)
+        return True
+
+    def _check_leader(self, state: ReplicaState, leading_word: int) -> None:
+        assert leading_word == LEADING_YES, f"leading, leading word {leading_word}"
+        assert state.commit_index == state.next_index - 1, (
+            f"commit index {state.commit_index}, next index {state.next_index}")
+        assert state.holder == state.replica_id, f"leading, holder {state.holder}"
+        assert not state.paused and not state.stopping, "leading while paused or stopping"
+        assert state.failure is None, "leading after a failure"
+        ids = [peer.replica_id for peer in state.followers]
+        assert len(set(ids)) == len(ids), f"followers {ids} repeat"
+        for peer in state.followers:
+            assert state.peers.get(peer.replica_id) is peer, f"follower {peer} is no peer"
+        assert self._pump.applied <= state.commit_index, (
+            f"applied {self._pump.applied} beyond commit {state.commit_index}")
+
+    def _check_pump(self, state: ReplicaState) -> None:
+        pump = self._pump
+        recovery = state.recovery
+        if pump.lock.locked():
+            return
+        published = state.applied
+        if recovery is None or recovery.phase == PHASE_CATCH_UP:
+            assert published == pump.applied, (
+                f"published applied {published}, delivered {pump.applied}")
+        else:
+            assert published >= pump.applied, (
+                f"published applied {published} below delivered {pump.applied}")
+        if recovery is not None and recovery.phase == PHASE_CATCH_UP:
+            assert pump.applied >= recovery.snapshot_index, (
+                f"catching up at {pump.applied} below the snapshot {recovery.snapshot_index}")
+        first_undecided = log_mod.U64.unpack_from(state.log_buf,
+                                                  log_mod.FIRST_UNDECIDED_OFFSET)[0]
+        assert first_undecided == published + 1, (
+            f"first undecided {first_undecided}, applied {published}")
 
     # --- heartbeat activity -------------------------------------------------------------------
     def _heartbeat(self) -> None:
