@@ -95,3 +95,39 @@ def test_seed_852_a_deposed_leader_never_overwrites_committed_entries() -> None:
     entry 49 over the committed one; the fix reads the follower's min_proposal first."""
     result = seed_run(852)
     assert result.ok, result.failure
+
+
+def leader_and_follower_lose_memory(seed: int) -> RunResult:
+    """5 replicas: the leader and a follower crash on fresh memory 0.2 ms apart, both restart
+    amnesiac and fetch snapshots while replica 2 campaigns, waiting for replica 4 (SIGSTOPped
+    until after the peers reconnected to the restarted replicas). Found by seed 126 of the first run
+    with restarts on fresh memory: the peers reconnected to the restarted replicas' new regions
+    during replica 2's campaign, which forgot their requests; the new leader then asked only the
+    peers that had granted, so the two amnesiac replicas were never caught up (fixed: a new
+    leader asks every peer that does not serve it again)."""
+    plan = scenario_plan(seed, replicas=5, log_slots=1024, think_ns_max=100_000)
+    world = World(plan)
+
+    def crash(replica_id: int) -> None:
+        world.crash(replica_id, "scenario: memory lost", fresh=True)
+
+    four = world.nodes[4]
+
+    def sigstop(stop: bool) -> None:  # replica 2's campaign waits for replica 4's answer
+        four.stopped = stop
+        if stop:
+            world.scheduler.paused.add(4)
+        else:
+            world.scheduler.paused.discard(4)
+
+    world.scheduler.at(4 * NS_PER_MS, lambda: crash(1))
+    world.scheduler.at(4 * NS_PER_MS + 200_000, lambda: crash(3))
+    world.scheduler.at(4 * NS_PER_MS + 300_000, lambda: sigstop(True))
+    world.scheduler.at(10 * NS_PER_MS, lambda: sigstop(False))
+    return world.run()
+
+
+def test_two_replicas_of_five_restarted_on_fresh_memory_are_caught_up() -> None:
+    results = [leader_and_follower_lose_memory(seed) for seed in SEEDS]
+    assert not failures(results), "\n".join(failures(results))
+    assert all(r.snapshots >= 2 for r in results), [r.snapshots for r in results]
