@@ -146,6 +146,7 @@ class Rejoin:
             return True
         now = state.runtime.now_ns()
         state.recovery = Recovery(reason=reason, started_ns=now, amnesiac=amnesiac)
+        state.set_word(ctrl_mod.RECOVERING_OFFSET, 1)  # ctrl Rule 6
         if amnesiac:
             state.amnesiac = True
             state.required_proposal = None
@@ -223,6 +224,7 @@ class Rejoin:
         recovery = state.recovery
         assert recovery is not None
         recovery.phase = PHASE_CATCH_UP
+        state.set_word(ctrl_mod.RECOVERING_OFFSET, 0)
         with state.role:
             state.step_down_locked("snapshot installed; catching up the log")
 
@@ -264,6 +266,7 @@ class Rejoin:
         recovery = state.recovery
         assert recovery is not None
         state.recovery = None
+        state.set_word(ctrl_mod.RECOVERING_OFFSET, 0)
         with state.role:
             state.step_down_locked("caught up")
         elapsed_ms = (state.runtime.now_ns() - recovery.started_ns) / NS_PER_MS

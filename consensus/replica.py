@@ -9,9 +9,11 @@ Rule 2: a re-attached region (restart with ``reattach=True``) keeps its log, app
         from its persisted applied index + 1 (entries applied by the previous incarnation are
         not delivered again). A replica started on fresh regions after it ran before in this
         cluster (its ``started`` key is in the registry) is amnesiac until reinstated
-        (``consensus.rejoin`` Rule 1); with a ``snapshots`` port it fetches a peer's snapshot,
-        installs it and catches up the log (``recovery`` shows the progress), and it recovers
-        the same way, by itself, whenever it finds its log overrun.
+        (``consensus.rejoin`` Rule 1), and a re-attaching restart of a replica that was amnesiac
+        or waiting for a snapshot resumes that recovery (ctrl Rules 5-6); with a ``snapshots``
+        port it fetches a peer's snapshot, installs it and catches up the log (``recovery``
+        shows the progress), and it recovers the same way, by itself, whenever it finds its log
+        overrun.
 Rule 3: ``pause`` makes the replica behave as if its process were stopped: it steps down
         (proposals raise ``NotLeader``), stops heartbeating, answering and pumping. ``resume``
         rejoins as a follower; it never preempts a live leader.
@@ -100,6 +102,8 @@ class Replica:
             log.buf[: log_mod.HEADER_BYTES] = bytes(log_mod.HEADER_BYTES)
             state.set_word(ctrl_mod.MAGIC_OFFSET, ctrl_mod.MAGIC)
         state.heartbeat = state.word(ctrl_mod.HEARTBEAT_OFFSET)
+        was_amnesiac = bool(state.word(ctrl_mod.AMNESIAC_OFFSET))  # ctrl Rules 5-6: a recovery
+        was_recovering = bool(state.word(ctrl_mod.RECOVERING_OFFSET))  # the crash interrupted
         state.set_word(ctrl_mod.LEADING_OFFSET, 0)
         for peer in cfg.peers:
             ctrl.grant_write(peer)
@@ -123,6 +127,8 @@ class Replica:
         pump.rejoin = background.rejoin = self._rejoin = rejoin
         if not self.reattached and ran_before:
             rejoin.start("restarted on fresh memory", amnesiac=True)
+        elif was_amnesiac or was_recovering:
+            rejoin.start("re-attached during a recovery", amnesiac=was_amnesiac)
         self._replicator = Replicator(state, pump)
         self._pump, self._background = pump, background  # for inspection (tests, debugging)
         spawn = self.runtime.spawn
@@ -256,6 +262,8 @@ class Replica:
                 f"idle, leading word {leading_word}, expected {state.idle_leading_word}")
             assert not state.followers, "followers while not leading"
         assert state.amnesiac == bool(state.word(ctrl_mod.AMNESIAC_OFFSET)), "amnesiac word"
+        needs_snapshot = state.recovery is not None and state.recovery.phase != PHASE_CATCH_UP
+        assert needs_snapshot == bool(state.word(ctrl_mod.RECOVERING_OFFSET)), "recovering word"
         if state.amnesiac:
             assert state.recovery is not None, "amnesiac without a recovery in progress"
         if state.recovery is not None:

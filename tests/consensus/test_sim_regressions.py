@@ -131,3 +131,33 @@ def test_two_replicas_of_five_restarted_on_fresh_memory_are_caught_up() -> None:
     results = [leader_and_follower_lose_memory(seed) for seed in SEEDS]
     assert not failures(results), "\n".join(failures(results))
     assert all(r.snapshots >= 2 for r in results), [r.snapshots for r in results]
+
+
+def crash_while_installing(seed: int) -> tuple[RunResult, bool]:
+    """Replica 3 crashes on fresh memory at 3 ms; when its new incarnation has announced the
+    index of the snapshot it fetches (phase ``install``: ``applied`` published, bytes not yet
+    installed), it crashes again, keeping its memory, and restarts re-attaching it. Before the
+    fix the re-attached incarnation was no longer amnesiac (its ctrl word still said it was)
+    and delivered from the announced index onto an application that never got the snapshot."""
+    plan = scenario_plan(seed, log_slots=64, think_ns_max=100_000)
+    world = World(plan)
+    checks = world.on_step
+    struck: list[int] = []
+
+    def on_step() -> None:
+        checks()
+        node = world.nodes[3]
+        recovery = getattr(node.replica, "recovery", None)
+        if not struck and node.up and recovery is not None and recovery.phase == "install":
+            struck.append(world.scheduler.now_ns)
+            world.crash(3, "scenario: crash while installing a snapshot")
+
+    world.on_step = on_step  # type: ignore[method-assign]
+    world.scheduler.at(3 * NS_PER_MS, lambda: world.crash(3, "scenario", fresh=True))
+    return world.run(), bool(struck)
+
+
+def test_a_restart_during_a_snapshot_install_resumes_the_recovery() -> None:
+    runs = [crash_while_installing(seed) for seed in SEEDS]
+    assert not failures([r for r, _ in runs]), "\n".join(failures([r for r, _ in runs]))
+    assert any(struck for _, struck in runs), "no run crashed replica 3 mid-install"
