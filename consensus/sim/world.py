@@ -19,11 +19,11 @@ Rule 4: faults strike only during the fault phase; at ``plan.heal_ns`` every fau
         have delivered everything acknowledged ``CATCHUP_NS`` before (a replica that fell behind
         the log or restarted on fresh memory included: it recovers by itself), no replica may
         have stopped taking part, and ``stop()`` must return.
+Rule 5: a run that reaches ``plan.steps_max`` switch points ends early and is reported as
+        truncated (its safety checks still count; its liveness checks did not run).
 Rule 6: between two steps, whenever its role mutex is free, the replica whose task just ran is
         checked with its ``_check()`` (every replica every ``CHECK_ALL_EVERY_STEPS`` steps);
         a failed check is a violation. Checks never change state, so they never change a trace.
-Rule 5: a run that reaches ``plan.steps_max`` switch points ends early and is reported as
-        truncated (its safety checks still count; its liveness checks did not run).
 """
 
 from __future__ import annotations
