@@ -30,6 +30,8 @@ class ReplicaConfig:
     fate_sharing_stuck_us: int = c.FATE_SHARING_STUCK_US
     permission_wait_us: int = c.PERMISSION_WAIT_US
     commit_flush_idle_us: int = c.COMMIT_FLUSH_IDLE_US
+    reconnect_interval_us: int = c.RECONNECT_INTERVAL_US  # election Rule 7
+    rejoin_retry_us: int = c.REJOIN_RETRY_US  # rejoin: a recovery that found no usable peer
     pump_poll_us: int = 0  # 0: the pump spins, then backs off; > 0: it polls at this period
     connect_timeout_s: float = c.CONNECT_TIMEOUT_S_DEFAULT
 
@@ -55,7 +57,8 @@ class ReplicaConfig:
 
     def _check_timings(self) -> None:
         positive = ("heartbeat_interval_us", "scan_interval_us", "dead_after_us",
-                    "scan_gap_cap_us", "fate_sharing_stuck_us", "permission_wait_us")
+                    "scan_gap_cap_us", "fate_sharing_stuck_us", "permission_wait_us",
+                    "reconnect_interval_us", "rejoin_retry_us")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

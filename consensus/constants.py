@@ -56,7 +56,7 @@ CONNECT_TIMEOUT_S_DEFAULT = 30.0  # start() waits this long for every peer's reg
 STOP_JOIN_TIMEOUT_S = 2.0  # stop() waits this long for each activity to exit
 
 # --- rejoin -----------------------------------------------------------------------------------
-REJOIN_RETRY_S = 0.005  # a recovering replica that found no usable peer asks again after this
+REJOIN_RETRY_US = 5000  # a recovering replica that found no usable peer asks again after this
 RECONNECT_INTERVAL_US = 20_000  # a restarted peer's new regions are looked up this often
 
 assert MEMBERS_MIN <= MEMBERS_MAX

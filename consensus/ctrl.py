@@ -13,6 +13,10 @@ Rule 4: ``answered[i]`` (the last request of member ``i`` this owner granted and
 Rule 5: ``amnesiac`` is 1 while the owner runs on fresh memory and has not been reinstated as a
         voter (``rejoin`` Rule 1); peers never take a snapshot from, or count the ``min_proposal``
         of, an amnesiac replica.
+Rule 6: ``recovering`` is 1 while the owner needs a snapshot it has not installed yet (rejoin
+        phases ``snapshot`` and ``install``): a restart that re-attaches the regions then resumes
+        the recovery instead of delivering from an ``applied`` index that was announced for a
+        snapshot its application never received. ``amnesiac`` survives such a restart too.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ APPLIED_OFFSET = 24
 HOLDER_OFFSET = 32  # who holds write permission on the owner's log (0: nobody)
 MY_REQUEST_OFFSET = 40
 AMNESIAC_OFFSET = 48  # Rule 5
+RECOVERING_OFFSET = 56  # Rule 6
 assert (LEADING_OFFSET, APPLIED_OFFSET, HOLDER_OFFSET) == (HEARTBEAT_OFFSET + 8,
                                                           HEARTBEAT_OFFSET + 16,
                                                           HEARTBEAT_OFFSET + 24)

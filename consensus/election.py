@@ -35,7 +35,7 @@ Rule 6: a leader also reads every peer's ``holder`` word in its scan and steps d
         reporting itself leader. Stepping down is always safe; nothing else depends on it.
 Rule 7: a peer whose regions were replaced (it restarted on fresh memory: reads raise
         ``RegionClosed``) is re-mapped from the registry, at most every
-        ``RECONNECT_INTERVAL_US``, under ``role``: it leaves ``followers`` and, while this replica
+        ``reconnect_interval_us``, under ``role``: it leaves ``followers`` and, while this replica
         leads, is asked again with a fresh request (Rule 4) and caught up like any late grant.
 Rule 8: while recovering (``consensus.rejoin``) a replica never campaigns, and while amnesiac its
         switcher grants only what rejoin Rule 1 allows; peers whose ``leading`` word says they
@@ -48,7 +48,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from consensus import ctrl as ctrl_mod
-from consensus.constants import CAMPAIGN_BACKOFF_US_MAX, RECONNECT_INTERVAL_US
+from consensus.constants import CAMPAIGN_BACKOFF_US_MAX
 from consensus.detector import FailureDetector
 from consensus.fabric.base import FabricError, RegionClosed, RevokeStalled
 from consensus.recovery import Deposed, catch_up, prepare
@@ -156,7 +156,8 @@ class Background:
         now = state.runtime.now_ns()
         if now < self._reconnect_at_ns.get(peer.replica_id, 0):
             return
-        self._reconnect_at_ns[peer.replica_id] = now + RECONNECT_INTERVAL_US * NS_PER_US
+        interval_ns = state.config.reconnect_interval_us * NS_PER_US
+        self._reconnect_at_ns[peer.replica_id] = now + interval_ns
         try:
             log = state.fabric.connect(peer.replica_id, "log", 0.0)
             ctrl = state.fabric.connect(peer.replica_id, "ctrl", 0.0)

@@ -165,7 +165,7 @@ def prepare(state: ReplicaState, granted: list[Peer]) -> bool:
         return False
     if len(followers) + 1 < state.majority:
         return False
-    return _install(state, ok, followers, proposal, tail)
+    return _install(state, followers, proposal, tail)
 
 
 def _write_to_majority(
@@ -184,7 +184,7 @@ def _write_to_majority(
 
 
 def _install(
-    state: ReplicaState, granted: list[Peer], followers: list[Peer], proposal: int, tail: int
+    state: ReplicaState, followers: list[Peer], proposal: int, tail: int
 ) -> bool:
     """Commit the adopted tail everywhere and start serving."""
     word = log_mod.COMMIT_WORD.pack(proposal, tail, proposal)
@@ -193,7 +193,10 @@ def _install(
         return False
     state.log_buf[log_mod.COMMIT_WORD_OFFSET : log_mod.COMMIT_WORD_OFFSET + len(word)] = word
     state.followers = serving
-    state.excluded = {p.replica_id for p in granted if p not in serving}
+    # Every peer not serving is asked again by the first upkeep (election Rule 4), not only the
+    # granted ones: a peer that restarted on fresh memory during the campaign was reconnected
+    # with its request forgotten (election Rule 7) and would never be asked otherwise.
+    state.excluded = {p.replica_id for p in state.peers.values() if p not in serving}
     state.next_index = tail + 1
     state.commit_index = tail
     state.recycle_limit = 0

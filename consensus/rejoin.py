@@ -43,7 +43,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from consensus import constants as c
 from consensus import ctrl as ctrl_mod
 from consensus import log as log_mod
 from consensus.errors import ConsensusError, LogOverrun
@@ -63,6 +62,8 @@ if TYPE_CHECKING:
     from consensus.pump import Pump
 
 NS_PER_MS = 1_000_000
+NS_PER_US = 1000
+US_PER_S = 1_000_000
 
 
 class SnapshotUnavailable(ConsensusError):
@@ -153,6 +154,7 @@ class Rejoin:
         now = state.runtime.now_ns()
         state.recovery = Recovery(reason=reason, started_ns=now, amnesiac=amnesiac, local=local,
                                   snapshot_index=self.pump.applied if local else 0)
+        state.set_word(ctrl_mod.RECOVERING_OFFSET, 1)  # ctrl Rule 6
         if amnesiac:
             state.amnesiac = True
             state.required_proposal = None
@@ -174,7 +176,7 @@ class Rejoin:
         assert recovery is not None and recovery.phase != PHASE_CATCH_UP
         runtime = state.runtime
         if runtime.now_ns() < self._retry_at_ns:
-            runtime.sleep(c.REJOIN_RETRY_S)
+            runtime.sleep(state.config.rejoin_retry_us / US_PER_S)
             return
         if state.amnesiac and state.required_proposal is None:
             required = self.required_bound()
@@ -221,14 +223,16 @@ class Rejoin:
 
     def _retry_later(self) -> None:
         state = self.state
-        self._retry_at_ns = state.runtime.now_ns() + int(c.REJOIN_RETRY_S * 1e9)
-        state.runtime.sleep(c.REJOIN_RETRY_S)
+        retry_us = state.config.rejoin_retry_us
+        self._retry_at_ns = state.runtime.now_ns() + retry_us * NS_PER_US
+        state.runtime.sleep(retry_us / US_PER_S)
 
     def _enter_catch_up(self) -> None:
         state = self.state
         recovery = state.recovery
         assert recovery is not None
         recovery.phase = PHASE_CATCH_UP
+        state.set_word(ctrl_mod.RECOVERING_OFFSET, 0)
         with state.role:
             state.step_down_locked("snapshot installed; catching up the log")
 
@@ -275,6 +279,7 @@ class Rejoin:
             bytes_total=recovery.bytes_total, entries_left=0,
             elapsed_ns=state.runtime.now_ns() - recovery.started_ns, provider=recovery.provider)
         state.recovery = None
+        state.set_word(ctrl_mod.RECOVERING_OFFSET, 0)
         with state.role:
             state.step_down_locked("caught up")
         if recovery.local:

@@ -9,9 +9,11 @@ Rule 2: a re-attached region (restart with ``reattach=True``) keeps its log, app
         from its persisted applied index + 1 (entries applied by the previous incarnation are
         not delivered again). A replica started on fresh regions after it ran before in this
         cluster (its ``started`` key is in the registry) is amnesiac until reinstated
-        (``consensus.rejoin`` Rule 1); with a ``snapshots`` port it fetches a peer's snapshot,
-        installs it and catches up the log (``recovery`` shows the progress), and it recovers
-        the same way, by itself, whenever it finds its log overrun.
+        (``consensus.rejoin`` Rule 1), and a re-attaching restart of a replica that was amnesiac
+        or waiting for a snapshot resumes that recovery (ctrl Rules 5-6); with a ``snapshots``
+        port it fetches a peer's snapshot, installs it and catches up the log (``recovery``
+        shows the progress), and it recovers the same way, by itself, whenever it finds its log
+        overrun.
 Rule 3: ``pause`` makes the replica behave as if its process were stopped: it steps down
         (proposals raise ``NotLeader``), stops heartbeating, answering and pumping. ``resume``
         rejoins as a follower; it never preempts a live leader.
@@ -26,6 +28,8 @@ Rule 6: ``initial_applied = J`` (fresh regions only) says the application alread
         snapshot fetch and catches up the log from ``J + 1``, and fetches a snapshot only if
         the leader's log no longer holds ``J + 1`` (it finds its log overrun, rejoin Rule 4).
         On re-attached regions the argument is ignored (the regions' applied index wins).
+Rule 7: ``_check()`` asserts the invariants that hold whenever the role mutex is free (the
+        simulator runs it between steps); it only reads, so a ``python -O`` run is the same run.
 """
 
 from __future__ import annotations
@@ -43,7 +47,17 @@ from consensus.registry.base import Registry
 from consensus.rejoin import RecoveryStatus, Rejoin, SnapshotPort
 from consensus.replication import Replicator
 from consensus.runtime import Activity, RealRuntime, Runtime
-from consensus.state import LOGGER, OnCommit, OnError, OnLeaderChange, Peer, ReplicaState
+from consensus.state import (
+    LEADING_CAMPAIGN,
+    LEADING_YES,
+    LOGGER,
+    PHASE_CATCH_UP,
+    OnCommit,
+    OnError,
+    OnLeaderChange,
+    Peer,
+    ReplicaState,
+)
 
 
 class Replica:
@@ -103,6 +117,8 @@ class Replica:
             log_mod.U64.pack_into(log.buf, log_mod.FIRST_UNDECIDED_OFFSET,
                                   self._initial_applied + 1)
         state.heartbeat = state.word(ctrl_mod.HEARTBEAT_OFFSET)
+        was_amnesiac = bool(state.word(ctrl_mod.AMNESIAC_OFFSET))  # ctrl Rules 5-6: a recovery
+        was_recovering = bool(state.word(ctrl_mod.RECOVERING_OFFSET))  # the crash interrupted
         state.set_word(ctrl_mod.LEADING_OFFSET, 0)
         for peer in cfg.peers:
             ctrl.grant_write(peer)
@@ -129,6 +145,8 @@ class Replica:
             reason = (f"restarted on fresh memory with local state at index "
                       f"{self._initial_applied}" if local else "restarted on fresh memory")
             rejoin.start(reason, amnesiac=True, local=local)
+        elif was_amnesiac or was_recovering:
+            rejoin.start("re-attached during a recovery", amnesiac=was_amnesiac)
         self._replicator = Replicator(state, pump)
         self._pump, self._background = pump, background  # for inspection (tests, debugging)
         spawn = self.runtime.spawn
@@ -248,6 +266,67 @@ class Replica:
         state = self._require()
         if not state.leading:
             raise NotLeader(state.leader_hint())
+
+    # --- invariants ---------------------------------------------------------------------------
+    def _check(self) -> bool:
+        """Rule 7: assert this replica's invariants; False (nothing checked) while the role
+        mutex is held or before ``start``. Cost: a few local reads, no fabric operation."""
+        state = self._state
+        if state is None or state.role.locked():
+            return False
+        leading_word = state.word(ctrl_mod.LEADING_OFFSET)
+        assert not (state.leading and state.campaigning), "leading and campaigning at once"
+        if state.leading:
+            self._check_leader(state, leading_word)
+        elif state.campaigning:
+            assert leading_word == LEADING_CAMPAIGN, f"campaigning, leading word {leading_word}"
+        else:
+            assert leading_word == state.idle_leading_word, (
+                f"idle, leading word {leading_word}, expected {state.idle_leading_word}")
+            assert not state.followers, "followers while not leading"
+        assert state.amnesiac == bool(state.word(ctrl_mod.AMNESIAC_OFFSET)), "amnesiac word"
+        needs_snapshot = state.recovery is not None and state.recovery.phase != PHASE_CATCH_UP
+        assert needs_snapshot == bool(state.word(ctrl_mod.RECOVERING_OFFSET)), "recovering word"
+        if state.amnesiac:
+            assert state.recovery is not None, "amnesiac without a recovery in progress"
+        if state.recovery is not None:
+            assert not state.leading and not state.campaigning, "a recovering replica leads"
+        self._check_pump(state)
+        return True
+
+    def _check_leader(self, state: ReplicaState, leading_word: int) -> None:
+        assert leading_word == LEADING_YES, f"leading, leading word {leading_word}"
+        assert state.commit_index == state.next_index - 1, (
+            f"commit index {state.commit_index}, next index {state.next_index}")
+        assert state.holder == state.replica_id, f"leading, holder {state.holder}"
+        assert not state.paused and not state.stopping, "leading while paused or stopping"
+        assert state.failure is None, "leading after a failure"
+        ids = [peer.replica_id for peer in state.followers]
+        assert len(set(ids)) == len(ids), f"followers {ids} repeat"
+        for peer in state.followers:
+            assert state.peers.get(peer.replica_id) is peer, f"follower {peer} is no peer"
+        assert self._pump.applied <= state.commit_index, (
+            f"applied {self._pump.applied} beyond commit {state.commit_index}")
+
+    def _check_pump(self, state: ReplicaState) -> None:
+        pump = self._pump
+        recovery = state.recovery
+        if pump.lock.locked():
+            return
+        published = state.applied
+        if recovery is None or recovery.phase == PHASE_CATCH_UP:
+            assert published == pump.applied, (
+                f"published applied {published}, delivered {pump.applied}")
+        else:
+            assert published >= pump.applied, (
+                f"published applied {published} below delivered {pump.applied}")
+        if recovery is not None and recovery.phase == PHASE_CATCH_UP:
+            assert pump.applied >= recovery.snapshot_index, (
+                f"catching up at {pump.applied} below the snapshot {recovery.snapshot_index}")
+        first_undecided = log_mod.U64.unpack_from(state.log_buf,
+                                                  log_mod.FIRST_UNDECIDED_OFFSET)[0]
+        assert first_undecided == published + 1, (
+            f"first undecided {first_undecided}, applied {published}")
 
     # --- heartbeat activity -------------------------------------------------------------------
     def _heartbeat(self) -> None:

@@ -11,6 +11,8 @@ Rule 3: the log is circular: entry ``k`` is written only when ``k <= recycle_lim
         ``recycle_limit`` is refreshed (remote reads) only when the next entry would pass it.
         A dead follower, or one that announced it recovers through a snapshot
         (``LEADING_RECOVERING``), is not waited for: it overruns and rejoins (rejoin Rule 4).
+        A follower whose applied word cannot be read (its regions were replaced by a restart on
+        fresh memory) is dropped as after a failed write (Rule 1), never raised to the proposer.
 Rule 4: no per-entry allocation beyond the caller's payload: entries are encoded with precompiled
         ``struct``s into one preallocated slot buffer, and the write view is cached per length.
 Rule 5: the role mutex is held while writing but released before any sleep (runtime Rule 3).
@@ -213,13 +215,20 @@ class Replicator:
         """Recompute ``recycle_limit`` (Rule 3); return whether ``count`` more entries fit."""
         state = self.state
         lowest = state.applied
+        lost: list[Peer] = []
         for peer in state.followers:
             if peer.replica_id not in state.alive:
                 continue
             if state.peer_leading.get(peer.replica_id) == LEADING_RECOVERING:
                 continue  # it fetches a snapshot and catches up from there (rejoin Rule 2)
-            lowest = min(lowest, ctrl_mod.U64.unpack(
-                peer.ctrl.read(ctrl_mod.APPLIED_OFFSET, 8))[0])
+            try:
+                applied = ctrl_mod.U64.unpack(peer.ctrl.read(ctrl_mod.APPLIED_OFFSET, 8))[0]
+            except FabricError:  # it restarted on fresh memory (RegionClosed): as a lost write
+                lost.append(peer)
+                continue
+            lowest = min(lowest, applied)
+        if lost:
+            self._drop(lost)
         state.recycle_limit = lowest + state.layout.slots
         return state.next_index + count - 1 <= state.recycle_limit
 

@@ -29,6 +29,9 @@ from typing import Protocol
 class Mutex(Protocol):
     def __enter__(self) -> object: ...
 
+    def locked(self) -> bool:
+        """Whether some activity holds it (for invariant checks, never for control flow)."""
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,

@@ -138,6 +138,14 @@ class MemoryNetwork:
                     with region.lock:
                         region.closed = True
 
+    def forget(self, owner: ReplicaIdT) -> None:
+        """Drop the owner's closed regions from the lookup (``region`` returns None until the
+        next ``register``), as a restarted process's unlinked segments vanish from the
+        registry. Handles already open keep raising ``RegionClosed``."""
+        with self._lock:
+            for key in [k for k, r in self._regions.items() if k[0] == owner and r.closed]:
+                del self._regions[key]
+
     def close(self) -> None:
         with self._lock:
             for region in self._regions.values():

@@ -116,7 +116,8 @@ def describe(result: RunResult) -> str:
         f"seed {result.seed}: {'ok' if result.ok else 'FAILED'}"
         f"{' (truncated)' if result.truncated else ''} steps={result.steps} "
         f"sim={result.sim_ns / NS_PER_MS:.1f}ms acks={result.acks} "
-        f"deliveries={result.deliveries} overruns={result.overruns} faults: {faults} "
+        f"deliveries={result.deliveries} snapshots={result.snapshots}/{result.fetches} "
+        f"digests={result.digests} faults: {faults} "
         f"wall={result.wall_s:.2f}s "
         f"trace={result.trace_hash}"
     )
@@ -168,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\n{clean}/{len(results)} seeds clean in {wall:.1f} s "
         f"({steps} steps, {steps / max(wall, 1e-9):,.0f} steps/s; "
         f"{sum(r.truncated for r in results)} truncated by --steps, "
-        f"{sum(r.liveness_skipped for r in results)} with a majority overrun); "
+        f"{sum(r.snapshots for r in results)} snapshots installed of "
+        f"{sum(r.fetches for r in results)} fetches); "
         f"acks={sum(r.acks for r in results)} faults: "
         + (" ".join(f"{k}={v}" for k, v in sorted(faults.items())) or "none")
     )

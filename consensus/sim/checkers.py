@@ -11,7 +11,13 @@ Rule 4 (integrity): only proposed payloads are delivered, each at one index only
 Rule 5 (exclusive writer): between two permission changes of a follower's log region, writes of
         at most one replica land there; no permission change ever leaves two writers granted.
 Rule 6 (catch-up, checked at the end): every live replica has delivered every index that was
-        acknowledged before the catch-up deadline.
+        acknowledged before the catch-up deadline, including a replica that fell behind the log
+        or restarted on fresh memory (it recovers through a snapshot, by itself).
+Rule 7 (snapshots): a replica incarnation that installs a snapshot of index ``S`` continues its
+        deliveries at ``S + 1`` (it may start there: a fresh incarnation need not deliver 1..S);
+        a snapshot never goes back before what that incarnation already delivered.
+Rule 8 (state digests): every replica's application digest at index ``i`` (after a delivery or
+        a snapshot install) equals every other replica's digest at ``i``.
 
 A violation is reported once through ``report`` (the world ends the run with it); checkers never
 change the system they watch.
@@ -103,6 +109,7 @@ class HistoryChecker:
         self._streams: dict[tuple[ReplicaIdT, int], _Stream] = {}
         self._high: dict[ReplicaIdT, int] = {}
         self.deliveries = 0
+        self.installs = 0
 
     def proposed(self, payload: bytes) -> None:
         assert payload not in self._proposed, "the simulator proposes each payload once"
@@ -154,6 +161,20 @@ class HistoryChecker:
             self._fail("integrity", f"{show(payload)} {source} at index {index}, but it is "
                        f"already at index {other}")
 
+    def snapshot_installed(self, replica: ReplicaIdT, incarnation: int, index: int) -> None:
+        """Rule 7: ``replica``'s incarnation installed a snapshot of ``index``."""
+        key = (replica, incarnation)
+        stream = self._streams.get(key)
+        if stream is None:
+            self._streams[key] = _Stream(index + 1, index)
+        else:
+            if index < stream.last:
+                self._fail("snapshot", f"replica {replica} installed a snapshot of index {index} "
+                           f"after delivering through {stream.last}")
+            stream.last = index
+        self.installs += 1
+        self._high[replica] = max(self._high.get(replica, 0), index)
+
     def last_delivered(self, replica: ReplicaIdT, incarnation: int) -> int:
         stream = self._streams.get((replica, incarnation))
         return 0 if stream is None else stream.last
@@ -169,3 +190,24 @@ class HistoryChecker:
 
     def _fail(self, rule: str, detail: str) -> None:
         self._report(Violation(rule, detail))
+
+
+class DigestChecker:
+    """Rule 8: one application digest per index across every replica and incarnation."""
+
+    def __init__(self, report: Report) -> None:
+        self._report = report
+        self.digest_at: dict[int, tuple[bytes, ReplicaIdT]] = {}
+        self.checked = 0
+
+    def state(self, replica: ReplicaIdT, index: int, digest: bytes, how: str) -> None:
+        """``replica``'s application reached ``digest`` at ``index`` (``how``: delivered or
+        installed)."""
+        self.checked += 1
+        known = self.digest_at.get(index)
+        if known is None:
+            self.digest_at[index] = (digest, replica)
+        elif known[0] != digest:
+            self._report(Violation(
+                "digest", f"replica {replica} {how} index {index} with digest "
+                f"{digest.hex()[:16]}, replica {known[1]} had {known[0].hex()[:16]} there"))

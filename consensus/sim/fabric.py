@@ -26,6 +26,10 @@ Rule 6: as on the ``shm`` fabric, a write to an exclusive region may be preempte
         in ``stop_mid_write`` is preempted, and stopped, inside its next log write.
 Rule 7: only a region's owner grants (``SimLocalRegion.grant_write``); a fault can only withdraw
         a permission (``withdraw_permission``), as a broken connection does, never give one.
+Rule 8: ``wipe(owner)`` models a restart on fresh memory (``MemoryNetwork.wipe``): the owner's
+        regions are closed (every handle on them raises ``RegionClosed``; a write in flight or
+        posted to them lands nowhere) and forgotten, so ``connect`` waits for the new ones and
+        the nemesis never re-grants a permission on a region that no longer exists.
 """
 
 from __future__ import annotations
@@ -121,6 +125,12 @@ class SimNetwork:
         self._drain_waiters: dict[tuple[ReplicaIdT, str, ReplicaIdT], _DrainWait] = {}
         self.revokes_stalled = 0
 
+    def wipe(self, owner: ReplicaIdT) -> None:
+        """Rule 8 (between two steps: no switch point)."""
+        self.memory.wipe(owner)
+        self.memory.forget(owner)
+        self.scheduler.trace(f"wipe {owner}")
+
     def endpoint(self, replica_id: ReplicaIdT) -> SimFabric:
         """A fresh endpoint for a replica (incarnation); the old one is closed."""
         old = self.endpoints.get(replica_id)
@@ -211,6 +221,8 @@ class SimNetwork:
         if not checked:  # in flight: its permission was checked before the preemption
             region = remote.region
             with region.lock:
+                if region.closed:  # the owner restarted on fresh memory meanwhile (Rule 8)
+                    return
                 region.memory[offset : offset + len(data)] = data
             self.writes_landed += 1
             self.observer.write_landed(remote.owner, remote.name, writer)
@@ -228,6 +240,8 @@ class SimNetwork:
     ) -> None:
         cut = self.scheduler.rng.randrange(1, len(data))
         with region.lock:
+            if region.closed:
+                return
             region.memory[offset : offset + cut] = bytes(data[:cut])
         self.scheduler.trace(f"torn write {writer}->{region.owner}.{region.name}@{offset}+{cut}")
         self.observer.write_landed(region.owner, region.name, writer)
@@ -239,7 +253,8 @@ class SimNetwork:
         (a write of ``peer`` in flight may still land). There is no counterpart that grants:
         only the owner grants (Rule 7)."""
         region = self.memory.region(owner, name)
-        assert region is not None, f"no region {owner}.{name}"
+        if region is None:  # wiped (Rule 8): nothing left to withdraw
+            return
         region.revoke_write(peer)
         self.note_permission(owner, name, peer, False, cause)
 
@@ -247,7 +262,8 @@ class SimNetwork:
         self, owner: ReplicaIdT, name: str, peer: ReplicaIdT, grant: bool, cause: str
     ) -> None:
         region = self.memory.region(owner, name)
-        assert region is not None, f"no region {owner}.{name}"
+        if region is None:  # wiped (Rule 8): a killed owner's revoke unwinding after its crash
+            return
         text = f"{cause} {'grant' if grant else 'revoke'} {peer} on {owner}.{name}"
         if cause == "owner":
             self.scheduler.trace(text)
@@ -344,7 +360,7 @@ class SimFabric:
         while True:
             self.check_open()
             region = self.network.memory.region(owner, name)
-            if region is not None:
+            if region is not None and not region.closed:
                 scheduler.switch(f"connect {self.replica_id}>{owner}.{name}")
                 return SimRemote(self, MemoryRemote(self.replica_id, region))
             if scheduler.now_ns >= deadline_ns:

@@ -3,8 +3,10 @@
 
 Rule 1: every choice comes from the scheduler's seeded RNG, with the baton held.
 Rule 2: at most ``f = (n - 1) // 2`` replicas are down at once (crashed, SIGSTOPped, paused through
-        the hook, or armed to crash mid-write), so a majority could always make progress; safety
-        is checked regardless, liveness only after the heal.
+        the hook, armed to crash mid-write, or recovering: fetching a snapshot or catching up
+        after one, which an amnesiac replica must finish before it counts as a voter), so a
+        majority could always make progress; safety is checked regardless, liveness only after
+        the heal.
 Rule 3: the faults are the physically possible ones: a crash (tasks killed at their next switch
         point, regions kept, restart re-attaches them), a crash of the leader between two writes
         of one entry to different followers (whole or torn), SIGSTOP/SIGCONT, the replica's own
@@ -18,6 +20,9 @@ Rule 4: the nemesis never grants. Only a region's owner changes who may write it
         was a second actor no real system has: at a heal it re-granted a holder while the owner
         was inside its own revoke of that holder (waiting for a write in flight), and the
         owner's next grant left two writers (issue 17, seeds 778475 and 777672).
+Rule 5: ``crash-fresh`` is a crash that loses the replica's memory (its regions and application
+        state, ``World.crash(fresh=True)``); its restart comes back amnesiac and rejoins by
+        snapshot (``consensus.rejoin``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ FAULT_WEIGHTS: tuple[tuple[str, int], ...] = (
     ("pause-hook", 2),
     ("slow", 2),
     ("revoke", 2),
+    ("crash-fresh", 3),
 )
 FAULT_DURATION_NS_MIN = 100_000
 FAULT_DURATION_NS_MAX = 6 * NS_PER_MS
@@ -48,6 +54,11 @@ TORN_WRITE_P = 0.3
 STOP_MID_WRITE_NS_MIN = 2_500_000  # longer than the simulated failure detection (2 ms) ...
 STOP_MID_WRITE_NS_MAX = 8_000_000  # ... so that a follower switches and its revoke stalls
 LOG_REGION = "log"
+
+
+def recovering(node: Node) -> bool:
+    """``node`` rejoins by snapshot (Rule 2 counts it as down)."""
+    return getattr(node.replica, "recovery", None) is not None
 
 
 class Nemesis:
@@ -83,6 +94,7 @@ class Nemesis:
             "pause-hook": self.pause_hook,
             "slow": self.slow,
             "revoke": self.revoke,
+            "crash-fresh": self.crash_fresh,
         }[kind]
         if strike():
             self.counts[kind] += 1
@@ -101,7 +113,7 @@ class Nemesis:
             1
             for n in self.world.nodes.values()
             if not n.up or n.stopped or n.hook_paused or n.replica_id in triggers
-            or n.replica_id in self.world.network.stop_mid_write
+            or n.replica_id in self.world.network.stop_mid_write or recovering(n)
         )
 
     def budget_left(self) -> bool:
@@ -131,6 +143,14 @@ class Nemesis:
         if node is None or not self.budget_left():
             return False
         self.world.crash(node.replica_id, "nemesis")
+        return True
+
+    def crash_fresh(self) -> bool:
+        """Rule 4."""
+        node = self.pick(0.3)
+        if node is None or not self.budget_left():
+            return False
+        self.world.crash(node.replica_id, "nemesis", fresh=True)
         return True
 
     def after_crash(self, node: Node) -> None:

@@ -3,7 +3,9 @@
 Rule 1: the default adapter builds the production ``consensus.Replica`` with a ``ReplicaConfig``
         whose timings are scaled for simulated time (``SIM_TIMINGS_US``); nothing else of the
         protocol is replaced or copied.
-Rule 2: ``expected_errors`` are the exceptions ``propose`` may raise without that being a bug
+Rule 2: the replica gets the world's ``SnapshotPort`` (``spec.snapshots``): it rejoins by
+        snapshot after a restart on fresh memory and whenever it finds its log overrun.
+Rule 3: ``expected_errors`` are the exceptions ``propose`` may raise without that being a bug
         (not the leader, timed out): the client backs off and proposes a new payload; an entry
         whose proposal raised is never counted as acknowledged.
 """
@@ -16,6 +18,7 @@ from typing import Protocol
 
 from consensus.fabric.base import Fabric
 from consensus.registry.base import Registry
+from consensus.rejoin import SnapshotPort
 from consensus.runtime import Runtime
 
 OnCommit = Callable[[int, bytes], None]
@@ -28,7 +31,9 @@ class ReplicaSpec:
     members: tuple[int, ...]
     payload_bytes_max: int
     log_slots: int
-    restarted: bool  # a new incarnation re-attaching the regions of a crashed one
+    restarted: bool  # a new incarnation of a crashed replica (re-attaching, or fresh_memory)
+    fresh_memory: bool = False  # its regions and application state were lost (rejoin by snapshot)
+    snapshots: SnapshotPort | None = None  # the application's snapshot port (None: a bare log)
 
 
 class ReplicaLike(Protocol):
@@ -71,7 +76,6 @@ class ProtocolAdapter:
     name: str
     build: ReplicaFactory
     expected_errors: tuple[type[Exception], ...]
-    overrun_error: type[Exception] | None = None  # a replica that fell behind the log: allowed
 
 
 # The simulator runs the protocol's timings scaled down 4x (relations between them kept), so that
@@ -85,6 +89,8 @@ SIM_TIMINGS_US: dict[str, int] = {
     "fate_sharing_stuck_us": 5000,
     "permission_wait_us": 5000,
     "commit_flush_idle_us": 125,
+    "reconnect_interval_us": 5000,
+    "rejoin_retry_us": 1250,
 }
 
 
@@ -122,8 +128,7 @@ def mu_protocol(simulated: bool = True) -> ProtocolAdapter:
             runtime=runtime,
             on_commit=on_commit,
             on_leader_change=on_leader_change,
+            snapshots=spec.snapshots,
         )
 
-    return ProtocolAdapter(
-        "mu", build, (NotLeader, ProposalTimeout, ReplicaStopped, LogOverrun), LogOverrun
-    )
+    return ProtocolAdapter("mu", build, (NotLeader, ProposalTimeout, ReplicaStopped, LogOverrun))

@@ -5,16 +5,26 @@ Rule 1: the replicas run the production protocol code (``consensus.Replica`` by 
         ``consensus.sim.protocol``); only their ``Runtime``, fabric endpoint and registry are
         simulated.
 Rule 2: each replica incarnation owns its tasks (boot, the protocol's activities, its client), so
-        a crash kills all of them; a restarted incarnation re-attaches the surviving regions.
+        a crash kills all of them. A plain crash keeps the regions and the application state
+        (rolled back to the applied index the replica had published) and the restart
+        re-attaches them; a crash on fresh memory (``crash(..., fresh=True)``) wipes the regions
+        (old handles raise ``RegionClosed``) and loses the application state, and the new
+        incarnation rejoins by snapshot (``consensus.sim.app``). The registry outlives every
+        incarnation, so a fresh incarnation knows it ran before (its ``started`` key).
 Rule 3: every payload is proposed once (a unique counter in its first bytes); an acknowledged
         proposal is recorded with its index; every delivery goes to the history checker at once.
 Rule 4: faults strike only during the fault phase; at ``plan.heal_ns`` every fault is healed
         (resume, un-slow, disarm, restart crashed replicas; a lost permission is the owner's to
         restore) and from then on proposals must commit within ``LIVENESS_NS``; at
         ``plan.end_ns`` every live replica must have delivered everything acknowledged
-        ``CATCHUP_NS`` before, and ``stop()`` must return.
+        ``CATCHUP_NS`` before (a replica that fell behind the log or restarted on fresh memory
+        included: it recovers by itself), no replica may have stopped taking part, and
+        ``stop()`` must return.
 Rule 5: a run that reaches ``plan.steps_max`` switch points ends early and is reported as
         truncated (its safety checks still count; its liveness checks did not run).
+Rule 6: between two steps, whenever its role mutex is free, the replica whose task just ran is
+        checked with its ``_check()`` (every replica every ``CHECK_ALL_EVERY_STEPS`` steps);
+        a failed check is a violation. Checks never change state, so they never change a trace.
 """
 
 from __future__ import annotations
@@ -25,8 +35,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from consensus import ctrl as ctrl_mod
 from consensus.runtime import Runtime, Signal
-from consensus.sim.checkers import ExclusiveWriterChecker, HistoryChecker, Violation
+from consensus.sim.app import ChainApp, SimSnapshotPort
+from consensus.sim.checkers import DigestChecker, ExclusiveWriterChecker, HistoryChecker, Violation
 from consensus.sim.fabric import SimNetwork
 from consensus.sim.nemesis import Nemesis
 from consensus.sim.plan import NS_PER_MS, Plan
@@ -47,6 +59,7 @@ BATCH_MAX = 8
 PAYLOAD_HEADER = struct.Struct("<I")  # the unique proposal counter
 LOG_TAIL_LINES = 400  # protocol log lines and world events kept per run, shown with a failure
 PROTOCOL_LOGGER = "consensus"
+CHECK_ALL_EVERY_STEPS = 64  # Rule 6: every replica's _check() at least this often
 
 
 class _LogTap(logging.Handler):
@@ -74,6 +87,9 @@ class Node:
     stopped: bool = False  # SIGSTOP-paused by the nemesis
     hook_paused: bool = False  # paused through replica.pause()
     is_leader: bool = False  # as last reported by on_leader_change
+    app: ChainApp | None = None  # the application state (survives a plain crash only)
+    fresh: bool = False  # the next incarnation boots on fresh memory
+    port: SimSnapshotPort | None = None
     commands: list[str] = field(default_factory=list)  # pause/resume, for the control task
     command_ready: Signal | None = None
 
@@ -90,8 +106,9 @@ class RunResult:
     deliveries: int
     faults: tuple[tuple[str, int], ...]
     truncated: bool
-    overruns: int  # replicas that reported LogOverrun (fell behind the circular log)
-    liveness_skipped: bool  # a majority had overrun: nothing could commit, nothing was required
+    snapshots: int  # snapshots installed (restarts on fresh memory, overrun replicas)
+    fetches: int  # snapshot fetches started (some fail: provider crashed, stopped, corrupt)
+    digests: int  # application states compared across replicas (Rule 8 of the checkers)
     wall_s: float
     plan: str
     log_tail: tuple[str, ...]
@@ -117,6 +134,8 @@ class World:
         self.scheduler = Scheduler(plan.seed, plan.step_ns, plan.stickiness)
         self.history = HistoryChecker(self.report)
         self.writers = ExclusiveWriterChecker(self.report)
+        self.digests = DigestChecker(self.report)
+        self.fetches = 0
         self.network = SimNetwork(self.scheduler, self.writers, self.crash)
         self.network.note = self.note
         self.members = tuple(range(1, plan.replicas + 1))
@@ -127,8 +146,6 @@ class World:
         self.truncated = False
         self.shutdown_done = False
         self.closing = False
-        self.overrun: set[int] = set()
-        self.liveness_skipped = False
         self.tap = _LogTap(self.scheduler)
         self.rng = self.scheduler.rng
 
@@ -169,17 +186,39 @@ class World:
             deliveries=self.history.deliveries,
             faults=tuple(sorted(self.nemesis.counts.items())),
             truncated=self.truncated,
-            overruns=len(self.overrun),
-            liveness_skipped=self.liveness_skipped,
+            snapshots=self.history.installs,
+            fetches=self.fetches,
+            digests=self.digests.checked,
             wall_s=time.perf_counter() - started,
             plan=plan.describe(),
             log_tail=tuple(tap.lines),
         )
 
     def on_step(self) -> None:
-        if self.scheduler.steps >= self.plan.steps_max:
+        scheduler = self.scheduler
+        if scheduler.steps >= self.plan.steps_max:
             self.truncated = True
-            self.scheduler.stop()
+            scheduler.stop()
+            return
+        if scheduler.steps % CHECK_ALL_EVERY_STEPS == 0:
+            for node in self.nodes.values():
+                self.check_replica(node)
+            return
+        task = scheduler.current
+        current = None if task is None else self.nodes.get(task.owner)
+        if current is not None:
+            self.check_replica(current)
+
+    def check_replica(self, node: Node) -> None:
+        """Rule 6: ``node``'s replica ``_check()``, if it is up and its role mutex is free."""
+        replica = node.replica
+        check = getattr(replica, "_check", None)
+        if not node.up or check is None:
+            return
+        try:
+            check()
+        except AssertionError as error:
+            self.report(Violation("replica-check", f"replica {node.replica_id}: {error}"))
 
     def note(self, text: str) -> None:
         """A world event (fault, crash, restart, heal) for the trace and the failure report."""
@@ -204,13 +243,23 @@ class World:
         node.commands = []
         node.command_ready = runtime.signal()
         incarnation = node.incarnation
+        fresh, node.fresh = node.fresh, False
+        app = self.attach_app(node, incarnation)
+        node.port = SimSnapshotPort(self, node, runtime)
         spec = ReplicaSpec(
             replica_id=node.replica_id,
             members=self.members,
             payload_bytes_max=self.plan.payload_bytes_max,
             log_slots=self.plan.log_slots,
             restarted=restarted,
+            fresh_memory=fresh,
+            snapshots=node.port,
         )
+
+        def on_commit(index: int, payload: bytes) -> None:
+            data = bytes(payload)
+            self.history.delivered(node.replica_id, incarnation, index, data)
+            app.deliver(index, data)
 
         def boot_task() -> None:
             fabric = self.network.endpoint(node.replica_id)
@@ -220,9 +269,7 @@ class World:
                 fabric,
                 registry,
                 runtime,
-                lambda index, payload: self.history.delivered(
-                    node.replica_id, incarnation, index, bytes(payload)
-                ),
+                on_commit,
                 lambda leader, is_self: self.leader_changed(node, incarnation, is_self),
             )
             node.replica = replica
@@ -231,6 +278,35 @@ class World:
             runtime.spawn("control", lambda: self.control(node, incarnation, replica))
 
         runtime.spawn("boot", boot_task)
+
+    def attach_app(self, node: Node, incarnation: int) -> ChainApp:
+        """The application state of ``node``'s new incarnation (Rule 2): the surviving one,
+        rolled back to the applied index in the ctrl region it re-attaches, or a new one."""
+        replica_id = node.replica_id
+        region = self.network.memory.region(replica_id, "ctrl")
+        reattach = region is not None and (
+            ctrl_mod.U64.unpack_from(region.buf, ctrl_mod.MAGIC_OFFSET)[0] == ctrl_mod.MAGIC)
+        app = node.app
+        if app is None or not reattach:
+            app = ChainApp(lambda rule, detail: self.report(
+                Violation(rule, f"replica {replica_id}: {detail}")))
+        else:
+            assert region is not None
+            applied = ctrl_mod.U64.unpack_from(region.buf, ctrl_mod.APPLIED_OFFSET)[0]
+            pending = ctrl_mod.U64.unpack_from(region.buf, ctrl_mod.RECOVERING_OFFSET)[0]
+            if not app.rollback(applied) and not pending:  # pending: a snapshot replaces it
+                self.report(Violation("app-state", f"replica {replica_id} restarts with applied "
+                                      f"{applied} published, but its application is at "
+                                      f"{app.index}"))
+        node.app = app
+
+        def on_state(index: int, digest: bytes, how: str) -> None:
+            self.digests.state(replica_id, index, digest, how)
+            if how == "installed":
+                self.history.snapshot_installed(replica_id, incarnation, index)
+
+        app.on_state = on_state
+        return app
 
     def command(self, node: Node, command: str) -> None:
         """Queue ``pause``/``resume`` for ``node``'s control task (the FIFO of production: one
@@ -260,11 +336,12 @@ class World:
             node.is_leader = is_self
             self.scheduler.trace(f"leader r{node.replica_id} {is_self}")
 
-    def crash(self, replica_id: int, why: str) -> None:
+    def crash(self, replica_id: int, why: str, fresh: bool = False) -> None:
+        """Kill ``replica_id``'s incarnation; ``fresh``: its memory is lost too (Rule 2)."""
         node = self.nodes[replica_id]
         if not node.up:
             return
-        self.note(f"crash r{replica_id}: {why}")
+        self.note(f"crash r{replica_id}{' (memory lost)' if fresh else ''}: {why}")
         node.up, node.is_leader, node.replica = False, False, None
         self.network.triggers.pop(replica_id, None)
         self.network.stop_mid_write.discard(replica_id)
@@ -274,6 +351,10 @@ class World:
         self.scheduler.kill_owner(replica_id)
         self.scheduler.paused.discard(replica_id)
         self.scheduler.slowed.discard(replica_id)
+        if fresh:
+            self.network.wipe(replica_id)
+            node.app = None
+            node.fresh = True
         self.nemesis.after_crash(node)
 
     # ------------------------------------------------------------------ clients
@@ -321,15 +402,6 @@ class World:
         self.nemesis.heal()
 
     def check_liveness(self) -> None:
-        able = [
-            n for n in self.nodes.values()
-            if n.up and n.replica is not None and n.replica.error is None
-        ]
-        if 2 * len(able) <= len(self.nodes):
-            self.note(f"liveness not required: only {len(able)} replicas can take part "
-                      "(the others fell behind the log and need state transfer)")
-            self.liveness_skipped = True
-            return
         if self.counters.acks_after_heal == 0:
             up = [n.replica_id for n in self.nodes.values() if n.up]
             leaders = [n.replica_id for n in self.nodes.values() if n.up and n.is_leader]
@@ -344,17 +416,9 @@ class World:
         acked_upto = max((i for t, i in self.counters.ack_times if t <= cutoff), default=0)
         for node in self.nodes.values():
             if node.up and node.replica is not None and node.replica.error is not None:
-                self.overrun.add(node.replica_id)
-                if self.protocol.overrun_error is None or not isinstance(
-                    node.replica.error, self.protocol.overrun_error
-                ):
-                    self.report(Violation("error", f"replica {node.replica_id} stopped "
-                                          f"taking part: {node.replica.error!r}"))
-        live = [
-            (n.replica_id, n.incarnation)
-            for n in self.nodes.values()
-            if n.up and n.replica_id not in self.overrun
-        ]
+                self.report(Violation("error", f"replica {node.replica_id} stopped "
+                                      f"taking part: {node.replica.error!r}"))
+        live = [(n.replica_id, n.incarnation) for n in self.nodes.values() if n.up]
         self.history.check_caught_up(live, acked_upto)
         replicas = [n.replica for n in self.nodes.values() if n.up and n.replica is not None]
         self.closing = True  # clients stop proposing

@@ -184,4 +184,22 @@ def test_a_replica_restarted_with_local_state_behind_the_log_fetches_a_snapshot(
     cluster.restart_from_state(follower, kept)
     cluster.wait_caught_up(follower, 90)
     assert cluster.apps[follower].installed and cluster.apps[follower].installed[0] >= 90
+
+
+def test_the_leader_recycles_past_a_follower_restarted_on_fresh_memory(make_cluster):
+    """Found by simulator seeds 13 and 42: the leader's recycling read the applied word of a
+    follower whose regions a fresh restart had just closed, and propose raised the fabric's
+    RegionClosed to its caller instead of dropping that follower (replication Rule 3)."""
+    cluster = make_cluster(3, log_slots=16)
+    leader = cluster.leader()
+    cluster.propose_n(20, "before")
+    state = leader._state
+    while state.next_index <= state.recycle_limit:  # fill the log up to the recycling limit
+        leader.propose(f"fill-{state.next_index}".encode())
+    follower = next(m for m in cluster.members if m != leader.replica_id)
+    cluster.kill(follower)  # its ctrl region is closed; the leader still counts it as a follower
+    for i in range(40):  # the next proposal refreshes the recycling limit, reading its ctrl
+        leader.propose(f"after-{i}".encode())
+    cluster.restart_fresh(follower)
+    cluster.wait_caught_up(follower, state.next_index - 1)
     cluster.check_same_state()

@@ -323,3 +323,33 @@ def test_a_caught_up_leaders_pump_does_not_poll(make_cluster):
     leader.pause()  # a step-down rings the bell; once resumed, as a follower, the pump polls
     leader.resume()
     wait_until(lambda: steps[leader.replica_id] > 0, what="the former leader's pump to poll")
+
+
+def test_check_passes_on_a_healthy_cluster_and_catches_a_broken_leader(make_cluster):
+    """Replica._check (Rule 6): true invariants hold on every member; a leader whose commit
+    index no longer matches its next index is caught; the check itself changes nothing."""
+    cluster = make_cluster(3)
+    leader = cluster.leader()
+    cluster.propose_n(10, "x")
+    for replica in cluster.replicas.values():
+        wait_until(replica._check, what=f"replica {replica.replica_id} checked (role free)")
+    state = leader._state
+    assert state is not None
+    with state.role:
+        state.commit_index += 5
+    caught: list[AssertionError] = []
+
+    def check() -> bool:
+        try:
+            return leader._check() and False
+        except AssertionError as error:
+            caught.append(error)
+            return True
+
+    try:
+        wait_until(check, what="the broken leader to be checked")
+    finally:
+        with state.role:
+            state.commit_index -= 5
+    assert "commit index" in str(caught[0])
+    wait_until(leader._check, what="the repaired leader to pass")
