@@ -130,8 +130,16 @@ class Replica:
         # A replica that ran before in this cluster (the registry outlives its processes) may
         # have promised or accepted entries it no longer holds: it rejoins amnesiac (Rule 2).
         started_key = f"consensus/{cfg.replica_id}/started"
-        ran_before = self.registry.lookup(started_key) is not None
-        self.registry.publish(started_key, b"1")
+        previous = self.registry.lookup(started_key)
+        ran_before = previous is not None
+        incarnation = _incarnation(previous) + 1 if ran_before else 0
+        self.registry.publish(started_key, str(incarnation).encode())
+        if not self.reattached and incarnation:
+            # Fresh memory forgot which request numbers it used: start a range no earlier
+            # incarnation reached, or a peer that answered an old request of the same number
+            # would take a new one for answered (ctrl Rule 3).
+            state.set_word(ctrl_mod.MY_REQUEST_OFFSET, ctrl_mod.first_request(
+                cfg.replica_id, incarnation))
         self._state = state
         state.on_error = self._on_error
         background = Background(state, self._on_leader_change)
@@ -348,3 +356,9 @@ class Replica:
             if not state.paused and state.failure is None and not stuck:
                 state.bump_heartbeat()
             runtime.sleep(interval_s)
+
+
+def _incarnation(value: bytes | None) -> int:
+    """The incarnation number a ``started`` registry value records (older values said ``1``)."""
+    text = (value or b"").decode(errors="replace").strip()
+    return int(text) if text.isdigit() else 1

@@ -280,3 +280,23 @@ def test_a_restart_during_a_snapshot_install_resumes_the_recovery() -> None:
     runs = [crash_while_installing(seed) for seed in SEEDS[:2]]
     assert not failures([r for r, _ in runs]), "\n".join(failures([r for r, _ in runs]))
     assert any(struck for _, struck in runs), "no run crashed replica 3 mid-install"
+
+
+def test_seed_94_a_fresh_incarnation_never_reuses_a_request_number() -> None:
+    """Found after merging the fresh-memory crash with the withdraw-only nemesis: replica 1,
+    restarted on fresh memory, numbered its requests from scratch (1, 511, ...); replica 2 had
+    answered request 511 of the previous incarnation, took the new 511 for answered, and never
+    followed the new leader (catch-up failure). A fresh incarnation now starts a number range no
+    earlier one reached (ctrl Rule 3, ``first_request``)."""
+    result = seed_run(94)
+    assert result.ok, result.failure
+
+
+def test_fresh_incarnations_number_their_requests_in_disjoint_ranges() -> None:
+    from consensus import ctrl
+
+    first = [ctrl.first_request(3, incarnation) for incarnation in range(4)]
+    assert first == sorted(set(first))
+    for lower, upper in zip(first, first[1:], strict=False):
+        assert upper - lower >= ctrl.REQUEST_STRIDE * ctrl.REQUESTS_PER_INCARNATION
+        assert ctrl.next_request(3, lower) < upper
