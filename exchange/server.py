@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from exchange.config import DEFAULT_FIFO_TEMPLATE, ConfigError, ServerConfig
 from exchange.control_fifo import ControlFifo, ControlFifoError
+from exchange.grpc_checked import add_checked
 from exchange.node import ExchangeNode
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 from exchange.replication import ReplicationHandle, ReplicationUnavailable, start_replication
@@ -90,13 +91,10 @@ def build_grpc_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_ExchangeServicer_to_server(  # type: ignore[no-untyped-call]
-        ExchangeService(node), server
-    )
+    add_checked(pb_grpc.add_ExchangeServicer_to_server, ExchangeService(node), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    pb_grpc.add_ReplicationServicer_to_server(  # type: ignore[no-untyped-call]
-        SnapshotService(node.take_snapshot, lambda: node.role() == "recovering"), server
-    )
+    add_checked(pb_grpc.add_ReplicationServicer_to_server,
+                SnapshotService(node.take_snapshot, lambda: node.role() == "recovering"), server)
     try:
         port = server.add_insecure_port(config.listen)
     except RuntimeError as exc:
