@@ -208,8 +208,8 @@ class Reader:
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause the cyclic GC while an encode or decode allocates many objects: collections
-    triggered by the allocations would walk the whole book again and again (the same cost Book
-    Rule 6 avoids; measured: an encode of 100,000 orders took 3x longer with the GC on). The
+    triggered by the allocations would walk the whole book again and again (the same cost
+    book Rule 6 avoids; measured: an encode of 100,000 orders took 3x longer with the GC on). The
     previous GC state comes back afterwards. Safe: encode and decode create no garbage cycles."""
     enabled = gc.isenabled()
     gc.disable()

@@ -5,6 +5,11 @@ Rule 1: a consensus core module (the protocol code that runs under the determini
         these modules are not on that list) imports none of ``time``, ``threading``, ``random``,
         ``os``: it asks its ``Runtime``. Fabrics, registries, the CLI, the benches and
         ``runtime`` itself are outside the core.
+Rule 3: every "Rule N" cross-reference in a comment or docstring resolves: ``Rule N`` alone
+        names a "Rule N:" (or "Rule N (title):") line of the same module's docstring;
+        ``<module> Rule N`` (``pump Rule 6``, ``base Rule 4``, ```consensus.fabric.verbs`` Rule
+        5``) one of the module of that name (a sibling, the parent package's, a subpackage's or
+        a top package's); ``design Rule N`` the "(design Rule N)" label in docs/consensus.md.
 Rule 2: no function is longer than ``FUNCTION_LINES_MAX`` lines, except the short, named list
         ``LONG_FUNCTIONS``; an entry that is no longer needed fails the test too, so the list only
         shrinks.
@@ -13,6 +18,8 @@ Rule 2: no function is longer than ``FUNCTION_LINES_MAX`` lines, except the shor
 from __future__ import annotations
 
 import ast
+import re
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,3 +75,40 @@ def test_functions_are_short_outside_the_named_exemptions() -> None:
     assert not unexempted, f"functions over {FUNCTION_LINES_MAX} lines: {unexempted}"
     unneeded = sorted(set(LONG_FUNCTIONS) - set(long))
     assert not unneeded, f"exemptions no longer needed (remove them): {unneeded}"
+
+
+_DEFINITION = re.compile(r"^Rule (\d+)(?: \([^)]*\))?:", re.M)
+_REFERENCE = re.compile(r"(?:`*([\w.]+)`*\s+)?Rules?\s+(\d+)(?!\s*:)(?! \([^)]*\):)")
+
+
+@cache
+def _defined_rules(path: Path) -> frozenset[int]:
+    docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+    return frozenset(int(number) for number in _DEFINITION.findall(docstring))
+
+
+def _targets(path: Path, word: str | None) -> list[Path]:
+    if word is None:
+        return [path]
+    name = word.rsplit(".", 1)[-1].lower()  # "Book Rule 6": orderbook/book.py
+    candidates = [path.parent / f"{name}.py", path.parent.parent / f"{name}.py",
+                  *path.parent.glob(f"*/{name}.py"),
+                  *(ROOT / package / f"{name}.py" for package in PACKAGES)]
+    found = [candidate for candidate in candidates if candidate.is_file()]
+    return found or [path]  # an ordinary word before "Rule": the same module
+
+
+def test_rule_cross_references_resolve() -> None:
+    design = (ROOT / "docs" / "consensus.md").read_text()
+    dangling = []
+    for path in _sources():
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            for match in _REFERENCE.finditer(line):
+                word, rule = match.group(1), int(match.group(2))
+                if word == "design":
+                    ok = f"(design Rule {rule})" in design
+                else:
+                    ok = any(rule in _defined_rules(target) for target in _targets(path, word))
+                if not ok:
+                    dangling.append(f"{path.relative_to(ROOT)}:{number}: {match.group(0)!r}")
+    assert not dangling, dangling
