@@ -35,8 +35,10 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 DEDUP_SEQS_PER_CLIENT_MAX = 128  # replies kept per client: far more than a client keeps in flight
-DEDUP_CLIENTS_MAX = 65_536  # distinct clients remembered; least recently applied evicted first
-DEDUP_EVICTED_FLOORS_MAX = 262_144  # evicted clients whose floor is kept (Rule 5): ~100 B each
+DEDUP_CLIENTS_MAX = 4_096  # distinct clients remembered; least recently applied evicted first.
+# Memory at the limit (scripts/dedup_memory.py measures ~414 B per stored reply of a resting
+# order, ~156 B per evicted floor): 4,096 x 128 x 414 B + 131,072 x 156 B = ~237 MB (goal: 256).
+DEDUP_EVICTED_FLOORS_MAX = 131_072  # evicted clients whose floor is kept (Rule 5): ~156 B each
 
 ReplyT = TypeVar("ReplyT")
 
