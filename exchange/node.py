@@ -46,6 +46,7 @@ from exchange.config import BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES
 from exchange.market_data import SUBSCRIBERS_MAX_DEFAULT, MarketDataHub, Update
 from exchange.session import SESSION_IN_FLIGHT_MAX, OrderSession, Slot
 from exchange.state_machine import (
+    ENTRY_HEADER,
     Applied,
     ExchangeStateMachine,
     Reply,
@@ -324,12 +325,13 @@ class ExchangeNode:
         if not replica.is_leader:
             raise self._not_leader(replica.leader_id)
         waiter = _Waiter()
+        body = encode_command(command)
         with self._lock:
-            stored = self.state.lookup(client_id, seq)
+            stored = self.state.lookup(client_id, seq, body)
             if stored is not None:
                 return stored
             self._sinks.setdefault((client_id, seq), []).append(waiter)
-        self.batcher.submit([Pending(client_id, seq, encode_command(command), waiter)])
+        self.batcher.submit([Pending(client_id, seq, body, waiter)])
         with self._lock:
             reply, error = waiter.reply, waiter.error
             if reply is None and error is None:
@@ -353,7 +355,7 @@ class ExchangeNode:
         payload = encode_entry(client_id, seq, command)
         waiter = _Waiter()
         with self._lock:
-            stored = self.state.lookup(client_id, seq)
+            stored = self.state.lookup(client_id, seq, memoryview(payload)[ENTRY_HEADER.size:])
             if stored is not None:
                 return stored
             self._sinks.setdefault((client_id, seq), []).append(waiter)
@@ -424,7 +426,7 @@ class ExchangeNode:
         with self._lock:
             lookup, sinks = self.state.lookup, self._sinks
             for slot, client_id, seq, body in requests:
-                stored = lookup(client_id, seq)
+                stored = lookup(client_id, seq, body)
                 if stored is not None:
                     slot.deliver(stored)
                     continue

@@ -31,6 +31,7 @@ from exchange.cold_start import GateStopped, pass_gate
 from exchange.config import DEFAULT_FIFO_TEMPLATE, ConfigError, ServerConfig
 from exchange.control_fifo import ControlFifo, ControlFifoError
 from exchange.durability import DataDirError, Journal, load, open_data_dir
+from exchange.grpc_checked import add_checked
 from exchange.node import ExchangeNode
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 from exchange.replication import ReplicationHandle, ReplicationUnavailable, start_replication
@@ -104,13 +105,10 @@ def build_grpc_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_ExchangeServicer_to_server(  # type: ignore[no-untyped-call]
-        ExchangeService(node), server
-    )
+    add_checked(pb_grpc.add_ExchangeServicer_to_server, ExchangeService(node), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    pb_grpc.add_ReplicationServicer_to_server(  # type: ignore[no-untyped-call]
-        SnapshotService(node.take_snapshot, lambda: _no_snapshot_to_serve(node)), server
-    )
+    add_checked(pb_grpc.add_ReplicationServicer_to_server,
+                SnapshotService(node.take_snapshot, lambda: _no_snapshot_to_serve(node)), server)
     try:
         port = server.add_insecure_port(config.listen)
     except RuntimeError as exc:

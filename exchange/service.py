@@ -26,6 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from exchange import convert
+from exchange.grpc_checked import UndecodableRequest
 from exchange.market_data import MARKET_DATA_BATCH_MAX, StreamEnded, Update
 from exchange.node import ExchangeNode, NodeStatus, NotLeaderError, ServerUnavailable
 from exchange.proto import exchange_pb2 as pb
@@ -137,6 +138,8 @@ class ExchangeService(pb_grpc.ExchangeServicer):
             session.finish_input()
         except (NotLeaderError, ServerUnavailable, SessionError) as exc:
             session.fail(exc)
+        except UndecodableRequest as exc:
+            session.fail(BadSessionMessage(str(exc)))
         except grpc.RpcError:
             session.fail(SessionFinished("stream cancelled"))
         except Exception as exc:

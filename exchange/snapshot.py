@@ -1,14 +1,16 @@
 """Snapshots of the exchange state machine: the market, the dedup table and the apply counters.
 
 Rule 1: the format is orderbook.snapshot's envelope (magic, version, length, sha256; decode checks
-        all four before reading the body) with its own magic `STATE_MAGIC`, and its body embeds
+        all four before reading the body) with its own magic `STATE_MAGIC` and its own version
+        `STATE_FORMAT_VERSION` (bumped whenever this body layout changes), and its body embeds
         the market body unchanged, so both layers share one reader and one set of guarantees:
         equal states give equal bytes, and a corrupt, truncated, foreign or other-version input
         raises `SnapshotError` (the same class as orderbook.snapshot's) with one line.
 Rule 2: the body holds everything that decides future applies and digests: ``applied_index``,
         the executed/duplicate counters, the chain hash behind ``state_digest()``, the dedup
         table's limits, its clients in LRU order with their floors and their replies in
-        insertion order, and every stored reply with its events, so the restored machine's
+        insertion order, every stored reply with its request digest and events, and the
+        evicted clients' floors in eviction order, so the restored machine's
         ``state_digest()`` and ``book_digest()`` equal the original's and later applies give
         the same replies and evictions.
 Rule 3: the dedup limits are part of the snapshot: every replica must evict alike, so a restore
@@ -19,13 +21,20 @@ Rule 4: ``applied_index`` sits at a fixed body offset: `snapshot_index` reads it
 
 Body layout (little-endian):
     <Q applied index><Q executed><Q duplicates><32s chain><Q seqs per client max><Q clients max>
+    <Q evicted floors max>
     market body (orderbook.snapshot),
     <I clients>, client ids Q*, floors Q*, reply counts I* (clients least recently used first),
-    replies (each client's oldest first): seq Q*, log index Q*, flags B* (1 duplicate),
+    replies (each client's oldest first): seq Q*, log index Q*, request digest Q*,
+    flags B* (1 duplicate),
     event counts I*; event tags B* (TAG_*); <I n> integers q*; <I m> string lengths I* + UTF-8
     blob (surrogates passed through). The integer and string streams hold, in order, per reply
     its order id and error, then per event its fields in declaration order (a DepthChanged:
     symbol; bid count, ask count, then price, qty, count per level).
+    <I evicted clients>, client ids Q*, floors Q* (oldest eviction first).
+
+Version history: 1 had no request digests, no evicted floors and no evicted floors limit; 2 adds
+them (issue 13). A version-1 snapshot is refused with a one-line error (the receiver fetches a
+fresh one from a peer running this build).
 """
 
 from __future__ import annotations
@@ -65,8 +74,8 @@ from orderbook.snapshot import (
 if TYPE_CHECKING:
     from exchange.state_machine import ExchangeStateMachine, Reply
 
-__all__ = ["HEADER_SIZE", "STATE_MAGIC", "SnapshotError", "decode_state", "encode_state",
-           "snapshot_index", "snapshot_size"]
+__all__ = ["HEADER_SIZE", "STATE_FORMAT_VERSION", "STATE_MAGIC", "SnapshotError",
+           "decode_state", "encode_state", "snapshot_index", "snapshot_size"]
 
 STATE_MAGIC = b"MUXSTATE"
 """Magic of an exchange state-machine snapshot (a bare market snapshot has MUMARKET)."""
@@ -74,7 +83,9 @@ STATE_MAGIC = b"MUXSTATE"
 _NAME = "exchange state"
 HEADER_SIZE = HEADER.size
 """Bytes of the envelope header: what `snapshot_size` needs to see first."""
-_STATE_HEAD = struct.Struct("<QQQ32sQQ")
+STATE_FORMAT_VERSION = 2
+"""Version of the exchange state body (the envelope's version field; see the history above)."""
+_STATE_HEAD = struct.Struct("<QQQ32sQQQ")
 _COUNT = struct.Struct("<I")
 FLAG_DUPLICATE = 1
 TAG_ACCEPTED, TAG_REJECTED, TAG_FILLED, TAG_CANCELLED, TAG_CANCEL_REJECTED = 1, 2, 3, 4, 5
@@ -82,7 +93,7 @@ TAG_REPLACED, TAG_REPLACE_REJECTED, TAG_TRADE, TAG_BBO, TAG_DEPTH = 6, 7, 8, 9, 
 LIMIT_MAX = 1 << 32
 """Largest dedup limit a snapshot may carry (bounds what a corrupt one makes us allocate)."""
 
-assert _STATE_HEAD.size == 72
+assert _STATE_HEAD.size == 80
 
 
 # ---- encode ----------------------------------------------------------------------------------
@@ -158,6 +169,7 @@ def _encode_dedup(dedup: DedupTable[Reply], out: list[bytes]) -> None:
     counts: list[int] = []
     seqs: list[int] = []
     indexes: list[int] = []
+    digests: list[int] = []
     flags: list[int] = []
     event_counts: list[int] = []
     tags: list[int] = []
@@ -171,6 +183,7 @@ def _encode_dedup(dedup: DedupTable[Reply], out: list[bytes]) -> None:
             assert reply.client_id == client_id and reply.seq == seq, (client_id, seq)
             seqs.append(seq)
             indexes.append(reply.log_index)
+            digests.append(reply.request_digest)
             flags.append(FLAG_DUPLICATE if reply.duplicate else 0)
             event_counts.append(len(reply.events))
             texts += (reply.order_id, reply.error)
@@ -181,12 +194,17 @@ def _encode_dedup(dedup: DedupTable[Reply], out: list[bytes]) -> None:
     out.append(struct.pack(f"<{len(clients)}I", *counts))
     out.append(struct.pack(f"<{len(seqs)}Q", *seqs))
     out.append(struct.pack(f"<{len(seqs)}Q", *indexes))
+    out.append(struct.pack(f"<{len(seqs)}Q", *digests))
     out.append(bytes(flags))
     out.append(struct.pack(f"<{len(seqs)}I", *event_counts))
     out.append(bytes(tags))
     out.append(_COUNT.pack(len(ints)))
     out.append(struct.pack(f"<{len(ints)}q", *ints))
     out.extend(_pack_texts(texts))
+    evicted = list(dedup.evicted_floors())
+    out.append(_COUNT.pack(len(evicted)))
+    out.append(struct.pack(f"<{len(evicted)}Q", *[client_id for client_id, _ in evicted]))
+    out.append(struct.pack(f"<{len(evicted)}Q", *[floor for _, floor in evicted]))
 
 
 def encode_state(machine: ExchangeStateMachine) -> bytes:
@@ -194,11 +212,11 @@ def encode_state(machine: ExchangeStateMachine) -> bytes:
     dedup = machine.dedup
     out = [_STATE_HEAD.pack(machine.applied_index, machine.executed_count,
                             machine.duplicate_count, machine.chain, dedup.seqs_per_client_max,
-                            dedup.clients_max)]
+                            dedup.clients_max, dedup.evicted_floors_max)]
     with gc_paused():
         encode_market_body(machine.market, out)
         _encode_dedup(dedup, out)
-    return seal(STATE_MAGIC, out)
+    return seal(STATE_MAGIC, out, STATE_FORMAT_VERSION)
 
 
 # ---- decode ----------------------------------------------------------------------------------
@@ -256,6 +274,7 @@ def _read_replies(reader: Reader, client_ids: tuple[int, ...], counts: tuple[int
     total = sum(counts)
     seqs = reader.ints("Q", total, "reply seqs")
     indexes = reader.ints("Q", total, "reply log indexes")
+    digests = reader.ints("Q", total, "reply request digests")
     flags = bytes(reader.take(total, "reply flags"))
     event_counts = reader.ints("I", total, "reply event counts")
     tags = bytes(reader.take(sum(event_counts), "event tags"))
@@ -280,7 +299,7 @@ def _read_replies(reader: Reader, client_ids: tuple[int, ...], counts: tuple[int
                 events = tuple([builders[tag]()
                                 for tag in islice(tag_stream, event_counts[number])])
                 replies[seq] = Reply(client_id, seq, order_id, events, indexes[number],
-                                     flags[number] == FLAG_DUPLICATE, error)
+                                     flags[number] == FLAG_DUPLICATE, error, digests[number])
             if len(replies) != count:
                 raise reader.error(f"client {client_id} stores a seq twice")
             start += count
@@ -292,7 +311,19 @@ def _read_replies(reader: Reader, client_ids: tuple[int, ...], counts: tuple[int
     return result
 
 
-def _read_dedup(reader: Reader, seqs_max: int, clients_max: int) -> DedupTable[Reply]:
+def _read_evicted(reader: Reader, evicted_max: int, stored: set[int]) -> list[tuple[int, int]]:
+    (count,) = reader.unpack(_COUNT, "evicted client count")
+    if count > evicted_max:
+        raise reader.error(f"{count} evicted clients' floors, limit {evicted_max}")
+    client_ids = reader.ints("Q", count, "evicted client ids")
+    floors = reader.ints("Q", count, "evicted client floors")
+    if len(set(client_ids)) != count or not stored.isdisjoint(client_ids):
+        raise reader.error("an evicted client appears twice or is also a stored client")
+    return list(zip(client_ids, floors, strict=True))
+
+
+def _read_dedup(reader: Reader, seqs_max: int, clients_max: int,
+                evicted_max: int) -> DedupTable[Reply]:
     (client_count,) = reader.unpack(_COUNT, "client count")
     if client_count > clients_max:
         raise reader.error(f"{client_count} clients in the dedup table, limit {clients_max}")
@@ -304,9 +335,11 @@ def _read_dedup(reader: Reader, seqs_max: int, clients_max: int) -> DedupTable[R
     if len(set(client_ids)) != client_count:
         raise reader.error("a client appears twice in the dedup table")
     records = _read_replies(reader, client_ids, counts)
+    evicted = _read_evicted(reader, evicted_max, set(client_ids))
     return DedupTable.restore(seqs_max, clients_max, [
         (client_id, floor_seq, replies)
-        for (client_id, _, replies), floor_seq in zip(records, floors, strict=True)])
+        for (client_id, _, replies), floor_seq in zip(records, floors, strict=True)],
+        evicted_max, evicted)
 
 
 def decode_state(data: bytes | memoryview, machine_type: type[ExchangeStateMachine],
@@ -314,11 +347,13 @@ def decode_state(data: bytes | memoryview, machine_type: type[ExchangeStateMachi
     """The state machine a snapshot holds (Rules 1-3). `limits` = (seqs_per_client_max,
     clients_max) this replica runs with; a snapshot with other limits is refused. Raises
     SnapshotError. O(size)."""
-    reader = Reader(unseal(data, STATE_MAGIC, _NAME), _NAME)
-    applied, executed, duplicates, chain, seqs_max, clients_max = reader.unpack(
+    reader = Reader(unseal(data, STATE_MAGIC, _NAME, STATE_FORMAT_VERSION), _NAME)
+    applied, executed, duplicates, chain, seqs_max, clients_max, evicted_max = reader.unpack(
         _STATE_HEAD, "state header")
-    if not (1 <= seqs_max < LIMIT_MAX and 1 <= clients_max < LIMIT_MAX):
-        raise reader.error(f"dedup limits {seqs_max}, {clients_max} outside 1..{LIMIT_MAX}")
+    if not (1 <= seqs_max < LIMIT_MAX and 1 <= clients_max < LIMIT_MAX
+            and 0 <= evicted_max < LIMIT_MAX):
+        raise reader.error(f"dedup limits {seqs_max}, {clients_max}, {evicted_max} outside "
+                           f"0..{LIMIT_MAX}")
     if limits is not None and limits != (seqs_max, clients_max):
         raise SnapshotError(f"{_NAME} snapshot was taken with dedup limits (seqs per client "
                             f"{seqs_max}, clients {clients_max}), this replica runs with "
@@ -326,7 +361,7 @@ def decode_state(data: bytes | memoryview, machine_type: type[ExchangeStateMachi
     # No bound of executed + duplicates by applied: one batch entry carries many requests.
     with gc_paused():
         market = decode_market_body(reader)
-        dedup = _read_dedup(reader, seqs_max, clients_max)
+        dedup = _read_dedup(reader, seqs_max, clients_max, evicted_max)
     reader.finish()
     return machine_type.from_parts(market, dedup, applied, executed, duplicates, bytes(chain))
 
@@ -334,12 +369,12 @@ def decode_state(data: bytes | memoryview, machine_type: type[ExchangeStateMachi
 def snapshot_size(header: bytes | memoryview) -> int:
     """Total size of the exchange snapshot whose first HEADER_SIZE bytes are `header`, after
     checking its magic and version: a receiver knows how much to fetch. Raises SnapshotError."""
-    return HEADER.size + body_size(header, STATE_MAGIC, _NAME)
+    return HEADER.size + body_size(header, STATE_MAGIC, _NAME, STATE_FORMAT_VERSION)
 
 
 def snapshot_index(data: bytes | memoryview) -> int:
     """The log index an exchange snapshot covers (Rule 4), after checking its envelope."""
-    body = unseal(data, STATE_MAGIC, _NAME)
+    body = unseal(data, STATE_MAGIC, _NAME, STATE_FORMAT_VERSION)
     reader = Reader(body, _NAME)
     return reader.unpack(_STATE_HEAD, "state header")[0]
 

@@ -7,7 +7,10 @@ Rule 1: ``apply(index, payload)`` is the only way state changes, it is determini
 Rule 2: ``apply`` never raises on bad payload bytes: a malformed entry becomes a reply with an
         ``error`` (the same on every replica), never a crash of the pump.
 Rule 3: exactly-once order entry: a ``(client_id, seq)`` already executed returns its stored reply
-        marked ``duplicate`` and executes nothing (``exchange.dedup``).
+        marked ``duplicate`` and executes nothing (``exchange.dedup``). The stored reply carries
+        a digest of the request (``request_digest``: 64 bits of BLAKE2b over the encoded
+        command); a stored seq sent again with a different request is answered with an error
+        naming the seq and the entry that used it, executes nothing and changes nothing stored.
 Rule 4: no gRPC, no consensus, no threads here: callers serialize access (the server holds a lock).
 Rule 5: a log entry is either a single request or a batch of requests (the leader proposes what
         arrived while its previous proposal was in flight as one entry); a batch applies its
@@ -34,7 +37,12 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from exchange.dedup import DEDUP_CLIENTS_MAX, DEDUP_SEQS_PER_CLIENT_MAX, DedupTable
+from exchange.dedup import (
+    DEDUP_CLIENTS_MAX,
+    DEDUP_EVICTED_FLOORS_MAX,
+    DEDUP_SEQS_PER_CLIENT_MAX,
+    DedupTable,
+)
 from orderbook import (
     BboChanged,
     Command,
@@ -57,6 +65,18 @@ MarketDataEvent = Trade | BboChanged | DepthChanged
 _MARKET_DATA_TYPES = frozenset({Trade, BboChanged, DepthChanged})  # exact types: a set look-up
 _CHAIN_RECORD = struct.Struct("<QQQB")  # index, client_id, seq, outcome
 _OUTCOME_EXECUTED, _OUTCOME_DUPLICATE, _OUTCOME_TOO_OLD, _OUTCOME_MALFORMED = range(4)
+_OUTCOME_SEQ_REUSED = 4
+
+
+def request_digest(body: bytes | memoryview) -> int:
+    """The digest a stored reply keeps of its request's encoded command (Rule 3)."""
+    return int.from_bytes(hashlib.blake2b(body, digest_size=8).digest(), "little")
+
+
+def seq_reused_error(client_id: int, seq: int, log_index: int) -> str:
+    return (f"seq {seq} of client {client_id} was already used by a different request "
+            f"(log entry {log_index}); that request's reply stands and this one was not "
+            f"executed: use a new seq")
 
 
 @dataclass(slots=True)
@@ -73,6 +93,7 @@ class Reply:
     log_index: int  # the entry that executed the request (for a duplicate: the original one)
     duplicate: bool = False
     error: str = ""  # non-empty when the entry could not be executed at all
+    request_digest: int = 0  # request_digest() of the command (Rule 3); 0 when not stored
 
 
 @dataclass(slots=True)
@@ -115,9 +136,11 @@ class ExchangeStateMachine:
         self,
         seqs_per_client_max: int = DEDUP_SEQS_PER_CLIENT_MAX,
         clients_max: int = DEDUP_CLIENTS_MAX,
+        evicted_floors_max: int = DEDUP_EVICTED_FLOORS_MAX,
     ) -> None:
         self.market = Market()
-        self.dedup: DedupTable[Reply] = DedupTable(seqs_per_client_max, clients_max)
+        self.dedup: DedupTable[Reply] = DedupTable(seqs_per_client_max, clients_max,
+                                                   evicted_floors_max)
         self.applied_index = 0
         self.executed_count = 0
         self.duplicate_count = 0
@@ -165,7 +188,7 @@ class ExchangeStateMachine:
     ) -> ExchangeStateMachine:
         """A machine holding exactly these parts (for the snapshot decoder)."""
         assert len(chain) == hashlib.sha256().digest_size, len(chain)
-        machine = cls(dedup.seqs_per_client_max, dedup.clients_max)
+        machine = cls(dedup.seqs_per_client_max, dedup.clients_max, dedup.evicted_floors_max)
         machine.market = market
         machine.dedup = dedup
         machine.applied_index = applied_index
@@ -174,11 +197,16 @@ class ExchangeStateMachine:
         machine._chain = chain
         return machine
 
-    def lookup(self, client_id: int, seq: int) -> Reply | None:
-        """The stored reply of an already executed request, marked duplicate; else ``None``."""
+    def lookup(self, client_id: int, seq: int, body: bytes | memoryview) -> Reply | None:
+        """The stored reply of an already executed request (``body``: its encoded command),
+        marked duplicate; an error reply when the seq was used by another request (Rule 3);
+        else ``None``. Read-only."""
         reply = self.dedup.lookup(client_id, seq)
         if reply is None:
             return None
+        if reply.request_digest != request_digest(body):
+            return Reply(client_id, seq, "", (), reply.log_index,
+                         error=seq_reused_error(client_id, seq, reply.log_index))
         return _as_duplicate(reply)
 
     def apply(self, index: int, payload: bytes | memoryview) -> Applied:
@@ -243,6 +271,10 @@ class ExchangeStateMachine:
         """Apply one request (dedup, then execute): its outcome and its chain outcome code."""
         stored, too_old = self.dedup.probe(client_id, seq)
         if stored is not None:
+            if stored.request_digest != request_digest(body):
+                error = seq_reused_error(client_id, seq, stored.log_index)
+                return Applied(index, Reply(client_id, seq, "", (), index, error=error), ()), \
+                    _OUTCOME_SEQ_REUSED
             self.duplicate_count += 1
             return Applied(index, _as_duplicate(stored), ()), _OUTCOME_DUPLICATE
         if too_old:
@@ -254,10 +286,12 @@ class ExchangeStateMachine:
     def _execute(
         self, index: int, client_id: int, seq: int, body: memoryview
     ) -> tuple[Applied, int]:
+        digest = request_digest(body)
         try:
             command = decode_command(body)
         except ValueError as exc:
-            reply = Reply(client_id, seq, "", (), index, error=f"malformed command: {exc}")
+            reply = Reply(client_id, seq, "", (), index, error=f"malformed command: {exc}",
+                          request_digest=digest)
             self.dedup.record(client_id, seq, reply)
             return Applied(index, reply, ()), _OUTCOME_MALFORMED
         events = self.market.apply(command)
@@ -266,7 +300,8 @@ class ExchangeStateMachine:
         market_data: tuple[MarketDataEvent, ...] = ()
         if len(order_events) < len(events):
             market_data = tuple([e for e in events if type(e) in kinds])  # type: ignore[misc]
-        reply = Reply(client_id, seq, command.order_id, order_events, index)
+        reply = Reply(client_id, seq, command.order_id, order_events, index,
+                      request_digest=digest)
         self.dedup.record(client_id, seq, reply)
         self.executed_count += 1
         return Applied(index, reply, market_data), _OUTCOME_EXECUTED
@@ -296,4 +331,5 @@ def _as_duplicate(reply: Reply) -> Reply:
         reply.log_index,
         duplicate=True,
         error=reply.error,
+        request_digest=reply.request_digest,
     )

@@ -86,17 +86,19 @@ class SnapshotError(ValueError):
 
 # ---- envelope (Rule 2) -----------------------------------------------------------------------
 
-def seal(magic: bytes, chunks: list[bytes]) -> bytes:
-    """Header + body for the body `chunks`. O(body size)."""
+def seal(magic: bytes, chunks: list[bytes], version: int = FORMAT_VERSION) -> bytes:
+    """Header + body for the body `chunks` (`version`: the body format, a kind of snapshot that
+    embeds a market body may version its own layout). O(body size)."""
     assert len(magic) == 8
     body = b"".join(chunks)
-    prefix = _PREFIX.pack(magic, FORMAT_VERSION, len(body))
+    prefix = _PREFIX.pack(magic, version, len(body))
     hasher = hashlib.sha256(prefix)
     hasher.update(body)
     return prefix + hasher.digest() + body
 
 
-def body_size(header: bytes | memoryview, magic: bytes, name: str) -> int:
+def body_size(header: bytes | memoryview, magic: bytes, name: str,
+              expected: int = FORMAT_VERSION) -> int:
     """Body length announced by the first HEADER.size bytes of a `name` snapshot, after checking
     its magic and version (a receiver learns how many bytes to expect). Raises SnapshotError."""
     if len(header) < HEADER.size:
@@ -106,22 +108,23 @@ def body_size(header: bytes | memoryview, magic: bytes, name: str) -> int:
     if found != magic:
         raise SnapshotError(f"not a snapshot of kind '{name}': magic {bytes(found)!r}, "
                             f"expected {magic!r}")
-    if version != FORMAT_VERSION:
-        newer = "newer than" if version > FORMAT_VERSION else "not"
+    if version != expected:
+        newer = "newer than" if version > expected else "not"
         raise SnapshotError(f"{name} snapshot format version {version} is {newer} supported by "
-                            f"this build (it reads version {FORMAT_VERSION})")
+                            f"this build (it reads version {expected})")
     if size > BODY_BYTES_MAX:
         raise SnapshotError(f"{name} snapshot header announces {size} body bytes, more than the "
                             f"limit {BODY_BYTES_MAX} (corrupt header)")
     return int(size)
 
 
-def unseal(data: bytes | memoryview, magic: bytes, name: str) -> memoryview:
+def unseal(data: bytes | memoryview, magic: bytes, name: str,
+           expected: int = FORMAT_VERSION) -> memoryview:
     """The checked body of a `name` snapshot (Rule 3, envelope part). Raises SnapshotError."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise SnapshotError(f"{name} snapshot must be bytes, not {type(data).__name__}")
     view = memoryview(data).cast("B")
-    size = body_size(view, magic, name)
+    size = body_size(view, magic, name, expected)
     present = len(view) - HEADER.size
     if present < size:
         raise SnapshotError(f"{name} snapshot truncated: header announces {size} body bytes, "
@@ -205,8 +208,8 @@ class Reader:
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause the cyclic GC while an encode or decode allocates many objects: collections
-    triggered by the allocations would walk the whole book again and again (the same cost Book
-    Rule 6 avoids; measured: an encode of 100,000 orders took 3x longer with the GC on). The
+    triggered by the allocations would walk the whole book again and again (the same cost
+    book Rule 6 avoids; measured: an encode of 100,000 orders took 3x longer with the GC on). The
     previous GC state comes back afterwards. Safe: encode and decode create no garbage cycles."""
     enabled = gc.isenabled()
     gc.disable()

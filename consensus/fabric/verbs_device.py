@@ -131,7 +131,7 @@ def random_nonce() -> int:
 
 class Verbs:
     """The pyverbs modules this fabric uses: imported on demand, or taken from ``package`` (an
-    injected ``pyverbs``, e.g. ``consensus.fabric.fake_verbs``), Rule 8."""
+    injected ``pyverbs``, e.g. ``consensus.fabric.fake_verbs``), verbs Rule 8."""
 
     def __init__(self, package: ModuleType | None = None) -> None:
         modules = ("device", "pd", "mr", "cq", "qp", "wr", "addr", "pyverbs_error")

@@ -105,7 +105,8 @@ class VerbsRegion:
             return frozenset(self._writers)
 
     def accept(self, peer: int, kind: str, writer: QpDetails, nonce: int) -> QpDetails | None:
-        """A new responder for ``peer``'s ``kind`` link, after tearing down the old one (Rule 5);
+        """A new responder for ``peer``'s ``kind`` link, after tearing down the old one
+        (verbs Rule 5);
         ``None`` if the old one did not drain yet (the accept thread tries again)."""
         endpoint = self.fabric.endpoint
         with self.lock:

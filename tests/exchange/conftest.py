@@ -11,14 +11,6 @@ from traders.client import ClusterConnection, TraderClient
 _client_ids = itertools.count((os.getpid() % 10_000) * 1_000 + 1)
 
 
-def consensus_ready() -> bool:
-    try:
-        from consensus import Replica, ReplicaConfig  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def standalone():
     with LocalCluster(1, name="t-one") as cluster:
@@ -27,8 +19,6 @@ def standalone():
 
 @pytest.fixture(scope="module")
 def cluster3():
-    if not consensus_ready():
-        pytest.skip("consensus.Replica is not available yet")
     with LocalCluster(3, name="t-three") as cluster:
         yield cluster
 

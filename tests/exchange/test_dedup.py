@@ -50,3 +50,28 @@ def test_probe_answers_like_lookup_and_is_too_old(seed):
                                             table.is_too_old(client, seq)), seed
         if table.lookup(client, seq) is None and not table.is_too_old(client, seq):
             table.record(client, seq, f"{client}.{seq}")
+
+
+def test_evicted_client_keeps_its_floor_and_a_late_retry_is_too_old():
+    table: DedupTable[str] = DedupTable(seqs_per_client_max=4, clients_max=1,
+                                        evicted_floors_max=2)
+    table.record(1, 5, "a")
+    table.record(1, 3, "b")
+    table.record(2, 1, "y")  # evicts client 1: its floor is its highest stored seq, 5
+    assert table.lookup(1, 3) is None
+    assert table.is_too_old(1, 3) and table.is_too_old(1, 5) and not table.is_too_old(1, 6)
+    assert list(table.evicted_floors()) == [(1, 5)]
+    table.record(1, 6, "c")  # client 1 comes back with its floor; client 2 is evicted
+    assert list(table.evicted_floors()) == [(2, 1)]
+    assert [(c, f) for c, f, _ in table.records()] == [(1, 5)]
+    assert table.is_too_old(1, 4) and not table.is_too_old(1, 7)
+
+
+def test_evicted_floors_are_bounded_oldest_eviction_forgotten_first():
+    table: DedupTable[str] = DedupTable(seqs_per_client_max=1, clients_max=1,
+                                        evicted_floors_max=2)
+    for client_id in range(1, 5):
+        table.record(client_id, 10, "r")
+    assert list(table.evicted_floors()) == [(2, 10), (3, 10)]
+    assert not table.is_too_old(1, 10)  # forgotten: beyond both bounds
+    assert table.is_too_old(2, 10)

@@ -96,6 +96,7 @@ def test_recovering_server_reports_progress_and_is_not_serving(cluster):
 class _Trader:
     client: TraderClient
     acked: dict[int, int] = field(default_factory=dict)  # seq -> log index of its execution
+    sent: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # seq -> side, price, qty
     errors: list[str] = field(default_factory=list)
 
 
@@ -106,9 +107,10 @@ def _trade(trader: _Trader, stop: threading.Event, rng: random.Random) -> None:
         seq += 1
         side = pb.BUY if rng.random() < 0.5 else pb.SELL
         price = 100 + rng.randrange(-5, 6)
+        trader.sent[seq] = (side, price, 1 + rng.randrange(5))  # a retry is the same request
         while True:
             try:
-                result = trader.client.submit("NEM", side, price, 1 + rng.randrange(5), seq=seq)
+                result = trader.client.submit("NEM", *trader.sent[seq], seq=seq)
             except ExchangeUnreachable as exc:
                 if stop.is_set() and time.monotonic() > stop_deadline[0]:
                     trader.errors.append(f"seq {seq} never acknowledged: {exc}")
@@ -178,10 +180,10 @@ def test_exactly_once_while_servers_are_killed_restarted_paused_and_stopped(clus
     for trader in traders:  # the dedup table keeps each client's last 128 replies
         recent = sorted(trader.acked)[-100:]
         for seq in random.Random(seed).sample(recent, min(20, len(recent))):
-            again = trader.client.submit("NEM", pb.BUY, 100, 1, seq=seq)
+            again = trader.client.submit("NEM", *trader.sent[seq], seq=seq)
             assert again.reply.duplicate and again.reply.log_index == trader.acked[seq]
         if len(trader.acked) > 200:  # older ones are refused, never executed again
-            again = trader.client.submit("NEM", pb.BUY, 100, 1, seq=1)
+            again = trader.client.submit("NEM", *trader.sent[1], seq=1)
             assert "older than" in again.reply.events[0].reason
     after = _converged_digests(cluster)
     assert {s.orders_applied for s in after.values()} == {acked}

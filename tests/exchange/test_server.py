@@ -43,6 +43,19 @@ def test_retry_with_the_same_seq_executes_once(standalone):
     assert [(lv.quantity, lv.order_count) for lv in snapshot.bids] == [(100, 1)]
 
 
+def test_a_seq_reused_for_another_request_is_an_error_naming_the_seq(standalone):
+    client = new_client(standalone)
+    client.submit("TSTR", pb.BUY, 9_000, 100, seq=3)
+    digest = standalone.status(1).state_digest
+    other = client.submit("TSTR", pb.SELL, 9_500, 7, seq=3).reply
+    assert [e.kind for e in other.events] == ["rejected"] and not other.duplicate
+    reason = other.events[0].reason
+    assert "seq 3 of client" in reason and "different request" in reason, reason
+    snapshot = standalone.stub(1).GetBookSnapshot(pb.BookSnapshotRequest(symbol="TSTR"))
+    assert list(snapshot.asks) == [] and [lv.quantity for lv in snapshot.bids] == [100]
+    assert standalone.status(1).state_digest == digest
+
+
 @pytest.mark.parametrize(
     ("method", "request_", "message"),
     [
@@ -138,7 +151,7 @@ def test_garbage_bytes_never_crash_the_server(standalone, seed):
     rng = random.Random(seed)
     channel = grpc.insecure_channel(standalone.addresses[1])
     codes = set()
-    for method in ("SubmitOrder", "Cancel", "Replace", "GetBookSnapshot"):
+    for method in ("SubmitOrder", "Cancel", "Replace", "GetBookSnapshot", "GetStatus"):
         call = channel.unary_unary(f"/mu.exchange.Exchange/{method}",
                                    request_serializer=lambda b: b,
                                    response_deserializer=lambda b: b)
@@ -150,5 +163,31 @@ def test_garbage_bytes_never_crash_the_server(standalone, seed):
             except grpc.RpcError as error:
                 codes.add(error.code().name)
     channel.close()
-    assert codes <= {"OK", "INVALID_ARGUMENT", "INTERNAL"}, (seed, codes)
+    assert codes <= {"OK", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND"}, (seed, codes)
     assert standalone.status(1).role == "standalone", seed  # still up and serving
+
+
+GARBAGE = b"\xff\xff\xff\xff"  # a field tag with a truncated varint: never a valid message
+
+
+@pytest.mark.parametrize(("method", "kind"), [
+    ("/mu.exchange.Exchange/SubmitOrder", "unary_unary"),
+    ("/mu.exchange.Exchange/GetStatus", "unary_unary"),
+    ("/mu.exchange.Exchange/StreamMarketData", "unary_stream"),
+    ("/mu.exchange.Exchange/OrderSession", "stream_stream"),
+    ("/mu.exchange.Replication/FetchSnapshot", "unary_stream"),
+])
+def test_an_undecodable_body_is_invalid_argument_on_every_rpc(standalone, method, kind):
+    channel = grpc.insecure_channel(standalone.addresses[1])
+    call = getattr(channel, kind)(method, request_serializer=lambda b: b,
+                                  response_deserializer=lambda b: b)
+    with pytest.raises(grpc.RpcError) as info:
+        if kind == "unary_unary":
+            call(GARBAGE, timeout=5)
+        elif kind == "unary_stream":
+            list(call(GARBAGE, timeout=5))
+        else:
+            list(call(iter([GARBAGE]), timeout=5))
+    channel.close()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert "not a valid protobuf message" in info.value.details()

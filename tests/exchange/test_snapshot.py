@@ -22,6 +22,7 @@ from exchange.__main__ import main
 from exchange.dedup import DedupTable
 from exchange.snapshot import (
     HEADER_SIZE,
+    STATE_FORMAT_VERSION,
     STATE_MAGIC,
     SnapshotError,
     encode_state,
@@ -54,8 +55,9 @@ CLIENTS = 5
 
 def entries(commands: list[Command], rng: random.Random) -> list[bytes]:
     """Log payloads: random clients, mostly fresh seqs, some retries (duplicates or too old),
-    some malformed entries."""
+    some seqs reused with another request, some malformed entries."""
     seqs = [0] * CLIENTS
+    sent: dict[tuple[int, int], bytes] = {}
     result: list[bytes] = []
     for command in commands:
         client = rng.randrange(CLIENTS)
@@ -64,11 +66,16 @@ def entries(commands: list[Command], rng: random.Random) -> list[bytes]:
             result.append(b"\x01\x02")
             continue
         if roll < 0.15 and seqs[client]:
-            seq = rng.randint(1, seqs[client])
+            result.append(sent[client, rng.randint(1, seqs[client])])
+            continue
+        if roll < 0.18 and seqs[client]:
+            seq = rng.randint(1, seqs[client])  # reused with (most likely) another request
         else:
             seqs[client] += 1
             seq = seqs[client]
-        result.append(encode_entry(client + 1, seq, command))
+        payload = encode_entry(client + 1, seq, command)
+        sent.setdefault((client, seq), payload)
+        result.append(payload)
     return result
 
 
@@ -152,14 +159,27 @@ def test_every_event_type_round_trips_in_a_reply() -> None:
         DepthChanged("SYM", (), ()), Accepted("ордер"),
     )
     machine = ExchangeStateMachine(SEQS_MAX, CLIENTS_MAX)
-    reply = Reply(7, 3, "ордер", events, 11, duplicate=True, error="broken ☂")
+    reply = Reply(7, 3, "ордер", events, 11, duplicate=True, error="broken ☂",
+                  request_digest=2**64 - 1)
     machine.dedup = DedupTable.restore(SEQS_MAX, CLIENTS_MAX, [
         (7, 2, OrderedDict([(3, reply)])),
-        (1, 0, OrderedDict([(9, Reply(1, 9, "", (), 12))]))])
-    restored = ExchangeStateMachine.restore(machine.snapshot())
+        (1, 0, OrderedDict([(9, Reply(1, 9, "", (), 12, request_digest=5))]))],
+        evicted_floors_max=3, evicted=[(4, 8), (2, 1)])
+    data = machine.snapshot()
+    restored = ExchangeStateMachine.restore(data)
     assert restored.dedup.lookup(7, 3) == reply
-    assert restored.dedup.lookup(1, 9) == Reply(1, 9, "", (), 12)
+    assert restored.dedup.lookup(1, 9) == Reply(1, 9, "", (), 12, request_digest=5)
     assert [(c, f) for c, f, _ in restored.dedup.records()] == [(7, 2), (1, 0)]
+    assert list(restored.dedup.evicted_floors()) == [(4, 8), (2, 1)]
+    assert restored.dedup.evicted_floors_max == 3
+    assert restored.snapshot() == data
+
+
+def test_a_version_1_snapshot_is_refused_with_one_line() -> None:
+    data = bytearray(small_snapshot())
+    struct.pack_into("<I", data, 8, 1)
+    with pytest.raises(SnapshotError, match="version 1 is not supported"):
+        ExchangeStateMachine.restore(bytes(data))
 
 
 def test_snapshot_index_and_size_read_the_header() -> None:
@@ -224,7 +244,7 @@ def test_checksum_valid_but_malformed_bodies_raise_only_snapshot_error() -> None
         corrupt = bytearray(body)
         corrupt[position] ^= 0x01
         try:
-            ExchangeStateMachine.restore(seal(STATE_MAGIC, [bytes(corrupt)]))
+            ExchangeStateMachine.restore(seal(STATE_MAGIC, [bytes(corrupt)], STATE_FORMAT_VERSION))
         except SnapshotError as exc:
             assert "\n" not in str(exc)
 

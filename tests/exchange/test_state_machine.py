@@ -42,8 +42,25 @@ def test_retried_request_returns_original_reply_without_executing_again():
     assert again.reply.log_index == 1
     assert sm.book_digest() == digest
     assert sm.executed_count == 1 and sm.duplicate_count == 1
-    looked_up = sm.lookup(7, 1)
+    looked_up = sm.lookup(7, 1, memoryview(payload)[ENTRY_HEADER.size:])
     assert looked_up is not None and looked_up.duplicate and looked_up.log_index == 1
+
+
+def test_seq_reused_with_another_request_is_an_error_naming_the_seq():
+    sm = ExchangeStateMachine()
+    sm.apply(1, _add(7, 1, Side.BUY, 100, 10))
+    digest, chain = sm.book_digest(), sm.chain
+    other = _add(7, 1, Side.SELL, 90, 5)
+    reused = sm.apply(2, other)
+    assert "seq 1 of client 7 was already used by a different request (log entry 1)" \
+        in reused.reply.error
+    assert not reused.reply.duplicate and reused.reply.events == ()
+    assert sm.book_digest() == digest and sm.chain != chain
+    assert sm.executed_count == 1 and sm.duplicate_count == 0
+    looked_up = sm.lookup(7, 1, memoryview(other)[ENTRY_HEADER.size:])
+    assert looked_up is not None and "already used" in looked_up.error
+    stored = sm.dedup.lookup(7, 1)
+    assert stored is not None and stored.error == ""  # the original reply stands
 
 
 def test_malformed_entries_are_deterministic_errors_not_crashes():

@@ -19,7 +19,7 @@ import pytest
 
 from exchange.cluster import LocalCluster
 from exchange.proto import exchange_pb2 as pb
-from tests.exchange.conftest import consensus_ready, new_client
+from tests.exchange.conftest import new_client
 
 pytestmark = pytest.mark.slow
 
@@ -131,8 +131,6 @@ def test_demo_watch_shows_the_failover_live_then_the_summary():
 
 @pytest.fixture(scope="module")
 def cluster():
-    if not consensus_ready():
-        pytest.skip("consensus.Replica is not available yet")
     with LocalCluster(3, name="t-watch") as started:
         yield started
 
