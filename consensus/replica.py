@@ -18,11 +18,20 @@ Rule 3: ``pause`` makes the replica behave as if its process were stopped: it st
 Rule 4: the heartbeat activity beats every ``heartbeat_interval_us`` unless paused, failed or
         stuck: a proposal in progress for ``fate_sharing_stuck_us`` stops the heartbeat
         (fate sharing), so a leader whose replication plane hangs is replaced.
+        With the real runtime the word is bumped by ``native_beat``'s C thread instead (GIL-free,
+        real-time priority); the heartbeat activity and the fast path then only refresh its
+        liveness token, and fate sharing disables it. When that thread runs at real-time priority
+        and ``dead_after_us`` is the default, the replica judges leaders with
+        ``NATIVE_DEAD_AFTER_US`` (see docs/consensus.md, "Failure detection").
 Rule 5: every activity checks ``stopping`` each turn; ``stop`` steps down, then joins them.
+Rule 6: ``pause(announce=False)`` is silent, as a stopped process: it does not clear the
+        ``leading`` word, so peers must detect the silence; ``pause()`` steps aside first
+        (cooperative: peers replace it within ``candidate_dead_after_us``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from consensus import constants as c
@@ -32,6 +41,7 @@ from consensus.config import ReplicaConfig
 from consensus.election import NS_PER_US, Background
 from consensus.errors import ConsensusError, NotLeader, ReplicaStopped
 from consensus.fabric.base import Fabric
+from consensus.native_beat import NativeBeat
 from consensus.registry.base import Registry
 from consensus.rejoin import RecoveryStatus, Rejoin, SnapshotPort
 from consensus.replication import Replicator
@@ -89,6 +99,9 @@ class Replica:
             state.set_word(ctrl_mod.MAGIC_OFFSET, ctrl_mod.MAGIC)
         state.heartbeat = state.word(ctrl_mod.HEARTBEAT_OFFSET)
         state.set_word(ctrl_mod.LEADING_OFFSET, 0)
+        if isinstance(self.runtime, RealRuntime):  # Rule 4; the simulator keeps its own beat
+            state.native_beat = NativeBeat.start(ctrl.buf, ctrl_mod.HEARTBEAT_OFFSET)
+            state.config = self.config = self._native_timings(state.native_beat)
         for peer in cfg.peers:
             ctrl.grant_write(peer)
         for peer in cfg.peers:
@@ -122,6 +135,21 @@ class Replica:
         ]
         LOGGER.info("replica %d started (%s)", rid, "re-attached" if self.reattached else "fresh")
 
+    def _native_timings(self, beat: NativeBeat | None) -> ReplicaConfig:
+        """Rule 4: the shorter dead-after threshold when the beat is GIL-free and real-time."""
+        cfg = self.config
+        if beat is None or not beat.realtime:
+            if beat is not None:
+                LOGGER.warning("replica %d: native heartbeat without real-time priority (not "
+                               "permitted): keeping dead_after_us=%d", cfg.replica_id,
+                               cfg.dead_after_us)
+            return cfg
+        if cfg.dead_after_us != c.DEAD_AFTER_US:
+            return cfg  # the deployment chose its own threshold
+        LOGGER.info("replica %d: native real-time heartbeat; leaders are dead after %d us of "
+                    "silence", cfg.replica_id, c.NATIVE_DEAD_AFTER_US)
+        return dataclasses.replace(cfg, dead_after_us=c.NATIVE_DEAD_AFTER_US)
+
     def stop(self) -> None:
         """Rule 5: step down, stop every activity and wait for it (bounded)."""
         state = self._state
@@ -135,16 +163,23 @@ class Replica:
             if activity.is_alive():
                 LOGGER.warning("replica %d: activity %s did not stop in %.1f s",
                                state.replica_id, activity.name, c.STOP_JOIN_TIMEOUT_S)
+        if state.native_beat is not None:
+            state.native_beat.stop()
 
-    def pause(self) -> None:
-        """Rule 3: behave as if stopped (before ``start``: start paused)."""
+    def pause(self, announce: bool = True) -> None:
+        """Rule 3: behave as if stopped (before ``start``: start paused); Rule 6: ``announce``."""
         state = self._state
         if state is None:
             self._paused_before_start = True
             return
+        if state.native_beat is not None:
+            state.native_beat.enable(False)
         state.paused = True
         with state.role:
-            state.step_down_locked("paused")
+            leading_word = state.word(ctrl_mod.LEADING_OFFSET)
+            state.step_down_locked("paused" if announce else "paused silently")
+            if not announce:  # Rule 6: peers still see the old word and must notice the silence
+                state.set_word(ctrl_mod.LEADING_OFFSET, leading_word)
 
     def resume(self) -> None:
         """Rule 3: rejoin as a follower."""
@@ -152,6 +187,8 @@ class Replica:
         if state is None:
             self._paused_before_start = False
             return
+        with state.role:
+            state.set_word(ctrl_mod.LEADING_OFFSET, state.idle_leading_word)
         state.resumed = True
         state.paused = False
 
@@ -248,6 +285,9 @@ class Replica:
                 seen_entered = entered
                 since_ns = now
             stuck = busy and now - since_ns >= stuck_ns
-            if not state.paused and state.failure is None and not stuck:
+            beating = not state.paused and state.failure is None and not stuck
+            if state.native_beat is not None:
+                state.native_beat.enable(beating)
+            if beating:
                 state.bump_heartbeat()
             runtime.sleep(interval_s)
