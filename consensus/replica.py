@@ -146,9 +146,12 @@ class Replica:
             return cfg
         if cfg.dead_after_us != c.DEAD_AFTER_US:
             return cfg  # the deployment chose its own threshold
+        # A slower Python heartbeat (a gRPC server's) or scan keeps the config's own relations.
+        dead_after_us = max(c.NATIVE_DEAD_AFTER_US, 2 * cfg.heartbeat_interval_us,
+                            cfg.scan_gap_cap_us + cfg.scan_interval_us)
         LOGGER.info("replica %d: native real-time heartbeat; leaders are dead after %d us of "
-                    "silence", cfg.replica_id, c.NATIVE_DEAD_AFTER_US)
-        return dataclasses.replace(cfg, dead_after_us=c.NATIVE_DEAD_AFTER_US)
+                    "silence", cfg.replica_id, dead_after_us)
+        return dataclasses.replace(cfg, dead_after_us=dead_after_us)
 
     def stop(self) -> None:
         """Rule 5: step down, stop every activity and wait for it (bounded)."""

@@ -127,7 +127,7 @@ def serve(config: ServerConfig) -> int:
         health.refresh()
         server.start()
         if config.fifo_path is not None:
-            fifo = ControlFifo(config.fifo_path, node.pause, node.resume)
+            fifo = ControlFifo(config.fifo_path, node.pause, node.resume, node.step_down)
         _install_signal_handlers(stop)
         watcher = threading.Thread(target=_watch_role, args=(node, health, stop, config.parent_pid),
                                    daemon=True)
