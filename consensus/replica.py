@@ -190,7 +190,7 @@ class Replica:
         if state is None:
             self._paused_before_start = False
             return
-        with state.role:
+        if not state.leading:  # Rule 6: a silent pause left the old word; the background is idle
             state.set_word(ctrl_mod.LEADING_OFFSET, state.idle_leading_word)
         state.resumed = True
         state.paused = False
