@@ -265,8 +265,8 @@ def run_failover(opts: FailoverOptions) -> int:
             return _steady(events, opts.duration_s)
         status = 0
         for how in ("sigstop",) if opts.sigstop else ("pause", "step"):  # Rule 3
-            status |= _pause_loop(events, by_id, leader, opts.pauses, how)
-            leader = _drain_leader(events, leader)
+            failed, leader = _pause_loop(events, by_id, leader, opts.pauses, how)
+            status |= failed
         return status
     except TimeoutError as error:
         print(f"failover: {error}", file=sys.stderr)
@@ -300,7 +300,8 @@ def _steady(events: queue.SimpleQueue[Event], duration_s: float) -> int:
 
 
 def _pause_loop(events: queue.SimpleQueue[Event], by_id: dict[int, subprocess.Popen[str]],
-                leader: int, pauses: int, how: str) -> int:
+                leader: int, pauses: int, how: str) -> tuple[int, int]:
+    """Run ``pauses`` fail-overs of kind ``how``; return (exit status, the leader after)."""
     from tqdm import tqdm
 
     sigstop = how == "sigstop"
@@ -323,8 +324,8 @@ def _pause_loop(events: queue.SimpleQueue[Event], by_id: dict[int, subprocess.Po
         time.sleep(REJOIN_WAIT_S)
         leader = _drain_leader(events, leader)
     if not failovers:
-        print("failover: no fail-over completed", file=sys.stderr)
-        return 1
+        print(f"failover: no {how} fail-over completed", file=sys.stderr)
+        return 1, leader
     ordered = sorted(failovers)
     p50, p99 = percentile(ordered, 0.5), percentile(ordered, 0.99)
     label = {"sigstop": "silent: SIGSTOP", "pause": "silent: pause hook",
@@ -332,7 +333,7 @@ def _pause_loop(events: queue.SimpleQueue[Event], by_id: dict[int, subprocess.Po
     print(f"{pauses} fail-overs ({label} -> first commit by the new leader): "
           f"p50 {p50 / 1e6:.2f} ms, p99 {p99 / 1e6:.2f} ms, max {ordered[-1] / 1e6:.2f} ms; "
           f"unplanned leader changes between pauses: {unplanned}; aborted: {aborted}")
-    return 0
+    return 0, leader
 
 
 def _one_failover(events: queue.SimpleQueue[Event], child: subprocess.Popen[str], leader: int,
