@@ -19,7 +19,7 @@ EXAMPLES = """examples:
   python -m consensus bench st 2 64 1 --cluster mine     # one replica; run 1 and 3 likewise
   python -m consensus bench st-lat --local 3 1 64 1 --plot   # ... and dump-st-64-1.png
   python -m consensus bench plot dump-st-64-1.txt dump-st-64-8.txt   # CDFs, one PNG
-  python -m consensus bench failover                     # 50 leader pauses, p50/p99
+  python -m consensus bench failover                     # 50 silent + 50 step-down pauses
   python -m consensus bench failover --sigstop           # SIGSTOP the leader process instead
   python -m consensus bench failover --pauses 0 --duration 60   # fault-free: leader changes
 Replicas meet through the registry: memcached at $DORY_REGISTRY_IP, else an embedded one.
@@ -91,9 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("dumps", nargs="+", metavar="DUMP", help="dump-st-<size>-<outstanding>.txt")
     plot.add_argument("--out", default="", metavar="PNG",
                       help="picture path (default: the first dump's name with .png)")
-    failover = kinds.add_parser("failover", help="pause the leader repeatedly; fail-over times")
+    failover = kinds.add_parser(
+        "failover", help="pause the leader repeatedly; fail-over times",
+        description="Pause the leader repeatedly and time pause -> first commit by the new "
+        "leader. Default: --pauses silent pauses (the leader stops beating and serving without "
+        "announcing it, as Mu's FIFO p), then --pauses cooperative ones (it steps down first).")
     failover.add_argument("--pauses", type=_non_negative, default=50,
-                          help="leader pauses (0: fault-free run of --duration seconds)")
+                          help="leader pauses of each kind (0: fault-free run of --duration s)")
     failover.add_argument("--duration", type=_positive, default=60, help="seconds, with --pauses 0")
     failover.add_argument("--sigstop", action="store_true",
                           help="stop the leader's process (SIGSTOP/SIGCONT) instead of the pause "
@@ -113,7 +117,8 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval-us", type=_non_negative, default=50,
                         help="pause between the leader's proposals (0: back to back)")
     parser.add_argument("--dead-after-us", type=_positive, default=c.DEAD_AFTER_US,
-                        help="failure-detector threshold")
+                        help="failure-detector threshold (the default becomes "
+                        f"{c.NATIVE_DEAD_AFTER_US} with the real-time native heartbeat)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,10 @@ Rule 2 (failover): every node proposes steadily while it leads and reports event
         the pause hook (a line on the node's stdin), measures pause -> first commit by the new
         leader (CLOCK_MONOTONIC is shared by processes), resumes the old leader, lets it rejoin,
         and repeats. ``--pauses 0 --duration S`` is the fault-free run: it counts leader changes.
+Rule 3 (failover): three kinds of fault. ``pause`` is silent (the node stops beating and serving
+        without clearing its ``leading`` word, as Mu's ``p``), ``step`` steps aside first
+        (cooperative), ``sigstop`` stops the whole process. Without ``--sigstop`` the benchmark
+        runs ``--pauses`` of each of ``pause`` and ``step`` and reports both.
 """
 
 from __future__ import annotations
@@ -160,9 +164,9 @@ def _node_loop(replica: Replica, opts: NodeOptions, commands: queue.SimpleQueue[
             command = commands.get()
             if command == "quit":
                 return
-            if command == "pause":
+            if command in ("pause", "step"):
                 now = time.monotonic_ns()
-                replica.pause()
+                replica.pause(announce=command == "step")
                 emit("paused", me, now)
             elif command == "resume":
                 replica.resume()
@@ -259,7 +263,11 @@ def run_failover(opts: FailoverOptions) -> int:
         print(f"failover: cluster {cluster} up, leader {leader}", file=sys.stderr)
         if opts.pauses == 0:
             return _steady(events, opts.duration_s)
-        return _pause_loop(events, by_id, leader, opts.pauses, opts.sigstop)
+        status = 0
+        for how in ("sigstop",) if opts.sigstop else ("pause", "step"):  # Rule 3
+            failed, leader = _pause_loop(events, by_id, leader, opts.pauses, how)
+            status |= failed
+        return status
     except TimeoutError as error:
         print(f"failover: {error}", file=sys.stderr)
         return 1
@@ -292,9 +300,11 @@ def _steady(events: queue.SimpleQueue[Event], duration_s: float) -> int:
 
 
 def _pause_loop(events: queue.SimpleQueue[Event], by_id: dict[int, subprocess.Popen[str]],
-                leader: int, pauses: int, sigstop: bool) -> int:
+                leader: int, pauses: int, how: str) -> tuple[int, int]:
+    """Run ``pauses`` fail-overs of kind ``how``; return (exit status, the leader after)."""
     from tqdm import tqdm
 
+    sigstop = how == "sigstop"
     failovers: list[int] = []
     unplanned = aborted = 0
     for _ in tqdm(range(pauses), unit="failover", file=sys.stderr, leave=False):
@@ -304,7 +314,7 @@ def _pause_loop(events: queue.SimpleQueue[Event], by_id: dict[int, subprocess.Po
             unplanned += 1
             leader = current
         try:
-            failovers.append(_one_failover(events, by_id[leader], leader, sigstop))
+            failovers.append(_one_failover(events, by_id[leader], leader, how))
         except TimeoutError:
             aborted += 1  # the leader changed under us (a spurious change) or none emerged
         if sigstop:
@@ -314,19 +324,20 @@ def _pause_loop(events: queue.SimpleQueue[Event], by_id: dict[int, subprocess.Po
         time.sleep(REJOIN_WAIT_S)
         leader = _drain_leader(events, leader)
     if not failovers:
-        print("failover: no fail-over completed", file=sys.stderr)
-        return 1
+        print(f"failover: no {how} fail-over completed", file=sys.stderr)
+        return 1, leader
     ordered = sorted(failovers)
     p50, p99 = percentile(ordered, 0.5), percentile(ordered, 0.99)
-    how = "SIGSTOP" if sigstop else "pause hook"
-    print(f"{pauses} fail-overs ({how} -> first commit by the new leader): "
+    label = {"sigstop": "silent: SIGSTOP", "pause": "silent: pause hook",
+             "step": "cooperative: step down"}[how]
+    print(f"{pauses} fail-overs ({label} -> first commit by the new leader): "
           f"p50 {p50 / 1e6:.2f} ms, p99 {p99 / 1e6:.2f} ms, max {ordered[-1] / 1e6:.2f} ms; "
           f"unplanned leader changes between pauses: {unplanned}; aborted: {aborted}")
-    return 0
+    return 0, leader
 
 
 def _one_failover(events: queue.SimpleQueue[Event], child: subprocess.Popen[str], leader: int,
-                  sigstop: bool) -> int:
+                  how: str) -> int:
     """Stop ``leader``; return ns from the stop to the first commit of another replica.
 
     The replicas' events reach ``events`` through one reader thread per process, so the new
@@ -334,11 +345,11 @@ def _one_failover(events: queue.SimpleQueue[Event], child: subprocess.Popen[str]
     any order, and every other event is put back for ``_drain_leader``.
     """
     paused_ns: int | None = None
-    if sigstop:
+    if how == "sigstop":
         paused_ns = time.monotonic_ns()
         os.kill(child.pid, signal.SIGSTOP)
     else:
-        _send(child, "pause")
+        _send(child, how)
     first: Event | None = None
     others: list[Event] = []
     try:

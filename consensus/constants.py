@@ -47,6 +47,16 @@ SCAN_GAP_CAP_US = 1000  # one scan gap never counts for more than this
 # For "am I the lowest live id?" only: a silent peer that does not lead is skipped after 2 ms.
 # Misjudging a non-leader deposes nobody (a live leader is never preempted), so this may be short.
 CANDIDATE_DEAD_AFTER_US = 2000
+# --- native heartbeat (consensus.native_beat; the real runtime only) ---------------------------
+NATIVE_BEAT_INTERVAL_US = 100  # the C thread bumps the word this often (GIL-free)
+# Python must refresh the liveness token this often or the C beat stops (fate sharing). 100 ms:
+# at load 40 on 2 cores a runnable Python thread was measured waiting tens of ms for a CPU, and a
+# stale token on a live leader is a spurious fail-over; a hung interpreter is still caught.
+NATIVE_TOKEN_TTL_US = 100_000
+NATIVE_BEAT_RT_PRIORITY = 10  # SCHED_FIFO priority of the C thread (0: do not ask)
+# A LEADING peer is dead after this much observed silence when this replica's own native beat
+# runs at real-time priority (a homogeneous cluster on one machine: peers' beats do too).
+NATIVE_DEAD_AFTER_US = 3000
 STARTUP_GRACE_US = 500_000  # a peer never seen beating is presumed alive this long after start
 FATE_SHARING_STUCK_US = 50_000  # a leader whose propose is stuck this long stops heartbeating
 PERMISSION_WAIT_US = 20_000  # a candidate gives up waiting for a majority's answers after this
@@ -66,4 +76,6 @@ assert PROPOSALS_INFLIGHT_MAX <= LOG_SLOTS_DEFAULT // 2
 assert SCAN_INTERVAL_US <= SCAN_GAP_CAP_US < CANDIDATE_DEAD_AFTER_US <= DEAD_AFTER_US
 assert HEARTBEAT_INTERVAL_US * 4 <= DEAD_AFTER_US
 assert DEAD_AFTER_US < FATE_SHARING_STUCK_US
+assert SCAN_GAP_CAP_US < CANDIDATE_DEAD_AFTER_US <= NATIVE_DEAD_AFTER_US <= DEAD_AFTER_US
+assert NATIVE_BEAT_INTERVAL_US * 10 <= NATIVE_DEAD_AFTER_US < NATIVE_TOKEN_TTL_US
 assert PUMP_SLEEP_S_MIN <= PUMP_SLEEP_S_MAX

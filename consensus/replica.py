@@ -20,6 +20,11 @@ Rule 3: ``pause`` makes the replica behave as if its process were stopped: it st
 Rule 4: the heartbeat activity beats every ``heartbeat_interval_us`` unless paused, failed or
         stuck: a proposal in progress for ``fate_sharing_stuck_us`` stops the heartbeat
         (fate sharing), so a leader whose replication plane hangs is replaced.
+        With the real runtime the word is bumped by ``native_beat``'s C thread instead (GIL-free,
+        real-time priority); the heartbeat activity and the fast path then only refresh its
+        liveness token, and fate sharing disables it. When that thread runs at real-time priority
+        and ``dead_after_us`` is the default, the replica judges leaders with
+        ``NATIVE_DEAD_AFTER_US`` (see docs/consensus.md, "Failure detection").
 Rule 5: every activity checks ``stopping`` each turn; ``stop`` steps down, then joins them.
 Rule 6: ``initial_applied = J`` (fresh regions only) says the application already holds the
         state of entries ``1..J`` (restored from its own disk): ``applied`` starts at ``J``, the
@@ -30,10 +35,14 @@ Rule 6: ``initial_applied = J`` (fresh regions only) says the application alread
         On re-attached regions the argument is ignored (the regions' applied index wins).
 Rule 7: ``_check()`` asserts the invariants that hold whenever the role mutex is free (the
         simulator runs it between steps); it only reads, so a ``python -O`` run is the same run.
+Rule 8: ``pause(announce=False)`` is silent, as a stopped process: it does not clear the
+        ``leading`` word, so peers must detect the silence; ``pause()`` steps aside first
+        (cooperative: peers replace it within ``candidate_dead_after_us``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from consensus import constants as c
@@ -43,6 +52,7 @@ from consensus.config import ReplicaConfig
 from consensus.election import NS_PER_US, Background
 from consensus.errors import ConsensusError, NotLeader, ReplicaStopped
 from consensus.fabric.base import Fabric
+from consensus.native_beat import NativeBeat
 from consensus.registry.base import Registry
 from consensus.rejoin import RecoveryStatus, Rejoin, SnapshotPort
 from consensus.replication import Replicator
@@ -120,6 +130,9 @@ class Replica:
         was_amnesiac = bool(state.word(ctrl_mod.AMNESIAC_OFFSET))  # ctrl Rules 5-6: a recovery
         was_recovering = bool(state.word(ctrl_mod.RECOVERING_OFFSET))  # the crash interrupted
         state.set_word(ctrl_mod.LEADING_OFFSET, 0)
+        if isinstance(self.runtime, RealRuntime):  # Rule 4; the simulator keeps its own beat
+            state.native_beat = NativeBeat.start(ctrl.buf, ctrl_mod.HEARTBEAT_OFFSET)
+            state.config = self.config = self._native_timings(state.native_beat)
         for peer in cfg.peers:
             ctrl.grant_write(peer)
         for peer in cfg.peers:
@@ -127,19 +140,7 @@ class Replica:
                 peer, cfg.position(peer),
                 self.fabric.connect(peer, "log", cfg.connect_timeout_s),
                 self.fabric.connect(peer, "ctrl", cfg.connect_timeout_s))
-        # A replica that ran before in this cluster (the registry outlives its processes) may
-        # have promised or accepted entries it no longer holds: it rejoins amnesiac (Rule 2).
-        started_key = f"consensus/{cfg.replica_id}/started"
-        previous = self.registry.lookup(started_key)
-        ran_before = previous is not None
-        incarnation = _incarnation(previous) + 1 if ran_before else 0
-        self.registry.publish(started_key, str(incarnation).encode())
-        if not self.reattached and incarnation:
-            # Fresh memory forgot which request numbers it used: start a range no earlier
-            # incarnation reached, or a peer that answered an old request of the same number
-            # would take a new one for answered (ctrl Rule 3).
-            state.set_word(ctrl_mod.MY_REQUEST_OFFSET, ctrl_mod.first_request(
-                cfg.replica_id, incarnation))
+        ran_before = self._count_incarnation(state) > 0
         self._state = state
         state.on_error = self._on_error
         background = Background(state, self._on_leader_change)
@@ -166,6 +167,39 @@ class Replica:
         ]
         LOGGER.info("replica %d started (%s)", rid, "re-attached" if self.reattached else "fresh")
 
+    def _native_timings(self, beat: NativeBeat | None) -> ReplicaConfig:
+        """Rule 4: the shorter dead-after threshold when the beat is GIL-free and real-time."""
+        cfg = self.config
+        if beat is None or not beat.realtime:
+            if beat is not None:
+                LOGGER.warning("replica %d: native heartbeat without real-time priority (not "
+                               "permitted): keeping dead_after_us=%d", cfg.replica_id,
+                               cfg.dead_after_us)
+            return cfg
+        if cfg.dead_after_us != c.DEAD_AFTER_US:
+            return cfg  # the deployment chose its own threshold
+        # A slower Python heartbeat (a gRPC server's) or scan keeps the config's own relations.
+        dead_after_us = max(c.NATIVE_DEAD_AFTER_US, 2 * cfg.heartbeat_interval_us,
+                            cfg.scan_gap_cap_us + cfg.scan_interval_us)
+        LOGGER.info("replica %d: native real-time heartbeat; leaders are dead after %d us of "
+                    "silence", cfg.replica_id, dead_after_us)
+        return dataclasses.replace(cfg, dead_after_us=dead_after_us)
+
+    def _count_incarnation(self, state: ReplicaState) -> int:
+        """This start's incarnation number, counted in the registry (which outlives processes):
+        0 for a first boot. A replica that ran before may have promised or accepted entries it
+        no longer holds: on fresh regions it rejoins amnesiac (Rule 2), and its permission
+        requests start a range no earlier incarnation reached (ctrl Rule 3)."""
+        cfg = self.config
+        started_key = f"consensus/{cfg.replica_id}/started"
+        previous = self.registry.lookup(started_key)
+        incarnation = _incarnation(previous) + 1 if previous is not None else 0
+        self.registry.publish(started_key, str(incarnation).encode())
+        if not self.reattached and incarnation:
+            state.set_word(ctrl_mod.MY_REQUEST_OFFSET, ctrl_mod.first_request(
+                cfg.replica_id, incarnation))
+        return incarnation
+
     def stop(self) -> None:
         """Rule 5: step down, stop every activity and wait for it (bounded)."""
         state = self._state
@@ -179,16 +213,23 @@ class Replica:
             if activity.is_alive():
                 LOGGER.warning("replica %d: activity %s did not stop in %.1f s",
                                state.replica_id, activity.name, c.STOP_JOIN_TIMEOUT_S)
+        if state.native_beat is not None:
+            state.native_beat.stop()
 
-    def pause(self) -> None:
-        """Rule 3: behave as if stopped (before ``start``: start paused)."""
+    def pause(self, announce: bool = True) -> None:
+        """Rule 3: behave as if stopped (before ``start``: start paused); Rule 8: ``announce``."""
         state = self._state
         if state is None:
             self._paused_before_start = True
             return
+        if state.native_beat is not None:
+            state.native_beat.enable(False)
         state.paused = True
         with state.role:
-            state.step_down_locked("paused")
+            leading_word = state.word(ctrl_mod.LEADING_OFFSET)
+            state.step_down_locked("paused" if announce else "paused silently")
+            if not announce:  # Rule 8: peers still see the old word and must notice the silence
+                state.set_word(ctrl_mod.LEADING_OFFSET, leading_word)
 
     def resume(self) -> None:
         """Rule 3: rejoin as a follower."""
@@ -196,6 +237,8 @@ class Replica:
         if state is None:
             self._paused_before_start = False
             return
+        if not state.leading:  # Rule 8: a silent pause left the old word; the background is idle
+            state.set_word(ctrl_mod.LEADING_OFFSET, state.idle_leading_word)
         state.resumed = True
         state.paused = False
 
@@ -353,7 +396,10 @@ class Replica:
                 seen_entered = entered
                 since_ns = now
             stuck = busy and now - since_ns >= stuck_ns
-            if not state.paused and state.failure is None and not stuck:
+            beating = not state.paused and state.failure is None and not stuck
+            if state.native_beat is not None:
+                state.native_beat.enable(beating)
+            if beating:
                 state.bump_heartbeat()
             runtime.sleep(interval_s)
 

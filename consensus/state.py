@@ -27,6 +27,7 @@ from consensus import log as log_mod
 from consensus.config import ReplicaConfig
 from consensus.errors import ConsensusError, LogOverrun
 from consensus.fabric.base import Fabric, LocalRegion, RemoteRegion
+from consensus.native_beat import NativeBeat
 from consensus.runtime import Runtime
 
 LOGGER = logging.getLogger("consensus")
@@ -128,6 +129,7 @@ class ReplicaState:
         self.propose_entered = 0
         self.propose_left = 0
         self.heartbeat = 0
+        self.native_beat: NativeBeat | None = None  # the GIL-free beat (replica Rule 4)
 
     # --- ctrl words of this replica (local) -------------------------------------------------
     def word(self, offset: int) -> int:
@@ -147,6 +149,9 @@ class ReplicaState:
         return self.word(ctrl_layout_mod.APPLIED_OFFSET)
 
     def bump_heartbeat(self) -> None:
+        if self.native_beat is not None:  # the C thread owns the word; Python proves liveness
+            self.native_beat.touch()
+            return
         self.heartbeat += 1
         ctrl_layout_mod.U64.pack_into(self.ctrl_buf, ctrl_layout_mod.HEARTBEAT_OFFSET,
                                       self.heartbeat)

@@ -1,7 +1,10 @@
 """The control FIFO (``/tmp/fifo-<id>``): ``echo p > /tmp/fifo-1`` pauses server 1, ``r`` resumes.
 
-Rule 1: one command per line: ``p`` (or ``pause``) pauses, ``r`` (or ``resume``) resumes; blank
-        lines are skipped; anything else is logged as ignored and changes nothing.
+Rule 1: one command per line: ``p`` (or ``pause``) pauses silently, as Mu's ``p``: the server
+        stops heartbeating and serving without announcing it, so its peers fail over by
+        detecting the silence; ``s`` (or ``step``) steps down first (a cooperative hand-off,
+        then paused the same way); ``r`` (or ``resume``) resumes; blank lines are skipped;
+        anything else is logged as ignored and changes nothing.
 Rule 2: the reader never busy-waits and never blocks shutdown: it holds its own write end open (so a
         writer closing the FIFO is not an endless EOF) and waits in ``select`` with a timeout.
 Rule 3: the FIFO is created at start (an existing FIFO at the path is reused; any other file
@@ -26,6 +29,7 @@ log = logging.getLogger("exchange.fifo")
 
 PAUSE_WORDS = frozenset({"p", "pause"})
 RESUME_WORDS = frozenset({"r", "resume"})
+STEP_DOWN_WORDS = frozenset({"s", "step", "step-down"})
 
 
 class ControlFifoError(OSError):
@@ -33,10 +37,12 @@ class ControlFifoError(OSError):
 
 
 def parse_command(line: str) -> str | None:
-    """``"pause"``, ``"resume"`` or ``None`` (ignored) for one line of input."""
+    """``"pause"``, ``"step-down"``, ``"resume"`` or ``None`` (ignored) for one line of input."""
     word = line.strip().lower()
     if word in PAUSE_WORDS:
         return "pause"
+    if word in STEP_DOWN_WORDS:
+        return "step-down"
     if word in RESUME_WORDS:
         return "resume"
     return None
@@ -57,14 +63,17 @@ def create_fifo(path: str) -> None:
 
 
 class ControlFifo:
-    """Reads commands from a FIFO on a background thread and calls ``on_pause``/``on_resume``."""
+    """Reads commands from a FIFO on a background thread and calls ``on_pause``/``on_resume``/
+    ``on_step_down`` (without one, ``s`` is logged as unsupported)."""
 
     def __init__(
-        self, path: str, on_pause: Callable[[], None], on_resume: Callable[[], None]
+        self, path: str, on_pause: Callable[[], None], on_resume: Callable[[], None],
+        on_step_down: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
         self._on_pause = on_pause
         self._on_resume = on_resume
+        self._on_step_down = on_step_down
         self._stopping = threading.Event()
         create_fifo(path)
         # Reader first (non-blocking), then our own writer so EOF never happens (Rule 2).
@@ -72,7 +81,8 @@ class ControlFifo:
         self._keep_fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
         self._thread = threading.Thread(target=self._run, name=f"fifo:{path}", daemon=True)
         self._thread.start()
-        log.info("control FIFO ready: echo p > %s pauses, echo r > %s resumes", path, path)
+        log.info("control FIFO ready: echo p > %s pauses silently (peers detect it), "
+                 "s steps down (cooperative hand-off), r resumes", path)
 
     def _run(self) -> None:
         pending = b""
@@ -102,13 +112,20 @@ class ControlFifo:
             return
         command = parse_command(line)
         if command is None:
-            log.warning("control FIFO %s: ignored unknown command %r (use p or r)", self.path,
+            log.warning("control FIFO %s: ignored unknown command %r (use p, s or r)", self.path,
                         line.strip()[:40])
             return
-        log.warning("control FIFO %s: received %r -> %s", self.path, line.strip(), command)
+        meaning = {"pause": "pause silently", "step-down": "step down, then pause",
+                   "resume": "resume"}[command]
+        log.warning("control FIFO %s: received %r -> %s", self.path, line.strip(), meaning)
         try:
             if command == "pause":
                 self._on_pause()
+            elif command == "step-down":
+                if self._on_step_down is None:
+                    log.warning("control FIFO %s: step down is not supported here", self.path)
+                else:
+                    self._on_step_down()
             else:
                 self._on_resume()
         except Exception:

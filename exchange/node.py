@@ -88,7 +88,7 @@ class ConsensusReplica(Protocol):
     @property
     def last_recovery(self) -> RecoveryView | None: ...
 
-    def pause(self) -> None: ...
+    def pause(self, announce: bool = True) -> None: ...
 
     def resume(self) -> None: ...
 
@@ -567,17 +567,24 @@ class ExchangeNode:
 
     # -- control ------------------------------------------------------------------------------
 
-    def pause(self) -> None:
-        """Stop serving order entry; the replica stops heartbeating so leadership moves."""
+    def pause(self, announce: bool = False) -> None:
+        """Stop serving order entry and heartbeating. Silent by default, as Mu's ``p`` (a
+        stopped process): peers detect the silence. ``announce`` steps down first (``s``)."""
         if self.paused:
             log.warning("server %d: already paused", self.replica_id)
             return
         self.paused = True
         if self.replica is not None:
-            self.replica.pause()
-        log.warning("server %d: PAUSED (no heartbeat, no order entry)", self.replica_id)
+            self.replica.pause(announce=announce)
+        how = "stepped down, then" if announce else "silent:"
+        log.warning("server %d: PAUSED (%s no heartbeat, no order entry)", self.replica_id, how)
         for listener in self.pause_listeners:
             listener(True)
+
+    def step_down(self) -> None:
+        """The cooperative hand-off (FIFO ``s``): step down so peers take over at once, then
+        stay paused like ``pause`` until ``resume``."""
+        self.pause(announce=True)
 
     def resume(self) -> None:
         """Serve again: the replica rejoins as a follower and catches up."""

@@ -108,7 +108,7 @@ class RunResult:
     truncated: bool
     snapshots: int  # snapshots installed (restarts on fresh memory, overrun replicas)
     fetches: int  # snapshot fetches started (some fail: provider crashed, stopped, corrupt)
-    digests: int  # application states compared across replicas (Rule 8 of the checkers)
+    digests: int  # application states compared across replicas (checkers Rule 8)
     wall_s: float
     plan: str
     log_tail: tuple[str, ...]

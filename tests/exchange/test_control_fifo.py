@@ -11,6 +11,7 @@ from exchange.control_fifo import ControlFifo, ControlFifoError, parse_command
 def test_parse_command():
     assert parse_command("p\n") == "pause"
     assert parse_command(" PAUSE ") == "pause"
+    assert parse_command("s") == "step-down"
     assert parse_command("r") == "resume"
     assert parse_command("resume") == "resume"
     assert parse_command("x") is None
@@ -36,7 +37,7 @@ def test_fifo_drives_callbacks_and_is_removed(tmp_path, caplog):
             seen.release()
         return callback
 
-    fifo = ControlFifo(path, record("pause"), record("resume"))
+    fifo = ControlFifo(path, record("pause"), record("resume"), record("step-down"))
     try:
         _write(path, b"p\n")
         assert seen.acquire(timeout=5)
@@ -45,9 +46,11 @@ def test_fifo_drives_callbacks_and_is_removed(tmp_path, caplog):
         _write(path, b"pa")  # a line split over two writes
         _write(path, b"use\n")
         assert seen.acquire(timeout=5)
+        _write(path, b"s\n")
+        assert seen.acquire(timeout=5)
     finally:
         fifo.close()
-    assert calls == ["pause", "resume", "pause"]
+    assert calls == ["pause", "resume", "pause", "step-down"]
     assert not os.path.exists(path)
     assert any("ignored unknown command 'bogus'" in r.getMessage() for r in caplog.records)
 

@@ -81,7 +81,7 @@ class FakeReplica:
             raise NotLeader(None)
         return index
 
-    def pause(self) -> None:
+    def pause(self, announce: bool = True) -> None:
         self.paused = True
 
     def resume(self) -> None:

@@ -1,0 +1,221 @@
+"""The native heartbeat: a C thread bumps this replica's heartbeat word, fate-shared with Python.
+
+Rule 1: the C thread bumps the word every ``NATIVE_BEAT_INTERVAL_US`` while it is enabled and the
+        liveness token is fresh: Python refreshes the token (``touch``) from the heartbeat
+        activity and the replication fast path, so a stuck interpreter stops the beat within
+        ``NATIVE_TOKEN_TTL_US``; a stopped, crashed or frozen process stops it at once.
+Rule 2: the thread does not take the GIL, so GIL hand-offs, the switch interval and the garbage
+        collector never delay a live replica's beat; it asks for ``SCHED_FIFO`` priority
+        ``NATIVE_BEAT_RT_PRIORITY`` so CPU contention does not either, and runs at normal priority
+        when that is refused (``realtime`` says which).
+Rule 3: ``disable`` stops the beat before it returns a result to Python's next statement: a pause
+        is silent at once. ``stop`` joins the thread before the word's buffer is released.
+Rule 4: the helper is compiled at first use with the system C compiler into a cache directory
+        (``MU_NATIVE_CACHE`` or ``~/.cache/mu-exchange``); without a compiler, or with
+        ``MU_NATIVE_HEARTBEAT=0``, ``NativeBeat.start`` returns ``None`` and the replica keeps the
+        Python heartbeat (one log line says why).
+Rule 5: only the real runtime uses it: the simulator keeps its simulated heartbeat and detector.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from consensus import constants as c
+
+LOGGER = logging.getLogger("consensus.native")
+COMPILE_TIMEOUT_S = 60.0  # gcc on this shared machine takes a second or two; never hang start()
+
+_SOURCE = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct {
+    volatile uint64_t *word;
+    uint64_t interval_ns, ttl_ns;
+    volatile uint64_t token_ns;
+    volatile int enabled, stopping, realtime;
+    volatile uint64_t max_gap_ns, beats;
+    int priority;
+    pthread_t thread;
+} nb_t;
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *run(void *arg) {
+    nb_t *h = (nb_t *)arg;
+    uint64_t last = now_ns();
+    while (!__atomic_load_n(&h->stopping, __ATOMIC_ACQUIRE)) {
+        uint64_t now = now_ns();
+        if (now - last > h->max_gap_ns) h->max_gap_ns = now - last;
+        last = now;
+        uint64_t token = __atomic_load_n(&h->token_ns, __ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&h->enabled, __ATOMIC_ACQUIRE) && now - token < h->ttl_ns) {
+            __atomic_store_n(h->word, *h->word + 1, __ATOMIC_RELEASE);
+            h->beats++;
+        }
+        struct timespec ts = {0, (long)h->interval_ns};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+void *nb_start(uint64_t *word, uint64_t interval_ns, uint64_t ttl_ns, int priority) {
+    nb_t *h = calloc(1, sizeof *h);
+    if (!h) return NULL;
+    h->word = word; h->interval_ns = interval_ns; h->ttl_ns = ttl_ns; h->priority = priority;
+    h->token_ns = now_ns();
+    if (pthread_create(&h->thread, NULL, run, h) != 0) { free(h); return NULL; }
+    struct sched_param sp;
+    memset(&sp, 0, sizeof sp);
+    sp.sched_priority = priority;
+    h->realtime = priority > 0 && pthread_setschedparam(h->thread, SCHED_FIFO, &sp) == 0;
+    return h;
+}
+void nb_touch(void *p) { __atomic_store_n(&((nb_t *)p)->token_ns, now_ns(), __ATOMIC_RELEASE); }
+void nb_enable(void *p, int on) { __atomic_store_n(&((nb_t *)p)->enabled, on, __ATOMIC_SEQ_CST); }
+int nb_realtime(void *p) { return ((nb_t *)p)->realtime; }
+uint64_t nb_max_gap_ns(void *p) { uint64_t g = ((nb_t *)p)->max_gap_ns;
+                                  ((nb_t *)p)->max_gap_ns = 0; return g; }
+uint64_t nb_beats(void *p) { return ((nb_t *)p)->beats; }
+void nb_stop(void *p) {
+    nb_t *h = (nb_t *)p;
+    __atomic_store_n(&h->stopping, 1, __ATOMIC_RELEASE);
+    pthread_join(h->thread, NULL);
+    free(h);
+}
+"""
+
+_library: ctypes.CDLL | None = None
+_unavailable: str | None = None
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("MU_NATIVE_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "mu-exchange"
+
+
+def _compile() -> ctypes.CDLL:
+    """Build (once per source version) and load the helper; ``OSError`` says why it cannot."""
+    digest = hashlib.sha256(_SOURCE.encode()).hexdigest()[:16]
+    target = _cache_dir() / f"native_beat-{digest}.so"
+    if not target.exists():
+        compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+        if compiler is None:
+            raise OSError("no C compiler (gcc/cc) on PATH")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            source = Path(tmp) / "native_beat.c"
+            source.write_text(_SOURCE)
+            built = Path(tmp) / target.name
+            result = subprocess.run(
+                [compiler, "-O2", "-shared", "-fPIC", "-pthread", "-o", str(built), str(source)],
+                capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False)
+            if result.returncode != 0:
+                raise OSError(f"{compiler} failed: {result.stderr.strip()[:200]}")
+            os.replace(built, target)  # atomic: concurrent replicas never load a partial file
+    lib = ctypes.CDLL(str(target))
+    lib.nb_start.restype = ctypes.c_void_p
+    lib.nb_start.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int]
+    for name in ("nb_touch", "nb_stop"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+        getattr(lib, name).restype = None
+    lib.nb_enable.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.nb_enable.restype = None
+    lib.nb_realtime.argtypes = [ctypes.c_void_p]
+    lib.nb_realtime.restype = ctypes.c_int
+    for name in ("nb_max_gap_ns", "nb_beats"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+        getattr(lib, name).restype = ctypes.c_uint64
+    return lib
+
+
+def load() -> ctypes.CDLL | None:
+    """The helper library, or None (logged once) when it cannot be built (Rule 4)."""
+    global _library, _unavailable
+    if _library is not None or _unavailable is not None:
+        return _library
+    if os.environ.get("MU_NATIVE_HEARTBEAT", "1") == "0":
+        _unavailable = "disabled by MU_NATIVE_HEARTBEAT=0"
+    else:
+        try:
+            _library = _compile()
+        except (OSError, subprocess.SubprocessError) as error:
+            _unavailable = str(error)
+    if _unavailable is not None:
+        LOGGER.warning("native heartbeat unavailable (%s): using the Python heartbeat and the "
+                       "%d ms dead-after threshold", _unavailable, c.DEAD_AFTER_US // 1000)
+    return _library
+
+
+class NativeBeat:
+    """One running C heartbeat thread bumping a u64 word inside a writable buffer."""
+
+    def __init__(self, lib: ctypes.CDLL, handle: int, word: ctypes.c_uint64) -> None:
+        self._lib = lib
+        self._handle: int | None = handle
+        self._word = word  # keeps the buffer exported (mapped) while the thread writes it
+
+    @classmethod
+    def start(cls, buf: memoryview, offset: int) -> NativeBeat | None:
+        """Start beating the u64 at ``buf[offset:]`` (disabled until ``enable``), or None."""
+        lib = load()
+        if lib is None:
+            return None
+        try:
+            word = ctypes.c_uint64.from_buffer(buf, offset)
+        except (TypeError, ValueError) as error:  # read-only or foreign buffer
+            LOGGER.warning("native heartbeat unavailable (%s): Python heartbeat", error)
+            return None
+        handle = lib.nb_start(ctypes.addressof(word), c.NATIVE_BEAT_INTERVAL_US * 1000,
+                              c.NATIVE_TOKEN_TTL_US * 1000, c.NATIVE_BEAT_RT_PRIORITY)
+        if not handle:
+            LOGGER.warning("native heartbeat unavailable (thread not created): Python heartbeat")
+            return None
+        return cls(lib, handle, word)
+
+    def touch(self) -> None:
+        """Rule 1: Python is alive; keep beating for another ``NATIVE_TOKEN_TTL_US``."""
+        if self._handle is not None:
+            self._lib.nb_touch(self._handle)
+
+    def enable(self, on: bool) -> None:
+        if self._handle is not None:
+            self._lib.nb_enable(self._handle, 1 if on else 0)
+
+    @property
+    def realtime(self) -> bool:
+        return self._handle is not None and bool(self._lib.nb_realtime(self._handle))
+
+    @property
+    def beats(self) -> int:
+        return 0 if self._handle is None else int(self._lib.nb_beats(self._handle))
+
+    def take_max_gap_ns(self) -> int:
+        """The longest gap between two wake-ups of the thread since the previous call."""
+        return 0 if self._handle is None else int(self._lib.nb_max_gap_ns(self._handle))
+
+    def stop(self) -> None:
+        """Rule 3: join the thread, then release the buffer (idempotent)."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            self._lib.nb_stop(handle)
+        del self._word
+        self._word = ctypes.c_uint64(0)
