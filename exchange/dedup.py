@@ -84,8 +84,8 @@ class DedupTable(Generic[ReplyT]):
     def probe(self, client_id: int, seq: int) -> tuple[ReplyT | None, bool]:
         """``(lookup(...), is_too_old(...))`` in one look-up (the apply path asks both)."""
         record = self._clients.get(client_id)
-        if record is None:
-            return None, False
+        if record is None:  # an evicted client keeps its floor (Rule 5)
+            return None, seq <= self._evicted.get(client_id, 0)
         reply = record.replies.get(seq)
         if reply is not None:
             return reply, False
