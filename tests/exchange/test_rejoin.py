@@ -88,8 +88,13 @@ def test_recovering_server_reports_progress_and_is_not_serving(cluster):
     assert status.recovery_bytes_total == 0  # progress fields are cleared once caught up
     with grpc.insecure_channel(cluster.addresses[follower]) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        deadline = time.monotonic() + 10  # health follows the role within a poll period
+        while True:
+            answer = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+            assert time.monotonic() < deadline, "still NOT_SERVING 10 s after catching up"
+            time.sleep(0.05)
 
 
 @dataclass

@@ -253,7 +253,8 @@ def test_checksum_valid_truncated_bodies_are_refused() -> None:
     body = small_snapshot()[HEADER.size:]
     for length in range(0, len(body), 5):
         with pytest.raises(SnapshotError, match="malformed"):
-            ExchangeStateMachine.restore(seal(STATE_MAGIC, [body[:length]]))
+            ExchangeStateMachine.restore(seal(STATE_MAGIC, [body[:length]],
+                                              STATE_FORMAT_VERSION))
 
 
 def test_encode_state_is_the_method() -> None:
