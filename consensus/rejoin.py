@@ -282,8 +282,8 @@ class Rejoin:
         state.set_word(ctrl_mod.RECOVERING_OFFSET, 0)
         with state.role:
             state.step_down_locked("caught up")
-        if recovery.local:
-            LOGGER.info("replica %d caught up at index %d in %.1f ms (from its local state at "
+        if recovery.local:  # the exchange may not see this short recovery: say it here
+            LOGGER.warning("replica %d caught up at index %d in %.1f ms (from its local state at "
                         "index %d, no snapshot)", state.replica_id, self.pump.applied,
                         self.last.elapsed_ns / NS_PER_MS, recovery.snapshot_index)
             return
