@@ -7,6 +7,9 @@ Rule 2: ``heartbeat``, ``leading``, ``applied`` and ``holder`` are adjacent so a
         them in one 32-byte read (``SCAN``).
 Rule 3: request numbers of member ``r`` are ``r, r + 2 * REPLICA_ID_MAX, ...``: they never collide
         between members, grow forever, and survive a restart because ``my_request`` lives here.
+        A restart on fresh memory (which loses ``my_request``) continues above
+        ``request_floor(r, incarnation)``, ``REQUESTS_PER_INCARNATION`` per incarnation (counted
+        in the registry), so it never reuses a number a peer already answered.
 Rule 4: ``answered[i]`` (the last request of member ``i`` this owner granted) also lives here, so
         a restarted replica never grants an old request twice.
 Rule 5: ``amnesiac`` is 1 while the owner runs on fresh memory and has not been reinstated as a
@@ -66,6 +69,19 @@ class CtrlLayout:
         """Owner-local: the last request of member ``position`` the owner granted."""
         assert 0 <= position < self.members
         return ARRAYS_OFFSET + 8 * (2 * self.members + position)
+
+
+REQUESTS_PER_INCARNATION = 1 << 32  # request numbers one incarnation may use (Rule 3)
+
+
+def request_floor(replica_id: int, incarnation: int) -> int:
+    """The ``my_request`` a fresh incarnation starts from (Rule 3): above every number an
+    earlier incarnation used, in ``replica_id``'s residue class."""
+    assert 0 < replica_id <= REPLICA_ID_MAX and incarnation > 0
+    base = incarnation * REQUESTS_PER_INCARNATION
+    floor = base - base % REQUEST_STRIDE + replica_id
+    assert floor % REQUEST_STRIDE == replica_id % REQUEST_STRIDE
+    return floor
 
 
 def next_request(replica_id: int, previous: int) -> int:

@@ -115,8 +115,13 @@ class Replica:
         # A replica that ran before in this cluster (the registry outlives its processes) may
         # have promised or accepted entries it no longer holds: it rejoins amnesiac (Rule 2).
         started_key = f"consensus/{cfg.replica_id}/started"
-        ran_before = self.registry.lookup(started_key) is not None
-        self.registry.publish(started_key, b"1")
+        started = self.registry.lookup(started_key)
+        ran_before = started is not None
+        incarnation = parse_incarnation(started) + 1
+        self.registry.publish(started_key, str(incarnation).encode())
+        if not self.reattached and ran_before:  # ctrl Rule 3: never reuse a request number
+            state.set_word(ctrl_mod.MY_REQUEST_OFFSET,
+                           ctrl_mod.request_floor(cfg.replica_id, incarnation))
         self._state = state
         state.on_error = self._on_error
         background = Background(state, self._on_leader_change)
@@ -325,3 +330,14 @@ class Replica:
             if not state.paused and state.failure is None and not stuck:
                 state.bump_heartbeat()
             runtime.sleep(interval_s)
+
+
+def parse_incarnation(value: bytes | None) -> int:
+    """How many times a replica started before, from its registry ``started`` key (an older
+    version wrote ``1``; anything unreadable counts as one start)."""
+    if value is None:
+        return 0
+    try:
+        return max(1, int(value))
+    except ValueError:
+        return 1
