@@ -29,6 +29,9 @@ Rule 4: with a snapshot port, a ``LogOverrun`` (in the pump, or a candidate's pr
 Rule 5: the recovery ends when the replica is no longer amnesiac and has applied everything up to
         the highest commit index it knows (from the commit word or from entries), once that
         index is at least ``S``.
+Rule 6: a catch-up that delivers nothing for ``CATCH_UP_STALL_RETRIES`` retry periods goes back
+        to Rule 2 (a newer snapshot): the leader may not hold the entries right after this
+        replica's snapshot (it installed a later snapshot itself), and it cannot write them.
 
 The transfer itself is the application's ``SnapshotPort``: the exchange streams it over gRPC
 between servers, the simulator copies it with simulated delays. See docs/consensus.md.
@@ -59,6 +62,7 @@ if TYPE_CHECKING:
 
 NS_PER_MS = 1_000_000
 NS_PER_US = 1000
+CATCH_UP_STALL_RETRIES = 8  # Rule 6: rejoin_retry_us periods without a delivery
 US_PER_S = 1_000_000
 
 
@@ -135,6 +139,7 @@ class Rejoin:
         self.pump = pump
         self.published = 0  # the highest snapshot index published as applied (Rule 3)
         self._retry_at_ns = 0
+        self._progress = (-1, 0)  # (applied, since_ns) in the catch-up phase (Rule 6)
         if port is not None:
             state.on_overrun = self.on_overrun
 
@@ -233,6 +238,9 @@ class Rejoin:
         state = self.state
         recovery = state.recovery
         assert recovery is not None and recovery.phase == PHASE_CATCH_UP
+        if self._stalled():
+            self.start(f"catch-up stalled at index {self.pump.applied}", state.amnesiac)
+            return
         proposal, commit = log_mod.read_commit_word(state.log_buf)
         if state.amnesiac:
             required = state.required_proposal
@@ -243,6 +251,20 @@ class Rejoin:
         if commit < recovery.snapshot_index or self.pump.applied < commit:
             return
         self._finish()
+
+    def _stalled(self) -> bool:
+        """Rule 6 (cheap: a clock read)."""
+        state = self.state
+        now = state.runtime.now_ns()
+        applied = self.pump.applied
+        if applied != self._progress[0]:
+            self._progress = (applied, now)
+            return False
+        limit_ns = CATCH_UP_STALL_RETRIES * state.config.rejoin_retry_us * NS_PER_US
+        if now - self._progress[1] < limit_ns:
+            return False
+        self._progress = (-1, now)
+        return True
 
     def _known_commit(self, word_proposal: int, word_commit: int) -> int:
         """The highest commit index this replica knows: the header's commit word (written by an
