@@ -6,9 +6,10 @@ Rule 1: every member may write every ctrl region (granted at start), but each wo
 Rule 2: ``heartbeat``, ``leading``, ``applied`` and ``holder`` are adjacent so a scanner reads
         them in one 32-byte read (``SCAN``).
 Rule 3: request numbers of member ``r`` are ``r, r + 2 * REPLICA_ID_MAX, ...``: they never collide
-        between members, grow forever, and survive a restart because ``my_request`` lives here;
-        a restart on fresh memory starts at ``first_request(r, incarnation)``, a range of
-        ``REQUESTS_PER_INCARNATION`` numbers no earlier incarnation reached.
+        between members, grow forever, and survive a restart because ``my_request`` lives here.
+        A restart on fresh memory (which loses ``my_request``) continues above
+        ``request_floor(r, incarnation)``, ``REQUESTS_PER_INCARNATION`` per incarnation (counted
+        in the registry), so it never reuses a number a peer already answered.
 Rule 4: ``answered[i]`` (the last request of member ``i`` this owner granted and answered) also
         lives here, so a restarted replica never grants an old request twice; it is written after
         the answer, so a request whose answer a crash lost is granted (to the same holder) again.
@@ -71,15 +72,17 @@ class CtrlLayout:
         return ARRAYS_OFFSET + 8 * (2 * self.members + position)
 
 
-REQUESTS_PER_INCARNATION = 1 << 24  # an incarnation asks far fewer times than this
+REQUESTS_PER_INCARNATION = 1 << 32  # request numbers one incarnation may use (Rule 3)
 
 
-def first_request(replica_id: int, incarnation: int) -> int:
-    """The ``my_request`` word of a fresh incarnation (Rule 3): its requests follow it."""
-    assert 0 < replica_id <= REPLICA_ID_MAX and incarnation >= 0
-    base = replica_id + REQUEST_STRIDE * REQUESTS_PER_INCARNATION * incarnation
-    assert base % REQUEST_STRIDE == replica_id % REQUEST_STRIDE and base < 2**64
-    return base
+def request_floor(replica_id: int, incarnation: int) -> int:
+    """The ``my_request`` a fresh incarnation starts from (Rule 3): above every number an
+    earlier incarnation used, in ``replica_id``'s residue class."""
+    assert 0 < replica_id <= REPLICA_ID_MAX and incarnation > 0
+    base = incarnation * REQUESTS_PER_INCARNATION
+    floor = base - base % REQUEST_STRIDE + replica_id
+    assert floor % REQUEST_STRIDE == replica_id % REQUEST_STRIDE
+    return floor
 
 
 def next_request(replica_id: int, previous: int) -> int:

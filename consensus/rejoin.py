@@ -33,6 +33,9 @@ Rule 6 (local state): a replica whose application restored its state up to ``J``
         disk (``Replica(..., initial_applied=J)``) is still amnesiac (Rule 1), but skips the
         snapshot: it catches up the log from ``J + 1``, and goes back to Rule 2 only if it finds
         its log overrun (Rule 4: the leader no longer held ``J + 1``).
+Rule 7: a catch-up that delivers nothing for ``CATCH_UP_STALL_RETRIES`` retry periods goes back
+        to Rule 2 (a newer snapshot): the leader may not hold the entries right after this
+        replica's snapshot (it installed a later snapshot itself), and it cannot write them.
 
 The transfer itself is the application's ``SnapshotPort``: the exchange streams it over gRPC
 between servers, the simulator copies it with simulated delays. See docs/consensus.md.
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
 
 NS_PER_MS = 1_000_000
 NS_PER_US = 1000
+CATCH_UP_STALL_RETRIES = 8  # Rule 7: rejoin_retry_us periods without a delivery
 US_PER_S = 1_000_000
 
 
@@ -140,6 +144,7 @@ class Rejoin:
         self.published = 0  # the highest snapshot index published as applied (Rule 3)
         self.last: RecoveryStatus | None = None  # the latest completed recovery (phase "done")
         self._retry_at_ns = 0
+        self._progress = (-1, 0)  # (applied, since_ns) in the catch-up phase (Rule 7)
         if port is not None:
             state.on_overrun = self.on_overrun
 
@@ -241,6 +246,9 @@ class Rejoin:
         state = self.state
         recovery = state.recovery
         assert recovery is not None and recovery.phase == PHASE_CATCH_UP
+        if self._stalled():
+            self.start(f"catch-up stalled at index {self.pump.applied}", state.amnesiac)
+            return
         proposal, commit = log_mod.read_commit_word(state.log_buf)
         if state.amnesiac:
             required = state.required_proposal
@@ -251,6 +259,20 @@ class Rejoin:
         if commit < recovery.snapshot_index or self.pump.applied < commit:
             return
         self._finish()
+
+    def _stalled(self) -> bool:
+        """Rule 7 (cheap: a clock read)."""
+        state = self.state
+        now = state.runtime.now_ns()
+        applied = self.pump.applied
+        if applied != self._progress[0]:
+            self._progress = (applied, now)
+            return False
+        limit_ns = CATCH_UP_STALL_RETRIES * state.config.rejoin_retry_us * NS_PER_US
+        if now - self._progress[1] < limit_ns:
+            return False
+        self._progress = (-1, now)
+        return True
 
     def _known_commit(self, word_proposal: int, word_commit: int) -> int:
         """The highest commit index this replica knows: the header's commit word (written by an

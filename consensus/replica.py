@@ -186,19 +186,19 @@ class Replica:
         return dataclasses.replace(cfg, dead_after_us=dead_after_us)
 
     def _count_incarnation(self, state: ReplicaState) -> int:
-        """This start's incarnation number, counted in the registry (which outlives processes):
-        0 for a first boot. A replica that ran before may have promised or accepted entries it
-        no longer holds: on fresh regions it rejoins amnesiac (Rule 2), and its permission
-        requests start a range no earlier incarnation reached (ctrl Rule 3)."""
+        """How many times this replica started before in this cluster, counted in the registry
+        (which outlives processes): 0 for a first boot. A replica that ran before may have
+        promised or accepted entries it no longer holds: on fresh regions it rejoins amnesiac
+        (Rule 2) and never reuses a permission request number (ctrl Rule 3)."""
         cfg = self.config
         started_key = f"consensus/{cfg.replica_id}/started"
-        previous = self.registry.lookup(started_key)
-        incarnation = _incarnation(previous) + 1 if previous is not None else 0
-        self.registry.publish(started_key, str(incarnation).encode())
-        if not self.reattached and incarnation:
-            state.set_word(ctrl_mod.MY_REQUEST_OFFSET, ctrl_mod.first_request(
-                cfg.replica_id, incarnation))
-        return incarnation
+        started = self.registry.lookup(started_key)
+        before = parse_incarnation(started)
+        self.registry.publish(started_key, str(before + 1).encode())
+        if not self.reattached and before:
+            state.set_word(ctrl_mod.MY_REQUEST_OFFSET,
+                           ctrl_mod.request_floor(cfg.replica_id, before + 1))
+        return before
 
     def stop(self) -> None:
         """Rule 5: step down, stop every activity and wait for it (bounded)."""
@@ -404,7 +404,12 @@ class Replica:
             runtime.sleep(interval_s)
 
 
-def _incarnation(value: bytes | None) -> int:
-    """The incarnation number a ``started`` registry value records (older values said ``1``)."""
-    text = (value or b"").decode(errors="replace").strip()
-    return int(text) if text.isdigit() else 1
+def parse_incarnation(value: bytes | None) -> int:
+    """How many times a replica started before, from its registry ``started`` key (an older
+    version wrote ``1``; anything unreadable counts as one start)."""
+    if value is None:
+        return 0
+    try:
+        return max(1, int(value))
+    except ValueError:
+        return 1

@@ -57,7 +57,10 @@ LOG_REGION = "log"
 
 
 def recovering(node: Node) -> bool:
-    """``node`` rejoins by snapshot (Rule 2 counts it as down)."""
+    """``node`` is booting (its replica not started yet) or rejoins by snapshot: Rule 2 counts
+    it as down (a fresh incarnation is amnesiac from the moment it starts)."""
+    if node.replica is None:
+        return node.up
     return getattr(node.replica, "recovery", None) is not None
 
 

@@ -272,8 +272,8 @@ class World:
                 on_commit,
                 lambda leader, is_self: self.leader_changed(node, incarnation, is_self),
             )
-            node.replica = replica
             replica.start()
+            node.replica = replica  # once started: a booting replica counts as down (nemesis)
             runtime.spawn("client", lambda: self.client(node, incarnation, runtime, replica))
             runtime.spawn("control", lambda: self.control(node, incarnation, replica))
 

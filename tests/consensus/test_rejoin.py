@@ -203,3 +203,26 @@ def test_the_leader_recycles_past_a_follower_restarted_on_fresh_memory(make_clus
     cluster.restart_fresh(follower)
     cluster.wait_caught_up(follower, state.next_index - 1)
     cluster.check_same_state()
+
+
+def test_a_fresh_restart_never_reuses_a_request_number(make_cluster):
+    """Found by simulator seed 338: a replica restarted on fresh memory numbered its permission
+    requests from scratch, so a peer that had answered the same number from its previous
+    incarnation took the new request as answered and never granted it (the former leader,
+    restarted, was never caught up). ctrl Rule 3: a fresh incarnation starts above all of them."""
+    from consensus import ctrl as ctrl_mod
+
+    cluster = make_cluster(3, log_slots=16)
+    leader = cluster.leader()
+    cluster.propose_n(10, "x")
+    first = leader.replica_id
+    state = leader._state
+    used = state.word(ctrl_mod.MY_REQUEST_OFFSET)
+    assert used > 0  # it campaigned
+    cluster.kill(first)
+    cluster.leader(exclude=(first,))
+    back = cluster.restart_fresh(first)
+    cluster.wait_caught_up(first, 10)
+    restarted = back._state.word(ctrl_mod.MY_REQUEST_OFFSET)
+    assert restarted >= ctrl_mod.request_floor(first, 2) > used
+    assert restarted % ctrl_mod.REQUEST_STRIDE == first % ctrl_mod.REQUEST_STRIDE

@@ -295,7 +295,7 @@ def test_seed_94_a_fresh_incarnation_never_reuses_a_request_number() -> None:
 def test_fresh_incarnations_number_their_requests_in_disjoint_ranges() -> None:
     from consensus import ctrl
 
-    first = [ctrl.first_request(3, incarnation) for incarnation in range(4)]
+    first = [ctrl.request_floor(3, incarnation) for incarnation in range(1, 5)]
     assert first == sorted(set(first))
     for lower, upper in zip(first, first[1:], strict=False):
         assert upper - lower >= ctrl.REQUEST_STRIDE * ctrl.REQUESTS_PER_INCARNATION
