@@ -59,6 +59,7 @@ def _converged(cluster: LocalCluster) -> dict[int, pb.Status]:
 class _Trader:
     client: TraderClient
     acked: dict[int, int] = field(default_factory=dict)  # seq -> log index of its execution
+    sent: dict[int, tuple[pb.Side, int, int]] = field(default_factory=dict)  # seq -> request
     errors: list[str] = field(default_factory=list)
 
 
@@ -80,6 +81,7 @@ def _trade(trader: _Trader, stop: threading.Event, give_up_at: list[float],
                     return
                 continue
             trader.acked[seq] = result.reply.log_index
+            trader.sent[seq] = (side, price, qty)
             break
 
 
@@ -131,7 +133,8 @@ def test_killing_every_server_mid_load_loses_no_acknowledged_order(tmp_path):
         for trader in traders:
             recent = sorted(trader.acked)[-100:]
             for seq in random.Random(seed).sample(recent, min(20, len(recent))):
-                again = trader.client.submit("KIL", pb.BUY, 100, 1, seq=seq)
+                side, price, qty = trader.sent[seq]  # the same request: a retry
+                again = trader.client.submit("KIL", side, price, qty, seq=seq)
                 assert again.reply.duplicate and again.reply.log_index == trader.acked[seq]
         logs = "".join(cluster.servers[i].log_path.read_text() for i in cluster.addresses)
         assert "cold start at index" in logs
