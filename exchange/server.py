@@ -75,6 +75,11 @@ def _watch_role(
                                 node.replica_id, node.state.applied_index + 1)
             elif last_role == "recovering":
                 _log_caught_up(node, role, time.monotonic() - recovering_since)
+            elif not last_role and node.replica is not None and node.replica.last_recovery:
+                # the whole rejoin ran before this first look: still one line each
+                log.warning("server %d: recovering: fetching a peer's snapshot, then catching up "
+                            "the log (done before gRPC was up)", node.replica_id)
+                _log_caught_up(node, role, 0.0)
             else:
                 log.warning("server %d: role %s -> %s", node.replica_id, last_role or "-", role)
             last_role = role

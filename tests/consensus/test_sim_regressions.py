@@ -298,5 +298,6 @@ def test_fresh_incarnations_number_their_requests_in_disjoint_ranges() -> None:
     first = [ctrl.request_floor(3, incarnation) for incarnation in range(1, 5)]
     assert first == sorted(set(first))
     for lower, upper in zip(first, first[1:], strict=False):
-        assert upper - lower >= ctrl.REQUEST_STRIDE * ctrl.REQUESTS_PER_INCARNATION
+        assert upper - lower >= ctrl.REQUESTS_PER_INCARNATION - ctrl.REQUEST_STRIDE
+        assert lower % ctrl.REQUEST_STRIDE == upper % ctrl.REQUEST_STRIDE == 3
         assert ctrl.next_request(3, lower) < upper
