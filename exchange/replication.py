@@ -51,23 +51,30 @@ class ReplicationHandle:
                     log.exception("closing %r failed", closer)
 
 
-def _timings(config: ServerConfig) -> dict[str, int]:
-    """Failure-detector timings for a server process that also runs gRPC (see docs/exchange.md)."""
+def detector_timings(
+    pump_poll_us: int, dead_after_us: int, heartbeat_interval_us: int
+) -> dict[str, int]:
+    """Failure-detector timings for a server process that also serves clients from Python
+    threads (see docs/exchange.md); 0 means consensus's default. Shared with kvstores."""
     from consensus import constants
 
-    timings: dict[str, int] = {"pump_poll_us": config.pump_poll_us}
-    dead_after_us = config.dead_after_us or constants.DEAD_AFTER_US
-    if config.dead_after_us:
-        timings["dead_after_us"] = config.dead_after_us
-    if config.heartbeat_interval_us:
-        interval_us = config.heartbeat_interval_us
-        timings["heartbeat_interval_us"] = interval_us
-        timings["scan_interval_us"] = interval_us
+    timings: dict[str, int] = {"pump_poll_us": pump_poll_us}
+    dead_after = dead_after_us or constants.DEAD_AFTER_US
+    if dead_after_us:
+        timings["dead_after_us"] = dead_after_us
+    if heartbeat_interval_us:
+        timings["heartbeat_interval_us"] = heartbeat_interval_us
+        timings["scan_interval_us"] = heartbeat_interval_us
         # A scan gap counts for at most one scan period (or consensus's cap if larger), so a
         # stalled scanner never blames its peers for its own stall.
-        timings["scan_gap_cap_us"] = min(max(interval_us, constants.SCAN_GAP_CAP_US),
-                                         dead_after_us - 1)
+        timings["scan_gap_cap_us"] = min(max(heartbeat_interval_us, constants.SCAN_GAP_CAP_US),
+                                         dead_after - 1)
     return timings
+
+
+def _timings(config: ServerConfig) -> dict[str, int]:
+    return detector_timings(config.pump_poll_us, config.dead_after_us,
+                            config.heartbeat_interval_us)
 
 
 class GrpcSnapshotPort:

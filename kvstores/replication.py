@@ -75,19 +75,10 @@ class Replication:
 
 
 def _timings(config: KvConfig) -> dict[str, int]:
-    from consensus import constants
+    from exchange.replication import detector_timings
 
-    timings: dict[str, int] = {"pump_poll_us": config.pump_poll_us}
-    dead_after_us = config.dead_after_us or constants.DEAD_AFTER_US
-    if config.dead_after_us:
-        timings["dead_after_us"] = config.dead_after_us
-    if config.heartbeat_interval_us:
-        interval_us = config.heartbeat_interval_us
-        timings["heartbeat_interval_us"] = interval_us
-        timings["scan_interval_us"] = interval_us
-        timings["scan_gap_cap_us"] = min(max(interval_us, constants.SCAN_GAP_CAP_US),
-                                         dead_after_us - 1)
-    return timings
+    return detector_timings(config.pump_poll_us, config.dead_after_us,
+                            config.heartbeat_interval_us)
 
 
 def start_replication(
