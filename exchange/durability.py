@@ -30,6 +30,13 @@ Rule 5: a write or sync that fails (disk full, I/O error) fails the journal for 
         the server stops acknowledging; nothing not stored is ever reported durable.
 Rule 6: one process per data directory: an exclusive ``flock`` on ``DIR/LOCK`` (released by the
         kernel when the process dies, also on ``kill -9``).
+Rule 7: segments are preallocated: zeros are written and synced ahead of the records in chunks
+        of ``SEGMENT_CHUNK_BYTES`` (the background thread grows the file before the records
+        reach its end), so the fdatasync of an acknowledgement writes data blocks only, with no
+        file-size change for the file system's own journal to commit. Records therefore end at
+        an all-zero record header (no record has index 0) followed by zeros only; a segment is
+        cut to its records' end when it is closed or rotated. Anything else after the records
+        is a torn write (Rule 3).
 
 Test hook: ``MU_JOURNAL_FAIL_AFTER_BYTES=N`` makes journal writes fail with ENOSPC once the
 records written by this process would exceed N bytes (a full disk without a full disk).
@@ -37,6 +44,7 @@ records written by this process would exceed N bytes (a full disk without a full
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -64,6 +72,8 @@ CLUSTER_ID_BYTES_MAX = 1024
 FLUSH_INTERVAL_S = 0.005  # background write period (async mode; followers' entries)
 SYNC_INTERVAL_S = 0.05  # background fdatasync period: 3 servers on one disk sync less often
 SNAPSHOT_ENTRIES_DEFAULT = 100_000  # entries between two snapshots
+SEGMENT_CHUNK_BYTES = 4 << 20  # Rule 7: zeros written ahead of the records at a time
+SEGMENT_GROW_MARGIN_BYTES = 1 << 20  # the background thread grows a segment this near its end
 DURABILITY_MODES = ("sync", "async")
 FAIL_AFTER_ENV = "MU_JOURNAL_FAIL_AFTER_BYTES"
 _JOURNAL_NAME = re.compile(r"^journal-(\d{20})\.log$")
@@ -129,6 +139,11 @@ def encode_record(index: int, payload: bytes | memoryview) -> bytes:
     return head + HEADER_CRC.pack(zlib.crc32(payload, zlib.crc32(head))) + bytes(payload)
 
 
+def _only_zeros(data: bytes, offset: int) -> bool:
+    """Whether ``data[offset:]`` holds zeros only (the preallocated end of a segment, Rule 7)."""
+    return len(data.rstrip(b"\0")) <= offset
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -184,8 +199,11 @@ def _replay_segment(path: Path, data: bytes, start: int, first: int, machine: Ex
                     last_segment: bool) -> tuple[int, int]:
     """Apply ``path``'s records after ``machine``'s index; return (records applied, bytes cut)."""
     offset, expected, applied = start, first, 0
+    records_end = len(data.rstrip(b"\0"))  # Rule 7: zeros after it are preallocated space
     while offset < len(data):
         bad = ""
+        if offset >= records_end:
+            return applied, 0
         if len(data) - offset < RECORD.size:
             bad = "record header cut short"
         else:
@@ -198,6 +216,8 @@ def _replay_segment(path: Path, data: bytes, start: int, first: int, machine: Ex
                 bad = "record checksum mismatch"
             elif index != expected:
                 bad = f"record index {index}, expected {expected}"
+            if index == 0 and length == 0 and crc == 0:
+                bad = "non-zero bytes after the end of the records"
         if bad:
             if not last_segment:
                 raise DataDirError(f"{path}: {bad} at byte {offset}, before the end of the "
@@ -269,6 +289,8 @@ class Journal:
         self._write_lock = threading.Lock()  # one writer at a time (group commit)
         self._snapshot_lock = threading.Lock()
         self._fd = -1
+        self._offset = 0  # where the next record goes in the open segment (Rule 7)
+        self._allocated = 0  # bytes of the open segment written (header, records, zeros)
         self._since_snapshot = 0
         self._written_bytes = 0
         fail_after = os.environ.get(FAIL_AFTER_ENV, "").strip()
@@ -283,22 +305,40 @@ class Journal:
     # -- files ----------------------------------------------------------------------------------
     def _open_segment(self, first: int) -> None:
         """Start appending to ``journal-<first>.log`` (created, or reused if it holds no
-        record yet); the previous segment is closed."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        record yet); the previous segment is cut to its records' end and closed (Rule 7)."""
+        self._close_segment()
         path = self.directory / journal_name(first)
         header = file_header(JOURNAL_MAGIC, first, self.cluster_id)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        size = os.fstat(fd).st_size
-        if size > len(header):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        with os.fdopen(os.dup(fd), "rb") as existing:
+            held = existing.read()
+        if not _only_zeros(held, len(header)):
             os.close(fd)
             raise DataDirError(f"{path} already holds records after index {first - 1}")
         os.ftruncate(fd, 0)
-        os.write(fd, header)
+        os.pwrite(fd, header, 0)
+        self._fd, self._offset, self._allocated = fd, len(header), len(header)
+        self._grow()
         os.fsync(fd)
         _fsync_dir(self.directory)
-        self._fd = fd
+
+    def _grow(self) -> None:
+        """Rule 7: write the next chunk of zeros after the allocated end and sync it."""
+        zeros = bytes(SEGMENT_CHUNK_BYTES)
+        os.pwrite(self._fd, zeros, self._allocated)
+        os.fdatasync(self._fd)
+        self._allocated += len(zeros)
+
+    def _close_segment(self) -> None:
+        """Cut the open segment to its records' end (Rule 7), sync and close it."""
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        try:
+            os.ftruncate(fd, self._offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def start(self) -> None:
         """Start the background thread (flushes, snapshots)."""
@@ -314,10 +354,8 @@ class Journal:
                 self.flush()
             except JournalFailed:
                 pass
-        with self._write_lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+        with self._write_lock, contextlib.suppress(OSError):  # a failed disk keeps its zeros
+            self._close_segment()
 
     # -- appending (the apply path, under the node's lock) --------------------------------------
     def append(self, index: int, payload: bytes | memoryview) -> None:
@@ -359,10 +397,13 @@ class Journal:
             if records:
                 data = b"".join(records)
                 self._check_injected_failure(len(data))
+                while self._offset + len(data) > self._allocated:
+                    self._grow()
                 view = memoryview(data)
                 while view:
-                    written = os.write(self._fd, view)
+                    written = os.pwrite(self._fd, view, self._offset)
                     view = view[written:]
+                    self._offset += written
                 self._written_bytes += len(data)
                 self.written_index = last
             if sync and self.durable_index < self.written_index:
@@ -372,6 +413,19 @@ class Journal:
         except OSError as exc:
             self._fail(f"journal write failed in {self.directory}: {exc}")
             raise JournalFailed(self.failure) from None
+
+    def _grow_ahead(self) -> None:
+        """Rule 7: keep zeros ahead of the records, so acknowledgements never wait for it."""
+        if self._allocated - self._offset >= SEGMENT_GROW_MARGIN_BYTES:
+            return
+        with self._write_lock:
+            if self.failure or self._fd < 0:
+                return
+            try:
+                self._grow()
+            except OSError as exc:
+                self._fail(f"journal preallocation failed in {self.directory}: {exc}")
+                raise JournalFailed(self.failure) from None
 
     def _check_injected_failure(self, size: int) -> None:
         limit = self._fail_after_bytes
@@ -465,6 +519,7 @@ class Journal:
                 synced_at = now
             try:
                 self.flush(sync)
+                self._grow_ahead()
                 if self._since_snapshot >= self.snapshot_entries:
                     self.snapshot_now()
             except JournalFailed:

@@ -10,6 +10,7 @@ import pytest
 
 from exchange.durability import (
     FAIL_AFTER_ENV,
+    SEGMENT_CHUNK_BYTES,
     DataDirError,
     Journal,
     JournalFailed,
@@ -187,3 +188,31 @@ def test_a_data_dir_is_used_by_one_process_at_a_time(tmp_path):
         os.close(fd)
     _, fd = open_data_dir(str(tmp_path / "d"))
     os.close(fd)
+
+
+def test_a_crashed_segment_keeps_its_preallocated_zeros_and_loads(tmp_path, seed):
+    """Rule 7: a server killed mid-segment leaves zeros after its records; they are not a tear."""
+    payloads = _entries(25, seed)
+    server = _Server(tmp_path)
+    server.apply(payloads)
+    server.journal.wait_durable(25)  # on disk, and the segment never cut (no close: a kill -9)
+    segment = max(tmp_path.glob("journal-*.log"))
+    assert segment.stat().st_size >= SEGMENT_CHUNK_BYTES
+    loaded = load(tmp_path, CLUSTER, LIMITS)
+    assert loaded.machine.applied_index == 25 and loaded.cut_bytes == 0
+    assert loaded.machine.state_digest() == _reference(payloads).state_digest()
+
+
+def test_a_torn_write_inside_the_preallocated_space_is_cut(tmp_path, seed):
+    payloads = _entries(12, seed)
+    server = _Server(tmp_path)
+    server.apply(payloads)
+    server.journal.wait_durable(12)
+    segment = max(tmp_path.glob("journal-*.log"))
+    records_end = server.journal._offset
+    with open(segment, "r+b") as file:  # half a record's bytes landed, the rest is zeros
+        file.seek(records_end + 40)
+        file.write(os.urandom(9))
+    loaded = load(tmp_path, CLUSTER, LIMITS)
+    assert loaded.machine.applied_index == 12 and loaded.cut_bytes > 0
+    assert segment.stat().st_size == records_end
