@@ -216,18 +216,19 @@ def make_certs(directory: Path, servers: int, traders: str, hosts: list[str], bl
     """Create or extend a certificate directory (module rules); return what was written."""
     from cryptography import x509
 
-    directory.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = directory / "ca.crt", directory / "ca.key"
+    keep_ca = ca_cert.exists() and ca_key.exists() and not new_ca
+    taken = _read_taken(directory) if keep_ca else {}
+    trader_list = parse_traders(traders, taken, block)  # bad input: nothing written
+    directory.mkdir(parents=True, exist_ok=True)
     issued: list[Issued] = []
-    if ca_cert.exists() and ca_key.exists() and not new_ca:
+    if keep_ca:
         authority = Authority.load(ca_cert, ca_key)
-        taken = _read_taken(directory)
         issued.append(Issued(ca_cert, "the existing CA (kept; pass --new-ca to replace it)"))
     else:
         authority = Authority.create(f"mu-exchange development CA ({socket.gethostname()})")
         _write(ca_key, _key_pem(authority.key), KEY_MODE)
         _write(ca_cert, authority.cert_pem(), CERT_MODE)
-        taken = {}
         issued.append(Issued(ca_cert, "new CA: clients verify servers and servers verify "
                              "clients with it (--tls-ca, --client-ca)"))
     sans = host_names(hosts)
@@ -236,7 +237,6 @@ def make_certs(directory: Path, servers: int, traders: str, hosts: list[str], bl
         cert, key = authority.issue(f"server-{replica_id}", [*sans, uri], server=True)
         issued += _write_pair(directory, f"server-{replica_id}", cert, key,
                               f"server {replica_id} (--tls-cert/--tls-key)")
-    trader_list = parse_traders(traders, taken, block)
     for name, ranges in trader_list:
         uri = x509.UniformResourceIdentifier(f"{CLIENT_URI_PREFIX}{ranges}")
         cert, key = authority.issue(name, [uri], server=False)
