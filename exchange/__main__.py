@@ -1,4 +1,4 @@
-"""``python -m exchange {serve,demo,bench,watch,bench-snapshot,bench-rejoin}``: the CLI.
+"""``python -m exchange {serve,demo,bench,watch,certs,bench-snapshot,bench-rejoin}``: the CLI.
 
 Rule 1: bad arguments and configuration errors print one line and exit 2; Ctrl-C exits 130 with a
         clear message; tracebacks are for bugs only.
@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from exchange.config import (
     FABRIC_KINDS,
@@ -27,6 +28,9 @@ from exchange.durability import (
     SNAPSHOT_ENTRIES_DEFAULT,
     SYNC_INTERVAL_S,
 )
+
+if TYPE_CHECKING:
+    from exchange.tls import ServerTls
 
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
 
@@ -92,8 +96,45 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--snapshot-entries", type=int, default=SNAPSHOT_ENTRIES_DEFAULT,
                        help="with --data-dir: store a snapshot and trim the journal every N "
                        f"applied entries (default {SNAPSHOT_ENTRIES_DEFAULT})")
+    _add_tls(serve)
     serve.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def _add_tls(serve: argparse.ArgumentParser) -> None:
+    tls = serve.add_argument_group(
+        "TLS", "TLS on the server's port, for traders and peer servers alike (make development "
+        "certificates with: python -m exchange certs DIR); docs/exchange.md, 'Security'")
+    tls.add_argument("--tls-cert", default=None, metavar="FILE",
+                     help="this server's certificate (PEM), e.g. DIR/server-1.crt")
+    tls.add_argument("--tls-key", default=None, metavar="FILE",
+                     help="its private key (PEM), e.g. DIR/server-1.key")
+    tls.add_argument("--client-ca", default=None, metavar="FILE",
+                     help="mutual TLS: every caller must present a certificate issued by this "
+                     "CA, and may use only the client ids its certificate (or --client-map) "
+                     "gives it; peer servers are verified with it too")
+    tls.add_argument("--peer-ca", default=None, metavar="FILE",
+                     help="the CA that issued the other servers' certificates (default: "
+                     "--client-ca)")
+    tls.add_argument("--client-map", default=None, metavar="FILE",
+                     help="'identity = ids' lines: the client ids (e.g. 7, 100-199) a "
+                     "certificate's common name or SAN may use, besides those in the "
+                     "certificate")
+    tls.add_argument("--insecure", action="store_true",
+                     help="allow plaintext on a non-loopback --listen address (refused by "
+                     "default)")
+
+
+def _server_tls(args: argparse.Namespace, listen: str, replicas: int) -> ServerTls | None:
+    from exchange.tls import check_listen, load_server_tls
+
+    tls = load_server_tls(args.tls_cert, args.tls_key, args.client_ca, args.peer_ca,
+                          args.client_map)
+    check_listen(listen, tls, args.insecure)
+    if tls is not None and tls.peer is None and replicas > 1:
+        raise ConfigError("--tls-cert with replicas: pass --client-ca (mutual TLS) or --peer-ca, "
+                          "the CA that verifies the other servers' certificates")
+    return tls
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -122,7 +163,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     config = dataclasses.replace(config, heartbeat_interval_us=args.heartbeat_interval_us,
                                  dead_after_us=args.dead_after_us, parent_pid=args.parent_pid,
                                  pump_poll_us=args.pump_poll_us, data_dir=data_dir,
-                                 durability=durability, snapshot_entries=snapshot_entries)
+                                 durability=durability, snapshot_entries=snapshot_entries,
+                                 tls=_server_tls(args, config.listen, config.replicas))
     return serve(config)
 
 
@@ -134,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_serve(commands)
     import exchange.bench as bench
+    import exchange.certs as certs
     import exchange.demo as demo
     import exchange.rejoin_bench as rejoin_bench
     import exchange.snapshot_bench as snapshot_bench
@@ -144,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     snapshot_bench.add_parser(commands)
     rejoin_bench.add_parser(commands)
     watch.add_parser(commands)
+    certs.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
@@ -161,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             return rejoin_bench.run(args)
         if args.command == "watch":
             return watch.run(args)
+        if args.command == "certs":
+            return certs.run(args)
         return bench.run(args)
     except ConfigError as exc:
         print(f"python -m exchange {args.command}: error: {exc}", file=sys.stderr)

@@ -23,6 +23,10 @@ Rule 5: ``--durable`` adds a third configuration to every round: the 3-replica c
         ``--data-dir`` (a fresh temporary directory per round, removed after) and ``--durability
         sync``; its target (issue 11) is p50 <= ``TARGET_DURABLE_P50_RATIO`` x the memory-only
         3-replica p50 of the same run, printed the same way (medians, per-round ratios).
+Rule 6: ``--tls`` adds the 3-replica cluster over mutual TLS (a development CA made for the
+        run, ``exchange.certs``; the traders present a trader certificate and use its client ids)
+        to every round, compared with the plaintext 3-replica cluster of the same run the same
+        way; no target, the ratio is what TLS costs.
 """
 
 from __future__ import annotations
@@ -35,9 +39,12 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from exchange.cluster import ClusterError, LocalCluster
 from exchange.session import SESSION_IN_FLIGHT_MAX
+from exchange.tls import ClientTls, certificate_ids, time_seq
 from traders.load import ACKED, REJECTED, STREAM_WINDOW_DEFAULT, LoadConfig, LoadRun
 from traders.stats import LatencySummary, summarize
 from traders.workload import DEFAULT_SYMBOLS
@@ -45,7 +52,9 @@ from traders.workload import DEFAULT_SYMBOLS
 WARMUP_S = 0.5
 TARGET_P50_RATIO = 1.10
 TARGET_DURABLE_P50_RATIO = 1.15
-DURABLE = 4  # the results key of the durable 3-replica configuration (Rule 4)
+DURABLE = 4  # the results key of the durable 3-replica configuration (Rule 5)
+TLS = 5  # the results key of the mutual-TLS 3-replica configuration (Rule 6)
+TLS_TRADERS_MAX = 1000  # client ids in the benchmark's trader certificate
 BENCH_SECONDS_DEFAULT = 3.0
 # Single rounds on this shared 2-core machine range over +-10% (x0.98-1.24 seen in one run), so
 # the default takes the median of 6 alternating rounds (about 2 minutes in all).
@@ -123,6 +132,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="also measure the 3-replica cluster with --data-dir and --durability "
                        "sync in every round (target: p50 <= "
                        f"x{TARGET_DURABLE_P50_RATIO:.2f} of memory-only 3 replicas)")
+    bench.add_argument("--tls", action="store_true",
+                       help="also measure the 3-replica cluster over mutual TLS in every round "
+                       "(fresh development certificates), beside plaintext 3 replicas")
     bench.add_argument("--followers-nice", type=int, default=0, metavar="N",
                        help="run the 3-replica cluster's followers at this nice value (0-19), to "
                        "emulate followers on their own machines: with one-sided writes they are "
@@ -133,12 +145,23 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bench.add_argument("--no-plots", action="store_true", help="write no pictures")
 
 
+def _trader_tls(cluster: LocalCluster, traders: int) -> dict[str, Any]:
+    """Rule 6: the trader certificate's TLS settings and client ids (none in plaintext)."""
+    if cluster.tls_dir is None:
+        return {}
+    directory = cluster.tls_dir
+    tls = ClientTls.from_files(str(directory / "ca.crt"), str(directory / "trader-bench.crt"),
+                               str(directory / "trader-bench.key"))
+    return {"tls": tls, "client_ids": certificate_ids(tls, traders, "--traders"),
+            "first_seq": time_seq()}
+
+
 def _phase(cluster: LocalCluster, traders: int, seconds: float, seed: int,
            stream: bool = False, batch: int = 1, window: int = 1) -> PhaseResult:
     load = LoadRun(LoadConfig(
         addresses=tuple(cluster.addresses.values()), traders=traders, rate_per_s=0.0,
         test_ms=int((seconds + WARMUP_S) * 1000), seed=seed, symbols=DEFAULT_SYMBOLS,
-        stream=stream, batch=batch, window=window,
+        stream=stream, batch=batch, window=window, **_trader_tls(cluster, traders),
     ))
     before = _cpu_snapshot(cluster)
     load.start()
@@ -163,20 +186,27 @@ def _phase(cluster: LocalCluster, traders: int, seconds: float, seed: int,
 
 def _measure(config: int, args: argparse.Namespace, round_index: int) -> tuple[PhaseResult,
                                                                                PhaseResult]:
-    if config == DURABLE:
-        data_dir = tempfile.mkdtemp(prefix="mu-bench-data-")
+    if config in (DURABLE, TLS):
+        directory = Path(tempfile.mkdtemp(prefix="mu-bench-"))
         try:
-            return _measure_cluster(3, args, round_index, data_dir)
+            if config == DURABLE:
+                return _measure_cluster(3, args, round_index, str(directory))
+            from exchange.certs import make_certs
+
+            make_certs(directory, 3, f"bench=1-{TLS_TRADERS_MAX}", [], 1, new_ca=True)
+            return _measure_cluster(3, args, round_index, None, directory)
         finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
+            shutil.rmtree(directory, ignore_errors=True)
     return _measure_cluster(config, args, round_index, None)
 
 
 def _measure_cluster(replicas: int, args: argparse.Namespace, round_index: int,
-                     data_dir: str | None) -> tuple[PhaseResult, PhaseResult]:
-    name = "bench3d" if data_dir else "bench3" if replicas > 1 else "bench1"
+                     data_dir: str | None, tls_dir: Path | None = None
+                     ) -> tuple[PhaseResult, PhaseResult]:
+    name = "bench3d" if data_dir else "bench3t" if tls_dir else f"bench{min(replicas, 3)}"
     with LocalCluster(replicas, fabric=args.fabric, name=name, extra_args=tuple(args.server_arg),
-                      data_dir=data_dir, durability="sync" if data_dir else None) as cluster:
+                      data_dir=data_dir, durability="sync" if data_dir else None,
+                      tls_dir=tls_dir) as cluster:
         if replicas > 1 and args.followers_nice:
             leader = cluster.wait_for_leader(LEADER_TIMEOUT_S)
             for replica_id, server in cluster.servers.items():
@@ -229,12 +259,12 @@ def run(args: argparse.Namespace) -> int:
         args.rounds = STREAM_ROUNDS_DEFAULT if args.stream else BENCH_ROUNDS_DEFAULT
     if args.stream:
         return run_stream(args)
-    if args.seconds <= 0 or args.rounds < 1 or args.traders < 1:
+    if args.seconds <= 0 or args.rounds < 1 or not 1 <= args.traders <= TLS_TRADERS_MAX:
         print("python -m exchange bench: error: need --seconds > 0, --rounds >= 1, "
-              "--traders >= 1", file=sys.stderr)
+              f"--traders in 1..{TLS_TRADERS_MAX}", file=sys.stderr)
         return 2
     print(f"bench: traders and servers at {_raise_priority()}", flush=True)
-    configs = (1, 3, DURABLE) if args.durable else (1, 3)
+    configs = (1, 3, *((DURABLE,) if args.durable else ()), *((TLS,) if args.tls else ()))
     if args.durable:
         print(f"bench: this disk now: {_fdatasync_line()}", flush=True)
     results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]] = {c: ([], []) for c in configs}
@@ -244,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
                 latency, throughput = _measure(config, args, round_index)
                 results[config][0].append(latency)
                 results[config][1].append(throughput)
-                label = "3+sync" if config == DURABLE else str(config)
+                label = {DURABLE: "3+sync", TLS: "3+mTLS"}.get(config, str(config))
                 print(f"round {round_index + 1}/{args.rounds} replicas={label}: latency "
                       f"{latency.latency.line()}; {args.traders} traders "
                       f"{throughput.throughput_per_s:,.0f}/s p50 "
@@ -301,8 +331,9 @@ def _print_table(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]]
     print(f"{'':14}{'p50 us':>9}{'p90 us':>9}{'p99 us':>9}{'max us':>10}{'orders/s':>10}"
           f"{'tput p50 us':>13}")
     rows = {}
-    labels = ((1, "unreplicated"), (3, "3 replicas"), (DURABLE, "3 + sync disk"))
-    for replicas, label in labels[:len(results)]:
+    labels = ((1, "unreplicated"), (3, "3 replicas"), (DURABLE, "3 + sync disk"),
+              (TLS, "3 + mutual TLS"))
+    for replicas, label in (item for item in labels if item[0] in results):
         p50, p90, p99, top, _ = _median(results[replicas][0])
         *_, tput = _median(results[replicas][1])
         tput_p50 = statistics.median(r.latency.p50_us for r in results[replicas][1])
@@ -318,8 +349,11 @@ def _print_table(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]]
     print(f"per-round p50 ratios (each round runs both back to back): median "
           f"x{statistics.median(paired):.3f}, range x{paired[0]:.3f}-x{paired[-1]:.3f}")
     if DURABLE in results:
-        _print_durable(results, rows)
+        _print_versus(results, rows, DURABLE, "durable (sync)/memory-only",
+                      TARGET_DURABLE_P50_RATIO)
         print(f"bench: this disk after the rounds: {_fdatasync_line()}")
+    if TLS in results:
+        _print_versus(results, rows, TLS, "mutual TLS/plaintext", None)
     return 0
 
 
@@ -421,15 +455,17 @@ def _stream_verdicts(results: StreamResults) -> None:
               f"({'meets' if median <= TARGET_P50_RATIO else 'MISSES'} <= x{TARGET_P50_RATIO})")
 
 
-def _print_durable(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]],
-                   rows: dict[int, tuple[float, float]]) -> None:
-    """Rule 5: durable (sync) 3 replicas against memory-only 3 replicas."""
-    ratio = rows[DURABLE][0] / rows[3][0] if rows[3][0] else float("inf")
-    tput_ratio = rows[DURABLE][1] / rows[3][1] if rows[3][1] else 0.0
-    verdict = "meets" if ratio <= TARGET_DURABLE_P50_RATIO else "MISSES"
-    print(f"durable (sync)/memory-only, 3 replicas: p50 x{ratio:.3f} ({verdict} the "
-          f"x{TARGET_DURABLE_P50_RATIO:.2f} target), throughput x{tput_ratio:.3f}")
-    paired = sorted(durable.latency.p50_us / memory.latency.p50_us
-                    for memory, durable in zip(results[3][0], results[DURABLE][0], strict=True))
-    print(f"per-round durable/memory p50 ratios: median x{statistics.median(paired):.3f}, "
+def _print_versus(results: dict[int, tuple[list[PhaseResult], list[PhaseResult]]],
+                  rows: dict[int, tuple[float, float]], config: int, label: str,
+                  target: float | None) -> None:
+    """Rules 5-6: ``config`` (durable, or mutual TLS) against plaintext memory-only 3 replicas
+    of the same run: the ratio of the medians and the per-round ratios."""
+    ratio = rows[config][0] / rows[3][0] if rows[3][0] else float("inf")
+    tput_ratio = rows[config][1] / rows[3][1] if rows[3][1] else 0.0
+    verdict = "" if target is None else (
+        f" ({'meets' if ratio <= target else 'MISSES'} the x{target:.2f} target)")
+    print(f"{label}, 3 replicas: p50 x{ratio:.3f}{verdict}, throughput x{tput_ratio:.3f}")
+    paired = sorted(other.latency.p50_us / base.latency.p50_us
+                    for base, other in zip(results[3][0], results[config][0], strict=True))
+    print(f"per-round {label} p50 ratios: median x{statistics.median(paired):.3f}, "
           f"range x{paired[0]:.3f}-x{paired[-1]:.3f}")

@@ -10,6 +10,10 @@ Rule 4: with ``data_dir`` every server gets ``--data-dir data_dir/server-<id>`` 
         ``--durability``); the directories outlive ``stop`` (they are the point), and a restarted
         server reuses its own. ``cluster_id`` fixes the cluster id (a data directory belongs to
         one cluster: a second run on the same directories must pass the same id).
+Rule 5: with ``tls_dir`` (a directory ``python -m exchange certs`` made) every server serves
+        mutual TLS with ``server-<id>.crt`` and ``--client-ca ca.crt``, and the launcher's own
+        status calls present server 1's certificate (a launcher holds its servers' keys; a
+        server certificate names no client id, so the launcher can read but not trade).
 Rule 3: ``start`` returns only when every server answers and (replicated) they agree on a leader;
         otherwise it raises ``ClusterError`` with the tail of the servers' logs.
 """
@@ -34,6 +38,7 @@ import grpc
 from exchange.config import format_server_uris
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
+from exchange.tls import ClientTls
 from traders.client import open_channel
 
 START_TIMEOUT_S = 30.0
@@ -94,8 +99,13 @@ class LocalCluster:
         data_dir: str | Path | None = None,
         durability: str | None = None,
         cluster_id: str | None = None,
+        tls_dir: str | Path | None = None,
     ) -> None:
         assert replicas == 1 or replicas >= 3, replicas
+        self.tls_dir = None if tls_dir is None else Path(tls_dir)  # Rule 5
+        self.tls = None if self.tls_dir is None else ClientTls.from_files(
+            str(self.tls_dir / "ca.crt"), str(self.tls_dir / "server-1.crt"),
+            str(self.tls_dir / "server-1.key"))
         self.replicas = replicas
         self.fabric = fabric
         self.cluster_id = cluster_id or f"{name}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
@@ -150,6 +160,10 @@ class LocalCluster:
             "--fabric", self.fabric, "--cluster-id", self.cluster_id, "--fifo", fifo_path,
             "--parent-pid", str(os.getpid()), *self.extra_args,
         ]
+        if self.tls_dir is not None:
+            command += ["--tls-cert", str(self.tls_dir / f"server-{replica_id}.crt"),
+                        "--tls-key", str(self.tls_dir / f"server-{replica_id}.key"),
+                        "--client-ca", str(self.tls_dir / "ca.crt")]
         if self.data_dir is not None:
             command += ["--data-dir", str(self.server_data_dir(replica_id))]
             if self.durability is not None:
@@ -180,7 +194,7 @@ class LocalCluster:
     def stub(self, replica_id: int) -> pb_grpc.ExchangeStub:
         stub = self._stubs.get(replica_id)
         if stub is None:
-            channel = open_channel(self.addresses[replica_id])
+            channel = open_channel(self.addresses[replica_id], self.tls)
             self._channels[replica_id] = channel
             stub = pb_grpc.ExchangeStub(channel)  # type: ignore[no-untyped-call]
             self._stubs[replica_id] = stub

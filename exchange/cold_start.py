@@ -42,6 +42,7 @@ from exchange.node import ExchangeNode
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 from exchange.state_transfer import TransferFailed, fetch_snapshot
+from exchange.tls import ClientTls, open_channel
 
 POLL_INTERVAL_S = 0.05
 STATUS_TIMEOUT_S = 0.5
@@ -65,20 +66,22 @@ def _statuses(channels: dict[int, grpc.Channel]) -> dict[int, pb.Status]:
     return found
 
 
-def pass_gate(node: ExchangeNode, stopping: Callable[[], bool]) -> str:
+def pass_gate(node: ExchangeNode, stopping: Callable[[], bool],
+              tls: ClientTls | None = None) -> str:
     """Block until this server may start consensus (module rules); return ``"warm"`` or
-    ``"cold"``. Raises ``GateStopped``."""
+    ``"cold"``. Peers are asked over TLS with ``tls`` (exchange.tls Rule 5). Raises
+    ``GateStopped``."""
     peers = {i: a for i, a in node.addresses.items() if i != node.replica_id}
-    channels = {i: grpc.insecure_channel(a) for i, a in peers.items()}
+    channels = {i: open_channel(a, tls) for i, a in peers.items()}
     try:
-        return _wait(node, peers, channels, stopping)
+        return _wait(node, peers, channels, stopping, tls)
     finally:
         for channel in channels.values():
             channel.close()
 
 
 def _wait(node: ExchangeNode, peers: dict[int, str], channels: dict[int, grpc.Channel],
-          stopping: Callable[[], bool]) -> str:
+          stopping: Callable[[], bool], tls: ClientTls | None) -> str:
     first_seen = time.monotonic()
     logged_at = 0.0
     running_since: float | None = None
@@ -94,7 +97,7 @@ def _wait(node: ExchangeNode, peers: dict[int, str], channels: dict[int, grpc.Ch
             if running and running_since is None:
                 running_since = now
             if not running or now - (running_since or now) >= LEADER_WAIT_S:
-                if _at_maximum(node, peers, statuses):
+                if _at_maximum(node, peers, statuses, tls):
                     return "cold"
                 continue
         elif now - logged_at >= WAITING_LOG_S:
@@ -107,8 +110,8 @@ def _wait(node: ExchangeNode, peers: dict[int, str], channels: dict[int, grpc.Ch
     raise GateStopped("stopped at the start gate")
 
 
-def _at_maximum(node: ExchangeNode, peers: dict[int, str], statuses: dict[int, pb.Status]
-                ) -> bool:
+def _at_maximum(node: ExchangeNode, peers: dict[int, str], statuses: dict[int, pb.Status],
+                tls: ClientTls | None) -> bool:
     """Rule 3: True once this server's state is at the highest index reported; else fetch it."""
     own = node.state.applied_index
     best = max(statuses, key=lambda i: (statuses[i].applied_index, -i))
@@ -120,7 +123,8 @@ def _at_maximum(node: ExchangeNode, peers: dict[int, str], statuses: dict[int, p
     log.warning("server %d: cold start: server %d holds index %d, this server %d; fetching its "
                 "snapshot", node.replica_id, best, top, own)
     try:
-        index, data = fetch_snapshot(peers[best], node.replica_id, _no_begin, _no_advance)
+        index, data = fetch_snapshot(peers[best], node.replica_id, _no_begin, _no_advance,
+                                     tls=tls)
         node.install_snapshot(index, data)
     except (TransferFailed, ValueError) as exc:  # SnapshotError is a ValueError
         log.warning("server %d: snapshot from server %d failed: %s; asking again",

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from exchange.tls import ServerTls
 
 FABRIC_KINDS = ("shm", "verbs")
 DEFAULT_CLUSTER_ID = "mu-exchange"
@@ -99,6 +103,7 @@ class ServerConfig:
     data_dir: str | None = None  # None = memory only (exchange.durability)
     durability: str = "sync"  # sync | async (with data_dir)
     snapshot_entries: int = 100_000  # entries between two stored snapshots
+    tls: ServerTls | None = None  # None = plaintext (exchange.tls)
 
     @property
     def members(self) -> tuple[int, ...]:

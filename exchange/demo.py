@@ -5,6 +5,9 @@ Rule 1: the demo owns what it starts (``LocalCluster``) and removes all of it on
 Rule 2: every figure printed is measured in this run: latency percentiles from the traders'
         samples, the failover time from the first answer of the new leader after the pause, and
         digest equality from every server's status after the load.
+Rule 3: with ``--tls`` everything runs over mutual TLS with a fresh development CA in a temporary
+        directory (removed at the end): servers, the traders (``trader-demo``'s certificate and
+        client ids) and the ``--watch`` dashboard.
 
 Timeline (fractions of the run): traders start at 0; at ``PAUSE_AT`` the leader is paused through
 its control FIFO (``p``), leadership moves, traders follow; at ``RESUME_AT`` it is resumed (``r``)
@@ -18,14 +21,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from exchange.cluster import ClusterError, LocalCluster
 from exchange.proto import exchange_pb2 as pb
+from exchange.tls import ClientTls, certificate_ids, time_seq
 from traders.load import ACKED, REJECTED, LoadConfig, LoadReport, LoadRun, Sample
 from traders.stats import summarize
 from traders.workload import DEFAULT_SYMBOLS
@@ -38,6 +45,7 @@ DEMO_SECONDS_DEFAULT = 12.0
 DEMO_TRADERS_DEFAULT = 4
 CONVERGE_TIMEOUT_S = 10.0
 LEADER_TIMEOUT_S = 10.0
+DEMO_CLIENT_ID_BASE = 1_000_000  # --tls: the demo's traders are client ids BASE + 1..
 
 
 @dataclass(slots=True)
@@ -107,6 +115,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       help="where to write demo-latency-cdf.png and demo-timeline.png "
                       "(default: the current directory)")
     demo.add_argument("--no-plots", action="store_true", help="write no pictures")
+    demo.add_argument("--tls", action="store_true",
+                      help="run everything over mutual TLS: a fresh development CA, server and "
+                      "trader certificates (as python -m exchange certs makes) in a temporary "
+                      "directory, removed at the end")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,10 +131,13 @@ def run(args: argparse.Namespace) -> int:
     except ClusterError as exc:
         print(f"python -m exchange demo: error: {exc}", file=sys.stderr)
         return 2
+    tls_dir = _demo_certs(args.traders) if args.tls else None
     cluster = LocalCluster(3, fabric=args.fabric, name="demo", data_dir=args.data_dir,
-                           durability="sync" if args.data_dir else None, cluster_id=cluster_id)
+                           durability="sync" if args.data_dir else None, cluster_id=cluster_id,
+                           tls_dir=tls_dir)
+    security = f", mutual TLS, certificates in {tls_dir}" if tls_dir else ""
     print(f"demo: starting 3 exchange servers (cluster {cluster.cluster_id}, fabric "
-          f"{args.fabric}, logs in {cluster.workdir})", flush=True)
+          f"{args.fabric}, logs in {cluster.workdir}{security})", flush=True)
     print(f"demo: {'durable, data in ' + args.data_dir if args.data_dir else 'memory only'}",
           flush=True)
     try:
@@ -137,7 +152,20 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         cluster.stop(keep_logs=args.keep_logs)
+        if tls_dir is not None:
+            shutil.rmtree(tls_dir, ignore_errors=True)
         print("demo: servers stopped, FIFOs and shared memory removed")
+
+
+def _demo_certs(traders: int) -> Path:
+    """A development CA, 3 server certificates and the trader certificate ``trader-demo``
+    naming client ids ``DEMO_CLIENT_ID_BASE`` + 1.. (one per trader), in a temporary directory."""
+    from exchange.certs import make_certs
+
+    directory = Path(tempfile.mkdtemp(prefix="mu-demo-certs-"))
+    first = DEMO_CLIENT_ID_BASE + 1
+    make_certs(directory, 3, f"demo={first}-{first + traders - 1}", [], 1, new_ca=True)
+    return directory
 
 
 def _demo_cluster_id(data_dir: str | None) -> str | None:
@@ -155,6 +183,22 @@ def _demo_cluster_id(data_dir: str | None) -> str | None:
     except OSError as exc:
         raise ClusterError(f"--data-dir {data_dir}: {exc}") from None
     return cluster_id
+
+
+def _trader_tls(cluster: LocalCluster, traders: int) -> dict[str, Any]:
+    """The load's TLS settings: ``trader-demo``'s certificate and ids (``_demo_certs``)."""
+    if cluster.tls_dir is None:
+        return {}
+    files = _trader_files(cluster.tls_dir)
+    tls = ClientTls.from_files(files[1], files[3], files[5])
+    return {"tls": tls, "client_ids": certificate_ids(tls, traders, "--traders"),
+            "first_seq": time_seq()}
+
+
+def _trader_files(tls_dir: Path) -> tuple[str, ...]:
+    """``--tls-ca/--tls-cert/--tls-key`` of ``trader-demo``, as command-line flags."""
+    return ("--tls-ca", str(tls_dir / "ca.crt"), "--tls-cert", str(tls_dir / "trader-demo.crt"),
+            "--tls-key", str(tls_dir / "trader-demo.key"))
 
 
 def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
@@ -177,6 +221,7 @@ def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
         test_ms=int(args.seconds * 1000),
         seed=args.seed,
         symbols=DEFAULT_SYMBOLS,
+        **_trader_tls(cluster, args.traders),
     )
     load = LoadRun(config)
     failover = Failover(old_leader=leader)
@@ -190,7 +235,8 @@ def _run_with_cluster(cluster: LocalCluster, args: argparse.Namespace) -> int:
         cursors: list[int] = []
         bar = DemoDashboard(cluster.server_uris, lambda: [
             (s.end_ns, s.latency_ns) for s in load.samples_since(cursors)
-            if s.outcome in (ACKED, REJECTED)], args.seconds, args.svg)
+            if s.outcome in (ACKED, REJECTED)], args.seconds, args.svg,
+            _trader_files(cluster.tls_dir) if cluster.tls_dir else ())
     else:
         bar = tqdm(total=args.seconds, unit="s", disable=True if args.no_progress else None,
                    bar_format="{l_bar}{bar}| {n:.1f}/{total:.0f} s {postfix}")

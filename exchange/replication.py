@@ -22,6 +22,7 @@ from exchange.node import ConsensusReplica, ExchangeNode
 
 if TYPE_CHECKING:
     from consensus import Transfer
+    from exchange.tls import ClientTls
 
 log = logging.getLogger("exchange.replication")
 
@@ -80,9 +81,11 @@ def _timings(config: ServerConfig) -> dict[str, int]:
 class GrpcSnapshotPort:
     """``consensus.SnapshotPort`` over gRPC between exchange servers (Rule 4)."""
 
-    def __init__(self, node: ExchangeNode, addresses: dict[int, str]) -> None:
+    def __init__(self, node: ExchangeNode, addresses: dict[int, str],
+                 tls: ClientTls | None = None) -> None:
         self.node = node
         self.addresses = addresses
+        self.tls = tls  # exchange.tls Rule 5: this server's certificate, the peers' CA
 
     def fetch(self, peer: int, transfer: Transfer) -> tuple[int, bytes]:
         from consensus import SnapshotUnavailable
@@ -92,7 +95,8 @@ class GrpcSnapshotPort:
         if address is None:
             raise SnapshotUnavailable(f"no address for server {peer}")
         try:
-            return fetch_snapshot(address, self.node.replica_id, transfer.begin, transfer.advance)
+            return fetch_snapshot(address, self.node.replica_id, transfer.begin, transfer.advance,
+                                  tls=self.tls)
         except TransferFailed as exc:
             raise SnapshotUnavailable(str(exc)) from None
 
@@ -148,7 +152,8 @@ def start_replication(config: ServerConfig, node: ExchangeNode,
         registry,
         on_commit=node.on_commit,
         on_leader_change=on_leader_change,
-        snapshots=GrpcSnapshotPort(node, config.addresses),
+        snapshots=GrpcSnapshotPort(node, config.addresses,
+                                   None if config.tls is None else config.tls.peer),
         initial_applied=initial_applied,
     )
     node.attach(replica)

@@ -10,6 +10,9 @@ Rule 3: with ``--data-dir`` the node loads its state from the directory first (a
         this server's durable index and fetch its snapshot), and a replicated server starts its
         replica only after ``exchange.cold_start``'s gate, at the loaded index. Without it the
         server says once that it runs in memory only.
+Rule 4: with ``--tls-cert`` the port serves TLS only, for traders and peers alike, and the
+        server's calls to its peers (snapshot fetch, the start gate) use TLS with its own
+        certificate (``exchange.tls``); the start line says which security is on.
 """
 
 from __future__ import annotations
@@ -110,17 +113,30 @@ def build_grpc_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    add_checked(pb_grpc.add_ExchangeServicer_to_server, ExchangeService(node), server)
+    authorizer = None if config.tls is None else config.tls.authorizer
+    add_checked(pb_grpc.add_ExchangeServicer_to_server, ExchangeService(node, authorizer), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     add_checked(pb_grpc.add_ReplicationServicer_to_server,
-                SnapshotService(node.take_snapshot, lambda: _no_snapshot_to_serve(node)), server)
-    try:
-        port = server.add_insecure_port(config.listen)
+                SnapshotService(node.take_snapshot, lambda: _no_snapshot_to_serve(node),
+                                authorizer), server)
+    try:  # exchange.tls Rule 1: one port, TLS for every service when configured
+        if config.tls is None:
+            port = server.add_insecure_port(config.listen)
+        else:
+            port = server.add_secure_port(config.listen, config.tls.credentials())
     except RuntimeError as exc:
         raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
     if port == 0:
         raise StartupError(f"cannot listen on {config.listen} (address in use?)")
     return server
+
+
+def _security(config: ServerConfig) -> str:
+    if config.tls is None:
+        return "plaintext"
+    if config.tls.authorizer is None:
+        return "TLS without client certificates: callers are not authenticated"
+    return "mutual TLS"
 
 
 def _no_snapshot_to_serve(node: ExchangeNode) -> bool:
@@ -163,7 +179,7 @@ def serve(config: ServerConfig) -> int:
         if config.replicas > 1:
             initial = node.state.applied_index
             if journal is not None:
-                pass_gate(node, stop.is_set)
+                pass_gate(node, stop.is_set, None if config.tls is None else config.tls.peer)
                 initial = node.state.applied_index
             replication = start_replication(config, node, initial)
         if config.fifo_path is not None:
@@ -173,9 +189,9 @@ def serve(config: ServerConfig) -> int:
         watcher.start()
         mode = "unreplicated" if config.replicas == 1 else f"{config.replicas} replicas"
         log.warning(
-            "server %d serving on %s (%s, fabric %s, cluster %s, fifo %s)",
-            config.replica_id, config.listen, mode, config.fabric, config.cluster_id,
-            config.fifo_path or "off",
+            "server %d serving on %s (%s, %s, fabric %s, cluster %s, fifo %s)",
+            config.replica_id, config.listen, mode, _security(config), config.fabric,
+            config.cluster_id, config.fifo_path or "off",
         )
         print(f"READY {config.replica_id} {config.listen}", flush=True)
         stop.wait()

@@ -8,6 +8,12 @@ Rule 3: an OrderSession runs on two threads: the gRPC worker writes reports (``t
         lists, validates them and queues them for proposal; errors of either end the stream with
         the status of Rule 1 (``SessionError.code`` for session errors), after the reports that
         were ready.
+Rule 4: with mutual TLS (``authorizer`` set; ``exchange.tls`` Rules 2-3) every RPC needs a caller
+        with a certificate (UNAUTHENTICATED otherwise), and an order-entry request for a client
+        id the certificate does not allow is refused with PERMISSION_DENIED naming the id, before
+        it is proposed: a unary request alone, a session message as a whole (none of its orders
+        runs) and the session with it. Without an authorizer nothing is checked (plaintext, or
+        TLS without client certificates).
 Rule 2: standard health checking (grpc.health.v1): service ``""`` is SERVING while the server is
         neither paused, recovering (fetching a snapshot or catching up the log) nor starting
         (loading its data directory, waiting for its peers); service
@@ -42,6 +48,7 @@ from exchange.session import (
     OrderSession as ServerSession,
 )
 from exchange.state_machine import Reply
+from exchange.tls import Authorizer, Identity
 from orderbook import Command
 
 ORDER_ENTRY_SERVICE = "mu.exchange.Exchange"
@@ -51,6 +58,12 @@ STREAM_POLL_S = 0.25  # how often an idle market-data stream checks that its cli
 SNAPSHOT_LEVELS_MAX = 10_000
 
 log = logging.getLogger("exchange.service")
+
+
+class PermissionRefused(SessionError):
+    """A session message names a client id its caller's certificate does not allow (Rule 4)."""
+
+    code = "PERMISSION_DENIED"
 RequestT = TypeVar("RequestT")
 
 
@@ -62,8 +75,20 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 class ExchangeService(pb_grpc.ExchangeServicer):
     """Order entry, market data, snapshots and status over one ``ExchangeNode``."""
 
-    def __init__(self, node: ExchangeNode) -> None:
+    def __init__(self, node: ExchangeNode, authorizer: Authorizer | None = None) -> None:
         self.node = node
+        self.authorizer = authorizer
+
+    def _authenticated(self, context: grpc.ServicerContext) -> Identity | None:
+        """The caller's identity (Rule 4); aborts UNAUTHENTICATED if mutual TLS is on and the
+        caller has none. None when nothing is checked."""
+        if self.authorizer is None:
+            return None
+        caller = self.authorizer.caller(context)
+        if caller is None:
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED,
+                   "no client certificate: this exchange requires mutual TLS")
+        return caller
 
     def _order_entry(
         self,
@@ -75,6 +100,10 @@ class ExchangeService(pb_grpc.ExchangeServicer):
             client_id, seq, command = to_command(request)
         except convert.BadRequest as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if self.authorizer is not None:
+            refusal = self.authorizer.refusal(self.authorizer.caller(context), client_id)
+            if refusal:
+                _abort(context, grpc.StatusCode.PERMISSION_DENIED, refusal)
         try:
             reply: Reply = self.node.execute(client_id, seq, command)
         except (NotLeaderError, ServerUnavailable) as exc:
@@ -89,11 +118,13 @@ class ExchangeService(pb_grpc.ExchangeServicer):
     ) -> Iterator[pb.SessionResponse]:
         """Rule 3: this generator writes; ``_read_session`` reads on its own thread."""
         node = self.node
+        caller = self._authenticated(context)
         try:
             session = node.open_session()
         except (NotLeaderError, ServerUnavailable) as exc:
             _abort_order_entry(context, exc)
-        reader = threading.Thread(target=self._read_session, args=(request_iterator, session),
+        reader = threading.Thread(target=self._read_session,
+                                  args=(request_iterator, session, caller),
                                   name="session-reader", daemon=True)
         reader.start()
         replica_id = node.replica_id
@@ -125,8 +156,10 @@ class ExchangeService(pb_grpc.ExchangeServicer):
             session.fail(SessionFinished("stream closed"))
             node.close_session(session)
 
-    def _read_session(self, requests: Iterator[pb.SessionRequest], session: ServerSession) -> None:
-        """Read order lists, validate, queue for proposal, in order (Rule 3)."""
+    def _read_session(self, requests: Iterator[pb.SessionRequest], session: ServerSession,
+                      caller: Identity | None) -> None:
+        """Read order lists, validate, authorize (Rule 4), queue for proposal, in order (Rule
+        3)."""
         try:
             for message in requests:
                 orders = message.orders
@@ -134,6 +167,8 @@ class ExchangeService(pb_grpc.ExchangeServicer):
                     raise BadSessionMessage(
                         f"a session message carries 1..{SESSION_MESSAGE_ORDERS_MAX} orders "
                         f"(SESSION_MESSAGE_ORDERS_MAX), got {len(orders)}")
+                if self.authorizer is not None:
+                    self._authorize_orders(caller, orders)
                 self._queue_orders(session, orders)
             session.finish_input()
         except (NotLeaderError, ServerUnavailable, SessionError) as exc:
@@ -145,6 +180,17 @@ class ExchangeService(pb_grpc.ExchangeServicer):
         except Exception as exc:
             log.exception("order session failed unexpectedly")
             session.fail(SessionError(f"internal error; see the server log ({exc!r})"))
+
+    def _authorize_orders(self, caller: Identity | None,
+                          orders: Iterable[pb.SessionOrder]) -> None:
+        """Rule 4: refuse the whole message if any order names a client id the caller may not
+        use (an order without a client id is left to validation: INVALID_ARGUMENT)."""
+        assert self.authorizer is not None
+        for order in orders:
+            client_id = convert.session_ids(order)[0]
+            refusal = self.authorizer.refusal(caller, client_id) if client_id else ""
+            if refusal:
+                raise PermissionRefused(refusal)
 
     def _queue_orders(self, session: ServerSession, orders: Iterable[pb.SessionOrder]) -> None:
         orders = list(orders)
@@ -204,6 +250,7 @@ class ExchangeService(pb_grpc.ExchangeServicer):
     def _market_data(
         self, request: pb.MarketDataRequest, context: grpc.ServicerContext, count_max: int
     ) -> Iterator[list[tuple[Update, bool]]]:
+        self._authenticated(context)
         for symbol in request.symbols:
             try:
                 convert.check_symbol(symbol, required=True)
@@ -227,6 +274,7 @@ class ExchangeService(pb_grpc.ExchangeServicer):
     def GetBookSnapshot(  # noqa: N802
         self, request: pb.BookSnapshotRequest, context: grpc.ServicerContext
     ) -> pb.BookSnapshot:
+        self._authenticated(context)
         try:
             convert.check_symbol(request.symbol, required=True)
         except convert.BadRequest as exc:
@@ -252,6 +300,7 @@ class ExchangeService(pb_grpc.ExchangeServicer):
     def GetStatus(  # noqa: N802
         self, request: pb.StatusRequest, context: grpc.ServicerContext
     ) -> pb.Status:
+        self._authenticated(context)
         status = self.node.status()
         return pb.Status(
             replica_id=status.replica_id,

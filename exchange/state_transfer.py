@@ -11,6 +11,9 @@ Rule 2: the stream is one ``SnapshotChunk`` with ``index`` and ``total_bytes``, 
         when installed.
 Rule 3: every failure of a fetch (peer down, refused, cut short, too slow) is one
         ``TransferFailed`` with the reason; the caller (consensus's rejoin) asks another peer.
+Rule 5: with mutual TLS (``exchange.tls`` Rule 3) the provider serves only callers presenting a
+        server certificate (a snapshot holds every trader's orders); the requester presents its
+        own server certificate (``tls``).
 Rule 4: why gRPC rather than a region read one-sidedly through the fabric: a snapshot's size
         is known only once it is taken and changes every time, while fabric regions are fixed-size
         and registered once (RDMA memory registration is costly and pins memory); the stream
@@ -27,6 +30,7 @@ import grpc
 
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
+from exchange.tls import Authorizer, ClientTls, open_channel
 
 CHUNK_BYTES = 1 << 20  # well under gRPC's 4 MiB message limit
 FETCH_DEADLINE_S = 30.0  # a whole transfer (100k resting orders is ~10 MB: well under a second)
@@ -43,13 +47,21 @@ class SnapshotService(pb_grpc.ReplicationServicer):
     """Serves this server's snapshot to a rejoining peer (Rule 1)."""
 
     def __init__(self, take_snapshot: Callable[[], tuple[int, bytes]],
-                 recovering: Callable[[], bool]) -> None:
+                 recovering: Callable[[], bool], authorizer: Authorizer | None = None) -> None:
         self.take_snapshot = take_snapshot
         self.recovering = recovering
+        self.authorizer = authorizer
 
     def FetchSnapshot(  # noqa: N802 (gRPC method name)
         self, request: pb.SnapshotRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.SnapshotChunk]:
+        if self.authorizer is not None:  # Rule 5
+            caller = self.authorizer.caller(context)
+            if caller is None or caller.server_id is None:
+                who = "no certificate" if caller is None else f"certificate {caller.name!r}"
+                context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                              f"FetchSnapshot serves exchange servers only; the caller presented "
+                              f"{who}, not a server certificate (urn:mu-exchange:server:<id>)")
         if self.recovering():
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           "this server is recovering itself; ask another peer")
@@ -65,12 +77,14 @@ class SnapshotService(pb_grpc.ReplicationServicer):
 def fetch_snapshot(
     address: str, requester_id: int, begin: Callable[[int, int], None],
     advance: Callable[[int], None], deadline_s: float = FETCH_DEADLINE_S,
+    tls: ClientTls | None = None,
 ) -> tuple[int, bytes]:
     """Fetch the snapshot of the server at ``address`` (Rule 2): ``(index, bytes)``. Calls
     ``begin(index, total_bytes)`` once the header arrives (it may raise to abort) and
-    ``advance(done_bytes)`` after each chunk. Raises ``TransferFailed``."""
+    ``advance(done_bytes)`` after each chunk; over TLS with ``tls`` (Rule 5). Raises
+    ``TransferFailed``."""
     options = [("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX)]
-    with grpc.insecure_channel(address, options=options) as channel:
+    with open_channel(address, tls, options) as channel:
         stub = pb_grpc.ReplicationStub(channel)  # type: ignore[no-untyped-call]
         try:
             stream = stub.FetchSnapshot(pb.SnapshotRequest(requester_id=requester_id),

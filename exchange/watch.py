@@ -48,6 +48,7 @@ from exchange.config import ConfigError, parse_server_uris
 from exchange.convert import BadRequest, check_symbol
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
+from exchange.tls import ClientTls, add_client_tls_arguments, open_channel, time_seq
 from exchange.watch_model import GOOD_ROLES, ClusterModel, Trade
 from exchange.watch_view import LADDER_LEVELS_MAX, render
 
@@ -94,8 +95,9 @@ class Watcher:
 
     def __init__(self, addresses: dict[int, str], symbols: tuple[str, ...],
                  probe_rate: float = 0.0, latency_feed: LatencyFeed | None = None,
-                 latency_source: str = "") -> None:
+                 latency_source: str = "", tls: ClientTls | None = None) -> None:
         assert 0 <= probe_rate <= PROBE_RATE_MAX, probe_rate
+        self.tls = tls
         self.addresses = dict(sorted(addresses.items()))
         self.model = ClusterModel(self.addresses, symbols, frozenset({PROBE_SYMBOL}))
         self.model.latency_source = latency_source or (
@@ -106,7 +108,7 @@ class Watcher:
         self.subtitle = ""
         self._probe_rate = probe_rate
         self._feed = latency_feed
-        self._channels = {i: grpc.insecure_channel(a, options=CHANNEL_OPTIONS)
+        self._channels = {i: open_channel(a, tls, CHANNEL_OPTIONS)
                           for i, a in self.addresses.items()}
         self._stubs = {i: pb_grpc.ExchangeStub(c)  # type: ignore[no-untyped-call]
                        for i, c in self._channels.items()}
@@ -277,18 +279,31 @@ class Watcher:
 
     # ---- probe ----------------------------------------------------------------------------
 
-    def _probe_loop(self) -> None:
-        from traders.client import ClientError, ClusterConnection, TraderClient
+    def _probe_id(self) -> tuple[int, int]:
+        """(client id, first seq) of the probe: a random id, or with a client certificate the
+        LAST id it names (traders with the same certificate start from its first ids), from a
+        time-based seq (exchange.tls ``time_seq``)."""
+        identity = None if self.tls is None else self.tls.identity()
+        if identity is not None and identity.client_ids:
+            return identity.client_ids[-1][1], time_seq()
+        return int.from_bytes(os.urandom(5), "big") << 8 | 0xEE, 1
 
-        connection = ClusterConnection(tuple(self.addresses.values()))
-        client_id = int.from_bytes(os.urandom(5), "big") << 8 | 0xEE
-        client = TraderClient(connection, client_id, give_up_s=PROBE_GIVE_UP_S)
+    def _probe_loop(self) -> None:
+        from traders.client import ClientError, ClusterConnection, RequestRejected, TraderClient
+
+        connection = ClusterConnection(tuple(self.addresses.values()), self.tls)
+        client_id, first_seq = self._probe_id()
+        client = TraderClient(connection, client_id, give_up_s=PROBE_GIVE_UP_S,
+                              first_seq=first_seq)
         interval = 1.0 / self._probe_rate
         try:
             while not self.stopping.wait(interval):
                 start = time.monotonic_ns()
                 try:
                     client.submit(PROBE_SYMBOL, pb.BUY, 1, 1, immediate_or_cancel=True)
+                except RequestRejected as exc:  # e.g. PERMISSION_DENIED: say so, stop probing
+                    self.note(f"probe stopped: {exc}")
+                    return
                 except (ClientError, ValueError):  # ValueError: channel closed at shutdown
                     continue
                 end = time.monotonic_ns()
@@ -392,13 +407,13 @@ class DemoDashboard:
     ``set_postfix_str``, ``close``) plus ``quit_requested`` (the child ended: ``q``)."""
 
     def __init__(self, server_uris: str, feed: LatencyFeed, seconds: float,
-                 svg_path: str = "") -> None:
+                 svg_path: str = "", tls_flags: tuple[str, ...] = ()) -> None:
         read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._write_fd, False)
         ready_read_fd, ready_write_fd = os.pipe()
         command = [sys.executable, "-m", "exchange", "watch", "--server-uris", server_uris,
                    "--probe-rate", "0", "--feed-fd", str(read_fd),
-                   "--ready-fd", str(ready_write_fd)]
+                   "--ready-fd", str(ready_write_fd), *tls_flags]
         if svg_path:
             command += ["--svg", svg_path]
         self._child = subprocess.Popen(command, pass_fds=(read_fd, ready_write_fd))
@@ -491,6 +506,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     watch.add_argument("--svg", default="", metavar="FILE",
                        help="at exit, write the last frame as an SVG screenshot "
                        f"({SVG_WIDTH}x{SVG_HEIGHT} cells)")
+    add_client_tls_arguments(watch)
     watch.add_argument("--feed-fd", type=int, default=-1, help=argparse.SUPPRESS)  # demo
     watch.add_argument("--ready-fd", type=int, default=-1, help=argparse.SUPPRESS)  # demo
 
@@ -511,13 +527,14 @@ def run(args: argparse.Namespace) -> int:
     except BadRequest as exc:
         raise ConfigError(f"--symbol: {exc}") from None
     symbols = (args.symbol, *(s for s in DEFAULT_WATCH_SYMBOLS if s != args.symbol))
+    tls = ClientTls.from_args(args)
     if args.feed_fd >= 0:  # the demo's dashboard: the demo decides when to stop (Rule 5)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        watcher = Watcher(addresses, symbols, latency_source="traders")
+        watcher = Watcher(addresses, symbols, latency_source="traders", tls=tls)
         threading.Thread(target=_read_feed, args=(watcher, args.feed_fd), daemon=True,
                          name="watch-feed").start()
     else:
-        watcher = Watcher(addresses, symbols, probe_rate=args.probe_rate)
+        watcher = Watcher(addresses, symbols, probe_rate=args.probe_rate, tls=tls)
     deadline = time.monotonic() + args.seconds if args.seconds else float("inf")
     with dashboard(watcher, args.refresh_hz, args.svg):
         if args.ready_fd >= 0:  # the demo waits for this before it starts its traders

@@ -3,6 +3,10 @@
 Rule 1: servers come from ``--servers`` or the original's ``SERVER_URIS`` (``1=host:port,...``);
         the trader count from ``--traders`` or ``TRADERS_NUM``; the run length from ``--test-ms`` or
         ``TEST_MS``. Bad values print one line and exit 2.
+Rule 2: with ``--tls-ca`` every call is TLS (``exchange.tls``); with a certificate
+        (``--tls-cert/--tls-key``) the client ids default to the ones it names (its first ids, one
+        per trader) and, since such ids are reused from run to run, the first seq defaults to the
+        time in microseconds (always above the previous run's seqs).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import random
 import sys
 
 from exchange.config import ConfigError, env_int, parse_server_uris
+from exchange.tls import ClientTls, add_client_tls_arguments, certificate_ids, time_seq
 from traders.workload import DEFAULT_SYMBOLS
 
 TEST_MS_DEFAULT = 10_000  # the original ran --test_ms 120000; 10 s is enough for stable figures
@@ -35,6 +40,25 @@ def server_addresses(text: str | None) -> tuple[str, ...]:
     return addresses
 
 
+def _load_ids(args: argparse.Namespace, traders: int, tls: ClientTls | None
+              ) -> tuple[tuple[int, ...], int]:
+    """(client ids, first seq) of a load run: --client-ids, else the certificate's, else
+    random ids (Rule 2)."""
+    from exchange.tls import parse_id_ranges
+
+    ids: tuple[int, ...] = ()
+    if args.client_ids:
+        ranges = parse_id_ranges(args.client_ids, "--client-ids")
+        ids = tuple(i for first, last in ranges
+                    for i in range(first, min(last, first + traders) + 1))[:traders]
+        if len(ids) < traders:
+            raise ConfigError(f"--client-ids {args.client_ids}: {len(ids)} ids for {traders} "
+                              f"traders")
+    else:
+        ids = certificate_ids(tls, traders, "--traders")
+    return ids, time_seq() if ids else 1
+
+
 def _run_load(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -52,6 +76,8 @@ def _run_load(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     if (args.batch != 1 or args.window is not None) and not args.stream:
         raise ConfigError("--batch and --window apply to --stream sessions only")
+    tls = ClientTls.from_args(args)
+    client_ids, first_seq = _load_ids(args, traders, tls)
     config = LoadConfig(
         addresses=server_addresses(args.servers),
         traders=traders,
@@ -62,6 +88,9 @@ def _run_load(args: argparse.Namespace) -> int:
         stream=args.stream,
         batch=args.batch,
         window=args.window if args.window is not None else STREAM_WINDOW_DEFAULT,
+        client_ids=client_ids,
+        first_seq=first_seq,
+        tls=tls,
     )
     problem = config.check()
     if problem:
@@ -70,8 +99,11 @@ def _run_load(args: argparse.Namespace) -> int:
     if args.stream:
         loop = (f"sessions, {config.batch} orders per message, {config.window} messages "
                 f"unanswered per trader")
+    security = "plaintext" if tls is None else "TLS" if tls.cert is None else "mutual TLS"
+    ids = (f", client ids {client_ids[0]}..{client_ids[-1]} from seq {first_seq}"
+           if client_ids else "")
     print(f"load: {traders} traders, {loop}, {test_ms} ms, seed {seed}, servers "
-          f"{', '.join(config.addresses)}")
+          f"{', '.join(config.addresses)} ({security}{ids})")
     run = LoadRun(config)
     run.start()
     bar = tqdm(total=test_ms / 1000, unit="s", disable=True if args.no_progress else None,
@@ -111,14 +143,20 @@ def _run_load(args: argparse.Namespace) -> int:
 def _run_shell(args: argparse.Namespace) -> int:
     from traders.shell import run_shell
 
-    if args.client_id < 0 or args.first_seq < 1:
+    if args.client_id < 0 or (args.first_seq is not None and args.first_seq < 1):
         raise ConfigError("--client-id must be >= 1 and --first-seq >= 1")
-    client_id = args.client_id or random.SystemRandom().randrange(1, 2**48)
-    if args.client_id and args.first_seq == 1:
+    tls = ClientTls.from_args(args)
+    first_seq = args.first_seq or 1
+    from_certificate = certificate_ids(tls, 1, "--client-id") if not args.client_id else ()
+    if from_certificate:  # Rule 2
+        client_id, first_seq = from_certificate[0], args.first_seq or time_seq()
+    else:
+        client_id = args.client_id or random.SystemRandom().randrange(1, 2**48)
+    if args.client_id and first_seq == 1:
         print("note: a client id reused against the same cluster gets its earlier replies back "
               "(marked duplicate) for the seqs it already used; pass --first-seq to start higher",
               file=sys.stderr)
-    return run_shell(server_addresses(args.servers), client_id, args.first_seq, args.unary)
+    return run_shell(server_addresses(args.servers), client_id, first_seq, args.unary, tls)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,15 +195,22 @@ def main(argv: list[str] | None = None) -> int:
                       help="where to write load-latency-cdf.png and load-timeline.png "
                       "(default: the current directory)")
     load.add_argument("--no-plots", action="store_true", help="write no pictures")
+    load.add_argument("--client-ids", default=None, metavar="IDS",
+                      help="the traders' client ids, e.g. 1000-1007 (default: the first ids of "
+                      "--tls-cert's certificate, else random ids)")
+    add_client_tls_arguments(load)
     shell = commands.add_parser("shell", help="interactive trader",
                                 description="An interactive trader; type help inside.")
     shell.add_argument("--servers", default=None, metavar="1=HOST:PORT,...",
                        help="servers (default: env SERVER_URIS)")
-    shell.add_argument("--client-id", type=int, default=0, help="default: random")
+    shell.add_argument("--client-id", type=int, default=0,
+                       help="default: the first id of --tls-cert's certificate, else random")
     shell.add_argument("--unary", action="store_true",
                        help="unary calls instead of an order session (no unsolicited fills)")
-    shell.add_argument("--first-seq", type=int, default=1,
-                       help="first sequence number (order ids are <client id>.<seq>)")
+    shell.add_argument("--first-seq", type=int, default=None,
+                       help="first sequence number (order ids are <client id>.<seq>; default 1, "
+                       "or the time in microseconds with a certificate's client id)")
+    add_client_tls_arguments(shell)
     args = parser.parse_args(argv)
     try:
         if args.command == "load":

@@ -5,10 +5,14 @@ Rule 1: every order-entry request gets the client's next sequence number once, a
         executes it at most once and the retry returns the original reply.
 Rule 2: FAILED_PRECONDITION with trailing metadata ``leader-address`` redirects to that address;
         UNAVAILABLE, DEADLINE_EXCEEDED and a redirect without an address try the next server after a
-        short, growing back-off; INVALID_ARGUMENT is final (``RequestRejected``). A request gives up
-        after ``give_up_s`` (``ExchangeUnreachable``), never loops forever.
+        short, growing back-off; INVALID_ARGUMENT, PERMISSION_DENIED (a client id the
+        certificate does not allow) and UNAUTHENTICATED are final (``RequestRejected``). A
+        request gives up after ``give_up_s`` (``ExchangeUnreachable``), never loops forever.
 Rule 3: channels and the leader guess are shared by every client of one ``ClusterConnection``, so a
         redirect learnt by one trader helps all of them.
+Rule 4: with ``ClientTls`` every channel is TLS (``exchange.tls``), redirects included: the
+        client verifies the address it dials (a ``SERVER_URIS`` entry or a redirect's
+        ``leader-address``) against the server certificate's SANs.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import grpc
 
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
+from exchange.tls import ClientTls
+from exchange.tls import open_channel as tls_channel
 
 ATTEMPT_TIMEOUT_S = 1.0  # one RPC attempt; a healthy commit takes about a millisecond
 GIVE_UP_S = 15.0  # a request retries this long before ExchangeUnreachable
@@ -32,6 +38,10 @@ LEADER_ADDRESS_KEY = "leader-address"
 RETRYABLE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 )
+
+# The exchange refused the request itself: retrying elsewhere cannot help (Rule 2).
+FINAL_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
+                         grpc.StatusCode.UNAUTHENTICATED})
 
 RequestT = TypeVar("RequestT")
 
@@ -66,25 +76,28 @@ CHANNEL_OPTIONS = (
 )
 
 
-def open_channel(address: str) -> grpc.Channel:
-    """A plaintext channel to ``address`` that reconnects within a second (``CHANNEL_OPTIONS``)."""
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def open_channel(address: str, tls: ClientTls | None = None) -> grpc.Channel:
+    """A channel to ``address`` (TLS with ``tls``, else plaintext) that reconnects within a
+    second (``CHANNEL_OPTIONS``)."""
+    return tls_channel(address, tls, CHANNEL_OPTIONS)
 
 
 class ClusterConnection:
-    """Channels to every server of a cluster plus the shared leader guess (Rule 3)."""
+    """Channels to every server of a cluster plus the shared leader guess (Rule 3); over TLS
+    with ``tls`` (Rule 4)."""
 
-    def __init__(self, addresses: Sequence[str]) -> None:
+    def __init__(self, addresses: Sequence[str], tls: ClientTls | None = None) -> None:
         assert addresses, "at least one server address"
         self.addresses = tuple(dict.fromkeys(addresses))
-        self._channels = {address: open_channel(address) for address in self.addresses}
+        self.tls = tls
+        self._channels = {address: open_channel(address, tls) for address in self.addresses}
         self._stubs = {a: _stub(c) for a, c in self._channels.items()}
         self.leader_guess = self.addresses[0]
 
     def stub(self, address: str) -> pb_grpc.ExchangeStub:
         stub = self._stubs.get(address)
         if stub is None:  # a leader outside the configured list: connect on demand
-            channel = open_channel(address)
+            channel = open_channel(address, self.tls)
             self._channels[address] = channel
             stub = self._stubs[address] = _stub(channel)
         return stub
@@ -116,6 +129,12 @@ def _leader_hint(error: grpc.RpcError) -> str | None:
         if key == LEADER_ADDRESS_KEY and isinstance(value, str) and value:
             return value
     return None
+
+
+def _final_text(code: grpc.StatusCode, details: str | None) -> str:
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return details or "invalid request"
+    return f"{code.name}: {details}"
 
 
 class TraderClient:
@@ -200,8 +219,8 @@ class TraderClient:
             except grpc.RpcError as error:
                 code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
                 details = error.details() if isinstance(error, grpc.Call) else str(error)
-                if code == grpc.StatusCode.INVALID_ARGUMENT:
-                    raise RequestRejected(details or "invalid request") from None
+                if code in FINAL_CODES:
+                    raise RequestRejected(_final_text(code, details)) from None
                 first_failure_ns = first_failure_ns or time.monotonic_ns()
                 last_error = f"{target}: {code.name}: {details}"
                 hint = _leader_hint(error) if code == grpc.StatusCode.FAILED_PRECONDITION else None

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from exchange.proto import exchange_pb2 as pb
 from exchange.session import SESSION_IN_FLIGHT_MAX, SESSION_MESSAGE_ORDERS_MAX
+from exchange.tls import ClientTls
 from traders.client import ClusterConnection, ExchangeUnreachable, RequestRejected, TraderClient
 from traders.session import SessionClient
 from traders.stats import LatencySummary, longest_silence_ns, merge_intervals, summarize
@@ -64,6 +65,9 @@ class LoadConfig:
     seed: int
     symbols: tuple[str, ...]
     client_id_base: int = 0  # 0 = random (client ids must not repeat across runs)
+    client_ids: tuple[int, ...] = ()  # one per trader (a certificate's ids); () = from the base
+    first_seq: int = 1  # fixed client ids reused across runs need a higher start each run
+    tls: ClientTls | None = None  # exchange.tls; None = plaintext
     stream: bool = False  # OrderSession instead of unary calls (Rule 4)
     batch: int = 1  # orders per session message
     window: int = STREAM_WINDOW_DEFAULT  # session messages unanswered per trader
@@ -173,9 +177,12 @@ class LoadRun:
         assert config.test_ms > 0, config.test_ms
         assert not config.check(), config.check()
         self.config = config
-        self.connection = ClusterConnection(config.addresses)
+        self.connection = ClusterConnection(config.addresses, config.tls)
         base = config.client_id_base or (random.SystemRandom().getrandbits(40) << 16)
-        self.clients = [TraderClient(self.connection, base + i + 1) for i in range(config.traders)]
+        ids = config.client_ids or tuple(base + i + 1 for i in range(config.traders))
+        assert len(ids) == config.traders, (len(ids), config.traders)
+        self.clients = [TraderClient(self.connection, client_id, first_seq=config.first_seq)
+                        for client_id in ids]
         self._samples: list[list[Sample]] = [[] for _ in range(config.traders)]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -305,7 +312,8 @@ class LoadRun:
         """One trader over an OrderSession (Rule 4)."""
         config = self.config
         client = self.clients[index]
-        session = SessionClient(self.connection, client.client_id, give_up_s=client.give_up_s)
+        session = SessionClient(self.connection, client.client_id, give_up_s=client.give_up_s,
+                                first_seq=self.config.first_seq)
         workload = Workload(config.seed * 1_000_003 + index, config.symbols)
         samples = self._samples[index]
         sent: dict[int, tuple[int, int, Request]] = {}  # seq -> (send ns, reconnects, request)

@@ -7,8 +7,9 @@ Rule 1: every order gets the client's next seq once; until its answer arrives it
 Rule 2: a stream that ends with FAILED_PRECONDITION and ``leader-address`` reconnects there;
         UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED, an end without status, or no report for
         ``stall_s`` while orders are unanswered (a stopped server) try the next server after a
-        short, growing back-off. RESOURCE_EXHAUSTED (the client broke the flow-control limit) and
-        INVALID_ARGUMENT (a malformed message) are final (``RequestRejected``). Without progress
+        short, growing back-off. RESOURCE_EXHAUSTED (the client broke the flow-control limit),
+        INVALID_ARGUMENT (a malformed message), PERMISSION_DENIED (a client id the certificate
+        does not allow) and UNAUTHENTICATED are final (``RequestRejected``). Without progress
         for ``give_up_s`` the client gives up (``ExchangeUnreachable``).
 Rule 3: a message carries at most ``SESSION_MESSAGE_ORDERS_MAX`` orders; callers keep at most
         ``SESSION_IN_FLIGHT_MAX`` unanswered (``in_flight``); ``send`` asserts both.
@@ -32,6 +33,7 @@ from traders.client import (
     ATTEMPT_TIMEOUT_S,
     BACKOFF_INITIAL_S,
     BACKOFF_MAX_S,
+    FINAL_CODES,
     GIVE_UP_S,
     RETRYABLE_CODES,
     ClusterConnection,
@@ -207,7 +209,7 @@ class SessionClient:
         code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
         details = error.details() if isinstance(error, grpc.Call) else str(error)
         text = f"{code.name}: {details}"
-        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        if code in FINAL_CODES or code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return text, None, True
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             return text, _leader_hint(error), False

@@ -31,6 +31,7 @@ from typing import TextIO
 import grpc
 
 from exchange.proto import exchange_pb2 as pb
+from exchange.tls import ClientTls
 from traders.client import ClientError, ClusterConnection, TraderClient
 from traders.session import SessionClient
 
@@ -271,8 +272,8 @@ class TraderShell(cmd.Cmd):
 
 
 def run_shell(addresses: tuple[str, ...], client_id: int, first_seq: int = 1,
-              unary: bool = False) -> int:
-    connection = ClusterConnection(addresses)
+              unary: bool = False, tls: ClientTls | None = None) -> int:
+    connection = ClusterConnection(addresses, tls)
     session = None if unary else SessionClient(connection, client_id, first_seq=first_seq)
     shell = TraderShell(TraderClient(connection, client_id, first_seq=first_seq),
                         session=session)
