@@ -10,6 +10,8 @@ Rule 4: with ``data_dir`` every server gets ``--data-dir data_dir/server-<id>`` 
         ``--durability``); the directories outlive ``stop`` (they are the point), and a restarted
         server reuses its own. ``cluster_id`` fixes the cluster id (a data directory belongs to
         one cluster: a second run on the same directories must pass the same id).
+Rule 5: ``symbols`` is every server's ``--symbols`` (None: the servers' default list,
+        exchange.config.SYMBOLS_DEFAULT); a restarted server gets the same list.
 Rule 3: ``start`` returns only when every server answers and (replicated) they agree on a leader;
         otherwise it raises ``ClusterError`` with the tail of the servers' logs.
 """
@@ -94,8 +96,10 @@ class LocalCluster:
         data_dir: str | Path | None = None,
         durability: str | None = None,
         cluster_id: str | None = None,
+        symbols: tuple[str, ...] | None = None,
     ) -> None:
         assert replicas == 1 or replicas >= 3, replicas
+        self.symbols = symbols  # Rule 5
         self.replicas = replicas
         self.fabric = fabric
         self.cluster_id = cluster_id or f"{name}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
@@ -150,6 +154,8 @@ class LocalCluster:
             "--fabric", self.fabric, "--cluster-id", self.cluster_id, "--fifo", fifo_path,
             "--parent-pid", str(os.getpid()), *self.extra_args,
         ]
+        if self.symbols is not None:
+            command += ["--symbols", ",".join(self.symbols)]
         if self.data_dir is not None:
             command += ["--data-dir", str(self.server_data_dir(replica_id))]
             if self.durability is not None:

@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"python -m exchange demo: error: {exc}", file=sys.stderr)
         return 2
     cluster = LocalCluster(3, fabric=args.fabric, name="demo", data_dir=args.data_dir,
-                           durability="sync" if args.data_dir else None, cluster_id=cluster_id)
+                           durability="sync" if args.data_dir else None, cluster_id=cluster_id,
+                           symbols=DEFAULT_SYMBOLS)
     print(f"demo: starting 3 exchange servers (cluster {cluster.cluster_id}, fabric "
           f"{args.fabric}, logs in {cluster.workdir})", flush=True)
     print(f"demo: {'durable, data in ' + args.data_dir if args.data_dir else 'memory only'}",
