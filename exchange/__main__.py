@@ -18,8 +18,10 @@ from exchange.config import (
     HEARTBEAT_INTERVAL_US_DEFAULT,
     LOG_SLOTS_DEFAULT,
     PUMP_POLL_US_DEFAULT,
+    SYMBOLS_DEFAULT,
     ConfigError,
     durability_settings,
+    instruments_setting,
     resolve_server_config,
 )
 from exchange.durability import (
@@ -28,6 +30,7 @@ from exchange.durability import (
     SNAPSHOT_ENTRIES_DEFAULT,
     SYNC_INTERVAL_S,
 )
+from exchange.limits import SYMBOLS_MAX
 
 if TYPE_CHECKING:
     from exchange.tls import ServerTls
@@ -97,6 +100,15 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="with --data-dir: store a snapshot and trim the journal every N "
                        f"applied entries (default {SNAPSHOT_ENTRIES_DEFAULT})")
     _add_tls(serve)
+    serve.add_argument("--symbols", default=None, metavar="A,B,C",
+                       help="the instrument list: orders for other symbols get INVALID_ARGUMENT "
+                       f"(1..{SYMBOLS_MAX} symbols; default {','.join(SYMBOLS_DEFAULT)}). The "
+                       "first server to lead a new cluster fixes the list for good in the "
+                       "replicated log; a server started with another list serves the "
+                       "cluster's and logs an error")
+    serve.add_argument("--symbols-file", default=None, metavar="FILE",
+                       help="read the instrument list from FILE (symbols separated by commas, "
+                       "spaces or newlines; '#' starts a comment)")
     serve.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
@@ -164,7 +176,8 @@ def _run_serve(args: argparse.Namespace) -> int:
                                  dead_after_us=args.dead_after_us, parent_pid=args.parent_pid,
                                  pump_poll_us=args.pump_poll_us, data_dir=data_dir,
                                  durability=durability, snapshot_entries=snapshot_entries,
-                                 tls=_server_tls(args, config.listen, config.replicas))
+                                 tls=_server_tls(args, config.listen, config.replicas),
+                                 instruments=instruments_setting(args.symbols, args.symbols_file))
     return serve(config)
 
 

@@ -206,7 +206,8 @@ def _measure_cluster(replicas: int, args: argparse.Namespace, round_index: int,
     name = "bench3d" if data_dir else "bench3t" if tls_dir else f"bench{min(replicas, 3)}"
     with LocalCluster(replicas, fabric=args.fabric, name=name, extra_args=tuple(args.server_arg),
                       data_dir=data_dir, durability="sync" if data_dir else None,
-                      tls_dir=tls_dir) as cluster:
+                      tls_dir=tls_dir,
+                      symbols=DEFAULT_SYMBOLS) as cluster:
         if replicas > 1 and args.followers_nice:
             leader = cluster.wait_for_leader(LEADER_TIMEOUT_S)
             for replica_id, server in cluster.servers.items():
@@ -366,7 +367,7 @@ def _measure_stream(replicas: int, args: argparse.Namespace, round_index: int,
     name = "bench3" if replicas > 1 else "bench1"
     seed = args.seed + round_index
     with LocalCluster(replicas, fabric=args.fabric, name=name,
-                      extra_args=tuple(args.server_arg)) as cluster:
+                      extra_args=tuple(args.server_arg), symbols=DEFAULT_SYMBOLS) as cluster:
         _phase(cluster, 1, WARMUP_S, seed)  # warm the server's code paths and channels
         for mode, stream, batch in STREAM_MODES:
             window = args.window if stream else 1

@@ -14,6 +14,8 @@ Rule 5: with ``tls_dir`` (a directory ``python -m exchange certs`` made) every s
         mutual TLS with ``server-<id>.crt`` and ``--client-ca ca.crt``, and the launcher's own
         status calls present server 1's certificate (a launcher holds its servers' keys; a
         server certificate names no client id, so the launcher can read but not trade).
+Rule 6: ``symbols`` is every server's ``--symbols`` (None: the servers' default list,
+        exchange.config.SYMBOLS_DEFAULT); a restarted server gets the same list.
 Rule 3: ``start`` returns only when every server answers and (replicated) they agree on a leader;
         otherwise it raises ``ClusterError`` with the tail of the servers' logs.
 """
@@ -100,12 +102,14 @@ class LocalCluster:
         durability: str | None = None,
         cluster_id: str | None = None,
         tls_dir: str | Path | None = None,
+        symbols: tuple[str, ...] | None = None,
     ) -> None:
         assert replicas == 1 or replicas >= 3, replicas
         self.tls_dir = None if tls_dir is None else Path(tls_dir)  # Rule 5
         self.tls = None if self.tls_dir is None else ClientTls.from_files(
             str(self.tls_dir / "ca.crt"), str(self.tls_dir / "server-1.crt"),
             str(self.tls_dir / "server-1.key"))
+        self.symbols = symbols  # Rule 6
         self.replicas = replicas
         self.fabric = fabric
         self.cluster_id = cluster_id or f"{name}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
@@ -164,6 +168,8 @@ class LocalCluster:
             command += ["--tls-cert", str(self.tls_dir / f"server-{replica_id}.crt"),
                         "--tls-key", str(self.tls_dir / f"server-{replica_id}.key"),
                         "--client-ca", str(self.tls_dir / "ca.crt")]
+        if self.symbols is not None:
+            command += ["--symbols", ",".join(self.symbols)]
         if self.data_dir is not None:
             command += ["--data-dir", str(self.server_data_dir(replica_id))]
             if self.durability is not None:

@@ -5,6 +5,10 @@ Rule 1: every setting has one source of truth: a command-line flag, else the ori
 Rule 2: bad configuration raises ``ConfigError`` with a message naming the setting and the value;
         the CLI prints it as one line (no traceback).
 
+The instrument list (``--symbols A,B,C`` or ``--symbols-file FILE``, else ``SYMBOLS_DEFAULT``) is
+what this server proposes when the cluster has none yet; once an entry fixed it, the replicated
+list wins (exchange.state_machine Rule 7, exchange.node Rule 9).
+
 ``SERVER_URIS`` is ``1=host:port,2=host:port,3=host:port``: replica id -> the gRPC address traders
 use for that server (the original used the same variable for its eRPC endpoints).
 """
@@ -19,6 +23,10 @@ if TYPE_CHECKING:
     from exchange.tls import ServerTls
 
 FABRIC_KINDS = ("shm", "verbs")
+# The instrument list of a server started without --symbols/--symbols-file: the symbols the demo,
+# the benchmark, the load generator and the dashboard use (traders.workload.DEFAULT_SYMBOLS).
+SYMBOLS_DEFAULT = ("AAPL", "AMZN", "GOOG", "MSFT")
+SYMBOLS_FILE_BYTES_MAX = 64 * 1024  # a --symbols-file larger than this is refused
 DEFAULT_CLUSTER_ID = "mu-exchange"
 DEFAULT_FIFO_TEMPLATE = "/tmp/fifo-{id}"
 REPLICA_ID_MAX = 255  # consensus proposal numbers reserve one byte for the replica id
@@ -104,12 +112,51 @@ class ServerConfig:
     durability: str = "sync"  # sync | async (with data_dir)
     snapshot_entries: int = 100_000  # entries between two stored snapshots
     tls: ServerTls | None = None  # None = plaintext (exchange.tls)
+    instruments: tuple[str, ...] = SYMBOLS_DEFAULT  # proposed when the cluster has no list
 
     @property
     def members(self) -> tuple[int, ...]:
         if self.replicas == 1:
             return (self.replica_id,)
         return tuple(sorted(self.addresses))
+
+
+def parse_symbols(text: str, what: str) -> tuple[str, ...]:
+    """The instrument list in ``text``: symbols separated by commas or whitespace (``#`` starts
+    a comment to the end of the line). Raises ``ConfigError`` naming ``what`` when it is not a
+    valid list (exchange.state_machine.check_instruments)."""
+    from exchange.state_machine import check_instruments
+
+    symbols: list[str] = []
+    for line in text.splitlines():
+        symbols.extend(item for item in line.partition("#")[0].replace(",", " ").split())
+    why = check_instruments(tuple(symbols))
+    if why is not None:
+        raise ConfigError(f"{what}: {why}")
+    return tuple(symbols)
+
+
+def instruments_setting(symbols: str | None, symbols_file: str | None) -> tuple[str, ...]:
+    """``--symbols`` or ``--symbols-file`` (not both), else ``SYMBOLS_DEFAULT``."""
+    if symbols is not None and symbols_file is not None:
+        raise ConfigError("give --symbols or --symbols-file, not both")
+    if symbols is not None:
+        return parse_symbols(symbols, f"--symbols {symbols!r}")
+    if symbols_file is None:
+        return SYMBOLS_DEFAULT
+    try:
+        with open(symbols_file, "rb") as file:
+            data = file.read(SYMBOLS_FILE_BYTES_MAX + 1)
+    except OSError as exc:
+        raise ConfigError(f"--symbols-file {symbols_file}: {exc.strerror or exc}") from None
+    if len(data) > SYMBOLS_FILE_BYTES_MAX:
+        raise ConfigError(f"--symbols-file {symbols_file}: larger than "
+                          f"{SYMBOLS_FILE_BYTES_MAX} bytes")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"--symbols-file {symbols_file}: not UTF-8 text") from None
+    return parse_symbols(text, f"--symbols-file {symbols_file}")
 
 
 def env_int(name: str, default: int) -> int:

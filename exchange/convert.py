@@ -175,6 +175,15 @@ def session_order(order: pb.SessionOrder) -> tuple[int, int, bytes]:
     return client_id, seq, _encoded(command)
 
 
+def session_symbol(order: pb.SessionOrder) -> str | None:
+    """The symbol a session order names (None when it names none)."""
+    kind = order.WhichOneof("request")
+    if kind is None:
+        return None
+    symbol: str = getattr(order, kind).symbol
+    return symbol or None
+
+
 def session_ids(order: pb.SessionOrder) -> tuple[int, int]:
     """``(client_id, seq)`` of a session order as sent (0, 0 when it carries no request)."""
     kind = order.WhichOneof("request")

@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     tls_dir = _demo_certs(args.traders) if args.tls else None
     cluster = LocalCluster(3, fabric=args.fabric, name="demo", data_dir=args.data_dir,
                            durability="sync" if args.data_dir else None, cluster_id=cluster_id,
-                           tls_dir=tls_dir)
+                           tls_dir=tls_dir, symbols=DEFAULT_SYMBOLS)
     security = f", mutual TLS, certificates in {tls_dir}" if tls_dir else ""
     print(f"demo: starting 3 exchange servers (cluster {cluster.cluster_id}, fabric "
           f"{args.fabric}, logs in {cluster.workdir}{security})", flush=True)

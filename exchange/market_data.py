@@ -20,12 +20,11 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from exchange.limits import SUBSCRIBER_QUEUE_MAX, SUBSCRIBERS_MAX_DEFAULT, limit_message
 from exchange.state_machine import MarketDataEvent
 from orderbook import DepthChanged, Trade
 
-SUBSCRIBER_QUEUE_MAX = 10_000  # trades buffered per subscriber before it is cut off
 CONFLATE_AFTER = 1_000  # queued updates after which BBO/depth updates are conflated
-SUBSCRIBERS_MAX_DEFAULT = 8  # concurrent streams per server (each holds a gRPC worker thread)
 MARKET_DATA_BATCH_MAX = 500  # updates in one MarketDataBatch message
 assert CONFLATE_AFTER < SUBSCRIBER_QUEUE_MAX
 
@@ -175,9 +174,9 @@ class MarketDataHub:
             if self._closed:
                 raise StreamEnded("server is shutting down")
             if len(self._subscriptions) >= self.subscribers_max:
-                raise StreamEnded(
-                    f"too many market-data streams (max {self.subscribers_max} per server)"
-                )
+                raise StreamEnded(limit_message(
+                    "SUBSCRIBERS_MAX_DEFAULT", self.subscribers_max,
+                    "market-data streams on this server (--grpc-workers / 4)"))
             subscription = Subscription(frozenset(symbols), include_depth)
             self._subscriptions = [*self._subscriptions, subscription]
             return subscription

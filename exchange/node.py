@@ -29,6 +29,18 @@ Rule 8: with a data directory (``exchange.durability``), ``on_commit`` queues ev
         and an installed snapshot is stored before delivery resumes. A replicated node
         without a replica yet (``attach`` not called: a server still loading or waiting for its
         peers, role ``starting``) never executes anything.
+Rule 9: the instrument list is the replicated one (exchange.state_machine Rule 7). A node given
+        a list (``instruments``) makes sure one is fixed before it proposes or applies its first
+        order: the leader proposes an instruments entry with its list and waits for it to apply
+        (``_ensure_instruments``; an unreplicated node applies it itself). An order for a symbol
+        outside the fixed list is refused before it is proposed (``RequestRefused``,
+        INVALID_ARGUMENT). A node whose list differs from the replicated one serves the
+        replicated one and says so (an error line in its log, ``NodeStatus.warning``), so
+        replicas never diverge over the list.
+Rule 10: at most ``IN_FLIGHT_PER_CLIENT_MAX`` requests of one client wait for their reply on
+        this node (unary calls and session requests together: the sinks registered for the
+        client, counted where ``_sinks`` changes); beyond it a request is refused
+        (``RequestRefused``, RESOURCE_EXHAUSTED) before it is proposed.
 
 No gRPC here: ``exchange.service`` maps these errors to status codes.
 """
@@ -37,14 +49,22 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from exchange.batching import Batcher, Dropped, Pending
 from exchange.config import BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES
-from exchange.market_data import SUBSCRIBERS_MAX_DEFAULT, MarketDataHub, Update
-from exchange.session import SESSION_IN_FLIGHT_MAX, OrderSession, Slot
+from exchange.limits import (
+    IN_FLIGHT_PER_CLIENT_MAX,
+    SESSION_IN_FLIGHT_MAX,
+    SESSIONS_MAX_DEFAULT,
+    SUBSCRIBERS_MAX_DEFAULT,
+    limit_message,
+)
+from exchange.market_data import MarketDataHub, Update
+from exchange.session import OrderSession, Slot
 from exchange.state_machine import (
     ENTRY_HEADER,
     Applied,
@@ -52,6 +72,7 @@ from exchange.state_machine import (
     Reply,
     encode_batch,
     encode_entry,
+    encode_instruments,
 )
 from orderbook import Command, Filled, encode_command
 
@@ -60,7 +81,7 @@ if TYPE_CHECKING:
 
 PROPOSE_TIMEOUT_S = 1.0  # consensus propose: far above a commit (~tens of us), below client retry
 APPLY_WAIT_S = 2.0  # committed -> applied here; only slow when this replica lost leadership
-SESSIONS_MAX_DEFAULT = 16  # open OrderSessions per server (each holds a gRPC worker thread)
+INSTRUMENTS_POLL_S = 0.001  # how often ensure_instruments looks for its entry to be applied
 
 log = logging.getLogger("exchange.node")
 
@@ -133,6 +154,15 @@ class ServerUnavailable(Exception):
     """Order entry cannot be served right now (paused, no leader, timeout); retry elsewhere."""
 
 
+class RequestRefused(Exception):
+    """This request cannot be served as sent: ``code`` names the gRPC status
+    (``INVALID_ARGUMENT``: unknown symbol, Rule 9; ``RESOURCE_EXHAUSTED``: a limit, Rule 10)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
     replica_id: int
@@ -149,6 +179,8 @@ class NodeStatus:
     duplicate_count: int
     replicas: int
     recovery: RecoveryView | None = None  # while role is recovering (Rule 7)
+    instruments: tuple[str, ...] = ()  # the replicated list, else the configured one (Rule 9)
+    warning: str = ""  # the configured list differs from the replicated one (Rule 9)
 
 
 class _Waiter:
@@ -192,8 +224,13 @@ class ExchangeNode:
         replicas: int,
         subscribers_max: int = SUBSCRIBERS_MAX_DEFAULT,
         sessions_max: int = SESSIONS_MAX_DEFAULT,
+        instruments: tuple[str, ...] | None = None,
     ) -> None:
         self.replica_id = replica_id
+        self.instruments = None if instruments is None else tuple(sorted(instruments))
+        self.instruments_warning = ""  # Rule 9
+        self._instruments_lock = threading.Lock()  # one instruments proposal at a time
+        self._in_flight: dict[int, int] = {}  # Rule 10: client id -> registered sinks
         self.addresses = addresses
         self.replicas = replicas
         self.state = ExchangeStateMachine()
@@ -241,6 +278,7 @@ class ExchangeNode:
             if sinks:
                 waiting = sinks.pop((reply.client_id, reply.seq), None)
                 if waiting is not None:
+                    self._release_locked(reply.client_id, len(waiting))
                     for sink in waiting:
                         if type(sink) is Slot:
                             sink.reply = reply  # woken below, once per session
@@ -256,6 +294,93 @@ class ExchangeNode:
                 session.wake()
         if market_data and self.hub.subscriber_count > 0:
             self.hub.publish([u for applied in results for u in _updates(applied)])
+        if self.state.instruments_index == index:
+            self._check_instruments_locked()
+
+    def check_instruments(self) -> None:
+        """``_check_instruments_locked`` for a state set from outside (loaded from disk)."""
+        with self._lock:
+            self._check_instruments_locked()
+
+    def _check_instruments_locked(self) -> None:
+        """Say once, loudly, that this node's list is not the replicated one (Rule 9)."""
+        fixed = self.state.instruments
+        if fixed is None or self.instruments is None or frozenset(self.instruments) == fixed:
+            return
+        self.instruments_warning = (
+            f"this server was started with the instrument list {','.join(self.instruments)} "
+            f"but the cluster's list, fixed by log entry {self.state.instruments_index}, is "
+            f"{','.join(sorted(fixed))}: it serves the cluster's list; start it with that list")
+        log.error("server %d: %s", self.replica_id, self.instruments_warning)
+
+    # -- admission (Rules 9-10) ---------------------------------------------------------------
+
+    def _register_locked(self, client_id: int, seq: int, sink: Sink) -> None:
+        """Register ``sink`` for the reply of ``(client_id, seq)``; counted (Rule 10)."""
+        self._sinks.setdefault((client_id, seq), []).append(sink)
+        in_flight = self._in_flight
+        in_flight[client_id] = in_flight.get(client_id, 0) + 1
+
+    def _release_locked(self, client_id: int, count: int) -> None:
+        in_flight = self._in_flight
+        left = in_flight.get(client_id, 0) - count
+        assert left >= 0, (client_id, left)
+        if left:
+            in_flight[client_id] = left
+        else:
+            in_flight.pop(client_id, None)
+
+    def _check_in_flight_locked(self, client_id: int, count: int) -> None:
+        """Raise ``RequestRefused`` unless ``count`` more requests of the client fit (Rule 10)."""
+        if self._in_flight.get(client_id, 0) + count > IN_FLIGHT_PER_CLIENT_MAX:
+            raise RequestRefused("RESOURCE_EXHAUSTED", limit_message(
+                "IN_FLIGHT_PER_CLIENT_MAX", IN_FLIGHT_PER_CLIENT_MAX,
+                f"requests of client {client_id} waiting for their reply on server "
+                f"{self.replica_id}"))
+
+    def in_flight_of(self, client_id: int) -> int:
+        """Requests of ``client_id`` waiting for their reply here (Rule 10)."""
+        with self._lock:
+            return self._in_flight.get(client_id, 0)
+
+    def symbol_refusal(self, symbol: str | None) -> str | None:
+        """Why an order naming ``symbol`` is refused (Rule 9), or None (also for no symbol)."""
+        fixed = self.state.instruments
+        if symbol is None or fixed is None or symbol in fixed:
+            return None
+        return (f"unknown symbol {symbol!r}: this exchange lists {len(fixed)} instruments "
+                f"({','.join(sorted(fixed)[:10])}{',...' if len(fixed) > 10 else ''})")
+
+    def ensure_instruments(self) -> None:
+        """Rule 9: make sure a list is fixed before the first order; the leader proposes its own
+        and returns once it is applied here. Raises like ``execute``. Cheap once fixed."""
+        wanted = self.instruments
+        if wanted is None or self.state.instruments is not None:
+            return
+        if self.replica is None:
+            if self.replicas == 1:
+                with self._lock:
+                    if self.state.instruments is None:
+                        self._apply_locked(self.state.applied_index + 1,
+                                           encode_instruments(wanted))
+            return
+        with self._instruments_lock:
+            if self.state.instruments is not None:
+                return
+            try:
+                index = self._propose(encode_instruments(wanted))
+            except (NotLeaderError, ServerUnavailable):
+                raise
+            except Exception as exc:
+                raise self._proposal_error(exc) from None
+            deadline = time.monotonic() + APPLY_WAIT_S  # applied in propose (consensus pump
+            while self.state.applied_index < index:  # Rule 6); a double may apply later
+                if time.monotonic() > deadline:
+                    raise ServerUnavailable(f"server {self.replica_id}: the instrument list "
+                                            f"(entry {index}) was not applied in time; retry")
+                time.sleep(INSTRUMENTS_POLL_S)
+        log.warning("server %d: instrument list %s proposed and applied", self.replica_id,
+                    ",".join(wanted))
 
     @staticmethod
     def _route_fills(
@@ -324,13 +449,16 @@ class ExchangeNode:
             return self._execute_unreplicated(client_id, seq, command)
         if not replica.is_leader:
             raise self._not_leader(replica.leader_id)
+        self.ensure_instruments()
+        self._check_symbol(command)
         waiter = _Waiter()
         body = encode_command(command)
         with self._lock:
             stored = self.state.lookup(client_id, seq, body)
             if stored is not None:
                 return stored
-            self._sinks.setdefault((client_id, seq), []).append(waiter)
+            self._check_in_flight_locked(client_id, 1)
+            self._register_locked(client_id, seq, waiter)
         self.batcher.submit([Pending(client_id, seq, body, waiter)])
         with self._lock:
             reply, error = waiter.reply, waiter.error
@@ -352,13 +480,16 @@ class ExchangeNode:
         return waiter.reply
 
     def _execute_unreplicated(self, client_id: int, seq: int, command: Command) -> Reply:
+        self.ensure_instruments()
+        self._check_symbol(command)
         payload = encode_entry(client_id, seq, command)
         waiter = _Waiter()
         with self._lock:
             stored = self.state.lookup(client_id, seq, memoryview(payload)[ENTRY_HEADER.size:])
             if stored is not None:
                 return stored
-            self._sinks.setdefault((client_id, seq), []).append(waiter)
+            self._check_in_flight_locked(client_id, 1)
+            self._register_locked(client_id, seq, waiter)
             self._apply_locked(self.state.applied_index + 1, payload)  # sessions see its fills
         assert waiter.reply is not None
         return waiter.reply
@@ -384,11 +515,17 @@ class ExchangeNode:
         with self._lock:
             self._forget_locked(client_id, seq, sink)
 
+    def _check_symbol(self, command: Command) -> None:
+        why = self.symbol_refusal(command.symbol)
+        if why is not None:
+            raise RequestRefused("INVALID_ARGUMENT", why)
+
     def _forget_locked(self, client_id: int, seq: int, sink: object) -> None:
         key = (client_id, seq)
         sinks = self._sinks.get(key)
         if sinks is not None and sink in sinks:
             sinks.remove(sink)
+            self._release_locked(client_id, 1)
             if not sinks:
                 del self._sinks[key]
 
@@ -399,8 +536,9 @@ class ExchangeNode:
         self._check_order_entry()
         with self._lock:
             if self._session_count >= self.sessions_max:
-                raise ServerUnavailable(
-                    f"too many order sessions (max {self.sessions_max} per server); retry later")
+                raise RequestRefused("RESOURCE_EXHAUSTED", limit_message(
+                    "SESSIONS_MAX_DEFAULT", self.sessions_max,
+                    "order sessions on this server (--grpc-workers / 2)"))
             self._session_count += 1
         return OrderSession(in_flight_max)
 
@@ -424,13 +562,14 @@ class ExchangeNode:
         self._check_order_entry()
         items: list[Pending] = []
         with self._lock:
-            lookup, sinks = self.state.lookup, self._sinks
+            self._check_in_flight_locked(requests[0][1], len(requests))  # one client per session
+            lookup, register = self.state.lookup, self._register_locked
             for slot, client_id, seq, body in requests:
                 stored = lookup(client_id, seq, body)
                 if stored is not None:
                     slot.deliver(stored)
                     continue
-                sinks.setdefault((client_id, seq), []).append(slot)
+                register(client_id, seq, slot)
                 items.append(Pending(client_id, seq, body, slot))
             if items and self.replica is None:  # unreplicated: apply the message as one entry
                 payload = encode_batch([(p.client_id, p.seq, p.body) for p in items])
@@ -448,6 +587,7 @@ class ExchangeNode:
                                     "waiting for its peers); retry")
         if replica is not None and not replica.is_leader:
             raise self._not_leader(replica.leader_id)
+        self.ensure_instruments()
 
     def _proposal_error(self, exc: Exception) -> Exception:
         """Map a consensus exception to NotLeaderError / ServerUnavailable."""
@@ -513,6 +653,8 @@ class ExchangeNode:
             book_digest, state_digest = state.book_digest(), state.state_digest()
             symbols = tuple(sorted(state.market.symbols()))
             executed, duplicates = state.executed_count, state.duplicate_count
+            fixed = state.instruments
+        instruments = tuple(sorted(fixed)) if fixed is not None else self.instruments or ()
         role = self.role()
         # A follower learns commit indexes only through its pump: report what it has applied.
         commit_index = replica.commit_index if role == "leader" and replica else applied_index
@@ -532,6 +674,8 @@ class ExchangeNode:
             duplicate_count=duplicates,
             replicas=self.replicas,
             recovery=None if replica is None else replica.recovery,
+            instruments=instruments,
+            warning=self.instruments_warning,
         )
 
     # -- state transfer (Rule 7) --------------------------------------------------------------
@@ -556,6 +700,7 @@ class ExchangeNode:
                                 f"{index}")
         with self._lock:
             self.state = restored
+            self._check_instruments_locked()
         if self.journal is not None:
             from exchange.durability import JournalFailed
 
@@ -612,5 +757,6 @@ __all__ = [
     "ExchangeNode",
     "NodeStatus",
     "NotLeaderError",
+    "RequestRefused",
     "ServerUnavailable",
 ]

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         print("python -m exchange bench-rejoin: error: need --orders >= 0 and --rounds >= 1",
               file=sys.stderr)
         return 2
-    cluster = LocalCluster(3, name="bench-rejoin")
+    cluster = LocalCluster(3, name="bench-rejoin", symbols=SYMBOLS)
     try:
         cluster.start()
         return _run(cluster, args)

@@ -35,6 +35,7 @@ from exchange.config import DEFAULT_FIFO_TEMPLATE, ConfigError, ServerConfig
 from exchange.control_fifo import ControlFifo, ControlFifoError
 from exchange.durability import DataDirError, Journal, load, open_data_dir
 from exchange.grpc_checked import add_checked
+from exchange.limits import GRPC_MESSAGE_OPTIONS
 from exchange.node import ExchangeNode
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 from exchange.replication import ReplicationHandle, ReplicationUnavailable, start_replication
@@ -43,7 +44,6 @@ from exchange.state_transfer import SnapshotService
 
 ROLE_POLL_INTERVAL_S = 0.02  # how often health statuses follow the replica's role
 SHUTDOWN_GRACE_S = 1.0
-GRPC_MESSAGE_BYTES_MAX = 4 * 1024 * 1024
 GIL_SWITCH_INTERVAL_S = 0.0005  # a handler holding the GIL delays a heartbeat by at most this
 
 log = logging.getLogger("exchange.server")
@@ -108,10 +108,7 @@ def build_grpc_server(
 ) -> grpc.Server:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="grpc"),
-        options=[
-            ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=[*GRPC_MESSAGE_OPTIONS, ("grpc.so_reuseport", 0)],
     )
     authorizer = None if config.tls is None else config.tls.authorizer
     add_checked(pb_grpc.add_ExchangeServicer_to_server, ExchangeService(node, authorizer), server)
@@ -157,7 +154,8 @@ def serve(config: ServerConfig) -> int:
     # order entry and reads keep the rest.
     node = ExchangeNode(config.replica_id, config.addresses, config.replicas,
                         subscribers_max=max(1, config.grpc_workers // 4),
-                        sessions_max=max(1, config.grpc_workers // 2))
+                        sessions_max=max(1, config.grpc_workers // 2),
+                        instruments=config.instruments)
     health = HealthReporter(node)
     node.pause_listeners.append(lambda _paused: health.refresh())
     replication: ReplicationHandle | None = None
@@ -188,6 +186,13 @@ def serve(config: ServerConfig) -> int:
                                    daemon=True)
         watcher.start()
         mode = "unreplicated" if config.replicas == 1 else f"{config.replicas} replicas"
+        fixed = node.state.instruments
+        log.warning("server %d: instrument list %s (%s)", config.replica_id,
+                    ",".join(config.instruments),
+                    "configured; proposed when it leads a cluster without one" if fixed is None
+                    else f"the cluster's, fixed by log entry {node.state.instruments_index}"
+                    if frozenset(config.instruments) == fixed else
+                    "configured, but the cluster's list differs: see the error above")
         log.warning(
             "server %d serving on %s (%s, %s, fabric %s, cluster %s, fifo %s)",
             config.replica_id, config.listen, mode, _security(config), config.fabric,
@@ -230,6 +235,7 @@ def _open_journal(config: ServerConfig, node: ExchangeNode) -> tuple[Journal, in
         started = time.monotonic()
         loaded = load(directory, config.cluster_id, limits)
         node.state = loaded.machine
+        node.check_instruments()
         index = loaded.machine.applied_index
         journal = Journal(directory, config.cluster_id, config.durability, index,
                           node.take_snapshot, config.snapshot_entries)

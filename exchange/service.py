@@ -14,6 +14,13 @@ Rule 4: with mutual TLS (``authorizer`` set; ``exchange.tls`` Rules 2-3) every R
         it is proposed: a unary request alone, a session message as a whole (none of its orders
         runs) and the session with it. Without an authorizer nothing is checked (plaintext, or
         TLS without client certificates).
+Rule 5: a refused request (node ``RequestRefused``: unknown symbol, a per-server limit) gets the
+        status it names (INVALID_ARGUMENT, RESOURCE_EXHAUSTED) with its one-line message; a
+        unary request the state machine refused (``Reply.refusal``: unknown symbol, a
+        resting-order limit) gets INVALID_ARGUMENT / RESOURCE_EXHAUSTED with the stored reason,
+        also when replayed. In an order session, an order for an unknown symbol is answered
+        like any invalid order (a ``rejected`` report naming the symbol) and a limit ends the
+        session with RESOURCE_EXHAUSTED, like flow control.
 Rule 2: standard health checking (grpc.health.v1): service ``""`` is SERVING while the server is
         neither paused, recovering (fetching a snapshot or catching up the log) nor starting
         (loading its data directory, waiting for its peers); service
@@ -34,7 +41,13 @@ from grpc_health.v1 import health, health_pb2
 from exchange import convert
 from exchange.grpc_checked import UndecodableRequest
 from exchange.market_data import MARKET_DATA_BATCH_MAX, StreamEnded, Update
-from exchange.node import ExchangeNode, NodeStatus, NotLeaderError, ServerUnavailable
+from exchange.node import (
+    ExchangeNode,
+    NodeStatus,
+    NotLeaderError,
+    RequestRefused,
+    ServerUnavailable,
+)
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 from exchange.session import (
@@ -47,7 +60,7 @@ from exchange.session import (
 from exchange.session import (
     OrderSession as ServerSession,
 )
-from exchange.state_machine import Reply
+from exchange.state_machine import REFUSED_EXHAUSTED, REFUSED_INVALID, Reply
 from exchange.tls import Authorizer, Identity
 from orderbook import Command
 
@@ -108,9 +121,15 @@ class ExchangeService(pb_grpc.ExchangeServicer):
             reply: Reply = self.node.execute(client_id, seq, command)
         except (NotLeaderError, ServerUnavailable) as exc:
             _abort_order_entry(context, exc)
+        except RequestRefused as exc:
+            _abort(context, getattr(grpc.StatusCode, exc.code), str(exc))
         except Exception:
             log.exception("order entry failed unexpectedly (client %d seq %d)", client_id, seq)
             _abort(context, grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        if reply.refusal == REFUSED_INVALID:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, reply.error)
+        if reply.refusal == REFUSED_EXHAUSTED:
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, reply.error)
         return convert.reply_message(reply, self.node.replica_id)
 
     def OrderSession(  # noqa: N802
@@ -123,6 +142,8 @@ class ExchangeService(pb_grpc.ExchangeServicer):
             session = node.open_session()
         except (NotLeaderError, ServerUnavailable) as exc:
             _abort_order_entry(context, exc)
+        except RequestRefused as exc:
+            _abort(context, getattr(grpc.StatusCode, exc.code), str(exc))
         reader = threading.Thread(target=self._read_session,
                                   args=(request_iterator, session, caller),
                                   name="session-reader", daemon=True)
@@ -173,6 +194,10 @@ class ExchangeService(pb_grpc.ExchangeServicer):
             session.finish_input()
         except (NotLeaderError, ServerUnavailable, SessionError) as exc:
             session.fail(exc)
+        except RequestRefused as exc:
+            refused = SessionError(str(exc))
+            refused.code = exc.code
+            session.fail(refused)
         except UndecodableRequest as exc:
             session.fail(BadSessionMessage(str(exc)))
         except grpc.RpcError:
@@ -205,6 +230,9 @@ class ExchangeService(pb_grpc.ExchangeServicer):
                             f"this session carries client {session.client_id}; "
                             f"got client_id {client_id}")
                     self.node.bind_session(session, client_id)
+                why = self.node.symbol_refusal(convert.session_symbol(order))
+                if why is not None:
+                    raise convert.BadRequest(why)
             except convert.BadRequest as exc:
                 client_id, seq = convert.session_ids(order)
                 slot.deliver(Reply(client_id, seq, "", (), 0, error=f"invalid request: {exc}"))
@@ -316,6 +344,8 @@ class ExchangeService(pb_grpc.ExchangeServicer):
             orders_applied=status.executed_count,
             duplicates_replayed=status.duplicate_count,
             replicas=status.replicas,
+            instruments=status.instruments,
+            warning=status.warning,
             **_recovery_fields(status),
         )
 

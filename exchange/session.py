@@ -22,12 +22,10 @@ import threading
 from collections import deque
 
 from exchange.dedup import DEDUP_SEQS_PER_CLIENT_MAX
+from exchange.limits import SESSION_IN_FLIGHT_MAX
 from exchange.state_machine import Reply
 
 SESSION_MESSAGE_ORDERS_MAX = 50  # orders in one SessionRequest (an order list)
-# Requests sent and not yet answered per session. The dedup table keeps the last 128 replies per
-# client (a client must keep fewer in flight), and the leader's batches are <= 64 requests.
-SESSION_IN_FLIGHT_MAX = 100
 SESSION_REPORTS_PER_MESSAGE_MAX = 200  # reports in one SessionResponse
 assert SESSION_MESSAGE_ORDERS_MAX <= SESSION_IN_FLIGHT_MAX < DEDUP_SEQS_PER_CLIENT_MAX
 SESSION_UNSOLICITED_MAX = 10_000  # fills queued for a client that does not read its stream

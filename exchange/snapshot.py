@@ -15,25 +15,32 @@ Rule 2: the body holds everything that decides future applies and digests: ``app
         the same replies and evictions.
 Rule 3: the dedup limits are part of the snapshot: every replica must evict alike, so a restore
         that is told the limits it expects refuses a snapshot taken with others.
+Rule 5: the instrument list (exchange.state_machine Rule 7) and the resting-order limits (Rule 8)
+        are part of the state: a restored machine keeps the list (or its absence) and the entry
+        that fixed it, and refuses and admits orders as the original would; the per-client
+        live-order counts are derived from the books, not stored.
 Rule 4: ``applied_index`` sits at a fixed body offset: `snapshot_index` reads it after checking
         the envelope, without decoding the market (the consensus layer resumes from it);
         `snapshot_size` tells a receiver the total size from the first HEADER_SIZE bytes.
 
 Body layout (little-endian):
     <Q applied index><Q executed><Q duplicates><32s chain><Q seqs per client max><Q clients max>
-    <Q evicted floors max>
+    <Q evicted floors max><Q resting orders max><Q resting orders per client max>
+    <Q index of the entry that fixed the instrument list (0: none)>
     market body (orderbook.snapshot),
     <I clients>, client ids Q*, floors Q*, reply counts I* (clients least recently used first),
     replies (each client's oldest first): seq Q*, log index Q*, request digest Q*,
-    flags B* (1 duplicate),
+    flags B* (bit 0 duplicate, bits 1-2 refusal),
     event counts I*; event tags B* (TAG_*); <I n> integers q*; <I m> string lengths I* + UTF-8
     blob (surrogates passed through). The integer and string streams hold, in order, per reply
     its order id and error, then per event its fields in declaration order (a DepthChanged:
     symbol; bid count, ask count, then price, qty, count per level).
     <I evicted clients>, client ids Q*, floors Q* (oldest eviction first).
+    <I symbols> (NO_INSTRUMENTS: no list yet), symbol lengths I* + UTF-8 blob (sorted).
 
 Version history: 1 had no request digests, no evicted floors and no evicted floors limit; 2 adds
-them (issue 13). A version-1 snapshot is refused with a one-line error (the receiver fetches a
+them (issue 13); 3 adds the instrument list and the resting-order limits (issue 13). A
+snapshot of another version is refused with a one-line error (the receiver fetches a
 fresh one from a peer running this build).
 """
 
@@ -83,17 +90,21 @@ STATE_MAGIC = b"MUXSTATE"
 _NAME = "exchange state"
 HEADER_SIZE = HEADER.size
 """Bytes of the envelope header: what `snapshot_size` needs to see first."""
-STATE_FORMAT_VERSION = 2
+STATE_FORMAT_VERSION = 3
 """Version of the exchange state body (the envelope's version field; see the history above)."""
-_STATE_HEAD = struct.Struct("<QQQ32sQQQ")
+_STATE_HEAD = struct.Struct("<QQQ32sQQQQQQ")
 _COUNT = struct.Struct("<I")
-FLAG_DUPLICATE = 1
+FLAG_DUPLICATE = 1  # reply flags: bit 0 duplicate, bits 1-2 the refusal code (Reply.refusal)
+REFUSAL_MAX = 2
 TAG_ACCEPTED, TAG_REJECTED, TAG_FILLED, TAG_CANCELLED, TAG_CANCEL_REJECTED = 1, 2, 3, 4, 5
 TAG_REPLACED, TAG_REPLACE_REJECTED, TAG_TRADE, TAG_BBO, TAG_DEPTH = 6, 7, 8, 9, 10
 LIMIT_MAX = 1 << 32
 """Largest dedup limit a snapshot may carry (bounds what a corrupt one makes us allocate)."""
 
-assert _STATE_HEAD.size == 80
+NO_INSTRUMENTS = 0xFFFF_FFFF
+"""The symbol count of a machine whose instrument list is not fixed yet."""
+
+assert _STATE_HEAD.size == 104
 
 
 # ---- encode ----------------------------------------------------------------------------------
@@ -184,7 +195,7 @@ def _encode_dedup(dedup: DedupTable[Reply], out: list[bytes]) -> None:
             seqs.append(seq)
             indexes.append(reply.log_index)
             digests.append(reply.request_digest)
-            flags.append(FLAG_DUPLICATE if reply.duplicate else 0)
+            flags.append((FLAG_DUPLICATE if reply.duplicate else 0) | reply.refusal << 1)
             event_counts.append(len(reply.events))
             texts += (reply.order_id, reply.error)
             _flatten_events(reply.events, tags, texts, ints)
@@ -212,10 +223,16 @@ def encode_state(machine: ExchangeStateMachine) -> bytes:
     dedup = machine.dedup
     out = [_STATE_HEAD.pack(machine.applied_index, machine.executed_count,
                             machine.duplicate_count, machine.chain, dedup.seqs_per_client_max,
-                            dedup.clients_max, dedup.evicted_floors_max)]
+                            dedup.clients_max, dedup.evicted_floors_max,
+                            machine.resting_orders_max, machine.resting_per_client_max,
+                            machine.instruments_index)]
     with gc_paused():
         encode_market_body(machine.market, out)
         _encode_dedup(dedup, out)
+    if machine.instruments is None:
+        out.append(_COUNT.pack(NO_INSTRUMENTS))
+    else:
+        out.extend(_pack_texts(sorted(machine.instruments)))
     return seal(STATE_MAGIC, out, STATE_FORMAT_VERSION)
 
 
@@ -223,6 +240,10 @@ def encode_state(machine: ExchangeStateMachine) -> bytes:
 
 def _read_texts(reader: Reader) -> list[str]:
     (count,) = reader.unpack(_COUNT, "string count")
+    return _read_counted_texts(reader, count)
+
+
+def _read_counted_texts(reader: Reader, count: int) -> list[str]:
     lengths = reader.ints("I", count, "string lengths")
     blob = reader.take(sum(lengths), "strings")
     try:
@@ -280,7 +301,7 @@ def _read_replies(reader: Reader, client_ids: tuple[int, ...], counts: tuple[int
     tags = bytes(reader.take(sum(event_counts), "event tags"))
     if tags and (min(tags) < TAG_ACCEPTED or max(tags) > TAG_DEPTH):
         raise reader.error("unknown event tag")
-    if flags and max(flags) > FLAG_DUPLICATE:
+    if flags and max(flags) >> 1 > REFUSAL_MAX:
         raise reader.error("unknown reply flags")
     (int_count,) = reader.unpack(_COUNT, "event integer count")
     ints = reader.ints("q", int_count, "event integers")
@@ -298,8 +319,10 @@ def _read_replies(reader: Reader, client_ids: tuple[int, ...], counts: tuple[int
                 order_id, error = next(text_stream), next(text_stream)
                 events = tuple([builders[tag]()
                                 for tag in islice(tag_stream, event_counts[number])])
+                flag = flags[number]
                 replies[seq] = Reply(client_id, seq, order_id, events, indexes[number],
-                                     flags[number] == FLAG_DUPLICATE, error, digests[number])
+                                     bool(flag & FLAG_DUPLICATE), error, digests[number],
+                                     flag >> 1)
             if len(replies) != count:
                 raise reader.error(f"client {client_id} stores a seq twice")
             start += count
@@ -348,8 +371,8 @@ def decode_state(data: bytes | memoryview, machine_type: type[ExchangeStateMachi
     clients_max) this replica runs with; a snapshot with other limits is refused. Raises
     SnapshotError. O(size)."""
     reader = Reader(unseal(data, STATE_MAGIC, _NAME, STATE_FORMAT_VERSION), _NAME)
-    applied, executed, duplicates, chain, seqs_max, clients_max, evicted_max = reader.unpack(
-        _STATE_HEAD, "state header")
+    (applied, executed, duplicates, chain, seqs_max, clients_max, evicted_max, resting_max,
+     per_client_max, instruments_index) = reader.unpack(_STATE_HEAD, "state header")
     if not (1 <= seqs_max < LIMIT_MAX and 1 <= clients_max < LIMIT_MAX
             and 0 <= evicted_max < LIMIT_MAX):
         raise reader.error(f"dedup limits {seqs_max}, {clients_max}, {evicted_max} outside "
@@ -358,12 +381,33 @@ def decode_state(data: bytes | memoryview, machine_type: type[ExchangeStateMachi
         raise SnapshotError(f"{_NAME} snapshot was taken with dedup limits (seqs per client "
                             f"{seqs_max}, clients {clients_max}), this replica runs with "
                             f"{limits}: every replica must use the same limits")
+    if not 1 <= per_client_max <= resting_max < LIMIT_MAX:
+        raise reader.error(f"resting-order limits {resting_max}, {per_client_max} are invalid")
     # No bound of executed + duplicates by applied: one batch entry carries many requests.
     with gc_paused():
         market = decode_market_body(reader)
         dedup = _read_dedup(reader, seqs_max, clients_max, evicted_max)
+    instruments = _read_instruments(reader, instruments_index, applied)
     reader.finish()
-    return machine_type.from_parts(market, dedup, applied, executed, duplicates, bytes(chain))
+    return machine_type.from_parts(market, dedup, applied, executed, duplicates, bytes(chain),
+                                   (resting_max, per_client_max),
+                                   (instruments, instruments_index))
+
+
+def _read_instruments(reader: Reader, fixed_at: int, applied: int) -> frozenset[str] | None:
+    """The instrument list (Rule 5), checked as an instruments entry is."""
+    from exchange.state_machine import check_instruments
+
+    (count,) = reader.unpack(_COUNT, "symbol count")
+    if count == NO_INSTRUMENTS:
+        if fixed_at != 0:
+            raise reader.error("no instrument list, but an entry that fixed it")
+        return None
+    texts = _read_counted_texts(reader, count)
+    why = check_instruments(tuple(texts))
+    if why is not None or texts != sorted(texts) or not 1 <= fixed_at <= applied:
+        raise reader.error(f"bad instrument list (fixed at entry {fixed_at}): {why or 'order'}")
+    return frozenset(texts)
 
 
 def snapshot_size(header: bytes | memoryview) -> int:

@@ -19,12 +19,28 @@ Rule 5: a log entry is either a single request or a batch of requests (the leade
 Rule 6: ``snapshot()`` / ``restore(data)`` (exchange.snapshot) carry the whole state: a restored
         machine has the same ``state_digest()`` and ``book_digest()`` and applies the entries
         after ``applied_index`` exactly as the original would.
+Rule 7: the instrument list is replicated state: the first applied instruments entry fixes it
+        (``instruments``, never changed afterwards; a later entry with another list is answered
+        with an error naming the entry that fixed it, and changes nothing). Once fixed, an add
+        for a symbol outside the list is refused (``REFUSED_INVALID``, the reason names the
+        symbol) and creates no book. A machine with no list yet accepts every valid symbol: the
+        exchange node proposes the list before its first order (exchange.node Rule 9), so a
+        server's log never holds an order before its instruments entry. ``state_digest()``
+        covers the list.
+Rule 8: resting-order bounds (exchange.limits Rule 2): an add that could rest (not
+        immediate-or-cancel) is refused (``REFUSED_EXHAUSTED``, the reason names the limit)
+        when the market already holds ``resting_orders_max`` live orders or its owner (the
+        client in its order id ``"<client>.<seq>"``) holds ``resting_per_client_max``. The
+        per-owner counts follow every command's events and are derived again from the books on
+        restore; the limits themselves are in the snapshot.
 
 A single-request entry (format 0) is ``ENTRY_HEADER (client_id u64, seq u64)`` followed by
 ``orderbook.encode_command``; its client_id is never 0 (client ids start at 1). A batch entry
 starts with a zero client_id: ``BATCH_HEADER (0 u64, version u8, count u16)`` then ``count`` times
 ``BATCH_ITEM (client_id u64, seq u64, length u16)`` + ``length`` bytes of encoded command
-(version 1). The state chain folds a single entry's dedup transition on its own and a batch's
+(version 1). An instruments entry (Rule 7) is ``BATCH_HEADER (0, INSTRUMENTS_VERSION,
+count)`` then per symbol ``<B length>`` + UTF-8 bytes, sorted and distinct. The state chain
+folds a single entry's dedup transition on its own and a batch's
 transitions in one step (one hash per entry, not per request).
 The reply keeps the order-level events of the command (accepted, rejected, fills, cancels,
 replaces); the market-data events (trades, BBO and depth changes) are returned separately for
@@ -43,21 +59,35 @@ from exchange.dedup import (
     DEDUP_SEQS_PER_CLIENT_MAX,
     DedupTable,
 )
+from exchange.limits import (
+    RESTING_ORDERS_MAX,
+    RESTING_ORDERS_PER_CLIENT_MAX,
+    SYMBOLS_MAX,
+    limit_message,
+)
 from orderbook import (
+    AddOrder,
     BboChanged,
+    Cancelled,
     Command,
     DepthChanged,
     Event,
+    Filled,
     Market,
     Trade,
     decode_command,
     encode_command,
 )
+from orderbook.book import valid_text
+from orderbook.constants import SYMBOL_BYTES_MAX
 
 ENTRY_HEADER = struct.Struct("<QQ")  # client_id, seq
 BATCH_HEADER = struct.Struct("<QBH")  # 0 (no client), format version, request count
 BATCH_ITEM = struct.Struct("<QQH")  # client_id, seq, length of the encoded command
 BATCH_VERSION = 1
+INSTRUMENTS_VERSION = 2  # the version byte of an instruments entry (Rule 7)
+_SYMBOL_LENGTH = struct.Struct("<B")
+REFUSED_NONE, REFUSED_INVALID, REFUSED_EXHAUSTED = 0, 1, 2  # Reply.refusal (Rules 7-8)
 BATCH_REQUESTS_MAX = 0xFFFF  # what the count field can say; the leader's bound is far lower
 CLIENT_ID_MAX = 2**64 - 1
 SEQ_MAX = 2**64 - 1
@@ -66,6 +96,9 @@ _MARKET_DATA_TYPES = frozenset({Trade, BboChanged, DepthChanged})  # exact types
 _CHAIN_RECORD = struct.Struct("<QQQB")  # index, client_id, seq, outcome
 _OUTCOME_EXECUTED, _OUTCOME_DUPLICATE, _OUTCOME_TOO_OLD, _OUTCOME_MALFORMED = range(4)
 _OUTCOME_SEQ_REUSED = 4
+_OUTCOME_INSTRUMENTS = 5
+_OUTCOME_REFUSED = 6
+_NO_CLIENT = bytes(8)  # the client id field of a batch or instruments entry
 
 
 def request_digest(body: bytes | memoryview) -> int:
@@ -94,6 +127,7 @@ class Reply:
     duplicate: bool = False
     error: str = ""  # non-empty when the entry could not be executed at all
     request_digest: int = 0  # request_digest() of the command (Rule 3); 0 when not stored
+    refusal: int = REFUSED_NONE  # REFUSED_INVALID / REFUSED_EXHAUSTED: why not executed
 
 
 @dataclass(slots=True)
@@ -129,6 +163,69 @@ def batch_item_bytes(body: bytes) -> int:
     return BATCH_ITEM.size + len(body)
 
 
+def check_instruments(symbols: tuple[str, ...]) -> str | None:
+    """Why ``symbols`` is not a valid instrument list (Rule 7), or None: 1..SYMBOLS_MAX distinct
+    symbols, each 1..SYMBOL_BYTES_MAX UTF-8 bytes of printable text without surrounding spaces."""
+    if not 1 <= len(symbols) <= SYMBOLS_MAX:
+        return (f"an instrument list holds 1..{SYMBOLS_MAX} symbols (SYMBOLS_MAX), "
+                f"got {len(symbols)}")
+    for symbol in symbols:
+        if not (valid_text(symbol, SYMBOL_BYTES_MAX) and symbol.isprintable()
+                and symbol.strip() == symbol):
+            return (f"symbol {symbol!r} is not 1..{SYMBOL_BYTES_MAX} UTF-8 bytes of printable "
+                    "text without surrounding spaces")
+    if len(set(symbols)) != len(symbols):
+        return "the instrument list names a symbol twice"
+    return None
+
+
+def encode_instruments(symbols: tuple[str, ...]) -> bytes:
+    """The log payload of an instruments entry fixing ``symbols`` (Rule 7). Precondition:
+    ``check_instruments(symbols)`` is None."""
+    assert check_instruments(symbols) is None, symbols
+    ordered = sorted(symbols)
+    parts = [BATCH_HEADER.pack(0, INSTRUMENTS_VERSION, len(ordered))]
+    for symbol in ordered:
+        data = symbol.encode()
+        parts.append(_SYMBOL_LENGTH.pack(len(data)) + data)
+    return b"".join(parts)
+
+
+def _decode_instruments(payload: memoryview, count: int) -> tuple[str, ...] | None:
+    """The sorted, distinct, valid symbols of an instruments entry, or None if malformed."""
+    symbols: list[str] = []
+    offset = BATCH_HEADER.size
+    for _ in range(count):
+        if offset >= len(payload):
+            return None
+        length = payload[offset]
+        data = bytes(payload[offset + 1:offset + 1 + length])
+        offset += 1 + length
+        if len(data) != length:
+            return None
+        try:
+            symbols.append(data.decode())
+        except UnicodeDecodeError:
+            return None
+    result = tuple(symbols)
+    if offset != len(payload) or check_instruments(result) is not None:
+        return None
+    return result if list(result) == sorted(result) else None
+
+
+def instruments_digest(instruments: frozenset[str] | None) -> bytes:
+    """What ``state_digest()`` folds in for the instrument list (Rule 7)."""
+    if instruments is None:
+        return b"\xff"
+    return hashlib.sha256("\x00".join(sorted(instruments)).encode()).digest()
+
+
+def order_owner(order_id: str) -> int:
+    """The client of an exchange order id ``"<client>.<seq>"`` (0 for any other id)."""
+    head, dot, _ = order_id.partition(".")
+    return int(head) if dot and head.isdigit() and head.isascii() else 0
+
+
 class ExchangeStateMachine:
     """Dedup table + ``orderbook.Market``, advanced by committed log entries (see module rules)."""
 
@@ -137,8 +234,17 @@ class ExchangeStateMachine:
         seqs_per_client_max: int = DEDUP_SEQS_PER_CLIENT_MAX,
         clients_max: int = DEDUP_CLIENTS_MAX,
         evicted_floors_max: int = DEDUP_EVICTED_FLOORS_MAX,
+        resting_orders_max: int = RESTING_ORDERS_MAX,
+        resting_per_client_max: int = RESTING_ORDERS_PER_CLIENT_MAX,
     ) -> None:
+        assert 1 <= resting_per_client_max <= resting_orders_max, (resting_per_client_max,
+                                                                     resting_orders_max)
         self.market = Market()
+        self.resting_orders_max = resting_orders_max
+        self.resting_per_client_max = resting_per_client_max
+        self.instruments: frozenset[str] | None = None  # Rule 7: None until an entry fixes it
+        self.instruments_index = 0  # the entry that fixed the list (0: none yet)
+        self._live_by_owner: dict[int, int] = {}  # Rule 8: live orders per order-id owner
         self.dedup: DedupTable[Reply] = DedupTable(seqs_per_client_max, clients_max,
                                                    evicted_floors_max)
         self.applied_index = 0
@@ -185,10 +291,19 @@ class ExchangeStateMachine:
         executed_count: int,
         duplicate_count: int,
         chain: bytes,
+        resting_limits: tuple[int, int] = (RESTING_ORDERS_MAX, RESTING_ORDERS_PER_CLIENT_MAX),
+        instruments: tuple[frozenset[str] | None, int] = (None, 0),
     ) -> ExchangeStateMachine:
-        """A machine holding exactly these parts (for the snapshot decoder)."""
+        """A machine holding exactly these parts (for the snapshot decoder); ``instruments`` is
+        (the list or None, the entry that fixed it). The per-owner counts are derived (Rule 8)."""
         assert len(chain) == hashlib.sha256().digest_size, len(chain)
-        machine = cls(dedup.seqs_per_client_max, dedup.clients_max, dedup.evicted_floors_max)
+        machine = cls(dedup.seqs_per_client_max, dedup.clients_max, dedup.evicted_floors_max,
+                      *resting_limits)
+        machine.instruments, machine.instruments_index = instruments
+        counts = machine._live_by_owner
+        for order_id in market.live_order_ids():
+            owner = order_owner(order_id)
+            counts[owner] = counts.get(owner, 0) + 1
         machine.market = market
         machine.dedup = dedup
         machine.applied_index = applied_index
@@ -220,6 +335,8 @@ class ExchangeStateMachine:
         assert index == self.applied_index + 1, (index, self.applied_index)
         self.applied_index = index
         if len(payload) < ENTRY_HEADER.size:
+            if len(payload) >= BATCH_HEADER.size and payload[:8] == _NO_CLIENT:  # short list
+                return self._apply_batch(index, memoryview(payload))
             reply = Reply(0, 0, "", (), index, error=f"log entry {index} is too short")
             self._chain_step(index, 0, 0, _OUTCOME_MALFORMED)
             return [Applied(index, reply, ())]
@@ -237,6 +354,8 @@ class ExchangeStateMachine:
         if size < BATCH_HEADER.size:
             return [self._malformed(index, "batch header is truncated")]
         _, version, count = BATCH_HEADER.unpack_from(payload, 0)
+        if version == INSTRUMENTS_VERSION:
+            return [self._apply_instruments(index, payload, count)]
         if version != BATCH_VERSION or count == 0:
             return [self._malformed(index, f"batch version {version} with {count} requests")]
         out: list[Applied] = []
@@ -260,6 +379,24 @@ class ExchangeStateMachine:
         if records:
             self._chain = hashlib.sha256(self._chain + b"".join(records)).digest()
         return out
+
+    def _apply_instruments(self, index: int, payload: memoryview, count: int) -> Applied:
+        """Fix the instrument list, once (Rule 7); its reply's error says why not."""
+        symbols = _decode_instruments(payload, count)
+        if symbols is None:
+            return self._malformed(index, "instruments entry is malformed")
+        self._chain = hashlib.sha256(
+            self._chain + _CHAIN_RECORD.pack(index, 0, 0, _OUTCOME_INSTRUMENTS)
+            + instruments_digest(frozenset(symbols))).digest()
+        error = ""
+        if self.instruments is None:
+            self.instruments = frozenset(symbols)
+            self.instruments_index = index
+        elif self.instruments != frozenset(symbols):
+            error = (f"the instrument list was fixed by log entry {self.instruments_index} "
+                     f"({','.join(sorted(self.instruments))}); entry {index}'s list "
+                     f"({','.join(symbols)}) is ignored")
+        return Applied(index, Reply(0, 0, "", (), index, error=error), ())
 
     def _malformed(self, index: int, why: str) -> Applied:
         self._chain_step(index, 0, 0, _OUTCOME_MALFORMED)
@@ -294,7 +431,21 @@ class ExchangeStateMachine:
                           request_digest=digest)
             self.dedup.record(client_id, seq, reply)
             return Applied(index, reply, ()), _OUTCOME_MALFORMED
+        new_id = None
+        if type(command) is AddOrder:
+            refusal = self._refusal(command)
+            if refusal is not None:
+                reply = Reply(client_id, seq, command.order_id, (), index, error=refusal[1],
+                              request_digest=digest, refusal=refusal[0])
+                self.dedup.record(client_id, seq, reply)
+                return Applied(index, reply, ()), _OUTCOME_REFUSED
+            new_id = command.order_id
+            was_live = self.market.is_live(new_id)
         events = self.market.apply(command)
+        if new_id is not None:
+            self._count_live(events, new_id, was_live)
+        elif events:
+            self._count_live(events, None, False)
         kinds = _MARKET_DATA_TYPES
         order_events = tuple([e for e in events if type(e) not in kinds])
         market_data: tuple[MarketDataEvent, ...] = ()
@@ -306,6 +457,52 @@ class ExchangeStateMachine:
         self.executed_count += 1
         return Applied(index, reply, market_data), _OUTCOME_EXECUTED
 
+    def _refusal(self, command: AddOrder) -> tuple[int, str] | None:
+        """Why the add is refused before it reaches the books (Rules 7-8), or None."""
+        instruments = self.instruments
+        if instruments is not None and command.symbol not in instruments:
+            return REFUSED_INVALID, (f"unknown symbol {command.symbol!r}: not in the exchange's "
+                                     f"instrument list ({len(instruments)} symbols)")
+        if command.ioc:
+            return None  # never rests
+        if self.market.order_count() >= self.resting_orders_max:
+            return REFUSED_EXHAUSTED, limit_message(
+                "RESTING_ORDERS_MAX", self.resting_orders_max, "live orders in the market")
+        owner = order_owner(command.order_id)
+        if self._live_by_owner.get(owner, 0) >= self.resting_per_client_max:
+            return REFUSED_EXHAUSTED, limit_message(
+                "RESTING_ORDERS_PER_CLIENT_MAX", self.resting_per_client_max,
+                f"live orders of client {owner}")
+        return None
+
+    def _count_live(self, events: list[Event], new_id: str | None, was_live: bool) -> None:
+        """Follow the live orders per owner through one command's events (Rule 8): only the
+        new order and orders named by fills and cancels can have started or stopped living."""
+        before: dict[str, bool] = {}
+        if new_id is not None:
+            before[new_id] = was_live
+        for event in events:
+            kind = type(event)
+            if kind is Filled:
+                before.setdefault(event.order_id, True)  # type: ignore[union-attr]
+                before.setdefault(event.contra_id, True)  # type: ignore[union-attr]
+            elif kind is Cancelled:
+                before.setdefault(event.order_id, True)  # type: ignore[union-attr]
+        is_live, counts = self.market.is_live, self._live_by_owner
+        for order_id, live_before in before.items():
+            change = is_live(order_id) - live_before
+            if change:
+                owner = order_owner(order_id)
+                count = counts.get(owner, 0) + change
+                if count:
+                    counts[owner] = count
+                else:
+                    del counts[owner]
+
+    def live_orders_of(self, owner: int) -> int:
+        """Live orders whose id names ``owner`` as client (Rule 8). O(1)."""
+        return self._live_by_owner.get(owner, 0)
+
     def _chain_step(self, index: int, client_id: int, seq: int, outcome: int) -> None:
         """Fold one dedup-table transition into the running chain hash (what the table saw)."""
         record = _CHAIN_RECORD.pack(index, client_id, seq, outcome)
@@ -316,8 +513,10 @@ class ExchangeStateMachine:
         return self.market.digest()
 
     def state_digest(self) -> bytes:
-        """The books plus the dedup table's history (the table is a function of it)."""
-        return hashlib.sha256(self.market.digest() + self._chain).digest()
+        """The books, the dedup table's history (the table is a function of it) and the
+        instrument list (Rule 7)."""
+        return hashlib.sha256(self.market.digest() + self._chain
+                              + instruments_digest(self.instruments)).digest()
 
 
 def _as_duplicate(reply: Reply) -> Reply:
@@ -332,4 +531,5 @@ def _as_duplicate(reply: Reply) -> Reply:
         duplicate=True,
         error=reply.error,
         request_digest=reply.request_digest,
+        refusal=reply.refusal,
     )

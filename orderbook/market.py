@@ -82,6 +82,14 @@ class Market:
         """Live orders (resting plus waiting stops) over all books."""
         return len(self._orders)
 
+    def is_live(self, order_id: str) -> bool:
+        """Whether ``order_id`` is a live order (resting or a waiting stop). O(1)."""
+        return order_id in self._orders
+
+    def live_order_ids(self) -> list[str]:
+        """The ids of every live order (no particular order). O(orders)."""
+        return list(self._orders)
+
     def digest(self) -> bytes:
         """sha256 over every book's canonical state, symbols sorted (Rule 3)."""
         hasher = hashlib.sha256()

@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import grpc
 
+from exchange.limits import GRPC_MESSAGE_OPTIONS
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 from exchange.tls import ClientTls
@@ -73,6 +74,7 @@ CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    *GRPC_MESSAGE_OPTIONS,  # the servers' message size bound, both ways (exchange.limits)
 )
 
 

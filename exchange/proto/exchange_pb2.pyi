@@ -235,7 +235,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("replica_id", "role", "leader_id", "leader_address", "commit_index", "applied_index", "book_digest", "state_digest", "symbols", "orders_applied", "duplicates_replayed", "replicas", "error", "recovery_snapshot_index", "recovery_bytes_done", "recovery_bytes_total", "recovery_entries_left")
+    __slots__ = ("replica_id", "role", "leader_id", "leader_address", "commit_index", "applied_index", "book_digest", "state_digest", "symbols", "orders_applied", "duplicates_replayed", "replicas", "error", "recovery_snapshot_index", "recovery_bytes_done", "recovery_bytes_total", "recovery_entries_left", "instruments", "warning")
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +253,8 @@ class Status(_message.Message):
     RECOVERY_BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     RECOVERY_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     RECOVERY_ENTRIES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    INSTRUMENTS_FIELD_NUMBER: _ClassVar[int]
+    WARNING_FIELD_NUMBER: _ClassVar[int]
     replica_id: int
     role: str
     leader_id: int
@@ -270,7 +272,9 @@ class Status(_message.Message):
     recovery_bytes_done: int
     recovery_bytes_total: int
     recovery_entries_left: int
-    def __init__(self, replica_id: _Optional[int] = ..., role: _Optional[str] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., book_digest: _Optional[str] = ..., state_digest: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., orders_applied: _Optional[int] = ..., duplicates_replayed: _Optional[int] = ..., replicas: _Optional[int] = ..., error: _Optional[str] = ..., recovery_snapshot_index: _Optional[int] = ..., recovery_bytes_done: _Optional[int] = ..., recovery_bytes_total: _Optional[int] = ..., recovery_entries_left: _Optional[int] = ...) -> None: ...
+    instruments: _containers.RepeatedScalarFieldContainer[str]
+    warning: str
+    def __init__(self, replica_id: _Optional[int] = ..., role: _Optional[str] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., book_digest: _Optional[str] = ..., state_digest: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., orders_applied: _Optional[int] = ..., duplicates_replayed: _Optional[int] = ..., replicas: _Optional[int] = ..., error: _Optional[str] = ..., recovery_snapshot_index: _Optional[int] = ..., recovery_bytes_done: _Optional[int] = ..., recovery_bytes_total: _Optional[int] = ..., recovery_entries_left: _Optional[int] = ..., instruments: _Optional[_Iterable[str]] = ..., warning: _Optional[str] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ("requester_id",)

@@ -9,17 +9,22 @@ from exchange.cluster import LocalCluster
 from traders.client import ClusterConnection, TraderClient
 
 _client_ids = itertools.count((os.getpid() % 10_000) * 1_000 + 1)
+# The instrument list of the test clusters: the servers' default list plus every symbol the
+# tests send (an order for any other symbol gets INVALID_ARGUMENT, as the tests of that check).
+TEST_SYMBOLS = ("AAPL", "AMZN", "GOOG", "MSFT", "A", "AB", "B", "CLA", "CLB", "CLC", "CLD",
+                "CLE", "CLF", "CLS", "DUR", "HHHH", "KIL", "NEM", "OK", "ONE", "RJN", "SDU",
+                "SES", "SGR", "SMD", "TSTA", "TSTB", "TSTC", "TSTD", "TSTE", "TSTR", "WTCH")
 
 
 @pytest.fixture(scope="module")
 def standalone():
-    with LocalCluster(1, name="t-one") as cluster:
+    with LocalCluster(1, name="t-one", symbols=TEST_SYMBOLS) as cluster:
         yield cluster
 
 
 @pytest.fixture(scope="module")
 def cluster3():
-    with LocalCluster(3, name="t-three") as cluster:
+    with LocalCluster(3, name="t-three", symbols=TEST_SYMBOLS) as cluster:
         yield cluster
 
 

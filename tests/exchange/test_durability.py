@@ -20,7 +20,7 @@ from exchange.cluster import LocalCluster, free_ports
 from exchange.durability import FAIL_AFTER_ENV
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
-from tests.exchange.conftest import new_client
+from tests.exchange.conftest import TEST_SYMBOLS, new_client
 from traders.client import ExchangeUnreachable, TraderClient
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ def _seed() -> int:
 
 
 def _durable_cluster(tmp_path, name: str) -> LocalCluster:
-    return LocalCluster(3, name=name, data_dir=tmp_path / "data",
+    return LocalCluster(3, name=name, symbols=TEST_SYMBOLS, data_dir=tmp_path / "data",
                         extra_args=("--snapshot-entries", SNAPSHOT_ENTRIES))
 
 

@@ -10,8 +10,9 @@ import threading
 
 import pytest
 
-from exchange.node import ExchangeNode, NotLeaderError, ServerUnavailable
-from orderbook import AddOrder, Side
+from exchange.node import ExchangeNode, NotLeaderError, RequestRefused, ServerUnavailable
+from exchange.state_machine import encode_instruments
+from orderbook import AddOrder, CancelOrder, Side
 
 
 class NotLeader(Exception):  # same name as consensus.NotLeader: the node maps by name
@@ -60,6 +61,8 @@ class FakeReplica:
         self.commit_then_fail = False
         self.paused = False
         self.error = None
+        self.recovery = None
+        self.last_recovery = None
 
     @property
     def is_leader(self) -> bool:
@@ -160,3 +163,102 @@ def test_paused_node_is_unavailable(trio):
         n1.execute(7, 1, _order(7, 1))
     n1.resume()
     assert n1.execute(7, 1, _order(7, 1)).log_index == 1
+
+
+# ---- the instrument list (node Rule 9) and in-flight requests per client (Rule 10) ----------
+
+def _wait_applied(nodes, index):
+    for _ in range(500):
+        if all(n.state.applied_index >= index for n in nodes):
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"not every node applied entry {index}")
+
+
+def _trio_with(lists):
+    addresses = {1: "h:1", 2: "h:2", 3: "h:3"}
+    nodes = [ExchangeNode(i, addresses, 3, instruments=symbols)
+             for i, symbols in zip((1, 2, 3), lists, strict=True)]
+    log = SharedLog(nodes)
+    for node in nodes:
+        node.attach(FakeReplica(node.replica_id, log))
+    return log, nodes
+
+
+def test_leader_fixes_its_list_first_and_refuses_unknown_symbols():
+    log, nodes = _trio_with([("X", "Y")] * 3)
+    try:
+        n1 = nodes[0]
+        assert n1.execute(5, 1, _order(5, 1)).log_index == 2
+        assert log.entries[0] == encode_instruments(("X", "Y"))
+        with pytest.raises(RequestRefused, match="unknown symbol 'Z'") as info:
+            n1.execute(5, 2, AddOrder("5.2", "Z", Side.BUY, 100, 10))
+        assert info.value.code == "INVALID_ARGUMENT" and len(log.entries) == 2
+        _wait_applied(nodes, 2)
+        assert {n.state.instruments for n in nodes} == {frozenset({"X", "Y"})}
+        assert len({n.state.state_digest() for n in nodes}) == 1
+        assert all(n.status().instruments == ("X", "Y") and not n.status().warning
+                   for n in nodes)
+    finally:
+        log.close()
+
+
+def test_a_node_started_with_another_list_serves_the_clusters_and_says_so():
+    log, nodes = _trio_with([("X", "Y"), ("X",), ("X", "Y")])
+    try:
+        nodes[0].execute(5, 1, _order(5, 1))
+        _wait_applied(nodes, 2)
+        n2 = nodes[1]
+        assert "the cluster's list, fixed by log entry 1, is X,Y" in n2.status().warning
+        log.leader = 2  # the odd one leads: it proposes no list of its own
+        reply = n2.execute(5, 2, AddOrder("5.2", "Y", Side.BUY, 100, 10))
+        assert reply.refusal == 0 and len(log.entries) == 3
+        _wait_applied(nodes, 3)
+        assert len({n.state.state_digest() for n in nodes}) == 1
+    finally:
+        log.close()
+
+
+def test_unreplicated_node_applies_its_list_before_its_first_order():
+    node = ExchangeNode(1, {1: "h:1"}, 1, instruments=("X",))
+    assert node.execute(5, 1, _order(5, 1)).log_index == 2
+    assert node.state.instruments_index == 1
+    with pytest.raises(RequestRefused, match="unknown symbol 'Y'"):
+        node.execute(5, 2, AddOrder("5.2", "Y", Side.BUY, 100, 10))
+    with pytest.raises(RequestRefused, match="unknown symbol 'Q'"):
+        node.execute(5, 3, CancelOrder("5.1", "Q"))
+    assert node.in_flight_of(5) == 0
+
+
+def test_in_flight_requests_per_client_are_bounded(monkeypatch):
+    monkeypatch.setattr("exchange.node.IN_FLIGHT_PER_CLIENT_MAX", 2)
+    log, nodes = _trio_with([("X",)] * 3)
+    n1 = nodes[0]
+    try:
+        n1.execute(9, 1, _order(9, 1))  # the list is fixed
+        gate = threading.Event()
+        propose = n1.replica.propose  # type: ignore[union-attr]
+
+        def slow_propose(payload, timeout_s=1.0):
+            gate.wait(5)
+            return propose(payload, timeout_s)
+
+        n1.replica.propose = slow_propose  # type: ignore[union-attr]
+        replies = []
+        threads = [threading.Thread(target=lambda s=s: replies.append(
+            n1.execute(7, s, _order(7, s)))) for s in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for _ in range(500):
+            if n1.in_flight_of(7) == 2:
+                break
+            threading.Event().wait(0.01)
+        with pytest.raises(RequestRefused, match="IN_FLIGHT_PER_CLIENT_MAX") as info:
+            n1.execute(7, 3, _order(7, 3))
+        assert info.value.code == "RESOURCE_EXHAUSTED" and "client 7" in str(info.value)
+    finally:
+        gate.set()
+        for thread in threads:
+            thread.join(5)
+        log.close()
+    assert len(replies) == 2 and n1.in_flight_of(7) == 0

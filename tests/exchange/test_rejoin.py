@@ -20,7 +20,7 @@ import pytest
 
 from exchange.cluster import LocalCluster
 from exchange.proto import exchange_pb2 as pb
-from tests.exchange.conftest import new_client
+from tests.exchange.conftest import TEST_SYMBOLS, new_client
 from traders.client import ExchangeUnreachable, TraderClient
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ def _place(client: TraderClient, count: int, symbol: str = "RJN") -> None:
 
 @pytest.fixture
 def cluster():
-    with LocalCluster(3, name="t-rejoin") as made:
+    with LocalCluster(3, name="t-rejoin", symbols=TEST_SYMBOLS) as made:
         yield made
 
 

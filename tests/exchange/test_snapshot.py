@@ -29,7 +29,13 @@ from exchange.snapshot import (
     snapshot_index,
     snapshot_size,
 )
-from exchange.state_machine import ExchangeStateMachine, Reply, encode_entry
+from exchange.state_machine import (
+    REFUSED_EXHAUSTED,
+    ExchangeStateMachine,
+    Reply,
+    encode_entry,
+    encode_instruments,
+)
 from orderbook import (
     Accepted,
     AddOrder,
@@ -51,6 +57,7 @@ from tests.orderbook.test_properties import random_command, streams
 SEED = int(os.environ.get("EXCHANGE_TEST_SEED", "20261201"))
 SEQS_MAX, CLIENTS_MAX = 4, 3  # small limits: evictions and floors happen in short streams
 CLIENTS = 5
+RESTING_MAX = 40  # small resting-order limits: refusals happen in short streams
 
 
 def entries(commands: list[Command], rng: random.Random) -> list[bytes]:
@@ -59,7 +66,10 @@ def entries(commands: list[Command], rng: random.Random) -> list[bytes]:
     seqs = [0] * CLIENTS
     sent: dict[tuple[int, int], bytes] = {}
     result: list[bytes] = []
-    for command in commands:
+    instruments_at = rng.randrange(len(commands) + 1)  # Rule 5: the list, fixed at some entry
+    for position, command in enumerate(commands):
+        if position == instruments_at:
+            result.append(encode_instruments(("X",)))
         client = rng.randrange(CLIENTS)
         roll = rng.random()
         if roll < 0.03:
@@ -80,7 +90,8 @@ def entries(commands: list[Command], rng: random.Random) -> list[bytes]:
 
 
 def machine_after(payloads: list[bytes]) -> ExchangeStateMachine:
-    machine = ExchangeStateMachine(SEQS_MAX, CLIENTS_MAX)
+    machine = ExchangeStateMachine(SEQS_MAX, CLIENTS_MAX, resting_orders_max=RESTING_MAX,
+                                   resting_per_client_max=RESTING_MAX - 10)
     for payload in payloads:
         machine.apply(machine.applied_index + 1, payload)
     return machine
@@ -182,10 +193,35 @@ def test_a_version_1_snapshot_is_refused_with_one_line() -> None:
         ExchangeStateMachine.restore(bytes(data))
 
 
+def test_a_version_2_snapshot_is_refused_with_one_line() -> None:
+    data = bytearray(small_snapshot())
+    struct.pack_into("<I", data, 8, 2)
+    with pytest.raises(SnapshotError, match="version 2 is not supported"):
+        ExchangeStateMachine.restore(bytes(data))
+
+
+def test_instruments_limits_and_refusals_round_trip() -> None:
+    machine = ExchangeStateMachine(resting_orders_max=3, resting_per_client_max=2)
+    machine.apply(1, encode_entry(1, 1, AddOrder("1.1", "X", Side.BUY, 100, 5)))
+    machine.apply(2, encode_instruments(("X", "Y")))
+    for seq in range(2, 5):
+        machine.apply(1 + seq, encode_entry(1, seq, AddOrder(f"1.{seq}", "Y", Side.BUY, 90, 5)))
+    refused = machine.dedup.lookup(1, 4)
+    assert refused is not None and refused.refusal == REFUSED_EXHAUSTED
+    restored = ExchangeStateMachine.restore(machine.snapshot())
+    assert restored.instruments == frozenset({"X", "Y"}) and restored.instruments_index == 2
+    assert (restored.resting_orders_max, restored.resting_per_client_max) == (3, 2)
+    assert restored.live_orders_of(1) == 2 and restored.dedup.lookup(1, 4) == refused
+    assert restored.state_digest() == machine.state_digest()
+    assert restored.snapshot() == machine.snapshot()
+    unfixed = ExchangeStateMachine.restore(ExchangeStateMachine().snapshot())
+    assert unfixed.instruments is None and unfixed.instruments_index == 0
+
+
 def test_snapshot_index_and_size_read_the_header() -> None:
-    machine = machine_after(seeded_payloads(SEED + 3, 50))
-    data = machine.snapshot()
-    assert snapshot_index(data) == 50
+    payloads = seeded_payloads(SEED + 3, 50)
+    data = machine_after(payloads).snapshot()
+    assert snapshot_index(data) == len(payloads)
     assert snapshot_size(data[:HEADER_SIZE]) == len(data)
     with pytest.raises(SnapshotError, match="shorter than its 52-byte header"):
         snapshot_size(data[:10])

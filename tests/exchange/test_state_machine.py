@@ -7,9 +7,15 @@ import pytest
 from exchange.state_machine import (
     BATCH_HEADER,
     ENTRY_HEADER,
+    INSTRUMENTS_VERSION,
+    REFUSED_EXHAUSTED,
+    REFUSED_INVALID,
+    REFUSED_NONE,
     ExchangeStateMachine,
+    check_instruments,
     encode_batch,
     encode_entry,
+    encode_instruments,
 )
 from orderbook import AddOrder, CancelOrder, Filled, ReplaceOrder, Side, Trade, encode_command
 
@@ -167,3 +173,123 @@ def test_single_and_batch_entries_mix_and_malformed_batches_are_replies():
                                      bad_version, truncated], start=1):
         again.apply_entry(index, payload)
     assert again.state_digest() == sm.state_digest()
+
+
+# ---- the instrument list (Rule 7) and resting-order limits (Rule 8) --------------------------
+
+def _order(client: int, seq: int, symbol: str, side: Side = Side.BUY, price: int = 100,
+           qty: int = 10, ioc: bool = False) -> bytes:
+    return encode_entry(client, seq, AddOrder(f"{client}.{seq}", symbol, side, price, qty,
+                                              ioc=ioc))
+
+
+def test_instruments_entry_fixes_the_list_and_unknown_symbols_create_no_book():
+    sm = ExchangeStateMachine()
+    assert sm.apply(1, encode_instruments(("MSFT", "AAPL"))).reply.error == ""
+    assert sm.instruments == frozenset({"AAPL", "MSFT"}) and sm.instruments_index == 1
+    refused = sm.apply(2, _order(1, 1, "XYZ")).reply
+    assert refused.refusal == REFUSED_INVALID and "unknown symbol 'XYZ'" in refused.error
+    assert refused.events == () and sm.market.symbols() == [] and sm.executed_count == 0
+    retried = sm.apply(3, _order(1, 1, "XYZ")).reply  # exactly-once: the refusal is the reply
+    assert retried.duplicate and retried.refusal == REFUSED_INVALID
+    assert sm.apply(4, _order(1, 2, "AAPL")).reply.refusal == REFUSED_NONE
+    assert sm.market.symbols() == ["AAPL"]
+
+
+def test_a_second_instruments_entry_changes_nothing_and_says_why():
+    sm = ExchangeStateMachine()
+    sm.apply(1, encode_instruments(("AAPL",)))
+    digest = sm.book_digest()
+    same = sm.apply(2, encode_instruments(("AAPL",))).reply
+    other = sm.apply(3, encode_instruments(("AAPL", "XYZ"))).reply
+    assert same.error == ""
+    assert "fixed by log entry 1 (AAPL); entry 3's list (AAPL,XYZ) is ignored" in other.error
+    assert sm.instruments == frozenset({"AAPL"}) and sm.book_digest() == digest
+
+
+def test_state_digest_covers_the_instrument_list():
+    a, b, c = ExchangeStateMachine(), ExchangeStateMachine(), ExchangeStateMachine()
+    a.apply(1, encode_instruments(("AAPL",)))
+    b.apply(1, encode_instruments(("MSFT",)))
+    c.apply(1, _order(1, 1, "AAPL", qty=1, ioc=True))  # an entry, no list
+    assert len({a.state_digest(), b.state_digest(), c.state_digest()}) == 3
+    assert a.book_digest() == b.book_digest()
+
+
+@pytest.mark.parametrize("symbols", [(), ("A", "A"), (" A",), ("A\n",), ("X" * 17,),
+                                     tuple(f"S{n}" for n in range(101))])
+def test_invalid_instrument_lists_are_named(symbols):
+    assert check_instruments(symbols) is not None
+
+
+def test_malformed_instruments_entries_change_nothing():
+    good = encode_instruments(("AAPL", "MSFT"))
+    unsorted = BATCH_HEADER.pack(0, INSTRUMENTS_VERSION, 2) + b"\x04MSFT\x04AAPL"
+    not_utf8 = BATCH_HEADER.pack(0, INSTRUMENTS_VERSION, 1) + b"\x06\xff\xfe\xff\xfe\xff\xfe"
+    for index, payload in enumerate([good[:-1], good + b"x", unsorted, not_utf8], 1):
+        sm = ExchangeStateMachine()
+        for earlier in range(1, index):
+            sm.apply(earlier, _order(9, earlier, "A", qty=1, ioc=True))
+        reply = sm.apply(index, payload).reply
+        assert "instruments entry is malformed" in reply.error and sm.instruments is None
+
+
+def test_resting_orders_per_client_and_in_total_are_refused_at_the_limit():
+    sm = ExchangeStateMachine(resting_orders_max=5, resting_per_client_max=3)
+    index = 0
+
+    def send(payload: bytes):
+        nonlocal index
+        index += 1
+        return sm.apply(index, payload).reply
+
+    for seq in range(1, 4):
+        assert send(_order(1, seq, "A", price=90 + seq)).refusal == REFUSED_NONE
+    refused = send(_order(1, 4, "A"))
+    assert refused.refusal == REFUSED_EXHAUSTED and "RESTING_ORDERS_PER_CLIENT_MAX" in refused.error
+    assert "live orders of client 1 (at most 3" in refused.error and not sm.market.is_live("1.4")
+    assert send(_order(1, 5, "A", Side.SELL, 200, ioc=True)).refusal == REFUSED_NONE  # IOC
+    assert send(_order(2, 1, "A", Side.SELL, 200)).refusal == REFUSED_NONE
+    assert send(_order(2, 2, "A", Side.SELL, 201)).refusal == REFUSED_NONE
+    total = send(_order(3, 1, "A", Side.SELL, 202))
+    assert total.refusal == REFUSED_EXHAUSTED and "RESTING_ORDERS_MAX" in total.error
+    send(encode_entry(1, 6, CancelOrder("1.1")))  # frees a place of client 1 and of the market
+    assert sm.live_orders_of(1) == 2
+    assert send(_order(1, 7, "A", price=80)).refusal == REFUSED_NONE
+
+
+def _recount(sm: ExchangeStateMachine) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for order_id in sm.market.live_order_ids():
+        owner = int(order_id.partition(".")[0])
+        counts[owner] = counts.get(owner, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("stream_seed", range(20261201, 20261205))
+def test_live_counts_follow_fills_cancels_replaces_and_stops(stream_seed):
+    """Rule 8's counts equal a recount of the books after every entry (seeded stream)."""
+    rng = random.Random(stream_seed)
+    sm = ExchangeStateMachine(resting_orders_max=60, resting_per_client_max=25)
+    seqs = [0] * 4
+    for index in range(1, 1500):
+        client = rng.randrange(4)
+        seqs[client] += 1
+        owner, seq = client + 1, seqs[client]
+        live = [o for o in sm.market.live_order_ids() if o.startswith(f"{owner}.")]
+        roll = rng.random()
+        if roll < 0.2 and live:
+            command: object = CancelOrder(rng.choice(live))
+        elif roll < 0.35 and live:
+            command = ReplaceOrder(rng.choice(live), rng.randint(-10, 10),
+                                   rng.choice([0, rng.randint(95, 105)]))
+        else:
+            command = AddOrder(f"{owner}.{seq}", rng.choice("AB"), rng.choice(list(Side)),
+                               rng.choice([0, *range(95, 106)]), rng.randint(1, 30),
+                               rng.choice([0] * 5 + list(range(95, 106))), rng.random() < 0.2,
+                               rng.random() < 0.1)
+        sm.apply(index, encode_entry(owner, seq, command))  # type: ignore[arg-type]
+        expected = _recount(sm)
+        assert all(sm.live_orders_of(o) == expected.get(o, 0) for o in range(1, 5)), \
+            f"stream seed {stream_seed}, entry {index}"
+    assert sm.market.order_count() <= 60

@@ -19,7 +19,7 @@ import pytest
 
 from exchange.cluster import LocalCluster
 from exchange.proto import exchange_pb2 as pb
-from tests.exchange.conftest import new_client
+from tests.exchange.conftest import TEST_SYMBOLS, new_client
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +131,7 @@ def test_demo_watch_shows_the_failover_live_then_the_summary():
 
 @pytest.fixture(scope="module")
 def cluster():
-    with LocalCluster(3, name="t-watch") as started:
+    with LocalCluster(3, name="t-watch", symbols=TEST_SYMBOLS) as started:
         yield started
 
 
