@@ -82,6 +82,14 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="how often an idle consensus pump looks for new entries, i.e. how "
                        f"late a follower may apply (default {PUMP_POLL_US_DEFAULT}; 0 = "
                        "consensus's adaptive spin-then-back-off polling)")
+    _add_durability(serve)
+    _add_tls(serve)
+    _add_instruments(serve)
+    serve.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def _add_durability(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--data-dir", default=None, metavar="DIR",
                        help="keep a journal of applied entries and periodic snapshots in DIR "
                        "(env MU_DATA_DIR; created if missing) and restart from it; without it "
@@ -99,7 +107,9 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--snapshot-entries", type=int, default=SNAPSHOT_ENTRIES_DEFAULT,
                        help="with --data-dir: store a snapshot and trim the journal every N "
                        f"applied entries (default {SNAPSHOT_ENTRIES_DEFAULT})")
-    _add_tls(serve)
+
+
+def _add_instruments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--symbols", default=None, metavar="A,B,C",
                        help="the instrument list: orders for other symbols get INVALID_ARGUMENT "
                        f"(1..{SYMBOLS_MAX} symbols; default {','.join(SYMBOLS_DEFAULT)}). The "
@@ -109,8 +119,6 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--symbols-file", default=None, metavar="FILE",
                        help="read the instrument list from FILE (symbols separated by commas, "
                        "spaces or newlines; '#' starts a comment)")
-    serve.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
-    serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
 
 def _add_tls(serve: argparse.ArgumentParser) -> None:

@@ -185,19 +185,7 @@ def serve(config: ServerConfig) -> int:
         watcher = threading.Thread(target=_watch_role, args=(node, health, stop, config.parent_pid),
                                    daemon=True)
         watcher.start()
-        mode = "unreplicated" if config.replicas == 1 else f"{config.replicas} replicas"
-        fixed = node.state.instruments
-        log.warning("server %d: instrument list %s (%s)", config.replica_id,
-                    ",".join(config.instruments),
-                    "configured; proposed when it leads a cluster without one" if fixed is None
-                    else f"the cluster's, fixed by log entry {node.state.instruments_index}"
-                    if frozenset(config.instruments) == fixed else
-                    "configured, but the cluster's list differs: see the error above")
-        log.warning(
-            "server %d serving on %s (%s, %s, fabric %s, cluster %s, fifo %s)",
-            config.replica_id, config.listen, mode, _security(config), config.fabric,
-            config.cluster_id, config.fifo_path or "off",
-        )
+        _log_serving(config, node)
         print(f"READY {config.replica_id} {config.listen}", flush=True)
         stop.wait()
         log.warning("server %d shutting down", config.replica_id)
@@ -223,6 +211,23 @@ def serve(config: ServerConfig) -> int:
             journal.close()
         if lock_fd >= 0:
             os.close(lock_fd)
+
+
+def _log_serving(config: ServerConfig, node: ExchangeNode) -> None:
+    """The start lines: the instrument list in force and how the server serves."""
+    mode = "unreplicated" if config.replicas == 1 else f"{config.replicas} replicas"
+    fixed = node.state.instruments
+    log.warning("server %d: instrument list %s (%s)", config.replica_id,
+                ",".join(config.instruments),
+                "configured; proposed when it leads a cluster without one" if fixed is None
+                else f"the cluster's, fixed by log entry {node.state.instruments_index}"
+                if frozenset(config.instruments) == fixed else
+                "configured, but the cluster's list differs: see the error above")
+    log.warning(
+        "server %d serving on %s (%s, %s, fabric %s, cluster %s, fifo %s)",
+        config.replica_id, config.listen, mode, _security(config), config.fabric,
+        config.cluster_id, config.fifo_path or "off",
+    )
 
 
 def _open_journal(config: ServerConfig, node: ExchangeNode) -> tuple[Journal, int]:
