@@ -24,9 +24,10 @@ Rule 5: if the failed batch's log indexes are known (the event loop is the only 
         batch lands right after the commit index; every success checks it), an index that this
         replica applies with another entry's tag proves the entry meant for it lost: its client
         gets TRYAGAIN (nothing applied), which the forwarder and the load clients retry.
-Rule 6: a replica killed and started again has an empty local server; it applies the log from
-        index 1 or not at all (pipe Rule 2), and until it has applied an entry it refuses reads
-        (role ``stale``) instead of answering from an empty data set.
+Rule 6: a replica that recovers (killed and started again with an empty local server, or
+        left behind by the log) refuses reads (role ``recovering``) until consensus reports it
+        caught up: its local server is empty, being restored from a peer's snapshot, or behind
+        the log (kvstores.snapshot).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class ReplicaView(Protocol):
 
     @property
     def error(self) -> Exception | None: ...
+
+    @property
+    def recovery(self) -> object | None: ...
 
     def propose(self, payload: bytes, timeout_s: float = ...) -> int: ...
 
@@ -181,7 +185,6 @@ class Core:
         self.pipe: LocalPipe | None = None
         self.replica: ReplicaView | None = None  # None: unreplicated
         self.paused = False
-        self.restarted = False  # Rule 6: killed and started again, local server empty
         self.side_call: Callable[[bytes], bytes] | None = None  # request -> reply, any thread
         self.forwarder: Forwarder | None = None  # --follower-writes forward
         # Tags are unique per proposal: this server's id and a counter from a random start.
@@ -242,11 +245,10 @@ class Core:
 
     def _read(self, data: bytes, slot: Slot, kind: int) -> None:
         refusal = self._refusal()
-        if refusal is None and self.restarted and self.pipe and self.pipe.applied_index == 0:
-            refusal = self.flavor.failed(
-                f"server {self.replica_id} was restarted after a crash with an empty local "
-                "server and has not been given the log from its start; it serves no reads until "
-                "it has (no state transfer yet, see docs/kvstores.md); use another server")
+        if refusal is None and self.replica is not None and self.replica.recovery is not None:
+            refusal = self.flavor.unavailable(
+                f"server {self.replica_id} is recovering (restoring a peer's snapshot or "
+                "catching up the log); retry later or at another server")
         if refusal is not None:
             slot.fill(refusal)
             return
@@ -396,8 +398,7 @@ class Core:
             return "failed"
         if replica.is_leader:
             return "leader"
-        return "stale" if self.restarted and self.pipe and not self.pipe.applied_index else \
-            "follower"
+        return "follower" if replica.recovery is None else "recovering"
 
     def status(self) -> list[tuple[str, str]]:
         replica = self.replica
