@@ -8,7 +8,7 @@ Rule 2: commands are handled in arrival order across clients, once per event-loo
         consensus applies an entry in the proposing thread before ``propose`` returns, consensus
         pump Rule 6), so a client reads its own writes.
 Rule 3: only the leader proposes. A follower answers a write with a redirect naming the leader
-        (redis ``-MOVED 0 host:port ...``, memcached ``SERVER_ERROR ... leader is server N at
+        (redis ``-MOVED 0 host:port``, memcached ``SERVER_ERROR ... leader is server N at
         host:port``) and serves reads from its own local server, which may be behind (the
         original's interactive session shows this). With ``--follower-writes forward`` a
         follower instead sends the write to the leader's front end (``kvstores.forward``). A
@@ -122,9 +122,9 @@ class RedisFlavor:
         if address is None:
             return self.unavailable(f"server {replica_id} is a follower; leader {leader_id} "
                                     "has not published its address")
-        # redis-cli -c follows "MOVED <slot> <host>:<port>"; the rest must hold no colon.
-        return resp.error(f"MOVED 0 {address} (server {replica_id} is a follower; the leader "
-                          f"is server {leader_id})")
+        # Exactly redis cluster's "MOVED <slot> <host>:<port>": redis-cli -c follows it, and
+        # redis-py parses it into MovedError(host, port) (any further word breaks its parser).
+        return resp.error(f"MOVED 0 {address}")
 
     def unavailable(self, text: str) -> bytes:
         return resp.error(f"TRYAGAIN kvstores: {text}")
