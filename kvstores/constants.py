@@ -50,7 +50,7 @@ SIDE_CALL_TIMEOUT_S = 30.0  # a memcached metadump of a large cache on a side co
 MEMCACHED_MEMORY_MB = 1024  # -m of a local memcached; with -M it refuses instead of evicting
 
 # -- snapshots (kvstores.snapshot) --------------------------------------------------------------
-SNAPSHOT_BATCH_KEYS = 100  # keys per pipelined DUMP or get while reading a snapshot
+SNAPSHOT_BATCH_KEYS = 500  # keys per round trip (DUMPs, one get) while reading a snapshot
 SNAPSHOT_BARRIER_WAIT_S = 30.0  # the local server answers the barrier after what it has queued
 SNAPSHOT_INSTALL_WAIT_S = 30.0  # restoring a snapshot (plus 1 s per MB of snapshot)
 METADUMP_ATTEMPTS_MAX = 50  # memcached runs one metadump at a time (a digest may be running)

@@ -145,6 +145,28 @@ class LocalPipe:
         if not in_loop:
             self._wait_unsent()
 
+    def send_many(self, commands: list[bytes], targets: list[Target], kind: int = 0) -> None:
+        """``send`` of each command in order, under one hold of the lock and with one buffer
+        append (a snapshot's restores: thousands of commands). Any thread but the loop's."""
+        assert len(commands) == len(targets)
+        assert threading.get_ident() != self._loop_thread
+        if self.failed is not None:
+            for target in targets:
+                if isinstance(target, Slot):
+                    target.fill(self._failure_reply)
+            return
+        with self._lock:
+            self._pending.extend((target, kind) for target in targets)
+            self.sent_count += len(targets)
+            buffer = self._deferred if self._deferring else self._out
+            for command in commands:
+                buffer += command
+            if not self._deferring:
+                self._flush_locked()
+                if self._out:
+                    self._want_writer_locked(False)
+        self._wait_unsent()
+
     def _enqueue_locked(self, data: bytes, target: Target, kind: int, in_loop: bool) -> None:
         """Record ``target`` and send or buffer ``data`` (caller holds ``_lock``, Rules 1, 3,
         6 and 7)."""

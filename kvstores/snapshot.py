@@ -321,8 +321,9 @@ class Snapshots:
         commands = restore_commands(self.kind, records)
         redis = self.kind == "redis"
         waiter = _Waiter(len(commands), (b"+OK\r\n",) if redis else (b"OK\r\n", b"STORED\r\n"))
-        for command in commands:
-            self.pipe.send(command, Slot(waiter), mctext.Framing.LINE)
+        for start in range(0, len(commands), SNAPSHOT_BATCH_KEYS):  # the pipe's buffer stays
+            batch = commands[start : start + SNAPSHOT_BATCH_KEYS]  # bounded (pipe Rule 3)
+            self.pipe.send_many(batch, [Slot(waiter) for _ in batch], mctext.Framing.LINE)
         wait_s = SNAPSHOT_INSTALL_WAIT_S + len(data) / 1e6  # plus 1 s per MB
         if not waiter.done.wait(wait_s):
             raise SnapshotError(f"the local server did not restore the snapshot within "
