@@ -158,19 +158,27 @@ class ReplyError(Exception):
     """An error reply (``-ERR ...``) decoded by ``decode_reply``; the message is its text."""
 
 
+class IncompleteReply(ValueError):
+    """``decode_reply`` reached the end of the buffer inside a reply: read more, then retry."""
+
+
 def decode_reply(buf: bytes | bytearray, pos: int) -> tuple[object, int]:
-    """Decode the complete RESP2 reply at ``pos`` (``reply_end`` >= 0 there): ``(value, end)``.
-    Values: ``bytes`` (simple and bulk strings), ``int``, ``None`` (nil), ``list`` (arrays),
-    ``ReplyError`` (error replies, returned, not raised). O(size of the reply)."""
+    """Decode the RESP2 reply at ``pos``: ``(value, end)``; ``IncompleteReply`` when the buffer
+    ends inside it. Values: ``bytes`` (simple and bulk strings), ``int``, ``None`` (nil),
+    ``list`` (arrays), ``ReplyError`` (error replies, returned, not raised). O(reply bytes)."""
     eol = buf.find(CRLF, pos)
-    assert eol >= 0, "decode_reply needs a complete reply"
+    if eol < 0:
+        raise IncompleteReply
     kind = buf[pos]
     line = bytes(buf[pos + 1 : eol])
     if kind == _DOLLAR:
         length = int(line)
         if length < 0:
             return None, eol + 2
-        return bytes(buf[eol + 2 : eol + 2 + length]), eol + 4 + length
+        end = eol + 4 + length
+        if end > len(buf):
+            raise IncompleteReply
+        return bytes(buf[eol + 2 : end - 2]), end
     if kind == _STAR:
         count = int(line)
         if count < 0:

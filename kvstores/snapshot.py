@@ -147,12 +147,33 @@ class _Side:
                 replies.append(bytes(self.buf[pos:end]))
                 pos = end
                 continue
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise SnapshotError("the local server closed the snapshot connection")
-            self.buf += chunk
+            self._receive()
         del self.buf[:pos]
         return replies
+
+    def values(self, request: bytes, count: int) -> list[object]:
+        """Send ``request`` (``count`` pipelined redis commands); their decoded replies (an
+        error reply raises ``SnapshotError``)."""
+        self.sock.sendall(request)
+        values: list[object] = []
+        pos = 0
+        while len(values) < count:
+            try:
+                value, pos = resp.decode_reply(self.buf, pos)
+            except resp.IncompleteReply:
+                self._receive()
+                continue
+            if isinstance(value, resp.ReplyError):
+                raise SnapshotError(f"the local redis-server answered: {value}")
+            values.append(value)
+        del self.buf[:pos]
+        return values
+
+    def _receive(self) -> None:
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise SnapshotError("the local server closed the snapshot connection")
+        self.buf += chunk
 
     def close(self) -> None:
         self.sock.close()
@@ -163,31 +184,21 @@ def _batches(keys: list[bytes]) -> Iterator[list[bytes]]:
         yield keys[start : start + SNAPSHOT_BATCH_KEYS]
 
 
-def _redis_value(reply: bytes) -> object:
-    value, _ = resp.decode_reply(reply, 0)
-    if isinstance(value, resp.ReplyError):
-        raise SnapshotError(f"the local redis-server answered: {value}")
-    return value
-
-
 def read_redis(backend: Backend) -> list[Record]:
     """Every key of the local redis-server (Rule 2). The caller froze it (Rule 1)."""
     side = _Side(backend)
-    framer = resp.reply_end
     try:
-        keys = _redis_value(side.replies(resp.encode_command([b"KEYS", b"*"]), 1, framer)[0])
+        keys = side.values(resp.encode_command([b"KEYS", b"*"]), 1)[0]
         assert isinstance(keys, list)
         records: list[Record] = []
         for batch in _batches(sorted(key for key in keys if isinstance(key, bytes))):
             request = b"".join(resp.encode_command([b"DUMP", key])
                                + resp.encode_command([b"PEXPIRETIME", key]) for key in batch)
-            replies = side.replies(request, 2 * len(batch), framer)
-            for number, key in enumerate(batch):
-                dump = _redis_value(replies[2 * number])
-                expire_at = _redis_value(replies[2 * number + 1])
-                if dump is None or not isinstance(expire_at, int) or expire_at == -2:
+            values = side.values(request, 2 * len(batch))
+            for key, dump, expire_at in zip(batch, values[::2], values[1::2], strict=True):
+                if not isinstance(dump, bytes) or not isinstance(expire_at, int) \
+                        or expire_at == -2:
                     continue  # expired while being read
-                assert isinstance(dump, bytes)
                 records.append(Record(key, 0, max(expire_at, 0), dump))
         return records
     finally:

@@ -3,13 +3,13 @@ while real clients (redis-py, pymemcache) keep loading the cluster; first a foll
 leader; at the end every replica's local server holds the same data (kvstores.snapshot)."""
 
 import random
-import re
 import threading
 import time
 
 import pytest
 
 from kvstores.cluster import LocalKvCluster
+from kvstores.failover import MEMCACHED_LEADER, STABLE
 from tests.kvstores.conftest import need
 
 pytestmark = pytest.mark.slow
@@ -21,10 +21,6 @@ PROGRESS_TIMEOUT_S = 60.0
 CATCH_UP_TIMEOUT_S = 60.0
 EQUAL_TIMEOUT_S = 30.0
 RETRY_SLEEP_S = 0.005
-# A silent leader is dead after 100 ms, not 20: on this shared 2-core host a process that is not
-# scheduled for 20 ms would lose leadership spuriously (kvstores.failover does the same).
-STABLE = ("--dead-after-us", "100000")
-_MEMCACHED_LEADER = re.compile(r"leader is server \d+ at ([^\s:]+):(\d+)")
 
 
 class Load:
@@ -135,7 +131,7 @@ class Load:
                 client = connect(self._address(number, attempt))
                 time.sleep(RETRY_SLEEP_S)
             except MemcacheServerError as exc:
-                match = _MEMCACHED_LEADER.search(str(exc))
+                match = MEMCACHED_LEADER.search(str(exc))
                 if match is None and not _retryable(str(exc)):
                     self.failures.append(f"memcached client {number}: {exc!r}")
                     return
@@ -173,6 +169,7 @@ def test_killed_follower_then_killed_leader_catch_up_under_load(kind):
     need("redis-server" if kind == "redis" else "memcached")
     seed = 16
     print(f"seed {seed}")
+    # STABLE: a silent leader is dead after 100 ms, not 20 (kvstores.failover says why).
     with LocalKvCluster(kind, 3, name=f"t-rejoin-{kind}", extra_args=STABLE) as cluster:
         load = Load(cluster, seed)
         load.start()
