@@ -14,6 +14,7 @@ Rule 4: the replica's snapshot port (``GrpcSnapshotPort``) fetches peers' snapsh
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -79,34 +80,39 @@ def _timings(config: ServerConfig) -> dict[str, int]:
 
 
 class GrpcSnapshotPort:
-    """``consensus.SnapshotPort`` over gRPC between exchange servers (Rule 4)."""
+    """``consensus.SnapshotPort`` over gRPC (``exchange.state_transfer``), for any application
+    that serves ``Replication.FetchSnapshot`` (Rule 4; kvstores uses it too). ``address_of(peer)``
+    names the peer's service (None: unknown); ``install(index, data)`` replaces the
+    application's state and raises one of ``refused`` when ``data`` does not decode."""
 
-    def __init__(self, node: ExchangeNode, addresses: dict[int, str],
-                 tls: ClientTls | None = None) -> None:
-        self.node = node
-        self.addresses = addresses
+    def __init__(self, replica_id: int, address_of: Callable[[int], str | None],
+                 install: Callable[[int, bytes], None],
+                 refused: tuple[type[Exception], ...], tls: ClientTls | None = None) -> None:
+        self.replica_id = replica_id
+        self.address_of = address_of
+        self._install = install
+        self._refused = refused
         self.tls = tls  # exchange.tls Rule 5: this server's certificate, the peers' CA
 
     def fetch(self, peer: int, transfer: Transfer) -> tuple[int, bytes]:
         from consensus import SnapshotUnavailable
         from exchange.state_transfer import TransferFailed, fetch_snapshot
 
-        address = self.addresses.get(peer)
+        address = self.address_of(peer)
         if address is None:
             raise SnapshotUnavailable(f"no address for server {peer}")
         try:
-            return fetch_snapshot(address, self.node.replica_id, transfer.begin, transfer.advance,
+            return fetch_snapshot(address, self.replica_id, transfer.begin, transfer.advance,
                                   tls=self.tls)
         except TransferFailed as exc:
             raise SnapshotUnavailable(str(exc)) from None
 
     def install(self, index: int, data: bytes) -> None:
         from consensus import SnapshotUnavailable
-        from exchange.snapshot import SnapshotError
 
         try:
-            self.node.install_snapshot(index, data)
-        except SnapshotError as exc:
+            self._install(index, data)
+        except self._refused as exc:
             raise SnapshotUnavailable(f"snapshot of index {index} refused: {exc}") from None
 
 
@@ -121,6 +127,7 @@ def start_replication(config: ServerConfig, node: ExchangeNode,
         from consensus.registry import open_registry
     except ImportError as exc:
         raise ReplicationUnavailable(f"the consensus package is not usable: {exc}") from None
+    from exchange.snapshot import SnapshotError
 
     try:
         registry = open_registry(config.cluster_id, config.registry_address)
@@ -152,7 +159,8 @@ def start_replication(config: ServerConfig, node: ExchangeNode,
         registry,
         on_commit=node.on_commit,
         on_leader_change=on_leader_change,
-        snapshots=GrpcSnapshotPort(node, config.addresses,
+        snapshots=GrpcSnapshotPort(node.replica_id, config.addresses.get, node.install_snapshot,
+                                   (SnapshotError,),
                                    None if config.tls is None else config.tls.peer),
         initial_applied=initial_applied,
     )

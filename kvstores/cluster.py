@@ -1,61 +1,32 @@
 """A cluster of kvstores replicas on this host, as subprocesses (benchmark, check, tests), and
 the queries that inspect a replica (status, data-set digest).
 
-Rule 1: ``LocalKvCluster`` owns what it starts: server processes (each stopped by its own pid),
-        their FIFOs, logs and latency dumps in a private work directory (their working
-        directory), the cluster's shared memory; ``stop`` removes all of it, also after a failed
-        start. Servers exit by themselves when the
-        launching process dies (``--parent-pid``), and their local servers with them.
-Rule 2: every cluster gets a fresh cluster id and fresh ports.
-Rule 3: ``start`` returns only when every server answers and (replicated) one leader is named by
-        all; otherwise ``ClusterError`` with the tail of the servers' logs.
-Rule 4: ``digest`` reads a replica's whole data set through its front end (followers serve reads
+Rule 1: launching, waiting, killing (``kill_server``: -9) and cleaning up are
+        ``exchange.launcher``'s (its Rules 1-3); the servers' working directory is the
+        cluster's private work directory, where their logs, FIFOs and ``dump-<id>.txt`` are.
+Rule 2: a server's status is its ``KVSTORES STATUS`` / ``kvstores status`` (``status``).
+Rule 3: ``digest`` reads a replica's whole data set through its front end (followers serve reads
         from their own local server): redis ``KVSTORES DIGEST`` (the local server's ``DEBUG
         DIGEST``), memcached ``lru_crawler metadump all`` then ``get`` of every key, hashed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
-from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
 
+from exchange.launcher import ClusterError, ProcessCluster, ServerProcess, View, free_ports
 from kvstores import mctext, resp
 
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 5.0
 QUERY_TIMEOUT_S = 2.0
-POLL_INTERVAL_S = 0.02
-LOG_TAIL_LINES = 15
 DIGEST_GET_BATCH = 100  # keys per memcached get while digesting
 
-
-class ClusterError(RuntimeError):
-    """The cluster did not start or reach the expected state; the message says why."""
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports the kernel just reported free on 127.0.0.1."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+__all__ = ["ClusterError", "LocalKvCluster", "ServerProcess", "digest", "free_ports",
+           "memcached_call", "redis_call", "status"]
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -63,11 +34,12 @@ def _split(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _exchange(address: str, request: bytes, done: object) -> bytes:
+def _exchange(address: str, request: bytes, done: object,
+              timeout_s: float = QUERY_TIMEOUT_S) -> bytes:
     """Send ``request``; read until ``done(buf)`` returns an end >= 0; return the reply."""
     assert callable(done)
-    with socket.create_connection(_split(address), QUERY_TIMEOUT_S) as sock:
-        sock.settimeout(QUERY_TIMEOUT_S * 5)
+    with socket.create_connection(_split(address), timeout_s) as sock:
+        sock.settimeout(timeout_s * 5)
         sock.sendall(request)
         buf = bytearray()
         while True:
@@ -80,27 +52,28 @@ def _exchange(address: str, request: bytes, done: object) -> bytes:
             buf += chunk
 
 
-def redis_call(address: str, *args: bytes) -> bytes:
+def redis_call(address: str, *args: bytes, timeout_s: float = QUERY_TIMEOUT_S) -> bytes:
     """One redis command; the raw RESP reply."""
     return _exchange(address, resp.encode_command(list(args)),
-                     lambda buf: resp.reply_end(buf, 0))
+                     lambda buf: resp.reply_end(buf, 0), timeout_s)
 
 
-def memcached_call(address: str, line: bytes, block: bool) -> bytes:
+def memcached_call(address: str, line: bytes, block: bool,
+                   timeout_s: float = QUERY_TIMEOUT_S) -> bytes:
     framing = mctext.Framing.BLOCK if block else mctext.Framing.LINE
-    return _exchange(address, line, lambda buf: mctext.reply_end(buf, 0, framing))
+    return _exchange(address, line, lambda buf: mctext.reply_end(buf, 0, framing), timeout_s)
 
 
-def status(kind: str, address: str) -> dict[str, str]:
-    """A replica's ``KVSTORES STATUS`` / ``kvstores status`` as a dict."""
+def status(kind: str, address: str, timeout_s: float = QUERY_TIMEOUT_S) -> dict[str, str]:
+    """A replica's ``KVSTORES STATUS`` / ``kvstores status`` as a dict (Rule 2)."""
     if kind == "redis":
-        reply = redis_call(address, b"KVSTORES", b"STATUS")
+        reply = redis_call(address, b"KVSTORES", b"STATUS", timeout_s=timeout_s)
         if not reply.startswith(b"$"):
             raise ConnectionError(f"{address}: {reply[:200]!r}")
         body = reply.split(b"\r\n", 1)[1]
         pairs = [line.split(":", 1) for line in body.decode().splitlines() if ":" in line]
         return {key: value for key, value in pairs}
-    reply = memcached_call(address, b"kvstores status\r\n", True)
+    reply = memcached_call(address, b"kvstores status\r\n", True, timeout_s)
     result: dict[str, str] = {}
     for line in reply.decode().splitlines():
         words = line.split(" ", 2)
@@ -110,7 +83,7 @@ def status(kind: str, address: str) -> dict[str, str]:
 
 
 def digest(kind: str, address: str) -> tuple[str, int]:
-    """(hex digest of the replica's data set, key count) read through its front end (Rule 4)."""
+    """(hex digest of the replica's data set, key count) read through its front end (Rule 3)."""
     if kind == "redis":
         reply = redis_call(address, b"KVSTORES", b"DIGEST")
         size = redis_call(address, b"DBSIZE")
@@ -131,124 +104,41 @@ def digest(kind: str, address: str) -> tuple[str, int]:
     return hasher.hexdigest(), len(keys)
 
 
-@dataclass(slots=True)
-class ServerProcess:
-    replica_id: int
-    address: str
-    fifo_path: str
-    log_path: Path
-    process: subprocess.Popen[bytes]
-
-
-class LocalKvCluster:
+class LocalKvCluster(ProcessCluster[dict[str, str]]):
     """``replicas`` front ends of ``kind`` on 127.0.0.1 (1 = the unreplicated front end)."""
+
+    query_errors = (OSError, ValueError)
+    env_drop = ("SID", "IDS")
 
     def __init__(self, kind: str, replicas: int = 3, name: str = "kv",
                  extra_args: tuple[str, ...] = ()) -> None:
         assert kind in ("redis", "memcached")
-        assert replicas == 1 or replicas >= 3, replicas
+        super().__init__(replicas, name, extra_args, workdir_prefix="kvstores")
         self.kind = kind
-        self.replicas = replicas
-        self.cluster_id = f"{name}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
-        self.extra_args = extra_args
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"kvstores-{name}-"))
-        ports = free_ports(replicas)
-        self.addresses = {i + 1: f"127.0.0.1:{port}" for i, port in enumerate(ports)}
-        self.servers: dict[int, ServerProcess] = {}
+        self.server_cwd = self.workdir  # dump-<id>.txt lands beside the logs
 
-    def __enter__(self) -> LocalKvCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
-
-    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        _cleanup_shared_memory(self.cluster_id)
-        for replica_id in self.addresses:
-            self.start_server(replica_id)
-        deadline = time.monotonic() + timeout_s
-        for replica_id in self.addresses:
-            self._wait_answering(replica_id, deadline)
-        if self.replicas > 1:
-            self.wait_for_leader(deadline - time.monotonic())
-
-    def start_server(self, replica_id: int) -> ServerProcess:
-        """Start (or restart) server ``replica_id``."""
-        fifo_path = str(self.workdir / f"fifo-{replica_id}")
-        log_path = self.workdir / f"server-{replica_id}.log"
+    def command(self, replica_id: int, fifo_path: str) -> list[str]:
         command_name = ("redis-server-replicated" if self.kind == "redis"
                         else "memcached-replicated")
-        command = [
+        return [
             sys.executable, "-m", "kvstores", command_name, "--id", str(replica_id),
             "--ids", ",".join(map(str, self.addresses)), "--replicas", str(self.replicas),
             "--port", self.addresses[replica_id].rpartition(":")[2],
             "--cluster-id", self.cluster_id, "--fifo", fifo_path,
             "--parent-pid", str(os.getpid()), *self.extra_args,
         ]
-        env = {k: v for k, v in os.environ.items() if k not in ("SID", "IDS")}
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            with open(log_path, "ab") as log_file:
-                process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, env=env, cwd=self.workdir,
-                                           start_new_session=True)
-            server = ServerProcess(replica_id, self.addresses[replica_id], fifo_path, log_path,
-                                   process)
-            self.servers[replica_id] = server
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        return server
+
+    def query(self, replica_id: int, timeout_s: float) -> dict[str, str]:
+        return status(self.kind, self.addresses[replica_id], timeout_s)
+
+    def view(self, status: dict[str, str]) -> View:
+        applied = int(status.get("applied") or 0)
+        leader = status.get("leader") or ""
+        return View(int(status["id"]), status["role"], int(leader) if leader else None,
+                    applied, applied)
 
     def status(self, replica_id: int) -> dict[str, str] | None:
-        try:
-            return status(self.kind, self.addresses[replica_id])
-        except (OSError, ValueError):
-            return None
-
-    def statuses(self) -> dict[int, dict[str, str] | None]:
-        return {replica_id: self.status(replica_id) for replica_id in self.addresses}
-
-    def _wait_answering(self, replica_id: int, deadline: float) -> None:
-        server = self.servers[replica_id]
-        while self.status(replica_id) is None:
-            if server.process.poll() is not None:
-                raise ClusterError(f"server {replica_id} exited with status "
-                                   f"{server.process.returncode}\n{self.log_tail(replica_id)}")
-            if time.monotonic() >= deadline:
-                raise ClusterError(f"server {replica_id} did not answer within "
-                                   f"{START_TIMEOUT_S:.0f} s\n{self.log_tail(replica_id)}")
-            time.sleep(POLL_INTERVAL_S)
-
-    def wait_for_leader(self, timeout_s: float, exclude: int | None = None) -> int:
-        """Wait until one leader (not ``exclude``) is named by every live, unpaused server."""
-        deadline = time.monotonic() + max(timeout_s, 0.0)
-        while True:
-            last = self.statuses()
-            live = [s for s in last.values() if s is not None and s["role"] != "paused"]
-            leaders = {int(s["id"]) for s in live if s["role"] == "leader"}
-            if len(leaders) == 1:
-                leader = leaders.pop()
-                if leader != exclude and all(s["leader"] == str(leader) for s in live):
-                    return leader
-            if time.monotonic() >= deadline:
-                roles = {i: (s["role"], s["leader"]) if s else None for i, s in last.items()}
-                raise ClusterError(f"no agreed leader within {timeout_s:.1f} s: {roles}\n"
-                                   + "\n".join(self.log_tail(i) for i in self.addresses))
-            time.sleep(POLL_INTERVAL_S)
-
-    def control(self, replica_id: int, command: str) -> None:
-        """Write one line (``p`` or ``r``) into server ``replica_id``'s control FIFO."""
-        fd = os.open(self.servers[replica_id].fifo_path, os.O_WRONLY | os.O_NONBLOCK)
-        try:
-            os.write(fd, command.encode() + b"\n")
-        finally:
-            os.close(fd)
+        return self.answer(replica_id)
 
     def digests(self) -> dict[int, tuple[str, int] | None]:
         result: dict[int, tuple[str, int] | None] = {}
@@ -271,47 +161,3 @@ class LocalKvCluster:
             if time.monotonic() >= deadline:
                 return digests
             time.sleep(0.1)
-
-    def log_tail(self, replica_id: int, lines: int = LOG_TAIL_LINES) -> str:
-        server = self.servers.get(replica_id)
-        if server is None or not server.log_path.exists():
-            return f"(no log for server {replica_id})"
-        text = server.log_path.read_text(errors="replace").splitlines()[-lines:]
-        return f"--- server {replica_id} log tail ---\n" + "\n".join(text)
-
-    def stop_server(self, replica_id: int, sig: int = signal.SIGTERM) -> None:
-        server = self.servers.get(replica_id)
-        if server is None or server.process.poll() is not None:
-            return
-        server.process.send_signal(sig)
-        try:
-            server.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(STOP_TIMEOUT_S)
-
-    def stop(self, keep_logs: bool = False) -> None:
-        """Stop every server; remove FIFOs, shared memory and (unless ``keep_logs``) logs."""
-        for server in self.servers.values():
-            if server.process.poll() is None:
-                server.process.send_signal(signal.SIGTERM)
-        for replica_id in list(self.servers):
-            self.stop_server(replica_id)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.servers[replica_id].fifo_path)
-        _cleanup_shared_memory(self.cluster_id)
-        if not keep_logs:
-            for path in self.workdir.glob("*"):  # logs, FIFOs, dump-<id>.txt
-                with contextlib.suppress(OSError):
-                    path.unlink()
-            with contextlib.suppress(OSError):
-                self.workdir.rmdir()
-
-
-def _cleanup_shared_memory(cluster_id: str) -> None:
-    try:
-        from consensus.fabric.shm import cleanup
-    except ImportError:
-        return
-    with contextlib.suppress(OSError, ValueError):
-        cleanup(cluster_id)

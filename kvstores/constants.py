@@ -13,9 +13,9 @@ SLOT_BYTES = 4096
 PAYLOAD_BYTES_MAX = SLOT_BYTES - 48
 TAG_BYTES = 8  # each entry starts with its proposal's tag (kvstores.pipe Rule 2)
 COMMAND_BYTES_MAX = PAYLOAD_BYTES_MAX - TAG_BYTES  # the largest command a write may be
-# A paused replica rejoins by replaying what it missed from the leader's log (there is no state
-# transfer): 32,768 slots (128 MiB of /dev/shm per replica, touched only as used) are a few
-# seconds of writes at the rates this front end reaches, enough for a forced failover.
+# A paused replica rejoins by replaying what it missed from the leader's log while the leader
+# still holds it, else by a snapshot (kvstores.snapshot): 32,768 slots (128 MiB of /dev/shm per
+# replica, touched only as used) are a few seconds of writes at the rates this front end reaches.
 LOG_SLOTS_DEFAULT = 32_768
 # Heartbeat/scan period and pump poll of a replica that shares its process with a front end: the
 # same trade-off as the exchange servers (docs/exchange.md): fewer wake-ups taking the GIL.
@@ -48,6 +48,14 @@ BACKEND_START_S_MAX = 10.0  # redis-server/memcached must accept connections wit
 BACKEND_STOP_S_MAX = 3.0  # then SIGKILL
 SIDE_CALL_TIMEOUT_S = 30.0  # a memcached metadump of a large cache on a side connection
 MEMCACHED_MEMORY_MB = 1024  # -m of a local memcached; with -M it refuses instead of evicting
+
+# -- snapshots (kvstores.snapshot) --------------------------------------------------------------
+SNAPSHOT_BATCH_KEYS = 500  # keys per round trip (DUMPs, one get) while reading a snapshot
+SNAPSHOT_BARRIER_WAIT_S = 30.0  # the local server answers the barrier after what it has queued
+SNAPSHOT_INSTALL_WAIT_S = 30.0  # restoring a snapshot (plus 1 s per MB of snapshot)
+METADUMP_ATTEMPTS_MAX = 50  # memcached runs one metadump at a time (a digest may be running)
+METADUMP_RETRY_S = 0.1  # ... so a busy crawler is asked again after this
+SNAPSHOT_SERVICE_WORKERS = 2  # gRPC threads serving snapshots (one snapshot at a time anyway)
 
 # -- latencies ----------------------------------------------------------------------------------
 LATENCY_SAMPLES_MAX = 2_000_000  # replication latencies kept for the SIGUSR1 dump (16 MB)

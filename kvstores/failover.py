@@ -32,7 +32,7 @@ MEMCACHED_KEYS = 2000
 # is not scheduled for 20 ms loses leadership spuriously, which is not the failover under test.
 # The FIFO pause is a step-down that consensus notices within milliseconds either way.
 STABLE = ("--dead-after-us", "100000")
-_LEADER = re.compile(r"leader is server \d+ at ([^\s:]+):(\d+)")
+MEMCACHED_LEADER = re.compile(r"leader is server \d+ at ([^\s:]+):(\d+)")  # in a redirect
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -155,7 +155,7 @@ def _memcached_worker(cluster: LocalKvCluster, number: int, seed: int, stop: thr
             ops += 1
         except MemcacheServerError as exc:
             text = str(exc)
-            match = _LEADER.search(text)
+            match = MEMCACHED_LEADER.search(text)
             if match is not None:
                 client.close()
                 client = Client((match.group(1), int(match.group(2))), default_noreply=False,

@@ -8,7 +8,7 @@ Rule 2: commands are handled in arrival order across clients, once per event-loo
         consensus applies an entry in the proposing thread before ``propose`` returns, consensus
         pump Rule 6), so a client reads its own writes.
 Rule 3: only the leader proposes. A follower answers a write with a redirect naming the leader
-        (redis ``-MOVED 0 host:port ...``, memcached ``SERVER_ERROR ... leader is server N at
+        (redis ``-MOVED 0 host:port``, memcached ``SERVER_ERROR ... leader is server N at
         host:port``) and serves reads from its own local server, which may be behind (the
         original's interactive session shows this). With ``--follower-writes forward`` a
         follower instead sends the write to the leader's front end (``kvstores.forward``). A
@@ -24,9 +24,10 @@ Rule 5: if the failed batch's log indexes are known (the event loop is the only 
         batch lands right after the commit index; every success checks it), an index that this
         replica applies with another entry's tag proves the entry meant for it lost: its client
         gets TRYAGAIN (nothing applied), which the forwarder and the load clients retry.
-Rule 6: a replica killed and started again has an empty local server; it applies the log from
-        index 1 or not at all (pipe Rule 2), and until it has applied an entry it refuses reads
-        (role ``stale``) instead of answering from an empty data set.
+Rule 6: a replica that recovers (killed and started again with an empty local server, or
+        left behind by the log) refuses reads (role ``recovering``) until consensus reports it
+        caught up: its local server is empty, being restored from a peer's snapshot, or behind
+        the log (kvstores.snapshot).
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class ReplicaView(Protocol):
     @property
     def error(self) -> Exception | None: ...
 
+    @property
+    def recovery(self) -> object | None: ...
+
     def propose(self, payload: bytes, timeout_s: float = ...) -> int: ...
 
     def propose_many(self, payloads: list[bytes], timeout_s: float = ...) -> list[int]: ...
@@ -118,9 +122,9 @@ class RedisFlavor:
         if address is None:
             return self.unavailable(f"server {replica_id} is a follower; leader {leader_id} "
                                     "has not published its address")
-        # redis-cli -c follows "MOVED <slot> <host>:<port>"; the rest must hold no colon.
-        return resp.error(f"MOVED 0 {address} (server {replica_id} is a follower; the leader "
-                          f"is server {leader_id})")
+        # Exactly redis cluster's "MOVED <slot> <host>:<port>": redis-cli -c follows it, and
+        # redis-py parses it into MovedError(host, port) (any further word breaks its parser).
+        return resp.error(f"MOVED 0 {address}")
 
     def unavailable(self, text: str) -> bytes:
         return resp.error(f"TRYAGAIN kvstores: {text}")
@@ -181,7 +185,6 @@ class Core:
         self.pipe: LocalPipe | None = None
         self.replica: ReplicaView | None = None  # None: unreplicated
         self.paused = False
-        self.restarted = False  # Rule 6: killed and started again, local server empty
         self.side_call: Callable[[bytes], bytes] | None = None  # request -> reply, any thread
         self.forwarder: Forwarder | None = None  # --follower-writes forward
         # Tags are unique per proposal: this server's id and a counter from a random start.
@@ -242,11 +245,10 @@ class Core:
 
     def _read(self, data: bytes, slot: Slot, kind: int) -> None:
         refusal = self._refusal()
-        if refusal is None and self.restarted and self.pipe and self.pipe.applied_index == 0:
-            refusal = self.flavor.failed(
-                f"server {self.replica_id} was restarted after a crash with an empty local "
-                "server and has not been given the log from its start; it serves no reads until "
-                "it has (no state transfer yet, see docs/kvstores.md); use another server")
+        if refusal is None and self.replica is not None and self.replica.recovery is not None:
+            refusal = self.flavor.unavailable(
+                f"server {self.replica_id} is recovering (restoring a peer's snapshot or "
+                "catching up the log); retry later or at another server")
         if refusal is not None:
             slot.fill(refusal)
             return
@@ -396,8 +398,7 @@ class Core:
             return "failed"
         if replica.is_leader:
             return "leader"
-        return "stale" if self.restarted and self.pipe and not self.pipe.applied_index else \
-            "follower"
+        return "follower" if replica.recovery is None else "recovering"
 
     def status(self) -> list[tuple[str, str]]:
         replica = self.replica

@@ -1,10 +1,13 @@
 """The memcached text protocol, sans-IO: client commands in, replies framed, routes decided.
 
 Rule 1: an allow-list decides, as for redis (``kvstores.redis_rules``): storage commands (``set
-        add replace append prepend cas``), ``delete incr decr touch gat gats flush_all`` are writes;
+        add replace append prepend``), ``delete incr decr touch gat gats flush_all`` are writes;
         ``get gets version stats`` and ``lru_crawler metadump all`` are reads; anything else is
         refused with ``CLIENT_ERROR`` naming the command (meta commands, admin, ``flush_all`` with a
-        delay, ``verbosity``...).
+        delay, ``verbosity``...). ``cas`` is refused too (its data block is consumed): each
+        memcached numbers CAS uniques itself, and a replica restored from a snapshot cannot
+        take its peers' numbers (kvstores.snapshot Rule 3), so one ``cas`` could store on some
+        replicas and not on others. ``gets`` still answers, with the serving replica's numbers.
 Rule 2: a relative expiry (``exptime`` in 1..30 days) becomes an absolute unix time from the
         leader's clock before it is proposed, so every replica expires the item at the same
         moment; 0, negative and absolute expiries travel unchanged.
@@ -56,6 +59,8 @@ _REFUSED_REASON = {
     b"md": "meta commands are not replicated", b"ma": "meta commands are not replicated",
     b"mn": "meta commands are not replicated", b"me": "meta commands are not replicated",
 }
+CAS_REASON = ("each server numbers CAS uniques itself (a replica restored from a snapshot has "
+              "its own numbers), so a cas could store on some replicas only")
 _ADMIN = "administrative commands would act on one replica only"
 
 
@@ -135,6 +140,8 @@ def _storage(
         return None
     if buf[data_end - 2 : data_end] != CRLF:
         raise LineError("bad data chunk")
+    if name == b"cas":  # Rule 1
+        return McCommand(Route.REPLY, refuse(name, CAS_REASON), Framing.LINE, noreply), data_end
     head = words[:fields]
     head[3] = _absolute(words[3], now_s)
     payload = b" ".join(head) + CRLF + bytes(buf[end:data_end])

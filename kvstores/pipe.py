@@ -25,6 +25,13 @@ Rule 5: if the local server goes away the pipe calls ``on_failure`` once: the re
 Rule 6: between ``hold`` and ``release`` (one event-loop turn of the front end) the loop
         thread's sends only append to the buffer, so a turn's commands from many clients reach
         the local server in one system call; other threads' sends are not held.
+Rule 7 (snapshots): ``apply`` moves ``applied_index`` and queues the entry's command under one
+        hold of the lock, and ``begin_snapshot`` reads ``applied_index`` and queues its barrier
+        under the same lock, then holds every later command (of any thread) back until
+        ``end_snapshot``. So once the barrier's reply arrives, the local server has executed
+        exactly the log up to the returned index and nothing after it, and stays so while the
+        snapshot is read on another connection. Nobody blocks meanwhile (the leader's event
+        loop applies entries too): held commands wait in a buffer, in order.
 """
 
 from __future__ import annotations
@@ -113,6 +120,8 @@ class LocalPipe:
         self._in = bytearray()
         self._writer_on = False
         self._held = False
+        self._deferring = False  # Rule 7: a snapshot is being read
+        self._deferred = bytearray()
         self._loop_thread = threading.get_ident()
         self.failed: str | None = None
         self.applied_index = 0
@@ -132,37 +141,74 @@ class LocalPipe:
             return
         in_loop = threading.get_ident() == self._loop_thread
         with self._lock:
-            self._pending.append((target, kind))
-            self.sent_count += 1
-            out = self._out
-            if in_loop and self._held:
-                out += data  # release() sends the whole turn's commands at once (Rule 6)
-                return
-            if out:
-                out += data
-                self._flush_locked()
-            else:
-                try:
-                    sent = self._sock.send(data)
-                except BlockingIOError:
-                    sent = 0
-                except OSError as exc:
-                    self._fail(f"cannot write to the local server: {exc}")
-                    return
-                if sent == len(data):
-                    return
-                out += memoryview(data)[sent:]
-            if not out:
-                return
-            if not self._writer_on:
-                self._writer_on = True
-                if in_loop:
-                    self._loop.add_writer(self._sock.fileno(), self._on_writable)
-                else:
-                    self._loop.call_soon_threadsafe(self._add_writer)
+            self._enqueue_locked(data, target, kind, in_loop)
         if not in_loop:
-            while len(self._out) > PIPE_OUT_BYTES_SOFT_MAX and self.failed is None:
-                time.sleep(PIPE_WAIT_S)
+            self._wait_unsent()
+
+    def send_many(self, commands: list[bytes], targets: list[Target], kind: int = 0) -> None:
+        """``send`` of each command in order, under one hold of the lock and with one buffer
+        append (a snapshot's restores: thousands of commands). Any thread but the loop's."""
+        assert len(commands) == len(targets)
+        assert threading.get_ident() != self._loop_thread
+        if self.failed is not None:
+            for target in targets:
+                if isinstance(target, Slot):
+                    target.fill(self._failure_reply)
+            return
+        with self._lock:
+            self._pending.extend((target, kind) for target in targets)
+            self.sent_count += len(targets)
+            buffer = self._deferred if self._deferring else self._out
+            for command in commands:
+                buffer += command
+            if not self._deferring:
+                self._flush_locked()
+                if self._out:
+                    self._want_writer_locked(False)
+        self._wait_unsent()
+
+    def _enqueue_locked(self, data: bytes, target: Target, kind: int, in_loop: bool) -> None:
+        """Record ``target`` and send or buffer ``data`` (caller holds ``_lock``, Rules 1, 3,
+        6 and 7)."""
+        self._pending.append((target, kind))
+        self.sent_count += 1
+        if self._deferring:
+            self._deferred += data  # Rule 7: leaves after the snapshot was read
+            return
+        out = self._out
+        if in_loop and self._held:
+            out += data  # release() sends the whole turn's commands at once (Rule 6)
+            return
+        if out:
+            out += data
+            self._flush_locked()
+        else:
+            try:
+                sent = self._sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                self._fail(f"cannot write to the local server: {exc}")
+                return
+            if sent == len(data):
+                return
+            out += memoryview(data)[sent:]
+        if out:
+            self._want_writer_locked(in_loop)
+
+    def _want_writer_locked(self, in_loop: bool) -> None:
+        if not self._writer_on and self.failed is None:
+            self._writer_on = True
+            if in_loop:
+                self._loop.add_writer(self._sock.fileno(), self._on_writable)
+            else:
+                self._loop.call_soon_threadsafe(self._add_writer)
+
+    def _wait_unsent(self) -> None:
+        """A non-loop thread waits while too much is unsent (Rule 3)."""
+        while (len(self._out) + len(self._deferred) > PIPE_OUT_BYTES_SOFT_MAX
+               and self.failed is None):
+            time.sleep(PIPE_WAIT_S)
 
     def hold(self) -> None:
         """Loop thread: buffer this turn's sends until ``release`` (Rule 6)."""
@@ -175,27 +221,68 @@ class LocalPipe:
             if not self._out:
                 return
             self._flush_locked()
-            if self._out and not self._writer_on and self.failed is None:
-                self._writer_on = True
-                self._loop.add_writer(self._sock.fileno(), self._on_writable)
+            if self._out:
+                self._want_writer_locked(True)
 
     def apply(self, index: int, payload: bytes | memoryview) -> None:
-        """Consensus ``on_commit``: send the command of committed entry ``index`` (Rule 2)."""
+        """Consensus ``on_commit``: send the command of committed entry ``index`` (Rule 2). The
+        index moves and the command is queued under one hold of the lock (Rule 7)."""
         if index != self.applied_index + 1:
             reason = (f"log entry {index} arrived after {self.applied_index}: this replica's "
                       "local server does not hold the entries before it")
             self._fail(reason)
             raise PipeFailed(reason)
         tag = _TAG.unpack_from(payload)[0]
+        data = bytes(payload[TAG_BYTES:])  # empty: a new leader's no-op (Rule 2)
+        in_loop = threading.get_ident() == self._loop_thread
         with self._lock:
             self._recent_tags[index & RECENT_TAGS_MASK] = tag
             self.applied_index = index
             expected = self._expected.pop(index, None) if self._expected else None
+            if data and self.failed is None:
+                self._enqueue_locked(data, tag, self.kind_of(data), in_loop)
         if expected is not None and expected != tag:
             self._loop.call_soon_threadsafe(self._lost, expected)
-        if len(payload) > TAG_BYTES:  # an empty command is a new leader's no-op (Rule 2)
-            data = bytes(payload[TAG_BYTES:])
-            self.send(data, tag, self.kind_of(data))
+        if data and not in_loop:
+            self._wait_unsent()
+
+    # -- snapshots (Rule 7) -------------------------------------------------------------------
+
+    def begin_snapshot(self, barrier: bytes, kind: int, target: Slot) -> int:
+        """Freeze the local server at the applied index, returned: ``barrier`` is sent (its
+        reply, routed to ``target``, says every command before it was executed) and every later
+        command is held until ``end_snapshot``. Any thread; at most one snapshot at a time."""
+        assert not self._deferring
+        if self.failed is not None:
+            raise PipeFailed(self.failed)
+        in_loop = threading.get_ident() == self._loop_thread
+        with self._lock:
+            index = self.applied_index
+            self._enqueue_locked(barrier, target, kind, in_loop)
+            self._deferring = True
+        return index
+
+    def end_snapshot(self) -> None:
+        """Send what ``begin_snapshot`` held, in order (any thread)."""
+        in_loop = threading.get_ident() == self._loop_thread
+        with self._lock:
+            assert self._deferring
+            self._deferring = False
+            if not self._deferred:
+                return
+            self._out += self._deferred
+            self._deferred = bytearray()
+            if self.failed is None:
+                self._flush_locked()
+            if self._out:
+                self._want_writer_locked(in_loop)
+
+    def installed(self, index: int) -> None:
+        """A snapshot of ``index`` replaced the local server's data (its commands were sent
+        through ``send`` before this call): the log continues at ``index + 1`` (Rule 2)."""
+        with self._lock:
+            self.applied_index = index
+            self._expected.clear()
 
     def expect(self, first_index: int, tags: list[int], lost_reply: bytes) -> None:
         """A failed proposal wrote ``tags`` at ``first_index``... if anywhere: each index that

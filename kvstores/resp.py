@@ -152,3 +152,45 @@ def reply_end(buf: bytes | bytearray, pos: int) -> int:
             pos = eol + 2
         need -= 1
     return pos
+
+
+class ReplyError(Exception):
+    """An error reply (``-ERR ...``) decoded by ``decode_reply``; the message is its text."""
+
+
+class IncompleteReply(ValueError):
+    """``decode_reply`` reached the end of the buffer inside a reply: read more, then retry."""
+
+
+def decode_reply(buf: bytes | bytearray, pos: int) -> tuple[object, int]:
+    """Decode the RESP2 reply at ``pos``: ``(value, end)``; ``IncompleteReply`` when the buffer
+    ends inside it. Values: ``bytes`` (simple and bulk strings), ``int``, ``None`` (nil),
+    ``list`` (arrays), ``ReplyError`` (error replies, returned, not raised). O(reply bytes)."""
+    eol = buf.find(CRLF, pos)
+    if eol < 0:
+        raise IncompleteReply
+    kind = buf[pos]
+    line = bytes(buf[pos + 1 : eol])
+    if kind == _DOLLAR:
+        length = int(line)
+        if length < 0:
+            return None, eol + 2
+        end = eol + 4 + length
+        if end > len(buf):
+            raise IncompleteReply
+        return bytes(buf[eol + 2 : end - 2]), end
+    if kind == _STAR:
+        count = int(line)
+        if count < 0:
+            return None, eol + 2
+        items: list[object] = []
+        pos = eol + 2
+        for _ in range(count):
+            item, pos = decode_reply(buf, pos)
+            items.append(item)
+        return items, pos
+    if kind == ord(":"):
+        return int(line), eol + 2
+    if kind == ord("-"):
+        return ReplyError(line.decode(errors="replace")), eol + 2
+    return line, eol + 2

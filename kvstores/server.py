@@ -12,6 +12,9 @@ Rule 3: ``kill -USR1 <pid>`` writes the replication latencies (ns in ``propose``
 Rule 4: ``/tmp/fifo-<id>``: ``p`` pauses the replica (no heartbeat: leadership moves; clients get
         TRYAGAIN), ``r`` resumes it as a follower; the exchange's FIFO reader is reused. Both run
         on the event loop's thread, between two turns, so a pause never lands inside a proposal.
+Rule 5: a replica restarted after ``kill -9`` (same command line) rejoins by itself: consensus
+        fetches a peer's snapshot into the empty local server, then the log after it
+        (``kvstores.replication`` Rule 5); its role reads ``recovering`` meanwhile.
 """
 
 from __future__ import annotations
@@ -106,18 +109,20 @@ class KvServer:
                 request, lambda buf: mctext.reply_end(buf, 0, mctext.Framing.BLOCK))
         if config.replicas > 1:
             from kvstores.replication import ReplicationUnavailable, start_replication
+            from kvstores.snapshot import Snapshots
 
+            snapshots = Snapshots(config.kind, self.pipe, self.backend)
             try:
                 self.replication = await self.loop.run_in_executor(
-                    None, start_replication, config, self.pipe.apply, self._on_leader_change)
+                    None, start_replication, config, self.pipe.apply, self._on_leader_change,
+                    snapshots)
             except ReplicationUnavailable as exc:
                 raise StartupError(str(exc)) from None
             self.core.replica = self.replication.replica
-            self.core.restarted = self.replication.restarted
             if self.replication.restarted:
-                log.warning("server %d: restarted after a crash: the local server is empty; "
-                            "reads are refused until the log is applied from its start",
-                            config.replica_id)
+                log.warning("server %d: restarted after a crash: the local server is empty; it "
+                            "fetches a peer's snapshot and catches up the log (reads are refused "
+                            "until it has)", config.replica_id)
         if config.follower_writes == "forward" and config.replicas > 1:
             from kvstores.forward import LeaderForwarder
 

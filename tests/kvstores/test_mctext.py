@@ -20,8 +20,15 @@ def test_storage_with_noreply_and_relative_expiry():
     assert command.route is Route.WRITE and command.noreply
     assert command.data == b"set k 5 %d 3\r\nabc\r\n" % (NOW_S + 100)
     absolute = NOW_S + 10**8
-    command, _ = parse(b"cas k 0 %d 1 42\r\nx\r\n" % absolute)
-    assert command.data == b"cas k 0 %d 1 42\r\nx\r\n" % absolute
+    command, _ = parse(b"append k 0 %d 1\r\nx\r\n" % absolute)
+    assert command.data == b"append k 0 %d 1\r\nx\r\n" % absolute
+
+
+def test_cas_is_refused_and_its_data_block_consumed():
+    command, end = parse(b"cas k 0 0 1 42\r\nx\r\nget k\r\n")
+    assert command.route is Route.REPLY and b"'cas'" in command.data
+    assert command.data.startswith(b"CLIENT_ERROR kvstores: ")
+    assert end == len(b"cas k 0 0 1 42\r\nx\r\n")
 
 
 def test_incomplete_data_block_waits():

@@ -89,3 +89,52 @@ def test_an_index_taken_by_another_entry_proves_the_claimed_one_lost():
         server.close()
 
     asyncio.run(scenario())
+
+
+def test_a_snapshot_freezes_the_server_at_the_applied_index():
+    """pipe Rule 7: the barrier follows exactly the entries up to the returned index; every later
+    command (entries, reads) waits until end_snapshot, then leaves in order."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pipe, server, _ = make_pipe(loop)
+        owner = Owner()
+        pipe.apply(1, tag_entry(7, b"E1"))
+        pipe.apply(2, tag_entry(8, b"E2"))
+        index = await loop.run_in_executor(
+            None, pipe.begin_snapshot, b"PING", 0, Slot(owner))  # from another thread
+        assert index == 2
+        pipe.apply(3, tag_entry(9, b"E3"))  # the loop thread (a leader) does not block
+        pipe.send(b"READ", Slot(owner))
+        await settle()
+        assert server.recv(100) == b"E1E2PING"
+        server.sendall(b"+1\r\n+2\r\n+PONG\r\n")
+        await settle()
+        assert owner.filled == [b"+PONG\r\n"]
+        await loop.run_in_executor(None, pipe.end_snapshot)
+        await settle()
+        assert server.recv(100) == b"E3READ"
+        server.sendall(b"+3\r\n$1\r\nr\r\n")
+        await settle()
+        assert owner.filled == [b"+PONG\r\n", b"$1\r\nr\r\n"]
+        assert pipe.applied_index == 3
+        pipe.close()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_installed_snapshot_moves_the_log_to_its_index():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pipe, server, failures = make_pipe(loop)
+        pipe.apply(1, tag_entry(7, b"E1"))
+        pipe.installed(40)
+        pipe.apply(41, tag_entry(8, b"E41"))
+        with pytest.raises(PipeFailed):
+            pipe.apply(43, tag_entry(9, b"E43"))
+        await settle()
+        assert failures and "43 arrived after 41" in failures[0]
+        pipe.close()
+        server.close()
+
+    asyncio.run(scenario())

@@ -54,8 +54,7 @@ def test_follower_redirects_writes_to_the_leader(redis3):
         leader = redis3.wait_for_leader(10)
         follower = follower_of(redis3, leader)
         reply = redis_call(redis3.addresses[follower], b"SET", b"x", b"1").decode()
-        return (reply.startswith(f"-MOVED 0 {redis3.addresses[leader]} ")
-                and f"the leader is server {leader}" in reply)
+        return reply == f"-MOVED 0 {redis3.addresses[leader]}\r\n"
 
     eventually(redirected)
 
@@ -98,20 +97,14 @@ def test_sigusr1_dumps_replication_latencies(redis3):
     assert latencies and all(value > 0 for value in latencies)
 
 
-def test_a_killed_follower_restarts_stale_and_the_others_keep_serving(redis3):
+def test_a_killed_follower_restarts_and_serves_what_it_missed(redis3):
     leader = redis3.wait_for_leader(10)
     victim = follower_of(redis3, leader)
-    redis3.stop_server(victim, signal.SIGKILL)
+    redis3.kill_server(victim)
     leader_write(redis3, b"SET", b"after-kill", b"1")
-    redis3.start_server(victim)
-    deadline = time.monotonic() + 20
-    while (status := redis3.status(victim)) is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert status["role"] in ("stale", "follower")
-    if status["role"] == "stale":
-        reply = redis_call(redis3.addresses[victim], b"GET", b"after-kill")
-        assert b"restarted after a crash" in reply
+    redis3.start_server(victim)  # the same command line
+    redis3.wait_caught_up(victim, 30)
+    assert redis_call(redis3.addresses[victim], b"GET", b"after-kill") == b"$1\r\n1\r\n"
     leader_write(redis3, b"SET", b"after-restart", b"2")
 
 
