@@ -210,8 +210,11 @@ def test_callers_without_a_certificate_of_the_ca_are_refused(secure, certs, othe
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, what
     mallory = _trader(secure, _client_tls(other_ca, "trader-mallory", ca=certs), 1000,
                       give_up_s=1.0)
-    with pytest.raises(ExchangeUnreachable):
+    with pytest.raises(ExchangeUnreachable, match="refuses the TLS handshake"):
         mallory.submit("TLS", pb.BUY, 100, 1)
+    plain = TraderClient(ClusterConnection((address,)), 1000, give_up_s=1.0)
+    with pytest.raises(ExchangeUnreachable, match="closes plaintext connections: pass --tls-ca"):
+        plain.submit("TLS", pb.BUY, 100, 1)
     with pytest.raises(grpc.RpcError):  # a client that does not trust the servers' CA
         _status(address, _client_tls(certs, "trader-bob", ca=other_ca))
 
@@ -240,6 +243,27 @@ def test_traders_load_runs_over_mutual_tls_with_the_certificates_ids(secure, cer
     assert out.returncode == 0, out.stdout + out.stderr
     assert "mutual TLS, client ids 2000..2001" in out.stdout, out.stdout
     assert "failed 0" in out.stdout, out.stdout
+
+
+@pytest.mark.slow
+def test_the_watcher_polls_and_probes_over_mutual_tls(secure, certs):
+    from exchange.watch import Watcher
+
+    watcher = Watcher(secure.addresses, ("TLS",), probe_rate=20.0,
+                      tls=_client_tls(certs, "trader-alice"))
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with watcher.lock:
+                roles = sorted(view.role for view in watcher.model.servers.values())
+                probed = watcher.model.latency_percentiles_us()[0]
+            if roles == ["follower", "follower", "leader"] and probed >= 3:
+                break
+            assert time.monotonic() < deadline, (roles, probed)
+            time.sleep(0.05)
+    finally:
+        watcher.stop()
 
 
 @pytest.mark.slow
