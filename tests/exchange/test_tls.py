@@ -304,6 +304,37 @@ def test_a_follower_killed_and_restarted_rejoins_over_tls(secure, certs):
     assert "bytes from server" in log, log  # a peer's snapshot, fetched over mutual TLS
 
 
+@pytest.mark.slow
+def test_a_durable_cluster_cold_starts_over_tls_after_every_server_is_killed(certs, tmp_path):
+    with LocalCluster(3, name="t-tls-dur", tls_dir=certs, data_dir=tmp_path / "data") as cluster:
+        alice = _trader(cluster, _client_tls(certs, "trader-alice"), 1004)
+        for i in range(10):
+            assert _acked(alice.submit("DUR", pb.BUY, 100 + i, 1).reply)
+        for replica_id in cluster.addresses:  # the start gate asks its peers over mutual TLS
+            cluster.kill_server(replica_id)
+        for replica_id in cluster.addresses:
+            cluster.start_server(replica_id)
+        cluster.wait_for_leader(CATCH_UP_TIMEOUT_S)
+        statuses = cluster.wait_converged(CONVERGE_TIMEOUT_S)
+        assert {s.orders_applied for s in statuses.values()} == {10}, statuses
+        assert len({s.state_digest for s in statuses.values()}) == 1
+        logs = "".join(cluster.servers[i].log_path.read_text() for i in cluster.addresses)
+        assert "cold start at index" in logs
+
+
+@pytest.mark.slow
+def test_the_demo_runs_over_mutual_tls(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "exchange", "demo", "--tls", "--seconds", "3", "--traders", "2",
+         "--no-progress", "--no-plots"],
+        capture_output=True, text=True, timeout=180, check=False, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "mutual TLS, certificates in" in out.stdout
+    assert "replicas' digests: ALL EQUAL" in out.stdout and "failed 0" in out.stdout
+    certs_dir = out.stdout.split("certificates in ")[1].split(")")[0]
+    assert not Path(certs_dir).exists()  # removed at the end
+
+
 # ---- serve's command line -------------------------------------------------------------------
 
 def _serve(args: list[str], port: int) -> subprocess.Popen[str]:
