@@ -246,6 +246,22 @@ def test_traders_load_runs_over_mutual_tls_with_the_certificates_ids(secure, cer
 
 
 @pytest.mark.slow
+def test_the_shell_trades_over_mutual_tls_as_its_certificates_first_id(secure, certs):
+    tls = ["--tls-ca", str(certs / "ca.crt"), "--tls-cert", str(certs / "trader-bob.crt"),
+           "--tls-key", str(certs / "trader-bob.key")]
+    for mode in ([], ["--unary"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "traders", "shell", "--servers", secure.server_uris, *tls,
+             *mode], input="buy SHT 3 70\nbook SHT\nstatus\nquit\n", text=True,
+            capture_output=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr
+        seq = out.stdout.split("client id 2000, first seq ")[1].split(";")[0]
+        assert int(seq) > 10**15  # the time in microseconds: above any earlier run's seqs
+        assert f"accept 2000.{seq}" in out.stdout, out.stdout
+        assert "leader" in out.stdout and "error" not in out.stdout, out.stdout
+
+
+@pytest.mark.slow
 def test_the_watcher_polls_and_probes_over_mutual_tls(secure, certs):
     from exchange.watch import Watcher
 
