@@ -124,7 +124,8 @@ def _add_instruments(serve: argparse.ArgumentParser) -> None:
 def _add_tls(serve: argparse.ArgumentParser) -> None:
     tls = serve.add_argument_group(
         "TLS", "TLS on the server's port, for traders and peer servers alike (make development "
-        "certificates with: python -m exchange certs DIR); docs/exchange.md, 'Security'")
+        "certificates with: python -m exchange certs DIR); docs/exchange.md, 'TLS and "
+        "authenticated traders'")
     tls.add_argument("--tls-cert", default=None, metavar="FILE",
                      help="this server's certificate (PEM), e.g. DIR/server-1.crt")
     tls.add_argument("--tls-key", default=None, metavar="FILE",

@@ -25,6 +25,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from exchange.config import ConfigError
 from exchange.tls import (
@@ -46,6 +47,14 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 KEY_MODE = 0o600
 CERT_MODE = 0o644
 
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+    from cryptography.hazmat.primitives.asymmetric.types import (
+        CertificateIssuerPrivateKeyTypes,
+        PrivateKeyTypes,
+    )
+
 
 @dataclass(frozen=True, slots=True)
 class Issued:
@@ -53,7 +62,7 @@ class Issued:
     what: str
 
 
-def _new_key() -> object:
+def _new_key() -> EllipticCurvePrivateKey:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     return ec.generate_private_key(ec.SECP256R1())
@@ -70,10 +79,10 @@ def _write(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
-def _key_pem(key: object) -> bytes:
+def _key_pem(key: PrivateKeyTypes) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    return key.private_bytes(  # type: ignore[attr-defined, no-any-return]
+    return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption())
 
@@ -81,7 +90,7 @@ def _key_pem(key: object) -> bytes:
 class Authority:
     """The development CA: its key and certificate, and issuing under it."""
 
-    def __init__(self, key: object, cert: object) -> None:
+    def __init__(self, key: CertificateIssuerPrivateKeyTypes, cert: x509.Certificate) -> None:
         self.key = key
         self.cert = cert
 
@@ -95,7 +104,7 @@ class Authority:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = datetime.datetime.now(datetime.UTC)
         builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-                   .public_key(key.public_key())  # type: ignore[attr-defined]
+                   .public_key(key.public_key())
                    .serial_number(x509.random_serial_number())
                    .not_valid_before(now - datetime.timedelta(minutes=5))
                    .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
@@ -104,13 +113,14 @@ class Authority:
                        digital_signature=True, content_commitment=False, key_encipherment=False,
                        data_encipherment=False, key_agreement=False, key_cert_sign=True,
                        crl_sign=True, encipher_only=False, decipher_only=False), critical=True))
-        cert = builder.sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        cert = builder.sign(key, hashes.SHA256())
         return cls(key, cert)
 
     @classmethod
     def load(cls, cert_path: Path, key_path: Path) -> Authority:
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
         try:
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -119,9 +129,12 @@ class Authority:
             raise ConfigError(f"cannot load the CA in {cert_path.parent}: {exc} (pass --new-ca "
                               f"to make a new one, which invalidates every certificate it "
                               f"issued)") from None
+        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):  # SHA-256 signs
+            raise ConfigError(f"{key_path}: a {type(key).__name__} cannot sign certificates")
         return cls(key, cert)
 
-    def issue(self, common_name: str, sans: list[object], server: bool) -> tuple[bytes, bytes]:
+    def issue(self, common_name: str, sans: list[x509.GeneralName], server: bool
+              ) -> tuple[bytes, bytes]:
         """(certificate PEM, key PEM) of a new leaf certificate."""
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
@@ -135,29 +148,29 @@ class Authority:
             usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
         builder = (x509.CertificateBuilder()
                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-                   .issuer_name(self.cert.subject)  # type: ignore[attr-defined]
-                   .public_key(key.public_key())  # type: ignore[attr-defined]
+                   .issuer_name(self.cert.subject)
+                   .public_key(key.public_key())
                    .serial_number(x509.random_serial_number())
                    .not_valid_before(now - datetime.timedelta(minutes=5))
                    .not_valid_after(now + datetime.timedelta(days=LEAF_DAYS))
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.SubjectAlternativeName(sans), critical=False)  # type: ignore[arg-type]
+                   .add_extension(x509.SubjectAlternativeName(sans), critical=False)
                    .add_extension(x509.ExtendedKeyUsage(usages), critical=False))
-        cert = builder.sign(self.key, hashes.SHA256())  # type: ignore[arg-type]
+        cert = builder.sign(self.key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
     def cert_pem(self) -> bytes:
         from cryptography.hazmat.primitives import serialization
 
-        return self.cert.public_bytes(serialization.Encoding.PEM)  # type: ignore[attr-defined, no-any-return]
+        return self.cert.public_bytes(serialization.Encoding.PEM)
 
 
-def host_names(extra: list[str]) -> list[object]:
+def host_names(extra: list[str]) -> list[x509.GeneralName]:
     """The SANs every server certificate carries (Rule 3): loopback, this host, ``extra``."""
     from cryptography import x509
 
     names = ["localhost", socket.gethostname(), *extra]
-    sans: list[object] = []
+    sans: list[x509.GeneralName] = []
     seen: set[str] = set()
     for raw in ["127.0.0.1", "::1", *names]:
         name = raw.strip()

@@ -12,7 +12,8 @@ Rule 2: a caller's identity is its certificate (``Identity``): its common name, 
         order-entry RPC and for every order of a session message, before anything of it runs.
 Rule 3: with mutual TLS, ``Replication.FetchSnapshot`` (a snapshot holds every trader's orders)
         answers only server certificates; every other RPC needs an authenticated caller, which
-        the handshake already guarantees and the servicer checks again. Without ``--client-ca``
+        the handshake already guarantees (the ``Exchange`` servicer checks again, health
+        checking relies on the handshake alone). Without ``--client-ca``
         nobody is authenticated: TLS then only encrypts and any caller may use any client id, as
         in plaintext.
 Rule 4: plaintext is refused on a listen address that is not loopback unless ``--insecure``

@@ -133,6 +133,18 @@ def _leader_hint(error: grpc.RpcError) -> str | None:
     return None
 
 
+def connection_hint(connection: ClusterConnection, last_error: str) -> str:
+    """A hint for a give-up whose last error is a connection the server closed at once: what a
+    server that refuses the TLS handshake (or serves only TLS) looks like from here."""
+    if "Socket closed" not in last_error and "andshake" not in last_error:
+        return ""
+    if connection.tls is None:
+        return (" (a server that serves TLS closes plaintext connections: pass --tls-ca, and "
+                "--tls-cert/--tls-key for mutual TLS)")
+    return (" (a server that refuses the TLS handshake looks like this: is --tls-cert issued by "
+            "the servers' --client-ca, and --tls-ca the CA of their certificates?)")
+
+
 def _final_text(code: grpc.StatusCode, details: str | None) -> str:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return details or "invalid request"
@@ -232,6 +244,7 @@ class TraderClient:
                     raise ExchangeUnreachable(
                         f"no leader accepted the request within {self.give_up_s} s "
                         f"({attempts} attempts); last error: {last_error}"
+                        f"{connection_hint(connection, last_error)}"
                     ) from None
                 if hint is not None and hint != target:
                     redirects += 1

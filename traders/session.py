@@ -40,6 +40,7 @@ from traders.client import (
     ExchangeUnreachable,
     RequestRejected,
     _leader_hint,
+    connection_hint,
 )
 
 WATCHDOG_PERIOD_S = 0.05  # how often stalled streams are looked for
@@ -196,7 +197,7 @@ class SessionClient:
             if now >= give_up_at:
                 raise ExchangeUnreachable(
                     f"no leader took the session within {self.give_up_s} s; last error: "
-                    f"{self.last_error}")
+                    f"{self.last_error}{connection_hint(self.connection, self.last_error)}")
             if hint is not None and hint != self.target:
                 self.target = hint
                 continue

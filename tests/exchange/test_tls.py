@@ -210,8 +210,11 @@ def test_callers_without_a_certificate_of_the_ca_are_refused(secure, certs, othe
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, what
     mallory = _trader(secure, _client_tls(other_ca, "trader-mallory", ca=certs), 1000,
                       give_up_s=1.0)
-    with pytest.raises(ExchangeUnreachable):
+    with pytest.raises(ExchangeUnreachable, match="refuses the TLS handshake"):
         mallory.submit("TLS", pb.BUY, 100, 1)
+    plain = TraderClient(ClusterConnection((address,)), 1000, give_up_s=1.0)
+    with pytest.raises(ExchangeUnreachable, match="closes plaintext connections: pass --tls-ca"):
+        plain.submit("TLS", pb.BUY, 100, 1)
     with pytest.raises(grpc.RpcError):  # a client that does not trust the servers' CA
         _status(address, _client_tls(certs, "trader-bob", ca=other_ca))
 
@@ -240,6 +243,43 @@ def test_traders_load_runs_over_mutual_tls_with_the_certificates_ids(secure, cer
     assert out.returncode == 0, out.stdout + out.stderr
     assert "mutual TLS, client ids 2000..2001" in out.stdout, out.stdout
     assert "failed 0" in out.stdout, out.stdout
+
+
+@pytest.mark.slow
+def test_the_shell_trades_over_mutual_tls_as_its_certificates_first_id(secure, certs):
+    tls = ["--tls-ca", str(certs / "ca.crt"), "--tls-cert", str(certs / "trader-bob.crt"),
+           "--tls-key", str(certs / "trader-bob.key")]
+    for mode in ([], ["--unary"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "traders", "shell", "--servers", secure.server_uris, *tls,
+             *mode], input="buy SHT 3 70\nbook SHT\nstatus\nquit\n", text=True,
+            capture_output=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr
+        seq = out.stdout.split("client id 2000, first seq ")[1].split(";")[0]
+        assert int(seq) > 10**15  # the time in microseconds: above any earlier run's seqs
+        assert f"accept 2000.{seq}" in out.stdout, out.stdout
+        assert "leader" in out.stdout and "error" not in out.stdout, out.stdout
+
+
+@pytest.mark.slow
+def test_the_watcher_polls_and_probes_over_mutual_tls(secure, certs):
+    from exchange.watch import Watcher
+
+    watcher = Watcher(secure.addresses, ("TLS",), probe_rate=20.0,
+                      tls=_client_tls(certs, "trader-alice"))
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with watcher.lock:
+                roles = sorted(view.role for view in watcher.model.servers.values())
+                probed = watcher.model.latency_percentiles_us()[0]
+            if roles == ["follower", "follower", "leader"] and probed >= 3:
+                break
+            assert time.monotonic() < deadline, (roles, probed)
+            time.sleep(0.05)
+    finally:
+        watcher.stop()
 
 
 @pytest.mark.slow
@@ -278,6 +318,37 @@ def test_a_follower_killed_and_restarted_rejoins_over_tls(secure, certs):
         assert time.monotonic() < deadline, log
         time.sleep(0.05)
     assert "bytes from server" in log, log  # a peer's snapshot, fetched over mutual TLS
+
+
+@pytest.mark.slow
+def test_a_durable_cluster_cold_starts_over_tls_after_every_server_is_killed(certs, tmp_path):
+    with LocalCluster(3, name="t-tls-dur", tls_dir=certs, data_dir=tmp_path / "data") as cluster:
+        alice = _trader(cluster, _client_tls(certs, "trader-alice"), 1004)
+        for i in range(10):
+            assert _acked(alice.submit("DUR", pb.BUY, 100 + i, 1).reply)
+        for replica_id in cluster.addresses:  # the start gate asks its peers over mutual TLS
+            cluster.kill_server(replica_id)
+        for replica_id in cluster.addresses:
+            cluster.start_server(replica_id)
+        cluster.wait_for_leader(CATCH_UP_TIMEOUT_S)
+        statuses = cluster.wait_converged(CONVERGE_TIMEOUT_S)
+        assert {s.orders_applied for s in statuses.values()} == {10}, statuses
+        assert len({s.state_digest for s in statuses.values()}) == 1
+        logs = "".join(cluster.servers[i].log_path.read_text() for i in cluster.addresses)
+        assert "cold start at index" in logs
+
+
+@pytest.mark.slow
+def test_the_demo_runs_over_mutual_tls(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "exchange", "demo", "--tls", "--seconds", "3", "--traders", "2",
+         "--no-progress", "--no-plots"],
+        capture_output=True, text=True, timeout=180, check=False, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "mutual TLS, certificates in" in out.stdout
+    assert "replicas' digests: ALL EQUAL" in out.stdout and "failed 0" in out.stdout
+    certs_dir = out.stdout.split("certificates in ")[1].split(")")[0]
+    assert not Path(certs_dir).exists()  # removed at the end
 
 
 # ---- serve's command line -------------------------------------------------------------------
