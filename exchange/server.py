@@ -108,7 +108,7 @@ def build_grpc_server(
         options=[*GRPC_MESSAGE_OPTIONS, ("grpc.so_reuseport", 0)],
     )
     add_checked(pb_grpc.add_ExchangeServicer_to_server, ExchangeService(node), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    add_checked(health_pb2_grpc.add_HealthServicer_to_server, health.servicer, server)
     add_checked(pb_grpc.add_ReplicationServicer_to_server,
                 SnapshotService(node.take_snapshot, lambda: _no_snapshot_to_serve(node)), server)
     try:

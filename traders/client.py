@@ -5,7 +5,8 @@ Rule 1: every order-entry request gets the client's next sequence number once, a
         executes it at most once and the retry returns the original reply.
 Rule 2: FAILED_PRECONDITION with trailing metadata ``leader-address`` redirects to that address;
         UNAVAILABLE, DEADLINE_EXCEEDED and a redirect without an address try the next server after a
-        short, growing back-off; INVALID_ARGUMENT is final (``RequestRejected``). A request gives up
+        short, growing back-off; INVALID_ARGUMENT and RESOURCE_EXHAUSTED are final
+        (``RequestRejected``). A request gives up
         after ``give_up_s`` (``ExchangeUnreachable``), never loops forever.
 Rule 3: channels and the leader guess are shared by every client of one ``ClusterConnection``, so a
         redirect learnt by one trader helps all of them.
@@ -33,6 +34,10 @@ LEADER_ADDRESS_KEY = "leader-address"
 RETRYABLE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 )
+
+# INVALID_ARGUMENT (a bad field, an unknown symbol) and RESOURCE_EXHAUSTED (a limit of
+# exchange.limits) are final: the exchange gives the same answer to a retry.
+FINAL_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 RequestT = TypeVar("RequestT")
 
@@ -202,7 +207,7 @@ class TraderClient:
             except grpc.RpcError as error:
                 code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
                 details = error.details() if isinstance(error, grpc.Call) else str(error)
-                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                if code in FINAL_CODES:  # retrying the same seq gets the same answer
                     raise RequestRejected(details or "invalid request") from None
                 first_failure_ns = first_failure_ns or time.monotonic_ns()
                 last_error = f"{target}: {code.name}: {details}"
