@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import grpc
 
-from exchange.limits import GRPC_MESSAGE_OPTIONS
+from exchange.limits import GRPC_CLIENT_OPTIONS
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 
@@ -69,7 +69,7 @@ CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
-    *GRPC_MESSAGE_OPTIONS,  # the servers' message size bound, both ways (exchange.limits)
+    *GRPC_CLIENT_OPTIONS,  # the message size bounds of exchange.limits
 )
 
 

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from exchange.cluster import LocalCluster
-from exchange.limits import GRPC_MESSAGE_OPTIONS
+from exchange.limits import GRPC_CLIENT_OPTIONS
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 
@@ -156,7 +156,7 @@ def requests(draw: st.DrawFn) -> Request:
 @pytest.fixture(scope="module")
 def fuzz_cluster() -> Iterator[tuple[LocalCluster, list[grpc.Channel]]]:
     with LocalCluster(3, name="t-fuzz", symbols=SYMBOLS) as cluster:
-        channels = [grpc.insecure_channel(cluster.addresses[i], options=GRPC_MESSAGE_OPTIONS)
+        channels = [grpc.insecure_channel(cluster.addresses[i], options=GRPC_CLIENT_OPTIONS)
                     for i in sorted(cluster.addresses)]
         # The first order fixes the instrument list (exchange.node Rule 9): a state change
         # that any first order-entry call makes, refused or not; make it before fuzzing.
