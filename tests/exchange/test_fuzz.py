@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -48,7 +49,8 @@ SEED = int(os.environ.get("MU_FUZZ_SEED", str(random.randrange(2**32))))
 SYMBOLS = ("FZA", "FZB")
 CALL_TIMEOUT_S = 5.0
 STREAM_TIMEOUT_S = 0.05  # market data: read what arrives, then the deadline ends the stream
-CONVERGE_TIMEOUT_S = 30.0
+CONVERGE_TIMEOUT_S = 60.0
+ANSWER_TIMEOUT_S = 60.0  # a server that does not answer a status call for this long is stuck
 BAD_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 UNARY = "/mu.exchange.Exchange/"
 METHODS = {  # path -> (request streaming, response streaming)
@@ -202,18 +204,36 @@ def _call(channel: grpc.Channel, request: Request) -> tuple[grpc.StatusCode, boo
 
 
 class Digests:
-    """The leader's (state digest, book digest), finding the leader again when it moved."""
+    """The leader's (state digest, book digest), finding the leader again when it moved; the
+    last reading is reused until a request may have changed the state (``stale``)."""
 
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
-        self.leader = cluster.wait_for_leader(CALL_TIMEOUT_S)
+        self.leader = cluster.wait_for_leader(ANSWER_TIMEOUT_S)
+        self.last: tuple[str, str] | None = None
 
     def read(self) -> tuple[str, str]:
-        status = self.cluster.status(self.leader, CALL_TIMEOUT_S)
-        if status.role != "leader":
-            self.leader = self.cluster.wait_for_leader(CALL_TIMEOUT_S)
-            status = self.cluster.status(self.leader, CALL_TIMEOUT_S)
-        return status.state_digest, status.book_digest
+        if self.last is None:
+            status = self._status()
+            if status.role != "leader":
+                self.leader = self.cluster.wait_for_leader(ANSWER_TIMEOUT_S)
+                status = self._status()
+            self.last = (status.state_digest, status.book_digest)
+        return self.last
+
+    def stale(self) -> None:
+        self.last = None
+
+    def _status(self) -> pb.Status:
+        """The leader's status; a busy machine may take seconds, a dead server never answers."""
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S
+        while True:
+            try:
+                return self.cluster.status(self.leader, CALL_TIMEOUT_S)
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
 
 REFUSED_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
@@ -231,6 +251,8 @@ def _check_one(cluster: LocalCluster, channels: list[grpc.Channel], digests: Dig
                request: Request, tally: Tally) -> None:
     before = digests.read() if request.method in ORDER_ENTRY else None
     code, executed = _call(channels[request.target], request)
+    if before is not None:
+        digests.stale()
     tally.requests += 1
     tally.codes[code.name] += 1
     dead = [i for i, server in cluster.servers.items() if server.process.poll() is not None]
