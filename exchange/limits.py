@@ -46,9 +46,14 @@ SUBSCRIBERS_MAX_DEFAULT = 8
 ``--grpc-workers`` / 4."""
 SUBSCRIBER_QUEUE_MAX = 10_000
 """Trades queued for one market-data subscriber before it is cut off (RESOURCE_EXHAUSTED)."""
-GRPC_MESSAGE_BYTES_MAX = 4 * 1024 * 1024
-"""Largest gRPC message a server or a client sends or receives (gRPC's own default receive
-limit, now also the send limit and the same on both ends)."""
+GRPC_REQUEST_BYTES_MAX = 256 * 1024
+"""Largest gRPC request a server accepts (and a client of ours sends). The largest legitimate
+request, a full order-session message, is about 10 KB (SESSION_MESSAGE_ORDERS_MAX orders of at
+most ~200 bytes); a larger one is refused by gRPC with RESOURCE_EXHAUSTED before it is parsed."""
+GRPC_RESPONSE_BYTES_MAX = 4 * 1024 * 1024
+"""Largest gRPC response a server sends (and a client of ours accepts): a snapshot chunk
+(exchange.state_transfer.CHUNK_BYTES, 1 MiB), a book snapshot (SNAPSHOT_LEVELS_MAX levels a
+side) and a market-data batch fit well within it."""
 
 assert IN_FLIGHT_PER_CLIENT_MAX < DEDUP_SEQS_PER_CLIENT_MAX
 assert SESSION_IN_FLIGHT_MAX <= IN_FLIGHT_PER_CLIENT_MAX
@@ -56,11 +61,16 @@ assert RESTING_ORDERS_PER_CLIENT_MAX <= RESTING_ORDERS_MAX
 # instruments entry: 11-byte header + per symbol a length byte and at most SYMBOL_BYTES_MAX bytes
 assert 11 + SYMBOLS_MAX * (1 + SYMBOL_BYTES_MAX) <= PAYLOAD_SIZE_MAX_BYTES
 
-GRPC_MESSAGE_OPTIONS = (
-    ("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
-    ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX),
+GRPC_SERVER_OPTIONS = (
+    ("grpc.max_receive_message_length", GRPC_REQUEST_BYTES_MAX),
+    ("grpc.max_send_message_length", GRPC_RESPONSE_BYTES_MAX),
 )
-"""gRPC channel/server options applying ``GRPC_MESSAGE_BYTES_MAX`` both ways."""
+"""gRPC server options applying the two message bounds."""
+GRPC_CLIENT_OPTIONS = (
+    ("grpc.max_send_message_length", GRPC_REQUEST_BYTES_MAX),
+    ("grpc.max_receive_message_length", GRPC_RESPONSE_BYTES_MAX),
+)
+"""gRPC channel options applying the two message bounds (traders, peers fetching snapshots)."""
 
 
 def limit_message(name: str, value: int, what: str) -> str:

@@ -35,7 +35,7 @@ from exchange.config import DEFAULT_FIFO_TEMPLATE, ConfigError, ServerConfig
 from exchange.control_fifo import ControlFifo, ControlFifoError
 from exchange.durability import DataDirError, Journal, load, open_data_dir
 from exchange.grpc_checked import add_checked
-from exchange.limits import GRPC_MESSAGE_OPTIONS
+from exchange.limits import GRPC_SERVER_OPTIONS
 from exchange.node import ExchangeNode
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 from exchange.replication import ReplicationHandle, ReplicationUnavailable, start_replication
@@ -108,11 +108,11 @@ def build_grpc_server(
 ) -> grpc.Server:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="grpc"),
-        options=[*GRPC_MESSAGE_OPTIONS, ("grpc.so_reuseport", 0)],
+        options=[*GRPC_SERVER_OPTIONS, ("grpc.so_reuseport", 0)],
     )
     authorizer = None if config.tls is None else config.tls.authorizer
     add_checked(pb_grpc.add_ExchangeServicer_to_server, ExchangeService(node, authorizer), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    add_checked(health_pb2_grpc.add_HealthServicer_to_server, health.servicer, server)
     add_checked(pb_grpc.add_ReplicationServicer_to_server,
                 SnapshotService(node.take_snapshot, lambda: _no_snapshot_to_serve(node),
                                 authorizer), server)

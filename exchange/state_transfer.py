@@ -28,12 +28,13 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from exchange.limits import GRPC_MESSAGE_OPTIONS
+from exchange.limits import GRPC_CLIENT_OPTIONS, GRPC_RESPONSE_BYTES_MAX
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 from exchange.tls import Authorizer, ClientTls, open_channel
 
-CHUNK_BYTES = 1 << 20  # well under gRPC's 4 MiB message limit
+CHUNK_BYTES = 1 << 20  # well under the response bound (a chunk is one response)
+assert CHUNK_BYTES + 64 <= GRPC_RESPONSE_BYTES_MAX
 FETCH_DEADLINE_S = 30.0  # a whole transfer (100k resting orders is ~10 MB: well under a second)
 
 log = logging.getLogger("exchange.state_transfer")
@@ -83,7 +84,7 @@ def fetch_snapshot(
     ``begin(index, total_bytes)`` once the header arrives (it may raise to abort) and
     ``advance(done_bytes)`` after each chunk; over TLS with ``tls`` (Rule 5). Raises
     ``TransferFailed``."""
-    options = list(GRPC_MESSAGE_OPTIONS)
+    options = list(GRPC_CLIENT_OPTIONS)
     with open_channel(address, tls, options) as channel:
         stub = pb_grpc.ReplicationStub(channel)  # type: ignore[no-untyped-call]
         try:

@@ -5,9 +5,10 @@ Rule 1: every order-entry request gets the client's next sequence number once, a
         executes it at most once and the retry returns the original reply.
 Rule 2: FAILED_PRECONDITION with trailing metadata ``leader-address`` redirects to that address;
         UNAVAILABLE, DEADLINE_EXCEEDED and a redirect without an address try the next server after a
-        short, growing back-off; INVALID_ARGUMENT, PERMISSION_DENIED (a client id the
-        certificate does not allow) and UNAUTHENTICATED are final (``RequestRejected``). A
-        request gives up after ``give_up_s`` (``ExchangeUnreachable``), never loops forever.
+        short, growing back-off; INVALID_ARGUMENT, RESOURCE_EXHAUSTED (a limit of
+        exchange.limits), PERMISSION_DENIED (a client id the certificate does not allow) and
+        UNAUTHENTICATED are final (``RequestRejected``). A request gives up after ``give_up_s``
+        (``ExchangeUnreachable``), never loops forever.
 Rule 3: channels and the leader guess are shared by every client of one ``ClusterConnection``, so a
         redirect learnt by one trader helps all of them.
 Rule 4: with ``ClientTls`` every channel is TLS (``exchange.tls``), redirects included: the
@@ -25,7 +26,7 @@ from typing import TypeVar
 
 import grpc
 
-from exchange.limits import GRPC_MESSAGE_OPTIONS
+from exchange.limits import GRPC_CLIENT_OPTIONS
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 from exchange.tls import ClientTls
@@ -40,9 +41,11 @@ RETRYABLE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 )
 
-# The exchange refused the request itself: retrying elsewhere cannot help (Rule 2).
-FINAL_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
-                         grpc.StatusCode.UNAUTHENTICATED})
+# The exchange refused the request itself: retrying elsewhere cannot help (Rule 2). INVALID_ARGUMENT
+# (a bad field, an unknown symbol) and RESOURCE_EXHAUSTED (a limit of exchange.limits) give the
+# same answer to a retry of the same seq.
+FINAL_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED})
 
 RequestT = TypeVar("RequestT")
 
@@ -74,7 +77,7 @@ CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
-    *GRPC_MESSAGE_OPTIONS,  # the servers' message size bound, both ways (exchange.limits)
+    *GRPC_CLIENT_OPTIONS,  # the message size bounds of exchange.limits
 )
 
 
@@ -146,7 +149,7 @@ def connection_hint(connection: ClusterConnection, last_error: str) -> str:
 
 
 def _final_text(code: grpc.StatusCode, details: str | None) -> str:
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
         return details or "invalid request"
     return f"{code.name}: {details}"
 
@@ -233,7 +236,7 @@ class TraderClient:
             except grpc.RpcError as error:
                 code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
                 details = error.details() if isinstance(error, grpc.Call) else str(error)
-                if code in FINAL_CODES:
+                if code in FINAL_CODES:  # retrying the same seq gets the same answer
                     raise RequestRejected(_final_text(code, details)) from None
                 first_failure_ns = first_failure_ns or time.monotonic_ns()
                 last_error = f"{target}: {code.name}: {details}"

@@ -2,7 +2,13 @@
 
 import pytest
 
-from exchange.config import ConfigError, parse_server_uris, resolve_server_config
+from exchange.config import (
+    SYMBOLS_DEFAULT,
+    ConfigError,
+    instruments_setting,
+    parse_server_uris,
+    resolve_server_config,
+)
 
 
 def test_parse_server_uris():
@@ -50,3 +56,37 @@ def test_durability_settings(monkeypatch):
         durability_settings(None, "sync", 10)
     with pytest.raises(ConfigError, match="--snapshot-entries"):
         durability_settings("/d", None, 0)
+
+
+def test_instrument_list_from_flag_file_or_default(tmp_path):
+    assert instruments_setting(None, None) == SYMBOLS_DEFAULT
+    assert instruments_setting("MSFT, AAPL,IBM", None) == ("MSFT", "AAPL", "IBM")
+    listed = tmp_path / "symbols.txt"
+    listed.write_text("# our instruments\nAAPL MSFT\nIBM,  # big blue\n")
+    assert instruments_setting(None, str(listed)) == ("AAPL", "MSFT", "IBM")
+
+
+@pytest.mark.parametrize(("symbols", "message"), [
+    ("", "holds 1..100 symbols"),
+    ("A,A", "names a symbol twice"),
+    ("SEVENTEEN_BYTES_X", "not 1..16 UTF-8 bytes"),
+    (",".join(f"S{n}" for n in range(101)), "got 101"),
+])
+def test_bad_instrument_lists_are_one_line_errors(symbols, message):
+    with pytest.raises(ConfigError, match=message):
+        instruments_setting(symbols, None)
+
+
+def test_symbols_file_errors_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="give --symbols or --symbols-file, not both"):
+        instruments_setting("A", "f")
+    with pytest.raises(ConfigError, match="No such file"):
+        instruments_setting(None, str(tmp_path / "missing"))
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        instruments_setting(None, str(binary))
+    big = tmp_path / "big"
+    big.write_text("A " * 40_000)
+    with pytest.raises(ConfigError, match="larger than"):
+        instruments_setting(None, str(big))

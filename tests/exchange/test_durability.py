@@ -193,7 +193,7 @@ def _serve_alone(data_dir, env: dict[str, str] | None = None) -> subprocess.Pope
     command = [sys.executable, "-m", "exchange", "serve", "--id", "1", "--server-uris",
                f"1=127.0.0.1:{port}", "--replicas", "1", "--no-fifo", "--data-dir",
                str(data_dir), "--cluster-id", "t-dur-alone", "--parent-pid", str(os.getpid()),
-               "--snapshot-entries", "10"]
+               "--snapshot-entries", "10", "--symbols", "ONE"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})}), port
 

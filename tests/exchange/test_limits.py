@@ -15,7 +15,7 @@ import pytest
 from exchange import limits
 from exchange.cluster import free_ports
 from exchange.config import ServerConfig
-from exchange.limits import GRPC_MESSAGE_BYTES_MAX, limit_message
+from exchange.limits import GRPC_REQUEST_BYTES_MAX, limit_message
 from exchange.node import ExchangeNode
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
@@ -29,7 +29,7 @@ SYMBOLS = ("X", "Y")
 class Server:
     def __init__(self, node: ExchangeNode, address: str, server: grpc.Server) -> None:
         self.node, self.address, self.server = node, address, server
-        self.channel = grpc.insecure_channel(address, options=limits.GRPC_MESSAGE_OPTIONS)
+        self.channel = grpc.insecure_channel(address, options=limits.GRPC_CLIENT_OPTIONS)
         self.stub = pb_grpc.ExchangeStub(self.channel)
 
     def digest(self) -> str:
@@ -151,7 +151,7 @@ def test_order_sessions_per_server_are_bounded(server: Server) -> None:
 
 
 def test_messages_over_the_size_bound_are_refused_by_both_ends(server: Server) -> None:
-    huge = _submit(7, 1, symbol="X" * (GRPC_MESSAGE_BYTES_MAX + 1))
+    huge = _submit(7, 1, symbol="X" * (GRPC_REQUEST_BYTES_MAX + 1))
     client_side = _refused(server.stub.SubmitOrder, huge)  # our channel options refuse to send
     assert client_side.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     with grpc.insecure_channel(server.address) as plain:  # a client without our options

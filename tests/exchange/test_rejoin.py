@@ -21,7 +21,7 @@ import pytest
 from exchange.cluster import LocalCluster
 from exchange.proto import exchange_pb2 as pb
 from tests.exchange.conftest import TEST_SYMBOLS, new_client
-from traders.client import ExchangeUnreachable, TraderClient
+from traders.client import ExchangeUnreachable, RequestRejected, TraderClient
 
 pytestmark = pytest.mark.slow
 CATCH_UP_TIMEOUT_S = 30.0
@@ -62,6 +62,26 @@ def test_a_follower_killed_and_restarted_catches_up(cluster):
         assert time.monotonic() < deadline, log
         time.sleep(0.05)
     assert "recovering: fetching a peer's snapshot" in log
+
+
+def test_a_server_restarted_with_another_instrument_list_serves_the_clusters(cluster):
+    """node Rule 9 across kill -9 + restart + rejoin by snapshot: the list is replicated state,
+    so the restarted server keeps the cluster's list, says so, and every digest stays equal."""
+    client = new_client(cluster)
+    _place(client, 20)
+    leader = cluster.wait_for_leader(10)
+    follower = next(i for i in cluster.addresses if i != leader)
+    cluster.kill_server(follower)
+    cluster.symbols = ("RJN", "OTHER")  # Rule 5 of LocalCluster: its next start uses this
+    cluster.start_server(follower)
+    status = cluster.wait_caught_up(follower, CATCH_UP_TIMEOUT_S)
+    assert list(status.instruments) == sorted(TEST_SYMBOLS), status
+    assert "was started with the instrument list OTHER,RJN" in status.warning
+    with pytest.raises(RequestRejected, match="unknown symbol 'OTHER'"):
+        client.submit("OTHER", pb.BUY, 100, 5)
+    _place(client, 10)
+    _converged_digests(cluster)
+    assert "the cluster's list, fixed by log entry 1" in cluster.log_tail(follower, 200)
 
 
 def test_a_killed_leader_restarted_rejoins_as_a_follower(cluster):

@@ -176,6 +176,8 @@ GARBAGE = b"\xff\xff\xff\xff"  # a field tag with a truncated varint: never a va
     ("/mu.exchange.Exchange/StreamMarketData", "unary_stream"),
     ("/mu.exchange.Exchange/OrderSession", "stream_stream"),
     ("/mu.exchange.Replication/FetchSnapshot", "unary_stream"),
+    ("/grpc.health.v1.Health/Check", "unary_unary"),  # found by tests/exchange/test_fuzz.py
+    ("/grpc.health.v1.Health/Watch", "unary_stream"),
 ])
 def test_an_undecodable_body_is_invalid_argument_on_every_rpc(standalone, method, kind):
     channel = grpc.insecure_channel(standalone.addresses[1])

@@ -8,13 +8,15 @@ import pytest
 
 from exchange.cluster import LocalCluster
 from tests.plots.png import assert_png
+from traders.workload import DEFAULT_SYMBOLS
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def server():
-    with LocalCluster(1, name="t-traders") as cluster:
+    with LocalCluster(1, name="t-traders", symbols=("SHL", "SHF", "SHG", *DEFAULT_SYMBOLS)) \
+            as cluster:
         yield cluster
 
 
