@@ -50,6 +50,7 @@ class LocalCluster(ProcessCluster[pb.Status]):
     """``replicas`` servers (1 = the unreplicated baseline) on 127.0.0.1 (see module rules)."""
 
     query_errors = (grpc.RpcError,)
+    query_timeout_s = STATUS_TIMEOUT_S
     env_drop = ("SID", "SERVER_URIS", "MU_DATA_DIR")
 
     def __init__(

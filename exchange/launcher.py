@@ -93,6 +93,7 @@ class ProcessCluster(Generic[StatusT]):
     """``replicas`` servers (1 = an unreplicated baseline) on 127.0.0.1 (see module rules)."""
 
     query_errors: tuple[type[Exception], ...] = (OSError,)
+    query_timeout_s = 1.0  # one status query (``answer``), unless a caller says otherwise
     env_drop: tuple[str, ...] = ("SID",)  # environment a server must not inherit
 
     def __init__(self, replicas: int, name: str, extra_args: tuple[str, ...] = (),
@@ -212,10 +213,10 @@ class ProcessCluster(Generic[StatusT]):
                 self.workdir.rmdir()
 
     # -- observing -------------------------------------------------------------------------------
-    def answer(self, replica_id: int, timeout_s: float = ANSWER_TIMEOUT_S * 2) -> StatusT | None:
+    def answer(self, replica_id: int, timeout_s: float | None = None) -> StatusT | None:
         """Server ``replica_id``'s status, or None when it does not answer."""
         try:
-            return self.query(replica_id, timeout_s)
+            return self.query(replica_id, timeout_s or self.query_timeout_s)
         except self.query_errors:
             return None
 

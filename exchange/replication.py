@@ -8,7 +8,9 @@ Rule 3: a fabric or registry that cannot run here (no RDMA device, unreachable m
         ``ReplicationUnavailable`` with the underlying one-line reason.
 Rule 4: the replica's snapshot port (``GrpcSnapshotPort``) fetches peers' snapshots through
         ``exchange.state_transfer`` and installs them into the node; every failure reaches
-        consensus as ``SnapshotUnavailable`` so that it asks another peer.
+        consensus as ``SnapshotUnavailable`` so that it asks another peer. The port knows the
+        application only through an address look-up and an install function, so kvstores
+        uses it too (``kvstores.replication`` Rule 5).
 """
 
 from __future__ import annotations

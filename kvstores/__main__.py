@@ -150,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("redis", "memcached"):
         for mode in ("puts-only", "gets-only", "puts-gets"):
             _add_load(commands, kind, mode)
-    from kvstores import bench, failover
+    from kvstores import bench, failover, rejoin_bench
 
     bench.add_parser(commands)
     failover.add_parser(commands)
+    rejoin_bench.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,

@@ -108,6 +108,7 @@ class LocalKvCluster(ProcessCluster[dict[str, str]]):
     """``replicas`` front ends of ``kind`` on 127.0.0.1 (1 = the unreplicated front end)."""
 
     query_errors = (OSError, ValueError)
+    query_timeout_s = QUERY_TIMEOUT_S
     env_drop = ("SID", "IDS")
 
     def __init__(self, kind: str, replicas: int = 3, name: str = "kv",

@@ -243,12 +243,17 @@ class Core:
             return self.flavor.failed(f"server {self.replica_id} failed: {replica.error}")
         return None
 
-    def _read(self, data: bytes, slot: Slot, kind: int) -> None:
+    def _read_refusal(self) -> bytes | None:
+        """Why this server cannot serve a read now (Rule 6), as a reply; None when it can."""
         refusal = self._refusal()
         if refusal is None and self.replica is not None and self.replica.recovery is not None:
             refusal = self.flavor.unavailable(
                 f"server {self.replica_id} is recovering (restoring a peer's snapshot or "
                 "catching up the log); retry later or at another server")
+        return refusal
+
+    def _read(self, data: bytes, slot: Slot, kind: int) -> None:
+        refusal = self._read_refusal()
         if refusal is not None:
             slot.fill(refusal)
             return
@@ -373,6 +378,10 @@ class Core:
         side_call = self.side_call
         if side_call is None:
             slot.fill(self.flavor.failed("not available on this server"))
+            return
+        refusal = self._read_refusal()
+        if refusal is not None:
+            slot.fill(refusal)
             return
         loop = self.loop
 

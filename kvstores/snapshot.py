@@ -326,6 +326,7 @@ class Snapshots:
         """Replace the local server's data with the snapshot ``data`` of ``index`` (Rule 4).
         Runs on consensus's pump thread, under its delivery lock."""
         announced = index
+        started = time.monotonic()
         index, records = decode(self.kind, data)
         if index != announced:
             raise SnapshotError(f"the snapshot covers index {index}, announced {announced}")
@@ -342,8 +343,8 @@ class Snapshots:
         if waiter.bad is not None:
             raise SnapshotError(f"the local server refused a restore: {waiter.bad[:120]!r}")
         self.pipe.installed(index)
-        log.warning("installed a snapshot of index %d: %d keys, %d bytes", index, len(records),
-                    len(data))
+        log.warning("installed a snapshot of index %d: %d keys, %d bytes in %.1f ms", index,
+                    len(records), len(data), (time.monotonic() - started) * 1e3)
 
 
 def restore_commands(kind: str, records: list[Record]) -> list[bytes]:
