@@ -5,9 +5,9 @@ Rule 1: the watcher only reads, except for its optional probe: it polls every se
         across rounds, so a stopped server delays nobody else's row), reads the chosen symbol's
         ``GetBookSnapshot`` and follows its trade tape through ``StreamMarketData``. The probe
         (``--probe-rate``, default ``PROBE_RATE_DEFAULT`` a second) sends immediate-or-cancel
-        buy orders of one lot at price 1 for the symbol ``PROBE_SYMBOL``, which no trader uses:
-        they never rest and never trade, and their latency is a real order's (gRPC + consensus
-        + apply).
+        buy orders of one lot at price ``PROBE_PRICE`` for the first watched symbol (one the
+        cluster's instrument list holds): they never rest and trade only against an ask at
+        that price, and their latency is a real order's (gRPC + consensus + apply).
 Rule 2: no failure of a server reaches the screen as a traceback: every RPC error becomes the
         server's "down" reason or a reconnect; the market-data stream moves to another server
         when its server is paused, down, recovering or failed, and skips updates it already
@@ -60,7 +60,7 @@ SNAPSHOT_EVERY_POLLS = 2
 REFRESH_HZ_DEFAULT = 4.0  # a frame costs ~20 ms of CPU (3 servers, 120x40 cells)
 PROBE_RATE_DEFAULT = 10.0
 PROBE_RATE_MAX = 200.0
-PROBE_SYMBOL = "~probe"
+PROBE_PRICE = 1  # Rule 1: an IOC buy this low finds no ask in any real book
 PROBE_GIVE_UP_S = 5.0
 STREAM_RETRY_S = 0.2
 STOP_JOIN_S = 2.0
@@ -99,7 +99,8 @@ class Watcher:
         assert 0 <= probe_rate <= PROBE_RATE_MAX, probe_rate
         self.tls = tls
         self.addresses = dict(sorted(addresses.items()))
-        self.model = ClusterModel(self.addresses, symbols, frozenset({PROBE_SYMBOL}))
+        self.model = ClusterModel(self.addresses, symbols, frozenset())
+        self._probe_symbol = symbols[0] if symbols else ""
         self.model.latency_source = latency_source or (
             f"probe ({probe_rate:g}/s)" if probe_rate else "no probe")
         self.lock = threading.Lock()
@@ -119,7 +120,7 @@ class Watcher:
     def start(self) -> None:
         targets: list[tuple[str, Callable[[], None]]] = [
             ("watch-poll", self._poll_loop), ("watch-stream", self._stream_loop)]
-        if self._probe_rate:
+        if self._probe_rate and self._probe_symbol:
             targets.append(("watch-probe", self._probe_loop))
         for name, target in targets:
             thread = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
@@ -300,7 +301,8 @@ class Watcher:
             while not self.stopping.wait(interval):
                 start = time.monotonic_ns()
                 try:
-                    client.submit(PROBE_SYMBOL, pb.BUY, 1, 1, immediate_or_cancel=True)
+                    client.submit(self._probe_symbol, pb.BUY, PROBE_PRICE, 1,
+                                  immediate_or_cancel=True)
                 except RequestRejected as exc:  # e.g. PERMISSION_DENIED: say so, stop probing
                     self.note(f"probe stopped: {exc}")
                     return
@@ -496,8 +498,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     watch.add_argument("--symbol", default=DEFAULT_WATCH_SYMBOLS[0],
                        help="symbol shown first (default %(default)s)")
     watch.add_argument("--probe-rate", type=float, default=PROBE_RATE_DEFAULT,
-                       help="latency probe: IOC orders a second on the unused symbol "
-                       f"{PROBE_SYMBOL} (default {PROBE_RATE_DEFAULT:g}; 0 = no probe, the "
+                       help="latency probe: IOC buys of one lot at price "
+                       f"{PROBE_PRICE} a second on the first watched symbol (default "
+                       f"{PROBE_RATE_DEFAULT:g}; 0 = no probe, the "
                        "watcher then only reads)")
     watch.add_argument("--refresh-hz", type=float, default=REFRESH_HZ_DEFAULT,
                        help=f"screen refreshes a second (default {REFRESH_HZ_DEFAULT:g})")

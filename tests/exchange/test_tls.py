@@ -113,7 +113,7 @@ def _client_tls(directory: Path, name: str | None, ca: Path | None = None) -> Cl
 
 @pytest.fixture(scope="module")
 def secure(certs):
-    with LocalCluster(3, name="t-tls", tls_dir=certs,
+    with LocalCluster(3, name="t-tls", tls_dir=certs, symbols=("TLS", "SHT"),
                       extra_args=("--client-map", str(certs / "extra-ids.txt"))) as cluster:
         yield cluster
 
@@ -322,7 +322,8 @@ def test_a_follower_killed_and_restarted_rejoins_over_tls(secure, certs):
 
 @pytest.mark.slow
 def test_a_durable_cluster_cold_starts_over_tls_after_every_server_is_killed(certs, tmp_path):
-    with LocalCluster(3, name="t-tls-dur", tls_dir=certs, data_dir=tmp_path / "data") as cluster:
+    with LocalCluster(3, name="t-tls-dur", tls_dir=certs, data_dir=tmp_path / "data",
+                      symbols=("DUR",)) as cluster:
         alice = _trader(cluster, _client_tls(certs, "trader-alice"), 1004)
         for i in range(10):
             assert _acked(alice.submit("DUR", pb.BUY, 100 + i, 1).reply)
