@@ -244,6 +244,15 @@ def test_traders_load_runs_over_mutual_tls_with_the_certificates_ids(secure, cer
     assert out.returncode == 0, out.stdout + out.stderr
     assert "mutual TLS, client ids 2000..2001" in out.stdout, out.stdout
     assert "failed 0" in out.stdout, out.stdout
+    for mode in ([], ["--stream"]):  # ids the certificate does not allow: stopped at once
+        started = time.monotonic()
+        out = subprocess.run([*command[:-6], "--test-ms", "20000", "--client-ids", "1000-1001",
+                              *command[-6:], *mode], capture_output=True, text=True,
+                             timeout=120, check=False, cwd=tmp_path)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "load: stopped: the exchange refused this caller: PERMISSION_DENIED: client id " \
+            "100" in out.stderr and "certificate 'bob'" in out.stderr, out.stderr
+        assert time.monotonic() - started < 20, "the run went on after the refusal"
 
 
 @pytest.mark.slow
