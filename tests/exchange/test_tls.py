@@ -209,6 +209,10 @@ def test_callers_without_a_certificate_of_the_ca_are_refused(secure, certs, othe
         with pytest.raises(grpc.RpcError) as caught:
             _status(address, tls)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, what
+    anonymous = _trader(secure, _client_tls(certs, None), 1000, give_up_s=1.0)
+    with pytest.raises(ExchangeUnreachable, match="closes connections without one: pass "
+                       "--tls-cert/--tls-key"):
+        anonymous.submit("TLS", pb.BUY, 100, 1)
     mallory = _trader(secure, _client_tls(other_ca, "trader-mallory", ca=certs), 1000,
                       give_up_s=1.0)
     with pytest.raises(ExchangeUnreachable, match="refuses the TLS handshake"):
