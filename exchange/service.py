@@ -8,6 +8,11 @@ Rule 3: an OrderSession runs on two threads: the gRPC worker writes reports (``t
         lists, validates them and queues them for proposal; errors of either end the stream with
         the status of Rule 1 (``SessionError.code`` for session errors), after the reports that
         were ready.
+Rule 2: standard health checking (grpc.health.v1): service ``""`` is SERVING while the server is
+        neither paused, recovering (fetching a snapshot or catching up the log) nor starting
+        (loading its data directory, waiting for its peers); service
+        ``ORDER_ENTRY_SERVICE`` is SERVING only while this server accepts order entry (leader or
+        unreplicated, not paused), so a load balancer can find the leader.
 Rule 4: with mutual TLS (``authorizer`` set; ``exchange.tls`` Rules 2-3) every RPC needs a caller
         with a certificate (UNAUTHENTICATED otherwise), and an order-entry request for a client
         id the certificate does not allow is refused with PERMISSION_DENIED naming the id, before
@@ -21,11 +26,6 @@ Rule 5: a refused request (node ``RequestRefused``: unknown symbol, a per-server
         also when replayed. In an order session, an order for an unknown symbol is answered
         like any invalid order (a ``rejected`` report naming the symbol) and a limit ends the
         session with RESOURCE_EXHAUSTED, like flow control.
-Rule 2: standard health checking (grpc.health.v1): service ``""`` is SERVING while the server is
-        neither paused, recovering (fetching a snapshot or catching up the log) nor starting
-        (loading its data directory, waiting for its peers); service
-        ``ORDER_ENTRY_SERVICE`` is SERVING only while this server accepts order entry (leader or
-        unreplicated, not paused), so a load balancer can find the leader.
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ class PermissionRefused(SessionError):
     """A session message names a client id its caller's certificate does not allow (Rule 4)."""
 
     code = "PERMISSION_DENIED"
+
+
 RequestT = TypeVar("RequestT")
 
 

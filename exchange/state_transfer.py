@@ -11,14 +11,14 @@ Rule 2: the stream is one ``SnapshotChunk`` with ``index`` and ``total_bytes``, 
         when installed.
 Rule 3: every failure of a fetch (peer down, refused, cut short, too slow) is one
         ``TransferFailed`` with the reason; the caller (consensus's rejoin) asks another peer.
-Rule 5: with mutual TLS (``exchange.tls`` Rule 3) the provider serves only callers presenting a
-        server certificate (a snapshot holds every trader's orders); the requester presents its
-        own server certificate (``tls``).
 Rule 4: why gRPC rather than a region read one-sidedly through the fabric: a snapshot's size
         is known only once it is taken and changes every time, while fabric regions are fixed-size
         and registered once (RDMA memory registration is costly and pins memory); the stream
         needs no new fabric operation, works the same on shm and verbs, and is off the
         replication fast path. The log itself still moves only through the fabric.
+Rule 5: with mutual TLS (``exchange.tls`` Rule 3) the provider serves only callers presenting a
+        server certificate (a snapshot holds every trader's orders); the requester presents its
+        own server certificate (``tls``).
 """
 
 from __future__ import annotations

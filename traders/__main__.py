@@ -137,6 +137,9 @@ def _run_load(args: argparse.Namespace) -> int:
                         f"traders load: {traders} traders, {loop}, seed {seed}")
     for error in run.errors[:3]:
         print(f"  error: {error}", file=sys.stderr)
+    if run.refused:
+        print(f"load: stopped: the exchange refused this caller: {run.refused}", file=sys.stderr)
+        return 1
     return 1 if report.counts.get("failed", 0) else 0
 
 

@@ -144,6 +144,9 @@ def connection_hint(connection: ClusterConnection, last_error: str) -> str:
     if connection.tls is None:
         return (" (a server that serves TLS closes plaintext connections: pass --tls-ca, and "
                 "--tls-cert/--tls-key for mutual TLS)")
+    if connection.tls.cert is None:
+        return (" (a server that requires client certificates closes connections without one: "
+                "pass --tls-cert/--tls-key)")
     return (" (a server that refuses the TLS handshake looks like this: is --tls-cert issued by "
             "the servers' --client-ca, and --tls-ca the CA of their certificates?)")
 

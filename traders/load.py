@@ -14,6 +14,9 @@ Rule 4: with ``stream`` each trader runs one OrderSession (``traders.session``):
         ``window`` order lists of ``batch`` orders unanswered (closed loop over the window), and a
         request's latency runs from the send of its list to the arrival of its answer. A request
         answered after a reconnect counts as retried.
+Rule 5: a refusal of the caller itself (PERMISSION_DENIED: a client id its certificate does not
+        allow; UNAUTHENTICATED) stops the whole run at once (``refused``): every other request
+        would be refused the same way.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from traders.client import ClusterConnection, ExchangeUnreachable, RequestReject
 from traders.session import SessionClient
 from traders.stats import LatencySummary, longest_silence_ns, merge_intervals, summarize
 from traders.workload import Cancel, Replace, Request, Submit, Workload
+
+CALLER_REFUSALS = ("PERMISSION_DENIED", "UNAUTHENTICATED")  # Rule 5
 
 SAMPLES_MAX = 2_000_000  # per trader; far above what a Python trader sends in a long run
 PROGRESS_INTERVAL_S = 0.1
@@ -190,6 +195,7 @@ class LoadRun:
         self.deadline_ns = 0
         self.errors: list[str] = []
         self.unsolicited = 0  # fills of resting orders reported on sessions
+        self.refused = ""  # Rule 5: the first refusal of the caller itself
 
     @property
     def answered(self) -> int:
@@ -259,6 +265,14 @@ class LoadRun:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.connection.close()
 
+    def _rejected(self, error: RequestRejected) -> None:
+        """Record a refused request; a refusal of the caller stops the run (Rule 5)."""
+        text = str(error)
+        self.errors.append(text)
+        if text.startswith(CALLER_REFUSALS) and not self.refused:
+            self.refused = text
+            self._stop.set()
+
     def _trade(self, index: int) -> None:
         config = self.config
         client = self.clients[index]
@@ -299,7 +313,7 @@ class LoadRun:
                 result = client.replace(request.order_id, request.quantity_delta,
                                         request.new_price, request.symbol)
         except RequestRejected as exc:
-            self.errors.append(str(exc))
+            self._rejected(exc)
             return Sample(start_ns, time.monotonic_ns(), 1, 0, INVALID, "")
         except ExchangeUnreachable as exc:
             self.errors.append(str(exc))
@@ -330,7 +344,10 @@ class LoadRun:
                     return
                 self._absorb(session, workload, sent, samples)
         except (RequestRejected, ExchangeUnreachable) as exc:
-            self.errors.append(str(exc))
+            if isinstance(exc, RequestRejected):
+                self._rejected(exc)
+            else:
+                self.errors.append(str(exc))
             end_ns = time.monotonic_ns()
             outcome = INVALID if isinstance(exc, RequestRejected) else FAILED
             samples.extend(Sample(start, end_ns, 0, 0, outcome, "")

@@ -41,6 +41,7 @@ from traders.session import SessionClient
 LEADER_TIMEOUT_S = 15.0
 CATCH_UP_TIMEOUT_S = 30.0
 CONVERGE_TIMEOUT_S = 20.0
+RESTART_TIMEOUT_S = 60.0  # every server restarted at once on a loaded 2-core machine
 
 
 # ---- units: id lists, client maps, listen addresses, bad files ------------------------------
@@ -208,6 +209,10 @@ def test_callers_without_a_certificate_of_the_ca_are_refused(secure, certs, othe
         with pytest.raises(grpc.RpcError) as caught:
             _status(address, tls)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, what
+    anonymous = _trader(secure, _client_tls(certs, None), 1000, give_up_s=1.0)
+    with pytest.raises(ExchangeUnreachable, match="closes connections without one: pass "
+                       "--tls-cert/--tls-key"):
+        anonymous.submit("TLS", pb.BUY, 100, 1)
     mallory = _trader(secure, _client_tls(other_ca, "trader-mallory", ca=certs), 1000,
                       give_up_s=1.0)
     with pytest.raises(ExchangeUnreachable, match="refuses the TLS handshake"):
@@ -243,6 +248,15 @@ def test_traders_load_runs_over_mutual_tls_with_the_certificates_ids(secure, cer
     assert out.returncode == 0, out.stdout + out.stderr
     assert "mutual TLS, client ids 2000..2001" in out.stdout, out.stdout
     assert "failed 0" in out.stdout, out.stdout
+    for mode in ([], ["--stream"]):  # ids the certificate does not allow: stopped at once
+        started = time.monotonic()
+        out = subprocess.run([*command[:-6], "--test-ms", "20000", "--client-ids", "1000-1001",
+                              *command[-6:], *mode], capture_output=True, text=True,
+                             timeout=120, check=False, cwd=tmp_path)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "load: stopped: the exchange refused this caller: PERMISSION_DENIED: client id " \
+            "100" in out.stderr and "certificate 'bob'" in out.stderr, out.stderr
+        assert time.monotonic() - started < 20, "the run went on after the refusal"
 
 
 @pytest.mark.slow
@@ -331,8 +345,8 @@ def test_a_durable_cluster_cold_starts_over_tls_after_every_server_is_killed(cer
             cluster.kill_server(replica_id)
         for replica_id in cluster.addresses:
             cluster.start_server(replica_id)
-        cluster.wait_for_leader(CATCH_UP_TIMEOUT_S)
-        statuses = cluster.wait_converged(CONVERGE_TIMEOUT_S)
+        cluster.wait_for_leader(RESTART_TIMEOUT_S)
+        statuses = cluster.wait_converged(RESTART_TIMEOUT_S)
         assert {s.orders_applied for s in statuses.values()} == {10}, statuses
         assert len({s.state_digest for s in statuses.values()}) == 1
         logs = "".join(cluster.servers[i].log_path.read_text() for i in cluster.addresses)
