@@ -95,6 +95,12 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--snapshot-entries", type=int, default=SNAPSHOT_ENTRIES_DEFAULT,
                        help="with --data-dir: store a snapshot and trim the journal every N "
                        f"applied entries (default {SNAPSHOT_ENTRIES_DEFAULT})")
+    _add_instrument_flags(serve)
+    serve.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+
+
+def _add_instrument_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--symbols", default=None, metavar="A,B,C",
                        help="the instrument list: orders for other symbols get INVALID_ARGUMENT "
                        f"(1..{SYMBOLS_MAX} symbols; default {','.join(SYMBOLS_DEFAULT)}). The "
@@ -104,8 +110,6 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--symbols-file", default=None, metavar="FILE",
                        help="read the instrument list from FILE (symbols separated by commas, "
                        "spaces or newlines; '#' starts a comment)")
-    serve.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
-    serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
 
 def _run_serve(args: argparse.Namespace) -> int:

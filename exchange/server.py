@@ -120,6 +120,19 @@ def build_grpc_server(
     return server
 
 
+def _log_instruments(config: ServerConfig, node: ExchangeNode) -> None:
+    """One line: the configured list and whether the replicated state already fixed it."""
+    fixed = node.state.instruments
+    if fixed is None:
+        how = "configured; proposed when it leads a cluster without one"
+    elif frozenset(config.instruments) == fixed:
+        how = f"the cluster's, fixed by log entry {node.state.instruments_index}"
+    else:
+        how = "configured, but the cluster's list differs: see the error above"
+    log.warning("server %d: instrument list %s (%s)", config.replica_id,
+                ",".join(config.instruments), how)
+
+
 def _no_snapshot_to_serve(node: ExchangeNode) -> bool:
     """A recovering server refuses to serve its snapshot (its state is being replaced), unless
     its state came from its own disk: a durable server that passed the cold-start gate at the
@@ -129,17 +142,21 @@ def _no_snapshot_to_serve(node: ExchangeNode) -> bool:
     return node.journal is None or node.state.applied_index == 0
 
 
+def _new_node(config: ServerConfig) -> ExchangeNode:
+    # Order sessions may hold half the gRPC workers and market-data streams a quarter; unary
+    # order entry and reads keep the rest.
+    return ExchangeNode(config.replica_id, config.addresses, config.replicas,
+                        subscribers_max=max(1, config.grpc_workers // 4),
+                        sessions_max=max(1, config.grpc_workers // 2),
+                        instruments=config.instruments)
+
+
 def serve(config: ServerConfig) -> int:
     """Run one server until SIGINT/SIGTERM; return the exit status."""
     # The consensus activities (heartbeat, detector, pump) share the GIL with the gRPC threads:
     # a shorter switch interval bounds how long a busy handler can delay a heartbeat.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    # Order sessions may hold half the gRPC workers and market-data streams a quarter; unary
-    # order entry and reads keep the rest.
-    node = ExchangeNode(config.replica_id, config.addresses, config.replicas,
-                        subscribers_max=max(1, config.grpc_workers // 4),
-                        sessions_max=max(1, config.grpc_workers // 2),
-                        instruments=config.instruments)
+    node = _new_node(config)
     health = HealthReporter(node)
     node.pause_listeners.append(lambda _paused: health.refresh())
     replication: ReplicationHandle | None = None
@@ -170,13 +187,7 @@ def serve(config: ServerConfig) -> int:
                                    daemon=True)
         watcher.start()
         mode = "unreplicated" if config.replicas == 1 else f"{config.replicas} replicas"
-        fixed = node.state.instruments
-        log.warning("server %d: instrument list %s (%s)", config.replica_id,
-                    ",".join(config.instruments),
-                    "configured; proposed when it leads a cluster without one" if fixed is None
-                    else f"the cluster's, fixed by log entry {node.state.instruments_index}"
-                    if frozenset(config.instruments) == fixed else
-                    "configured, but the cluster's list differs: see the error above")
+        _log_instruments(config, node)
         log.warning(
             "server %d serving on %s (%s, fabric %s, cluster %s, fifo %s)",
             config.replica_id, config.listen, mode, config.fabric, config.cluster_id,
