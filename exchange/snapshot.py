@@ -15,14 +15,14 @@ Rule 2: the body holds everything that decides future applies and digests: ``app
         the same replies and evictions.
 Rule 3: the dedup limits are part of the snapshot: every replica must evict alike, so a restore
         that is told the limits it expects refuses a snapshot taken with others.
+Rule 4: ``applied_index`` sits at a fixed body offset: `snapshot_index` reads it after checking
+        the envelope, without decoding the market (the consensus layer resumes from it);
+        `snapshot_size` tells a receiver the total size from the first HEADER_SIZE bytes.
 Rule 5: the instrument list (exchange.state_machine Rule 7) and the resting-order limits
         (exchange.state_machine Rule 8) are part of the state: a restored machine keeps the
         list (or its absence) and the entry that fixed it, and refuses and admits orders as
         the original would; the per-client live-order counts are derived from the books, not
         stored.
-Rule 4: ``applied_index`` sits at a fixed body offset: `snapshot_index` reads it after checking
-        the envelope, without decoding the market (the consensus layer resumes from it);
-        `snapshot_size` tells a receiver the total size from the first HEADER_SIZE bytes.
 
 Body layout (little-endian):
     <Q applied index><Q executed><Q duplicates><32s chain><Q seqs per client max><Q clients max>

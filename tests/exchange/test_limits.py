@@ -159,3 +159,17 @@ def test_messages_over_the_size_bound_are_refused_by_both_ends(server: Server) -
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in error.details()
     assert server.stub.GetStatus(pb.StatusRequest(), timeout=5).applied_index == 0
+
+
+def test_a_session_over_the_clients_in_flight_bound_ends_resource_exhausted(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("exchange.node.IN_FLIGHT_PER_CLIENT_MAX", 2)
+    orders = [pb.SessionOrder(submit=_submit(8, seq, price=50 + seq)) for seq in (1, 2, 3)]
+    responses = server.stub.OrderSession(iter([pb.SessionRequest(orders=orders)]), timeout=5)
+    with pytest.raises(grpc.RpcError) as info:
+        list(responses)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "IN_FLIGHT_PER_CLIENT_MAX" in info.value.details()
+    assert server.node.in_flight_of(8) == 0
+    book = server.stub.GetBookSnapshot(pb.BookSnapshotRequest(symbol="X"), timeout=5)
+    assert list(book.bids) == []  # nothing of the refused message was proposed
