@@ -10,8 +10,12 @@ Rule 2: redis: every key's ``DUMP`` and absolute expiry (``PEXPIRETIME``, unix m
         with ``RESTORE key <ms> <dump> ABSTTL REPLACE`` after ``FLUSHALL``: the same types,
         values and expiry instants, so the restored server's ``DEBUG DIGEST`` is the
         provider's.
-Rule 3: memcached: the keys and absolute expiries (unix s) of ``lru_crawler metadump all``
-        and the flags and values of ``get``, restored with ``set`` after ``flush_all``. CAS
+Rule 3: memcached: the keys and absolute expiries (unix s) of ``lru_crawler metadump hash``
+        and the flags and values of ``get``, restored with ``set`` after ``flush_all``. The
+        hash-table walk, not ``all``: the LRU walk skips an item another thread holds at that
+        instant (memcached's LRU maintainer keeps moving items between its LRUs, even with no
+        client traffic), the hash walk skips only items being freed and blocks the table's
+        expansion, so it sees every live item of a frozen server. CAS
         uniques cannot be carried over (memcached 1.6.18 has no way to set one: the meta
         protocol's ``E`` flag is refused), so each server numbers them itself; that is why the
         front end refuses ``cas`` (kvstores.mctext Rule 1). A shadow copy kept by the front end
@@ -220,13 +224,13 @@ def _metadump(backend: Backend) -> bytes:
     for _ in range(METADUMP_ATTEMPTS_MAX):
         side = _Side(backend)
         try:
-            dump = side.replies(b"lru_crawler metadump all\r\n", 1, _metadump_end)[0]
+            dump = side.replies(b"lru_crawler metadump hash\r\n", 1, _metadump_end)[0]
         finally:
             side.close()
         if not dump.startswith(_BUSY):
             return dump
         time.sleep(METADUMP_RETRY_S)  # another metadump (a digest) is running
-    raise SnapshotError(f"lru_crawler metadump stayed busy: {dump[:80]!r}")
+    raise SnapshotError(f"lru_crawler metadump hash stayed busy: {dump[:80]!r}")
 
 
 def read_memcached(backend: Backend) -> list[Record]:
