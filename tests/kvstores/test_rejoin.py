@@ -11,7 +11,7 @@ import pytest
 
 from kvstores.cluster import LocalKvCluster, memcached_call
 from kvstores.failover import MEMCACHED_LEADER, STABLE
-from tests.kvstores.conftest import need
+from tests.kvstores.conftest import leader_write, need
 
 pytestmark = pytest.mark.slow
 
@@ -215,3 +215,23 @@ def test_killed_follower_then_killed_leader_catch_up_under_load(kind):
         assert len(held[1]) == keys and held[1] == held[2] == held[3]
         print(f"{load.total()} operations; every replica: {digests[1]}, same {keys} keys and "
               "values")
+
+
+def test_a_follower_left_behind_by_the_log_recovers_by_snapshot():
+    """A follower paused while the leader wrote more than its 16-slot log holds finds its log
+    overrun when resumed, and catches up by snapshot instead of stopping (rejoin Rule 4)."""
+    need("redis-server")
+    with LocalKvCluster("redis", 3, name="t-overrun",
+                        extra_args=(*STABLE, "--log-slots", "16")) as cluster:
+        leader = cluster.wait_for_leader(10)
+        follower = max(i for i in cluster.addresses if i != leader)
+        cluster.control(follower, "p")
+        for number in range(100):
+            leader_write(cluster, b"SET", b"key-%d" % (number % 30), b"value-%d" % number)
+        cluster.control(follower, "r")
+        cluster.wait_caught_up(follower, CATCH_UP_TIMEOUT_S)
+        assert "installed a snapshot" in cluster.servers[follower].log_path.read_text()
+        leader_write(cluster, b"SET", b"after", b"resume")
+        digests = cluster.wait_equal(EQUAL_TIMEOUT_S)
+        assert None not in digests.values() and len(set(digests.values())) == 1, digests
+        assert next(iter(digests.values()))[1] == 31
