@@ -7,7 +7,8 @@ Rule 1: launching, waiting, killing (``kill_server``: -9) and cleaning up are
 Rule 2: a server's status is its ``KVSTORES STATUS`` / ``kvstores status`` (``status``).
 Rule 3: ``digest`` reads a replica's whole data set through its front end (followers serve reads
         from their own local server): redis ``KVSTORES DIGEST`` (the local server's ``DEBUG
-        DIGEST``), memcached ``lru_crawler metadump all`` then ``get`` of every key, hashed.
+        DIGEST``), memcached ``lru_crawler metadump hash`` (every live item, see
+        kvstores.snapshot Rule 3) then ``get`` of every key, hashed.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def digest(kind: str, address: str) -> tuple[str, int]:
         if not reply.startswith(b"+") or not size.startswith(b":"):
             raise ConnectionError(f"{address}: digest failed: {reply[:200]!r} {size[:80]!r}")
         return reply[1:].strip().decode(), int(size[1:])
-    dump = memcached_call(address, b"lru_crawler metadump all\r\n", True)
+    dump = memcached_call(address, b"lru_crawler metadump hash\r\n", True)
     keys = sorted(
         urllib.parse.unquote_to_bytes(line.split(b" ", 1)[0][4:])
         for line in dump.split(b"\n") if line.startswith(b"key="))

@@ -2,7 +2,7 @@
 
 Rule 1: an allow-list decides, as for redis (``kvstores.redis_rules``): storage commands (``set
         add replace append prepend``), ``delete incr decr touch gat gats flush_all`` are writes;
-        ``get gets version stats`` and ``lru_crawler metadump all`` are reads; anything else is
+        ``get gets version stats`` and ``lru_crawler metadump all|hash`` are reads; anything else is
         refused with ``CLIENT_ERROR`` naming the command (meta commands, admin, ``flush_all`` with a
         delay, ``verbosity``...). ``cas`` is refused too (its data block is consumed): each
         memcached numbers CAS uniques itself, and a replica restored from a snapshot cannot
@@ -185,10 +185,10 @@ def _other(name: bytes, words: list[bytes], now_s: int) -> McCommand:
 def _read_or_local(name: bytes, body: list[bytes], noreply: bool) -> McCommand:
     if name == b"version" or (name == b"stats" and len(body) == 1):
         return McCommand(Route.READ, b" ".join(body) + CRLF, framing_of(name), False)
-    if body == [b"lru_crawler", b"metadump", b"all"]:
+    if body[:2] == [b"lru_crawler", b"metadump"] and body[2:] in ([b"all"], [b"hash"]):
         # memcached refuses a metadump pipelined behind other commands: it runs on a side
         # connection once every command before it has been answered.
-        return McCommand(Route.SIDE, b"lru_crawler metadump all\r\n", Framing.BLOCK, False)
+        return McCommand(Route.SIDE, b" ".join(body) + CRLF, Framing.BLOCK, False)
     if name == b"quit":
         return McCommand(Route.QUIT, b"", Framing.LINE, True)
     if name == b"kvstores" and body[1:] == [b"status"]:

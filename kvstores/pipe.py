@@ -21,7 +21,8 @@ Rule 4: claims are made and replies routed only on the loop's thread, and a clai
         an entry the new leader commits anyway still answers its client, and ``expect`` turns an
         index applied with someone else's entry into a definite "not applied".
 Rule 5: if the local server goes away the pipe calls ``on_failure`` once: the replica's data is
-        gone, so the server stops (a restart comes back empty; see docs/kvstores.md).
+        gone, so the server stops (restarted, it comes back empty and rejoins by snapshot; see
+        docs/kvstores.md).
 Rule 6: between ``hold`` and ``release`` (one event-loop turn of the front end) the loop
         thread's sends only append to the buffer, so a turn's commands from many clients reach
         the local server in one system call; other threads' sends are not held.
@@ -278,8 +279,8 @@ class LocalPipe:
                 self._want_writer_locked(in_loop)
 
     def installed(self, index: int) -> None:
-        """A snapshot of ``index`` replaced the local server's data (its commands were sent
-        through ``send`` before this call): the log continues at ``index + 1`` (Rule 2)."""
+        """A snapshot of ``index`` replaced the local server's data (its commands went through
+        ``send_many`` before this call): the log continues at ``index + 1`` (Rule 2)."""
         with self._lock:
             self.applied_index = index
             self._expected.clear()

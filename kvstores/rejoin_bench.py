@@ -23,12 +23,13 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from kvstores import resp
+from kvstores import mctext, resp
 from kvstores.cluster import ClusterError, LocalKvCluster
 
 CATCH_UP_TIMEOUT_S = 300.0
 EQUAL_TIMEOUT_S = 60.0
 FILL_BATCH = 1000  # pipelined writes per round trip while filling
+FILL_ATTEMPTS_MAX = 20  # passes over the writes a leader change refused
 STABLE = ("--dead-after-us", "100000")  # kvstores.failover says why
 _TIME = r"(\d\d):(\d\d):(\d\d)\.(\d\d\d)"
 _ROLE = re.compile(_TIME + r" WARNING kvstores\.server: server \d+: role (\S+) -> (\S+)")
@@ -60,31 +61,52 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(run=run)
 
 
-def _fill(kind: str, address: str, keys: int, value_bytes: int) -> None:
-    """Write ``keys`` keys through the leader's front end, ``FILL_BATCH`` per round trip."""
-    host, _, port = address.rpartition(":")
+def _commands(kind: str, keys: int, value_bytes: int) -> list[bytes]:
     value = b"v" * value_bytes
-    with socket.create_connection((host, int(port)), 10) as sock:
-        sock.settimeout(60)
-        for start in range(0, keys, FILL_BATCH):
-            count = min(FILL_BATCH, keys - start)
-            if kind == "redis":
-                request = b"".join(resp.encode_command([b"SET", b"key:%08d" % n, value])
-                                   for n in range(start, start + count))
-                expected = b"+OK\r\n" * count
-            else:
-                request = b"".join(b"set key:%08d 0 0 %d\r\n%s\r\n" % (n, value_bytes, value)
-                                   for n in range(start, start + count))
-                expected = b"STORED\r\n" * count
-            sock.sendall(request)
-            reply = b""
-            while len(reply) < len(expected):
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    raise ClusterError(f"{address} closed the connection while filling")
-                reply += chunk
-            if reply != expected:
-                raise ClusterError(f"filling {address}: {reply[:200]!r}")
+    if kind == "redis":
+        return [resp.encode_command([b"SET", b"key:%08d" % n, value]) for n in range(keys)]
+    return [b"set key:%08d 0 0 %d\r\n%s\r\n" % (n, value_bytes, value) for n in range(keys)]
+
+
+def _replies(kind: str, sock: socket.socket, count: int) -> list[bytes]:
+    """``count`` replies from ``sock`` (redis: RESP; memcached: one line each)."""
+    buf = bytearray()
+    replies: list[bytes] = []
+    pos = 0
+    while len(replies) < count:
+        end = (resp.reply_end(buf, pos) if kind == "redis"
+               else mctext.reply_end(buf, pos, mctext.Framing.LINE)) if pos < len(buf) else -1
+        if end >= 0:
+            replies.append(bytes(buf[pos:end]))
+            pos = end
+            continue
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise ClusterError("a server closed the connection while filling")
+        buf += chunk
+    return replies
+
+
+def _fill(cluster: LocalKvCluster, keys: int, value_bytes: int) -> None:
+    """Write ``keys`` keys through the leader, ``FILL_BATCH`` per round trip; a write the
+    leader did not store (it lost leadership: redirect, TRYAGAIN, outcome unknown) is sent
+    again to the then leader (setting a fixed value twice changes nothing)."""
+    ok = b"+OK\r\n" if cluster.kind == "redis" else b"STORED\r\n"
+    pending = _commands(cluster.kind, keys, value_bytes)
+    for _ in range(FILL_ATTEMPTS_MAX):
+        host, _, port = cluster.addresses[cluster.wait_for_leader(30)].rpartition(":")
+        failed: list[bytes] = []
+        with socket.create_connection((host, int(port)), 10) as sock:
+            sock.settimeout(60)
+            for start in range(0, len(pending), FILL_BATCH):
+                batch = pending[start : start + FILL_BATCH]
+                sock.sendall(b"".join(batch))
+                replies = _replies(cluster.kind, sock, len(batch))
+                failed += [c for c, r in zip(batch, replies, strict=True) if r != ok]
+        if not failed:
+            return
+        pending = failed
+    raise ClusterError(f"{len(pending)} writes not stored after {FILL_ATTEMPTS_MAX} attempts")
 
 
 def _seconds(match: re.Match[str]) -> float:
@@ -127,8 +149,8 @@ def _round(kind: str, args: argparse.Namespace) -> tuple[Rejoin, Rejoin]:
         leader = cluster.wait_for_leader(30)
         victim = max(i for i in cluster.addresses if i != leader)
         empty = _rejoin(cluster, victim)
+        _fill(cluster, args.keys, args.value_bytes)
         leader = cluster.wait_for_leader(30)
-        _fill(kind, cluster.addresses[leader], args.keys, args.value_bytes)
         full = _rejoin(cluster, max(i for i in cluster.addresses if i != leader))
     return empty, full
 

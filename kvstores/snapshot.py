@@ -6,12 +6,16 @@ Rule 1: a snapshot covers exactly one applied index (pipe Rule 7): once the pipe
         answered, the local server has executed the log up to that index and nothing after it,
         and later commands stay held back until the snapshot has been read on a separate
         connection. One snapshot at a time per replica; nobody blocks meanwhile.
-Rule 2: redis: every key's ``DUMP`` and absolute expiry (``PEXPIRETIME``, unix ms), restored
-        with ``RESTORE key <ms> <dump> ABSTTL REPLACE`` after ``FLUSHALL``: the same types,
-        values and expiry instants, so the restored server's ``DEBUG DIGEST`` is the
-        provider's.
-Rule 3: memcached: the keys and absolute expiries (unix s) of ``lru_crawler metadump all``
-        and the flags and values of ``get``, restored with ``set`` after ``flush_all``. CAS
+Rule 2: redis: every key (``SCAN``), its ``DUMP`` and absolute expiry (``PEXPIRETIME``, unix
+        ms), restored with ``RESTORE key <ms> <dump> ABSTTL REPLACE`` after ``FLUSHALL``: the
+        same types, values and expiry instants, so the restored server's ``DEBUG DIGEST`` is
+        the provider's.
+Rule 3: memcached: the keys and absolute expiries (unix s) of ``lru_crawler metadump hash``
+        and the flags and values of ``get``, restored with ``set`` after ``flush_all``. The
+        hash-table walk, not ``all``: the LRU walk skips an item another thread holds at that
+        instant (memcached's LRU maintainer keeps moving items between its LRUs, even with no
+        client traffic), the hash walk skips only items being freed and blocks the table's
+        expansion, so it sees every live item of a frozen server. CAS
         uniques cannot be carried over (memcached 1.6.18 has no way to set one: the meta
         protocol's ``E`` flag is refused), so each server numbers them itself; that is why the
         front end refuses ``cas`` (kvstores.mctext Rule 1). A shadow copy kept by the front end
@@ -184,14 +188,29 @@ def _batches(keys: list[bytes]) -> Iterator[list[bytes]]:
         yield keys[start : start + SNAPSHOT_BATCH_KEYS]
 
 
+def _redis_keys(side: _Side) -> list[bytes]:
+    """Every key, by ``SCAN`` pages of ``SNAPSHOT_BATCH_KEYS`` (one ``KEYS *`` reply of a large
+    data set would be decoded again at every partial read); a frozen server's full iteration
+    returns every key at least once."""
+    keys: set[bytes] = set()
+    cursor = b"0"
+    while True:
+        page = side.values(resp.encode_command([b"SCAN", cursor, b"COUNT",
+                                                b"%d" % SNAPSHOT_BATCH_KEYS]), 1)[0]
+        assert isinstance(page, list) and len(page) == 2
+        cursor, found = page
+        assert isinstance(cursor, bytes) and isinstance(found, list)
+        keys.update(key for key in found if isinstance(key, bytes))
+        if cursor == b"0":
+            return sorted(keys)
+
+
 def read_redis(backend: Backend) -> list[Record]:
     """Every key of the local redis-server (Rule 2). The caller froze it (Rule 1)."""
     side = _Side(backend)
     try:
-        keys = side.values(resp.encode_command([b"KEYS", b"*"]), 1)[0]
-        assert isinstance(keys, list)
         records: list[Record] = []
-        for batch in _batches(sorted(key for key in keys if isinstance(key, bytes))):
+        for batch in _batches(_redis_keys(side)):
             request = b"".join(resp.encode_command([b"DUMP", key])
                                + resp.encode_command([b"PEXPIRETIME", key]) for key in batch)
             values = side.values(request, 2 * len(batch))
@@ -220,13 +239,13 @@ def _metadump(backend: Backend) -> bytes:
     for _ in range(METADUMP_ATTEMPTS_MAX):
         side = _Side(backend)
         try:
-            dump = side.replies(b"lru_crawler metadump all\r\n", 1, _metadump_end)[0]
+            dump = side.replies(b"lru_crawler metadump hash\r\n", 1, _metadump_end)[0]
         finally:
             side.close()
         if not dump.startswith(_BUSY):
             return dump
         time.sleep(METADUMP_RETRY_S)  # another metadump (a digest) is running
-    raise SnapshotError(f"lru_crawler metadump stayed busy: {dump[:80]!r}")
+    raise SnapshotError(f"lru_crawler metadump hash stayed busy: {dump[:80]!r}")
 
 
 def read_memcached(backend: Backend) -> list[Record]:

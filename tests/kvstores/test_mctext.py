@@ -51,6 +51,8 @@ def test_routes_of_other_commands():
     assert gat.route is Route.WRITE and gat.framing is Framing.BLOCK
     assert parse(b"flush_all\r\n")[0].route is Route.WRITE
     assert parse(b"lru_crawler metadump all\r\n")[0].route is Route.SIDE
+    command = parse(b"lru_crawler metadump hash\r\n")[0]
+    assert command.route is Route.SIDE and command.data == b"lru_crawler metadump hash\r\n"
     assert parse(b"kvstores status\r\n")[0].route is Route.STATUS
     assert parse(b"kvstores forwarder\r\n")[0].route is Route.FORWARDER
 

@@ -5,12 +5,13 @@ leader; at the end every replica's local server holds the same data (kvstores.sn
 import random
 import threading
 import time
+import urllib.parse
 
 import pytest
 
-from kvstores.cluster import LocalKvCluster
+from kvstores.cluster import LocalKvCluster, memcached_call
 from kvstores.failover import MEMCACHED_LEADER, STABLE
-from tests.kvstores.conftest import need
+from tests.kvstores.conftest import leader_write, need
 
 pytestmark = pytest.mark.slow
 
@@ -150,6 +151,31 @@ def _retryable(text: str) -> bool:
                                          "paused", "recovering", "no leader"))
 
 
+def contents(cluster: LocalKvCluster, replica_id: int) -> dict[bytes, object]:
+    """Every key of replica ``replica_id``'s local server and its value, read by real clients
+    through its front end (a follower serves reads from its own local server)."""
+    host, port = cluster.addresses[replica_id].split(":")
+    if cluster.kind == "redis":
+        import redis
+
+        client = redis.Redis(host=host, port=int(port), socket_timeout=10)
+        try:
+            keys = sorted(client.keys("*"))
+            return dict(zip(keys, client.mget(keys), strict=True)) if keys else {}
+        finally:
+            client.close()
+    from pymemcache.client.base import Client
+
+    dump = memcached_call(cluster.addresses[replica_id], b"lru_crawler metadump hash\r\n", True)
+    keys = sorted(urllib.parse.unquote(line.split(b" ", 1)[0][4:].decode())
+                  for line in dump.split(b"\n") if line.startswith(b"key="))
+    client = Client((host, int(port)), timeout=10)
+    try:
+        return {key.encode(): value for key, value in client.get_many(keys).items()}
+    finally:
+        client.close()
+
+
 def kill_and_restart(cluster: LocalKvCluster, load: Load, victim: int) -> None:
     """kill -9 ``victim``; the load goes on; restart it with the same command line; it catches
     up by snapshot; the load goes on."""
@@ -185,4 +211,27 @@ def test_killed_follower_then_killed_leader_catch_up_under_load(kind):
         assert None not in digests.values() and len(set(digests.values())) == 1, digests
         keys = next(iter(digests.values()))[1]
         assert keys > CLIENTS, digests
-        print(f"{load.total()} operations; every replica: {digests[1]}")
+        held = {replica_id: contents(cluster, replica_id) for replica_id in cluster.addresses}
+        assert len(held[1]) == keys and held[1] == held[2] == held[3]
+        print(f"{load.total()} operations; every replica: {digests[1]}, same {keys} keys and "
+              "values")
+
+
+def test_a_follower_left_behind_by_the_log_recovers_by_snapshot():
+    """A follower paused while the leader wrote more than its 16-slot log holds finds its log
+    overrun when resumed, and catches up by snapshot instead of stopping (rejoin Rule 4)."""
+    need("redis-server")
+    with LocalKvCluster("redis", 3, name="t-overrun",
+                        extra_args=(*STABLE, "--log-slots", "16")) as cluster:
+        leader = cluster.wait_for_leader(10)
+        follower = max(i for i in cluster.addresses if i != leader)
+        cluster.control(follower, "p")
+        for number in range(100):
+            leader_write(cluster, b"SET", b"key-%d" % (number % 30), b"value-%d" % number)
+        cluster.control(follower, "r")
+        cluster.wait_caught_up(follower, CATCH_UP_TIMEOUT_S)
+        assert "installed a snapshot" in cluster.servers[follower].log_path.read_text()
+        leader_write(cluster, b"SET", b"after", b"resume")
+        digests = cluster.wait_equal(EQUAL_TIMEOUT_S)
+        assert None not in digests.values() and len(set(digests.values())) == 1, digests
+        assert next(iter(digests.values()))[1] == 31
