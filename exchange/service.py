@@ -8,18 +8,18 @@ Rule 3: an OrderSession runs on two threads: the gRPC worker writes reports (``t
         lists, validates them and queues them for proposal; errors of either end the stream with
         the status of Rule 1 (``SessionError.code`` for session errors), after the reports that
         were ready.
-Rule 4: a refused request (node ``RequestRefused``: unknown symbol, a per-server limit) gets the
-        status it names (INVALID_ARGUMENT, RESOURCE_EXHAUSTED) with its one-line message; a
-        unary request the state machine refused (``Reply.refusal``: unknown symbol, a
-        resting-order limit) gets INVALID_ARGUMENT / RESOURCE_EXHAUSTED with the stored reason,
-        also when replayed. In an order session, an order for an unknown symbol is answered
-        like any invalid order (a ``rejected`` report naming the symbol) and a limit ends the
-        session with RESOURCE_EXHAUSTED, like flow control.
 Rule 2: standard health checking (grpc.health.v1): service ``""`` is SERVING while the server is
         neither paused, recovering (fetching a snapshot or catching up the log) nor starting
         (loading its data directory, waiting for its peers); service
         ``ORDER_ENTRY_SERVICE`` is SERVING only while this server accepts order entry (leader or
         unreplicated, not paused), so a load balancer can find the leader.
+Rule 4: a refused request (node ``RequestRefused``: unknown symbol, a per-server limit) gets the
+        status it names (INVALID_ARGUMENT, RESOURCE_EXHAUSTED) with its one-line message; a
+        unary request the state machine refused (``Reply.refusal``: unknown symbol, a
+        resting-order limit) gets INVALID_ARGUMENT / RESOURCE_EXHAUSTED with the stored reason,
+        also when replayed. In an order session, such an order is answered with a ``rejected``
+        report giving the reason (the stream goes on), and the per-client in-flight bound ends
+        the session with RESOURCE_EXHAUSTED, like flow control.
 """
 
 from __future__ import annotations
