@@ -32,7 +32,7 @@ Rule 8: with a data directory (``exchange.durability``), ``on_commit`` queues ev
 Rule 9: the instrument list is the replicated one (exchange.state_machine Rule 7). A node given
         a list (``instruments``) makes sure one is fixed before it proposes or applies its first
         order: the leader proposes an instruments entry with its list and waits for it to apply
-        (``_ensure_instruments``; an unreplicated node applies it itself). An order for a symbol
+        (``ensure_instruments``; an unreplicated node applies it itself). An order for a symbol
         outside the fixed list is refused before it is proposed (``RequestRefused``,
         INVALID_ARGUMENT). A node whose list differs from the replicated one serves the
         replicated one and says so (an error line in its log, ``NodeStatus.warning``), so

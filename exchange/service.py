@@ -23,9 +23,9 @@ Rule 5: a refused request (node ``RequestRefused``: unknown symbol, a per-server
         status it names (INVALID_ARGUMENT, RESOURCE_EXHAUSTED) with its one-line message; a
         unary request the state machine refused (``Reply.refusal``: unknown symbol, a
         resting-order limit) gets INVALID_ARGUMENT / RESOURCE_EXHAUSTED with the stored reason,
-        also when replayed. In an order session, an order for an unknown symbol is answered
-        like any invalid order (a ``rejected`` report naming the symbol) and a limit ends the
-        session with RESOURCE_EXHAUSTED, like flow control.
+        also when replayed. In an order session, such an order is answered with a ``rejected``
+        report giving the reason (the stream goes on), and the per-client in-flight bound ends
+        the session with RESOURCE_EXHAUSTED, like flow control.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from exchange.proto import exchange_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.slow
 
-CI_EXAMPLES = 300
+CI_EXAMPLES = 200
 EXAMPLES = int(os.environ.get("MU_FUZZ_EXAMPLES", str(CI_EXAMPLES)))
 SEED = int(os.environ.get("MU_FUZZ_SEED", str(random.randrange(2**32))))
 SYMBOLS = ("FZA", "FZB")
