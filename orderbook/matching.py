@@ -60,7 +60,9 @@ def iter_crossing(side: BookSide, bound: int) -> Iterator[Order]:
     must not add or remove levels until the iteration ends.
     """
     levels = side.levels
-    for key in side.keys.irange(maximum=bound):
+    for key in side.keys:
+        if key > bound:
+            break
         order = levels[key].head
         while order is not None:
             nxt = order.next

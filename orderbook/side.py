@@ -1,14 +1,14 @@
 """Resting orders: one side of a book as price levels, each a FIFO of orders.
 
-Rule 1: `keys` (a SortedList) holds exactly the keys of `levels`, and a key sorts in priority
-        order: asks by price, bids by -price, market orders (price 0) first on both sides
-        (asks key 0, bids key BID_MARKET_KEY), as Liquibook's ComparablePrice sorts them.
+Rule 1: `keys` (orderbook.keys.SortedKeys) holds exactly the keys of `levels`, and a key sorts
+        in priority order: asks by price, bids by -price, market orders (price 0) first on both
+        sides (asks key 0, bids key BID_MARKET_KEY), as Liquibook's ComparablePrice sorts them.
 Rule 2: a level's orders form a doubly linked list (head = oldest = first to fill); `qty` and
         `count` are the sum of their open quantities and their number. O(1) append and unlink.
 Rule 3: a resting order has open_qty > 0 and `level` set; an order off the book has level None.
 Rule 4: an emptied level may linger (count 0) only inside one matching pass; `drop` removes it.
 Rule 5: `best` is the smallest key (EMPTY_KEY when there is none), kept by `rest` and `drop` so
-        the hot path never indexes the SortedList (measured: 40 ns against 450 ns).
+        the hot path never reads the key container.
 Rule 6: `restore` is the only other way levels appear: it installs, on an empty side, levels
         decoded from a snapshot (orderbook.snapshot), keeping Rules 1-5 without matching.
 
@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from itertools import islice, repeat
 from typing import TYPE_CHECKING
 
-from sortedcontainers import SortedList
-
 from orderbook.constants import BID_MARKET_KEY
+from orderbook.keys import SortedKeys
 
 EMPTY_KEY = (1 << 63) + 1
 """`best` of an empty side: above every key and above the market-order bound INF_KEY."""
@@ -111,7 +110,7 @@ class BookSide:
 
     def __init__(self, is_buy: bool) -> None:
         self.is_buy = is_buy
-        self.keys = SortedList()
+        self.keys = SortedKeys()
         self.levels: dict[int, Level] = {}
         self.best = EMPTY_KEY
 
@@ -175,8 +174,8 @@ class BookSide:
             del self.levels[key]
             keys = self.keys
             if key == self.best:
-                keys.pop(0)  # SortedList.pop(0) has a fast path; remove() bisects
-                self.best = keys[0] if keys else EMPTY_KEY
+                keys.pop_first()
+                self.best = keys.first() if keys else EMPTY_KEY
             else:
                 keys.remove(key)
 
@@ -189,7 +188,7 @@ class BookSide:
             keys = self.keys
             if len(keys) == 1:
                 return None
-            key = keys[1]
+            key = keys.second()
         return self.levels[key]
 
     def limit_levels(self) -> list[Level]:
@@ -250,5 +249,5 @@ class BookSide:
             levels[key] = level
             keys.append(key)
         index.update(zip(columns.ids, orders, strict=True))
-        self.keys = SortedList(keys)
+        self.keys = SortedKeys(keys)
         self.best = keys[0] if keys else EMPTY_KEY
