@@ -73,16 +73,6 @@ _BUY = Side.BUY  # enum member lookups cost ~75 ns each on the hot path; a globa
 _SELL = Side.SELL
 
 
-def _unshared_refs() -> int:
-    """sys.getrefcount of an object held by one local only: 2 on CPython 3.11 (the local and
-    the call's argument). Any other value (an interpreter that borrows references) gives -1,
-    which turns Order reuse off (Rule 6) rather than trust a count it does not understand."""
-    probe = Order.__new__(Order)
-    count = getrefcount(probe)
-    return count if count == 2 else -1
-
-
-_UNSHARED_REFS = _unshared_refs()
 _DIGEST_ORDER = struct.Struct("<B?qqqq??")
 _DIGEST_HEAD = struct.Struct("<qqII")
 
@@ -456,3 +446,16 @@ class Book(Matcher):
         from orderbook.checks import check_book
 
         check_book(self)
+
+
+def _unshared_refs() -> int:
+    """sys.getrefcount of an Order held by one local only, measured by the same build (pure
+    or compiled) as Book.add: 2 in pure CPython 3.11 (the local and the call's argument), 1 or
+    2 in a mypyc build (which may pass its local without a new reference). Any other value
+    turns Order reuse off (Rule 6) rather than trust a count this code does not understand."""
+    probe = Order("probe", True, 1, 1, 0, False, False, Book("PROBE"))
+    count = getrefcount(probe)
+    return count if count in (1, 2) else -1
+
+
+_UNSHARED_REFS = _unshared_refs()

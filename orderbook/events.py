@@ -45,7 +45,7 @@ class Accepted(_Value):
     """An add passed validation; it now rests, waits as a stop, or has traded."""
 
     __slots__ = ("order_id",)
-    FIELDS: ClassVar[tuple[str, ...]] = __slots__
+    FIELDS: ClassVar[tuple[str, ...]] = ("order_id",)
 
     def __init__(self, order_id: str) -> None:
         self.order_id = order_id
@@ -58,7 +58,7 @@ class Rejected(_Value):
     """An add failed validation; the book did not change."""
 
     __slots__ = ("order_id", "reason")
-    FIELDS: ClassVar[tuple[str, ...]] = __slots__
+    FIELDS: ClassVar[tuple[str, ...]] = ("order_id", "reason")
 
     def __init__(self, order_id: str, reason: str) -> None:
         self.order_id = order_id
@@ -72,7 +72,7 @@ class Filled(_Value):
     """One side of one fill: `order_id` traded `qty` at `price` against `contra_id`."""
 
     __slots__ = ("order_id", "contra_id", "price", "qty")
-    FIELDS: ClassVar[tuple[str, ...]] = __slots__
+    FIELDS: ClassVar[tuple[str, ...]] = ("order_id", "contra_id", "price", "qty")
 
     def __init__(self, order_id: str, contra_id: str, price: int, qty: int) -> None:
         self.order_id = order_id
@@ -89,7 +89,7 @@ class Cancelled(_Value):
     """An order left the book unfilled; `qty` is the open quantity it still had."""
 
     __slots__ = ("order_id", "qty")
-    FIELDS: ClassVar[tuple[str, ...]] = __slots__
+    FIELDS: ClassVar[tuple[str, ...]] = ("order_id", "qty")
 
     def __init__(self, order_id: str, qty: int) -> None:
         self.order_id = order_id
@@ -103,7 +103,7 @@ class CancelRejected(_Value):
     """A cancel named no live order (or a live order of another symbol)."""
 
     __slots__ = ("order_id", "reason")
-    FIELDS: ClassVar[tuple[str, ...]] = __slots__
+    FIELDS: ClassVar[tuple[str, ...]] = ("order_id", "reason")
 
     def __init__(self, order_id: str, reason: str) -> None:
         self.order_id = order_id
@@ -117,7 +117,7 @@ class Replaced(_Value):
     """A replace was accepted: the order quantity is now `qty`, its price `price`."""
 
     __slots__ = ("order_id", "qty", "price")
-    FIELDS: ClassVar[tuple[str, ...]] = __slots__
+    FIELDS: ClassVar[tuple[str, ...]] = ("order_id", "qty", "price")
 
     def __init__(self, order_id: str, qty: int, price: int) -> None:
         self.order_id = order_id
@@ -132,7 +132,7 @@ class ReplaceRejected(_Value):
     """A replace failed validation; the order is unchanged."""
 
     __slots__ = ("order_id", "reason")
-    FIELDS: ClassVar[tuple[str, ...]] = __slots__
+    FIELDS: ClassVar[tuple[str, ...]] = ("order_id", "reason")
 
     def __init__(self, order_id: str, reason: str) -> None:
         self.order_id = order_id
@@ -146,7 +146,7 @@ class Trade(_Value):
     """One trade of `qty` at `price` in `symbol` (one per fill, after its two Filled events)."""
 
     __slots__ = ("symbol", "price", "qty")
-    FIELDS: ClassVar[tuple[str, ...]] = __slots__
+    FIELDS: ClassVar[tuple[str, ...]] = ("symbol", "price", "qty")
 
     def __init__(self, symbol: str, price: int, qty: int) -> None:
         self.symbol = symbol
@@ -161,7 +161,7 @@ class BboChanged(_Value):
     """Best bid/offer after the command (price and quantity); zeros for an empty side."""
 
     __slots__ = ("symbol", "bid", "bid_qty", "ask", "ask_qty")
-    FIELDS: ClassVar[tuple[str, ...]] = __slots__
+    FIELDS: ClassVar[tuple[str, ...]] = ("symbol", "bid", "bid_qty", "ask", "ask_qty")
 
     def __init__(self, symbol: str, bid: int, bid_qty: int, ask: int, ask_qty: int) -> None:
         self.symbol = symbol
@@ -179,7 +179,7 @@ class DepthChanged(_Value):
     """Levels the command changed, best first per side; (price, 0, 0) means the level is gone."""
 
     __slots__ = ("symbol", "bids", "asks")
-    FIELDS: ClassVar[tuple[str, ...]] = __slots__
+    FIELDS: ClassVar[tuple[str, ...]] = ("symbol", "bids", "asks")
 
     def __init__(self, symbol: str, bids: tuple[Level, ...], asks: tuple[Level, ...]) -> None:
         self.symbol = symbol

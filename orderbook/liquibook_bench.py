@@ -55,8 +55,8 @@ TARGET_RATIO = 0.5
 """Issue 18: the engine must run at least half Liquibook's rate on this stream."""
 WORKLOAD = "crossing"
 """Limit prices at mid-50..+50 on a random side (orderbook.bench Rule 1)."""
-INSTALL_HINT = ("pip install liquibook  (the C++ Liquibook's PyPI wrapper; "
-                "or bash scripts/setup.sh --liquibook)")
+INSTALL_HINT = ("pip install liquibook  (the C++ Liquibook's PyPI wrapper, x86-64 Linux wheels; "
+                "bash scripts/setup.sh installs it with the test extra)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,20 @@ class Order:
         self.next: Order | None
 
 
+def _bare_new_works() -> bool:
+    """True when Order.__new__ allocates without __init__ (pure Python); a mypyc-compiled Order
+    has no such allocation (its constructor always runs __init__), so restore builds orders
+    through the constructor there."""
+    try:
+        Order.__new__(Order)
+    except TypeError:
+        return False
+    return True
+
+
+_BARE_NEW = _bare_new_works()
+
+
 @dataclass(frozen=True, slots=True)
 class OrderColumns:
     """Orders as parallel columns, the layout a snapshot stores them in (one entry per order):
@@ -215,7 +229,10 @@ class BookSide:
         levels = self.levels
         keys: list[int] = []
         aons = FLAG_AON_OF
-        orders = list(map(Order.__new__, repeat(Order, len(columns.ids))))
+        if _BARE_NEW:
+            orders = list(map(Order.__new__, repeat(Order, len(columns.ids))))
+        else:
+            orders = [Order("", is_buy, 0, 1, 0, False, False, book) for _ in columns.ids]
         opens = columns.opens
         rows = zip(orders, columns.ids, columns.qtys, opens, columns.stops, columns.flags,
                    strict=True)
