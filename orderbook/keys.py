@@ -18,8 +18,9 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
 from itertools import chain
+from typing import Final
 
-KEYS_RUN_MAX = 512
+KEYS_RUN_MAX: Final = 512
 """Most keys in one run (Rule 2): memmove of 4 KiB at worst; sortedcontainers uses 1000-2000."""
 
 

@@ -21,21 +21,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice, repeat
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from orderbook.constants import BID_MARKET_KEY
 from orderbook.keys import SortedKeys
 
-EMPTY_KEY = (1 << 63) + 1
+EMPTY_KEY: Final = (1 << 63) + 1
 """`best` of an empty side: above every key and above the market-order bound INF_KEY."""
 
-ORDER_FLAG_AON = 1
+ORDER_FLAG_AON: Final = 1
 """Flag bit of an all-or-none order in OrderColumns.flags (a snapshot's flag column)."""
-ORDER_FLAG_IOC = 2
+ORDER_FLAG_IOC: Final = 2
 """Flag bit of an immediate-or-cancel order in OrderColumns.flags."""
-ORDER_FLAGS_MAX = ORDER_FLAG_AON | ORDER_FLAG_IOC
-FLAG_AON_OF = tuple(bool(flags & ORDER_FLAG_AON) for flags in range(ORDER_FLAGS_MAX + 1))
-FLAG_IOC_OF = tuple(bool(flags & ORDER_FLAG_IOC) for flags in range(ORDER_FLAGS_MAX + 1))
+ORDER_FLAGS_MAX: Final = ORDER_FLAG_AON | ORDER_FLAG_IOC
+FLAG_AON_OF: Final = tuple(bool(flags & ORDER_FLAG_AON) for flags in range(ORDER_FLAGS_MAX + 1))
+FLAG_IOC_OF: Final = tuple(bool(flags & ORDER_FLAG_IOC) for flags in range(ORDER_FLAGS_MAX + 1))
 
 if TYPE_CHECKING:
     from orderbook.book import Book
@@ -66,6 +66,22 @@ class Order:
         self.prev: Order | None
         self.next: Order | None
 
+    def reset(self, order_id: str, is_buy: bool, price: int, qty: int, stop: int, aon: bool,
+              ioc: bool, book: Book) -> None:
+        """Make a retired order (off the book, unheld: book.py Rule 6) a new one: __init__'s
+        assignments, as a method a mypyc build calls natively (calling __init__ would go
+        through the interpreter there)."""
+        assert self.level is None
+        self.order_id = order_id
+        self.is_buy = is_buy
+        self.price = price
+        self.qty = qty
+        self.open_qty = qty
+        self.stop = stop
+        self.aon = aon
+        self.ioc = ioc
+        self.book = book
+
 
 def _bare_new_works() -> bool:
     """True when Order.__new__ allocates without __init__ (pure Python); a mypyc-compiled Order
@@ -78,7 +94,7 @@ def _bare_new_works() -> bool:
     return True
 
 
-_BARE_NEW = _bare_new_works()
+_BARE_NEW: Final = _bare_new_works()
 
 
 @dataclass(frozen=True, slots=True)
