@@ -33,8 +33,11 @@ BUILD_ENV = "MU_ORDERBOOK_BUILD"
 BUILD_CHOICES = ("auto", "pure", "compiled")
 MANIFEST_NAME = "MANIFEST.json"
 SOURCE_DIR = Path(__file__).resolve().parent
-COMPILED_DIR = SOURCE_DIR.parent / "build" / "compiled" / "orderbook"
-"""Where scripts/build_compiled.py puts the extension modules (Rule 2)."""
+COMPILED_DIR_ENV = "MU_ORDERBOOK_COMPILED_DIR"
+COMPILED_DIR = Path(os.environ.get(COMPILED_DIR_ENV)
+                    or SOURCE_DIR.parent / "build" / "compiled" / "orderbook")
+"""Where scripts/build_compiled.py puts the extension modules (Rule 2); MU_ORDERBOOK_COMPILED_DIR
+names another directory (tests build one in a temporary directory)."""
 
 def source_digests(source_dir: Path = SOURCE_DIR) -> dict[str, str]:
     """sha256 of every compiled module's source, by module name."""

@@ -98,14 +98,15 @@ def run_engine(stream: Sequence[Command]) -> RoundResult:
     began, cpu_began = time.perf_counter(), time.process_time()
     for cmd in stream:
         for event in apply(cmd):
-            if type(event) is Trade:
+            kind = type(event)
+            if kind is Trade:
                 trades += 1
-                traded_qty += event.qty
-            elif type(event) is Accepted:
+                traded_qty += event.qty  # type: ignore[union-attr]
+            elif kind is Accepted:
                 accepts += 1
-            elif type(event) is Cancelled:
+            elif kind is Cancelled:
                 cancels += 1
-            elif type(event) is Rejected or type(event) is CancelRejected:
+            elif kind is Rejected or kind is CancelRejected:
                 rejects += 1
     wall, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     return RoundResult(wall, cpu, Counts(accepts, trades, traded_qty, cancels, rejects))
