@@ -1,8 +1,13 @@
 """orderbook: a Liquibook-compatible limit order book and matching engine (no I/O, no consensus).
 
 Public API (see docs/orderbook.md for the rules): `Market().apply(command) -> list[Event]`, one
-`Book` per symbol, command and event values, and the binary command codec.
+`Book` per symbol, command and event values, and the binary command codec. `BUILD` is "pure" or
+"compiled": which build of the hot modules runs (orderbook/build.py; MU_ORDERBOOK_BUILD).
 """
+
+from orderbook.build import activate as _activate
+
+BUILD = _activate(__path__)  # before any hot module is imported (orderbook/build.py Rule 2)
 
 from orderbook.book import Book
 from orderbook.codec import decode_command, encode_command

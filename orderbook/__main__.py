@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orderbook import bench, replay
+from orderbook import bench, liquibook_bench, replay
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="seeded synthetic workload: commands/s, latency, memory",
         description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_arguments(bench_parser)
+    versus_parser = commands.add_parser(
+        "bench-liquibook", help="this engine beside the C++ Liquibook (PyPI liquibook), same "
+        "stream, alternating rounds: rates, ratios, verdict",
+        description=liquibook_bench.__doc__, epilog=liquibook_bench.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    liquibook_bench.add_arguments(versus_parser)
     return parser
 
 
@@ -30,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "replay":
         return replay.main(args)
+    if args.command == "bench-liquibook":
+        return liquibook_bench.main(args)
     return bench.main(args)
 
 

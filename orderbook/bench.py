@@ -84,8 +84,11 @@ def limit_price(rng: random.Random, side: Side, workload: str) -> int:
     return MID_PRICE_TICKS - offset if side is Side.BUY else MID_PRICE_TICKS + offset
 
 
-def generate(count: int, seed: int, show: bool, workload: str = "passive") -> list[Command]:
-    """The seeded workload (Rule 1)."""
+def generate(count: int, seed: int, show: bool, workload: str = "passive",
+             market_ioc: bool = False) -> list[Command]:
+    """The seeded workload (Rule 1); `market_ioc` makes the market orders immediate-or-cancel
+    (issue 18's stream, `python -m orderbook bench-liquibook`); cancels still pick live
+    orders, so the later commands differ from the default stream's."""
     rng = random.Random(seed)
     market = Market()
     apply = market.apply
@@ -109,7 +112,8 @@ def generate(count: int, seed: int, show: bool, workload: str = "passive") -> li
             price = 0
             if roll < ADD_SHARE + CANCEL_SHARE:
                 price = limit_price(rng, side, workload)
-            cmd = AddOrder(f"o{number}", SYMBOL, side, price, rng.randint(1, QTY_MAX_BENCH))
+            cmd = AddOrder(f"o{number}", SYMBOL, side, price, rng.randint(1, QTY_MAX_BENCH),
+                           ioc=market_ioc and not price)
             live.append(cmd.order_id)
         apply(cmd)
         commands.append(cmd)

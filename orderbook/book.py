@@ -33,6 +33,7 @@ import hashlib
 import struct
 from collections.abc import Sequence
 from sys import getrefcount
+from typing import Final
 
 from sortedcontainers import SortedList
 
@@ -54,37 +55,27 @@ from orderbook.side import EMPTY_KEY, FLAG_AON_OF, FLAG_IOC_OF, BookSide, Order,
 from orderbook.side import Level as BookLevel
 from orderbook.types import Side
 
-REASON_BAD_ID = f"order id must be a string of 1..{ORDER_ID_BYTES_MAX} UTF-8 bytes"
-REASON_BAD_SIDE = "side must be buy or sell"
-REASON_BAD_TYPE = "quantity, price and stop must be integers"
-REASON_DUPLICATE = "duplicate order id"
-REASON_QTY = "size must be positive"  # Liquibook's text
-REASON_QTY_MAX = f"size must be at most {QTY_MAX}"
-REASON_PRICE = "price must not be negative"
-REASON_PRICE_MAX = f"price must be at most {PRICE_TICKS_MAX}"
-REASON_STOP = "stop price must not be negative"
-REASON_STOP_MAX = f"stop price must be at most {PRICE_TICKS_MAX}"
-REASON_NOT_FOUND = "not found"  # Liquibook's text
-REASON_STOP_WAITING = "stop order has not triggered yet"
-REASON_BELOW_FILLED = "replace would lower quantity below filled quantity"
-REASON_DELTA_TYPE = "qty_delta and price must be integers"
+REASON_BAD_ID: Final = f"order id must be a string of 1..{ORDER_ID_BYTES_MAX} UTF-8 bytes"
+REASON_BAD_SIDE: Final = "side must be buy or sell"
+REASON_BAD_TYPE: Final = "quantity, price and stop must be integers"
+REASON_DUPLICATE: Final = "duplicate order id"
+REASON_QTY: Final = "size must be positive"  # Liquibook's text
+REASON_QTY_MAX: Final = f"size must be at most {QTY_MAX}"
+REASON_PRICE: Final = "price must not be negative"
+REASON_PRICE_MAX: Final = f"price must be at most {PRICE_TICKS_MAX}"
+REASON_STOP: Final = "stop price must not be negative"
+REASON_STOP_MAX: Final = f"stop price must be at most {PRICE_TICKS_MAX}"
+REASON_NOT_FOUND: Final = "not found"  # Liquibook's text
+REASON_STOP_WAITING: Final = "stop order has not triggered yet"
+REASON_BELOW_FILLED: Final = "replace would lower quantity below filled quantity"
+REASON_DELTA_TYPE: Final = "qty_delta and price must be integers"
 
-_BUY = Side.BUY  # enum member lookups cost ~75 ns each on the hot path; a global ~15 ns
-_SELL = Side.SELL
-
-
-def _unshared_refs() -> int:
-    """sys.getrefcount of an object held by one local only: 2 on CPython 3.11 (the local and
-    the call's argument). Any other value (an interpreter that borrows references) gives -1,
-    which turns Order reuse off (Rule 6) rather than trust a count it does not understand."""
-    probe = Order.__new__(Order)
-    count = getrefcount(probe)
-    return count if count == 2 else -1
+_BUY: Final = Side.BUY  # enum member lookups cost ~75 ns each on the hot path; a global ~15 ns
+_SELL: Final = Side.SELL
 
 
-_UNSHARED_REFS = _unshared_refs()
-_DIGEST_ORDER = struct.Struct("<B?qqqq??")
-_DIGEST_HEAD = struct.Struct("<qqII")
+_DIGEST_ORDER: Final = struct.Struct("<B?qqqq??")
+_DIGEST_HEAD: Final = struct.Struct("<qqII")
 
 
 def valid_text(text: object, bytes_max: int) -> bool:
@@ -142,42 +133,52 @@ class Book(Matcher):
 
     # ---- commands -------------------------------------------------------------------------
 
-    def add(self, order_id: str, side: Side, price: int, qty: int, stop: int = 0,
-            aon: bool = False, ioc: bool = False) -> list[Event]:
+    def add(self, order_id: str | object, side: Side | object, price: int | object,
+            qty: int | object, stop: int | object = 0, aon: object = False,
+            ioc: object = False) -> list[Event]:
         """Add an order (Rules 1-2; its Order object may be a retired one, Rule 6).
-        O(log L) plus O(1) per fill."""
-        events: list[Event] = []
-        self._events = events
-        orders = self._orders
-        if (type(qty) is int and 0 < qty <= QTY_MAX and type(price) is int
-                and 0 <= price <= PRICE_TICKS_MAX and type(stop) is int
-                and 0 <= stop <= PRICE_TICKS_MAX):
-            reason = None  # fast path of check_terms
-        else:
-            reason = check_terms(price, qty, stop)
-        if not (type(order_id) is str and order_id.isascii()
-                and 0 < len(order_id) <= ORDER_ID_BYTES_MAX
-                or valid_text(order_id, ORDER_ID_BYTES_MAX)):
+        O(log L) plus O(1) per fill. Any value is accepted and checked here (Rule 1), which is
+        why the parameters are `object` too: a mypyc build checks native parameter types on
+        entry, and would raise where the pure build rejects (`qty=1.5`, `qty=True`)."""
+        if (type(order_id) is str and type(price) is int and type(qty) is int
+                and type(stop) is int and 0 < qty <= QTY_MAX and 0 <= price <= PRICE_TICKS_MAX
+                and 0 <= stop <= PRICE_TICKS_MAX and (side is _BUY or side is _SELL)
+                and order_id.isascii() and 0 < len(order_id) <= ORDER_ID_BYTES_MAX
+                and order_id not in self._orders):
+            # flags are made bools (the Order fields are bools in a compiled build) without a
+            # bool() call, which costs more than the rest of this line in pure Python
+            return self._accept(order_id, side is _BUY, price, qty, stop,
+                                True if aon else False, True if ioc else False)  # noqa: SIM210
+        reason = check_terms(price, qty, stop)
+        if not valid_text(order_id, ORDER_ID_BYTES_MAX):
             reason = REASON_BAD_ID
-            order_id = order_id if type(order_id) is str else repr(order_id)
         elif side is not _BUY and side is not _SELL:
             reason = REASON_BAD_SIDE
-        elif order_id in orders:
+        elif order_id in self._orders:
             reason = REASON_DUPLICATE
         if reason is not None:
-            events.append(Rejected(order_id, reason))
-            return events
-        events.append(Accepted(order_id))
+            shown = order_id if type(order_id) is str else repr(order_id)
+            self._events = [Rejected(shown, reason)]
+            return self._events
+        assert type(order_id) is str and type(price) is int and type(qty) is int
+        assert type(stop) is int  # a valid non-ASCII id: the rare path to acceptance
+        return self._accept(order_id, side is _BUY, price, qty, stop, bool(aon), bool(ioc))
+
+    def _accept(self, order_id: str, is_buy: bool, price: int, qty: int, stop: int,
+                aon: bool, ioc: bool) -> list[Event]:
+        """Run a validated add (Rule 2): accept, match, rest or wait, publish."""
+        events: list[Event] = [Accepted(order_id)]
+        self._events = events
         self._seq += 1
         retired = self._retired
         while retired:
             order = retired.pop()
             if getrefcount(order) == _UNSHARED_REFS:  # nobody else holds it (Rule 6)
-                order.__init__(order_id, side is _BUY, price, qty, stop, aon, ioc, self)  # type: ignore[misc]
+                order.reset(order_id, is_buy, price, qty, stop, aon, ioc, self)
                 break
         else:
-            order = Order(order_id, side is _BUY, price, qty, stop, aon, ioc, self)
-        orders[order_id] = order
+            order = Order(order_id, is_buy, price, qty, stop, aon, ioc, self)
+        self._orders[order_id] = order
         if not (stop and self._hold_stop(order)):
             self._submit(order)
         if self._pending:
@@ -185,7 +186,7 @@ class Book(Matcher):
         self._publish()
         return events
 
-    def cancel(self, order_id: str) -> list[Event]:
+    def cancel(self, order_id: str | object) -> list[Event]:
         """Cancel a resting or waiting stop order. O(1), O(log L) if its level empties."""
         events: list[Event] = []
         self._events = events
@@ -210,8 +211,10 @@ class Book(Matcher):
             self._retired.append(order)
         return events
 
-    def replace(self, order_id: str, qty_delta: int = 0, price: int = 0) -> list[Event]:
-        """Change a resting order's quantity and/or price (Rule 3). Rematches like an add."""
+    def replace(self, order_id: str | object, qty_delta: int | object = 0,
+                price: int | object = 0) -> list[Event]:
+        """Change a resting order's quantity and/or price (Rule 3). Rematches like an add.
+        Any value is accepted and checked (Rule 1; `object` as in `add`)."""
         events: list[Event] = []
         self._events = events
         order = self._orders.get(order_id) if type(order_id) is str else None
@@ -233,6 +236,7 @@ class Book(Matcher):
         if reason is not None or order is None:
             events.append(ReplaceRejected(str(order_id), reason or REASON_NOT_FOUND))
             return events
+        assert type(order_id) is str and type(qty_delta) is int and type(price) is int
         new_price = price or order.price
         order.qty += qty_delta
         events.append(Replaced(order_id, order.qty, new_price))
@@ -366,7 +370,7 @@ class Book(Matcher):
             bbo = self.bbo()
         if bbo != self._bbo:
             self._bbo = bbo
-            self._events.append(BboChanged(self.symbol, *bbo))
+            self._events.append(BboChanged(self.symbol, bbo[0], bbo[1], bbo[2], bbo[3]))
 
     # ---- queries ------------------------------------------------------------------------------
 
@@ -456,3 +460,16 @@ class Book(Matcher):
         from orderbook.checks import check_book
 
         check_book(self)
+
+
+def _unshared_refs() -> int:
+    """sys.getrefcount of an Order held by one local only, measured by the same build (pure
+    or compiled) as Book.add: 2 in pure CPython 3.11 (the local and the call's argument), 1 or
+    2 in a mypyc build (which may pass its local without a new reference). Any other value
+    turns Order reuse off (Rule 6) rather than trust a count this code does not understand."""
+    probe = Order("probe", True, 1, 1, 0, False, False, Book("PROBE"))
+    count = getrefcount(probe)
+    return count if count in (1, 2) else -1
+
+
+_UNSHARED_REFS: Final = _unshared_refs()

@@ -1,6 +1,7 @@
 """Invariant checks for a Book (sortedcontainers-style `_check`): assert, never mutate.
 
-Rule 1: each side's SortedList of keys equals its level dict's keys; no empty level at rest.
+Rule 1: each side's SortedKeys (itself checked) equals its level dict's keys; no empty level
+        at rest.
 Rule 2: each level's linked list, quantity and count agree with its orders; every resting order
         has open quantity, the level's price, is indexed, is not IOC; an AON order is never
         partially filled.
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 def check_side(book: Book, side: BookSide) -> list[Order]:
     """Rules 1-2 for one side; returns its orders in priority order."""
+    side.keys._check()
     assert list(side.keys) == sorted(side.levels), "keys out of sync with levels"
     result: list[Order] = []
     for key in side.keys:
@@ -89,4 +91,4 @@ def check_book(book: Book) -> None:
     assert book._stale_order is None, "replace state left after a command"
     assert book._bbo == book.bbo(), "published BBO differs from the book"
     for side in (book.bids, book.asks):
-        assert side.best == (side.keys[0] if side.keys else EMPTY_KEY), "stale best key"
+        assert side.best == (side.keys.first() if side.keys else EMPTY_KEY), "stale best key"

@@ -14,6 +14,7 @@ Rule 4: `restore_book` creates an empty book for a snapshot decoder (orderbook.s
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from orderbook.book import REASON_NOT_FOUND, Book, valid_text
 from orderbook.constants import SYMBOL_BYTES_MAX
@@ -32,26 +33,34 @@ class Market:
         self._books: dict[str, Book] = {}
         self._orders: dict[str, Order] = {}
 
-    def apply(self, cmd: Command) -> list[Event]:
-        """Run one command; see Rule 1. Cost: the book operation's."""
+    def apply(self, cmd: Command | object) -> list[Event]:
+        """Run one command; see Rule 1. Cost: the book operation's.
+
+        The command's fields are read through `fields` (Any): a command may hold any values
+        (orderbook.types Rule 1) and the book checks them; a mypyc build would check a typed
+        read on the spot and raise (`qty=1.5`) or convert (`qty=True` to 1) instead."""
+        fields: Any = cmd
         if isinstance(cmd, AddOrder):
-            book = self._books.get(cmd.symbol)
+            symbol = fields.symbol
+            book = self._books.get(symbol) if type(symbol) is str else None
             if book is None:
-                if not (valid_text(cmd.symbol, SYMBOL_BYTES_MAX) and cmd.symbol.isprintable()):
-                    return [Rejected(str(cmd.order_id), REASON_BAD_SYMBOL)]
-                book = self._books[cmd.symbol] = Book(cmd.symbol, self._orders)
-            return book.add(cmd.order_id, cmd.side, cmd.price, cmd.qty, cmd.stop, cmd.aon,
-                            cmd.ioc)
+                if not (valid_text(symbol, SYMBOL_BYTES_MAX) and symbol.isprintable()):
+                    return [Rejected(str(fields.order_id), REASON_BAD_SYMBOL)]
+                book = self._books[symbol] = Book(symbol, self._orders)
+            return book.add(fields.order_id, fields.side, fields.price, fields.qty, fields.stop,
+                            fields.aon, fields.ioc)
         if isinstance(cmd, CancelOrder):
-            order = self._orders.get(cmd.order_id) if type(cmd.order_id) is str else None
-            if order is None or cmd.symbol is not None and order.book.symbol != cmd.symbol:
-                return [CancelRejected(str(cmd.order_id), REASON_NOT_FOUND)]
+            order_id = fields.order_id
+            order = self._orders.get(order_id) if type(order_id) is str else None
+            symbol = fields.symbol
+            if order is None or symbol is not None and order.book.symbol != symbol:
+                return [CancelRejected(str(order_id), REASON_NOT_FOUND)]
             return order.book.cancel_order(order)
         if isinstance(cmd, ReplaceOrder):
-            book = self._book_of(cmd.order_id, cmd.symbol)
+            book = self._book_of(fields.order_id, fields.symbol)
             if book is None:
-                return [ReplaceRejected(str(cmd.order_id), REASON_NOT_FOUND)]
-            return book.replace(cmd.order_id, cmd.qty_delta, cmd.price)
+                return [ReplaceRejected(str(fields.order_id), REASON_NOT_FOUND)]
+            return book.replace(fields.order_id, fields.qty_delta, fields.price)
         return [Rejected(str(getattr(cmd, "order_id", "")), REASON_BAD_COMMAND)]
 
     def restore_book(self, symbol: str) -> Book:
@@ -62,7 +71,7 @@ class Market:
         book = self._books[symbol] = Book(symbol, self._orders)
         return book
 
-    def _book_of(self, order_id: object, symbol: str | None) -> Book | None:
+    def _book_of(self, order_id: object, symbol: object) -> Book | None:
         """The book holding live order `order_id` (and named `symbol`, if given)."""
         order = self._orders.get(order_id) if type(order_id) is str else None
         if order is None:

@@ -29,19 +29,20 @@ leaving an AON order partially filled.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Final
 
 from sortedcontainers import SortedList
 
 from orderbook.events import Cancelled, Event, Filled, Trade
 from orderbook.side import EMPTY_KEY, BookSide, Level, Order
 
-RETIRED_ORDERS_MAX = 1024
+RETIRED_ORDERS_MAX: Final = 1024
 """Most retired Order objects a book keeps for reuse by later adds (see Book.add)."""
 
-INF_KEY = 1 << 63
+INF_KEY: Final = 1 << 63
 """Limit key of a market order: every resting key is <= it."""
 
-QTY_UNLIMITED = 1 << 63
+QTY_UNLIMITED: Final = 1 << 63
 """max_qty argument meaning "no cap" in _cross."""
 
 
@@ -60,7 +61,9 @@ def iter_crossing(side: BookSide, bound: int) -> Iterator[Order]:
     must not add or remove levels until the iteration ends.
     """
     levels = side.levels
-    for key in side.keys.irange(maximum=bound):
+    for key in side.keys:
+        if key > bound:
+            break
         order = levels[key].head
         while order is not None:
             nxt = order.next
@@ -136,8 +139,8 @@ class Matcher:
         assert opp.best <= bound
         keys = opp.keys
         levels = opp.levels
-        touched_append = self._touched.append
-        events_append = self._events.append
+        touched = self._touched  # lists, not bound methods: a mypyc build appends natively
+        events = self._events
         orders = self._orders
         retired = self._retired
         symbol = self.symbol
@@ -152,7 +155,7 @@ class Matcher:
             level = levels[key]
             price = level.price or in_price or self.last_trade_price
             if price:
-                touched_append(level)
+                touched.append(level)
                 order = level.head
                 while order is not None:
                     nxt = order.next
@@ -171,9 +174,9 @@ class Matcher:
                         order.open_qty = qty - fill
                         level.qty -= fill
                         contra_id = order.order_id
-                        events_append(Filled(in_id, contra_id, price, fill))
-                        events_append(Filled(contra_id, in_id, price, fill))
-                        events_append(Trade(symbol, price, fill))
+                        events.append(Filled(in_id, contra_id, price, fill))
+                        events.append(Filled(contra_id, in_id, price, fill))
+                        events.append(Trade(symbol, price, fill))
                         if fill == qty:
                             if order.prev is None:  # the usual case: unlink the head inline
                                 level.head = nxt

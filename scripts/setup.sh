@@ -2,8 +2,23 @@
 # Set up a fresh machine for mu-exchange: system packages (memcached for the registry tests,
 # multi-host runs and kvstores; redis-server and redis-tools for kvstores) and the Python
 # package with its test extra. Idempotent; safe to run again.
+#
+# Options:
+#   --compiled   also compile the matching engine's hot modules with mypyc into build/compiled/
+#                (scripts/build_compiled.py; needs gcc and the Python headers). Optional: when it
+#                cannot be built, setup says so and the pure-Python modules run. `python -m
+#                orderbook bench` prints which build runs; MU_ORDERBOOK_BUILD=pure|compiled forces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+compiled=0
+for arg in "$@"; do
+    case "$arg" in
+        --compiled) compiled=1 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "setup: unknown option $arg (see bash scripts/setup.sh --help)" >&2; exit 2 ;;
+    esac
+done
 
 need_apt=()
 command -v memcached >/dev/null 2>&1 || need_apt+=(memcached)
@@ -29,4 +44,8 @@ echo "setup: installing mu-exchange into $($PYTHON -c 'import sys; print(sys.pre
 $PYTHON -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 if [ -f scripts/gen_proto.sh ]; then
     bash scripts/gen_proto.sh
+fi
+if [ "$compiled" -eq 1 ]; then
+    $PYTHON scripts/build_compiled.py || echo "setup: warning: no compiled build; the matching" \
+        "engine runs pure Python" >&2
 fi
