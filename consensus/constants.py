@@ -54,6 +54,12 @@ NATIVE_BEAT_INTERVAL_US = 100  # the C thread bumps the word this often (GIL-fre
 # stale token on a live leader is a spurious fail-over; a hung interpreter is still caught.
 NATIVE_TOKEN_TTL_US = 100_000
 NATIVE_BEAT_RT_PRIORITY = 10  # SCHED_FIFO priority of the C thread (0: do not ask)
+# SCHED_FIFO priority of the background (scanner/election) thread when the native beat runs at
+# real-time priority: a follower's scan otherwise waits for a CPU behind every other runnable
+# process, and its stalls (not counted, detector Rule 1) delayed detection to 9-15 ms at load
+# 4-8 (bench failover --sigstop, per-phase breakdown). Below the beat's, so a scanner never
+# delays a beat. The thread sleeps between scans; the kernel's RT throttling still leaves 5%.
+BACKGROUND_RT_PRIORITY = 5
 # A LEADING peer is dead after this much observed silence when this replica's own native beat
 # runs at real-time priority (a homogeneous cluster on one machine: peers' beats do too).
 NATIVE_DEAD_AFTER_US = 3000
@@ -78,4 +84,5 @@ assert HEARTBEAT_INTERVAL_US * 4 <= DEAD_AFTER_US
 assert DEAD_AFTER_US < FATE_SHARING_STUCK_US
 assert SCAN_GAP_CAP_US < CANDIDATE_DEAD_AFTER_US <= NATIVE_DEAD_AFTER_US <= DEAD_AFTER_US
 assert NATIVE_BEAT_INTERVAL_US * 10 <= NATIVE_DEAD_AFTER_US < NATIVE_TOKEN_TTL_US
+assert 0 <= BACKGROUND_RT_PRIORITY < NATIVE_BEAT_RT_PRIORITY
 assert PUMP_SLEEP_S_MIN <= PUMP_SLEEP_S_MAX

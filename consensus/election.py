@@ -59,6 +59,10 @@ from consensus.state import (
     LEADING_RECOVERING,
     LEADING_YES,
     LOGGER,
+    PHASE_CAMPAIGN,
+    PHASE_GRANTED,
+    PHASE_LEADING,
+    PHASE_SUSPECT,
     Peer,
     ReplicaState,
 )
@@ -145,6 +149,8 @@ class Background:
             state.peer_holder[peer.replica_id] = holder
         alive = self.detector.alive(now)
         if alive != state.alive:
+            if any(state.peer_leading.get(p) == LEADING_YES for p in state.alive - alive):
+                state.phase(PHASE_SUSPECT)
             LOGGER.info("replica %d: live peers %s -> %s", state.replica_id, sorted(state.alive),
                         sorted(alive))
         state.alive = alive
@@ -271,9 +277,12 @@ class Background:
         if request == 0:
             return
         granted = self._collect_answers(request)
+        if granted is not None:
+            state.phase(PHASE_GRANTED)
         with state.role:
             if granted is not None and state.campaigning and prepare(state, granted):
                 state.set_word(ctrl_mod.LEADING_OFFSET, LEADING_YES)
+                state.phase(PHASE_LEADING)
                 return
             state.step_down_locked("campaign failed")
         pending, state.failure_pending = state.failure_pending, None
@@ -299,6 +308,7 @@ class Background:
             state.request = request
             state.requests = {peer: request for peer in state.peers}
         LOGGER.info("replica %d campaigns (request %d)", state.replica_id, request)
+        state.phase(PHASE_CAMPAIGN)
         packed = ctrl_mod.U64.pack(request)
         for peer in state.peers.values():
             try:

@@ -15,6 +15,10 @@ Rule 4: the helper is compiled at first use with the system C compiler into a ca
         ``MU_NATIVE_HEARTBEAT=0``, ``NativeBeat.start`` returns ``None`` and the replica keeps the
         Python heartbeat (one log line says why).
 Rule 5: only the real runtime uses it: the simulator keeps its simulated heartbeat and detector.
+Rule 6: ``raise_thread_priority`` puts the *calling* thread at ``SCHED_FIFO`` (the replica's
+        background thread, when the beat itself got real-time priority): a follower's scanner and
+        election then run as soon as they wake instead of waiting for a CPU; refused, the thread
+        keeps its normal priority (one log line); ``MU_BACKGROUND_RT=0`` does not ask.
 """
 
 from __future__ import annotations
@@ -163,6 +167,24 @@ def load() -> ctypes.CDLL | None:
         LOGGER.warning("native heartbeat unavailable (%s): using the Python heartbeat and the "
                        "%d ms dead-after threshold", _unavailable, c.DEAD_AFTER_US // 1000)
     return _library
+
+
+def background_priority() -> int:
+    """Rule 6: the background thread's ``SCHED_FIFO`` priority; 0 (normal) with
+    ``MU_BACKGROUND_RT=0``."""
+    return 0 if os.environ.get("MU_BACKGROUND_RT", "1") == "0" else c.BACKGROUND_RT_PRIORITY
+
+
+def raise_thread_priority(priority: int, what: str) -> bool:
+    """Rule 6: move the calling thread to ``SCHED_FIFO`` ``priority``; False if refused."""
+    assert priority > 0, priority
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # 0: this thread
+    except (OSError, AttributeError) as error:
+        LOGGER.warning("%s keeps normal priority (SCHED_FIFO %d refused: %s)", what, priority,
+                       error)
+        return False
+    return True
 
 
 class NativeBeat:
