@@ -346,6 +346,7 @@ def _pause_loop(events: queue.SimpleQueue[Event], by_id: dict[int, subprocess.Po
 
 
 PHASE_NAMES = ("detect", "to campaign", "permissions", "prepare", "first commit")
+PHASE_EVENTS = ("suspect", "campaign", "granted", "leading")  # consensus.state.PHASES
 
 
 def phase_durations(timing: FailoverTiming) -> tuple[int | None, ...]:
