@@ -52,7 +52,7 @@ typedef struct {
     uint64_t interval_ns, ttl_ns;
     volatile uint64_t token_ns;
     volatile int enabled, stopping, realtime;
-    volatile uint64_t max_gap_ns, beats;
+    volatile uint64_t max_gap_ns, beats, stale;
     int priority;
     pthread_t thread;
 } nb_t;
@@ -71,9 +71,13 @@ static void *run(void *arg) {
         if (now - last > h->max_gap_ns) h->max_gap_ns = now - last;
         last = now;
         uint64_t token = __atomic_load_n(&h->token_ns, __ATOMIC_ACQUIRE);
-        if (__atomic_load_n(&h->enabled, __ATOMIC_ACQUIRE) && now - token < h->ttl_ns) {
-            __atomic_store_n(h->word, *h->word + 1, __ATOMIC_RELEASE);
-            h->beats++;
+        if (__atomic_load_n(&h->enabled, __ATOMIC_ACQUIRE)) {
+            if (now - token < h->ttl_ns) {
+                __atomic_store_n(h->word, *h->word + 1, __ATOMIC_RELEASE);
+                h->beats++;
+            } else {
+                h->stale++;  /* enabled but the token is stale: a beat withheld (Rule 1) */
+            }
         }
         struct timespec ts = {0, (long)h->interval_ns};
         nanosleep(&ts, NULL);
@@ -99,6 +103,7 @@ int nb_realtime(void *p) { return ((nb_t *)p)->realtime; }
 uint64_t nb_max_gap_ns(void *p) { uint64_t g = ((nb_t *)p)->max_gap_ns;
                                   ((nb_t *)p)->max_gap_ns = 0; return g; }
 uint64_t nb_beats(void *p) { return ((nb_t *)p)->beats; }
+uint64_t nb_stale(void *p) { return ((nb_t *)p)->stale; }
 void nb_stop(void *p) {
     nb_t *h = (nb_t *)p;
     __atomic_store_n(&h->stopping, 1, __ATOMIC_RELEASE);
@@ -145,7 +150,7 @@ def _compile() -> ctypes.CDLL:
     lib.nb_enable.restype = None
     lib.nb_realtime.argtypes = [ctypes.c_void_p]
     lib.nb_realtime.restype = ctypes.c_int
-    for name in ("nb_max_gap_ns", "nb_beats"):
+    for name in ("nb_max_gap_ns", "nb_beats", "nb_stale"):
         getattr(lib, name).argtypes = [ctypes.c_void_p]
         getattr(lib, name).restype = ctypes.c_uint64
     return lib
@@ -229,6 +234,11 @@ class NativeBeat:
     @property
     def beats(self) -> int:
         return 0 if self._handle is None else int(self._lib.nb_beats(self._handle))
+
+    @property
+    def stale(self) -> int:
+        """Beats withheld so far because Python had not refreshed the token (Rule 1)."""
+        return 0 if self._handle is None else int(self._lib.nb_stale(self._handle))
 
     def take_max_gap_ns(self) -> int:
         """The longest gap between two wake-ups of the thread since the previous call."""

@@ -198,9 +198,10 @@ class Replica:
             return cfg
         if cfg.dead_after_us != c.DEAD_AFTER_US:
             return cfg  # the deployment chose its own threshold
-        # A slower Python heartbeat (a gRPC server's) or scan keeps the config's own relations.
+        # A slower Python heartbeat (a gRPC server's) or scan keeps the config's own relations:
+        # silence is judged over at least one capped gap and one (fast) scan after it.
         dead_after_us = max(c.NATIVE_DEAD_AFTER_US, 2 * cfg.heartbeat_interval_us,
-                            cfg.scan_gap_cap_us + cfg.scan_interval_us)
+                            cfg.scan_gap_cap_us + cfg.scan_fast_us)
         LOGGER.info("replica %d: native real-time heartbeat; leaders are dead after %d us of "
                     "silence", cfg.replica_id, dead_after_us)
         return dataclasses.replace(cfg, dead_after_us=dead_after_us)
@@ -408,6 +409,8 @@ class Replica:
         stuck_ns = self.config.fate_sharing_stuck_us * NS_PER_US
         seen_entered = -1
         since_ns = runtime.now_ns()
+        was_stuck = False
+        stale_seen = 0
         while not state.stopping:
             now = runtime.now_ns()
             entered = state.propose_entered
@@ -416,12 +419,29 @@ class Replica:
                 seen_entered = entered
                 since_ns = now
             stuck = busy and now - since_ns >= stuck_ns
+            if stuck != was_stuck:
+                was_stuck = stuck
+                LOGGER.warning("replica %d: %s", state.replica_id,
+                               f"a proposal has been stuck for {(now - since_ns) // 1_000_000} "
+                               "ms: heartbeat stopped (fate sharing)" if stuck else
+                               "the stuck proposal moved on: heartbeat resumed")
             beating = not state.paused and state.failure is None and not stuck
+            if beating:  # refreshes the native token before enabling: no stale beat at start
+                state.bump_heartbeat()
             if state.native_beat is not None:
                 state.native_beat.enable(beating)
-            if beating:
-                state.bump_heartbeat()
+                stale_seen = self._report_stale(state.native_beat, stale_seen)
             runtime.sleep(interval_s)
+
+    def _report_stale(self, beat: NativeBeat, seen: int) -> int:
+        """Log native beats withheld because this interpreter ran too late to refresh the token
+        (native_beat Rule 1): peers may have judged this replica dead meanwhile."""
+        stale = beat.stale
+        if stale != seen:
+            LOGGER.warning("replica %d: the interpreter did not run for over %d ms: %d native "
+                           "heartbeats withheld (fate sharing)", self.config.replica_id,
+                           c.NATIVE_TOKEN_TTL_US // 1000, stale - seen)
+        return stale
 
 
 def parse_incarnation(value: bytes | None) -> int:

@@ -18,6 +18,7 @@ from exchange.config import (
     HEARTBEAT_INTERVAL_US_DEFAULT,
     LOG_SLOTS_DEFAULT,
     PUMP_POLL_US_DEFAULT,
+    SCAN_FAST_INTERVAL_US_DEFAULT,
     SCAN_INTERVAL_US_DEFAULT,
     ConfigError,
     durability_settings,
@@ -67,16 +68,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--log-slots", type=int, default=LOG_SLOTS_DEFAULT,
                        help=f"consensus log slots, a power of two (default {LOG_SLOTS_DEFAULT}): "
                        "how far a paused replica may fall behind and still rejoin")
-    serve.add_argument("--heartbeat-interval-us", type=int,
-                       default=HEARTBEAT_INTERVAL_US_DEFAULT,
-                       help="consensus (Python) heartbeat interval "
-                       f"(default {HEARTBEAT_INTERVAL_US_DEFAULT}; 0 = consensus's own)")
-    serve.add_argument("--scan-interval-us", type=int, default=SCAN_INTERVAL_US_DEFAULT,
-                       help="failure-detector scan and permission-switch interval: a silent "
-                       "leader is replaced within the dead-after threshold plus about two of "
-                       f"these (default {SCAN_INTERVAL_US_DEFAULT}; 0 = the heartbeat interval)")
-    serve.add_argument("--dead-after-us", type=int, default=0,
-                       help="a silent leader is declared dead after this (default: consensus's)")
+    _add_consensus_timings(serve)
     serve.add_argument("--pump-poll-us", type=int, default=PUMP_POLL_US_DEFAULT,
                        help="how often an idle consensus pump looks for new entries, i.e. how "
                        f"late a follower may apply (default {PUMP_POLL_US_DEFAULT}; 0 = "
@@ -102,6 +94,26 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
 
+def _add_consensus_timings(serve: argparse.ArgumentParser) -> None:
+    """The failure detector's flags (issue 14)."""
+    serve.add_argument("--heartbeat-interval-us", type=int,
+                       default=HEARTBEAT_INTERVAL_US_DEFAULT,
+                       help="consensus (Python) heartbeat interval "
+                       f"(default {HEARTBEAT_INTERVAL_US_DEFAULT}; 0 = consensus's own)")
+    serve.add_argument("--scan-interval-us", type=int, default=SCAN_INTERVAL_US_DEFAULT,
+                       help="failure-detector scan and permission-switch interval while every "
+                       f"peer beats (default {SCAN_INTERVAL_US_DEFAULT}; 0 = the heartbeat "
+                       "interval)")
+    serve.add_argument("--scan-fast-interval-us", type=int,
+                       default=SCAN_FAST_INTERVAL_US_DEFAULT,
+                       help="the same while a peer's heartbeat stood still or no leader is "
+                       "known: a silent leader is replaced within the dead-after threshold plus "
+                       f"about two of these (default {SCAN_FAST_INTERVAL_US_DEFAULT}; 0 = "
+                       "--scan-interval-us)")
+    serve.add_argument("--dead-after-us", type=int, default=0,
+                       help="a silent leader is declared dead after this (default: consensus's)")
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     from exchange.server import default_fifo_path, serve
 
@@ -120,14 +132,16 @@ def _run_serve(args: argparse.Namespace) -> int:
     if not args.no_fifo:
         fifo = args.fifo or default_fifo_path(config.replica_id)
         config = dataclasses.replace(config, fifo_path=fifo)
-    if min(args.heartbeat_interval_us, args.scan_interval_us, args.dead_after_us,
-           args.pump_poll_us) < 0:
-        raise ConfigError("--heartbeat-interval-us, --scan-interval-us, --dead-after-us and "
-                          "--pump-poll-us must be >= 0")
+    if min(args.heartbeat_interval_us, args.scan_interval_us, args.scan_fast_interval_us,
+           args.dead_after_us, args.pump_poll_us) < 0:
+        raise ConfigError("--heartbeat-interval-us, --scan-interval-us, "
+                          "--scan-fast-interval-us, --dead-after-us and --pump-poll-us must be "
+                          ">= 0")
     data_dir, durability, snapshot_entries = durability_settings(
         args.data_dir, args.durability, args.snapshot_entries)
     config = dataclasses.replace(config, heartbeat_interval_us=args.heartbeat_interval_us,
                                  scan_interval_us=args.scan_interval_us,
+                                 scan_fast_interval_us=args.scan_fast_interval_us,
                                  dead_after_us=args.dead_after_us, parent_pid=args.parent_pid,
                                  pump_poll_us=args.pump_poll_us, data_dir=data_dir,
                                  durability=durability, snapshot_entries=snapshot_entries)

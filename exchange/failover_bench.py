@@ -108,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: error: need --traders >= 1 and --pauses >= 1 / --minutes > 0",
               file=sys.stderr)
         return 2
-    print(f"{args.command}: traders and servers at {_raise_priority()}; load average "
-          f"{_load_average()}", flush=True)
+    _raise_priority()
+    print(f"{args.command}: traders and servers at nice {os.getpriority(os.PRIO_PROCESS, 0)} "
+          f"(MU_BENCH_NICE, default -10; 0 leaves it); load average {_load_average()}",
+          flush=True)
     cluster = LocalCluster(3, name=args.command, extra_args=tuple(args.server_arg))
     try:
         with _hogs(steady and args.cpu_hogs) as hogs:

@@ -52,11 +52,12 @@ class ReplicationHandle:
 
 
 def detector_timings(
-    pump_poll_us: int, dead_after_us: int, heartbeat_interval_us: int, scan_interval_us: int = 0
+    pump_poll_us: int, dead_after_us: int, heartbeat_interval_us: int, scan_interval_us: int = 0,
+    scan_fast_interval_us: int = 0,
 ) -> dict[str, int]:
     """Failure-detector timings for a server process that also serves clients from Python
     threads (see docs/exchange.md); 0 means consensus's default (``scan_interval_us``: the
-    heartbeat interval). Shared with kvstores."""
+    heartbeat interval; ``scan_fast_interval_us``: the scan interval). Shared with kvstores."""
     from consensus import constants
 
     timings: dict[str, int] = {"pump_poll_us": pump_poll_us}
@@ -71,12 +72,15 @@ def detector_timings(
         # A scan gap counts for at most one scan period (or consensus's cap if larger), so a
         # stalled scanner never blames its peers for its own stall.
         timings["scan_gap_cap_us"] = min(max(scan, constants.SCAN_GAP_CAP_US), dead_after - 1)
+        if scan_fast_interval_us:
+            timings["scan_fast_interval_us"] = min(scan_fast_interval_us, scan)
     return timings
 
 
 def _timings(config: ServerConfig) -> dict[str, int]:
     return detector_timings(config.pump_poll_us, config.dead_after_us,
-                            config.heartbeat_interval_us, config.scan_interval_us)
+                            config.heartbeat_interval_us, config.scan_interval_us,
+                            config.scan_fast_interval_us)
 
 
 class GrpcSnapshotPort:

@@ -321,6 +321,10 @@ def test_a_caught_up_leaders_pump_does_not_poll(make_cluster):
     assert steps[leader.replica_id] == 0  # it waits on the bell (pump Rule 7)
     assert all(steps[m] > 0 for m in cluster.replicas if m != leader.replica_id)
     leader.pause()  # a step-down rings the bell; once resumed, as a follower, the pump polls
+    # resumed before another replica took over, the former leader may win again (it is the
+    # lowest live id; its real-time background thread is quick), and a leader's pump waits
+    wait_until(lambda: any(r.is_leader for m, r in cluster.replicas.items()
+                           if m != leader.replica_id), what="another leader")
     leader.resume()
     wait_until(lambda: steps[leader.replica_id] > 0, what="the former leader's pump to poll")
 
