@@ -159,6 +159,14 @@ def test_config_rejects_bad_values():
         ReplicaConfig(1, (1, 1, 2))
     with pytest.raises(ValueError, match="pump_poll_us"):
         ReplicaConfig(1, (1, 2, 3), pump_poll_us=-1)
+    with pytest.raises(ValueError, match="scan_fast_interval_us"):
+        ReplicaConfig(1, (1, 2, 3), scan_interval_us=500, scan_fast_interval_us=600)
+    with pytest.raises(ValueError, match="scan_fast_interval_us"):
+        ReplicaConfig(1, (1, 2, 3), scan_fast_interval_us=-1)
+    calm = ReplicaConfig(1, (1, 2, 3), scan_interval_us=2000, scan_gap_cap_us=2000,
+                         scan_fast_interval_us=250)
+    assert calm.scan_fast_us == 250
+    assert ReplicaConfig(1, (1, 2, 3), scan_interval_us=400).scan_fast_us == 400  # 0: off
 
 
 def test_fixed_pump_polling_still_delivers_everywhere(make_cluster):
