@@ -11,6 +11,11 @@ Rule 3 (failover): three kinds of fault. ``pause`` is silent (the node stops bea
         without clearing its ``leading`` word, as Mu's ``p``), ``step`` steps aside first
         (cooperative), ``sigstop`` stops the whole process. Without ``--sigstop`` the benchmark
         runs ``--pauses`` of each of ``pause`` and ``step`` and reports both.
+Rule 4 (failover): nodes also report the election's milestones (``Replica(on_phase=...)``):
+        a peer judged the leader dead (suspect), the new leader campaigns, holds a majority's
+        permissions, finished prepare; the report splits every fail-over into detect, to
+        campaign, permissions, prepare and first commit, with per-phase p50/p90/max and the
+        slowest fail-overs phase by phase.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 from consensus.bench import LEADER_WAIT_S, percentile, raise_priority, tune_process
 from consensus.config import ReplicaConfig
@@ -132,7 +138,8 @@ def run_node(opts: NodeOptions) -> int:
                       on_commit=(lambda index, payload: delivered.append((index, payload)))
                       if opts.record else None,
                       on_leader_change=lambda leader, mine: emit("leader", me,
-                                                                 time.monotonic_ns(), leader))
+                                                                 time.monotonic_ns(), leader),
+                      on_phase=lambda phase, now_ns: emit(phase, me, now_ns))
     commands: queue.SimpleQueue[str] = queue.SimpleQueue()
 
     def read_commands() -> None:
@@ -305,7 +312,7 @@ def _pause_loop(events: queue.SimpleQueue[Event], by_id: dict[int, subprocess.Po
     from tqdm import tqdm
 
     sigstop = how == "sigstop"
-    failovers: list[int] = []
+    failovers: list[FailoverTiming] = []
     unplanned = aborted = 0
     for _ in tqdm(range(pauses), unit="failover", file=sys.stderr, leave=False):
         time.sleep(STEADY_BEFORE_PAUSE_S)
@@ -326,19 +333,81 @@ def _pause_loop(events: queue.SimpleQueue[Event], by_id: dict[int, subprocess.Po
     if not failovers:
         print(f"failover: no {how} fail-over completed", file=sys.stderr)
         return 1, leader
-    ordered = sorted(failovers)
+    ordered = sorted(f.total_ns for f in failovers)
     p50, p99 = percentile(ordered, 0.5), percentile(ordered, 0.99)
     label = {"sigstop": "silent: SIGSTOP", "pause": "silent: pause hook",
              "step": "cooperative: step down"}[how]
     print(f"{pauses} fail-overs ({label} -> first commit by the new leader): "
           f"p50 {p50 / 1e6:.2f} ms, p99 {p99 / 1e6:.2f} ms, max {ordered[-1] / 1e6:.2f} ms; "
           f"unplanned leader changes between pauses: {unplanned}; aborted: {aborted}")
+    for line in breakdown(failovers):
+        print(f"  {line}")
     return 0, leader
 
 
+PHASE_NAMES = ("detect", "to campaign", "permissions", "prepare", "first commit")
+PHASE_EVENTS = ("suspect", "campaign", "granted", "leading")  # consensus.state.PHASES
+
+
+def phase_durations(timing: FailoverTiming) -> tuple[int | None, ...]:
+    """Rule 4: stop -> suspect -> campaign -> granted -> leading -> first commit, each in ns
+    (None when a milestone is missing, e.g. a replica that was already campaigning)."""
+    marks = (0, timing.suspect_ns, timing.campaign_ns, timing.granted_ns, timing.leading_ns,
+             timing.total_ns)
+    return tuple(None if a is None or b is None else b - a for a, b in pairwise(marks))
+
+
+def breakdown(timings: list[FailoverTiming], slowest: int = 3) -> list[str]:
+    """Rule 4: per-phase p50/p90/max over the fail-overs, then the slowest ones phase by
+    phase, so the tail can be blamed on detection, election or the first commit."""
+    assert timings
+    per_phase = list(zip(*(phase_durations(t) for t in timings), strict=True))
+    lines = []
+    parts = []
+    for name, values in zip(PHASE_NAMES, per_phase, strict=True):
+        known = sorted(v for v in values if v is not None)
+        if not known:
+            parts.append(f"{name} n/a")
+            continue
+        parts.append(f"{name} {percentile(known, 0.5) / 1e6:.2f}/"
+                     f"{percentile(known, 0.9) / 1e6:.2f}/{known[-1] / 1e6:.2f}")
+    lines.append("phases, ms p50/p90/max: " + "; ".join(parts))
+    for timing in sorted(timings, key=lambda t: -t.total_ns)[:slowest]:
+        shown = ", ".join(f"{name} {'?' if d is None else f'{d / 1e6:.2f}'}"
+                          for name, d in zip(PHASE_NAMES, phase_durations(timing), strict=True))
+        lines.append(f"slow: {timing.total_ns / 1e6:.2f} ms = {shown}")
+    return lines
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverTiming:
+    """One fail-over, in ns from the stop; a phase is None when its event was not seen
+    (Rule 4)."""
+
+    total_ns: int
+    suspect_ns: int | None  # the new leader judges the old leader dead
+    campaign_ns: int | None  # the new leader asks for permissions
+    granted_ns: int | None  # ... has a majority's answers
+    leading_ns: int | None  # ... finished prepare
+
+
+def _timing(paused_ns: int, first: Event, seen: list[Event], leader: int) -> FailoverTiming:
+    """Rule 4: the milestones of this fail-over among the events ``seen`` since the stop."""
+    def when(kind: str, replica: int | None) -> int | None:
+        times = [e.time_ns - paused_ns for e in seen
+                 if e.kind == kind and e.time_ns >= paused_ns and e.replica != leader
+                 and (replica is None or e.replica == replica)]
+        return min(times) if times else None
+
+    return FailoverTiming(first.time_ns - paused_ns, when("suspect", first.replica),
+                          when("campaign", first.replica), when("granted", first.replica),
+                          when("leading", first.replica))
+
+
 def _one_failover(events: queue.SimpleQueue[Event], child: subprocess.Popen[str], leader: int,
-                  how: str) -> int:
-    """Stop ``leader``; return ns from the stop to the first commit of another replica.
+                  how: str) -> FailoverTiming:
+    """Stop ``leader``; return the time from the stop to the first commit of another replica,
+    with its phases.
 
     The replicas' events reach ``events`` through one reader thread per process, so the new
     leader's first commit may be queued before the old leader's "paused": both are awaited in
@@ -367,7 +436,7 @@ def _one_failover(events: queue.SimpleQueue[Event], child: subprocess.Popen[str]
             events.put(event)
     assert paused_ns is not None and first is not None
     events.put(first)  # _drain_leader sees the new leader
-    return first.time_ns - paused_ns
+    return _timing(paused_ns, first, others, leader)
 
 
 def _drain_leader(events: queue.SimpleQueue[Event], leader: int) -> int:

@@ -6,6 +6,7 @@ Rule 2: timings are in microseconds (``_us``) and have the defaults of ``consens
         the simulator passes the same defaults, as its time is simulated.
 Rule 3: ``candidate_dead_after_us`` is clamped into ``(scan_gap_cap_us, dead_after_us]``, so a
         config that only sets ``dead_after_us`` stays consistent.
+Rule 4: ``scan_fast_interval_us`` is 0 (off) or in ``(0, scan_interval_us]``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ class ReplicaConfig:
     log_slots: int = c.LOG_SLOTS_DEFAULT
     heartbeat_interval_us: int = c.HEARTBEAT_INTERVAL_US
     scan_interval_us: int = c.SCAN_INTERVAL_US
+    # Rule 4: the scan period while a peer's counter stood still in the last scan or no leader
+    # is known (0: scan_interval_us always). Lets a process scan rarely while all is well and
+    # still notice a silent leader, and answer a candidate, within a fraction of a millisecond.
+    scan_fast_interval_us: int = 0
     dead_after_us: int = c.DEAD_AFTER_US
     candidate_dead_after_us: int = c.CANDIDATE_DEAD_AFTER_US
     scan_gap_cap_us: int = c.SCAN_GAP_CAP_US
@@ -70,10 +75,18 @@ class ReplicaConfig:
                                    self.scan_gap_cap_us + 1))
         if self.heartbeat_interval_us * 2 > self.dead_after_us:
             raise ValueError("dead_after_us must be at least twice heartbeat_interval_us")
+        if not (self.scan_fast_interval_us == 0
+                or 0 < self.scan_fast_interval_us <= self.scan_interval_us):
+            raise ValueError("scan_fast_interval_us must be 0 (off) or in 1..scan_interval_us")
         if self.pump_poll_us < 0:
             raise ValueError("pump_poll_us must be 0 (adaptive) or positive")
         if self.connect_timeout_s <= 0:
             raise ValueError("connect_timeout_s must be positive")
+
+    @property
+    def scan_fast_us(self) -> int:
+        """The scan period while something may be wrong (Rule 4)."""
+        return self.scan_fast_interval_us or self.scan_interval_us
 
     @property
     def majority(self) -> int:

@@ -49,16 +49,28 @@ SCAN_GAP_CAP_US = 1000  # one scan gap never counts for more than this
 CANDIDATE_DEAD_AFTER_US = 2000
 # --- native heartbeat (consensus.native_beat; the real runtime only) ---------------------------
 NATIVE_BEAT_INTERVAL_US = 100  # the C thread bumps the word this often (GIL-free)
-# Python must refresh the liveness token this often or the C beat stops (fate sharing). 100 ms:
-# at load 40 on 2 cores a runnable Python thread was measured waiting tens of ms for a CPU, and a
-# stale token on a live leader is a spurious fail-over; a hung interpreter is still caught.
-NATIVE_TOKEN_TTL_US = 100_000
+# Python must refresh the liveness token this often or the C beat stops (fate sharing). 1 s: a
+# stale token on a live leader is a spurious fail-over, and interpreters on this shared 2-core
+# machine were measured not running for 100-275 ms at a time (exchange bench-steady at nice 19,
+# load average 14-17: 69 leader changes in 10 min with 100 ms, every one a withheld beat); a
+# hung interpreter (a deadlock, a C call holding the GIL) is still replaced within about 1 s.
+# A stopped or crashed process stops the beat at once (this bounds only the hung-interpreter
+# case).
+NATIVE_TOKEN_TTL_US = 1_000_000
 NATIVE_BEAT_RT_PRIORITY = 10  # SCHED_FIFO priority of the C thread (0: do not ask)
+# SCHED_FIFO priority of the background (scanner/election) thread when the native beat runs at
+# real-time priority: a follower's scan otherwise waits for a CPU behind every other runnable
+# process, and its stalls (not counted, detector Rule 1) delayed detection to 9-15 ms at load
+# 4-8 (bench failover --sigstop, per-phase breakdown). Below the beat's, so a scanner never
+# delays a beat. The thread sleeps between scans; the kernel's RT throttling still leaves 5%.
+BACKGROUND_RT_PRIORITY = 5
 # A LEADING peer is dead after this much observed silence when this replica's own native beat
 # runs at real-time priority (a homogeneous cluster on one machine: peers' beats do too).
 NATIVE_DEAD_AFTER_US = 3000
 STARTUP_GRACE_US = 500_000  # a peer never seen beating is presumed alive this long after start
-FATE_SHARING_STUCK_US = 50_000  # a leader whose propose is stuck this long stops heartbeating
+# A leader whose propose is stuck this long stops heartbeating (fate sharing). 1 s, as the token
+# above: a proposing thread descheduled for 100+ ms on a loaded machine is not a hung leader.
+FATE_SHARING_STUCK_US = 1_000_000
 PERMISSION_WAIT_US = 20_000  # a candidate gives up waiting for a majority's answers after this
 CAMPAIGN_BACKOFF_US_MAX = 2000  # random back-off after a failed campaign (ties break by id anyway)
 COMMIT_FLUSH_IDLE_US = 500  # an idle leader publishes its commit index to followers after this
@@ -78,4 +90,5 @@ assert HEARTBEAT_INTERVAL_US * 4 <= DEAD_AFTER_US
 assert DEAD_AFTER_US < FATE_SHARING_STUCK_US
 assert SCAN_GAP_CAP_US < CANDIDATE_DEAD_AFTER_US <= NATIVE_DEAD_AFTER_US <= DEAD_AFTER_US
 assert NATIVE_BEAT_INTERVAL_US * 10 <= NATIVE_DEAD_AFTER_US < NATIVE_TOKEN_TTL_US
+assert 0 <= BACKGROUND_RT_PRIORITY < NATIVE_BEAT_RT_PRIORITY
 assert PUMP_SLEEP_S_MIN <= PUMP_SLEEP_S_MAX

@@ -75,5 +75,9 @@ class FailureDetector:
         threshold = self.dead_after_ns if dead_after_ns is None else dead_after_ns
         return state.silent_ns < threshold
 
+    def silent(self, peer: int) -> bool:
+        """Whether ``peer``'s counter stood still in the last scan (or it was unreadable)."""
+        return self._state[peer].silent_ns > 0 or self._state[peer].counter < 0
+
     def alive(self, now_ns: int, dead_after_ns: int | None = None) -> frozenset[int]:
         return frozenset(p for p in self.peers if self.is_alive(p, now_ns, dead_after_ns))

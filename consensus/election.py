@@ -40,6 +40,10 @@ Rule 7: a peer whose regions were replaced (it restarted on fresh memory: reads 
 Rule 8: while recovering (``consensus.rejoin``) a replica never campaigns, and while amnesiac its
         switcher grants only what rejoin Rule 1 allows; peers whose ``leading`` word says they
         recover are left out of the lowest-live-id test (they will not campaign).
+Rule 9: the background activity runs every ``scan_interval_us`` while all is calm (every peer's
+        counter moved in the last scan, a leader is known) and every ``scan_fast_interval_us``
+        otherwise, so a process may scan rarely and still detect a silent leader, and answer a
+        candidate's request, within a fraction of a millisecond of the threshold.
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ from consensus.state import (
     LEADING_RECOVERING,
     LEADING_YES,
     LOGGER,
+    PHASE_CAMPAIGN,
+    PHASE_GRANTED,
+    PHASE_LEADING,
+    PHASE_SUSPECT,
     Peer,
     ReplicaState,
 )
@@ -98,6 +106,7 @@ class Background:
         runtime = state.runtime
         self.detector.reset(runtime.now_ns(), grace=True)
         interval_s = state.config.scan_interval_us / 1e6
+        fast_s = state.config.scan_fast_us / 1e6
         while not state.stopping:
             if state.paused:
                 runtime.sleep(interval_s)
@@ -110,7 +119,7 @@ class Background:
                 self.scan()
             else:
                 self.step()
-            runtime.sleep(interval_s)
+            runtime.sleep(interval_s if self._calm() else fast_s)
 
     def step(self) -> None:
         """One turn: answer requests, scan, then lead, follow or campaign."""
@@ -145,10 +154,19 @@ class Background:
             state.peer_holder[peer.replica_id] = holder
         alive = self.detector.alive(now)
         if alive != state.alive:
+            if any(state.peer_leading.get(p) == LEADING_YES for p in state.alive - alive):
+                state.phase(PHASE_SUSPECT)
             LOGGER.info("replica %d: live peers %s -> %s", state.replica_id, sorted(state.alive),
                         sorted(alive))
         state.alive = alive
         self._alive_quick = self.detector.alive(now, self._candidate_dead_after_ns)
+
+    def _calm(self) -> bool:
+        """Rule 9: every peer's counter moved in the last scan and a leader is known."""
+        state = self.state
+        if not (state.leading or self._live_leader() is not None):
+            return False
+        return not any(self.detector.silent(peer) for peer in state.config.peers)
 
     def _reconnect(self, peer: Peer) -> None:
         """Rule 7."""
@@ -271,9 +289,12 @@ class Background:
         if request == 0:
             return
         granted = self._collect_answers(request)
+        if granted is not None:
+            state.phase(PHASE_GRANTED)
         with state.role:
             if granted is not None and state.campaigning and prepare(state, granted):
                 state.set_word(ctrl_mod.LEADING_OFFSET, LEADING_YES)
+                state.phase(PHASE_LEADING)
                 return
             state.step_down_locked("campaign failed")
         pending, state.failure_pending = state.failure_pending, None
@@ -299,6 +320,7 @@ class Background:
             state.request = request
             state.requests = {peer: request for peer in state.peers}
         LOGGER.info("replica %d campaigns (request %d)", state.replica_id, request)
+        state.phase(PHASE_CAMPAIGN)
         packed = ctrl_mod.U64.pack(request)
         for peer in state.peers.values():
             try:
@@ -364,7 +386,7 @@ class Background:
         state = self.state
         runtime = state.runtime
         deadline = runtime.now_ns() + state.config.permission_wait_us * NS_PER_US
-        interval_s = state.config.scan_interval_us / 1e6 / 4
+        interval_s = state.config.scan_fast_us / 1e6 / 4  # Rule 9: nothing is calm now
         while not state.stopping and not state.paused and state.failure is None:
             granted = self._granted()
             if len(granted) + 1 >= state.majority:

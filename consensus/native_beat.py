@@ -15,6 +15,10 @@ Rule 4: the helper is compiled at first use with the system C compiler into a ca
         ``MU_NATIVE_HEARTBEAT=0``, ``NativeBeat.start`` returns ``None`` and the replica keeps the
         Python heartbeat (one log line says why).
 Rule 5: only the real runtime uses it: the simulator keeps its simulated heartbeat and detector.
+Rule 6: ``raise_thread_priority`` puts the *calling* thread at ``SCHED_FIFO`` (the replica's
+        background thread, when the beat itself got real-time priority): a follower's scanner and
+        election then run as soon as they wake instead of waiting for a CPU; refused, the thread
+        keeps its normal priority (one log line); ``MU_BACKGROUND_RT=0`` does not ask.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ typedef struct {
     uint64_t interval_ns, ttl_ns;
     volatile uint64_t token_ns;
     volatile int enabled, stopping, realtime;
-    volatile uint64_t max_gap_ns, beats;
+    volatile uint64_t max_gap_ns, beats, stale;
     int priority;
     pthread_t thread;
 } nb_t;
@@ -67,9 +71,13 @@ static void *run(void *arg) {
         if (now - last > h->max_gap_ns) h->max_gap_ns = now - last;
         last = now;
         uint64_t token = __atomic_load_n(&h->token_ns, __ATOMIC_ACQUIRE);
-        if (__atomic_load_n(&h->enabled, __ATOMIC_ACQUIRE) && now - token < h->ttl_ns) {
-            __atomic_store_n(h->word, *h->word + 1, __ATOMIC_RELEASE);
-            h->beats++;
+        if (__atomic_load_n(&h->enabled, __ATOMIC_ACQUIRE)) {
+            if (now - token < h->ttl_ns) {
+                __atomic_store_n(h->word, *h->word + 1, __ATOMIC_RELEASE);
+                h->beats++;
+            } else {
+                h->stale++;  /* enabled but the token is stale: a beat withheld (Rule 1) */
+            }
         }
         struct timespec ts = {0, (long)h->interval_ns};
         nanosleep(&ts, NULL);
@@ -95,6 +103,7 @@ int nb_realtime(void *p) { return ((nb_t *)p)->realtime; }
 uint64_t nb_max_gap_ns(void *p) { uint64_t g = ((nb_t *)p)->max_gap_ns;
                                   ((nb_t *)p)->max_gap_ns = 0; return g; }
 uint64_t nb_beats(void *p) { return ((nb_t *)p)->beats; }
+uint64_t nb_stale(void *p) { return ((nb_t *)p)->stale; }
 void nb_stop(void *p) {
     nb_t *h = (nb_t *)p;
     __atomic_store_n(&h->stopping, 1, __ATOMIC_RELEASE);
@@ -141,7 +150,7 @@ def _compile() -> ctypes.CDLL:
     lib.nb_enable.restype = None
     lib.nb_realtime.argtypes = [ctypes.c_void_p]
     lib.nb_realtime.restype = ctypes.c_int
-    for name in ("nb_max_gap_ns", "nb_beats"):
+    for name in ("nb_max_gap_ns", "nb_beats", "nb_stale"):
         getattr(lib, name).argtypes = [ctypes.c_void_p]
         getattr(lib, name).restype = ctypes.c_uint64
     return lib
@@ -163,6 +172,24 @@ def load() -> ctypes.CDLL | None:
         LOGGER.warning("native heartbeat unavailable (%s): using the Python heartbeat and the "
                        "%d ms dead-after threshold", _unavailable, c.DEAD_AFTER_US // 1000)
     return _library
+
+
+def background_priority() -> int:
+    """Rule 6: the background thread's ``SCHED_FIFO`` priority; 0 (normal) with
+    ``MU_BACKGROUND_RT=0``."""
+    return 0 if os.environ.get("MU_BACKGROUND_RT", "1") == "0" else c.BACKGROUND_RT_PRIORITY
+
+
+def raise_thread_priority(priority: int, what: str) -> bool:
+    """Rule 6: move the calling thread to ``SCHED_FIFO`` ``priority``; False if refused."""
+    assert priority > 0, priority
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # 0: this thread
+    except (OSError, AttributeError) as error:
+        LOGGER.warning("%s keeps normal priority (SCHED_FIFO %d refused: %s)", what, priority,
+                       error)
+        return False
+    return True
 
 
 class NativeBeat:
@@ -207,6 +234,11 @@ class NativeBeat:
     @property
     def beats(self) -> int:
         return 0 if self._handle is None else int(self._lib.nb_beats(self._handle))
+
+    @property
+    def stale(self) -> int:
+        """Beats withheld so far because Python had not refreshed the token (Rule 1)."""
+        return 0 if self._handle is None else int(self._lib.nb_stale(self._handle))
 
     def take_max_gap_ns(self) -> int:
         """The longest gap between two wake-ups of the thread since the previous call."""

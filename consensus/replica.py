@@ -24,7 +24,8 @@ Rule 4: the heartbeat activity beats every ``heartbeat_interval_us`` unless paus
         real-time priority); the heartbeat activity and the fast path then only refresh its
         liveness token, and fate sharing disables it. When that thread runs at real-time priority
         and ``dead_after_us`` is the default, the replica judges leaders with
-        ``NATIVE_DEAD_AFTER_US`` (see docs/consensus.md, "Failure detection").
+        ``NATIVE_DEAD_AFTER_US`` and its background activity (scanner, election) runs at
+        ``SCHED_FIFO`` ``BACKGROUND_RT_PRIORITY`` (see docs/consensus.md, "Failure detection").
 Rule 5: every activity checks ``stopping`` each turn; ``stop`` steps down, then joins them.
 Rule 6: ``initial_applied = J`` (fresh regions only) says the application already holds the
         state of entries ``1..J`` (restored from its own disk): ``applied`` starts at ``J``, the
@@ -43,7 +44,7 @@ Rule 8: ``pause(announce=False)`` is silent, as a stopped process: it does not c
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from consensus import constants as c
 from consensus import ctrl as ctrl_mod
@@ -52,7 +53,7 @@ from consensus.config import ReplicaConfig
 from consensus.election import NS_PER_US, Background
 from consensus.errors import ConsensusError, NotLeader, ReplicaStopped
 from consensus.fabric.base import Fabric
-from consensus.native_beat import NativeBeat
+from consensus.native_beat import NativeBeat, background_priority, raise_thread_priority
 from consensus.registry.base import Registry
 from consensus.rejoin import RecoveryStatus, Rejoin, SnapshotPort
 from consensus.replication import Replicator
@@ -65,6 +66,7 @@ from consensus.state import (
     OnCommit,
     OnError,
     OnLeaderChange,
+    OnPhase,
     Peer,
     ReplicaState,
 )
@@ -84,6 +86,7 @@ class Replica:
         on_error: OnError | None = None,
         snapshots: SnapshotPort | None = None,
         initial_applied: int = 0,
+        on_phase: OnPhase | None = None,
     ) -> None:
         if fabric.replica_id != config.replica_id:
             raise ValueError(f"fabric endpoint is replica {fabric.replica_id}, config says "
@@ -96,6 +99,7 @@ class Replica:
         self._on_leader_change = on_leader_change
         self._on_error = on_error
         self._snapshots = snapshots
+        self._on_phase = on_phase  # election milestones (benchmarks' per-phase breakdown)
         if initial_applied < 0:
             raise ValueError(f"initial_applied {initial_applied} is negative")
         self._initial_applied = initial_applied
@@ -143,6 +147,7 @@ class Replica:
         ran_before = self._count_incarnation(state) > 0
         self._state = state
         state.on_error = self._on_error
+        state.on_phase = self._on_phase
         background = Background(state, self._on_leader_change)
         from consensus.pump import Pump
 
@@ -162,10 +167,25 @@ class Replica:
         rid = cfg.replica_id
         self._activities = [
             spawn(f"heartbeat-{rid}", self._heartbeat),
-            spawn(f"background-{rid}", background.run),
+            spawn(f"background-{rid}", self._background_target(background)),
             spawn(f"pump-{rid}", pump.run),
         ]
         LOGGER.info("replica %d started (%s)", rid, "re-attached" if self.reattached else "fresh")
+
+    def _background_target(self, background: Background) -> Callable[[], None]:
+        """Rule 4: with the real-time native beat, the background activity (scanner, election)
+        runs at ``BACKGROUND_RT_PRIORITY`` too (``MU_BACKGROUND_RT=0`` keeps it normal)."""
+        state = self._require()
+        beat = state.native_beat
+        priority = background_priority()
+        if beat is None or not beat.realtime or not priority:
+            return background.run
+
+        def run() -> None:
+            raise_thread_priority(priority, f"replica {state.replica_id}'s background thread")
+            background.run()
+
+        return run
 
     def _native_timings(self, beat: NativeBeat | None) -> ReplicaConfig:
         """Rule 4: the shorter dead-after threshold when the beat is GIL-free and real-time."""
@@ -178,9 +198,10 @@ class Replica:
             return cfg
         if cfg.dead_after_us != c.DEAD_AFTER_US:
             return cfg  # the deployment chose its own threshold
-        # A slower Python heartbeat (a gRPC server's) or scan keeps the config's own relations.
+        # A slower Python heartbeat (a gRPC server's) or scan keeps the config's own relations:
+        # silence is judged over at least one capped gap and one (fast) scan after it.
         dead_after_us = max(c.NATIVE_DEAD_AFTER_US, 2 * cfg.heartbeat_interval_us,
-                            cfg.scan_gap_cap_us + cfg.scan_interval_us)
+                            cfg.scan_gap_cap_us + cfg.scan_fast_us)
         LOGGER.info("replica %d: native real-time heartbeat; leaders are dead after %d us of "
                     "silence", cfg.replica_id, dead_after_us)
         return dataclasses.replace(cfg, dead_after_us=dead_after_us)
@@ -388,6 +409,8 @@ class Replica:
         stuck_ns = self.config.fate_sharing_stuck_us * NS_PER_US
         seen_entered = -1
         since_ns = runtime.now_ns()
+        was_stuck = False
+        stale_seen = 0
         while not state.stopping:
             now = runtime.now_ns()
             entered = state.propose_entered
@@ -396,12 +419,29 @@ class Replica:
                 seen_entered = entered
                 since_ns = now
             stuck = busy and now - since_ns >= stuck_ns
+            if stuck != was_stuck:
+                was_stuck = stuck
+                LOGGER.warning("replica %d: %s", state.replica_id,
+                               f"a proposal has been stuck for {(now - since_ns) // 1_000_000} "
+                               "ms: heartbeat stopped (fate sharing)" if stuck else
+                               "the stuck proposal moved on: heartbeat resumed")
             beating = not state.paused and state.failure is None and not stuck
+            if beating:  # refreshes the native token before enabling: no stale beat at start
+                state.bump_heartbeat()
             if state.native_beat is not None:
                 state.native_beat.enable(beating)
-            if beating:
-                state.bump_heartbeat()
+                stale_seen = self._report_stale(state.native_beat, stale_seen)
             runtime.sleep(interval_s)
+
+    def _report_stale(self, beat: NativeBeat, seen: int) -> int:
+        """Log native beats withheld because this interpreter ran too late to refresh the token
+        (native_beat Rule 1): peers may have judged this replica dead meanwhile."""
+        stale = beat.stale
+        if stale != seen:
+            LOGGER.warning("replica %d: the interpreter did not run for over %d ms: %d native "
+                           "heartbeats withheld (fate sharing)", self.config.replica_id,
+                           c.NATIVE_TOKEN_TTL_US // 1000, stale - seen)
+        return stale
 
 
 def parse_incarnation(value: bytes | None) -> int:

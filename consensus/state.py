@@ -42,6 +42,14 @@ OnCommit = Callable[[int, bytes], None]
 OnLeaderChange = Callable[[int | None, bool], None]
 OnError = Callable[[ConsensusError], None]
 OnOverrun = Callable[[LogOverrun], bool]
+# Election milestones for benchmarks (``Replica(on_phase=...)``): (phase, runtime now_ns), phase
+# one of PHASES; called on the background activity, so it must return at once.
+OnPhase = Callable[[str, int], None]
+PHASE_SUSPECT = "suspect"  # a peer whose leading word says it leads was just judged dead
+PHASE_CAMPAIGN = "campaign"  # this replica asks for permissions
+PHASE_GRANTED = "granted"  # a majority answered this replica's request
+PHASE_LEADING = "leading"  # prepare done: this replica serves proposals
+PHASES = (PHASE_SUSPECT, PHASE_CAMPAIGN, PHASE_GRANTED, PHASE_LEADING)
 
 PHASE_SNAPSHOT = "snapshot"  # asking peers for a snapshot (its index not yet known)
 PHASE_INSTALL = "install"  # the snapshot's index is published; receiving and installing it
@@ -130,6 +138,14 @@ class ReplicaState:
         self.propose_left = 0
         self.heartbeat = 0
         self.native_beat: NativeBeat | None = None  # the GIL-free beat (replica Rule 4)
+        self.on_phase: OnPhase | None = None  # election milestones, for benchmarks
+
+    def phase(self, name: str) -> None:
+        """Report an election milestone (``OnPhase``) to the benchmark hook, if any."""
+        assert name in PHASES, name
+        hook = self.on_phase
+        if hook is not None:
+            hook(name, self.runtime.now_ns())
 
     # --- ctrl words of this replica (local) -------------------------------------------------
     def word(self, offset: int) -> int:

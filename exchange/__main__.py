@@ -1,4 +1,5 @@
-"""``python -m exchange {serve,demo,bench,watch,certs,bench-snapshot,bench-rejoin}``: the CLI.
+"""``python -m exchange {serve,demo,bench,watch,certs,bench-snapshot,bench-rejoin,
+bench-failover,bench-steady}``: the CLI.
 
 Rule 1: bad arguments and configuration errors print one line and exit 2; Ctrl-C exits 130 with a
         clear message; tracebacks are for bugs only.
@@ -18,6 +19,8 @@ from exchange.config import (
     HEARTBEAT_INTERVAL_US_DEFAULT,
     LOG_SLOTS_DEFAULT,
     PUMP_POLL_US_DEFAULT,
+    SCAN_FAST_INTERVAL_US_DEFAULT,
+    SCAN_INTERVAL_US_DEFAULT,
     SYMBOLS_DEFAULT,
     ConfigError,
     durability_settings,
@@ -72,12 +75,7 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--log-slots", type=int, default=LOG_SLOTS_DEFAULT,
                        help=f"consensus log slots, a power of two (default {LOG_SLOTS_DEFAULT}): "
                        "how far a paused replica may fall behind and still rejoin")
-    serve.add_argument("--heartbeat-interval-us", type=int,
-                       default=HEARTBEAT_INTERVAL_US_DEFAULT,
-                       help="consensus heartbeat and failure-detector scan interval "
-                       f"(default {HEARTBEAT_INTERVAL_US_DEFAULT}; 0 = consensus's own)")
-    serve.add_argument("--dead-after-us", type=int, default=0,
-                       help="a silent leader is declared dead after this (default: consensus's)")
+    _add_consensus_timings(serve)
     serve.add_argument("--pump-poll-us", type=int, default=PUMP_POLL_US_DEFAULT,
                        help="how often an idle consensus pump looks for new entries, i.e. how "
                        f"late a follower may apply (default {PUMP_POLL_US_DEFAULT}; 0 = "
@@ -158,6 +156,26 @@ def _server_tls(args: argparse.Namespace, listen: str, replicas: int) -> ServerT
     return tls
 
 
+def _add_consensus_timings(serve: argparse.ArgumentParser) -> None:
+    """The failure detector's flags (issue 14)."""
+    serve.add_argument("--heartbeat-interval-us", type=int,
+                       default=HEARTBEAT_INTERVAL_US_DEFAULT,
+                       help="consensus (Python) heartbeat interval "
+                       f"(default {HEARTBEAT_INTERVAL_US_DEFAULT}; 0 = consensus's own)")
+    serve.add_argument("--scan-interval-us", type=int, default=SCAN_INTERVAL_US_DEFAULT,
+                       help="failure-detector scan and permission-switch interval while every "
+                       f"peer beats (default {SCAN_INTERVAL_US_DEFAULT}; 0 = the heartbeat "
+                       "interval)")
+    serve.add_argument("--scan-fast-interval-us", type=int,
+                       default=SCAN_FAST_INTERVAL_US_DEFAULT,
+                       help="the same while a peer's heartbeat stood still or no leader is "
+                       "known: a silent leader is replaced within the dead-after threshold plus "
+                       f"about two of these (default {SCAN_FAST_INTERVAL_US_DEFAULT}; 0 = "
+                       "--scan-interval-us)")
+    serve.add_argument("--dead-after-us", type=int, default=0,
+                       help="a silent leader is declared dead after this (default: consensus's)")
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     from exchange.server import default_fifo_path, serve
 
@@ -176,12 +194,16 @@ def _run_serve(args: argparse.Namespace) -> int:
     if not args.no_fifo:
         fifo = args.fifo or default_fifo_path(config.replica_id)
         config = dataclasses.replace(config, fifo_path=fifo)
-    if args.heartbeat_interval_us < 0 or args.dead_after_us < 0 or args.pump_poll_us < 0:
-        raise ConfigError("--heartbeat-interval-us, --dead-after-us and --pump-poll-us must be "
+    if min(args.heartbeat_interval_us, args.scan_interval_us, args.scan_fast_interval_us,
+           args.dead_after_us, args.pump_poll_us) < 0:
+        raise ConfigError("--heartbeat-interval-us, --scan-interval-us, "
+                          "--scan-fast-interval-us, --dead-after-us and --pump-poll-us must be "
                           ">= 0")
     data_dir, durability, snapshot_entries = durability_settings(
         args.data_dir, args.durability, args.snapshot_entries)
     config = dataclasses.replace(config, heartbeat_interval_us=args.heartbeat_interval_us,
+                                 scan_interval_us=args.scan_interval_us,
+                                 scan_fast_interval_us=args.scan_fast_interval_us,
                                  dead_after_us=args.dead_after_us, parent_pid=args.parent_pid,
                                  pump_poll_us=args.pump_poll_us, data_dir=data_dir,
                                  durability=durability, snapshot_entries=snapshot_entries,
@@ -200,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     import exchange.bench as bench
     import exchange.certs as certs
     import exchange.demo as demo
+    import exchange.failover_bench as failover_bench
     import exchange.rejoin_bench as rejoin_bench
     import exchange.snapshot_bench as snapshot_bench
     import exchange.watch as watch
@@ -208,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_parser(commands)
     snapshot_bench.add_parser(commands)
     rejoin_bench.add_parser(commands)
+    failover_bench.add_parser(commands)
     watch.add_parser(commands)
     certs.add_parser(commands)
     args = parser.parse_args(argv)
@@ -225,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             return snapshot_bench.run(args)
         if args.command == "bench-rejoin":
             return rejoin_bench.run(args)
+        if args.command in ("bench-failover", "bench-steady"):
+            return failover_bench.run(args)
         if args.command == "watch":
             return watch.run(args)
         if args.command == "certs":

@@ -44,11 +44,20 @@ LOG_SLOTS_DEFAULT = 32_768
 BATCH_REQUESTS_MAX = 64  # requests in one consensus entry (the byte bound usually binds first)
 assert PAYLOAD_SIZE_MAX_BYTES >= 16 + 29 + 64 + 16
 assert PAYLOAD_SIZE_MAX_BYTES >= 8 + 1 + 2 + 18 + 29 + 64 + 16  # a batch of one always fits
-# Heartbeat and failure-detector scan period of an exchange server. Consensus's 200/250 us suit a
-# process that only replicates; here every wake-up of a consensus thread takes the GIL from the
-# gRPC handlers (see docs/exchange.md, "Consensus threads in a gRPC server"), and a dead leader is
-# still detected after the same dead-after (20 ms: 10 beats).
-HEARTBEAT_INTERVAL_US_DEFAULT = 2000
+# Heartbeat period of an exchange server. Consensus's 200 us suit a process that only replicates;
+# here every wake-up of a consensus thread takes the GIL from the gRPC handlers (see
+# docs/exchange.md, "Consensus threads in a gRPC server"). With the native heartbeat (a C thread
+# beats every 100 us) the Python heartbeat only proves the interpreter alive (consensus
+# native_beat Rule 1), so it can be slow; 1500 keeps 2 beats within the 3 ms native threshold.
+HEARTBEAT_INTERVAL_US_DEFAULT = 1500
+# Failure-detector scan period (the background thread: scanner, switcher, election) while all is
+# calm, and while a peer's counter stood still in the last scan or no leader is known (consensus
+# election Rule 9). A silent leader is detected within the dead-after threshold plus a scan, and a
+# candidate's permission request is answered at the peer's next scan, so fail-over needs the fast
+# period (issue 14: a fixed 2 ms scan gave the servers' own fail-over 8-12 ms, bench-failover);
+# every wake-up takes the GIL from the gRPC handlers, so the calm period stays at 2 ms.
+SCAN_INTERVAL_US_DEFAULT = 2000
+SCAN_FAST_INTERVAL_US_DEFAULT = 250
 # How often an idle consensus pump looks for new entries (consensus ReplicaConfig.pump_poll_us):
 # a follower applies within this; the leader's handlers apply their own entries and do not wait.
 PUMP_POLL_US_DEFAULT = 2000
@@ -105,6 +114,8 @@ class ServerConfig:
     grpc_workers: int
     log_slots: int
     heartbeat_interval_us: int = HEARTBEAT_INTERVAL_US_DEFAULT  # 0 = the consensus default
+    scan_interval_us: int = SCAN_INTERVAL_US_DEFAULT  # 0 = the heartbeat interval
+    scan_fast_interval_us: int = SCAN_FAST_INTERVAL_US_DEFAULT  # 0 = scan_interval_us
     dead_after_us: int = 0  # 0 = the consensus default
     parent_pid: int = 0  # exit when this process is gone (launchers set it); 0 = never
     pump_poll_us: int = PUMP_POLL_US_DEFAULT  # 0 = consensus's adaptive polling

@@ -56,10 +56,12 @@ class ReplicationHandle:
 
 
 def detector_timings(
-    pump_poll_us: int, dead_after_us: int, heartbeat_interval_us: int
+    pump_poll_us: int, dead_after_us: int, heartbeat_interval_us: int, scan_interval_us: int = 0,
+    scan_fast_interval_us: int = 0,
 ) -> dict[str, int]:
     """Failure-detector timings for a server process that also serves clients from Python
-    threads (see docs/exchange.md); 0 means consensus's default. Shared with kvstores."""
+    threads (see docs/exchange.md); 0 means consensus's default (``scan_interval_us``: the
+    heartbeat interval; ``scan_fast_interval_us``: the scan interval). Shared with kvstores."""
     from consensus import constants
 
     timings: dict[str, int] = {"pump_poll_us": pump_poll_us}
@@ -68,17 +70,21 @@ def detector_timings(
         timings["dead_after_us"] = dead_after_us
     if heartbeat_interval_us:
         timings["heartbeat_interval_us"] = heartbeat_interval_us
-        timings["scan_interval_us"] = heartbeat_interval_us
+    scan = scan_interval_us or heartbeat_interval_us
+    if scan:
+        timings["scan_interval_us"] = scan
         # A scan gap counts for at most one scan period (or consensus's cap if larger), so a
         # stalled scanner never blames its peers for its own stall.
-        timings["scan_gap_cap_us"] = min(max(heartbeat_interval_us, constants.SCAN_GAP_CAP_US),
-                                         dead_after - 1)
+        timings["scan_gap_cap_us"] = min(max(scan, constants.SCAN_GAP_CAP_US), dead_after - 1)
+        if scan_fast_interval_us:
+            timings["scan_fast_interval_us"] = min(scan_fast_interval_us, scan)
     return timings
 
 
 def _timings(config: ServerConfig) -> dict[str, int]:
     return detector_timings(config.pump_poll_us, config.dead_after_us,
-                            config.heartbeat_interval_us)
+                            config.heartbeat_interval_us, config.scan_interval_us,
+                            config.scan_fast_interval_us)
 
 
 class GrpcSnapshotPort:

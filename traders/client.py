@@ -9,6 +9,14 @@ Rule 2: FAILED_PRECONDITION with trailing metadata ``leader-address`` redirects 
         exchange.limits), PERMISSION_DENIED (a client id the certificate does not allow) and
         UNAUTHENTICATED are final (``RequestRejected``). A request gives up after ``give_up_s``
         (``ExchangeUnreachable``), never loops forever.
+Rule 4: during a fail-over the followers still name the silent old leader for a few ms: within
+        one request, a redirect to a server that already answered UNAVAILABLE (or timed out) is
+        not followed, and the next server tried is one that has not failed yet when there is one;
+        a failure is forgotten after ``FAILED_FORGET_S`` (the leader may have been busy only).
+        The back-off grows to ``BACKOFF_MAX_S`` (2 ms: a fail-over takes milliseconds and the new
+        leader is found within one back-off of its election) for the first
+        ``BACKOFF_FAST_WINDOW_S`` of failures, then to ``BACKOFF_SLOW_MAX_S`` (a cluster without
+        a leader for longer is not hammered).
 Rule 3: channels and the leader guess are shared by every client of one ``ClusterConnection``, so a
         redirect learnt by one trader helps all of them.
 Rule 4: with ``ClientTls`` every channel is TLS (``exchange.tls``), redirects included: the
@@ -35,7 +43,10 @@ from exchange.tls import open_channel as tls_channel
 ATTEMPT_TIMEOUT_S = 1.0  # one RPC attempt; a healthy commit takes about a millisecond
 GIVE_UP_S = 15.0  # a request retries this long before ExchangeUnreachable
 BACKOFF_INITIAL_S = 0.001
-BACKOFF_MAX_S = 0.01  # a failover takes milliseconds; an attempt on loopback ~0.6 ms
+BACKOFF_MAX_S = 0.002  # a failover takes milliseconds; an attempt on loopback ~0.6 ms (Rule 4)
+BACKOFF_FAST_WINDOW_S = 0.1  # failures of one request for this long keep the short back-off
+BACKOFF_SLOW_MAX_S = 0.01  # afterwards: a leaderless cluster gets ~100 attempts/s per trader
+FAILED_FORGET_S = 0.05  # a server's UNAVAILABLE stops redirects to it this long (Rule 4)
 LEADER_ADDRESS_KEY = "leader-address"
 RETRYABLE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
@@ -157,6 +168,18 @@ def _final_text(code: grpc.StatusCode, details: str | None) -> str:
     return f"{code.name}: {details}"
 
 
+def _next_untried(connection: ClusterConnection, target: str, failed: dict[str, int]) -> str:
+    """Rule 4: the next server after ``target`` that has not failed in this request (all have:
+    forget the failures and take the plain next one)."""
+    candidate = connection.next_address(target)
+    for _ in range(len(connection.addresses)):
+        if candidate not in failed:
+            return candidate
+        candidate = connection.next_address(candidate)
+    failed.clear()
+    return connection.next_address(target)
+
+
 class TraderClient:
     """One trader: a client id, its sequence numbers, and leader-following calls (Rules 1-2)."""
 
@@ -232,6 +255,7 @@ class TraderClient:
         backoff_s = BACKOFF_INITIAL_S
         attempts = redirects = first_failure_ns = 0
         last_error = "no attempt made"
+        failed: dict[str, int] = {}  # server -> when it answered UNAVAILABLE/timed out (Rule 4)
         while True:
             attempts += 1
             try:
@@ -241,7 +265,8 @@ class TraderClient:
                 details = error.details() if isinstance(error, grpc.Call) else str(error)
                 if code in FINAL_CODES:  # retrying the same seq gets the same answer
                     raise RequestRejected(_final_text(code, details)) from None
-                first_failure_ns = first_failure_ns or time.monotonic_ns()
+                now_ns = time.monotonic_ns()
+                first_failure_ns = first_failure_ns or now_ns
                 last_error = f"{target}: {code.name}: {details}"
                 hint = _leader_hint(error) if code == grpc.StatusCode.FAILED_PRECONDITION else None
                 if code not in RETRYABLE_CODES and code != grpc.StatusCode.FAILED_PRECONDITION:
@@ -252,13 +277,19 @@ class TraderClient:
                         f"({attempts} attempts); last error: {last_error}"
                         f"{connection_hint(connection, last_error)}"
                     ) from None
-                if hint is not None and hint != target:
+                if code in RETRYABLE_CODES:
+                    failed[target] = now_ns
+                forget_ns = now_ns - int(FAILED_FORGET_S * 1e9)
+                for address in [a for a, at in failed.items() if at < forget_ns]:
+                    del failed[address]
+                if hint is not None and hint != target and hint not in failed:
                     redirects += 1
                     target = hint
                     continue
                 time.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
-                target = connection.next_address(target)
+                fast = now_ns - first_failure_ns < BACKOFF_FAST_WINDOW_S * 1e9
+                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S if fast else BACKOFF_SLOW_MAX_S)
+                target = _next_untried(connection, target, failed)
                 continue
             connection.leader_guess = target
             return CallResult(reply, attempts, redirects, first_failure_ns, target)

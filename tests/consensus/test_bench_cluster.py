@@ -80,3 +80,26 @@ def test_leader_process_killed(tmp_path):
         alive = tuple(m for m in members if m != leader)
         records = finish(cluster, children, alive, tmp_path)
     check_identical(records, at_least=100)
+
+
+def test_a_silent_pause_reports_the_election_milestones_in_order(tmp_path):
+    """bench_cluster Rule 4: the replica that takes over reports suspect, campaign, granted and
+    leading (``Replica(on_phase=...)``), in that order, before its first commit."""
+    members = (1, 2, 3)
+    cluster, children, events = start(members, tmp_path)
+    try:
+        leader = bc._next_event(events, "first-commit", EVENT_WAIT_S).replica
+        time.sleep(LOAD_S)
+        seen: list[bc.Event] = []
+        bc._send(children[leader], "pause")
+        new = bc._next_event(events, "first-commit", EVENT_WAIT_S, exclude=leader, seen=seen)
+        bc._send(children[leader], "resume")
+        bc._next_event(events, "resumed", EVENT_WAIT_S)
+    finally:
+        finish(cluster, children, members, tmp_path)
+    mine = [e for e in seen if e.replica == new.replica and e.kind in bc.PHASE_EVENTS]
+    kinds = [e.kind for e in mine]
+    assert kinds[-3:] == ["campaign", "granted", "leading"], kinds
+    assert "suspect" in kinds[: kinds.index("campaign")], kinds
+    times = [e.time_ns for e in mine] + [new.time_ns]
+    assert times == sorted(times)

@@ -43,3 +43,17 @@ def test_startup_grace():
     for step in range(20, 80):
         detector.observe(2, 0, detector.begin_scan(step * MS))
     assert not detector.is_alive(2, 80 * MS)
+
+
+def test_silent_says_whether_a_counter_stood_still_in_the_last_scan():
+    """election Rule 9 scans fast while any peer is silent: unread, unreadable or unchanged."""
+    detector = make()
+    assert detector.silent(2), "never read yet"
+    detector.observe(2, 5, detector.begin_scan(MS))
+    assert not detector.silent(2)
+    detector.observe(2, 5, detector.begin_scan(2 * MS))
+    assert detector.silent(2)
+    detector.observe(2, 6, detector.begin_scan(3 * MS))
+    assert not detector.silent(2)
+    detector.observe(2, -2, detector.begin_scan(4 * MS))  # the read failed (FabricError)
+    assert detector.silent(2)

@@ -40,3 +40,77 @@ def test_beats_only_while_enabled_and_the_token_is_fresh():
     finally:
         beat.stop()
     assert not _moves(buf), "stop joins the thread"
+
+
+def _in_thread(target):  # type: ignore[no-untyped-def]
+    import threading
+
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(target()))
+    thread.start()
+    thread.join(10)
+    return result[0]
+
+
+def test_raise_thread_priority_moves_only_the_calling_thread():
+    """Rule 6: SCHED_FIFO for the caller (refused without privilege: False, logged)."""
+    import os
+
+    from consensus.native_beat import raise_thread_priority
+
+    def raise_and_read() -> tuple[bool, int]:
+        done = raise_thread_priority(c.BACKGROUND_RT_PRIORITY, "test thread")
+        return done, os.sched_getscheduler(0)
+
+    done, policy = _in_thread(raise_and_read)
+    if not done:
+        pytest.skip("SCHED_FIFO not permitted here")
+    assert policy == os.SCHED_FIFO
+    assert os.sched_getscheduler(0) != os.SCHED_FIFO, "the test's own thread is unchanged"
+
+
+def test_background_priority_follows_the_environment(monkeypatch):
+    from consensus.native_beat import background_priority
+
+    monkeypatch.delenv("MU_BACKGROUND_RT", raising=False)
+    assert background_priority() == c.BACKGROUND_RT_PRIORITY
+    monkeypatch.setenv("MU_BACKGROUND_RT", "0")
+    assert background_priority() == 0
+
+
+def _thread_policies(name_prefix: str) -> list[int]:
+    import os
+
+    policies = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as comm:
+                name = comm.read().strip()
+            if name.startswith(name_prefix):
+                policies.append(os.sched_getscheduler(int(tid)))
+        except OSError:
+            continue
+    return policies
+
+
+@pytest.mark.parametrize("env", ["1", "0"])
+def test_a_replicas_background_thread_is_real_time_with_the_real_time_beat(monkeypatch, env):
+    """replica Rule 4: with the native beat at SCHED_FIFO, the background activity (scanner,
+    election) runs at SCHED_FIFO too, unless MU_BACKGROUND_RT=0."""
+    import os
+
+    from tests.consensus.cluster_util import Cluster, wait_until
+
+    monkeypatch.setenv("MU_BACKGROUND_RT", env)
+    cluster = Cluster(1)
+    try:
+        replica = cluster.replicas[1]
+        beat = replica._state.native_beat if replica._state is not None else None
+        if beat is None or not beat.realtime:
+            pytest.skip("no real-time native beat here (no compiler or no privilege)")
+        wait_until(lambda: bool(_thread_policies("background-1")), what="the background thread")
+        expected = os.SCHED_FIFO if env == "1" else os.SCHED_OTHER
+        assert _thread_policies("background-1") == [expected]
+        assert _thread_policies("pump-1") == [os.SCHED_OTHER]
+    finally:
+        cluster.stop()

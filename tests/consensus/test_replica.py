@@ -159,6 +159,14 @@ def test_config_rejects_bad_values():
         ReplicaConfig(1, (1, 1, 2))
     with pytest.raises(ValueError, match="pump_poll_us"):
         ReplicaConfig(1, (1, 2, 3), pump_poll_us=-1)
+    with pytest.raises(ValueError, match="scan_fast_interval_us"):
+        ReplicaConfig(1, (1, 2, 3), scan_interval_us=500, scan_fast_interval_us=600)
+    with pytest.raises(ValueError, match="scan_fast_interval_us"):
+        ReplicaConfig(1, (1, 2, 3), scan_fast_interval_us=-1)
+    calm = ReplicaConfig(1, (1, 2, 3), scan_interval_us=2000, scan_gap_cap_us=2000,
+                         scan_fast_interval_us=250)
+    assert calm.scan_fast_us == 250
+    assert ReplicaConfig(1, (1, 2, 3), scan_interval_us=400).scan_fast_us == 400  # 0: off
 
 
 def test_fixed_pump_polling_still_delivers_everywhere(make_cluster):
@@ -321,6 +329,10 @@ def test_a_caught_up_leaders_pump_does_not_poll(make_cluster):
     assert steps[leader.replica_id] == 0  # it waits on the bell (pump Rule 7)
     assert all(steps[m] > 0 for m in cluster.replicas if m != leader.replica_id)
     leader.pause()  # a step-down rings the bell; once resumed, as a follower, the pump polls
+    # resumed before another replica took over, the former leader may win again (it is the
+    # lowest live id; its real-time background thread is quick), and a leader's pump waits
+    wait_until(lambda: any(r.is_leader for m, r in cluster.replicas.items()
+                           if m != leader.replica_id), what="another leader")
     leader.resume()
     wait_until(lambda: steps[leader.replica_id] > 0, what="the former leader's pump to poll")
 

@@ -90,3 +90,17 @@ def test_symbols_file_errors_are_one_line(tmp_path):
     big.write_text("A " * 40_000)
     with pytest.raises(ConfigError, match="larger than"):
         instruments_setting(None, str(big))
+
+
+def test_detector_timings_scan_slowly_when_calm_and_fast_otherwise():
+    """docs/exchange.md: 2 ms scans while all peers beat, 250 us otherwise; the gap cap follows
+    the calm period, and a fast period above the calm one is clamped to it."""
+    from exchange.replication import detector_timings
+
+    timings = detector_timings(2000, 0, 1500, 2000, 250)
+    assert timings == {"pump_poll_us": 2000, "heartbeat_interval_us": 1500,
+                       "scan_interval_us": 2000, "scan_gap_cap_us": 2000,
+                       "scan_fast_interval_us": 250}
+    assert detector_timings(0, 0, 2000)["scan_interval_us"] == 2000  # kvstores: one period
+    assert "scan_fast_interval_us" not in detector_timings(0, 0, 2000)
+    assert detector_timings(0, 0, 1500, 500, 900)["scan_fast_interval_us"] == 500
