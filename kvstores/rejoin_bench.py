@@ -25,11 +25,13 @@ from dataclasses import dataclass
 
 from kvstores import mctext, resp
 from kvstores.cluster import ClusterError, LocalKvCluster
+from kvstores.constants import COMMAND_BYTES_MAX
 
 CATCH_UP_TIMEOUT_S = 300.0
 EQUAL_TIMEOUT_S = 60.0
 FILL_BATCH = 1000  # pipelined writes per round trip while filling
 FILL_ATTEMPTS_MAX = 20  # passes over the writes a leader change refused
+VALUE_BYTES_MAX = COMMAND_BYTES_MAX - 64  # the SET / set line around the value fits in 64 B
 STABLE = ("--dead-after-us", "100000")  # kvstores.failover says why
 _TIME = r"(\d\d):(\d\d):(\d\d)\.(\d\d\d)"
 _ROLE = re.compile(_TIME + r" WARNING kvstores\.server: server \d+: role (\S+) -> (\S+)")
@@ -169,6 +171,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.keys < 1 or args.value_bytes < 1 or args.rounds < 1:
         print("bench-rejoin: need --keys, --value-bytes and --rounds >= 1")
+        return 2
+    if args.value_bytes > VALUE_BYTES_MAX:
+        print(f"bench-rejoin: --value-bytes {args.value_bytes}: a write must fit one log entry "
+              f"(at most {VALUE_BYTES_MAX})")
         return 2
     print(f"kvstores bench-rejoin: {raise_priority()}")
     for kind in ("redis", "memcached"):
