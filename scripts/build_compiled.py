@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("MU_ORDERBOOK_BUILD", "pure")  # no verdict on the build being replaced
+os.environ["MU_ORDERBOOK_BUILD"] = "pure"  # this script never needs the build it replaces
 
 from orderbook.build import (  # noqa: E402
     COMPILED_DIR,
