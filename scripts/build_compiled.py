@@ -1,4 +1,4 @@
-"""Compile the engine's hot modules with mypyc into build/compiled/ (orderbook/build.py Rule 2).
+"""Compile the engine's hot modules with mypyc into build/compiled/ (orderbook.build Rule 2).
 
 Usage: python scripts/build_compiled.py [--clean]   (bash scripts/setup.sh --compiled runs it)
 
