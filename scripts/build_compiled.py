@@ -54,6 +54,8 @@ def missing_tool() -> str | None:
     """Why a build cannot even start (None: mypyc, a C compiler and Python.h are present)."""
     if importlib.util.find_spec("mypyc") is None:
         return "mypyc is not installed (pip install mypy)"
+    if importlib.util.find_spec("setuptools") is None:
+        return "setuptools is not installed (pip install setuptools)"
     compiler = os.environ.get("CC") or str(sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         return f"no C compiler ({compiler} not found; apt-get install gcc)"
