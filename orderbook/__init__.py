@@ -7,7 +7,7 @@ Public API (see docs/orderbook.md for the rules): `Market().apply(command) -> li
 
 from orderbook.build import activate as _activate
 
-BUILD = _activate(__path__)  # before any hot module is imported (orderbook/build.py Rule 2)
+BUILD = _activate(__path__)  # before any hot module is imported (orderbook.build Rule 2)
 
 from orderbook.book import Book
 from orderbook.codec import decode_command, encode_command

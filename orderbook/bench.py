@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from orderbook.build import engine_build
 from orderbook.market import Market
 from orderbook.types import AddOrder, CancelOrder, Command, Side
 
@@ -293,4 +294,5 @@ def main(args: argparse.Namespace) -> int:
                   collector=not args.no_gc)
     print(report(figures, args.seed, args.workload))
     print(f"cyclic garbage collector during timed runs: {'off' if args.no_gc else 'on'}")
+    print(f"engine: {engine_build()}")
     return 0

@@ -28,7 +28,7 @@ from pathlib import Path
 COMPILED_MODULES = ("constants", "keys", "events", "side", "matching", "book", "market")
 """The hot modules compiled by mypyc, in orderbook/ (each is mypy --strict clean). Not types.py:
 a compiled command class would check its field types on construction and raise where the pure
-one builds a command that the book then rejects with a reason (orderbook/types.py Rule 1)."""
+one builds a command that the book then rejects with a reason (orderbook.types Rule 1)."""
 BUILD_ENV = "MU_ORDERBOOK_BUILD"
 BUILD_CHOICES = ("auto", "pure", "compiled")
 MANIFEST_NAME = "MANIFEST.json"

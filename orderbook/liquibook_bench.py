@@ -18,9 +18,11 @@ Rule 3: Liquibook runs in a child process (`--worker`), because its SWIG wrapper
         order object referenced for the whole round, and implements every callback (a missing
         one raises "SWIG director pure virtual method called" inside the book).
 Rule 4: rounds alternate which side runs first; each round times a fresh book on each side (wall
-        clock and CPU time of that process only). The verdict is on the median of the per-round
-        ratios engine/Liquibook (wall clock; CPU time beside it: the machine is shared and CPU
-        time is less disturbed by other processes), with their spread (min-max over rounds).
+        clock and CPU time of that process only). Both medians of the per-round ratios
+        engine/Liquibook are printed with their spread (min-max over rounds) and a verdict; the
+        exit status follows the CPU-time one: on this shared 2-core machine a process at load
+        15-25 runs a fraction of its wall time, so wall-clock ratios measure the scheduler
+        (their spread shows it) while CPU time measures each engine's own work.
 Rule 5: `liquibook` (PyPI, the SWIG wrapper of the C++ engine) is an optional extra, never a
         runtime dependency: when it is missing the command says how to install it and exits 2.
 """
@@ -341,7 +343,7 @@ def compare(args: argparse.Namespace, out: IO[str]) -> int:
               f"{counts.rejects} rejects", file=out)
         print(ratio_line("engine/Liquibook, wall clock", walls), file=out)
         print(ratio_line("engine/Liquibook, CPU time", cpus), file=out)
-        return 0 if statistics.median(walls) >= TARGET_RATIO else 3
+        return 0 if statistics.median(cpus) >= TARGET_RATIO else 3
     except WorkerCrashed as error:
         print(f"error: {error}", file=out)
         return 1
@@ -361,8 +363,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 EPILOG = f"""Needs the optional C++ Liquibook wrapper: {INSTALL_HINT}.
-Exit status: 0 when the median wall-clock ratio meets x{TARGET_RATIO}, 3 when it does not, 1 when
-the Liquibook process crashes or the engines disagree, 2 on bad arguments or a missing wrapper."""
+Exit status: 0 when the median CPU-time ratio meets x{TARGET_RATIO} (Rule 4), 3 when it does not,
+1 when the Liquibook process crashes or the engines disagree, 2 on bad arguments or a missing
+wrapper."""
 
 
 def main(args: argparse.Namespace) -> int:

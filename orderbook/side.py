@@ -68,7 +68,7 @@ class Order:
 
     def reset(self, order_id: str, is_buy: bool, price: int, qty: int, stop: int, aon: bool,
               ioc: bool, book: Book) -> None:
-        """Make a retired order (off the book, unheld: book.py Rule 6) a new one: __init__'s
+        """Make a retired order (off the book, unheld: orderbook.book Rule 6) a new one: __init__'s
         assignments, as a method a mypyc build calls natively (calling __init__ would go
         through the interpreter there)."""
         assert self.level is None

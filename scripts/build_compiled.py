@@ -1,4 +1,4 @@
-"""Compile the engine's hot modules with mypyc into build/compiled/ (orderbook/build.py Rule 2).
+"""Compile the engine's hot modules with mypyc into build/compiled/ (orderbook.build Rule 2).
 
 Usage: python scripts/build_compiled.py [--clean]   (bash scripts/setup.sh --compiled runs it)
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("MU_ORDERBOOK_BUILD", "pure")  # no verdict on the build being replaced
+os.environ["MU_ORDERBOOK_BUILD"] = "pure"  # this script never needs the build it replaces
 
 from orderbook.build import (  # noqa: E402
     COMPILED_DIR,
@@ -54,6 +54,8 @@ def missing_tool() -> str | None:
     """Why a build cannot even start (None: mypyc, a C compiler and Python.h are present)."""
     if importlib.util.find_spec("mypyc") is None:
         return "mypyc is not installed (pip install mypy)"
+    if importlib.util.find_spec("setuptools") is None:
+        return "setuptools is not installed (pip install setuptools)"
     compiler = os.environ.get("CC") or str(sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         return f"no C compiler ({compiler} not found; apt-get install gcc)"

@@ -112,7 +112,8 @@ def test_bench_small_run_prints_every_figure() -> None:
     result = run(["bench", "--commands", "3000", "--no-progress"])
     assert result.returncode == 0, result.stderr
     text = result.stdout.decode()
-    for needle in ("commands/s", "engine/baseline", "p50", "p99", "bytes", "digests of the two"):
+    for needle in ("commands/s", "engine/baseline", "p50", "p99", "bytes", "digests of the two",
+                   "engine: "):
         assert needle in text
     assert run(["bench", "--commands", "0"]).returncode == 2
 
