@@ -48,7 +48,7 @@ SCAN_GAP_CAP_US = 1000  # one scan gap never counts for more than this
 # Misjudging a non-leader deposes nobody (a live leader is never preempted), so this may be short.
 CANDIDATE_DEAD_AFTER_US = 2000
 # --- native heartbeat (consensus.native_beat; the real runtime only) ---------------------------
-NATIVE_BEAT_INTERVAL_US = 100  # the C thread bumps the word this often (GIL-free)
+NATIVE_BEAT_INTERVAL_US = 300  # the C thread bumps the word this often (GIL-free); see below
 # Python must refresh the liveness token this often or the C beat stops (fate sharing). 1 s: a
 # stale token on a live leader is a spurious fail-over, and interpreters on this shared 2-core
 # machine were measured not running for 100-275 ms at a time (exchange bench-steady at nice 19,
@@ -58,6 +58,10 @@ NATIVE_BEAT_INTERVAL_US = 100  # the C thread bumps the word this often (GIL-fre
 # case).
 NATIVE_TOKEN_TTL_US = 1_000_000
 NATIVE_BEAT_RT_PRIORITY = 10  # SCHED_FIFO priority of the C thread (0: do not ask)
+# Why 300 us and not 100: every beat is a SCHED_FIFO wake-up that preempts whatever runs on its
+# core; three replicas beating every 100 us on 2 cores made a replicated order's p50 x1.9-x5.7 of
+# the unreplicated server's (2026-12-01 11:50, load 4, /tmp A/B of 2 rounds: 300 us gave x1.31-
+# x1.39, no native beat x1.09-x1.48). 300 us still puts 10 beats inside NATIVE_DEAD_AFTER_US.
 # SCHED_FIFO priority of the background (scanner/election) thread when the native beat runs at
 # real-time priority: a follower's scan otherwise waits for a CPU behind every other runnable
 # process, and its stalls (not counted, detector Rule 1) delayed detection to 9-15 ms at load
