@@ -12,7 +12,11 @@ Rule 2: the leader answers an order-entry request only once its entry is committ
 Rule 3: a proposal that raised ``NotLeader`` or timed out may still be committed; the client retries
         with the same seq and the replicated dedup table answers it (exactly-once).
 Rule 4: a follower, a paused server or a server without a leader never proposes: it raises
-        ``NotLeaderError`` (with the leader's address when known) or ``ServerUnavailable``.
+        ``NotLeaderError`` (with the leader's address when known) or ``ServerUnavailable``. A
+        request that finds no leader known (an election is running) first waits up to
+        ``LEADER_WAIT_S`` for one (``leader_changed``, rung by the replica's leader-change
+        callback): it is then executed here if this server won, or redirected to the winner,
+        instead of sending the trader round the servers while the election runs (issue 14).
 Rule 5: every proposal goes through the group-commit ``Batcher`` (exchange.batching): unary calls
         and session requests that arrive while a proposal is in flight share the next entry.
         Replies reach their requesters through ``_sinks`` (a unary waiter, a session slot),
@@ -82,6 +86,9 @@ if TYPE_CHECKING:
 PROPOSE_TIMEOUT_S = 1.0  # consensus propose: far above a commit (~tens of us), below client retry
 APPLY_WAIT_S = 2.0  # committed -> applied here; only slow when this replica lost leadership
 INSTRUMENTS_POLL_S = 0.001  # how often ensure_instruments looks for its entry to be applied
+# Rule 4: how long a request waits for an election to name a leader. An election takes a few
+# ms after the silence is detected; a trader's own retry would wait 1-2 ms and then ask again.
+LEADER_WAIT_S = 0.05
 
 log = logging.getLogger("exchange.node")
 
@@ -246,6 +253,7 @@ class ExchangeNode:
         self.batcher = Batcher(self._propose, self._batch_failed, BATCH_REQUESTS_MAX,
                                PAYLOAD_SIZE_MAX_BYTES)
         self.journal: Journal | None = None  # Rule 8
+        self._leader_known = threading.Condition(threading.Lock())  # Rule 4: leader changes
 
     def attach(self, replica: ConsensusReplica) -> None:
         """Use ``replica`` for order entry (called once, before the replica starts serving)."""
@@ -448,7 +456,7 @@ class ExchangeNode:
                                         "data or waiting for its peers); retry")
             return self._execute_unreplicated(client_id, seq, command)
         if not replica.is_leader:
-            raise self._not_leader(replica.leader_id)
+            self._await_leader(replica)
         self.ensure_instruments()
         self._check_symbol(command)
         waiter = _Waiter()
@@ -586,7 +594,7 @@ class ExchangeNode:
             raise ServerUnavailable(f"server {self.replica_id} is starting (loading its data or "
                                     "waiting for its peers); retry")
         if replica is not None and not replica.is_leader:
-            raise self._not_leader(replica.leader_id)
+            self._await_leader(replica)
         self.ensure_instruments()
 
     def _proposal_error(self, exc: Exception) -> Exception:
@@ -604,6 +612,32 @@ class ExchangeNode:
             )
         log.error("proposal failed on server %d: %r", self.replica_id, exc)
         return ServerUnavailable(f"server {self.replica_id}: proposal failed: {exc}")
+
+    def leader_changed(self) -> None:
+        """The replica's leader changed (its leader-change callback): wake waiting requests."""
+        with self._leader_known:
+            self._leader_known.notify_all()
+
+    def _await_leader(self, replica: ConsensusReplica) -> None:
+        """Rule 4: return if this server leads, perhaps after waiting for an election to end;
+        otherwise raise the redirect (or ServerUnavailable while no leader is known)."""
+        leader_id = replica.leader_id
+        if leader_id is None or leader_id == self.replica_id:  # ours: still campaigning
+            deadline = time.monotonic() + LEADER_WAIT_S
+            with self._leader_known:
+                while True:
+                    if replica.is_leader or self.paused:
+                        break
+                    leader_id = replica.leader_id
+                    left = deadline - time.monotonic()
+                    if (leader_id is not None and leader_id != self.replica_id) or left <= 0:
+                        break
+                    self._leader_known.wait(left)
+            if self.paused:
+                raise ServerUnavailable(f"server {self.replica_id} is paused; try another server")
+            if replica.is_leader:
+                return
+        raise self._not_leader(leader_id)
 
     def _not_leader(self, leader_id: int | None) -> Exception:
         if leader_id is None or leader_id == self.replica_id:

@@ -160,6 +160,7 @@ def start_replication(config: ServerConfig, node: ExchangeNode,
     def on_leader_change(leader_id: int | None, is_self: bool) -> None:
         who = "this server" if is_self else f"server {leader_id}"
         log.warning("server %d: leader is now %s", config.replica_id, who)
+        node.leader_changed()
 
     replica = Replica(
         replica_config,

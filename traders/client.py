@@ -13,6 +13,8 @@ Rule 4: during a fail-over the followers still name the silent old leader for a 
         one request, a redirect to a server that already answered UNAVAILABLE (or timed out) is
         not followed, and the next server tried is one that has not failed yet when there is one;
         a failure is forgotten after ``FAILED_FORGET_S`` (the leader may have been busy only).
+        A failed attempt moves on to the next server at once; the client sleeps (back-off)
+        only once every server has failed since its last sleep.
         The back-off grows to ``BACKOFF_MAX_S`` (2 ms: a fail-over takes milliseconds and the new
         leader is found within one back-off of its election) for the first
         ``BACKOFF_FAST_WINDOW_S`` of failures, then to ``BACKOFF_SLOW_MAX_S`` (a cluster without
@@ -45,7 +47,7 @@ GIVE_UP_S = 15.0  # a request retries this long before ExchangeUnreachable
 BACKOFF_INITIAL_S = 0.001
 BACKOFF_MAX_S = 0.002  # a failover takes milliseconds; an attempt on loopback ~0.6 ms (Rule 4)
 BACKOFF_FAST_WINDOW_S = 0.1  # failures of one request for this long keep the short back-off
-BACKOFF_SLOW_MAX_S = 0.01  # afterwards: a leaderless cluster gets ~100 attempts/s per trader
+BACKOFF_SLOW_MAX_S = 0.01  # afterwards: a leaderless cluster: a round of the servers per 10 ms
 FAILED_FORGET_S = 0.05  # a server's UNAVAILABLE stops redirects to it this long (Rule 4)
 LEADER_ADDRESS_KEY = "leader-address"
 RETRYABLE_CODES = frozenset(
@@ -256,6 +258,7 @@ class TraderClient:
         attempts = redirects = first_failure_ns = 0
         last_error = "no attempt made"
         failed: dict[str, int] = {}  # server -> when it answered UNAVAILABLE/timed out (Rule 4)
+        asked: set[str] = set()  # servers that failed this request since the last back-off
         while True:
             attempts += 1
             try:
@@ -286,10 +289,13 @@ class TraderClient:
                     redirects += 1
                     target = hint
                     continue
-                time.sleep(backoff_s)
-                fast = now_ns - first_failure_ns < BACKOFF_FAST_WINDOW_S * 1e9
-                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S if fast else BACKOFF_SLOW_MAX_S)
+                asked.add(target)
                 target = _next_untried(connection, target, failed)
+                if target in asked:  # Rule 4: every server had its turn since the last sleep
+                    asked.clear()
+                    time.sleep(backoff_s)
+                    fast = now_ns - first_failure_ns < BACKOFF_FAST_WINDOW_S * 1e9
+                    backoff_s = min(backoff_s * 2, BACKOFF_MAX_S if fast else BACKOFF_SLOW_MAX_S)
                 continue
             connection.leader_guess = target
             return CallResult(reply, attempts, redirects, first_failure_ns, target)
