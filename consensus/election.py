@@ -46,7 +46,11 @@ Rule 9: the background activity runs every ``scan_interval_us`` while all is cal
         silent leader, and answer a candidate's request, within a fraction of a millisecond of
         the threshold. A silent peer that does not lead keeps nobody fast: after a fail-over the
         old leader stays silent, and fast scans at real-time priority for as long as it is
-        down took a sixth of a core per replica from the new leader's order entry.
+        down took a sixth of a core per replica from the new leader's order entry. With
+        adaptive scanning on (``scan_fast_interval_us`` set), a leader scans every
+        ``LEADER_CALM_FACTOR`` calm periods: nothing it does there is urgent (answering a
+        spurious candidate, dropping or catching up followers, the idle commit flush), and its
+        wake-ups take the GIL from the order entry it serves.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from consensus import ctrl as ctrl_mod
-from consensus.constants import CAMPAIGN_BACKOFF_US_MAX
+from consensus.constants import CAMPAIGN_BACKOFF_US_MAX, LEADER_CALM_FACTOR
 from consensus.detector import FailureDetector
 from consensus.fabric.base import FabricError, RegionClosed, RevokeStalled
 from consensus.recovery import Deposed, catch_up, prepare
@@ -110,6 +114,8 @@ class Background:
         self.detector.reset(runtime.now_ns(), grace=True)
         interval_s = state.config.scan_interval_us / 1e6
         fast_s = state.config.scan_fast_us / 1e6
+        adaptive = state.config.scan_fast_interval_us != 0
+        leading_s = interval_s * LEADER_CALM_FACTOR if adaptive else interval_s  # Rule 9
         while not state.stopping:
             if state.paused:
                 runtime.sleep(interval_s)
@@ -122,7 +128,10 @@ class Background:
                 self.scan()
             else:
                 self.step()
-            runtime.sleep(interval_s if self._calm() else fast_s)
+            if state.leading:
+                runtime.sleep(leading_s)
+            else:
+                runtime.sleep(interval_s if self._calm() else fast_s)
 
     def step(self) -> None:
         """One turn: answer requests, scan, then lead, follow or campaign."""

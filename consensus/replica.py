@@ -198,10 +198,10 @@ class Replica:
             return cfg
         if cfg.dead_after_us != c.DEAD_AFTER_US:
             return cfg  # the deployment chose its own threshold
-        # A slower Python heartbeat (a gRPC server's) or scan keeps the config's own relations:
-        # silence is judged over at least one capped gap and one (fast) scan after it.
-        dead_after_us = max(c.NATIVE_DEAD_AFTER_US, 2 * cfg.heartbeat_interval_us,
-                            cfg.scan_gap_cap_us + cfg.scan_fast_us)
+        # A slower scan keeps the config's own relation: silence is judged over at least one
+        # capped gap and one (fast) scan after it. The Python heartbeat's period does not count:
+        # with the native beat it only refreshes the token, the C thread moves the counter.
+        dead_after_us = max(c.NATIVE_DEAD_AFTER_US, cfg.scan_gap_cap_us + cfg.scan_fast_us)
         LOGGER.info("replica %d: native real-time heartbeat; leaders are dead after %d us of "
                     "silence", cfg.replica_id, dead_after_us)
         return dataclasses.replace(cfg, dead_after_us=dead_after_us)

@@ -47,16 +47,18 @@ assert PAYLOAD_SIZE_MAX_BYTES >= 8 + 1 + 2 + 18 + 29 + 64 + 16  # a batch of one
 # Heartbeat period of an exchange server. Consensus's 200 us suit a process that only replicates;
 # here every wake-up of a consensus thread takes the GIL from the gRPC handlers (see
 # docs/exchange.md, "Consensus threads in a gRPC server"). With the native heartbeat (a C thread
-# beats every 100 us) the Python heartbeat only proves the interpreter alive (consensus
-# native_beat Rule 1), so it can be slow; 1500 keeps 2 beats within the 3 ms native threshold.
-HEARTBEAT_INTERVAL_US_DEFAULT = 1500
+# beats every 300 us) the Python heartbeat only refreshes the liveness token (1 s TTL, consensus
+# native_beat Rule 1), so it could be slower, but consensus keeps dead_after_us >= 2 x this
+# period (3 ms with the native beat).
+HEARTBEAT_INTERVAL_US_DEFAULT = 1000
 # Failure-detector scan period (the background thread: scanner, switcher, election) while all is
 # calm, and while a peer's counter stood still in the last scan or no leader is known (consensus
 # election Rule 9). A silent leader is detected within the dead-after threshold plus a scan, and a
 # candidate's permission request is answered at the peer's next scan, so fail-over needs the fast
-# period (issue 14: a fixed 2 ms scan gave the servers' own fail-over 8-12 ms, bench-failover);
-# every wake-up takes the GIL from the gRPC handlers, so the calm period stays at 2 ms.
-SCAN_INTERVAL_US_DEFAULT = 2000
+# period (issue 14: a fixed 2 ms scan gave the servers' own fail-over 8-12 ms, bench-failover).
+# Every wake-up takes the GIL from the gRPC handlers; the calm period is 1 ms (it was 2 ms until
+# 2026-12-01 12:40: a silent leader was noticed up to 2 ms late).
+SCAN_INTERVAL_US_DEFAULT = 1000
 SCAN_FAST_INTERVAL_US_DEFAULT = 250
 # How often an idle consensus pump looks for new entries (consensus ReplicaConfig.pump_poll_us):
 # a follower applies within this; the leader's handlers apply their own entries and do not wait.

@@ -1,7 +1,8 @@
 """``python -m exchange bench-failover`` and ``bench-steady``: fail-over as traders see it, and
 leader changes under a fault-free trader load (issue 14).
 
-Rule 1: one 3-server cluster (``LocalCluster``) and ``--traders`` closed-loop traders
+Rule 1: one 3-server cluster (``LocalCluster``) and ``--traders`` traders (closed loop, or
+        open loop at ``--rate`` orders a second)
         (``traders.load.LoadRun``, leader-following, unary) for the whole run; the cluster stops
         every server and the command kills every CPU hog it started, by pid, on every exit path.
 Rule 2 (bench-failover): each round waits until every server names the same leader and the
@@ -66,11 +67,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     failover = commands.add_parser(
         "bench-failover", help="FIFO p on the leader under trader load: time to the first "
         "answer from the new leader",
-        description="Start 3 servers and closed-loop traders; --pauses times, pause the leader "
-        "silently through its control FIFO (p; --step: s, the cooperative hand-off), time from "
-        "the pause to the first order a trader got answered by the new leader, resume the old "
-        "leader (r) and let it rejoin. Prints p50/p90/p99/max and a verdict against "
-        f"{TARGET_FAILOVER_P50_MS:g} ms (issue 14).")
+        description="Start 3 servers and traders (closed loop, or --rate); --pauses times, "
+        "pause the leader silently through its control FIFO (p; --step: s, the cooperative "
+        "hand-off), time from the pause to the first order a trader got answered by the new "
+        "leader, resume the old leader (r) and let it rejoin. Prints p50/p90/p99/max and a "
+        f"verdict against {TARGET_FAILOVER_P50_MS:g} ms (issue 14).")
     failover.add_argument("--pauses", type=int, default=PAUSES_DEFAULT,
                           help=f"fail-overs to measure (default {PAUSES_DEFAULT})")
     failover.add_argument("--step", action="store_true",
@@ -78,10 +79,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(failover)
     steady = commands.add_parser(
         "bench-steady", help="fault-free trader load: count leader changes (--cpu-hogs)",
-        description="Start 3 servers and closed-loop traders for --minutes with no fault and "
-        "count leader changes from the servers' logs; --cpu-hogs also runs one busy loop per "
-        f"CPU. Verdict: {TARGET_STEADY_CHANGES} changes, at most {TARGET_STEADY_CHANGES_HOGS} "
-        "with hogs (issue 14).")
+        description="Start 3 servers and traders (closed loop, or --rate) for --minutes with "
+        "no fault and count leader changes from the servers' logs; --cpu-hogs also runs one "
+        f"busy loop per CPU. Verdict: {TARGET_STEADY_CHANGES} changes, at most "
+        f"{TARGET_STEADY_CHANGES_HOGS} with hogs (issue 14).")
     steady.add_argument("--minutes", type=float, default=STEADY_MINUTES_DEFAULT,
                         help=f"length of the load (default {STEADY_MINUTES_DEFAULT:g}; "
                         "fractions allowed, e.g. 0.3)")
@@ -92,7 +93,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--traders", type=int, default=TRADERS_DEFAULT,
-                        help=f"closed-loop traders (default {TRADERS_DEFAULT})")
+                        help=f"traders (default {TRADERS_DEFAULT})")
+    parser.add_argument("--rate", type=float, default=0.0, metavar="ORDERS_PER_S",
+                        help="open loop: this many orders a second over all traders (default "
+                        "0: closed loop, each trader sends its next order when answered, which "
+                        "keeps the servers saturated on 2 cores)")
     parser.add_argument("--seed", type=int, default=14, help="traders' workload seed")
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                         help="pass ARG to every server (repeat it), e.g. "
@@ -104,9 +109,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     steady = args.command == "bench-steady"
     name = f"python -m exchange {args.command}"
-    if args.traders < 1 or (not steady and args.pauses < 1) or (steady and args.minutes <= 0):
-        print(f"{name}: error: need --traders >= 1 and --pauses >= 1 / --minutes > 0",
-              file=sys.stderr)
+    if (args.traders < 1 or args.rate < 0 or (not steady and args.pauses < 1)
+            or (steady and args.minutes <= 0)):
+        print(f"{name}: error: need --traders >= 1, --rate >= 0 and --pauses >= 1 / "
+              "--minutes > 0", file=sys.stderr)
         return 2
     _raise_priority()
     print(f"{args.command}: traders and servers at nice {os.getpriority(os.PRIO_PROCESS, 0)} "
@@ -146,12 +152,18 @@ def _hogs(wanted: bool) -> Iterator[list[subprocess.Popen[bytes]]]:
             hog.wait()
 
 
+def _load_words(args: argparse.Namespace) -> str:
+    if args.rate:
+        return f"{args.traders} traders at {args.rate:g} orders/s in all (open loop)"
+    return f"{args.traders} closed-loop traders"
+
+
 def _load_average() -> str:
     return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
 def _start_load(cluster: LocalCluster, args: argparse.Namespace) -> LoadRun:
-    load = LoadRun(LoadConfig(tuple(cluster.addresses.values()), args.traders, 0.0,
+    load = LoadRun(LoadConfig(tuple(cluster.addresses.values()), args.traders, args.rate,
                               LOAD_TEST_MS_MAX, args.seed, DEFAULT_SYMBOLS))
     load.start()
     return load
@@ -259,7 +271,7 @@ def _percentile(values: list[float], fraction: float) -> float:
 def _failover_summary(rounds: list[Round], aborted: int, load: LoadRun,
                       args: argparse.Namespace) -> int:
     kind = "s (step down)" if args.step else "p (silent)"
-    print(f"\n== FIFO {kind} on the leader, {args.traders} closed-loop traders: pause -> first "
+    print(f"\n== FIFO {kind} on the leader, {_load_words(args)}: pause -> first "
           f"answer from the new leader seen by a trader")
     if not rounds:
         print(f"no fail-over completed ({aborted} aborted)")
@@ -327,7 +339,7 @@ def _steady(cluster: LocalCluster, args: argparse.Namespace) -> int:
     changes = elected - elected0
     target = TARGET_STEADY_CHANGES_HOGS if args.cpu_hogs else TARGET_STEADY_CHANGES
     hogs = f", {os.cpu_count()} CPU hogs" if args.cpu_hogs else ""
-    print(f"\n== {args.minutes:g} min of {args.traders} closed-loop traders, no faults{hogs}")
+    print(f"\n== {args.minutes:g} min of {_load_words(args)}, no faults{hogs}")
     print(f"leader changes (servers' logs): {changes}; moments a server saw no live leader: "
           f"{gaps - gaps0}; answering server switched {answering_switches(measured)} times "
           f"(traders' view)")

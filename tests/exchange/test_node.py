@@ -7,6 +7,7 @@ raise NotLeader (the ambiguous outcome the dedup table must absorb).
 
 import queue
 import threading
+import time
 
 import pytest
 
@@ -262,3 +263,56 @@ def test_in_flight_requests_per_client_are_bounded(monkeypatch):
             thread.join(5)
         log.close()
     assert len(replies) == 2 and n1.in_flight_of(7) == 0
+
+
+def _execute_in_thread(node: ExchangeNode, client: int, seq: int) -> tuple[threading.Thread, list]:
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(node.execute(client, seq, _order(client, seq)))
+        except Exception as exc:  # the test inspects it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_request_during_an_election_waits_and_runs_where_the_election_ended(trio):
+    """Rule 4: no leader known -> the request waits; this server won -> it executes here."""
+    log, (_, n2, _) = trio
+    log.leader = None
+    thread, outcome = _execute_in_thread(n2, 7, 1)
+    thread.join(0.02)
+    assert thread.is_alive() and not outcome  # held, not bounced round the servers
+    log.leader = 2
+    n2.leader_changed()
+    thread.join(2)
+    assert not thread.is_alive() and outcome[0].log_index == 1
+    assert n2.state.executed_count == 1
+
+
+def test_a_request_during_an_election_is_redirected_to_the_winner(trio):
+    log, (_, n2, _) = trio
+    log.leader = None
+    thread, outcome = _execute_in_thread(n2, 8, 1)
+    thread.join(0.02)
+    assert thread.is_alive()
+    log.leader = 3
+    n2.leader_changed()
+    thread.join(2)
+    assert isinstance(outcome[0], NotLeaderError) and outcome[0].leader_address == "h:3"
+    assert log.entries == []
+
+
+def test_a_request_waits_for_an_election_only_so_long(trio):
+    from exchange.node import LEADER_WAIT_S
+
+    log, (_, n2, _) = trio
+    log.leader = None
+    begun = time.monotonic()
+    with pytest.raises(ServerUnavailable, match="no leader is known"):
+        n2.execute(9, 1, _order(9, 1))
+    assert time.monotonic() - begun >= LEADER_WAIT_S * 0.9
+    assert log.entries == []
