@@ -72,7 +72,8 @@ static void *run(void *arg) {
         last = now;
         uint64_t token = __atomic_load_n(&h->token_ns, __ATOMIC_ACQUIRE);
         if (__atomic_load_n(&h->enabled, __ATOMIC_ACQUIRE)) {
-            if (now - token < h->ttl_ns) {
+            /* token >= now: Python touched it after `now` was read (not stale) */
+            if (token >= now || now - token < h->ttl_ns) {
                 __atomic_store_n(h->word, *h->word + 1, __ATOMIC_RELEASE);
                 h->beats++;
             } else {

@@ -22,8 +22,10 @@ Rule 4: the heartbeat activity beats every ``heartbeat_interval_us`` unless paus
         (fate sharing), so a leader whose replication plane hangs is replaced.
         With the real runtime the word is bumped by ``native_beat``'s C thread instead (GIL-free,
         real-time priority); the heartbeat activity and the fast path then only refresh its
-        liveness token, and fate sharing disables it. When that thread runs at real-time priority
-        and ``dead_after_us`` is the default, the replica judges leaders with
+        liveness token, and fate sharing disables it, so the activity then runs every
+        ``NATIVE_TOKEN_REFRESH_US`` at least (a wake-up that takes the GIL saves nothing
+        more). When that thread runs at real-time priority and ``dead_after_us`` is the
+        default, the replica judges leaders with
         ``NATIVE_DEAD_AFTER_US`` and its background activity (scanner, election) runs at
         ``SCHED_FIFO`` ``BACKGROUND_RT_PRIORITY`` (see docs/consensus.md, "Failure detection").
 Rule 5: every activity checks ``stopping`` each turn; ``stop`` steps down, then joins them.
@@ -406,6 +408,8 @@ class Replica:
         state = self._require()
         runtime = self.runtime
         interval_s = self.config.heartbeat_interval_us / 1e6
+        if state.native_beat is not None:  # Rule 4: the C thread beats; this refreshes the token
+            interval_s = max(interval_s, c.NATIVE_TOKEN_REFRESH_US / 1e6)
         stuck_ns = self.config.fate_sharing_stuck_us * NS_PER_US
         seen_entered = -1
         since_ns = runtime.now_ns()
