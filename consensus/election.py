@@ -174,12 +174,9 @@ class Background:
         self._alive_quick = self.detector.alive(now, self._candidate_dead_after_ns)
 
     def _calm(self) -> bool:
-        """Rule 9: this replica leads, or a leader is known and its counter moved in the last
-        scan. A silent peer that does not lead (a crashed follower, the old leader once a new
-        one is elected) leaves the scan calm: nothing fast depends on it."""
-        state = self.state
-        if state.leading:
-            return True
+        """Rule 9, for a replica that does not lead: a leader is known and its counter moved in
+        the last scan. A silent peer that does not lead (a crashed follower, the old leader once
+        a new one is elected) leaves the scan calm: nothing fast depends on it."""
         leader = self._live_leader()
         return leader is not None and not self.detector.silent(leader)
 

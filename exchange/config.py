@@ -47,10 +47,10 @@ assert PAYLOAD_SIZE_MAX_BYTES >= 8 + 1 + 2 + 18 + 29 + 64 + 16  # a batch of one
 # Heartbeat period of an exchange server. Consensus's 200 us suit a process that only replicates;
 # here every wake-up of a consensus thread takes the GIL from the gRPC handlers (see
 # docs/exchange.md, "Consensus threads in a gRPC server"). With the native heartbeat (a C thread
-# beats every 300 us) the Python heartbeat only refreshes the liveness token (1 s TTL, consensus
-# native_beat Rule 1), so it could be slower, but consensus keeps dead_after_us >= 2 x this
-# period (3 ms with the native beat).
-HEARTBEAT_INTERVAL_US_DEFAULT = 1000
+# beats every 300 us) the Python heartbeat only refreshes the liveness token (1 s TTL), at least
+# every 10 ms (consensus NATIVE_TOKEN_REFRESH_US), whatever this says; without the native beat
+# it moves the counter, and 1500 keeps 13 beats inside the 20 ms threshold.
+HEARTBEAT_INTERVAL_US_DEFAULT = 1500
 # Failure-detector scan period (the background thread: scanner, switcher, election) while all is
 # calm, and while a peer's counter stood still in the last scan or no leader is known (consensus
 # election Rule 9). A silent leader is detected within the dead-after threshold plus a scan, and a

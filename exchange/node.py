@@ -621,23 +621,16 @@ class ExchangeNode:
     def _await_leader(self, replica: ConsensusReplica) -> None:
         """Rule 4: return if this server leads, perhaps after waiting for an election to end;
         otherwise raise the redirect (or ServerUnavailable while no leader is known)."""
-        leader_id = replica.leader_id
-        if leader_id is None or leader_id == self.replica_id:  # ours: still campaigning
-            deadline = time.monotonic() + LEADER_WAIT_S
-            with self._leader_known:
-                while True:
-                    if replica.is_leader or self.paused:
-                        break
-                    leader_id = replica.leader_id
-                    left = deadline - time.monotonic()
-                    if (leader_id is not None and leader_id != self.replica_id) or left <= 0:
-                        break
-                    self._leader_known.wait(left)
-            if self.paused:
-                raise ServerUnavailable(f"server {self.replica_id} is paused; try another server")
-            if replica.is_leader:
-                return
-        raise self._not_leader(leader_id)
+        deadline = time.monotonic() + LEADER_WAIT_S
+        with self._leader_known:
+            while not (replica.is_leader or self.paused):
+                leader_id = replica.leader_id  # our own id: we are still campaigning
+                left = deadline - time.monotonic()
+                if leader_id not in (None, self.replica_id) or left <= 0:
+                    raise self._not_leader(leader_id)
+                self._leader_known.wait(left)
+        if self.paused:
+            raise ServerUnavailable(f"server {self.replica_id} is paused; try another server")
 
     def _not_leader(self, leader_id: int | None) -> Exception:
         if leader_id is None or leader_id == self.replica_id:
