@@ -15,7 +15,10 @@ Rule 4: ``LocalRegion.revoke_write(peer)`` returns only once no write from ``pee
         what makes a deposed leader's writes harmless, and the protocol relies on it.
 Rule 5: a write of ``n`` bytes is applied in increasing address order, so a reader that sees the
         last bytes of an entry (Mu's canary) written after the rest sees the whole entry. Writes
-        from one writer to one region land in the order they were issued.
+        from one writer to one region land in the order they were issued. The order is promised
+        per byte: a large copy read while it is rewritten may mix the bytes of two writes within
+        one word (memcpy here, as RDMA NICs), so readers check whole entries (log Rule 3) and
+        small aligned words (log Rule 4), never words of a larger write in flight.
 Rule 6: bad arguments (offset or length outside the region, unknown peer, closed region or fabric)
         raise ``FabricError`` subclasses with a message naming the region, never corrupt memory.
 
