@@ -75,6 +75,10 @@ class FailureDetector:
         threshold = self.dead_after_ns if dead_after_ns is None else dead_after_ns
         return state.silent_ns < threshold
 
+    def silence_ns(self, peer: int) -> int:
+        """How long ``peer``'s counter has stood still, in observed (capped) scan time."""
+        return self._state[peer].silent_ns
+
     def silent(self, peer: int) -> bool:
         """Whether ``peer``'s counter stood still in the last scan (or it was unreadable)."""
         return self._state[peer].silent_ns > 0 or self._state[peer].counter < 0

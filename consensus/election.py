@@ -51,6 +51,11 @@ Rule 9: the background activity runs every ``scan_interval_us`` while all is cal
         ``LEADER_CALM_FACTOR`` calm periods: nothing it does there is urgent (answering a
         spurious candidate, dropping or catching up followers, the idle commit flush), and its
         wake-ups take the GIL from the order entry it serves.
+Rule 10: ``leader_suspected`` says that the leader this replica follows has been silent for more
+        than two of its beats (with the native beat, 300 us apart, one silent scan), before the
+        detector may declare it dead. It changes nothing in consensus; the application uses it
+        to hold a request that it would otherwise redirect to a leader that is likely gone
+        (exchange node Rule 4).
 """
 
 from __future__ import annotations
@@ -59,7 +64,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from consensus import ctrl as ctrl_mod
-from consensus.constants import CAMPAIGN_BACKOFF_US_MAX, LEADER_CALM_FACTOR
+from consensus.constants import (
+    CAMPAIGN_BACKOFF_US_MAX,
+    LEADER_CALM_FACTOR,
+    NATIVE_BEAT_INTERVAL_US,
+)
 from consensus.detector import FailureDetector
 from consensus.fabric.base import FabricError, RegionClosed, RevokeStalled
 from consensus.recovery import Deposed, catch_up, prepare
@@ -179,6 +188,18 @@ class Background:
         a new one is elected) leaves the scan calm: nothing fast depends on it."""
         leader = self._live_leader()
         return leader is not None and not self.detector.silent(leader)
+
+    def leader_suspected(self) -> bool:
+        """Rule 10: this replica follows a leader whose counter has stood still for longer
+        than two of its beats (one silent scan with the native beat)."""
+        state = self.state
+        leader = state.leader_view
+        if state.leading or leader is None or leader == state.replica_id:
+            return False
+        # peers run what this replica runs: the native beat where it started here
+        beat_us = NATIVE_BEAT_INTERVAL_US if state.native_beat is not None else \
+            state.config.heartbeat_interval_us
+        return self.detector.silence_ns(leader) > 2 * beat_us * NS_PER_US
 
     def _reconnect(self, peer: Peer) -> None:
         """Rule 7."""

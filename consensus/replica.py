@@ -108,6 +108,7 @@ class Replica:
         self._rejoin: Rejoin | None = None
         self._state: ReplicaState | None = None
         self._replicator: Replicator | None = None
+        self._background: Background | None = None
         self._activities: list[Activity] = []
         self._paused_before_start = False
         self.reattached = False
@@ -305,6 +306,13 @@ class Replica:
     def leader_id(self) -> int | None:
         """This replica's id while it leads, else the leader it follows (None if unknown)."""
         return None if self._state is None else self._state.leader_hint()
+
+    @property
+    def leader_suspected(self) -> bool:
+        """The leader this replica follows has been silent for a few beats: it may be gone
+        (election Rule 10). False while leading, with no leader known, or before ``start``."""
+        background = self._background
+        return background is not None and background.leader_suspected()
 
     @property
     def commit_index(self) -> int:

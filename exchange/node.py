@@ -17,6 +17,10 @@ Rule 4: a follower, a paused server or a server without a leader never proposes:
         ``LEADER_WAIT_S`` for one (``leader_changed``, rung by the replica's leader-change
         callback): it is then executed here if this server won, or redirected to the winner,
         instead of sending the trader round the servers while the election runs (issue 14).
+        A request that finds a leader known but suspected (silent for a few beats, consensus
+        election Rule 10) waits the same way, re-reading the suspicion every
+        ``SUSPECT_RECHECK_S``: a redirect to a leader that is gone costs the trader a round
+        trip for nothing; if the beat resumes, the request is redirected as before.
 Rule 5: every proposal goes through the group-commit ``Batcher`` (exchange.batching): unary calls
         and session requests that arrive while a proposal is in flight share the next entry.
         Replies reach their requesters through ``_sinks`` (a unary waiter, a session slot),
@@ -89,6 +93,7 @@ INSTRUMENTS_POLL_S = 0.001  # how often ensure_instruments looks for its entry t
 # Rule 4: how long a request waits for an election to name a leader. An election takes a few
 # ms after the silence is detected; a trader's own retry would wait 1-2 ms and then ask again.
 LEADER_WAIT_S = 0.05
+SUSPECT_RECHECK_S = 0.0005  # a held request re-reads the suspicion this often (Rule 4)
 
 log = logging.getLogger("exchange.node")
 
@@ -101,6 +106,9 @@ class ConsensusReplica(Protocol):
 
     @property
     def leader_id(self) -> int | None: ...
+
+    @property
+    def leader_suspected(self) -> bool: ...
 
     @property
     def commit_index(self) -> int: ...
@@ -626,8 +634,12 @@ class ExchangeNode:
             while not (replica.is_leader or self.paused):
                 leader_id = replica.leader_id  # our own id: we are still campaigning
                 left = deadline - time.monotonic()
-                if leader_id not in (None, self.replica_id) or left <= 0:
+                if left <= 0:
                     raise self._not_leader(leader_id)
+                if leader_id not in (None, self.replica_id):
+                    if not replica.leader_suspected:
+                        raise self._not_leader(leader_id)
+                    left = min(left, SUSPECT_RECHECK_S)  # its beat may resume: then redirect
                 self._leader_known.wait(left)
         if self.paused:
             raise ServerUnavailable(f"server {self.replica_id} is paused; try another server")

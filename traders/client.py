@@ -4,35 +4,41 @@ Rule 1: every order-entry request gets the client's next sequence number once, a
         of it (after a redirect, an UNAVAILABLE, a timeout) reuses that number, so the exchange
         executes it at most once and the retry returns the original reply.
 Rule 2: FAILED_PRECONDITION with trailing metadata ``leader-address`` redirects to that address;
-        UNAVAILABLE, DEADLINE_EXCEEDED and a redirect without an address try the next server after a
-        short, growing back-off; INVALID_ARGUMENT, RESOURCE_EXHAUSTED (a limit of
+        UNAVAILABLE, DEADLINE_EXCEEDED and a redirect without an address try the other servers
+        (Rules 4-5); INVALID_ARGUMENT, RESOURCE_EXHAUSTED (a limit of
         exchange.limits), PERMISSION_DENIED (a client id the certificate does not allow) and
         UNAUTHENTICATED are final (``RequestRejected``). A request gives up after ``give_up_s``
         (``ExchangeUnreachable``), never loops forever.
-Rule 4: during a fail-over the followers still name the silent old leader for a few ms: within
-        one request, a redirect to a server that already answered UNAVAILABLE (or timed out) is
-        not followed, and the next server tried is one that has not failed yet when there is one;
-        a failure is forgotten after ``FAILED_FORGET_S`` (the leader may have been busy only).
-        A failed attempt moves on to the next server at once; the client sleeps (back-off)
-        only once every server has failed since its last sleep.
-        The back-off grows to ``BACKOFF_MAX_S`` (2 ms: a fail-over takes milliseconds and the new
-        leader is found within one back-off of its election) for the first
-        ``BACKOFF_FAST_WINDOW_S`` of failures, then to ``BACKOFF_SLOW_MAX_S`` (a cluster without
-        a leader for longer is not hammered).
 Rule 3: channels and the leader guess are shared by every client of one ``ClusterConnection``, so a
         redirect learnt by one trader helps all of them.
-Rule 4: with ``ClientTls`` every channel is TLS (``exchange.tls``), redirects included: the
+Rule 4: during a fail-over the followers still name the silent old leader for a few ms: within
+        one request, a redirect to a server that already answered UNAVAILABLE (or timed out) is
+        not followed; a failure is forgotten after ``FAILED_FORGET_S`` (the leader may have been
+        busy only). The client sleeps (back-off) only once every server has failed since its
+        last sleep. The back-off grows to ``BACKOFF_MAX_S`` (2 ms: a fail-over takes
+        milliseconds and the new leader is found within one back-off of its election) for the
+        first ``BACKOFF_FAST_WINDOW_S`` of failures, then to ``BACKOFF_SLOW_MAX_S`` (a cluster
+        without a leader for longer is not hammered).
+Rule 5: a failure with no redirect worth following sends the request (same seq) to every server
+        that has not failed since the last sleep at once, not one after the other: the servers
+        hold a request while their leader is silent or an election runs (exchange node Rule 4),
+        so the winner of the election executes it as soon as it leads, and the first answer
+        wins; the other calls are cancelled (a loser only ever redirects or refuses: at most one
+        leader executes a seq, and the replicated dedup table answers any retry). Without a
+        fan-out the trader paid a round trip to the follower that lost the election.
+Rule 6: with ``ClientTls`` every channel is TLS (``exchange.tls``), redirects included: the
         client verifies the address it dials (a ``SERVER_URIS`` entry or a redirect's
         ``leader-address``) against the server certificate's SANs.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -49,6 +55,7 @@ BACKOFF_MAX_S = 0.002  # a failover takes milliseconds; an attempt on loopback ~
 BACKOFF_FAST_WINDOW_S = 0.1  # failures of one request for this long keep the short back-off
 BACKOFF_SLOW_MAX_S = 0.01  # afterwards: a leaderless cluster: a round of the servers per 10 ms
 FAILED_FORGET_S = 0.05  # a server's UNAVAILABLE stops redirects to it this long (Rule 4)
+FAN_OUT_GRACE_S = 0.1  # Rule 5: beyond the calls' own deadline, before they count as failed
 LEADER_ADDRESS_KEY = "leader-address"
 RETRYABLE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
@@ -139,6 +146,27 @@ def _stub(channel: grpc.Channel) -> pb_grpc.ExchangeStub:
     return stub
 
 
+class _Cancelled(grpc.RpcError):
+    """A fanned-out call that ended without a status of its own (Rule 5): retryable."""
+
+    def __init__(self, text: str = "cancelled") -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def _code(error: grpc.RpcError) -> grpc.StatusCode:
+    if isinstance(error, grpc.Call):
+        code: grpc.StatusCode = error.code()
+        return code
+    return grpc.StatusCode.CANCELLED if isinstance(error, _Cancelled) else grpc.StatusCode.UNKNOWN
+
+
+def _details(error: grpc.RpcError) -> str:
+    if isinstance(error, grpc.Call):
+        return error.details() or ""
+    return error.text if isinstance(error, _Cancelled) else str(error)
+
+
 def _leader_hint(error: grpc.RpcError) -> str | None:
     metadata = error.trailing_metadata() if isinstance(error, grpc.Call) else None
     key: str
@@ -168,18 +196,6 @@ def _final_text(code: grpc.StatusCode, details: str | None) -> str:
     if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
         return details or "invalid request"
     return f"{code.name}: {details}"
-
-
-def _next_untried(connection: ClusterConnection, target: str, failed: dict[str, int]) -> str:
-    """Rule 4: the next server after ``target`` that has not failed in this request (all have:
-    forget the failures and take the plain next one)."""
-    candidate = connection.next_address(target)
-    for _ in range(len(connection.addresses)):
-        if candidate not in failed:
-            return candidate
-        candidate = connection.next_address(candidate)
-    failed.clear()
-    return connection.next_address(target)
 
 
 class TraderClient:
@@ -252,50 +268,123 @@ class TraderClient:
     ) -> CallResult:
         """Send ``request`` to the leader, following redirects and retrying (Rules 1-2)."""
         connection = self.connection
-        target = connection.leader_guess
         deadline = time.monotonic() + self.give_up_s
         backoff_s = BACKOFF_INITIAL_S
         attempts = redirects = first_failure_ns = 0
-        last_error = "no attempt made"
         failed: dict[str, int] = {}  # server -> when it answered UNAVAILABLE/timed out (Rule 4)
         asked: set[str] = set()  # servers that failed this request since the last back-off
+        targets = [connection.leader_guess]
         while True:
-            attempts += 1
-            try:
-                reply = method(connection.stub(target))(request, timeout=self.attempt_timeout_s)
-            except grpc.RpcError as error:
-                code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-                details = error.details() if isinstance(error, grpc.Call) else str(error)
-                if code in FINAL_CODES:  # retrying the same seq gets the same answer
-                    raise RequestRejected(_final_text(code, details)) from None
-                now_ns = time.monotonic_ns()
-                first_failure_ns = first_failure_ns or now_ns
-                last_error = f"{target}: {code.name}: {details}"
-                hint = _leader_hint(error) if code == grpc.StatusCode.FAILED_PRECONDITION else None
-                if code not in RETRYABLE_CODES and code != grpc.StatusCode.FAILED_PRECONDITION:
-                    raise ExchangeUnreachable(f"request failed: {last_error}") from None
-                if time.monotonic() >= deadline:
-                    raise ExchangeUnreachable(
-                        f"no leader accepted the request within {self.give_up_s} s "
-                        f"({attempts} attempts); last error: {last_error}"
-                        f"{connection_hint(connection, last_error)}"
-                    ) from None
-                if code in RETRYABLE_CODES:
-                    failed[target] = now_ns
-                forget_ns = now_ns - int(FAILED_FORGET_S * 1e9)
-                for address in [a for a, at in failed.items() if at < forget_ns]:
-                    del failed[address]
-                if hint is not None and hint != target and hint not in failed:
-                    redirects += 1
-                    target = hint
-                    continue
-                asked.add(target)
-                target = _next_untried(connection, target, failed)
-                if target in asked:  # Rule 4: every server had its turn since the last sleep
-                    asked.clear()
-                    time.sleep(backoff_s)
-                    fast = now_ns - first_failure_ns < BACKOFF_FAST_WINDOW_S * 1e9
-                    backoff_s = min(backoff_s * 2, BACKOFF_MAX_S if fast else BACKOFF_SLOW_MAX_S)
+            attempts += len(targets)
+            if len(targets) == 1:
+                try:
+                    reply = method(connection.stub(targets[0]))(
+                        request, timeout=self.attempt_timeout_s)
+                except grpc.RpcError as error:
+                    outcomes = [(targets[0], error)]
+                else:
+                    connection.leader_guess = targets[0]
+                    return CallResult(reply, attempts, redirects, first_failure_ns, targets[0])
+            else:  # Rule 5: a fail-over is under way: ask every candidate at once
+                won, outcomes = self._fan_out(method, request, targets)
+                if won is not None:
+                    connection.leader_guess = won[0]
+                    return CallResult(won[1], attempts, redirects, first_failure_ns, won[0])
+            first_failure_ns = first_failure_ns or time.monotonic_ns()
+            hint = None
+            for address, failure in outcomes:
+                last_error = f"{address}: {_code(failure).name}: {_details(failure)}"
+                self._check_retryable(failure, last_error, deadline, attempts, connection)
+                address_hint = self._note_failure(address, failure, failed)
+                if hint is None and address_hint != address:
+                    hint = address_hint
+                asked.add(address)
+            if hint is not None:
+                redirects += 1
+                targets = [hint]
                 continue
-            connection.leader_guess = target
-            return CallResult(reply, attempts, redirects, first_failure_ns, target)
+            targets = [a for a in connection.addresses if a not in failed and a not in asked]
+            if not targets:  # Rule 4: every server had its turn since the last sleep
+                asked.clear()
+                time.sleep(backoff_s)
+                fast = time.monotonic_ns() - first_failure_ns < BACKOFF_FAST_WINDOW_S * 1e9
+                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S if fast else BACKOFF_SLOW_MAX_S)
+                targets = [a for a in connection.addresses if a not in failed]
+                if not targets:  # all failed lately: forget it and ask them all again
+                    failed.clear()
+                    targets = list(connection.addresses)
+
+    def _check_retryable(self, error: grpc.RpcError, last_error: str, deadline: float,
+                         attempts: int, connection: ClusterConnection) -> None:
+        """Rule 2: raise for a final answer, an error no retry can mend, or the give-up time."""
+        code = _code(error)
+        if code in FINAL_CODES:  # retrying the same seq gets the same answer
+            raise RequestRejected(_final_text(code, _details(error))) from None
+        if code not in RETRYABLE_CODES and code != grpc.StatusCode.FAILED_PRECONDITION:
+            raise ExchangeUnreachable(f"request failed: {last_error}") from None
+        if time.monotonic() >= deadline:
+            raise ExchangeUnreachable(
+                f"no leader accepted the request within {self.give_up_s} s "
+                f"({attempts} attempts); last error: {last_error}"
+                f"{connection_hint(connection, last_error)}"
+            ) from None
+
+    @staticmethod
+    def _note_failure(target: str, error: grpc.RpcError, failed: dict[str, int]) -> str | None:
+        """Rule 4: remember a server that failed; return the redirect worth following, if any
+        (not one to a server that failed in the last ``FAILED_FORGET_S``)."""
+        now_ns = time.monotonic_ns()
+        code = _code(error)
+        if code in RETRYABLE_CODES:
+            failed[target] = now_ns
+        forget_ns = now_ns - int(FAILED_FORGET_S * 1e9)
+        for address in [a for a, at in failed.items() if at < forget_ns]:
+            del failed[address]
+        hint = _leader_hint(error) if code == grpc.StatusCode.FAILED_PRECONDITION else None
+        return hint if hint is not None and hint not in failed else None
+
+    def _fan_out(
+        self,
+        method: Callable[[pb_grpc.ExchangeStub], Callable[..., pb.OrderReply]],
+        request: RequestT,
+        targets: Sequence[str],
+    ) -> tuple[tuple[str, pb.OrderReply] | None, list[tuple[str, grpc.RpcError]]]:
+        """Rule 5: send ``request`` (same seq) to every target at once; return the first
+        answer with the server that gave it (the other calls are cancelled), or, when none
+        answered, every target's error."""
+        finished = threading.Event()
+        lock = threading.Lock()
+        won: list[tuple[str, pb.OrderReply]] = []
+        errors: list[tuple[str, grpc.RpcError]] = []
+        calls: list[grpc.Future[Any]] = []
+
+        def landed(address: str, call: grpc.Future[Any]) -> None:
+            with lock:
+                if call.cancelled():
+                    error: grpc.RpcError | None = _Cancelled()
+                else:
+                    failure = call.exception()
+                    error = failure if isinstance(failure, grpc.RpcError) else None
+                    if failure is not None and error is None:
+                        error = _Cancelled(str(failure))
+                if error is None:
+                    won.append((address, call.result()))
+                    finished.set()
+                else:
+                    errors.append((address, error))
+                    if len(errors) == len(targets):
+                        finished.set()
+
+        for address in targets:
+            multicallable: Any = method(self.connection.stub(address))
+            call: grpc.Future[Any] = multicallable.future(request, timeout=self.attempt_timeout_s)
+            calls.append(call)
+            call.add_done_callback(functools.partial(landed, address))
+        finished.wait(self.attempt_timeout_s + FAN_OUT_GRACE_S)
+        for call in calls:
+            call.cancel()  # the losers: a held request is released on the server
+        with lock:
+            if won:
+                return won[0], []
+            missing = [a for a in targets if a not in {e[0] for e in errors}]
+            return None, errors + [(a, _Cancelled("no answer")) for a in missing]

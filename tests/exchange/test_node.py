@@ -64,6 +64,7 @@ class FakeReplica:
         self.error = None
         self.recovery = None
         self.last_recovery = None
+        self.leader_suspected = False
 
     @property
     def is_leader(self) -> bool:
@@ -303,6 +304,35 @@ def test_a_request_during_an_election_is_redirected_to_the_winner(trio):
     n2.leader_changed()
     thread.join(2)
     assert isinstance(outcome[0], NotLeaderError) and outcome[0].leader_address == "h:3"
+    assert log.entries == []
+
+
+def test_a_request_for_a_suspected_leader_is_held_until_the_election_ends(trio):
+    """Rule 4: the known leader has gone silent -> hold, not redirect to it; this server wins
+    the election -> the request executes here."""
+    log, (_, n2, _) = trio
+    log.leader = 1
+    n2.replica.leader_suspected = True  # type: ignore[union-attr]
+    thread, outcome = _execute_in_thread(n2, 10, 1)
+    thread.join(0.02)
+    assert thread.is_alive() and not outcome
+    log.leader = 2
+    n2.replica.leader_suspected = False  # type: ignore[union-attr]
+    n2.leader_changed()
+    thread.join(2)
+    assert not thread.is_alive() and outcome[0].log_index == 1
+
+
+def test_a_request_for_a_leader_whose_beat_resumes_is_redirected_to_it(trio):
+    log, (_, n2, _) = trio
+    log.leader = 1
+    n2.replica.leader_suspected = True  # type: ignore[union-attr]
+    thread, outcome = _execute_in_thread(n2, 11, 1)
+    thread.join(0.02)
+    assert thread.is_alive()
+    n2.replica.leader_suspected = False  # type: ignore[union-attr]  # only the re-check sees it
+    thread.join(2)
+    assert isinstance(outcome[0], NotLeaderError) and outcome[0].leader_address == "h:1"
     assert log.entries == []
 
 

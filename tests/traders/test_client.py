@@ -1,21 +1,188 @@
-"""The trader client's fail-over rules that need no server (traders.client Rule 4)."""
+"""The trader client's fail-over rules (traders.client Rules 2, 4 and 5), against scripted
+in-process gRPC servers: each answers SubmitOrder as its script says (hold, redirect, refuse,
+execute), so the order in which the client asks and what it returns can be checked exactly."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from exchange.proto import exchange_pb2 as pb
+from exchange.proto import exchange_pb2_grpc as pb_grpc
 from traders import client as tc
 
+Script = Callable[[pb.SubmitOrderRequest, grpc.ServicerContext], pb.OrderReply]
 
-def test_next_untried_skips_servers_that_failed_in_this_request():
-    connection = tc.ClusterConnection(("a:1", "b:2", "c:3"))
-    try:
-        assert tc._next_untried(connection, "a:1", {}) == "b:2"
-        assert tc._next_untried(connection, "b:2", {"c:3": 1}) == "a:1"
-        assert tc._next_untried(connection, "c:3", {"a:1": 1}) == "b:2"
-        failed = {"a:1": 1, "b:2": 2, "c:3": 3}
-        assert tc._next_untried(connection, "a:1", failed) == "b:2"  # all failed: plain next
-        assert failed == {}, "and the failures are forgotten"
-    finally:
+
+@dataclass
+class ScriptedServer(pb_grpc.ExchangeServicer):
+    """One server: ``script`` answers every SubmitOrder; ``calls`` records (seq, start, end)."""
+
+    script: Script
+    calls: list[tuple[int, float, float | None]] = field(default_factory=list)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def SubmitOrder(self, request: pb.SubmitOrderRequest,  # noqa: N802
+                    context: grpc.ServicerContext) -> pb.OrderReply:
+        started = time.monotonic()
+        context.add_callback(self.cancelled.set)  # runs when the RPC ends, cancelled or not
+        try:
+            reply = self.script(request, context)
+        finally:
+            self.calls.append((request.seq, started, time.monotonic()))
+        self.cancelled.clear()  # it answered: the callback above means nothing
+        return reply
+
+
+def execute(request: pb.SubmitOrderRequest, context: grpc.ServicerContext) -> pb.OrderReply:
+    return pb.OrderReply(order_id=f"{request.client_id}.{request.seq}", log_index=request.seq)
+
+
+def unavailable(request: pb.SubmitOrderRequest, context: grpc.ServicerContext) -> pb.OrderReply:
+    context.abort(grpc.StatusCode.UNAVAILABLE, "paused")
+
+
+def redirect_to(address: str) -> Script:
+    def script(request: pb.SubmitOrderRequest, context: grpc.ServicerContext) -> pb.OrderReply:
+        context.set_trailing_metadata(((tc.LEADER_ADDRESS_KEY, address),))
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"the leader is {address}")
+    return script
+
+
+def held_then(seconds: float, then: Script) -> Script:
+    """Hold the request (as a follower during an election does), then answer with ``then``;
+    a cancelled call stops holding at once."""
+    def script(request: pb.SubmitOrderRequest, context: grpc.ServicerContext) -> pb.OrderReply:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and context.is_active():
+            time.sleep(0.001)
+        return then(request, context)
+    return script
+
+
+def refuse(request: pb.SubmitOrderRequest, context: grpc.ServicerContext) -> pb.OrderReply:
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown symbol")
+
+
+@pytest.fixture
+def cluster() -> Iterator[Callable[..., tuple[list[ScriptedServer], tc.TraderClient]]]:
+    servers: list[grpc.Server] = []
+    connections: list[tc.ClusterConnection] = []
+
+    def start(*scripts: Script) -> tuple[list[ScriptedServer], tc.TraderClient]:
+        scripted, addresses = [], []
+        for script in scripts:
+            servicer = ScriptedServer(script)
+            server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+            pb_grpc.add_ExchangeServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+            port = server.add_insecure_port("127.0.0.1:0")
+            server.start()
+            servers.append(server)
+            scripted.append(servicer)
+            addresses.append(f"127.0.0.1:{port}")
+        connection = tc.ClusterConnection(addresses)
+        connections.append(connection)
+        return scripted, tc.TraderClient(connection, client_id=7, give_up_s=5.0)
+
+    yield start
+    for connection in connections:
         connection.close()
+    for server in servers:
+        server.stop(None)
+
+
+def submit(client: tc.TraderClient) -> tc.CallResult:
+    return client.submit("X", pb.BUY, 100, 10)
+
+
+def addresses(client: tc.TraderClient) -> tuple[str, ...]:
+    return client.connection.addresses
+
+
+def test_a_silent_leader_sends_the_request_to_both_followers_at_once(cluster):
+    """Rule 5: follower B holds 0.3 s and then redirects (it lost the election); follower C
+    holds 0.05 s and executes (it won). Asked one after the other, the answer would take
+    0.35 s; fanned out it takes C's 0.05 s, and B's call is cancelled."""
+    (leader, loser, winner), client = cluster(
+        unavailable, held_then(0.3, redirect_to("nowhere:1")), held_then(0.05, execute))
+    begun = time.monotonic()
+    result = submit(client)
+    took = time.monotonic() - begun
+    assert result.server == addresses(client)[2] and result.reply.log_index == 1
+    assert took < 0.3, f"the client waited for the loser ({took:.3f} s)"
+    assert [c[0] for c in winner.calls] == [1] and [c[0] for c in leader.calls] == [1]
+    assert loser.cancelled.wait(2.0), "the loser's call was not cancelled"
+    assert client.connection.leader_guess == addresses(client)[2]
+
+
+def test_every_call_of_one_request_carries_the_same_seq(cluster):
+    """Rule 1 across a fan-out: the same seq everywhere; the next request takes the next."""
+    (leader, b, c), client = cluster(unavailable, unavailable, held_then(0.02, execute))
+    submit(client)
+    submit(client)
+    seqs = [seq for server in (leader, b, c) for seq, _, _ in server.calls]
+    assert set(seqs) == {1, 2}
+    assert [seq for seq, _, _ in c.calls] == [1, 2]
+
+
+def not_yet_then_execute() -> Script:
+    """FAILED_PRECONDITION with no leader named on the first call (just elected, not yet
+    serving), then execute."""
+    calls = []
+
+    def script(request: pb.SubmitOrderRequest, context: grpc.ServicerContext) -> pb.OrderReply:
+        calls.append(request.seq)
+        if len(calls) == 1:
+            time.sleep(0.02)  # after the other follower's redirect has landed
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not the leader yet")
+        return execute(request, context)
+    return script
+
+
+def test_a_redirect_from_the_fan_out_is_followed(cluster):
+    """Rule 5 then Rule 2: nobody executes in the fan-out, but one follower names a server
+    that has not failed: the client asks that one next."""
+    servers, client = cluster(unavailable, unavailable, not_yet_then_execute())
+    servers[1].script = redirect_to(addresses(client)[2])
+    result = submit(client)
+    assert result.server == addresses(client)[2] and result.redirects == 1
+    assert result.attempts == 4  # the old leader, the fan-out of two, the redirect
+    assert len(servers[2].calls) == 2 and len(servers[1].calls) == 1
+
+
+def test_a_final_answer_in_the_fan_out_is_final(cluster):
+    """Rule 2: INVALID_ARGUMENT from any server ends the request, fan-out or not."""
+    _, client = cluster(unavailable, refuse, held_then(0.2, unavailable))
+    with pytest.raises(tc.RequestRejected, match="unknown symbol"):
+        submit(client)
+
+
+def test_a_cluster_with_no_leader_is_retried_after_a_back_off_until_one_answers(cluster):
+    """Rule 4: every server fails; the client sleeps and asks again, then one leads."""
+    servers, client = cluster(unavailable, unavailable, unavailable)
+    timer = threading.Timer(0.05, lambda: setattr(servers[1], "script", execute))
+    timer.start()
+    try:
+        result = submit(client)
+    finally:
+        timer.cancel()
+    assert result.server == addresses(client)[1]
+    assert result.attempts > 3
+
+
+def test_a_client_gives_up_after_its_give_up_time(cluster):
+    servers, client = cluster(unavailable, unavailable, unavailable)
+    client.give_up_s = 0.1
+    begun = time.monotonic()
+    with pytest.raises(tc.ExchangeUnreachable, match="no leader accepted"):
+        submit(client)
+    assert time.monotonic() - begun < 2.0
 
 
 def test_back_off_constants_keep_their_order():
