@@ -93,7 +93,7 @@ INSTRUMENTS_POLL_S = 0.001  # how often ensure_instruments looks for its entry t
 # Rule 4: how long a request waits for an election to name a leader. An election takes a few
 # ms after the silence is detected; a trader's own retry would wait 1-2 ms and then ask again.
 LEADER_WAIT_S = 0.05
-SUSPECT_RECHECK_S = 0.0005  # a held request re-reads the suspicion this often (Rule 4)
+SUSPECT_RECHECK_S = 0.001  # a held request re-reads the suspicion this often: a scan (Rule 4)
 
 log = logging.getLogger("exchange.node")
 
