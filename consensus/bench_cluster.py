@@ -212,14 +212,15 @@ def _read_events(child: subprocess.Popen[str], events: queue.SimpleQueue[Event])
 
 
 def _events_within(events: queue.SimpleQueue[Event], timeout_s: float,
-                   what: str) -> Iterator[Event]:
+                   what: str, seen: list[Event] | None = None) -> Iterator[Event]:
     """Yield events as they come; raise TimeoutError("no <what> ...") once ``timeout_s`` passed
-    (the caller stops iterating when it has what it waited for)."""
+    (the caller stops iterating when it has what it waited for); the message lists ``seen``."""
     deadline = time.monotonic() + timeout_s
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError(f"no {what} within {timeout_s} s")
+            got = ", ".join(f"{e.kind} of {e.replica}" for e in seen or ()) or "none"
+            raise TimeoutError(f"no {what} within {timeout_s} s (events meanwhile: {got})")
         try:
             yield events.get(timeout=left)
         except queue.Empty:
@@ -322,8 +323,10 @@ def _pause_loop(events: queue.SimpleQueue[Event], by_id: dict[int, subprocess.Po
             leader = current
         try:
             failovers.append(_one_failover(events, by_id[leader], leader, how))
-        except TimeoutError:
+        except TimeoutError as error:
             aborted += 1  # the leader changed under us (a spurious change) or none emerged
+            print(f"failover: round aborted after stopping replica {leader}: {error}",
+                  file=sys.stderr)
         if sigstop:
             os.kill(by_id[leader].pid, signal.SIGCONT)
         else:
@@ -422,7 +425,7 @@ def _one_failover(events: queue.SimpleQueue[Event], child: subprocess.Popen[str]
     first: Event | None = None
     others: list[Event] = []
     try:
-        for event in _events_within(events, FAILOVER_WAIT_S, "fail-over"):
+        for event in _events_within(events, FAILOVER_WAIT_S, "fail-over", others):
             if event.kind == "paused" and event.replica == leader and paused_ns is None:
                 paused_ns = event.time_ns
             elif event.kind == "first-commit" and event.replica != leader and first is None:
