@@ -296,7 +296,7 @@ class TraderClient:
                 last_error = f"{address}: {_code(failure).name}: {_details(failure)}"
                 self._check_retryable(failure, last_error, deadline, attempts, connection)
                 address_hint = self._note_failure(address, failure, failed)
-                if hint is None and address_hint != address:
+                if hint is None and address_hint not in (None, address):
                     hint = address_hint
                 asked.add(address)
             if hint is not None:

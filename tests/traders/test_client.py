@@ -156,6 +156,30 @@ def test_a_redirect_from_the_fan_out_is_followed(cluster):
     assert len(servers[2].calls) == 2 and len(servers[1].calls) == 1
 
 
+def unavailable_then_execute() -> Script:
+    """UNAVAILABLE on the first call (not leading yet), then execute."""
+    calls = []
+
+    def script(request: pb.SubmitOrderRequest, context: grpc.ServicerContext) -> pb.OrderReply:
+        calls.append(request.seq)
+        if len(calls) == 1:
+            unavailable(request, context)
+        return execute(request, context)
+    return script
+
+
+def test_a_redirect_to_the_server_that_just_failed_is_not_followed(cluster):
+    """Rule 4: a follower that still names the silent old leader does not send the client
+    back to it while that failure is fresh (``FAILED_FORGET_S``)."""
+    servers, client = cluster(unavailable, unavailable, unavailable_then_execute())
+    servers[1].script = redirect_to(addresses(client)[0])  # stale: the old leader
+    result = submit(client)
+    assert result.server == addresses(client)[2]
+    starts = [started for _, started, _ in servers[0].calls]
+    assert all(later - starts[0] >= tc.FAILED_FORGET_S * 0.9 for later in starts[1:]), \
+        "the client followed a redirect back to the server that had just failed"
+
+
 def test_a_final_answer_in_the_fan_out_is_final(cluster):
     """Rule 2: INVALID_ARGUMENT from any server ends the request, fan-out or not."""
     _, client = cluster(unavailable, refuse, held_then(0.2, unavailable))
