@@ -285,20 +285,87 @@ def holder_main(cluster_id: str, ready: Any, stop_self: bool) -> None:
     time.sleep(CHILD_TIMEOUT_S)
 
 
+def stopped_writer_main(cluster_id: str, ready: Any, results: Queue[Any]) -> None:
+    """Write, then take the write semaphore and get stopped in the middle of a copy; once
+    continued, finish that copy, then try one more write."""
+    fabric = shm_fabric(2, cluster_id)
+    remote = fabric.connect(1, "log", timeout_s=CHILD_TIMEOUT_S)
+    remote.write(0, b"before")
+    data = remote._data
+    assert data is not None and remote._lock.acquire(False)
+    data[100:103] = b"hal"  # the first half of a copy...
+    ready.set()
+    os.kill(os.getpid(), signal.SIGSTOP)
+    data[103:106] = b"ves"  # ...and the second, after the owner moved the region
+    remote._lock.release()
+    try:
+        remote.write(200, b"late")
+        results.put("landed")
+    except WriteRejected as error:
+        results.put(type(error).__name__)
+    fabric.close()
+
+
 @pytest.mark.slow
-def test_writer_stopped_inside_a_write_stalls_revoke(cluster_id: str) -> None:
+def test_writer_stopped_inside_a_write_makes_the_owner_move_the_region(cluster_id: str) -> None:
+    """Rule 7: the revoke returns although the stopped writer holds its semaphore; what was
+    written stays, the stopped copy's rest and any later write of it do not land, and a writer
+    granted after the move writes through the handle it opened before."""
     owner = shm_fabric(1, cluster_id)
     region = owner.register("log", REGION_BYTES)
     region.grant_write(2)
-    ready = SPAWN.Event()
-    with child(holder_main, cluster_id, ready, True) as process:
+    third = shm_fabric(3, cluster_id)
+    third_remote = third.connect(1, "log", timeout_s=1.0)
+    path = region_path(cluster_id, 1, "log")
+    inode = path.stat().st_ino
+    ready, results = SPAWN.Event(), SPAWN.Queue()
+    with child(stopped_writer_main, cluster_id, ready, results) as process:
         assert ready.wait(CHILD_TIMEOUT_S)
         wait_state(process.pid or 0, "T")
-        with pytest.raises(RevokeStalled, match=r"replica 2 \(pid \d+, stopped\)"):
-            region.revoke_write(2)
+        started = time.monotonic()
+        region.revoke_write(2)
+        assert time.monotonic() - started < 2.0
+        assert path.stat().st_ino != inode, "the region was not moved to a new file"
         assert region.writers() == frozenset()
-        os.kill(process.pid or 0, signal.SIGCONT)  # it finishes its write, releasing the lock
-        revoke_until_done(region)
+        assert bytes(region.buf[:6]) == b"before" and bytes(region.buf[100:103]) == b"hal"
+        region.grant_write(3)
+        third_remote.write(10, b"three")  # follows the move
+        assert bytes(region.buf[10:15]) == b"three"
+        assert third_remote.read(0, 6) == b"before"
+        os.kill(process.pid or 0, signal.SIGCONT)
+        assert results.get(timeout=CHILD_TIMEOUT_S) == "WriteRejected"
+    assert bytes(region.buf[100:106]) == b"hal\0\0\0", "the stopped copy's rest landed"
+    assert bytes(region.buf[200:204]) == bytes(4)
+    region.revoke_write(3)
+    with pytest.raises(WriteRejected):
+        third_remote.write(10, b"again")
+    third.close()
+    owner.close()
+
+
+def test_a_write_that_meets_a_move_is_reported_failed(cluster_id: str) -> None:
+    """Rule 7's writer side: a write whose region was marked moved while it copied fails,
+    because the owner's copy may have missed it."""
+    owner = shm_fabric(1, cluster_id)
+    region = owner.register("log", REGION_BYTES)
+    region.grant_write(2)
+    writer = shm_fabric(2, cluster_id)
+    remote = writer.connect(1, "log", timeout_s=1.0)
+
+    class MoveOnRelease:
+        """Stands in for the writer's semaphore; releasing it lets the owner move the region,
+        as if the move began just as the copy ended."""
+
+        def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
+            return True
+
+        def release(self) -> None:
+            region._move("test")
+
+    remote._lock = MoveOnRelease()  # type: ignore[assignment]
+    with pytest.raises(WriteRejected, match="moved or closed during a write"):
+        remote.write(0, b"racing")
+    writer.close()
     owner.close()
 
 
@@ -462,4 +529,32 @@ def test_reader_that_sees_the_tail_sees_the_whole_write(cluster_id: str) -> None
                 assert not stale, f"tail says write {tail}, body has bytes of {stale}"
                 checked += 1
         stop.set()
+    owner.close()
+
+
+def test_a_failed_move_leaves_the_region_as_it_was(
+    cluster_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule 7 when the new file cannot be mapped: the revoke stalls as before the move existed
+    (the peer stays refused) and everyone else's permission and the bytes are intact."""
+    import consensus.fabric.shm as shm
+
+    owner = shm_fabric(1, cluster_id)
+    region = owner.register("log", REGION_BYTES)
+    region.buf[:5] = b"bytes"
+    region.grant_write(3)
+
+    def refuse(address: int, length: int, path: Path) -> None:
+        raise FabricError("no memory")
+
+    monkeypatch.setattr(shm, "map_over", refuse)
+    with pytest.raises(RevokeStalled, match="moving the region failed"):
+        region._move("a test")
+    assert region.writers() == frozenset({3}) and not region.mapping.closed
+    assert bytes(region.buf[:5]) == b"bytes"
+    assert not [p for p in SHM_DIR.iterdir() if ".tmp" in p.name and f".{cluster_id}." in p.name]
+    writer = shm_fabric(3, cluster_id)
+    writer.connect(1, "log", timeout_s=1.0).write(5, b"!")
+    assert bytes(region.buf[:6]) == b"bytes!"
+    writer.close()
     owner.close()
