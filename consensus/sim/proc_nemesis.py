@@ -3,8 +3,10 @@
 ``python -m consensus.sim.proc_nemesis --seconds 600`` (a soak; CI runs about 20 s)
 
 Rule 1: three replica processes (``consensus.sim.proc_node``) run under a steady stream of
-        proposals; one fault at a time: SIGSTOP/SIGCONT a follower, SIGKILL a follower and restart
-        it with ``--reattach``, or pause the leader through its pause hook and resume it. The
+        proposals; one fault at a time: SIGSTOP/SIGCONT a follower or the leader (a silent
+        leader; stopped inside a log write, it makes that follower move its log, fabric shm
+        Rule 7), SIGKILL a follower and restart it with ``--reattach``, or pause the leader
+        through its pause hook and resume it. The
         choices come from ``--seed``; the timing is real, so a run is not replayable.
 Rule 2: after the faults every replica is brought back and given ``CATCHUP_S`` to deliver
         everything acknowledged; then the journals are checked with the simulator's
@@ -181,12 +183,13 @@ class Nemesis:
                 continue
             followers = [r for r in MEMBERS if r != leader]
             victim = self.rng.choice(followers)
-            kind = self.rng.choice(("sigstop", "kill", "pause-leader"))
+            kind = self.rng.choice(("sigstop", "kill", "pause-leader", "sigstop-leader"))
             hold_s = self.rng.uniform(FAULT_S_MIN, FAULT_S_MAX)
-            if kind == "sigstop":
-                self.cluster.signal(victim, signal.SIGSTOP)
+            if kind in ("sigstop", "sigstop-leader"):
+                stopped = victim if kind == "sigstop" else leader
+                self.cluster.signal(stopped, signal.SIGSTOP)
                 time.sleep(hold_s)
-                self.cluster.signal(victim, signal.SIGCONT)
+                self.cluster.signal(stopped, signal.SIGCONT)
             elif kind == "kill":
                 self.cluster.kill(victim)
                 time.sleep(hold_s)
@@ -273,8 +276,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m consensus.sim.proc_nemesis",
         description="Jepsen-style test on real processes: a 3-replica cluster on the shm fabric "
-        "under a steady stream of proposals, a nemesis that SIGSTOPs, kills and restarts "
-        "followers and pauses the leader, then a check of the whole history.",
+        "under a steady stream of proposals, a nemesis that SIGSTOPs followers and the leader, "
+        "kills and restarts followers and pauses the leader, then a check of the whole history.",
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="fault phase (default 20)")
     parser.add_argument("--seed", type=int, default=1, help="seeds the nemesis' choices")
