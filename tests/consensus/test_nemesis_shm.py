@@ -1,5 +1,6 @@
 """The real-process nemesis: 3 replica processes on the shm fabric, SIGSTOP/SIGKILL+restart of
-followers, SIGSTOP of the leader and the leader's pause hook under a steady stream of proposals, then the history check.
+followers, SIGSTOP of the leader and the leader's pause hook under a steady stream of proposals,
+then the history check.
 """
 
 from __future__ import annotations
