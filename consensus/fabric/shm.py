@@ -466,7 +466,8 @@ class ShmRemote:
 
     def _follow(self) -> bool:
         """Rule 7: the owner moved the region; map the file the registry names now. ``False``
-        if none appeared within ``FOLLOW_WAIT_S`` (then the owner is gone: ``RegionClosed``)."""
+        (then ``RegionClosed``, as for a restart) if none appeared within ``FOLLOW_WAIT_S`` or
+        the file there is another process's: the owner restarted after the move."""
         current = self.mapping
         if current is None:
             return False
@@ -476,8 +477,12 @@ class ShmRemote:
         while True:
             mapping = fabric._try_map(self.owner, self.name, path)
             if mapping is not None:
-                if mapping.nonce != current.nonce and mapping.size == self.size:
-                    break
+                if mapping.nonce != current.nonce:
+                    mover = _PID.unpack_from(current.meta, OWNER_PID_OFFSET)[0]
+                    if mapping.size == self.size and mapping.owner_pid == mover:
+                        break
+                    mapping.close()  # the owner restarted since: a region of a new life
+                    return False
                 mapping.close()
             if time.monotonic() >= deadline:
                 return False

@@ -558,3 +558,25 @@ def test_a_failed_move_leaves_the_region_as_it_was(
     assert bytes(region.buf[:6]) == b"bytes!"
     writer.close()
     owner.close()
+
+
+def test_a_handle_does_not_follow_a_move_into_a_new_life(cluster_id: str) -> None:
+    """A region moved, then its owner restarted on fresh memory before a handle followed: the
+    handle reports ``RegionClosed`` (the protocol's restart signal), not the fresh region."""
+    owner = shm_fabric(1, cluster_id)
+    region = owner.register("log", REGION_BYTES)
+    region.grant_write(2)
+    writer = shm_fabric(2, cluster_id)
+    remote = writer.connect(1, "log", timeout_s=1.0)
+    remote.write(0, b"old life")
+    region._move("a test")
+    path = region_path(cluster_id, 1, "log")
+    # a restart on fresh memory: another process's file (pid 1 stands in for it) at the path
+    meta = bytearray(path.read_bytes()[:4096])
+    meta[28:32] = (1).to_bytes(4, "little")
+    with open(path, "r+b") as file:
+        file.write(meta)
+    with pytest.raises(RegionClosed):
+        remote.write(0, b"new life")
+    writer.close()
+    owner.close()
