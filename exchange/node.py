@@ -49,6 +49,12 @@ Rule 10: at most ``IN_FLIGHT_PER_CLIENT_MAX`` requests of one client wait for th
         this node (unary calls and session requests together: the sinks registered for the
         client, counted where ``_sinks`` changes); beyond it a request is refused
         (``RequestRefused``, RESOURCE_EXHAUSTED) before it is proposed.
+Rule 11: a pause (FIFO ``p`` or ``s``) answers at once every request waiting on this server
+        (for its reply or for an election) with ``ServerUnavailable``: a trader retries
+        elsewhere with the same seq without waiting for the proposal in flight to fail. A
+        proposal in flight may still commit; the replicated dedup table answers the retry with
+        its reply (Rule 3), so exactly-once holds. A failed unary waiter is ``cancelled``, so
+        the batcher drops it unproposed if it was still queued.
 
 No gRPC here: ``exchange.service`` maps these errors to status codes.
 """
@@ -213,7 +219,7 @@ class _Waiter:
 
     @property
     def cancelled(self) -> bool:
-        return False
+        return self.error is not None  # answered with an error (a pause): not worth proposing
 
     def deliver(self, reply: Reply) -> None:
         self.reply = reply
@@ -221,7 +227,8 @@ class _Waiter:
             self.done.set()
 
     def fail(self, error: Exception) -> None:
-        self.error = error
+        if self.error is None:  # the first cause is the one the handler reports
+            self.error = error
         if self.done is not None:
             self.done.set()
 
@@ -762,8 +769,23 @@ class ExchangeNode:
             self.replica.pause(announce=announce)
         how = "stepped down, then" if announce else "silent:"
         log.warning("server %d: PAUSED (%s no heartbeat, no order entry)", self.replica_id, how)
+        self._fail_waiting(ServerUnavailable(
+            f"server {self.replica_id} was paused before answering; retry elsewhere with the "
+            "same seq"))
         for listener in self.pause_listeners:
             listener(True)
+
+    def _fail_waiting(self, error: ServerUnavailable) -> None:
+        """Rule 11: answer every request waiting here (for its reply, or for an election) with
+        ``error`` now, so its trader retries elsewhere at once instead of after the proposal in
+        flight fails (when the peers revoke this leader, milliseconds later)."""
+        with self._lock:
+            waiting = [(key, sink) for key, sinks in self._sinks.items() for sink in sinks]
+            for (client_id, seq), sink in waiting:
+                self._forget_locked(client_id, seq, sink)
+                sink.fail(error)
+        with self._leader_known:
+            self._leader_known.notify_all()
 
     def step_down(self) -> None:
         """The cooperative hand-off (FIFO ``s``): step down so peers take over at once, then

@@ -346,3 +346,41 @@ def test_a_request_waits_for_an_election_only_so_long(trio):
         n2.execute(9, 1, _order(9, 1))
     assert time.monotonic() - begun >= LEADER_WAIT_S * 0.9
     assert log.entries == []
+
+
+def test_a_pause_answers_the_requests_waiting_on_the_leader_at_once(trio):
+    """Rule 11: a request queued behind a proposal in flight when its leader is paused gets
+    ServerUnavailable now, not when that proposal ends; it is never proposed, and a retry of
+    it elsewhere executes it once."""
+    log, (n1, n2, _) = trio
+    n1.execute(9, 1, _order(9, 1))
+    gate = threading.Event()
+    propose = n1.replica.propose  # type: ignore[union-attr]
+
+    def stuck_propose(payload, timeout_s=1.0):
+        gate.wait(5)  # the followers have not revoked this leader yet
+        return propose(payload, timeout_s)
+
+    n1.replica.propose = stuck_propose  # type: ignore[union-attr]
+    first, first_outcome = _execute_in_thread(n1, 12, 1)  # proposes, in its own thread
+    for _ in range(500):
+        if n1.in_flight_of(12):
+            break
+        threading.Event().wait(0.01)
+    queued, queued_outcome = _execute_in_thread(n1, 13, 1)  # waits behind that proposal
+    for _ in range(500):
+        if n1.in_flight_of(13):
+            break
+        threading.Event().wait(0.01)
+    n1.pause()
+    queued.join(1.0)
+    assert not queued.is_alive() and isinstance(queued_outcome[0], ServerUnavailable)
+    assert "paused before answering" in str(queued_outcome[0])
+    gate.set()  # the proposal in flight ends (here: refused, the replica is paused)
+    first.join(2)
+    assert isinstance(first_outcome[0], ServerUnavailable), first_outcome
+    assert n1.in_flight_of(12) == 0 and n1.in_flight_of(13) == 0
+    log.leader = 2
+    n2.leader_changed()
+    assert n2.execute(13, 1, _order(13, 1)).log_index == 2
+    assert len(log.entries) == 2  # 9.1, then 13.1 proposed once, by n2 (12.1 was refused)
