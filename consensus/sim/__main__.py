@@ -170,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({steps} steps, {steps / max(wall, 1e-9):,.0f} steps/s; "
         f"{sum(r.truncated for r in results)} truncated by --steps, "
         f"{sum(r.snapshots for r in results)} snapshots installed of "
-        f"{sum(r.fetches for r in results)} fetches); "
+        f"{sum(r.fetches for r in results)} fetches, "
+        f"{sum(r.regions_moved for r in results)} regions moved from under a stopped writer); "
         f"acks={sum(r.acks for r in results)} faults: "
         + (" ".join(f"{k}={v}" for k, v in sorted(faults.items())) or "none")
     )

@@ -21,15 +21,19 @@ Rule 6: as on the ``shm`` fabric, a write to an exclusive region may be preempte
         permission check and its copy (``MID_WRITE_SWITCH_P``): it is then "in flight" and lands
         even if its permission is revoked meanwhile. ``revoke_write`` waits (in simulated time)
         for the revoked writer's write in flight; if the writer does not finish within
-        ``REVOKE_WAIT_NS`` (it is SIGSTOPped, or starved), the revoke raises ``RevokeStalled`` and
-        the write may still land later. A writer killed mid-write never lands its write. A writer
-        in ``stop_mid_write`` is preempted, and stopped, inside its next log write.
+        ``REVOKE_WAIT_NS`` (starved), the revoke raises ``RevokeStalled`` and the write may
+        still land later. A writer killed mid-write never lands its write. A writer in
+        ``stop_mid_write`` is preempted, and stopped, inside its next log write.
 Rule 7: only a region's owner grants (``SimLocalRegion.grant_write``); a fault can only withdraw
         a permission (``withdraw_permission``), as a broken connection does, never give one.
 Rule 8: ``wipe(owner)`` models a restart on fresh memory (``MemoryNetwork.wipe``): the owner's
         regions are closed (every handle on them raises ``RegionClosed``; a write in flight or
         posted to them lands nowhere) and forgotten, so ``connect`` waits for the new ones and
         the nemesis never re-grants a permission on a region that no longer exists.
+Rule 9: as on the ``shm`` fabric (its Rule 7), a revoke that finds the writer SIGSTOPped
+        (``scheduler.paused``) inside a write moves the region instead of waiting: a random
+        prefix of that write lands (the copy caught none, part or all of it), the revoke
+        returns, and the writer, once continued, gets ``WriteRejected`` for that write.
 """
 
 from __future__ import annotations
@@ -93,6 +97,16 @@ class _DrainWait(Waitable):
             scheduler.wake(task)
 
 
+@dataclass(slots=True)
+class _InFlight:
+    """A synchronous write preempted between its permission check and its copy (Rule 6)."""
+
+    remote: MemoryRemote
+    offset: int
+    data: bytes
+    moved: bool = False  # the owner moved the region meanwhile (Rule 9)
+
+
 @dataclass(frozen=True, slots=True)
 class _Posted:
     remote: MemoryRemote
@@ -123,7 +137,9 @@ class SimNetwork:
         self.writes_rejected = 0
         self.in_flight: dict[tuple[ReplicaIdT, str, ReplicaIdT], int] = {}
         self._drain_waiters: dict[tuple[ReplicaIdT, str, ReplicaIdT], _DrainWait] = {}
+        self._flights: dict[tuple[ReplicaIdT, str, ReplicaIdT], list[_InFlight]] = {}
         self.revokes_stalled = 0
+        self.regions_moved = 0
 
     def wipe(self, owner: ReplicaIdT) -> None:
         """Rule 8 (between two steps: no switch point)."""
@@ -157,23 +173,35 @@ class SimNetwork:
             return
         key = (region.owner, region.name, writer)
         self.in_flight[key] = self.in_flight.get(key, 0) + 1
+        flight = _InFlight(remote, offset, bytes(data))
+        self._flights.setdefault(key, []).append(flight)
         if stop:
             self.stop_mid_write.discard(writer)
             self.on_stop_mid_write(writer)
         try:
             self.scheduler.switch(f"mid-write {writer}>{region.owner}.{region.name}@{offset}")
+            if flight.moved:  # Rule 9: the owner moved the region meanwhile
+                raise WriteRejected(
+                    f"region {region.name!r} of replica {region.owner} was moved during a "
+                    f"write of replica {writer}; the write may not have landed"
+                )
             self.land(writer, remote, offset, data, checked=False)
         finally:
             self.in_flight[key] -= 1
+            self._flights[key].remove(flight)
             waiters = self._drain_waiters.pop(key, None)
             if waiters is not None:
                 waiters.wake_all(self.scheduler)
 
     def drain(self, owner: ReplicaIdT, name: str, peer: ReplicaIdT) -> None:
-        """Wait until ``peer`` has no write in flight on the region, or raise ``RevokeStalled``."""
+        """Wait until ``peer`` has no write in flight on the region; if it is stopped inside
+        one, move the region (Rule 9); if it is running but late, raise ``RevokeStalled``."""
         key = (owner, name, peer)
         deadline_ns = self.scheduler.now_ns + REVOKE_WAIT_NS
-        while self.in_flight.get(key, 0) > 0:
+        while any(not flight.moved for flight in self._flights.get(key, ())):
+            if peer in self.scheduler.paused:
+                self._move(owner, name, peer)
+                return
             left_ns = deadline_ns - self.scheduler.now_ns
             if left_ns <= 0:
                 self.revokes_stalled += 1
@@ -185,6 +213,25 @@ class SimNetwork:
             waiters = self._drain_waiters.setdefault(key, _DrainWait())
             waiters.tasks.append(self.scheduler.me())
             self.scheduler.block(f"drain {peer} {owner}.{name}", left_ns, waiters)
+
+    def _move(self, owner: ReplicaIdT, name: str, peer: ReplicaIdT) -> None:
+        """Rule 9 (shm Rule 7): the copy keeps a random prefix (none, some, all) of each write
+        ``peer`` is stopped inside; the rest never lands and the writer, resumed, is refused."""
+        rng = self.scheduler.rng
+        for flight in self._flights[(owner, name, peer)]:
+            if flight.moved:
+                continue
+            flight.moved = True
+            cut = rng.randrange(len(flight.data) + 1)
+            region = flight.remote.region
+            if cut:
+                with region.lock:
+                    if not region.closed:
+                        region.memory[flight.offset : flight.offset + cut] = flight.data[:cut]
+                self.observer.write_landed(owner, name, peer)
+            self.scheduler.trace(f"move {owner}.{name}: {peer}'s write @{flight.offset} kept "
+                                 f"{cut} of {len(flight.data)} bytes")
+        self.regions_moved += 1
 
     def land(
         self,

@@ -197,7 +197,8 @@ class Nemesis:
 
     def sigstop_mid_write(self) -> bool:
         """Arm: SIGSTOP the leader inside its next log write, long enough to be replaced, so a
-        follower's revoke of it stalls (``RevokeStalled``) and its write lands late."""
+        follower's revoke of it moves that follower's region (fabric Rule 9): part of the write
+        lands, the rest never does, and the leader, continued, finds the write refused."""
         nodes = [n for n in self.healthy() if n.is_leader]
         if not nodes or not self.budget_left():
             return False

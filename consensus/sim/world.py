@@ -109,6 +109,7 @@ class RunResult:
     snapshots: int  # snapshots installed (restarts on fresh memory, overrun replicas)
     fetches: int  # snapshot fetches started (some fail: provider crashed, stopped, corrupt)
     digests: int  # application states compared across replicas (checkers Rule 8)
+    regions_moved: int  # revokes that moved a region from under a stopped writer (fabric Rule 9)
     wall_s: float
     plan: str
     log_tail: tuple[str, ...]
@@ -189,6 +190,7 @@ class World:
             snapshots=self.history.installs,
             fetches=self.fetches,
             digests=self.digests.checked,
+            regions_moved=self.network.regions_moved,
             wall_s=time.perf_counter() - started,
             plan=plan.describe(),
             log_tail=tuple(tap.lines),
