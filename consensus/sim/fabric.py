@@ -30,10 +30,11 @@ Rule 8: ``wipe(owner)`` models a restart on fresh memory (``MemoryNetwork.wipe``
         regions are closed (every handle on them raises ``RegionClosed``; a write in flight or
         posted to them lands nowhere) and forgotten, so ``connect`` waits for the new ones and
         the nemesis never re-grants a permission on a region that no longer exists.
-Rule 9: as on the ``shm`` fabric (its Rule 7), a revoke that finds the writer SIGSTOPped
-        (``scheduler.paused``) inside a write moves the region instead of waiting: a random
-        prefix of that write lands (the copy caught none, part or all of it), the revoke
-        returns, and the writer, once continued, gets ``WriteRejected`` for that write.
+Rule 9: as on the ``shm`` fabric (a region move, ``consensus/fabric/shm.py``), a revoke that
+        finds the writer SIGSTOPped (``scheduler.paused``) inside a write moves the region
+        instead of waiting: a random prefix of that write lands (the copy caught none, part or
+        all of it), the revoke returns, and the writer, once continued, gets ``WriteRejected``
+        for that write.
 """
 
 from __future__ import annotations
@@ -215,8 +216,9 @@ class SimNetwork:
             self.scheduler.block(f"drain {peer} {owner}.{name}", left_ns, waiters)
 
     def _move(self, owner: ReplicaIdT, name: str, peer: ReplicaIdT) -> None:
-        """Rule 9 (shm Rule 7): the copy keeps a random prefix (none, some, all) of each write
-        ``peer`` is stopped inside; the rest never lands and the writer, resumed, is refused."""
+        """Rule 9 (the shm fabric's move): the copy keeps a random prefix (none, some, all) of
+        each write ``peer`` is stopped inside; the rest never lands and the writer, resumed, is
+        refused."""
         rng = self.scheduler.rng
         for flight in self._flights[(owner, name, peer)]:
             if flight.moved:

@@ -4,10 +4,10 @@
 
 Rule 1: three replica processes (``consensus.sim.proc_node``) run under a steady stream of
         proposals; one fault at a time: SIGSTOP/SIGCONT a follower or the leader (a silent
-        leader; stopped inside a log write, it makes that follower move its log, fabric shm
-        Rule 7), SIGKILL a follower and restart it with ``--reattach``, or pause the leader
-        through its pause hook and resume it. The
-        choices come from ``--seed``; the timing is real, so a run is not replayable.
+        leader; one stopped inside a log write makes that follower move its log to a new file,
+        as the ``shm`` fabric's module says), SIGKILL a follower and restart it with
+        ``--reattach``, or pause the leader through its pause hook and resume it. The choices
+        come from ``--seed``; the timing is real, so a run is not replayable.
 Rule 2: after the faults every replica is brought back and given ``CATCHUP_S`` to deliver
         everything acknowledged; then the journals are checked with the simulator's
         ``HistoryChecker``: agreement, durability of acknowledged entries, each incarnation a
