@@ -452,6 +452,7 @@ class ShmRemote:
         self.writer = fabric.replica_id
         self._permission_index = PERMISSION_OFFSET + self.writer
         self._retired: Mapping | None = None
+        self._follow_lock = threading.Lock()
         self._attach(mapping)
 
     def _attach(self, mapping: Mapping) -> None:
@@ -464,10 +465,17 @@ class ShmRemote:
         )
         self._claim_lock(mapping)
 
-    def _follow(self) -> bool:
-        """Rule 7: the owner moved the region; map the file the registry names now. ``False``
-        (then ``RegionClosed``, as for a restart) if none appeared within ``FOLLOW_WAIT_S`` or
-        the file there is another process's: the owner restarted after the move."""
+    def _follow(self, moved: memoryview) -> bool:
+        """Rule 7: the owner moved the region whose metadata is ``moved``; map the file the
+        registry names now (unless another thread did already). ``False`` (then
+        ``RegionClosed``, as for a restart) if none appeared within ``FOLLOW_WAIT_S`` or the
+        file there is another process's: the owner restarted after the move."""
+        with self._follow_lock:
+            if self._meta is not moved:
+                return self.mapping is not None  # another thread followed meanwhile
+            return self._follow_locked()
+
+    def _follow_locked(self) -> bool:
         current = self.mapping
         if current is None:
             return False
@@ -557,7 +565,7 @@ class ShmRemote:
             finally:
                 lock.release()
         except RegionMoved:
-            if not self._follow():
+            if not self._follow(meta):
                 raise RegionClosed(
                     f"region {self.name!r} of replica {self.owner} was moved and its new file "
                     f"did not appear within {FOLLOW_WAIT_S} s"
@@ -575,9 +583,10 @@ class ShmRemote:
         buf = self._data
         if buf is None:
             raise RegionClosed(f"fabric endpoint of replica {self.writer} is closed")
-        closed = self._meta[CLOSED_OFFSET]
+        meta = self._meta
+        closed = meta[CLOSED_OFFSET]
         if closed:
-            if closed == CLOSED_MOVED and self._follow():
+            if closed == CLOSED_MOVED and self._follow(meta):
                 return self._readable(offset, length)
             raise RegionClosed(f"region {self.name!r} of replica {self.owner} was closed")
         return buf

@@ -580,3 +580,37 @@ def test_a_handle_does_not_follow_a_move_into_a_new_life(cluster_id: str) -> Non
         remote.write(0, b"new life")
     writer.close()
     owner.close()
+
+
+def test_threads_that_meet_a_move_together_all_follow_it(cluster_id: str) -> None:
+    """Rule 7: several threads of one writer find the region moved at once; one maps the new
+    file, the others see it done (none waits for a newer file and reports RegionClosed)."""
+    import threading
+
+    owner = shm_fabric(1, cluster_id)
+    region = owner.register("log", REGION_BYTES)
+    region.grant_write(2)
+    writer = shm_fabric(2, cluster_id)
+    remote = writer.connect(1, "log", timeout_s=1.0)
+    region._move("a test")
+    errors: list[Exception] = []
+    together = threading.Barrier(8)
+
+    def read() -> None:
+        together.wait(5)
+        try:
+            remote.read(0, 8)
+        except Exception as error:  # the test inspects it
+            errors.append(error)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert not errors and time.monotonic() - started < 0.4, errors
+    remote.write(0, b"followed")
+    assert bytes(region.buf[:8]) == b"followed"
+    writer.close()
+    owner.close()
