@@ -26,6 +26,13 @@ Rule 5: a failure with no redirect worth following sends the request (same seq) 
         wins; the other calls are cancelled (a loser only ever redirects or refuses: at most one
         leader executes a seq, and the replicated dedup table answers any retry). Without a
         fan-out the trader paid a round trip to the follower that lost the election.
+Rule 7: a request the leader has not answered within ``HEDGE_AFTER_S`` (its process may be
+        stopped or its machine stuck: it answers nothing, and a failed-over cluster leads
+        elsewhere within milliseconds) is sent again, same seq, to every server that has not
+        failed, the silent one included (Rule 5's fan-out): a merely slow leader answers its
+        copy (it joins the first one's wait), the followers redirect to it or, if it is
+        silent, hold the request until the election ends and the winner executes it. Without
+        this a silent leader cost the trader ``ATTEMPT_TIMEOUT_S`` (1 s). Once per request.
 Rule 6: with ``ClientTls`` every channel is TLS (``exchange.tls``), redirects included: the
         client verifies the address it dials (a ``SERVER_URIS`` entry or a redirect's
         ``leader-address``) against the server certificate's SANs.
@@ -49,6 +56,7 @@ from exchange.tls import ClientTls
 from exchange.tls import open_channel as tls_channel
 
 ATTEMPT_TIMEOUT_S = 1.0  # one RPC attempt; a healthy commit takes about a millisecond
+HEDGE_AFTER_S = 0.05  # Rule 7: no answer this long from the leader: ask every server too
 GIVE_UP_S = 15.0  # a request retries this long before ExchangeUnreachable
 BACKOFF_INITIAL_S = 0.001
 BACKOFF_MAX_S = 0.002  # a failover takes milliseconds; an attempt on loopback ~0.6 ms (Rule 4)
@@ -208,12 +216,15 @@ class TraderClient:
         attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
         give_up_s: float = GIVE_UP_S,
         first_seq: int = 1,
+        hedge_after_s: float | None = HEDGE_AFTER_S,
     ) -> None:
         assert client_id > 0, client_id
         assert first_seq >= 1, first_seq
+        assert hedge_after_s is None or hedge_after_s > 0, hedge_after_s
         self.connection = connection
         self.client_id = client_id
         self.attempt_timeout_s = attempt_timeout_s
+        self.hedge_after_s = hedge_after_s  # Rule 7 (None: never hedge)
         self.give_up_s = give_up_s
         self._seq = first_seq - 1
         self._seq_lock = threading.Lock()
@@ -274,13 +285,19 @@ class TraderClient:
         failed: dict[str, int] = {}  # server -> when it answered UNAVAILABLE/timed out (Rule 4)
         asked: set[str] = set()  # servers that failed this request since the last back-off
         targets = [connection.leader_guess]
+        hedge_s = self.hedge_after_s if len(connection.addresses) > 1 else None
         while True:
             attempts += len(targets)
             if len(targets) == 1:
+                timeout_s = self.attempt_timeout_s if hedge_s is None else hedge_s
                 try:
-                    reply = method(connection.stub(targets[0]))(
-                        request, timeout=self.attempt_timeout_s)
+                    reply = method(connection.stub(targets[0]))(request, timeout=timeout_s)
                 except grpc.RpcError as error:
+                    if hedge_s is not None and _code(error) == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        hedge_s = None  # Rule 7: once; the silent server is asked again too
+                        targets = [a for a in connection.addresses if a not in failed]
+                        targets = targets if len(targets) > 1 else list(connection.addresses)
+                        continue
                     outcomes = [(targets[0], error)]
                 else:
                     connection.leader_guess = targets[0]
@@ -299,6 +316,7 @@ class TraderClient:
                 if hint is None and address_hint not in (None, address):
                     hint = address_hint
                 asked.add(address)
+            hedge_s = None  # after a failure the fan-out or a redirect follows: no hedge
             if hint is not None:
                 redirects += 1
                 targets = [hint]

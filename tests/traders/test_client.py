@@ -212,3 +212,38 @@ def test_a_client_gives_up_after_its_give_up_time(cluster):
 def test_back_off_constants_keep_their_order():
     assert tc.BACKOFF_INITIAL_S <= tc.BACKOFF_MAX_S <= tc.BACKOFF_SLOW_MAX_S
     assert tc.BACKOFF_MAX_S < tc.FAILED_FORGET_S <= tc.BACKOFF_FAST_WINDOW_S
+
+
+def test_a_leader_that_answers_nothing_is_hedged_after_a_short_wait(cluster):
+    """Rule 7: the leader's process is stopped (no answer, no error); after HEDGE_AFTER_S the
+    request goes to every server, the new leader executes it, and the trader has its answer
+    in a fraction of ATTEMPT_TIMEOUT_S."""
+    (stopped, loser, winner), client = cluster(
+        held_then(3.0, execute), redirect_to("nowhere:1"), held_then(0.01, execute))
+    begun = time.monotonic()
+    result = submit(client)
+    took = time.monotonic() - begun
+    assert result.server == addresses(client)[2] and result.reply.log_index == 1
+    assert took < tc.HEDGE_AFTER_S + 0.4, f"hedged too late ({took:.3f} s)"
+    assert [c[0] for c in winner.calls] == [1] and [c[0] for c in loser.calls] == [1]
+
+
+def test_a_slow_leader_is_asked_again_and_its_answer_wins(cluster):
+    """Rule 7: a leader slower than HEDGE_AFTER_S but alive gets the same seq again (its
+    followers redirect to it) and answers: the hedge moves nothing elsewhere."""
+    (slow, follower_b, follower_c), client = cluster(
+        held_then(tc.HEDGE_AFTER_S * 2, execute), redirect_to("x"), redirect_to("x"))
+    for follower in (follower_b, follower_c):
+        follower.script = redirect_to(addresses(client)[0])
+    result = submit(client)
+    assert result.server == addresses(client)[0] and result.reply.log_index == 1
+    assert [c[0] for c in slow.calls][:2] == [1, 1]  # the first copy, then the hedge's
+
+
+def test_without_hedging_a_slow_leader_is_waited_for(cluster):
+    (slow, follower_b, follower_c), client = cluster(
+        held_then(tc.HEDGE_AFTER_S * 2, execute), execute, execute)
+    client.hedge_after_s = None
+    result = submit(client)
+    assert result.server == addresses(client)[0]
+    assert follower_b.calls == [] and follower_c.calls == []
