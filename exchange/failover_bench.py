@@ -7,9 +7,10 @@ Rule 1: one 3-server cluster (``LocalCluster``) and ``--traders`` traders (close
         every server and the command kills every CPU hog it started, by pid, on every exit path.
 Rule 2 (bench-failover): each round waits until every server names the same leader and the
         server paused in the previous round has caught up, lets the load run ``STEADY_S``, then
-        writes ``p`` (``--step``: ``s``) into the leader's control FIFO and measures from just
-        before that write to the earliest answer a trader received from another server (the
-        samples' end times; CLOCK_MONOTONIC is shared by processes); ``r`` then resumes it.
+        writes ``p`` (``--step``: ``s``) into the leader's control FIFO (``--sigstop``: sends
+        the process SIGSTOP) and measures from just before that to the earliest answer a
+        trader received from another server (the samples' end times; CLOCK_MONOTONIC is
+        shared by processes); ``r`` (SIGCONT) then resumes it.
 Rule 3: the report gives p50/p90/p99/max over the rounds with a verdict against
         ``TARGET_FAILOVER_P50_MS``, and beside it the servers' own view: from the pause to the
         new leader's ``leader is now this server`` log line (millisecond resolution), so the
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -34,7 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,8 +76,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         f"verdict against {TARGET_FAILOVER_P50_MS:g} ms (issue 14).")
     failover.add_argument("--pauses", type=int, default=PAUSES_DEFAULT,
                           help=f"fail-overs to measure (default {PAUSES_DEFAULT})")
-    failover.add_argument("--step", action="store_true",
-                          help="write s (step down, then pause) instead of the silent p")
+    how = failover.add_mutually_exclusive_group()
+    how.add_argument("--step", action="store_true",
+                     help="write s (step down, then pause) instead of the silent p")
+    how.add_argument("--sigstop", action="store_true",
+                     help="SIGSTOP the leader's process instead (a crash or a stuck machine: it "
+                     "answers nothing, not even its requests in flight), SIGCONT to resume")
     _common(failover)
     steady = commands.add_parser(
         "bench-steady", help="fault-free trader load: count leader changes (--cpu-hogs)",
@@ -188,14 +194,20 @@ def _failovers(cluster: LocalCluster, args: argparse.Namespace) -> int:
             leader = _settle(cluster, paused)
             time.sleep(STEADY_S)
             paused = leader
+            pid = cluster.servers[leader].process.pid
+            stop = (functools.partial(os.kill, pid, signal.SIGSTOP) if args.sigstop else
+                    functools.partial(cluster.control, leader, "s" if args.step else "p"))
             try:
-                result = _one_round(cluster, load, leader, "s" if args.step else "p")
+                result = _one_round(cluster, load, leader, stop)
             except TimeoutError as exc:
                 aborted += 1
                 print(f"round {number}: {exc}", flush=True)
                 continue
             finally:
-                cluster.control(leader, "r")
+                if args.sigstop:
+                    os.kill(pid, signal.SIGCONT)
+                else:
+                    cluster.control(leader, "r")
             rounds.append(result)
             elected = "?" if result.elected_ms is None else f"{result.elected_ms:.1f}"
             print(f"round {number}: leader {result.old_leader} paused -> first answer from "
@@ -214,14 +226,16 @@ def _settle(cluster: LocalCluster, paused: int | None) -> int:
     return cluster.wait_for_leader(LEADER_TIMEOUT_S)
 
 
-def _one_round(cluster: LocalCluster, load: LoadRun, leader: int, command: str) -> Round:
-    """Pause ``leader`` through its FIFO; the time to the first answer from another server."""
+def _one_round(cluster: LocalCluster, load: LoadRun, leader: int,
+               stop: Callable[[], None]) -> Round:
+    """Pause ``leader`` (``stop``: its FIFO, or SIGSTOP); the time to the first answer from
+    another server."""
     old_address = cluster.addresses[leader]
     cursors: list[int] = []
     load.samples_since(cursors)  # only answers after the pause count
     wall_at_pause = time.time()
     paused_ns = time.monotonic_ns()
-    cluster.control(leader, command)
+    stop()
     answers: list[Sample] = []
     deadline = time.monotonic() + ANSWER_WAIT_S
     gather_until = None
@@ -270,8 +284,9 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 def _failover_summary(rounds: list[Round], aborted: int, load: LoadRun,
                       args: argparse.Namespace) -> int:
-    kind = "s (step down)" if args.step else "p (silent)"
-    print(f"\n== FIFO {kind} on the leader, {_load_words(args)}: pause -> first "
+    kind = ("SIGSTOP" if args.sigstop else "FIFO s (step down)" if args.step
+            else "FIFO p (silent)")
+    print(f"\n== {kind} on the leader, {_load_words(args)}: pause -> first "
           f"answer from the new leader seen by a trader")
     if not rounds:
         print(f"no fail-over completed ({aborted} aborted)")

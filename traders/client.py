@@ -33,6 +33,10 @@ Rule 7: a request the leader has not answered within ``HEDGE_AFTER_S`` (its proc
         copy (it joins the first one's wait), the followers redirect to it or, if it is
         silent, hold the request until the election ends and the winner executes it. Without
         this a silent leader cost the trader ``ATTEMPT_TIMEOUT_S`` (1 s). Once per request.
+        The wait adapts: ``HEDGE_LATENCY_FACTOR`` times the connection's usual latency (a
+        moving average of first-attempt answers), between ``HEDGE_AFTER_S_MIN`` and
+        ``hedge_after_s``; a hedge of a slow leader costs two redirects and a duplicate that
+        joins the original, so hedging the slowest few percent of requests is cheap.
 Rule 6: with ``ClientTls`` every channel is TLS (``exchange.tls``), redirects included: the
         client verifies the address it dials (a ``SERVER_URIS`` entry or a redirect's
         ``leader-address``) against the server certificate's SANs.
@@ -56,7 +60,10 @@ from exchange.tls import ClientTls
 from exchange.tls import open_channel as tls_channel
 
 ATTEMPT_TIMEOUT_S = 1.0  # one RPC attempt; a healthy commit takes about a millisecond
-HEDGE_AFTER_S = 0.05  # Rule 7: no answer this long from the leader: ask every server too
+HEDGE_AFTER_S = 0.05  # Rule 7: the longest a request waits for the leader before a hedge
+HEDGE_AFTER_S_MIN = 0.01  # ... and the shortest, whatever the answers' usual latency
+HEDGE_LATENCY_FACTOR = 4  # hedge after this many times the usual latency (between the two)
+LATENCY_EWMA_WEIGHT = 0.05  # weight of one answer in the connection's usual latency
 GIVE_UP_S = 15.0  # a request retries this long before ExchangeUnreachable
 BACKOFF_INITIAL_S = 0.001
 BACKOFF_MAX_S = 0.002  # a failover takes milliseconds; an attempt on loopback ~0.6 ms (Rule 4)
@@ -126,6 +133,15 @@ class ClusterConnection:
         self._channels = {address: open_channel(address, tls) for address in self.addresses}
         self._stubs = {a: _stub(c) for a, c in self._channels.items()}
         self.leader_guess = self.addresses[0]
+        self.latency_s = HEDGE_AFTER_S / HEDGE_LATENCY_FACTOR  # usual answer latency (Rule 7)
+
+    def note_latency(self, seconds: float) -> None:
+        """Fold one first-attempt answer's latency into ``latency_s`` (Rule 7)."""
+        self.latency_s += (seconds - self.latency_s) * LATENCY_EWMA_WEIGHT
+
+    def hedge_delay_s(self, longest_s: float) -> float:
+        """Rule 7: how long a request waits for the leader before it is hedged."""
+        return min(longest_s, max(HEDGE_AFTER_S_MIN, HEDGE_LATENCY_FACTOR * self.latency_s))
 
     def stub(self, address: str) -> pb_grpc.ExchangeStub:
         stub = self._stubs.get(address)
@@ -224,7 +240,7 @@ class TraderClient:
         self.connection = connection
         self.client_id = client_id
         self.attempt_timeout_s = attempt_timeout_s
-        self.hedge_after_s = hedge_after_s  # Rule 7 (None: never hedge)
+        self.hedge_after_s = hedge_after_s  # Rule 7: the longest wait before a hedge (None: none)
         self.give_up_s = give_up_s
         self._seq = first_seq - 1
         self._seq_lock = threading.Lock()
@@ -285,7 +301,9 @@ class TraderClient:
         failed: dict[str, int] = {}  # server -> when it answered UNAVAILABLE/timed out (Rule 4)
         asked: set[str] = set()  # servers that failed this request since the last back-off
         targets = [connection.leader_guess]
-        hedge_s = self.hedge_after_s if len(connection.addresses) > 1 else None
+        hedge_s = (None if self.hedge_after_s is None or len(connection.addresses) == 1 else
+                   connection.hedge_delay_s(self.hedge_after_s))
+        started = time.monotonic()
         while True:
             attempts += len(targets)
             if len(targets) == 1:
@@ -301,6 +319,8 @@ class TraderClient:
                     outcomes = [(targets[0], error)]
                 else:
                     connection.leader_guess = targets[0]
+                    if attempts == 1:
+                        connection.note_latency(time.monotonic() - started)
                     return CallResult(reply, attempts, redirects, first_failure_ns, targets[0])
             else:  # Rule 5: a fail-over is under way: ask every candidate at once
                 won, outcomes = self._fan_out(method, request, targets)

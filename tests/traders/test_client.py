@@ -247,3 +247,22 @@ def test_without_hedging_a_slow_leader_is_waited_for(cluster):
     result = submit(client)
     assert result.server == addresses(client)[0]
     assert follower_b.calls == [] and follower_c.calls == []
+
+
+def test_the_hedge_wait_follows_the_usual_latency_within_its_bounds() -> None:
+    """Rule 7: HEDGE_LATENCY_FACTOR x the moving average of answers, clamped."""
+    connection = tc.ClusterConnection(["127.0.0.1:1", "127.0.0.1:2"])
+    try:
+        assert connection.hedge_delay_s(tc.HEDGE_AFTER_S) == pytest.approx(tc.HEDGE_AFTER_S)
+        for _ in range(500):
+            connection.note_latency(0.001)
+        assert connection.hedge_delay_s(tc.HEDGE_AFTER_S) == tc.HEDGE_AFTER_S_MIN
+        for _ in range(500):
+            connection.note_latency(0.005)
+        assert connection.hedge_delay_s(tc.HEDGE_AFTER_S) == pytest.approx(
+            tc.HEDGE_LATENCY_FACTOR * 0.005, rel=0.01)
+        for _ in range(500):
+            connection.note_latency(1.0)
+        assert connection.hedge_delay_s(tc.HEDGE_AFTER_S) == tc.HEDGE_AFTER_S
+    finally:
+        connection.close()
