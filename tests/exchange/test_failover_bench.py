@@ -99,7 +99,7 @@ def test_bad_arguments_are_one_line_and_status_2(argv):
 
 
 def test_help_names_the_targets():
-    for command, words in (("bench-failover", ("--pauses", "--step", "10 ms")),
+    for command, words in (("bench-failover", ("--pauses", "--step", "--sigstop", "10 ms")),
                            ("bench-steady", ("--minutes", "--cpu-hogs"))):
         result = _run(command, "--help", timeout_s=60)
         assert result.returncode == 0
@@ -134,3 +134,19 @@ def test_bench_steady_counts_changes_with_hogs_and_cleans_up():
     assert hogs, out
     for pid in hogs.group(1).split(", "):
         assert not Path(f"/proc/{pid}").exists(), f"hog {pid} survived"
+
+
+@pytest.mark.slow
+def test_a_sigstopped_leader_is_hedged_around_before_the_attempt_timeout():
+    """``--sigstop``: the stopped leader answers nothing, not even its requests in flight; the
+    traders' hedge (traders.client Rule 7) gets an answer from the new leader well before
+    the 1 s attempt timeout that used to bound it, and the stopped server rejoins."""
+    result = _run("bench-failover", "--sigstop", "--pauses", "2", "--traders", "2")
+    out = result.stdout
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    assert re.search(r"^== SIGSTOP on the leader", out, re.M), out
+    rounds = re.findall(r"^round \d: leader \d paused -> first answer from server \d after "
+                        r"([\d.]+) ms", out, re.M)
+    assert len(rounds) == 2, out
+    from traders.client import ATTEMPT_TIMEOUT_S
+    assert all(float(ms) < ATTEMPT_TIMEOUT_S * 1000 * 0.8 for ms in rounds), rounds
