@@ -104,6 +104,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="open loop: this many orders a second over all traders (default "
                         "0: closed loop, each trader sends its next order when answered, which "
                         "keeps the servers saturated on 2 cores)")
+    parser.add_argument("--stream", action="store_true",
+                        help="each trader uses one OrderSession stream (closed loop, one order "
+                        "per message) instead of unary calls")
     parser.add_argument("--seed", type=int, default=14, help="traders' workload seed")
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                         help="pass ARG to every server (repeat it), e.g. "
@@ -119,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
             or (steady and args.minutes <= 0)):
         print(f"{name}: error: need --traders >= 1, --rate >= 0 and --pauses >= 1 / "
               "--minutes > 0", file=sys.stderr)
+        return 2
+    if args.stream and args.rate:
+        print(f"{name}: error: --stream runs closed loop; drop --rate", file=sys.stderr)
         return 2
     _raise_priority()
     print(f"{args.command}: traders and servers at nice {os.getpriority(os.PRIO_PROCESS, 0)} "
@@ -161,7 +167,7 @@ def _hogs(wanted: bool) -> Iterator[list[subprocess.Popen[bytes]]]:
 def _load_words(args: argparse.Namespace) -> str:
     if args.rate:
         return f"{args.traders} traders at {args.rate:g} orders/s in all (open loop)"
-    return f"{args.traders} closed-loop traders"
+    return f"{args.traders} closed-loop traders{' (order sessions)' if args.stream else ''}"
 
 
 def _load_average() -> str:
@@ -170,7 +176,8 @@ def _load_average() -> str:
 
 def _start_load(cluster: LocalCluster, args: argparse.Namespace) -> LoadRun:
     load = LoadRun(LoadConfig(tuple(cluster.addresses.values()), args.traders, args.rate,
-                              LOAD_TEST_MS_MAX, args.seed, DEFAULT_SYMBOLS))
+                              LOAD_TEST_MS_MAX, args.seed, DEFAULT_SYMBOLS,
+                              stream=getattr(args, "stream", False)))
     load.start()
     return load
 

@@ -6,11 +6,16 @@ Rule 1: every order gets the client's next seq once; until its answer arrives it
         order that already executed, marked duplicate).
 Rule 2: a stream that ends with FAILED_PRECONDITION and ``leader-address`` reconnects there;
         UNAVAILABLE, CANCELLED, DEADLINE_EXCEEDED, an end without status, or no report for
-        ``stall_s`` while orders are unanswered (a stopped server) try the next server after a
-        short, growing back-off. RESOURCE_EXHAUSTED (the client broke the flow-control limit),
-        INVALID_ARGUMENT (a malformed message), PERMISSION_DENIED (a client id the certificate
-        does not allow) and UNAUTHENTICATED are final (``RequestRejected``). Without progress
-        for ``give_up_s`` the client gives up (``ExchangeUnreachable``).
+        the stall limit while orders are unanswered (a stopped server) try the next server
+        after a short, growing back-off. The stall limit adapts like the unary client's hedge
+        (traders.client Rule 7): ``STALL_LATENCY_FACTOR`` times the usual wait for a report (a
+        moving average), between ``STALL_S_MIN`` and ``stall_s``; a stopped leader costs a
+        session that, not a whole ``stall_s`` (1 s). A reconnect resends every unanswered
+        order, so the floor is higher than the unary hedge's. RESOURCE_EXHAUSTED (the client
+        broke the flow-control limit), INVALID_ARGUMENT (a malformed message),
+        PERMISSION_DENIED (a client id the certificate does not allow) and UNAUTHENTICATED are
+        final (``RequestRejected``). Without progress for ``give_up_s`` the client gives up
+        (``ExchangeUnreachable``).
 Rule 3: a message carries at most ``SESSION_MESSAGE_ORDERS_MAX`` orders; callers keep at most
         ``SESSION_IN_FLIGHT_MAX`` unanswered (``in_flight``); ``send`` asserts both.
 Rule 4: reports with ``unsolicited`` set are fills of this client's resting orders caused by other
@@ -43,7 +48,10 @@ from traders.client import (
     connection_hint,
 )
 
-WATCHDOG_PERIOD_S = 0.05  # how often stalled streams are looked for
+WATCHDOG_PERIOD_S = 0.01  # how often stalled streams are looked for
+STALL_S_MIN = 0.1  # Rule 2: the shortest stall limit, whatever the usual wait for a report
+STALL_LATENCY_FACTOR = 8  # stall after this many times the usual wait (within the bounds)
+WAIT_EWMA_WEIGHT = 0.05  # weight of one wait in the usual wait
 
 
 class _Watchdog:
@@ -100,7 +108,8 @@ class SessionClient:
         self.connection = connection
         self.client_id = client_id
         self.give_up_s = give_up_s
-        self.stall_s = stall_s
+        self.stall_s = stall_s  # the longest stall limit (Rule 2)
+        self._usual_wait_s = stall_s / STALL_LATENCY_FACTOR  # moving average of report waits
         self._seq = first_seq - 1
         self.unanswered: dict[int, pb.SessionOrder] = {}  # seq -> order, in send order
         self.target = connection.leader_guess
@@ -179,6 +188,7 @@ class SessionClient:
             except grpc.RpcError as error:
                 error_text, hint, final = self._classify(error)
             else:
+                self.note_wait(time.monotonic() - self._waiting_since)
                 self._waiting_since = 0.0
                 reports = list(response.reports)
                 unanswered = self.unanswered
@@ -258,11 +268,20 @@ class SessionClient:
         finally:
             self._poll_until = 0.0
 
+    def note_wait(self, seconds: float) -> None:
+        """Fold one wait for a report into the usual wait (Rule 2)."""
+        self._usual_wait_s += (seconds - self._usual_wait_s) * WAIT_EWMA_WEIGHT
+
+    @property
+    def stall_limit_s(self) -> float:
+        """Rule 2: how long a wait for a report may last before the stream is given up."""
+        return min(self.stall_s, max(STALL_S_MIN, STALL_LATENCY_FACTOR * self._usual_wait_s))
+
     def check_stall(self, now: float) -> None:
-        """Watchdog: cancel the stream after ``stall_s`` without a report (Rule 2), or at the end
-        of a ``poll``."""
+        """Watchdog: cancel the stream after the stall limit without a report (Rule 2), or at
+        the end of a ``poll``."""
         since, call = self._waiting_since, self._call
-        if since and call is not None and now - since > self.stall_s and self.unanswered:
+        if since and call is not None and now - since > self.stall_limit_s and self.unanswered:
             call.cancel()  # type: ignore[no-untyped-call]
         if self._poll_until and call is not None and now > self._poll_until:
             call.cancel()  # type: ignore[no-untyped-call]

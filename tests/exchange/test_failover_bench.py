@@ -137,11 +137,13 @@ def test_bench_steady_counts_changes_with_hogs_and_cleans_up():
 
 
 @pytest.mark.slow
-def test_a_sigstopped_leader_is_hedged_around_before_the_attempt_timeout():
+@pytest.mark.parametrize("entry", [(), ("--stream",)], ids=["unary", "stream"])
+def test_a_sigstopped_leader_is_hedged_around_before_the_attempt_timeout(entry):
     """``--sigstop``: the stopped leader answers nothing, not even its requests in flight; the
-    traders' hedge (traders.client Rule 7) gets an answer from the new leader well before
-    the 1 s attempt timeout that used to bound it, and the stopped server rejoins."""
-    result = _run("bench-failover", "--sigstop", "--pauses", "2", "--traders", "2")
+    traders' hedge (traders.client Rule 7; a session's adaptive stall limit, traders.session
+    Rule 2) gets an answer from the new leader well before the 1 s that used to bound it, and
+    the stopped server rejoins."""
+    result = _run("bench-failover", "--sigstop", "--pauses", "2", "--traders", "2", *entry)
     out = result.stdout
     assert result.returncode in (0, 1), result.stderr[-2000:]
     assert re.search(r"^== SIGSTOP on the leader", out, re.M), out

@@ -266,3 +266,26 @@ def test_the_hedge_wait_follows_the_usual_latency_within_its_bounds() -> None:
         assert connection.hedge_delay_s(tc.HEDGE_AFTER_S) == tc.HEDGE_AFTER_S
     finally:
         connection.close()
+
+
+def test_a_sessions_stall_limit_follows_its_usual_wait_within_bounds() -> None:
+    """traders.session Rule 2: STALL_LATENCY_FACTOR x the moving average of report waits,
+    between STALL_S_MIN and stall_s (a stopped leader costs a session that, not 1 s)."""
+    from traders import session as ts
+
+    connection = tc.ClusterConnection(["127.0.0.1:1", "127.0.0.1:2"])
+    session = ts.SessionClient(connection, client_id=9)
+    try:
+        assert session.stall_limit_s == pytest.approx(session.stall_s)
+        for _ in range(500):
+            session.note_wait(0.001)
+        assert session.stall_limit_s == ts.STALL_S_MIN
+        for _ in range(500):
+            session.note_wait(0.05)
+        assert session.stall_limit_s == pytest.approx(ts.STALL_LATENCY_FACTOR * 0.05, rel=0.01)
+        for _ in range(500):
+            session.note_wait(5.0)
+        assert session.stall_limit_s == session.stall_s
+    finally:
+        session.close()
+        connection.close()
