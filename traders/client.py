@@ -26,7 +26,10 @@ Rule 5: a failure with no redirect worth following sends the request (same seq) 
         wins; the other calls are cancelled (a loser only ever redirects or refuses: at most one
         leader executes a seq, and the replicated dedup table answers any retry). Without a
         fan-out the trader paid a round trip to the follower that lost the election.
-Rule 7: a request the leader has not answered within ``HEDGE_AFTER_S`` (its process may be
+Rule 6: with ``ClientTls`` every channel is TLS (``exchange.tls``), redirects included: the
+        client verifies the address it dials (a ``SERVER_URIS`` entry or a redirect's
+        ``leader-address``) against the server certificate's SANs.
+Rule 7: a request the leader has not answered within the hedge wait (its process may be
         stopped or its machine stuck: it answers nothing, and a failed-over cluster leads
         elsewhere within milliseconds) is sent again, same seq, to every server that has not
         failed, the silent one included (Rule 5's fan-out): a merely slow leader answers its
@@ -36,10 +39,9 @@ Rule 7: a request the leader has not answered within ``HEDGE_AFTER_S`` (its proc
         The wait adapts: ``HEDGE_LATENCY_FACTOR`` times the connection's usual latency (a
         moving average of first-attempt answers), between ``HEDGE_AFTER_S_MIN`` and
         ``hedge_after_s``; a hedge of a slow leader costs two redirects and a duplicate that
-        joins the original, so hedging the slowest few percent of requests is cheap.
-Rule 6: with ``ClientTls`` every channel is TLS (``exchange.tls``), redirects included: the
-        client verifies the address it dials (a ``SERVER_URIS`` entry or a redirect's
-        ``leader-address``) against the server certificate's SANs.
+        joins the original, so hedging the slowest few percent of requests is cheap. The
+        traders of one connection share the average, updated without a lock (a lost update
+        only delays it).
 """
 
 from __future__ import annotations
