@@ -27,6 +27,7 @@ class SharedLog:
 
     def __init__(self, nodes: list[ExchangeNode]) -> None:
         self.entries: list[bytes] = []
+        self.held: list[tuple[int, bytes]] = []
         self.leader = 1
         self.lock = threading.Lock()
         self.queues: list[queue.Queue] = [queue.Queue() for _ in nodes]
@@ -40,13 +41,25 @@ class SharedLog:
         while (item := entries.get()) is not None:
             node.on_commit(*item)
 
-    def append(self, payload: bytes) -> int:
+    def append(self, payload: bytes, deliver: bool = True) -> int:
+        """Commit ``payload``; ``deliver=False`` keeps it from the pumps until ``deliver_held``
+        (a commit the proposer does not learn of before it fails)."""
         with self.lock:
             self.entries.append(payload)
             index = len(self.entries)
+            if not deliver:
+                self.held.append((index, payload))
+                return index
             for entries in self.queues:
                 entries.put((index, payload))
         return index
+
+    def deliver_held(self) -> None:
+        with self.lock:
+            held, self.held = self.held, []
+            for item in held:
+                for entries in self.queues:
+                    entries.put(item)
 
     def close(self) -> None:
         for entries in self.queues:
@@ -81,10 +94,10 @@ class FakeReplica:
     def propose(self, payload: bytes, timeout_s: float = 1.0) -> int:
         if not self.is_leader:
             raise NotLeader(self.log.leader)
-        index = self.log.append(payload)
-        if self.commit_then_fail:
+        if self.commit_then_fail:  # committed, but the leader fails before it learns so
+            self.log.append(payload, deliver=False)
             raise NotLeader(None)
-        return index
+        return self.log.append(payload)
 
     def pause(self, announce: bool = True) -> None:
         self.paused = True
@@ -126,6 +139,7 @@ def test_committed_despite_not_leader_is_answered_from_dedup_after_failover(trio
     with pytest.raises(ServerUnavailable):  # NotLeader(None): no leader known
         n1.execute(6, 1, _order(6, 1))
     log.leader = 2
+    log.deliver_held()
     for _ in range(200):  # let the pump threads apply entry 1 everywhere
         if all(n.state.applied_index == 1 for n in (n1, n2, n3)):
             break
