@@ -177,7 +177,7 @@ def _load_average() -> str:
 def _start_load(cluster: LocalCluster, args: argparse.Namespace) -> LoadRun:
     load = LoadRun(LoadConfig(tuple(cluster.addresses.values()), args.traders, args.rate,
                               LOAD_TEST_MS_MAX, args.seed, DEFAULT_SYMBOLS,
-                              stream=getattr(args, "stream", False)))
+                              stream=args.stream))
     load.start()
     return load
 

@@ -97,6 +97,7 @@ CLOSED_OFFSET = 32  # 0 open, CLOSED_YES closed for good, CLOSED_MOVED moved to 
 CLOSED_YES = 1
 CLOSED_MOVED = 2
 PERMISSION_OFFSET = 64  # + writer id: 1 = may write
+_PERMISSIONS = slice(PERMISSION_OFFSET, PERMISSION_OFFSET + WRITER_ID_MAX + 1)  # every writer's
 WRITER_PID_OFFSET = 512  # + 4 * writer id: pid of the writer's process (u32)
 REVOKER_PID_OFFSET = 1536  # + 4 * writer id: pid of a process revoking that writer, else 0
 _PID = struct.Struct("<I")
@@ -112,7 +113,7 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 _LIBC.mmap.restype = ctypes.c_void_p
 _LIBC.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                        ctypes.c_long]
-_MAP_FAILED = ctypes.c_void_p(-1).value
+_MAP_FIXED = 0x10  # Linux, every architecture Python supports (the mmap module lacks it)
 # A full barrier: an uncontended lock's acquire and release are locked instructions on x86.
 _FENCE = threading.Lock()
 
@@ -240,9 +241,7 @@ class Mapping:
 
     def mark_closed(self, how: int = CLOSED_YES) -> None:
         """Withdraw every permission and flag the region closed (Rule 6) or moved (Rule 7)."""
-        self.meta[PERMISSION_OFFSET : PERMISSION_OFFSET + WRITER_ID_MAX + 1] = bytes(
-            WRITER_ID_MAX + 1
-        )
+        self.meta[_PERMISSIONS] = bytes(WRITER_ID_MAX + 1)
         self.meta[CLOSED_OFFSET] = how
 
     def address(self) -> int:
@@ -317,12 +316,10 @@ def map_over(address: int, length: int, path: Path) -> None:
                             mmap.MAP_SHARED | _MAP_FIXED, fd, 0)
     finally:
         os.close(fd)
-    if result != address or result == _MAP_FAILED:
+    if result != address:  # MAP_FAILED, or (impossible with MAP_FIXED) another address
         errno = ctypes.get_errno()
         raise FabricError(f"mapping {path.name} over the old region failed: {os.strerror(errno)}")
 
-
-_MAP_FIXED = 0x10  # Linux, every architecture Python supports
 
 
 class ShmRegion:
@@ -397,7 +394,7 @@ class ShmRegion:
         path = region_path(fabric.cluster_id, fabric.replica_id, self.name)
         started = time.monotonic()
         temporary = create_unplaced_file(path, fabric.replica_id, self.size)
-        permissions = bytes(self._meta[PERMISSION_OFFSET : PERMISSION_OFFSET + WRITER_ID_MAX + 1])
+        permissions = bytes(self._meta[_PERMISSIONS])
         fd = os.open(temporary, os.O_RDWR)
         try:
             os.pwrite(fd, permissions, PERMISSION_OFFSET)
@@ -412,7 +409,7 @@ class ShmRegion:
             map_over(mapping.address(), META_BYTES + self.size, temporary)
         except (OSError, FabricError) as error:
             # nothing moved: reopen the old file as it was; the stopped write may still land
-            self._meta[PERMISSION_OFFSET : PERMISSION_OFFSET + WRITER_ID_MAX + 1] = permissions
+            self._meta[_PERMISSIONS] = permissions
             self._meta[CLOSED_OFFSET] = 0
             temporary.unlink(missing_ok=True)
             raise RevokeStalled(
@@ -433,7 +430,7 @@ class ShmRegion:
             (time.monotonic() - started) * 1000, why)
 
     def writers(self) -> frozenset[ReplicaIdT]:
-        permissions = self._meta[PERMISSION_OFFSET : PERMISSION_OFFSET + WRITER_ID_MAX + 1]
+        permissions = self._meta[_PERMISSIONS]
         return frozenset(peer for peer in range(1, WRITER_ID_MAX + 1) if permissions[peer])
 
 

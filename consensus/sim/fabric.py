@@ -136,7 +136,6 @@ class SimNetwork:
         self.endpoints: dict[ReplicaIdT, SimFabric] = {}
         self.writes_landed = 0
         self.writes_rejected = 0
-        self.in_flight: dict[tuple[ReplicaIdT, str, ReplicaIdT], int] = {}
         self._drain_waiters: dict[tuple[ReplicaIdT, str, ReplicaIdT], _DrainWait] = {}
         self._flights: dict[tuple[ReplicaIdT, str, ReplicaIdT], list[_InFlight]] = {}
         self.revokes_stalled = 0
@@ -173,7 +172,6 @@ class SimNetwork:
             self._land_checked(writer, remote, offset, data)  # raises WriteRejected
             return
         key = (region.owner, region.name, writer)
-        self.in_flight[key] = self.in_flight.get(key, 0) + 1
         flight = _InFlight(remote, offset, bytes(data))
         self._flights.setdefault(key, []).append(flight)
         if stop:
@@ -188,7 +186,6 @@ class SimNetwork:
                 )
             self.land(writer, remote, offset, data, checked=False)
         finally:
-            self.in_flight[key] -= 1
             self._flights[key].remove(flight)
             waiters = self._drain_waiters.pop(key, None)
             if waiters is not None:
@@ -214,6 +211,10 @@ class SimNetwork:
             waiters = self._drain_waiters.setdefault(key, _DrainWait())
             waiters.tasks.append(self.scheduler.me())
             self.scheduler.block(f"drain {peer} {owner}.{name}", left_ns, waiters)
+
+    def writes_in_flight(self, owner: ReplicaIdT, name: str, writer: ReplicaIdT) -> int:
+        """``writer``'s synchronous writes to the region preempted before their copy (Rule 6)."""
+        return len(self._flights.get((owner, name, writer), ()))
 
     def _move(self, owner: ReplicaIdT, name: str, peer: ReplicaIdT) -> None:
         """Rule 9 (the shm fabric's move): the copy keeps a random prefix (none, some, all) of

@@ -244,7 +244,7 @@ def test_revoke_waits_for_a_write_in_flight(monkeypatch: pytest.MonkeyPatch) -> 
         def owner(toy: Toy = toy, order: list[str] = order) -> None:
             region = toy.network.endpoint(2).register("log", REGION_BYTES)
             region.grant_write(1)
-            while toy.network.in_flight.get((2, "log", 1), 0) == 0 and region.buf[0] == 0:
+            while toy.network.writes_in_flight(2, "log", 1) == 0 and region.buf[0] == 0:
                 toy.runtimes[2].yield_now()
             if region.buf[0] == 0:
                 order.append("revoke during the write")
@@ -280,7 +280,7 @@ def moved_revoke(seed: int) -> tuple[list[str], list[int]]:
     def owner() -> None:
         region = toy.network.endpoint(2).register("log", REGION_BYTES)
         region.grant_write(1)
-        while toy.network.in_flight.get((2, "log", 1), 0) == 0 and region.buf[0] == 0:
+        while toy.network.writes_in_flight(2, "log", 1) == 0 and region.buf[0] == 0:
             toy.runtimes[2].yield_now()
         if region.buf[0] != 0:
             return  # the write finished before the owner looked: nothing to move
