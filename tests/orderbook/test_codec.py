@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import pytest
@@ -28,6 +29,18 @@ def test_round_trip(cmd: AddOrder | CancelOrder | ReplaceOrder) -> None:
     data = encode_command(cmd)
     assert decode_command(data) == cmd
     assert decode_command(memoryview(data)) == cmd
+
+
+def test_a_decoded_add_is_the_frozen_value_its_constructor_builds() -> None:
+    """codec Rule 4 builds adds through their slots: same value, hash, repr, still frozen."""
+    made = AddOrder("7.42", "AAPL", Side.SELL, 10_050, 300, 10_000, True, False)
+    decoded = decode_command(encode_command(made))
+    assert type(decoded) is AddOrder
+    assert decoded == made and hash(decoded) == hash(made) and repr(decoded) == repr(made)
+    assert [type(getattr(decoded, f)) for f in AddOrder.__dataclass_fields__] == \
+        [str, str, Side, int, int, int, bool, bool]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decoded.qty = 1  # type: ignore[misc]
 
 
 def test_layout_is_compact() -> None:
