@@ -18,6 +18,7 @@ import sys
 
 from exchange.config import ConfigError, env_int, parse_server_uris
 from exchange.tls import ClientTls, add_client_tls_arguments, certificate_ids, time_seq
+from traders.client import GIVE_UP_S, ClusterConnection, wait_for_any_server
 from traders.workload import DEFAULT_SYMBOLS
 
 TEST_MS_DEFAULT = 10_000  # the original ran --test_ms 120000; 10 s is enough for stable figures
@@ -73,6 +74,8 @@ def _run_load(args: argparse.Namespace) -> int:
         raise ConfigError(f"--test-ms {test_ms}: need at least 1")
     if args.rate < 0:
         raise ConfigError(f"--rate {args.rate}: must be >= 0 (0 = closed loop)")
+    if not args.wait_for_servers > 0:
+        raise ConfigError(f"--wait-for-servers {args.wait_for_servers:g}: must be > 0")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     if (args.batch != 1 or args.window is not None) and not args.stream:
         raise ConfigError("--batch and --window apply to --stream sessions only")
@@ -104,6 +107,16 @@ def _run_load(args: argparse.Namespace) -> int:
            if client_ids else "")
     print(f"load: {traders} traders, {loop}, {test_ms} ms, seed {seed}, servers "
           f"{', '.join(config.addresses)} ({security}{ids})")
+    waiting = ClusterConnection(config.addresses, tls)
+    try:  # Rule 9 of traders.client: one clear line when no server is there at all
+        unreachable = wait_for_any_server(waiting, args.wait_for_servers, lambda error: print(
+            f"load: waiting for a server to answer ({error})", file=sys.stderr))
+    finally:
+        waiting.close()
+    if unreachable is not None:
+        raise ConfigError(f"no server answered within {args.wait_for_servers:g} s: are they "
+                          f"running (python -m exchange serve), and is --servers (or "
+                          f"SERVER_URIS) right? Last error: {unreachable}")
     run = LoadRun(config)
     run.start()
     bar = tqdm(total=test_ms / 1000, unit="s", disable=True if args.no_progress else None,
@@ -188,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--window", type=int, default=None, metavar="W",
                       help="with --stream: messages a trader keeps unanswered (default 4; "
                       "W x K <= 100)")
+    load.add_argument("--wait-for-servers", type=float, default=GIVE_UP_S, metavar="S",
+                      help="at start, wait this long for any server to answer before giving "
+                      "up with an error (default %(default)g s)")
     load.add_argument("--seed", type=int, default=None, help="workload seed (default: random)")
     load.add_argument("--symbols", default=",".join(DEFAULT_SYMBOLS),
                       help="comma-separated symbols to trade (default %(default)s)")

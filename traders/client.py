@@ -42,6 +42,10 @@ Rule 7: a request the leader has not answered within the hedge wait (its process
         joins the original, so hedging the slowest few percent of requests is cheap. The
         traders of one connection share the average, updated without a lock (a lost update
         only delays it).
+Rule 9: a load or a shell first waits (``wait_for_any_server``, up to the give-up time) for any
+        server to answer a health check, saying so after ``WAIT_NOTICE_S``, so that servers
+        started a moment earlier are waited for and a wrong address or stopped cluster is one
+        clear error instead of a report of nothing.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ BACKOFF_MAX_S = 0.002  # a failover takes milliseconds; an attempt on loopback ~
 BACKOFF_FAST_WINDOW_S = 0.1  # failures of one request for this long keep the short back-off
 BACKOFF_SLOW_MAX_S = 0.01  # afterwards: a leaderless cluster: a round of the servers per 10 ms
 FAILED_FORGET_S = 0.05  # a server's UNAVAILABLE stops redirects to it this long (Rule 4)
+WAIT_NOTICE_S = 1.0  # Rule 9: say that no server answers yet after this long
+WAIT_RETRY_S = 0.1  # ... and ask them all again this often
 FAN_OUT_GRACE_S = 0.1  # Rule 5: beyond the calls' own deadline, before they count as failed
 LEADER_ADDRESS_KEY = "leader-address"
 RETRYABLE_CODES = frozenset(
@@ -216,6 +222,34 @@ def connection_hint(connection: ClusterConnection, last_error: str) -> str:
                 "pass --tls-cert/--tls-key)")
     return (" (a server that refuses the TLS handshake looks like this: is --tls-cert issued by "
             "the servers' --client-ca, and --tls-ca the CA of their certificates?)")
+
+
+def wait_for_any_server(connection: ClusterConnection, give_up_s: float,
+                        on_wait: Callable[[str], None] | None = None) -> str | None:
+    """Rule 9: return None as soon as one server of ``connection`` answers a health check
+    (whatever its role), or after ``give_up_s`` the last error with a hint. ``on_wait`` is
+    called once, with that error, if nothing answered within ``WAIT_NOTICE_S``."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + give_up_s
+    notice_at = time.monotonic() + WAIT_NOTICE_S
+    last_error = ""
+    while True:
+        for address in connection.addresses:
+            channel = connection._channels[address]
+            stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+            try:
+                stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=ATTEMPT_TIMEOUT_S)
+                return None
+            except grpc.RpcError as error:
+                last_error = f"{address}: {_code(error).name}: {_details(error)}"
+        now = time.monotonic()
+        if now >= deadline:
+            return last_error + connection_hint(connection, last_error)
+        if on_wait is not None and now >= notice_at:
+            on_wait(last_error)
+            on_wait = None
+        time.sleep(min(WAIT_RETRY_S, max(0.0, deadline - now)))
 
 
 def _final_text(code: grpc.StatusCode, details: str | None) -> str:

@@ -141,7 +141,11 @@ class LoadReport:
             out.append(f"failover gaps seen by clients: {len(gaps)} ({shown})")
         else:
             out.append("failover gaps seen by clients: none")
-        out.append(f"longest time without any answer: {self.longest_silence_ns() / 1e6:.1f} ms")
+        if answered < 2:
+            out.append("longest time without any answer: n/a (fewer than 2 answers)")
+        else:
+            out.append("longest time without any answer: "
+                       f"{self.longest_silence_ns() / 1e6:.1f} ms")
         return out
 
     def dump(self, path: str) -> None:

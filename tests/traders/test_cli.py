@@ -117,3 +117,24 @@ def test_load_bad_arguments_are_one_line_errors():
     assert result.returncode == 2
     assert result.stderr.strip().startswith("python -m traders load: error:")
     assert "Traceback" not in result.stderr
+
+
+def test_load_without_any_server_is_one_clear_error():
+    """traders.client Rule 9: nothing listening is one line and exit 2, not a report of nothing;
+    the wait is announced while it lasts."""
+    import socket
+
+    with socket.socket() as probe:  # a free port: bound, never listened on, then released
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = _run(["load", "--servers", f"1=127.0.0.1:{port}", "--test-ms", "500",
+                   "--wait-for-servers", "1.5", "--no-progress", "--no-plots",
+                   "--latency-file", ""])
+    assert result.returncode == 2, result
+    assert "load: waiting for a server to answer" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m traders load: error: no server answered within 1.5 s")
+    assert f"127.0.0.1:{port}" in last and "Traceback" not in result.stderr
+    assert "requests sent" not in result.stdout  # no empty report
+    bad = _run(["load", "--servers", f"1=127.0.0.1:{port}", "--wait-for-servers", "0"])
+    assert bad.returncode == 2 and "--wait-for-servers 0: must be > 0" in bad.stderr
