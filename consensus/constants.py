@@ -77,6 +77,9 @@ BACKGROUND_RT_PRIORITY = 5
 # 1 ms to notice a silent leader, and at 1 ms the leader's own scans took 8-9% of a core at
 # real-time priority from the order entry it serves (2026-12-01, 4 traders).
 LEADER_CALM_FACTOR = 4
+# A follower's calm wait in C (election Rule 11) returns to Python at least this often, so that
+# what only a Python scan sees (peers' applied and holder words, restarted peers) stays current.
+CALM_WAIT_MAX_US = 20_000
 # A LEADING peer is dead after this much observed silence when this replica's own native beat
 # runs at real-time priority (a homogeneous cluster on one machine: peers' beats do too): 10
 # beats. 2 ms was tried on 2026-12-01 12:45: under 4 closed-loop traders on a quiet machine the

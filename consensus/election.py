@@ -56,6 +56,17 @@ Rule 10: ``leader_suspected`` says that the leader this replica follows has been
         detector may declare it dead. It changes nothing in consensus; the application uses it
         to hold a request that it would otherwise redirect to a leader that is likely gone
         (exchange node Rule 4).
+Rule 11: a follower that is calm (Rule 9) and runs the native beat waits for its next scan in C
+        (native_beat Rule 7) instead of sleeping: the wait polls the leader's heartbeat word
+        every ``scan_interval_us`` without the GIL and returns when it stood still for one
+        period, when the leader's ``leading`` word or one of this replica's request slots
+        changed, or after ``CALM_WAIT_MAX_US``. A wait that ends on a still heartbeat hands
+        the value it saw to the detector before the scan that follows, so that scan counts one
+        capped gap of silence (detector Rule 1), exactly what a Python scan one period
+        earlier would have seen. Calm periods then take no interpreter wake-up: at one scan a
+        millisecond those wake-ups, each taking the GIL from the pump and the application,
+        made a replicated order 10-25% slower (docs/consensus.md). Without a mapped leader
+        region (the verbs fabric, the simulator) the activity sleeps and scans as before.
 """
 
 from __future__ import annotations
@@ -65,12 +76,14 @@ from typing import TYPE_CHECKING
 
 from consensus import ctrl as ctrl_mod
 from consensus.constants import (
+    CALM_WAIT_MAX_US,
     CAMPAIGN_BACKOFF_US_MAX,
     LEADER_CALM_FACTOR,
     NATIVE_BEAT_INTERVAL_US,
 )
 from consensus.detector import FailureDetector
 from consensus.fabric.base import FabricError, RegionClosed, RevokeStalled
+from consensus.native_beat import WAIT_STILL
 from consensus.recovery import Deposed, catch_up, prepare
 from consensus.replication import flush_commit
 from consensus.state import (
@@ -139,8 +152,10 @@ class Background:
                 self.step()
             if state.leading:
                 runtime.sleep(leading_s)
-            else:
-                runtime.sleep(interval_s if self._calm() else fast_s)
+            elif not self._calm():
+                runtime.sleep(fast_s)
+            elif not self._wait_calm(interval_s):
+                runtime.sleep(interval_s)
 
     def step(self) -> None:
         """One turn: answer requests, scan, then lead, follow or campaign."""
@@ -188,6 +203,27 @@ class Background:
         a new one is elected) leaves the scan calm: nothing fast depends on it."""
         leader = self._live_leader()
         return leader is not None and not self.detector.silent(leader)
+
+    def _wait_calm(self, period_s: float) -> bool:
+        """Rule 11: wait for the next scan in C; False if this replica cannot (then sleep)."""
+        state = self.state
+        beat = state.native_beat
+        if beat is None:
+            return False
+        leader = self._live_leader()
+        if leader is None or leader not in state.peers:
+            return False
+        layout = state.ctrl_layout
+        waited = beat.calm_wait(
+            state.peers[leader].ctrl, ctrl_mod.HEARTBEAT_OFFSET, ctrl_mod.LEADING_OFFSET,
+            state.ctrl_buf, [layout.request(p.position) for p in state.peers.values()],
+            int(period_s * 1e9), CALM_WAIT_MAX_US * NS_PER_US)
+        if waited is None:
+            return False
+        outcome, seen = waited
+        if outcome == WAIT_STILL:
+            self.detector.observe(leader, seen, 0)
+        return True
 
     def leader_suspected(self) -> bool:
         """Rule 10: this replica follows a leader whose counter has stood still for longer

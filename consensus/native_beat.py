@@ -19,6 +19,13 @@ Rule 6: ``raise_thread_priority`` puts the *calling* thread at ``SCHED_FIFO`` (t
         background thread, when the beat itself got real-time priority): a follower's scanner and
         election then run as soon as they wake instead of waiting for a CPU; refused, the thread
         keeps its normal priority (one log line); ``MU_BACKGROUND_RT=0`` does not ask.
+Rule 7: ``wait_calm`` is the background activity's calm wait (election Rule 11): the calling
+        thread polls, in C and without the GIL, the leader's heartbeat word (in the mapped
+        peer region) and a few words that must wake it at once (the leader's ``leading`` word,
+        this replica's request slots) every scan period, and returns as soon as the heartbeat
+        stood still for one period, a watched word changed or a safety timeout passed. Python
+        then scans as before; calm periods cost no interpreter wake-up. Only the real runtime,
+        only with a fabric whose remote regions are mapped here (shm).
 """
 
 from __future__ import annotations
@@ -30,11 +37,14 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from consensus import constants as c
 
 LOGGER = logging.getLogger("consensus.native")
+WAIT_TIMEOUT, WAIT_STILL, WAIT_CHANGED = 0, 1, 2  # wait_calm's outcomes (Rule 7)
+WAIT_CHANGES_MAX = 16  # words one wait_calm watches for a change
 COMPILE_TIMEOUT_S = 60.0  # gcc on this shared machine takes a second or two; never hang start()
 
 _SOURCE = r"""
@@ -105,6 +115,28 @@ uint64_t nb_max_gap_ns(void *p) { uint64_t g = ((nb_t *)p)->max_gap_ns;
                                   ((nb_t *)p)->max_gap_ns = 0; return g; }
 uint64_t nb_beats(void *p) { return ((nb_t *)p)->beats; }
 uint64_t nb_stale(void *p) { return ((nb_t *)p)->stale; }
+/* Rule 7: the calm wait, on the calling thread (ctypes releases the GIL). Poll *still every
+   period_ns: 1 as soon as it did not change over one period, 2 as soon as one of the n words of
+   `changes` differs from its value at the call, 0 after max_ns; *seen = *still's last value. */
+int nb_wait_calm(volatile uint64_t *still, volatile uint64_t **changes, int n,
+                 uint64_t period_ns, uint64_t max_ns, uint64_t *seen) {
+    uint64_t first[16];
+    if (n > 16) n = 16;
+    for (int i = 0; i < n; i++) first[i] = __atomic_load_n(changes[i], __ATOMIC_ACQUIRE);
+    uint64_t last = __atomic_load_n(still, __ATOMIC_ACQUIRE);
+    uint64_t deadline = now_ns() + max_ns;
+    struct timespec ts = {(time_t)(period_ns / 1000000000ull), (long)(period_ns % 1000000000ull)};
+    for (;;) {
+        nanosleep(&ts, NULL);
+        uint64_t value = __atomic_load_n(still, __ATOMIC_ACQUIRE);
+        *seen = value;
+        for (int i = 0; i < n; i++)
+            if (__atomic_load_n(changes[i], __ATOMIC_ACQUIRE) != first[i]) return 2;
+        if (value == last) return 1;
+        last = value;
+        if (now_ns() >= deadline) return 0;
+    }
+}
 void nb_stop(void *p) {
     nb_t *h = (nb_t *)p;
     __atomic_store_n(&h->stopping, 1, __ATOMIC_RELEASE);
@@ -154,6 +186,9 @@ def _compile() -> ctypes.CDLL:
     for name in ("nb_max_gap_ns", "nb_beats", "nb_stale"):
         getattr(lib, name).argtypes = [ctypes.c_void_p]
         getattr(lib, name).restype = ctypes.c_uint64
+    lib.nb_wait_calm.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
+                                 ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64)]
+    lib.nb_wait_calm.restype = ctypes.c_int
     return lib
 
 
@@ -173,6 +208,11 @@ def load() -> ctypes.CDLL | None:
         LOGGER.warning("native heartbeat unavailable (%s): using the Python heartbeat and the "
                        "%d ms dead-after threshold", _unavailable, c.DEAD_AFTER_US // 1000)
     return _library
+
+
+def calm_wait_enabled() -> bool:
+    """Rule 7: ``MU_CALM_WAIT=0`` keeps the Python scan every calm period (for A/B runs)."""
+    return os.environ.get("MU_CALM_WAIT", "1") != "0"
 
 
 def background_priority() -> int:
@@ -244,6 +284,42 @@ class NativeBeat:
     def take_max_gap_ns(self) -> int:
         """The longest gap between two wake-ups of the thread since the previous call."""
         return 0 if self._handle is None else int(self._lib.nb_max_gap_ns(self._handle))
+
+    def wait_calm(self, still: ctypes.c_uint64, changes: Sequence[ctypes.c_uint64],
+                  period_ns: int, max_ns: int) -> tuple[int, int]:
+        """Rule 7: block this thread, without the GIL, until ``still`` stood still for one
+        ``period_ns`` (``WAIT_STILL``), a word of ``changes`` changed (``WAIT_CHANGED``) or
+        ``max_ns`` passed (``WAIT_TIMEOUT``); return that and ``still``'s last value. The
+        words must stay mapped meanwhile: the caller holds them (ctypes ``from_buffer``)."""
+        assert len(changes) <= WAIT_CHANGES_MAX, len(changes)
+        addresses = (ctypes.c_void_p * max(1, len(changes)))(
+            *[ctypes.addressof(word) for word in changes])
+        seen = ctypes.c_uint64(0)
+        outcome = self._lib.nb_wait_calm(ctypes.addressof(still), addresses, len(changes),
+                                         period_ns, max_ns, ctypes.byref(seen))
+        return int(outcome), int(seen.value)
+
+    def calm_wait(self, leader_region: object, beat_offset: int, leading_offset: int,
+                  own: memoryview, own_offsets: Sequence[int], period_ns: int,
+                  max_ns: int) -> tuple[int, int] | None:
+        """Rule 7 for the background activity: ``wait_calm`` on the leader's heartbeat word
+        at ``beat_offset`` of ``leader_region`` (a remote region), waking on its ``leading``
+        word or a word of this replica's ``own`` buffer at ``own_offsets`` changing. None when
+        it cannot: disabled (``MU_CALM_WAIT=0``), or the region is not mapped here (only shm
+        regions offer ``pin_u64``)."""
+        if not calm_wait_enabled():
+            return None
+        pin = getattr(leader_region, "pin_u64", None)
+        if pin is None or len(own_offsets) + 1 > WAIT_CHANGES_MAX:
+            return None
+        still, leading = pin(beat_offset), pin(leading_offset)
+        if still is None or leading is None:
+            return None
+        words = [leading, *(ctypes.c_uint64.from_buffer(own, offset) for offset in own_offsets)]
+        try:
+            return self.wait_calm(still, words, period_ns, max_ns)
+        finally:
+            del still, leading, words  # release the exports: the regions may be unmapped again
 
     def stop(self) -> None:
         """Rule 3: join the thread, then release the buffer (idempotent)."""

@@ -595,6 +595,19 @@ class ShmRemote:
         length = len(out)
         out[:] = self._readable(offset, length)[offset : offset + length]
 
+    def pin_u64(self, offset: int) -> ctypes.c_uint64 | None:
+        """The u64 at ``offset`` of the current mapping, for a C reader (native_beat Rule 7):
+        while the returned object lives the mapping cannot be unmapped (it is exported), so
+        drop it right after use. A move or a close makes its value stand still, never
+        invalid. None if there is no mapping or it cannot be exported."""
+        data = self._data
+        if data is None:
+            return None
+        try:
+            return ctypes.c_uint64.from_buffer(data, offset)
+        except (TypeError, ValueError, BufferError):
+            return None
+
     def close(self) -> None:
         if self.mapping is not None:
             self._data = None

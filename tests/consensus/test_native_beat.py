@@ -114,3 +114,81 @@ def test_a_replicas_background_thread_is_real_time_with_the_real_time_beat(monke
         assert _thread_policies("pump-1") == [os.SCHED_OTHER]
     finally:
         cluster.stop()
+
+
+class _MappedRegion:
+    """A stand-in for an shm remote region: ``pin_u64`` exports a word of a local buffer."""
+
+    def __init__(self, buf: memoryview) -> None:
+        self.buf = buf
+
+    def pin_u64(self, offset: int):
+        import ctypes
+
+        return ctypes.c_uint64.from_buffer(self.buf, offset)
+
+
+def test_the_calm_wait_returns_on_silence_on_a_change_and_on_its_timeout():
+    """native_beat Rule 7: a beating word keeps the wait going (no return before the timeout);
+    a word that stops returns within a period or two; and the regions are released afterwards
+    (a buffer export left behind would keep them from being unmapped)."""
+    from consensus.native_beat import WAIT_STILL, WAIT_TIMEOUT
+
+    leader = memoryview(bytearray(64))  # the leader's ctrl: its heartbeat at 8, leading at 16
+    own = memoryview(bytearray(64))  # this replica's ctrl: request slots at 32, 40
+    beat = NativeBeat.start(leader, 8)
+    if beat is None:
+        pytest.skip("no C compiler: the Python heartbeat is used (logged)")
+    region = _MappedRegion(leader)
+    period_ns = 2_000_000  # 2 ms: the beat (300 us) lands in every period even under load
+    try:
+        beat.enable(True)
+        beat.touch()
+        started = time.monotonic()
+        outcome, seen = beat.calm_wait(region, 8, 16, own, [32, 40], period_ns, 60_000_000)
+        assert outcome == WAIT_TIMEOUT and time.monotonic() - started >= 0.06
+        assert seen > 0
+        beat.enable(False)  # the leader goes silent
+        started = time.monotonic()
+        outcome, seen = beat.calm_wait(region, 8, 16, own, [32, 40], period_ns, 1_000_000_000)
+        assert outcome == WAIT_STILL and time.monotonic() - started < 0.5
+        assert seen == _word(leader)
+    finally:
+        beat.stop()
+    region = None
+    leader.release()  # raises BufferError if a wait had left a word of it exported
+
+
+def test_the_calm_wait_wakes_when_a_watched_word_changes():
+    from consensus.native_beat import WAIT_CHANGED
+
+    leader = memoryview(bytearray(64))
+    own = memoryview(bytearray(64))
+    beat = NativeBeat.start(memoryview(bytearray(64)), 8)  # this replica's own (unused) beat
+    if beat is None:
+        pytest.skip("no C compiler: the Python heartbeat is used (logged)")
+    import threading
+
+    stop = threading.Event()
+
+    def keep_beating() -> None:  # the leader's heartbeat keeps moving
+        while not stop.is_set():
+            struct.pack_into("<Q", leader, 8, _word(leader) + 1)
+            time.sleep(0.0002)
+
+    beater = threading.Thread(target=keep_beating)
+    beater.start()
+    try:
+        for offset, buf in ((16, leader), (40, own)):  # the leading word; a request slot
+            waker = threading.Timer(0.03, lambda b=buf, o=offset: struct.pack_into("<Q", b, o, 9))
+            waker.start()
+            started = time.monotonic()
+            outcome, _ = beat.calm_wait(_MappedRegion(leader), 8, 16, own, [32, 40], 5_000_000,
+                                        2_000_000_000)
+            waker.join()
+            assert outcome == WAIT_CHANGED, offset
+            assert 0.02 < time.monotonic() - started < 1.0
+    finally:
+        stop.set()
+        beater.join()
+        beat.stop()
