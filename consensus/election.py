@@ -63,9 +63,9 @@ Rule 11: a follower that is calm (Rule 9) and runs the native beat waits for its
         changed, or after ``CALM_WAIT_MAX_US``. A wait that ends on a still heartbeat hands
         the value it saw to the detector before the scan that follows, so that scan counts one
         capped gap of silence (detector Rule 1), exactly what a Python scan one period
-        earlier would have seen. Calm periods then take no interpreter wake-up: at one scan a
-        millisecond those wake-ups, each taking the GIL from the pump and the application,
-        made a replicated order 10-25% slower (docs/consensus.md). Without a mapped leader
+        earlier would have seen. Calm periods then take the GIL from nobody: at one Python
+        scan a millisecond they cost an idle follower 8% of a core, taken from the pump and
+        the application (with the wait 2.7%; docs/consensus.md). Without a mapped leader
         region (the verbs fabric, the simulator) the activity sleeps and scans as before.
 """
 

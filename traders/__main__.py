@@ -108,7 +108,7 @@ def _run_load(args: argparse.Namespace) -> int:
     print(f"load: {traders} traders, {loop}, {test_ms} ms, seed {seed}, servers "
           f"{', '.join(config.addresses)} ({security}{ids})")
     waiting = ClusterConnection(config.addresses, tls)
-    try:  # Rule 9 of traders.client: one clear line when no server is there at all
+    try:  # traders.client Rule 8: one clear line when no server is there at all
         unreachable = wait_for_any_server(waiting, args.wait_for_servers, lambda error: print(
             f"load: waiting for a server to answer ({error})", file=sys.stderr))
     finally:

@@ -42,9 +42,9 @@ Rule 7: a request the leader has not answered within the hedge wait (its process
         joins the original, so hedging the slowest few percent of requests is cheap. The
         traders of one connection share the average, updated without a lock (a lost update
         only delays it).
-Rule 9: a load or a shell first waits (``wait_for_any_server``, up to the give-up time) for any
-        server to answer a health check, saying so after ``WAIT_NOTICE_S``, so that servers
-        started a moment earlier are waited for and a wrong address or stopped cluster is one
+Rule 8: ``traders load`` first waits (``wait_for_any_server``, up to ``--wait-for-servers``) for
+        any server to answer a health check, saying so after ``WAIT_NOTICE_S``, so that servers
+        started a moment earlier are waited for and a wrong address or a stopped cluster is one
         clear error instead of a report of nothing.
 """
 
@@ -76,7 +76,7 @@ BACKOFF_MAX_S = 0.002  # a failover takes milliseconds; an attempt on loopback ~
 BACKOFF_FAST_WINDOW_S = 0.1  # failures of one request for this long keep the short back-off
 BACKOFF_SLOW_MAX_S = 0.01  # afterwards: a leaderless cluster: a round of the servers per 10 ms
 FAILED_FORGET_S = 0.05  # a server's UNAVAILABLE stops redirects to it this long (Rule 4)
-WAIT_NOTICE_S = 1.0  # Rule 9: say that no server answers yet after this long
+WAIT_NOTICE_S = 1.0  # Rule 8: say that no server answers yet after this long
 WAIT_RETRY_S = 0.1  # ... and ask them all again this often
 FAN_OUT_GRACE_S = 0.1  # Rule 5: beyond the calls' own deadline, before they count as failed
 LEADER_ADDRESS_KEY = "leader-address"
@@ -226,7 +226,7 @@ def connection_hint(connection: ClusterConnection, last_error: str) -> str:
 
 def wait_for_any_server(connection: ClusterConnection, give_up_s: float,
                         on_wait: Callable[[str], None] | None = None) -> str | None:
-    """Rule 9: return None as soon as one server of ``connection`` answers a health check
+    """Rule 8: return None as soon as one server of ``connection`` answers a health check
     (whatever its role), or after ``give_up_s`` the last error with a hint. ``on_wait`` is
     called once, with that error, if nothing answered within ``WAIT_NOTICE_S``."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc

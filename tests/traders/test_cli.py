@@ -120,7 +120,7 @@ def test_load_bad_arguments_are_one_line_errors():
 
 
 def test_load_without_any_server_is_one_clear_error():
-    """traders.client Rule 9: nothing listening is one line and exit 2, not a report of nothing;
+    """traders.client Rule 8: nothing listening is one line and exit 2, not a report of nothing;
     the wait is announced while it lasts."""
     import socket
 
