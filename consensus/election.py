@@ -56,7 +56,9 @@ Rule 10: ``leader_suspected`` says that the leader this replica follows has been
         detector may declare it dead. It changes nothing in consensus; the application uses it
         to hold a request that it would otherwise redirect to a leader that is likely gone
         (exchange node Rule 4).
-Rule 11: a follower that is calm (Rule 9) and runs the native beat waits for its next scan in C
+Rule 11 (``MU_CALM_WAIT=1`` only; off by default: under load it deposed live leaders, see
+        docs/consensus.md): a follower that is calm (Rule 9) and runs the native beat waits for
+        its next scan in C
         (native_beat Rule 7) instead of sleeping: the wait polls the leader's heartbeat word
         every ``scan_interval_us`` without the GIL and returns when it stood still for one
         period, when the leader's ``leading`` word or one of this replica's request slots
@@ -83,7 +85,7 @@ from consensus.constants import (
 )
 from consensus.detector import FailureDetector
 from consensus.fabric.base import FabricError, RegionClosed, RevokeStalled
-from consensus.native_beat import WAIT_STILL
+from consensus.native_beat import WAIT_STILL, calm_wait_enabled
 from consensus.recovery import Deposed, catch_up, prepare
 from consensus.replication import flush_commit
 from consensus.state import (
@@ -128,6 +130,7 @@ class Background:
         self._alive_quick: frozenset[int] = frozenset()
         self._reconnect_at_ns: dict[int, int] = {}
         self.rejoin: Rejoin | None = None  # set by the replica (Rule 8)
+        self._calm_wait = calm_wait_enabled()  # Rule 11 (off by default)
 
     # --- the activity ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -208,7 +211,7 @@ class Background:
         """Rule 11: wait for the next scan in C; False if this replica cannot (then sleep)."""
         state = self.state
         beat = state.native_beat
-        if beat is None:
+        if beat is None or not self._calm_wait:
             return False
         leader = self._live_leader()
         if leader is None or leader not in state.peers:

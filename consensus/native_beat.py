@@ -25,7 +25,9 @@ Rule 7: ``wait_calm`` is the background activity's calm wait (election Rule 11):
         this replica's request slots) every scan period, and returns as soon as the heartbeat
         stood still for one period, a watched word changed or a safety timeout passed. Python
         then scans as before; calm periods cost no interpreter wake-up. Only the real runtime,
-        only with a fabric whose remote regions are mapped here (shm).
+        only with a fabric whose remote regions are mapped here (shm), and only with
+        ``MU_CALM_WAIT=1``: it is off by default until the spurious leader changes it causes
+        under load are understood (docs/consensus.md).
 """
 
 from __future__ import annotations
@@ -211,8 +213,9 @@ def load() -> ctypes.CDLL | None:
 
 
 def calm_wait_enabled() -> bool:
-    """Rule 7: ``MU_CALM_WAIT=0`` keeps the Python scan every calm period (for A/B runs)."""
-    return os.environ.get("MU_CALM_WAIT", "1") != "0"
+    """Rule 7: off unless ``MU_CALM_WAIT=1``: under 4 closed-loop traders it deposed a live
+    leader 3 times in 3 minutes (0 with the Python scan, same minutes; docs/consensus.md)."""
+    return os.environ.get("MU_CALM_WAIT", "0") == "1"
 
 
 def background_priority() -> int:
@@ -305,10 +308,7 @@ class NativeBeat:
         """Rule 7 for the background activity: ``wait_calm`` on the leader's heartbeat word
         at ``beat_offset`` of ``leader_region`` (a remote region), waking on its ``leading``
         word or a word of this replica's ``own`` buffer at ``own_offsets`` changing. None when
-        it cannot: disabled (``MU_CALM_WAIT=0``), or the region is not mapped here (only shm
-        regions offer ``pin_u64``)."""
-        if not calm_wait_enabled():
-            return None
+        it cannot: the region is not mapped here (only shm regions offer ``pin_u64``)."""
         pin = getattr(leader_region, "pin_u64", None)
         if pin is None or len(own_offsets) + 1 > WAIT_CHANGES_MAX:
             return None
