@@ -64,11 +64,13 @@ Rule 11 (``MU_CALM_WAIT=1`` only; off by default: under load it deposed live lea
         period, when the leader's ``leading`` word or one of this replica's request slots
         changed, or after ``CALM_WAIT_MAX_US``. A wait that ends on a still heartbeat hands
         the value it saw to the detector before the scan that follows, so that scan counts one
-        capped gap of silence (detector Rule 1), exactly what a Python scan one period
-        earlier would have seen. Calm periods then take the GIL from nobody: at one Python
-        scan a millisecond they cost an idle follower 8% of a core, taken from the pump and
-        the application (with the wait 2.7%; docs/consensus.md). Without a mapped leader
-        region (the verbs fabric, the simulator) the activity sleeps and scans as before.
+        capped gap of silence (detector Rule 1), meant to be what a Python scan one period
+        earlier would have counted (yet with the wait on, followers lost live leaders more
+        often under load: the reason it is off). Calm periods then take the GIL from nobody:
+        at one Python scan a millisecond they cost an idle follower 8% of a core, taken from
+        the pump and the application (with the wait 2.7%; docs/consensus.md). Without a
+        mapped leader region (the verbs fabric, the simulator) the activity sleeps and scans
+        as before.
 """
 
 from __future__ import annotations

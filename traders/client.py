@@ -130,6 +130,26 @@ def open_channel(address: str, tls: ClientTls | None = None) -> grpc.Channel:
     return tls_channel(address, tls, CHANNEL_OPTIONS)
 
 
+class AdaptiveWait:
+    """A wait that follows how long answers usually take: ``factor`` times a moving average
+    (each observation weighs ``weight``), never below ``shortest_s`` nor above the caller's
+    longest. The hedge of Rule 7 and the session's stall limit (traders.session Rule 2) are
+    two of them. Updated without a lock: a lost update only delays the average."""
+
+    def __init__(self, longest_s: float, factor: float, shortest_s: float,
+                 weight: float) -> None:
+        self.factor = factor
+        self.shortest_s = shortest_s
+        self.weight = weight
+        self.usual_s = longest_s / factor  # until answers say otherwise: the longest wait
+
+    def note(self, seconds: float) -> None:
+        self.usual_s += (seconds - self.usual_s) * self.weight
+
+    def limit(self, longest_s: float) -> float:
+        return min(longest_s, max(self.shortest_s, self.factor * self.usual_s))
+
+
 class ClusterConnection:
     """Channels to every server of a cluster plus the shared leader guess (Rule 3); over TLS
     with ``tls`` (Rule 4)."""
@@ -141,15 +161,23 @@ class ClusterConnection:
         self._channels = {address: open_channel(address, tls) for address in self.addresses}
         self._stubs = {a: _stub(c) for a, c in self._channels.items()}
         self.leader_guess = self.addresses[0]
-        self.latency_s = HEDGE_AFTER_S / HEDGE_LATENCY_FACTOR  # usual answer latency (Rule 7)
+        self.latency = AdaptiveWait(HEDGE_AFTER_S, HEDGE_LATENCY_FACTOR, HEDGE_AFTER_S_MIN,
+                                    LATENCY_EWMA_WEIGHT)  # first-attempt answers (Rule 7)
 
     def note_latency(self, seconds: float) -> None:
-        """Fold one first-attempt answer's latency into ``latency_s`` (Rule 7)."""
-        self.latency_s += (seconds - self.latency_s) * LATENCY_EWMA_WEIGHT
+        """Fold one first-attempt answer's latency into the usual latency (Rule 7)."""
+        self.latency.note(seconds)
 
     def hedge_delay_s(self, longest_s: float) -> float:
         """Rule 7: how long a request waits for the leader before it is hedged."""
-        return min(longest_s, max(HEDGE_AFTER_S_MIN, HEDGE_LATENCY_FACTOR * self.latency_s))
+        return self.latency.limit(longest_s)
+
+    def health_check(self, address: str, timeout_s: float) -> None:
+        """One grpc.health.v1 check of ``address`` (whatever its role); raises ``RpcError``."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channels[address])  # type: ignore[no-untyped-call]
+        stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
 
     def stub(self, address: str) -> pb_grpc.ExchangeStub:
         stub = self._stubs.get(address)
@@ -229,17 +257,13 @@ def wait_for_any_server(connection: ClusterConnection, give_up_s: float,
     """Rule 8: return None as soon as one server of ``connection`` answers a health check
     (whatever its role), or after ``give_up_s`` the last error with a hint. ``on_wait`` is
     called once, with that error, if nothing answered within ``WAIT_NOTICE_S``."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     deadline = time.monotonic() + give_up_s
     notice_at = time.monotonic() + WAIT_NOTICE_S
     last_error = ""
     while True:
         for address in connection.addresses:
-            channel = connection._channels[address]
-            stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
             try:
-                stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=ATTEMPT_TIMEOUT_S)
+                connection.health_check(address, ATTEMPT_TIMEOUT_S)
                 return None
             except grpc.RpcError as error:
                 last_error = f"{address}: {_code(error).name}: {_details(error)}"

@@ -41,6 +41,7 @@ from traders.client import (
     FINAL_CODES,
     GIVE_UP_S,
     RETRYABLE_CODES,
+    AdaptiveWait,
     ClusterConnection,
     ExchangeUnreachable,
     RequestRejected,
@@ -109,7 +110,7 @@ class SessionClient:
         self.client_id = client_id
         self.give_up_s = give_up_s
         self.stall_s = stall_s  # the longest stall limit (Rule 2)
-        self._usual_wait_s = stall_s / STALL_LATENCY_FACTOR  # moving average of report waits
+        self._wait = AdaptiveWait(stall_s, STALL_LATENCY_FACTOR, STALL_S_MIN, WAIT_EWMA_WEIGHT)
         self._seq = first_seq - 1
         self.unanswered: dict[int, pb.SessionOrder] = {}  # seq -> order, in send order
         self.target = connection.leader_guess
@@ -270,12 +271,12 @@ class SessionClient:
 
     def note_wait(self, seconds: float) -> None:
         """Fold one wait for a report into the usual wait (Rule 2)."""
-        self._usual_wait_s += (seconds - self._usual_wait_s) * WAIT_EWMA_WEIGHT
+        self._wait.note(seconds)
 
     @property
     def stall_limit_s(self) -> float:
         """Rule 2: how long a wait for a report may last before the stream is given up."""
-        return min(self.stall_s, max(STALL_S_MIN, STALL_LATENCY_FACTOR * self._usual_wait_s))
+        return self._wait.limit(self.stall_s)
 
     def check_stall(self, now: float) -> None:
         """Watchdog: cancel the stream after the stall limit without a report (Rule 2), or at

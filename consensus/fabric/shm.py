@@ -321,7 +321,6 @@ def map_over(address: int, length: int, path: Path) -> None:
         raise FabricError(f"mapping {path.name} over the old region failed: {os.strerror(errno)}")
 
 
-
 class ShmRegion:
     """A region this replica owns (``LocalRegion``)."""
 
