@@ -28,10 +28,20 @@ Rule 7: ``wait_calm`` is the background activity's calm wait (election Rule 11):
         only with a fabric whose remote regions are mapped here (shm), and only with
         ``MU_CALM_WAIT=1``: it is off by default until the spurious leader changes it causes
         under load are understood (docs/consensus.md).
+Rule 8: the pause relay (``PauseRelay``): a C thread reads the server's control FIFO and, on a
+        line that is exactly ``p`` or ``pause``, sets its ``held`` word *before* it forwards the
+        bytes, unchanged and in order, to a pipe that Python reads as it read the FIFO. A beat
+        that ``follow``s the relay does not beat while ``held`` is set, so a silent pause
+        silences the replica within microseconds of the write, however long the interpreter
+        takes to run the pause itself (it waited 1-9 ms for the GIL on a loaded machine).
+        ``release`` (on resume) clears it. The relay thread asks for the beat's real-time
+        priority. Its C struct is never freed (a beat may still point at ``held``); ``stop``
+        ends the thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -52,12 +62,15 @@ COMPILE_TIMEOUT_S = 60.0  # gcc on this shared machine takes a second or two; ne
 _SOURCE = r"""
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef struct {
     volatile uint64_t *word;
@@ -65,6 +78,7 @@ typedef struct {
     volatile uint64_t token_ns;
     volatile int enabled, stopping, realtime;
     volatile uint64_t max_gap_ns, beats, stale;
+    volatile uint64_t *volatile hold;  /* Rule 8: no beat while *hold != 0 (NULL: none) */
     int priority;
     pthread_t thread;
 } nb_t;
@@ -83,7 +97,9 @@ static void *run(void *arg) {
         if (now - last > h->max_gap_ns) h->max_gap_ns = now - last;
         last = now;
         uint64_t token = __atomic_load_n(&h->token_ns, __ATOMIC_ACQUIRE);
-        if (__atomic_load_n(&h->enabled, __ATOMIC_ACQUIRE)) {
+        volatile uint64_t *hold = __atomic_load_n(&h->hold, __ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&h->enabled, __ATOMIC_ACQUIRE)
+                && !(hold && __atomic_load_n(hold, __ATOMIC_ACQUIRE))) {
             /* token >= now: Python touched it after `now` was read (not stale) */
             if (token >= now || now - token < h->ttl_ns) {
                 __atomic_store_n(h->word, *h->word + 1, __ATOMIC_RELEASE);
@@ -109,6 +125,9 @@ void *nb_start(uint64_t *word, uint64_t interval_ns, uint64_t ttl_ns, int priori
     sp.sched_priority = priority;
     h->realtime = priority > 0 && pthread_setschedparam(h->thread, SCHED_FIFO, &sp) == 0;
     return h;
+}
+void nb_set_hold(void *p, volatile uint64_t *hold) {
+    __atomic_store_n(&((nb_t *)p)->hold, hold, __ATOMIC_SEQ_CST);
 }
 void nb_touch(void *p) { __atomic_store_n(&((nb_t *)p)->token_ns, now_ns(), __ATOMIC_RELEASE); }
 void nb_enable(void *p, int on) { __atomic_store_n(&((nb_t *)p)->enabled, on, __ATOMIC_SEQ_CST); }
@@ -138,6 +157,93 @@ int nb_wait_calm(volatile uint64_t *still, volatile uint64_t **changes, int n,
         last = value;
         if (now_ns() >= deadline) return 0;
     }
+}
+/* Rule 8: the pause relay. A thread reads the control FIFO (fd_in, non-blocking), sets `held`
+   on a line that is exactly "p" or "pause" (case and surrounding blanks ignored, as the Python
+   parser) BEFORE it forwards the bytes, unchanged and in order, to fd_out (a pipe Python reads).
+   The struct is never freed: a beat may still point at `held` after the relay stopped. */
+typedef struct {
+    int fd_in, fd_out;
+    volatile int stopping;
+    volatile uint64_t held, pauses;
+    pthread_t thread;
+} nf_t;
+
+static int nf_is_pause(const char *s, int n) {
+    while (n > 0 && (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\v' || *s == '\f')) {
+        s++; n--;
+    }
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'
+                     || s[n - 1] == '\v' || s[n - 1] == '\f')) n--;
+    return (n == 1 && (*s == 'p' || *s == 'P')) || (n == 5 && strncasecmp(s, "pause", 5) == 0);
+}
+
+static void nf_forward(nf_t *f, const char *buf, ssize_t len) {
+    ssize_t off = 0;
+    while (off < len && !__atomic_load_n(&f->stopping, __ATOMIC_ACQUIRE)) {
+        ssize_t wrote = write(f->fd_out, buf + off, (size_t)(len - off));
+        if (wrote > 0) { off += wrote; continue; }
+        if (wrote < 0 && errno == EINTR) continue;
+        if (wrote < 0 && errno == EAGAIN) {  /* Python reads slowly: wait, stay stoppable */
+            struct pollfd out = {f->fd_out, POLLOUT, 0};
+            poll(&out, 1, 100);
+            continue;
+        }
+        return;  /* the reader is gone (EPIPE): the server is closing */
+    }
+}
+
+static void *nf_run(void *arg) {
+    nf_t *f = (nf_t *)arg;
+    char buf[4096], line[16];
+    int n = 0, long_line = 0;
+    struct pollfd in = {f->fd_in, POLLIN, 0};
+    while (!__atomic_load_n(&f->stopping, __ATOMIC_ACQUIRE)) {
+        if (poll(&in, 1, 100) <= 0) continue;
+        ssize_t got = read(f->fd_in, buf, sizeof buf);
+        if (got <= 0) {
+            if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+            struct timespec ts = {0, 10000000};  /* EOF or an error: never spin */
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        for (ssize_t i = 0; i < got; i++) {
+            if (buf[i] == '\n') {
+                if (!long_line && nf_is_pause(line, n)) {
+                    __atomic_store_n(&f->held, 1, __ATOMIC_SEQ_CST);
+                    __atomic_add_fetch(&f->pauses, 1, __ATOMIC_RELAXED);
+                }
+                n = 0; long_line = 0;
+            } else if (n < (int)sizeof line) {
+                line[n++] = buf[i];
+            } else {
+                long_line = 1;
+            }
+        }
+        nf_forward(f, buf, got);
+    }
+    return NULL;
+}
+
+void *nf_start(int fd_in, int fd_out, int priority) {
+    nf_t *f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    f->fd_in = fd_in; f->fd_out = fd_out;
+    if (pthread_create(&f->thread, NULL, nf_run, f) != 0) { free(f); return NULL; }
+    struct sched_param sp;
+    memset(&sp, 0, sizeof sp);
+    sp.sched_priority = priority;
+    if (priority > 0) pthread_setschedparam(f->thread, SCHED_FIFO, &sp);
+    return f;
+}
+volatile uint64_t *nf_held_word(void *p) { return &((nf_t *)p)->held; }
+uint64_t nf_held(void *p) { return __atomic_load_n(&((nf_t *)p)->held, __ATOMIC_ACQUIRE); }
+uint64_t nf_pauses(void *p) { return ((nf_t *)p)->pauses; }
+void nf_release(void *p) { __atomic_store_n(&((nf_t *)p)->held, 0, __ATOMIC_SEQ_CST); }
+void nf_stop(void *p) {
+    nf_t *f = (nf_t *)p;
+    __atomic_store_n(&f->stopping, 1, __ATOMIC_RELEASE);
+    pthread_join(f->thread, NULL);
 }
 void nb_stop(void *p) {
     nb_t *h = (nb_t *)p;
@@ -191,6 +297,18 @@ def _compile() -> ctypes.CDLL:
     lib.nb_wait_calm.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
                                  ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64)]
     lib.nb_wait_calm.restype = ctypes.c_int
+    lib.nb_set_hold.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.nb_set_hold.restype = None
+    lib.nf_start.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.nf_start.restype = ctypes.c_void_p
+    lib.nf_held_word.argtypes = [ctypes.c_void_p]
+    lib.nf_held_word.restype = ctypes.c_void_p
+    for name in ("nf_held", "nf_pauses"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+        getattr(lib, name).restype = ctypes.c_uint64
+    for name in ("nf_release", "nf_stop"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+        getattr(lib, name).restype = None
     return lib
 
 
@@ -284,6 +402,12 @@ class NativeBeat:
         """Beats withheld so far because Python had not refreshed the token (Rule 1)."""
         return 0 if self._handle is None else int(self._lib.nb_stale(self._handle))
 
+    def follow(self, relay: PauseRelay | None) -> None:
+        """Rule 8: withhold beats while ``relay`` holds (None: stop following any relay)."""
+        if self._handle is not None:
+            address = None if relay is None else relay.held_address
+            self._lib.nb_set_hold(self._handle, address)
+
     def take_max_gap_ns(self) -> int:
         """The longest gap between two wake-ups of the thread since the previous call."""
         return 0 if self._handle is None else int(self._lib.nb_max_gap_ns(self._handle))
@@ -328,3 +452,56 @@ class NativeBeat:
             self._lib.nb_stop(handle)
         del self._word
         self._word = ctypes.c_uint64(0)
+
+
+class PauseRelay:
+    """Rule 8: a C thread between the control FIFO and its Python reader that holds the native
+    beat on a pause line before Python sees the line."""
+
+    def __init__(self, lib: ctypes.CDLL, handle: int, read_fd: int, write_fd: int) -> None:
+        self._lib = lib
+        self._handle: int | None = handle
+        self.read_fd = read_fd  # Python reads the FIFO's bytes here, in order
+        self._write_fd = write_fd
+        self.held_address: int = int(lib.nf_held_word(handle))
+
+    @classmethod
+    def start(cls, fifo_fd: int) -> PauseRelay | None:
+        """Relay ``fifo_fd`` (non-blocking) through a pipe; None when the helper cannot be
+        built (Rule 4): the caller then reads the FIFO itself."""
+        lib = load()
+        if lib is None:
+            return None
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        handle = lib.nf_start(fifo_fd, write_fd, c.NATIVE_BEAT_RT_PRIORITY)
+        if not handle:
+            os.close(read_fd)
+            os.close(write_fd)
+            return None
+        return cls(lib, handle, read_fd, write_fd)
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None and bool(self._lib.nf_held(self._handle))
+
+    @property
+    def pauses(self) -> int:
+        """Pause lines seen so far."""
+        return 0 if self._handle is None else int(self._lib.nf_pauses(self._handle))
+
+    def release(self) -> None:
+        """The server resumes: beats may flow again (the replica's own pause state rules)."""
+        if self._handle is not None:
+            self._lib.nf_release(self._handle)
+
+    def stop(self) -> None:
+        """End the thread and close the pipe (idempotent). The hold word stays valid."""
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        self._lib.nf_release(handle)
+        self._lib.nf_stop(handle)
+        for fd in (self.read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -41,6 +41,10 @@ Rule 7: ``_check()`` asserts the invariants that hold whenever the role mutex is
 Rule 8: ``pause(announce=False)`` is silent, as a stopped process: it does not clear the
         ``leading`` word, so peers must detect the silence; ``pause()`` steps aside first
         (cooperative: peers replace it within ``candidate_dead_after_us``).
+Rule 9: ``start_pause_relay(fifo_fd)`` reads the server's control FIFO through a native
+        ``PauseRelay`` that this replica's native beat follows (native_beat Rule 8): a pause
+        line silences the replica before the interpreter runs ``pause`` itself. None (nothing
+        started) without a native beat: the caller reads the FIFO itself.
 """
 
 from __future__ import annotations
@@ -55,7 +59,12 @@ from consensus.config import ReplicaConfig
 from consensus.election import NS_PER_US, Background
 from consensus.errors import ConsensusError, NotLeader, ReplicaStopped
 from consensus.fabric.base import Fabric
-from consensus.native_beat import NativeBeat, background_priority, raise_thread_priority
+from consensus.native_beat import (
+    NativeBeat,
+    PauseRelay,
+    background_priority,
+    raise_thread_priority,
+)
 from consensus.registry.base import Registry
 from consensus.rejoin import RecoveryStatus, Rejoin, SnapshotPort
 from consensus.replication import Replicator
@@ -254,6 +263,17 @@ class Replica:
             state.step_down_locked("paused" if announce else "paused silently")
             if not announce:  # Rule 8: peers still see the old word and must notice the silence
                 state.set_word(ctrl_mod.LEADING_OFFSET, leading_word)
+
+    def start_pause_relay(self, fifo_fd: int) -> PauseRelay | None:
+        """Rule 9: relay ``fifo_fd`` (non-blocking) through a C thread that holds this
+        replica's native beat on a pause line; None without a native beat."""
+        state = self._state
+        if state is None or state.native_beat is None:
+            return None
+        relay = PauseRelay.start(fifo_fd)
+        if relay is not None:
+            state.native_beat.follow(relay)
+        return relay
 
     def resume(self) -> None:
         """Rule 3: rejoin as a follower."""

@@ -10,6 +10,12 @@ Rule 2: the reader never busy-waits and never blocks shutdown: it holds its own 
 Rule 3: the FIFO is created at start (an existing FIFO at the path is reused; any other file
         there is an error) and removed by ``close``. A line longer than ``LINE_BYTES_MAX`` is
         discarded.
+Rule 4: given ``start_relay`` (``ReplicationHandle.start_pause_relay``), the FIFO is read
+        through a relay: consensus's native ``PauseRelay``, whose C thread holds the heartbeat
+        on a ``p`` line before this reader sees the line, so a silent pause takes effect
+        within microseconds even when the interpreter is busy; ``r`` releases the hold before
+        ``on_resume``. Without one (no C compiler, ``MU_NATIVE_HEARTBEAT=0``, an unreplicated
+        server) the FIFO is read directly, and the pause takes effect when ``on_pause`` runs.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import select
 import stat
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 POLL_INTERVAL_S = 0.2  # how often the reader checks for shutdown while the FIFO is quiet
 LINE_BYTES_MAX = 256
@@ -30,6 +37,17 @@ log = logging.getLogger("exchange.fifo")
 PAUSE_WORDS = frozenset({"p", "pause"})
 RESUME_WORDS = frozenset({"r", "resume"})
 STEP_DOWN_WORDS = frozenset({"s", "step", "step-down"})
+
+
+class FifoRelay(Protocol):
+    """Rule 4: what relays the FIFO's bytes (``consensus.native_beat.PauseRelay``)."""
+
+    @property
+    def read_fd(self) -> int: ...
+
+    def release(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class ControlFifoError(OSError):
@@ -69,6 +87,7 @@ class ControlFifo:
     def __init__(
         self, path: str, on_pause: Callable[[], None], on_resume: Callable[[], None],
         on_step_down: Callable[[], None] | None = None,
+        start_relay: Callable[[int], FifoRelay | None] | None = None,
     ) -> None:
         self.path = path
         self._on_pause = on_pause
@@ -79,19 +98,24 @@ class ControlFifo:
         # Reader first (non-blocking), then our own writer so EOF never happens (Rule 2).
         self._read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         self._keep_fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        self._relay = None if start_relay is None else start_relay(self._read_fd)
+        if self._relay is not None:
+            os.set_blocking(self._relay.read_fd, False)
+        self._source_fd = self._read_fd if self._relay is None else self._relay.read_fd
         self._thread = threading.Thread(target=self._run, name=f"fifo:{path}", daemon=True)
         self._thread.start()
-        log.info("control FIFO ready: echo p > %s pauses silently (peers detect it), "
-                 "s steps down (cooperative hand-off), r resumes", path)
+        log.info("control FIFO ready: echo p > %s pauses silently (peers detect it%s), "
+                 "s steps down (cooperative hand-off), r resumes", path,
+                 "; the native heartbeat stops at once" if self._relay is not None else "")
 
     def _run(self) -> None:
         pending = b""
         while not self._stopping.is_set():
-            ready, _, _ = select.select([self._read_fd], [], [], POLL_INTERVAL_S)
+            ready, _, _ = select.select([self._source_fd], [], [], POLL_INTERVAL_S)
             if not ready:
                 continue
             try:
-                chunk = os.read(self._read_fd, READ_CHUNK_BYTES)
+                chunk = os.read(self._source_fd, READ_CHUNK_BYTES)
             except BlockingIOError:
                 continue
             except OSError:
@@ -127,6 +151,8 @@ class ControlFifo:
                 else:
                     self._on_step_down()
             else:
+                if self._relay is not None:
+                    self._relay.release()
                 self._on_resume()
         except Exception:
             log.exception("control FIFO %s: %s failed", self.path, command)
@@ -137,6 +163,8 @@ class ControlFifo:
             return
         self._stopping.set()
         self._thread.join(POLL_INTERVAL_S * 5)
+        if self._relay is not None:
+            self._relay.stop()
         for fd in (self._read_fd, self._keep_fd):
             try:
                 os.close(fd)

@@ -11,6 +11,8 @@ Rule 4: the replica's snapshot port (``GrpcSnapshotPort``) fetches peers' snapsh
         consensus as ``SnapshotUnavailable`` so that it asks another peer. The port knows the
         application only through an address look-up and an install function, so kvstores
         uses it too (``kvstores.replication`` Rule 5).
+Rule 5: ``start_pause_relay`` puts consensus's native pause relay between the control FIFO and
+        its reader (exchange.control_fifo Rule 4): a ``p`` silences the heartbeat at once.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exchange.config import PAYLOAD_SIZE_MAX_BYTES, ServerConfig
-from exchange.node import ConsensusReplica, ExchangeNode
+from exchange.node import ExchangeNode
 
 if TYPE_CHECKING:
-    from consensus import Transfer
+    from consensus import Replica, Transfer
+    from exchange.control_fifo import FifoRelay
     from exchange.tls import ClientTls
 
 log = logging.getLogger("exchange.replication")
@@ -38,8 +41,14 @@ class ReplicationUnavailable(RuntimeError):
 class ReplicationHandle:
     """What the server must close on exit, in this order: replica, fabric, registry."""
 
-    replica: ConsensusReplica
+    replica: Replica
     closers: tuple[object, ...]
+
+    def start_pause_relay(self, fifo_fd: int) -> FifoRelay | None:
+        """Rule 5: the native pause relay over the control FIFO ``fifo_fd``, holding this
+        replica's heartbeat on a pause line (consensus replica Rule 9); None when there is no
+        native beat here."""
+        return self.replica.start_pause_relay(fifo_fd)
 
     def close(self) -> None:
         try:

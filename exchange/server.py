@@ -181,7 +181,8 @@ def serve(config: ServerConfig) -> int:
                 initial = node.state.applied_index
             replication = start_replication(config, node, initial)
         if config.fifo_path is not None:
-            fifo = ControlFifo(config.fifo_path, node.pause, node.resume, node.step_down)
+            fifo = ControlFifo(config.fifo_path, node.pause, node.resume, node.step_down,
+                               None if replication is None else replication.start_pause_relay)
         watcher = threading.Thread(target=_watch_role, args=(node, health, stop, config.parent_pid),
                                    daemon=True)
         watcher.start()

@@ -141,7 +141,10 @@ class KvServer:
                                f"{exc.strerror or exc}") from None
         if config.fifo_path is not None:
             try:
-                self.fifo = ControlFifo(config.fifo_path, self._pause_soon, self._resume_soon)
+                self.fifo = ControlFifo(
+                    config.fifo_path, self._pause_soon, self._resume_soon,
+                    start_relay=None if self.replication is None else
+                    self.replication.replica.start_pause_relay)  # a p silences the beat at once
             except ControlFifoError as exc:
                 raise StartupError(str(exc)) from None
         self.loop.call_later(STATUS_POLL_S, self._watch)

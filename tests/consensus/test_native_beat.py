@@ -192,3 +192,96 @@ def test_the_calm_wait_wakes_when_a_watched_word_changes():
         stop.set()
         beater.join()
         beat.stop()
+
+
+def _fifo(tmp_path):  # type: ignore[no-untyped-def]
+    import os
+
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    write_fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    return read_fd, write_fd
+
+
+def _relayed(relay, want: int) -> bytes:  # type: ignore[no-untyped-def]
+    import os
+    import select
+
+    out = b""
+    deadline = time.monotonic() + 5
+    while len(out) < want and time.monotonic() < deadline:
+        if select.select([relay.read_fd], [], [], 0.1)[0]:
+            out += os.read(relay.read_fd, 4096)
+    return out
+
+
+def test_pause_relay_holds_on_a_pause_line_before_forwarding_it(tmp_path):
+    """Rule 8: exactly ``p``/``pause`` lines (blanks and case ignored, as the Python parser)
+    set ``held`` before the bytes reach the pipe; every byte arrives, unchanged and in order."""
+    import os
+
+    from consensus.native_beat import PauseRelay
+
+    read_fd, write_fd = _fifo(tmp_path)
+    relay = PauseRelay.start(read_fd)
+    if relay is None:
+        pytest.skip("no C compiler: the FIFO is read by Python (logged)")
+    try:
+        not_pauses = b"r\nxp\npp\n" + b"p" * 100 + b"\ns\nstep\n"
+        os.write(write_fd, not_pauses)
+        assert _relayed(relay, len(not_pauses)) == not_pauses
+        assert not relay.held and relay.pauses == 0
+        os.write(write_fd, b"pa")  # half a line: nothing yet
+        assert _relayed(relay, 2) == b"pa"
+        assert not relay.held
+        os.write(write_fd, b"use\n")
+        assert _relayed(relay, 4) == b"use\n"
+        assert relay.held, "held before the line was forwarded"
+        relay.release()
+        assert not relay.held
+        os.write(write_fd, b"  P \r\n")
+        assert _relayed(relay, 6) == b"  P \r\n"
+        assert relay.held and relay.pauses == 2
+    finally:
+        relay.stop()
+        os.close(read_fd)
+        os.close(write_fd)
+    relay.stop()  # idempotent
+
+
+def test_a_beat_following_the_relay_stops_at_a_pause_line_until_released(tmp_path):
+    """Rule 8: the beat stops on the C thread's hold, with nothing done by Python in between."""
+    import os
+
+    from consensus.native_beat import PauseRelay
+
+    buf = memoryview(bytearray(64))
+    beat = NativeBeat.start(buf, 8)
+    read_fd, write_fd = _fifo(tmp_path)
+    relay = PauseRelay.start(read_fd)
+    if beat is None or relay is None:
+        pytest.skip("no C compiler: the Python heartbeat is used (logged)")
+    try:
+        beat.enable(True)
+        beat.touch()
+        beat.follow(relay)
+        assert _moves(buf)
+        os.write(write_fd, b"p\n")  # nobody reads the pipe: only the C thread acts
+        deadline = time.monotonic() + 5
+        while not relay.held and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.002)
+        assert not _moves(buf), "held: no beat"
+        relay.release()
+        assert _moves(buf)
+        relay.stop()
+        os.write(write_fd, b"p\n")
+        assert _moves(buf), "a stopped relay holds nothing"
+        beat.follow(None)
+        assert _moves(buf)
+    finally:
+        beat.stop()
+        relay.stop()
+        os.close(read_fd)
+        os.close(write_fd)

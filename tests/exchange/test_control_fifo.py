@@ -60,3 +60,44 @@ def test_regular_file_in_the_way_is_a_clear_error(tmp_path):
     path.write_text("not a fifo")
     with pytest.raises(ControlFifoError, match="not a FIFO"):
         ControlFifo(str(path), lambda: None, lambda: None)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_through_a_relay_the_pause_is_held_before_python_sees_it(tmp_path, native):
+    """Rule 4: with the native relay, ``on_pause`` finds the hold already set and ``r`` releases
+    it before ``on_resume``; the callbacks are the same as without a relay. A relay that cannot
+    start (None) leaves the FIFO read directly."""
+    from consensus.native_beat import PauseRelay
+
+    path = str(tmp_path / "fifo-9")
+    relays: list[PauseRelay] = []
+
+    def start_relay(fd: int) -> PauseRelay | None:
+        relay = PauseRelay.start(fd) if native else None
+        if relay is not None:
+            relays.append(relay)
+        return relay
+
+    held_at: list[tuple[str, bool]] = []
+    seen = threading.Semaphore(0)
+
+    def record(name: str):
+        def callback() -> None:
+            held_at.append((name, relays[0].held if relays else False))
+            seen.release()
+        return callback
+
+    fifo = ControlFifo(path, record("pause"), record("resume"), start_relay=start_relay)
+    if native and not relays:
+        fifo.close()
+        pytest.skip("no C compiler: the FIFO is read by Python (logged)")
+    try:
+        _write(path, b"p\n")
+        assert seen.acquire(timeout=5)
+        _write(path, b"r\n")
+        assert seen.acquire(timeout=5)
+    finally:
+        fifo.close()
+    assert held_at == ([("pause", True), ("resume", False)] if native else
+                       [("pause", False), ("resume", False)])
+    assert not os.path.exists(path)
