@@ -62,6 +62,10 @@ NATIVE_TOKEN_TTL_US = 1_000_000
 # (1 ms in an exchange server) its wake-ups took 3-4% of a core per replica, each taking the GIL.
 NATIVE_TOKEN_REFRESH_US = 10_000
 NATIVE_BEAT_RT_PRIORITY = 10  # SCHED_FIFO priority of the C thread (0: do not ask)
+# The standby beat thread (native_beat Rule 9), pinned to another CPU than the beat thread: it
+# bumps the word only when it stood still for this long, so a beat thread whose CPU stalls (a vCPU
+# the host did not run; 3-14 ms gaps measured here under load) does not silence a live replica.
+NATIVE_STANDBY_INTERVAL_US = 1000
 # Why 300 us and not 100: every beat is a SCHED_FIFO wake-up that preempts whatever runs on its
 # core; three replicas beating every 100 us on 2 cores made a replicated order's p50 x1.9-x5.7 of
 # the unreplicated server's (2026-12-01 11:50, load 4, /tmp A/B of 2 rounds: 300 us gave x1.31-
@@ -108,6 +112,7 @@ assert HEARTBEAT_INTERVAL_US * 4 <= DEAD_AFTER_US
 assert DEAD_AFTER_US < FATE_SHARING_STUCK_US
 assert SCAN_GAP_CAP_US < CANDIDATE_DEAD_AFTER_US <= NATIVE_DEAD_AFTER_US <= DEAD_AFTER_US
 assert NATIVE_BEAT_INTERVAL_US * 10 <= NATIVE_DEAD_AFTER_US < NATIVE_TOKEN_TTL_US
+assert NATIVE_BEAT_INTERVAL_US < NATIVE_STANDBY_INTERVAL_US <= NATIVE_DEAD_AFTER_US // 2
 assert NATIVE_TOKEN_REFRESH_US * 10 <= NATIVE_TOKEN_TTL_US
 assert 0 <= BACKGROUND_RT_PRIORITY < NATIVE_BEAT_RT_PRIORITY
 assert PUMP_SLEEP_S_MIN <= PUMP_SLEEP_S_MAX

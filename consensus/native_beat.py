@@ -37,6 +37,17 @@ Rule 8: the pause relay (``PauseRelay``): a C thread reads the server's control 
         ``release`` (on resume) clears it. The relay thread asks for the beat's real-time
         priority. Its C struct is never freed (a beat may still point at ``held``); ``stop``
         ends the thread.
+Rule 9: the standby beat: where this process may run on two CPUs or more, the beat thread is
+        pinned to one of them and a second C thread (same priority) to another; every
+        ``NATIVE_STANDBY_INTERVAL_US`` the standby bumps the word only if it did not move for
+        a whole period (and a beat is due: enabled, not held, token fresh). A live replica
+        whose beat thread's CPU does not run for milliseconds (a vCPU the host did not run,
+        a long non-preemptible kernel path: measured here, 2026-12-02, a pinned real-time
+        thread on each vCPU under exchange load saw about 5 gaps over 3 ms per second per vCPU
+        in bad minutes, 80% of them on one vCPU only) therefore still beats at least every
+        standby period, far inside ``NATIVE_DEAD_AFTER_US``; a stopped, crashed or paused
+        process stops both threads alike. ``MU_NATIVE_STANDBY=0`` starts no standby; with
+        one CPU there is none (a thread on the same CPU stalls with it).
 """
 
 from __future__ import annotations
@@ -81,12 +92,27 @@ typedef struct {
     volatile uint64_t *volatile hold;  /* Rule 8: no beat while *hold != 0 (NULL: none) */
     int priority;
     pthread_t thread;
+    uint64_t standby_ns;  /* Rule 9: the standby's period; 0: no standby thread */
+    volatile uint64_t standby_beats;
+    int cpu, standby_cpu;  /* the CPUs the two threads are pinned to; -1: not pinned */
+    pthread_t standby;
 } nb_t;
 
 static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* 1: a beat is due; 0: disabled or held; -1: enabled but the token is stale (Rule 1) */
+static int may_beat(nb_t *h, uint64_t now) {
+    uint64_t token = __atomic_load_n(&h->token_ns, __ATOMIC_ACQUIRE);
+    volatile uint64_t *hold = __atomic_load_n(&h->hold, __ATOMIC_ACQUIRE);
+    if (!__atomic_load_n(&h->enabled, __ATOMIC_ACQUIRE)
+            || (hold && __atomic_load_n(hold, __ATOMIC_ACQUIRE)))
+        return 0;
+    /* token >= now: Python touched it after `now` was read (not stale) */
+    return token >= now || now - token < h->ttl_ns ? 1 : -1;
 }
 
 static void *run(void *arg) {
@@ -96,17 +122,12 @@ static void *run(void *arg) {
         uint64_t now = now_ns();
         if (now - last > h->max_gap_ns) h->max_gap_ns = now - last;
         last = now;
-        uint64_t token = __atomic_load_n(&h->token_ns, __ATOMIC_ACQUIRE);
-        volatile uint64_t *hold = __atomic_load_n(&h->hold, __ATOMIC_ACQUIRE);
-        if (__atomic_load_n(&h->enabled, __ATOMIC_ACQUIRE)
-                && !(hold && __atomic_load_n(hold, __ATOMIC_ACQUIRE))) {
-            /* token >= now: Python touched it after `now` was read (not stale) */
-            if (token >= now || now - token < h->ttl_ns) {
-                __atomic_store_n(h->word, *h->word + 1, __ATOMIC_RELEASE);
-                h->beats++;
-            } else {
-                h->stale++;  /* enabled but the token is stale: a beat withheld (Rule 1) */
-            }
+        int due = may_beat(h, now);
+        if (due > 0) {
+            __atomic_fetch_add(h->word, 1, __ATOMIC_RELEASE);  /* the standby bumps it too */
+            h->beats++;
+        } else if (due < 0) {
+            h->stale++;  /* enabled but the token is stale: a beat withheld (Rule 1) */
         }
         struct timespec ts = {0, (long)h->interval_ns};
         nanosleep(&ts, NULL);
@@ -114,18 +135,66 @@ static void *run(void *arg) {
     return NULL;
 }
 
-void *nb_start(uint64_t *word, uint64_t interval_ns, uint64_t ttl_ns, int priority) {
+/* Rule 9: on another CPU, bump the word only when it did not move for a whole period. */
+static void *standby_run(void *arg) {
+    nb_t *h = (nb_t *)arg;
+    uint64_t seen = __atomic_load_n(h->word, __ATOMIC_ACQUIRE);
+    struct timespec ts = {(time_t)(h->standby_ns / 1000000000ull),
+                          (long)(h->standby_ns % 1000000000ull)};
+    while (!__atomic_load_n(&h->stopping, __ATOMIC_ACQUIRE)) {
+        nanosleep(&ts, NULL);
+        uint64_t value = __atomic_load_n(h->word, __ATOMIC_ACQUIRE);
+        if (value == seen && may_beat(h, now_ns()) > 0) {
+            value = __atomic_add_fetch(h->word, 1, __ATOMIC_RELEASE);
+            h->standby_beats++;
+        }
+        seen = value;
+    }
+    return NULL;
+}
+
+static void pin(pthread_t thread, int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    pthread_setaffinity_np(thread, sizeof set, &set);
+}
+
+void *nb_start(uint64_t *word, uint64_t interval_ns, uint64_t ttl_ns, int priority,
+               uint64_t standby_ns) {
     nb_t *h = calloc(1, sizeof *h);
     if (!h) return NULL;
     h->word = word; h->interval_ns = interval_ns; h->ttl_ns = ttl_ns; h->priority = priority;
     h->token_ns = now_ns();
+    h->cpu = h->standby_cpu = -1;
+    int cpus[CPU_SETSIZE], n = 0;
+    cpu_set_t allowed;
+    if (standby_ns > 0 && sched_getaffinity(0, sizeof allowed, &allowed) == 0)
+        for (int c = 0; c < CPU_SETSIZE; c++)
+            if (CPU_ISSET(c, &allowed)) cpus[n++] = c;
     if (pthread_create(&h->thread, NULL, run, h) != 0) { free(h); return NULL; }
     struct sched_param sp;
     memset(&sp, 0, sizeof sp);
     sp.sched_priority = priority;
     h->realtime = priority > 0 && pthread_setschedparam(h->thread, SCHED_FIFO, &sp) == 0;
+    if (n >= 2) {  /* Rule 9: two CPUs, one thread pinned to each */
+        h->standby_ns = standby_ns;
+        int k = (int)(getpid() % n);
+        h->cpu = cpus[k];
+        h->standby_cpu = cpus[(k + 1) % n];
+        pin(h->thread, h->cpu);
+        if (pthread_create(&h->standby, NULL, standby_run, h) != 0) {
+            h->standby_ns = 0;
+        } else {
+            pin(h->standby, h->standby_cpu);
+            if (priority > 0) pthread_setschedparam(h->standby, SCHED_FIFO, &sp);
+        }
+    }
     return h;
 }
+uint64_t nb_standby_beats(void *p) { return ((nb_t *)p)->standby_beats; }
+int nb_standby_cpu(void *p) { return ((nb_t *)p)->standby_ns ? ((nb_t *)p)->standby_cpu : -1; }
+int nb_cpu(void *p) { return ((nb_t *)p)->standby_ns ? ((nb_t *)p)->cpu : -1; }
 void nb_set_hold(void *p, volatile uint64_t *hold) {
     __atomic_store_n(&((nb_t *)p)->hold, hold, __ATOMIC_SEQ_CST);
 }
@@ -249,6 +318,7 @@ void nb_stop(void *p) {
     nb_t *h = (nb_t *)p;
     __atomic_store_n(&h->stopping, 1, __ATOMIC_RELEASE);
     pthread_join(h->thread, NULL);
+    if (h->standby_ns) pthread_join(h->standby, NULL);
     free(h);
 }
 """
@@ -283,7 +353,11 @@ def _compile() -> ctypes.CDLL:
             os.replace(built, target)  # atomic: concurrent replicas never load a partial file
     lib = ctypes.CDLL(str(target))
     lib.nb_start.restype = ctypes.c_void_p
-    lib.nb_start.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int]
+    lib.nb_start.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int,
+                             ctypes.c_uint64]
+    for name in ("nb_standby_cpu", "nb_cpu"):
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
+        getattr(lib, name).restype = ctypes.c_int
     for name in ("nb_touch", "nb_stop"):
         getattr(lib, name).argtypes = [ctypes.c_void_p]
         getattr(lib, name).restype = None
@@ -291,7 +365,7 @@ def _compile() -> ctypes.CDLL:
     lib.nb_enable.restype = None
     lib.nb_realtime.argtypes = [ctypes.c_void_p]
     lib.nb_realtime.restype = ctypes.c_int
-    for name in ("nb_max_gap_ns", "nb_beats", "nb_stale"):
+    for name in ("nb_max_gap_ns", "nb_beats", "nb_stale", "nb_standby_beats"):
         getattr(lib, name).argtypes = [ctypes.c_void_p]
         getattr(lib, name).restype = ctypes.c_uint64
     lib.nb_wait_calm.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
@@ -328,6 +402,11 @@ def load() -> ctypes.CDLL | None:
         LOGGER.warning("native heartbeat unavailable (%s): using the Python heartbeat and the "
                        "%d ms dead-after threshold", _unavailable, c.DEAD_AFTER_US // 1000)
     return _library
+
+
+def standby_interval_us() -> int:
+    """Rule 9: the standby beat's period; 0 (no standby) with ``MU_NATIVE_STANDBY=0``."""
+    return 0 if os.environ.get("MU_NATIVE_STANDBY", "1") == "0" else c.NATIVE_STANDBY_INTERVAL_US
 
 
 def calm_wait_enabled() -> bool:
@@ -374,7 +453,8 @@ class NativeBeat:
             LOGGER.warning("native heartbeat unavailable (%s): Python heartbeat", error)
             return None
         handle = lib.nb_start(ctypes.addressof(word), c.NATIVE_BEAT_INTERVAL_US * 1000,
-                              c.NATIVE_TOKEN_TTL_US * 1000, c.NATIVE_BEAT_RT_PRIORITY)
+                              c.NATIVE_TOKEN_TTL_US * 1000, c.NATIVE_BEAT_RT_PRIORITY,
+                              standby_interval_us() * 1000)
         if not handle:
             LOGGER.warning("native heartbeat unavailable (thread not created): Python heartbeat")
             return None
@@ -396,6 +476,20 @@ class NativeBeat:
     @property
     def beats(self) -> int:
         return 0 if self._handle is None else int(self._lib.nb_beats(self._handle))
+
+    @property
+    def cpus(self) -> tuple[int, int] | None:
+        """Rule 9: the CPUs the beat thread and the standby are pinned to; None: no standby."""
+        if self._handle is None:
+            return None
+        main, standby = int(self._lib.nb_cpu(self._handle)), \
+            int(self._lib.nb_standby_cpu(self._handle))
+        return None if main < 0 or standby < 0 else (main, standby)
+
+    @property
+    def standby_beats(self) -> int:
+        """Beats the standby thread gave because the main thread's had not come (Rule 9)."""
+        return 0 if self._handle is None else int(self._lib.nb_standby_beats(self._handle))
 
     @property
     def stale(self) -> int:

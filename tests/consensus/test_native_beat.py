@@ -285,3 +285,77 @@ def test_a_beat_following_the_relay_stops_at_a_pause_line_until_released(tmp_pat
         relay.stop()
         os.close(read_fd)
         os.close(write_fd)
+
+
+def _starve_cpu(cpu: int, seconds: float, probe):  # type: ignore[no-untyped-def]
+    """Run a SCHED_FIFO 50 busy loop pinned to ``cpu`` (the beat threads run at 10, so nothing
+    of theirs pinned there runs meanwhile); ``probe()`` (a tuple of counters) before and after
+    it, read by the busy thread itself. Skips when the priority is refused."""
+    import os
+
+    seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    refused: list[str] = []
+
+    def hog() -> None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(50))
+        except OSError as error:
+            refused.append(str(error))
+            return
+        try:
+            before = probe()
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                pass
+            seen.append((before, probe()))
+        finally:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+    _in_thread(lambda: hog())
+    if refused:
+        pytest.skip(f"SCHED_FIFO refused here: {refused[0]}")
+    return seen[0]
+
+
+def test_the_standby_beats_while_the_beat_threads_cpu_does_not_run():
+    """Rule 9: starve the CPU the beat thread is pinned to: it gives no beat meanwhile, and the
+    standby, pinned to another CPU, keeps the word moving about once a period."""
+    import os
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: no standby")
+    buf = memoryview(bytearray(64))
+    beat = NativeBeat.start(buf, 8)
+    if beat is None:
+        pytest.skip("no C compiler: the Python heartbeat is used (logged)")
+    try:
+        assert beat.cpus is not None and beat.cpus[0] != beat.cpus[1]
+        beat.enable(True)
+        beat.touch()
+        assert _moves(buf)
+        before, after = _starve_cpu(beat.cpus[0], 0.05,
+                                    lambda: (_word(buf), beat.beats, beat.standby_beats))
+        word, main, standby = (b - a for a, b in zip(before, after, strict=True))
+        assert main <= 1, f"the pinned beat thread beat {main} times on a starved CPU"
+        assert word >= 10, f"the word moved {word} times in 50 ms"
+        assert standby >= 10 and word == main + standby
+        assert _moves(buf)
+    finally:
+        beat.stop()
+
+
+def test_no_standby_when_disabled(monkeypatch):
+    """``MU_NATIVE_STANDBY=0``: one thread, not pinned."""
+    monkeypatch.setenv("MU_NATIVE_STANDBY", "0")
+    buf = memoryview(bytearray(64))
+    beat = NativeBeat.start(buf, 8)
+    if beat is None:
+        pytest.skip("no C compiler: the Python heartbeat is used (logged)")
+    try:
+        assert beat.cpus is None
+        beat.enable(True)
+        beat.touch()
+        assert _moves(buf) and beat.standby_beats == 0
+    finally:
+        beat.stop()
