@@ -141,10 +141,9 @@ class KvServer:
                                f"{exc.strerror or exc}") from None
         if config.fifo_path is not None:
             try:
-                self.fifo = ControlFifo(
-                    config.fifo_path, self._pause_soon, self._resume_soon,
-                    start_relay=None if self.replication is None else
-                    self.replication.replica.start_pause_relay)  # a p silences the beat at once
+                # No native pause relay (exchange.control_fifo Rule 4): here `p` is a step-down
+                # run on the loop between two turns, never a silence inside a proposal.
+                self.fifo = ControlFifo(config.fifo_path, self._pause_soon, self._resume_soon)
             except ControlFifoError as exc:
                 raise StartupError(str(exc)) from None
         self.loop.call_later(STATUS_POLL_S, self._watch)
