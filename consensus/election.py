@@ -56,17 +56,18 @@ Rule 10: ``leader_suspected`` says that the leader this replica follows has been
         detector may declare it dead. It changes nothing in consensus; the application uses it
         to hold a request that it would otherwise redirect to a leader that is likely gone
         (exchange node Rule 4).
-Rule 11 (``MU_CALM_WAIT=1`` only; off by default: under load it deposed live leaders, see
-        docs/consensus.md): a follower that is calm (Rule 9) and runs the native beat waits for
-        its next scan in C
+Rule 11 (``MU_CALM_WAIT=0`` turns it off): a follower that is calm (Rule 9) and runs the
+        native beat waits for its next scan in C
         (native_beat Rule 7) instead of sleeping: the wait polls the leader's heartbeat word
         every ``scan_interval_us`` without the GIL and returns when it stood still for one
         period, when the leader's ``leading`` word or one of this replica's request slots
         changed, or after ``CALM_WAIT_MAX_US``. A wait that ends on a still heartbeat hands
         the value it saw to the detector before the scan that follows, so that scan counts one
-        capped gap of silence (detector Rule 1), meant to be what a Python scan one period
-        earlier would have counted (yet with the wait on, followers lost live leaders more
-        often under load: the reason it is off). Calm periods then take the GIL from nobody:
+        capped gap of silence (detector Rule 1), what a Python scan one period earlier would
+        have counted. Its exact, GIL-free polls notice a leader's beat that is held up more
+        often than Python's scans did: before the standby beat (native_beat Rule 9) that
+        deposed live leaders whose beat thread's vCPU stalled, and it was off by default
+        (docs/consensus.md). Calm periods then take the GIL from nobody:
         at one Python scan a millisecond they cost an idle follower 8% of a core, taken from
         the pump and the application (with the wait 2.7%; docs/consensus.md). Without a
         mapped leader region (the verbs fabric, the simulator) the activity sleeps and scans
@@ -132,7 +133,7 @@ class Background:
         self._alive_quick: frozenset[int] = frozenset()
         self._reconnect_at_ns: dict[int, int] = {}
         self.rejoin: Rejoin | None = None  # set by the replica (Rule 8)
-        self._calm_wait = calm_wait_enabled()  # Rule 11 (off by default)
+        self._calm_wait = calm_wait_enabled()  # Rule 11 (MU_CALM_WAIT=0: off)
 
     # --- the activity ---------------------------------------------------------------------------
     def run(self) -> None:

@@ -25,9 +25,11 @@ Rule 7: ``wait_calm`` is the background activity's calm wait (election Rule 11):
         this replica's request slots) every scan period, and returns as soon as the heartbeat
         stood still for one period, a watched word changed or a safety timeout passed. Python
         then scans as before; calm periods cost no interpreter wake-up. Only the real runtime,
-        only with a fabric whose remote regions are mapped here (shm), and only with
-        ``MU_CALM_WAIT=1``: it is off by default until the spurious leader changes it causes
-        under load are understood (docs/consensus.md).
+        only with a fabric whose remote regions are mapped here (shm); ``MU_CALM_WAIT=0``
+        turns it off. It was off by default (2026-12-01 to 12-02) because it deposed live
+        leaders under load; the cause was a leader's beat thread whose vCPU stalled, which its
+        exact polls noticed more often than Python's scans did, and the standby beat (Rule 9)
+        removed it (docs/consensus.md).
 Rule 8: the pause relay (``PauseRelay``): a C thread reads the server's control FIFO and, on a
         line that is exactly ``p`` or ``pause``, sets its ``held`` word *before* it forwards the
         bytes, unchanged and in order, to a pipe that Python reads as it read the FIFO. A beat
@@ -410,9 +412,9 @@ def standby_interval_us() -> int:
 
 
 def calm_wait_enabled() -> bool:
-    """Rule 7: off unless ``MU_CALM_WAIT=1``: under 4 closed-loop traders it deposed a live
-    leader 3 times in 3 minutes (0 with the Python scan, same minutes; docs/consensus.md)."""
-    return os.environ.get("MU_CALM_WAIT", "0") == "1"
+    """Rule 7: on unless ``MU_CALM_WAIT=0`` (with the standby beat, 10 minutes of 4 closed-loop
+    traders counted 0 leader changes, with and without a CPU hog per core; docs/consensus.md)."""
+    return os.environ.get("MU_CALM_WAIT", "1") != "0"
 
 
 def background_priority() -> int:
