@@ -48,6 +48,12 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Run one exchange server. Flags override the environment variables "
         "SID, SERVER_URIS and DORY_REGISTRY_IP. Example: SERVER_URIS=1=127.0.0.1:31851,"
         "2=127.0.0.1:31852,3=127.0.0.1:31853 python -m exchange serve --id 1",
+        epilog="Failure detection (docs/consensus.md): a C heartbeat thread at real-time "
+        "priority, with a standby thread pinned to another CPU, and followers that wait for "
+        "their next scan in C. For experiments only: MU_NATIVE_HEARTBEAT=0 (Python heartbeat, "
+        "20 ms threshold), MU_NATIVE_STANDBY=0 (no standby beat), MU_CALM_WAIT=0 (Python "
+        "scans), MU_BACKGROUND_RT=0 (scanner at normal priority); MU_NATIVE_CACHE=DIR "
+        "(where the C helper is compiled; default ~/.cache/mu-exchange).",
     )
     serve.add_argument("--id", type=int, default=None, help="this server's replica id (env SID)")
     serve.add_argument(
@@ -67,7 +73,8 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--listen", default=None, metavar="HOST:PORT",
                        help="bind address (default: this server's SERVER_URIS entry)")
     serve.add_argument("--fifo", default=None, metavar="PATH",
-                       help="control FIFO path (default /tmp/fifo-<id>)")
+                       help="control FIFO path (default /tmp/fifo-<id>): p pauses silently "
+                       "(the heartbeat stops at once), s steps down, r resumes")
     serve.add_argument("--no-fifo", action="store_true", help="do not create a control FIFO")
     serve.add_argument("--grpc-workers", type=int, default=GRPC_WORKERS_DEFAULT,
                        help=f"gRPC handler threads (default {GRPC_WORKERS_DEFAULT}); market-data "
