@@ -57,17 +57,17 @@ Rule 10: ``leader_suspected`` says that the leader this replica follows has been
         to hold a request that it would otherwise redirect to a leader that is likely gone
         (exchange node Rule 4).
 Rule 11 (``MU_CALM_WAIT=0`` turns it off): a follower that is calm (Rule 9) and runs the
-        native beat waits for its next scan in C
-        (native_beat Rule 7) instead of sleeping: the wait polls the leader's heartbeat word
-        every ``scan_interval_us`` without the GIL and returns when it stood still for one
+        native beat waits for its next scan in C (native_beat Rule 7) instead of sleeping:
+        it polls the leader's heartbeat word every ``scan_interval_us`` without the GIL and
+        returns when it stood still for one
         period, when the leader's ``leading`` word or one of this replica's request slots
         changed, or after ``CALM_WAIT_MAX_US``. A wait that ends on a still heartbeat hands
         the value it saw to the detector before the scan that follows, so that scan counts one
         capped gap of silence (detector Rule 1), what a Python scan one period earlier would
-        have counted. Its exact, GIL-free polls notice a leader's beat that is held up more
-        often than Python's scans did: before the standby beat (native_beat Rule 9) that
-        deposed live leaders whose beat thread's vCPU stalled, and it was off by default
-        (docs/consensus.md). Calm periods then take the GIL from nobody:
+        have counted. Its exact, GIL-free polls notice a held-up leader beat more often than
+        Python's scans did; until the standby beat (native_beat Rule 9) kept a live leader
+        beating when its beat thread's vCPU stalls, that deposed live leaders, and the wait was
+        off by default (docs/consensus.md). Calm periods then take the GIL from nobody:
         at one Python scan a millisecond they cost an idle follower 8% of a core, taken from
         the pump and the application (with the wait 2.7%; docs/consensus.md). Without a
         mapped leader region (the verbs fabric, the simulator) the activity sleeps and scans

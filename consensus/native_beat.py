@@ -35,7 +35,7 @@ Rule 8: the pause relay (``PauseRelay``): a C thread reads the server's control 
         bytes, unchanged and in order, to a pipe that Python reads as it read the FIFO. A beat
         that ``follow``s the relay does not beat while ``held`` is set, so a silent pause
         silences the replica within microseconds of the write, however long the interpreter
-        takes to run the pause itself (it waited 1-9 ms for the GIL on a loaded machine).
+        takes to run the pause itself (0.2-14 ms after the write in a traced fail-over).
         ``release`` (on resume) clears it. The relay thread asks for the beat's real-time
         priority. Its C struct is never freed (a beat may still point at ``held``); ``stop``
         ends the thread.
@@ -45,8 +45,8 @@ Rule 9: the standby beat: where this process may run on two CPUs or more, the be
         a whole period (and a beat is due: enabled, not held, token fresh). A live replica
         whose beat thread's CPU does not run for milliseconds (a vCPU the host did not run,
         a long non-preemptible kernel path: measured here, 2026-12-02, a pinned real-time
-        thread on each vCPU under exchange load saw about 5 gaps over 3 ms per second per vCPU
-        in bad minutes, 80% of them on one vCPU only) therefore still beats at least every
+        thread on each vCPU under exchange load saw about 1,000 gaps over 3 ms per vCPU in
+        200 s, bunched in a bad minute, 80% of them on one vCPU only) still beats at least every
         standby period, far inside ``NATIVE_DEAD_AFTER_US``; a stopped, crashed or paused
         process stops both threads alike. ``MU_NATIVE_STANDBY=0`` starts no standby; with
         one CPU there is none (a thread on the same CPU stalls with it).
@@ -74,6 +74,7 @@ COMPILE_TIMEOUT_S = 60.0  # gcc on this shared machine takes a second or two; ne
 
 _SOURCE = r"""
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -155,6 +156,16 @@ static void *standby_run(void *arg) {
     return NULL;
 }
 
+/* Start `fn` on a new thread, at SCHED_FIFO `priority` if > 0 and permitted: 1 when it got
+   real-time priority, 0 when it runs at normal priority, -1 when no thread was created. */
+static int spawn(pthread_t *thread, void *(*fn)(void *), void *arg, int priority) {
+    if (pthread_create(thread, NULL, fn, arg) != 0) return -1;
+    struct sched_param sp;
+    memset(&sp, 0, sizeof sp);
+    sp.sched_priority = priority;
+    return priority > 0 && pthread_setschedparam(*thread, SCHED_FIFO, &sp) == 0;
+}
+
 static void pin(pthread_t thread, int cpu) {
     cpu_set_t set;
     CPU_ZERO(&set);
@@ -174,23 +185,17 @@ void *nb_start(uint64_t *word, uint64_t interval_ns, uint64_t ttl_ns, int priori
     if (standby_ns > 0 && sched_getaffinity(0, sizeof allowed, &allowed) == 0)
         for (int c = 0; c < CPU_SETSIZE; c++)
             if (CPU_ISSET(c, &allowed)) cpus[n++] = c;
-    if (pthread_create(&h->thread, NULL, run, h) != 0) { free(h); return NULL; }
-    struct sched_param sp;
-    memset(&sp, 0, sizeof sp);
-    sp.sched_priority = priority;
-    h->realtime = priority > 0 && pthread_setschedparam(h->thread, SCHED_FIFO, &sp) == 0;
+    int realtime = spawn(&h->thread, run, h, priority);
+    if (realtime < 0) { free(h); return NULL; }
+    h->realtime = realtime;
     if (n >= 2) {  /* Rule 9: two CPUs, one thread pinned to each */
-        h->standby_ns = standby_ns;
         int k = (int)(getpid() % n);
         h->cpu = cpus[k];
         h->standby_cpu = cpus[(k + 1) % n];
         pin(h->thread, h->cpu);
-        if (pthread_create(&h->standby, NULL, standby_run, h) != 0) {
-            h->standby_ns = 0;
-        } else {
-            pin(h->standby, h->standby_cpu);
-            if (priority > 0) pthread_setschedparam(h->standby, SCHED_FIFO, &sp);
-        }
+        h->standby_ns = standby_ns;  /* set before the standby reads it */
+        if (spawn(&h->standby, standby_run, h, priority) < 0) h->standby_ns = 0;
+        else pin(h->standby, h->standby_cpu);
     }
     return h;
 }
@@ -241,11 +246,8 @@ typedef struct {
 } nf_t;
 
 static int nf_is_pause(const char *s, int n) {
-    while (n > 0 && (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\v' || *s == '\f')) {
-        s++; n--;
-    }
-    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'
-                     || s[n - 1] == '\v' || s[n - 1] == '\f')) n--;
+    while (n > 0 && isspace((unsigned char)*s)) { s++; n--; }
+    while (n > 0 && isspace((unsigned char)s[n - 1])) n--;
     return (n == 1 && (*s == 'p' || *s == 'P')) || (n == 5 && strncasecmp(s, "pause", 5) == 0);
 }
 
@@ -300,11 +302,7 @@ void *nf_start(int fd_in, int fd_out, int priority) {
     nf_t *f = calloc(1, sizeof *f);
     if (!f) return NULL;
     f->fd_in = fd_in; f->fd_out = fd_out;
-    if (pthread_create(&f->thread, NULL, nf_run, f) != 0) { free(f); return NULL; }
-    struct sched_param sp;
-    memset(&sp, 0, sizeof sp);
-    sp.sched_priority = priority;
-    if (priority > 0) pthread_setschedparam(f->thread, SCHED_FIFO, &sp);
+    if (spawn(&f->thread, nf_run, f, priority) < 0) { free(f); return NULL; }
     return f;
 }
 volatile uint64_t *nf_held_word(void *p) { return &((nf_t *)p)->held; }
@@ -324,6 +322,20 @@ void nb_stop(void *p) {
     free(h);
 }
 """
+
+_P, _U64, _INT = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int
+# the helper's functions as ctypes calls them: name -> (return type, argument types)
+_SIGNATURES: dict[str, tuple[object, list[object]]] = {
+    "nb_start": (_P, [_P, _U64, _U64, _INT, _U64]),
+    "nb_touch": (None, [_P]), "nb_stop": (None, [_P]), "nb_enable": (None, [_P, _INT]),
+    "nb_realtime": (_INT, [_P]), "nb_cpu": (_INT, [_P]), "nb_standby_cpu": (_INT, [_P]),
+    "nb_max_gap_ns": (_U64, [_P]), "nb_beats": (_U64, [_P]), "nb_stale": (_U64, [_P]),
+    "nb_standby_beats": (_U64, [_P]), "nb_set_hold": (None, [_P, _P]),
+    "nb_wait_calm": (_INT, [_P, _P, _INT, _U64, _U64, ctypes.POINTER(_U64)]),
+    "nf_start": (_P, [_INT, _INT, _INT]), "nf_held_word": (_P, [_P]),
+    "nf_held": (_U64, [_P]), "nf_pauses": (_U64, [_P]),
+    "nf_release": (None, [_P]), "nf_stop": (None, [_P]),
+}
 
 _library: ctypes.CDLL | None = None
 _unavailable: str | None = None
@@ -354,37 +366,9 @@ def _compile() -> ctypes.CDLL:
                 raise OSError(f"{compiler} failed: {result.stderr.strip()[:200]}")
             os.replace(built, target)  # atomic: concurrent replicas never load a partial file
     lib = ctypes.CDLL(str(target))
-    lib.nb_start.restype = ctypes.c_void_p
-    lib.nb_start.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int,
-                             ctypes.c_uint64]
-    for name in ("nb_standby_cpu", "nb_cpu"):
-        getattr(lib, name).argtypes = [ctypes.c_void_p]
-        getattr(lib, name).restype = ctypes.c_int
-    for name in ("nb_touch", "nb_stop"):
-        getattr(lib, name).argtypes = [ctypes.c_void_p]
-        getattr(lib, name).restype = None
-    lib.nb_enable.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    lib.nb_enable.restype = None
-    lib.nb_realtime.argtypes = [ctypes.c_void_p]
-    lib.nb_realtime.restype = ctypes.c_int
-    for name in ("nb_max_gap_ns", "nb_beats", "nb_stale", "nb_standby_beats"):
-        getattr(lib, name).argtypes = [ctypes.c_void_p]
-        getattr(lib, name).restype = ctypes.c_uint64
-    lib.nb_wait_calm.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
-                                 ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64)]
-    lib.nb_wait_calm.restype = ctypes.c_int
-    lib.nb_set_hold.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    lib.nb_set_hold.restype = None
-    lib.nf_start.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    lib.nf_start.restype = ctypes.c_void_p
-    lib.nf_held_word.argtypes = [ctypes.c_void_p]
-    lib.nf_held_word.restype = ctypes.c_void_p
-    for name in ("nf_held", "nf_pauses"):
-        getattr(lib, name).argtypes = [ctypes.c_void_p]
-        getattr(lib, name).restype = ctypes.c_uint64
-    for name in ("nf_release", "nf_stop"):
-        getattr(lib, name).argtypes = [ctypes.c_void_p]
-        getattr(lib, name).restype = None
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        function = getattr(lib, name)
+        function.restype, function.argtypes = restype, argtypes
     return lib
 
 
@@ -435,7 +419,18 @@ def raise_thread_priority(priority: int, what: str) -> bool:
     return True
 
 
-class NativeBeat:
+class _Handle:
+    """A C object of the helper: ``_ask`` calls one of its integer getters (0 once stopped)."""
+
+    _lib: ctypes.CDLL
+    _handle: int | None
+
+    def _ask(self, getter: str) -> int:
+        handle = self._handle
+        return 0 if handle is None else int(getattr(self._lib, getter)(handle))
+
+
+class NativeBeat(_Handle):
     """One running C heartbeat thread bumping a u64 word inside a writable buffer."""
 
     def __init__(self, lib: ctypes.CDLL, handle: int, word: ctypes.c_uint64) -> None:
@@ -473,30 +468,29 @@ class NativeBeat:
 
     @property
     def realtime(self) -> bool:
-        return self._handle is not None and bool(self._lib.nb_realtime(self._handle))
+        return bool(self._ask("nb_realtime"))
 
     @property
     def beats(self) -> int:
-        return 0 if self._handle is None else int(self._lib.nb_beats(self._handle))
+        return self._ask("nb_beats")
 
     @property
     def cpus(self) -> tuple[int, int] | None:
         """Rule 9: the CPUs the beat thread and the standby are pinned to; None: no standby."""
         if self._handle is None:
             return None
-        main, standby = int(self._lib.nb_cpu(self._handle)), \
-            int(self._lib.nb_standby_cpu(self._handle))
+        main, standby = self._ask("nb_cpu"), self._ask("nb_standby_cpu")
         return None if main < 0 or standby < 0 else (main, standby)
 
     @property
     def standby_beats(self) -> int:
         """Beats the standby thread gave because the main thread's had not come (Rule 9)."""
-        return 0 if self._handle is None else int(self._lib.nb_standby_beats(self._handle))
+        return self._ask("nb_standby_beats")
 
     @property
     def stale(self) -> int:
         """Beats withheld so far because Python had not refreshed the token (Rule 1)."""
-        return 0 if self._handle is None else int(self._lib.nb_stale(self._handle))
+        return self._ask("nb_stale")
 
     def follow(self, relay: PauseRelay | None) -> None:
         """Rule 8: withhold beats while ``relay`` holds (None: stop following any relay)."""
@@ -506,7 +500,7 @@ class NativeBeat:
 
     def take_max_gap_ns(self) -> int:
         """The longest gap between two wake-ups of the thread since the previous call."""
-        return 0 if self._handle is None else int(self._lib.nb_max_gap_ns(self._handle))
+        return self._ask("nb_max_gap_ns")
 
     def wait_calm(self, still: ctypes.c_uint64, changes: Sequence[ctypes.c_uint64],
                   period_ns: int, max_ns: int) -> tuple[int, int]:
@@ -550,7 +544,7 @@ class NativeBeat:
         self._word = ctypes.c_uint64(0)
 
 
-class PauseRelay:
+class PauseRelay(_Handle):
     """Rule 8: a C thread between the control FIFO and its Python reader that holds the native
     beat on a pause line before Python sees the line."""
 
@@ -579,12 +573,12 @@ class PauseRelay:
 
     @property
     def held(self) -> bool:
-        return self._handle is not None and bool(self._lib.nf_held(self._handle))
+        return bool(self._ask("nf_held"))
 
     @property
     def pauses(self) -> int:
         """Pause lines seen so far."""
-        return 0 if self._handle is None else int(self._lib.nf_pauses(self._handle))
+        return self._ask("nf_pauses")
 
     def release(self) -> None:
         """The server resumes: beats may flow again (the replica's own pause state rules)."""

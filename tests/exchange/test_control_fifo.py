@@ -26,16 +26,24 @@ def _write(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def _recorder(calls: list, note=lambda name: name):  # type: ignore[no-untyped-def]
+    """``record(name)`` makes a callback that appends ``note(name)`` to ``calls`` and releases
+    the returned semaphore once."""
+    seen = threading.Semaphore(0)
+
+    def record(name: str):  # type: ignore[no-untyped-def]
+        def callback() -> None:
+            calls.append(note(name))
+            seen.release()
+        return callback
+
+    return record, seen
+
+
 def test_fifo_drives_callbacks_and_is_removed(tmp_path, caplog):
     path = str(tmp_path / "fifo-7")
     calls: list[str] = []
-    seen = threading.Semaphore(0)
-
-    def record(name: str):
-        def callback() -> None:
-            calls.append(name)
-            seen.release()
-        return callback
+    record, seen = _recorder(calls)
 
     fifo = ControlFifo(path, record("pause"), record("resume"), record("step-down"))
     try:
@@ -79,13 +87,7 @@ def test_through_a_relay_the_pause_is_held_before_python_sees_it(tmp_path, nativ
         return relay
 
     held_at: list[tuple[str, bool]] = []
-    seen = threading.Semaphore(0)
-
-    def record(name: str):
-        def callback() -> None:
-            held_at.append((name, relays[0].held if relays else False))
-            seen.release()
-        return callback
+    record, seen = _recorder(held_at, lambda name: (name, relays[0].held if relays else False))
 
     fifo = ControlFifo(path, record("pause"), record("resume"), start_relay=start_relay)
     if native and not relays:
