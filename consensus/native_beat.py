@@ -50,6 +50,12 @@ Rule 9: the standby beat: where this process may run on two CPUs or more, the be
         standby period, far inside ``NATIVE_DEAD_AFTER_US``; a stopped, crashed or paused
         process stops both threads alike. ``MU_NATIVE_STANDBY=0`` starts no standby; with
         one CPU there is none (a thread on the same CPU stalls with it).
+Rule 10: the helper's calls that only load or store a word (``touch``, ``enable``, the getters,
+        ``release``) are called through ``ctypes.PyDLL`` and keep the GIL: a ctypes call through
+        ``CDLL`` releases the GIL and must take it again, and under load that re-take waits
+        behind every other runnable thread (up to a switch interval each), which is what a
+        pause must not wait for. Calls that block or join a thread (``nb_stop``, ``nf_stop``,
+        ``nb_wait_calm``) and the starts release it.
 """
 
 from __future__ import annotations
@@ -337,6 +343,14 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "nf_release": (None, [_P]), "nf_stop": (None, [_P]),
 }
 
+# Rule 10: calls that only load or store a word: they keep the GIL (no release, no re-take)
+_KEEP_GIL = frozenset({
+    "nb_touch", "nb_enable", "nb_realtime", "nb_cpu", "nb_standby_cpu", "nb_max_gap_ns",
+    "nb_beats", "nb_stale", "nb_standby_beats", "nb_set_hold",
+    "nf_held_word", "nf_held", "nf_pauses", "nf_release",
+})
+assert _SIGNATURES.keys() >= _KEEP_GIL
+
 _library: ctypes.CDLL | None = None
 _unavailable: str | None = None
 
@@ -366,9 +380,11 @@ def _compile() -> ctypes.CDLL:
                 raise OSError(f"{compiler} failed: {result.stderr.strip()[:200]}")
             os.replace(built, target)  # atomic: concurrent replicas never load a partial file
     lib = ctypes.CDLL(str(target))
+    keeps_gil = ctypes.PyDLL(str(target))  # the same library; its calls keep the GIL (Rule 10)
     for name, (restype, argtypes) in _SIGNATURES.items():
-        function = getattr(lib, name)
+        function = getattr(keeps_gil if name in _KEEP_GIL else lib, name)
         function.restype, function.argtypes = restype, argtypes
+        setattr(lib, name, function)
     return lib
 
 

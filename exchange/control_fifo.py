@@ -16,6 +16,9 @@ Rule 4: given ``start_relay`` (``ReplicationHandle.start_pause_relay``), the FIF
         within microseconds even when the interpreter is busy; ``r`` releases the hold before
         ``on_resume``. Without one (no C compiler, ``MU_NATIVE_HEARTBEAT=0``, an unreplicated
         server) the FIFO is read directly, and the pause takes effect when ``on_pause`` runs.
+Rule 5: a pause runs before its line is logged: writing the log line releases the GIL, and
+        under load taking it back can wait behind every runnable thread for milliseconds, while
+        the paused server's waiting requests should be answered UNAVAILABLE at once.
 """
 
 from __future__ import annotations
@@ -141,11 +144,16 @@ class ControlFifo:
             return
         meaning = {"pause": "pause silently", "step-down": "step down, then pause",
                    "resume": "resume"}[command]
+        if command == "pause":  # Rule 5: the pause first, the log line after it
+            try:
+                self._on_pause()
+            except Exception:
+                log.exception("control FIFO %s: pause failed", self.path)
+            log.warning("control FIFO %s: received %r -> %s", self.path, line.strip(), meaning)
+            return
         log.warning("control FIFO %s: received %r -> %s", self.path, line.strip(), meaning)
         try:
-            if command == "pause":
-                self._on_pause()
-            elif command == "step-down":
+            if command == "step-down":
                 if self._on_step_down is None:
                     log.warning("control FIFO %s: step down is not supported here", self.path)
                 else:

@@ -54,7 +54,9 @@ Rule 11: a pause (FIFO ``p`` or ``s``) answers at once every request waiting on 
         elsewhere with the same seq without waiting for the proposal in flight to fail. A
         proposal in flight may still commit; the replicated dedup table answers the retry with
         its reply (Rule 3), so exactly-once holds. A failed unary waiter is ``cancelled``, so
-        the batcher drops it unproposed if it was still queued.
+        the batcher drops it unproposed if it was still queued. The pause fails them before
+        it writes its log line (a write releases the GIL, and taking it back under load can
+        wait milliseconds).
 
 No gRPC here: ``exchange.service`` maps these errors to status codes.
 """
@@ -767,11 +769,11 @@ class ExchangeNode:
         self.paused = True
         if self.replica is not None:
             self.replica.pause(announce=announce)
-        how = "stepped down, then" if announce else "silent:"
-        log.warning("server %d: PAUSED (%s no heartbeat, no order entry)", self.replica_id, how)
-        self._fail_waiting(ServerUnavailable(
+        self._fail_waiting(ServerUnavailable(  # before the log line (Rule 11)
             f"server {self.replica_id} was paused before answering; retry elsewhere with the "
             "same seq"))
+        how = "stepped down, then" if announce else "silent:"
+        log.warning("server %d: PAUSED (%s no heartbeat, no order entry)", self.replica_id, how)
         for listener in self.pause_listeners:
             listener(True)
 
