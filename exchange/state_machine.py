@@ -431,34 +431,40 @@ class ExchangeStateMachine:
                           request_digest=digest)
             self.dedup.record(client_id, seq, reply)
             return Applied(index, reply, ()), _OUTCOME_MALFORMED
-        new_id = None
+        market = self.market
         if type(command) is AddOrder:
-            refusal = self._refusal(command)
+            new_id = command.order_id
+            owner = order_owner(new_id)
+            refusal = self._refusal(command, owner)
             if refusal is not None:
-                reply = Reply(client_id, seq, command.order_id, (), index, error=refusal[1],
+                reply = Reply(client_id, seq, new_id, (), index, error=refusal[1],
                               request_digest=digest, refusal=refusal[0])
                 self.dedup.record(client_id, seq, reply)
                 return Applied(index, reply, ()), _OUTCOME_REFUSED
-            new_id = command.order_id
-            was_live = self.market.is_live(new_id)
-        events = self.market.apply(command)
-        if new_id is not None:
-            self._count_live(events, new_id, was_live)
-        elif events:
-            self._count_live(events, None, False)
-        kinds = _MARKET_DATA_TYPES
-        order_events = tuple([e for e in events if type(e) not in kinds])
-        market_data: tuple[MarketDataEvent, ...] = ()
-        if len(order_events) < len(events):
-            market_data = tuple([e for e in events if type(e) in kinds])  # type: ignore[misc]
-        reply = Reply(client_id, seq, command.order_id, order_events, index,
+            was_live = market.is_live(new_id)
+            events = market.apply(command)
+            self._count_live(events, new_id, owner, was_live)
+        else:
+            events = market.apply(command)
+            if events:
+                self._count_live(events, None, 0, False)
+        order_events: list[Event] = []
+        market_data: list[MarketDataEvent] = []
+        kinds, to_order, to_market = _MARKET_DATA_TYPES, order_events.append, market_data.append
+        for event in events:  # one pass: the apply path's hot loop (followers pay it per order)
+            if type(event) in kinds:
+                to_market(event)  # type: ignore[arg-type]
+            else:
+                to_order(event)
+        reply = Reply(client_id, seq, command.order_id, tuple(order_events), index,
                       request_digest=digest)
         self.dedup.record(client_id, seq, reply)
         self.executed_count += 1
-        return Applied(index, reply, market_data), _OUTCOME_EXECUTED
+        return Applied(index, reply, tuple(market_data)), _OUTCOME_EXECUTED
 
-    def _refusal(self, command: AddOrder) -> tuple[int, str] | None:
-        """Why the add is refused before it reaches the books (Rules 7-8), or None."""
+    def _refusal(self, command: AddOrder, owner: int) -> tuple[int, str] | None:
+        """Why the add is refused before it reaches the books (Rules 7-8), or None. ``owner``:
+        ``order_owner(command.order_id)``."""
         instruments = self.instruments
         if instruments is not None and command.symbol not in instruments:
             return REFUSED_INVALID, (f"unknown symbol {command.symbol!r}: not in the exchange's "
@@ -468,36 +474,43 @@ class ExchangeStateMachine:
         if self.market.order_count() >= self.resting_orders_max:
             return REFUSED_EXHAUSTED, limit_message(
                 "RESTING_ORDERS_MAX", self.resting_orders_max, "live orders in the market")
-        owner = order_owner(command.order_id)
         if self._live_by_owner.get(owner, 0) >= self.resting_per_client_max:
             return REFUSED_EXHAUSTED, limit_message(
                 "RESTING_ORDERS_PER_CLIENT_MAX", self.resting_per_client_max,
                 f"live orders of client {owner}")
         return None
 
-    def _count_live(self, events: list[Event], new_id: str | None, was_live: bool) -> None:
+    def _count_live(self, events: list[Event], new_id: str | None, new_owner: int,
+                    was_live: bool) -> None:
         """Follow the live orders per owner through one command's events (Rule 8): only the
-        new order and orders named by fills and cancels can have started or stopped living."""
-        before: dict[str, bool] = {}
-        if new_id is not None:
-            before[new_id] = was_live
+        new order (``new_id``, owned by ``new_owner``, live before it: ``was_live``) and orders
+        named by fills and cancels can have started or stopped living. A named order other
+        than the new one was live before the command, so it can only have stopped. Owners are
+        counted in the order the orders appear (the new one first), as a dict of before-states
+        once did: the same table, the same insertion order."""
+        touched: dict[str, None] | None = None
         for event in events:
             kind = type(event)
             if kind is Filled:
-                before.setdefault(event.order_id, True)  # type: ignore[union-attr]
-                before.setdefault(event.contra_id, True)  # type: ignore[union-attr]
+                if touched is None:
+                    touched = {}
+                touched[event.order_id] = None  # type: ignore[union-attr]
+                touched[event.contra_id] = None  # type: ignore[union-attr]
             elif kind is Cancelled:
-                before.setdefault(event.order_id, True)  # type: ignore[union-attr]
+                if touched is None:
+                    touched = {}
+                touched[event.order_id] = None  # type: ignore[union-attr]
         is_live, counts = self.market.is_live, self._live_by_owner
-        for order_id, live_before in before.items():
-            change = is_live(order_id) - live_before
+        if new_id is not None:
+            change = is_live(new_id) - was_live
             if change:
-                owner = order_owner(order_id)
-                count = counts.get(owner, 0) + change
-                if count:
-                    counts[owner] = count
-                else:
-                    del counts[owner]
+                _add_count(counts, new_owner, change)
+            if touched is not None:
+                touched.pop(new_id, None)
+        if touched is not None:
+            for order_id in touched:
+                if not is_live(order_id):
+                    _add_count(counts, order_owner(order_id), -1)
 
     def live_orders_of(self, owner: int) -> int:
         """Live orders whose id names ``owner`` as client (Rule 8). O(1)."""
@@ -517,6 +530,15 @@ class ExchangeStateMachine:
         instrument list (Rule 7)."""
         return hashlib.sha256(self.market.digest() + self._chain
                               + instruments_digest(self.instruments)).digest()
+
+
+def _add_count(counts: dict[int, int], owner: int, change: int) -> None:
+    """Rule 8: ``owner`` has ``change`` more live orders (an owner at 0 leaves the table)."""
+    count = counts.get(owner, 0) + change
+    if count:
+        counts[owner] = count
+    else:
+        del counts[owner]
 
 
 def _as_duplicate(reply: Reply) -> Reply:
