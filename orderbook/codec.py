@@ -13,7 +13,8 @@ Rule 2: decode(encode(c)) == c for every command encode accepts; encode raises V
 Rule 3: decode raises ValueError with a one-line reason on any malformed input, never another
         exception and never a half-built command.
 Rule 4: decoding is on every replica's apply path (once per request): texts are decoded straight
-        from the buffer and an add is built through its slots, not the frozen ``__init__``.
+        from the buffer, an add's header is read in one unpack and the add is built through
+        its slots, not the frozen ``__init__``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ _REPLACE = struct.Struct("<BBBBBqq")
 _PREFIX = struct.Struct("<BBBBB")
 
 
+_BUY, _SELL = Side.BUY, Side.SELL  # an Enum member looked up on its class costs ~0.25 us (Rule 4)
 _SET_ID, _SET_SYMBOL, _SET_SIDE, _SET_PRICE, _SET_QTY, _SET_STOP, _SET_AON, _SET_IOC = (
     getattr(AddOrder, name).__set__ for name in AddOrder.__dataclass_fields__)
 
@@ -114,9 +116,13 @@ def _texts(data: bytes | memoryview, offset: int, id_len: int, sym_len: int) -> 
 
 def decode_command(data: bytes | memoryview) -> Command:
     """The command encoded in `data` (Rule 1); ValueError on malformed bytes (Rule 3)."""
-    if len(data) < _PREFIX.size:
+    if len(data) >= _ADD.size:  # an add's whole header in one unpack (Rule 4); unused otherwise
+        version, kind, flags, id_len, sym_len, price, qty, stop = _ADD.unpack_from(data)
+    elif len(data) < _PREFIX.size:
         raise ValueError(f"malformed command: {len(data)} bytes is shorter than a header")
-    version, kind, flags, id_len, sym_len = _PREFIX.unpack_from(data)
+    else:
+        version, kind, flags, id_len, sym_len = _PREFIX.unpack_from(data)
+        price = qty = stop = 0
     if version != CODEC_VERSION:
         raise ValueError(f"malformed command: codec version {version}, expected {CODEC_VERSION}")
     if kind == KIND_ADD:
@@ -124,10 +130,9 @@ def decode_command(data: bytes | memoryview) -> Command:
             raise ValueError("malformed command: add shorter than its header")
         if flags & ~(FLAG_SELL | FLAG_AON | FLAG_IOC):
             raise ValueError(f"malformed command: unknown add flags {flags:#x}")
-        _, _, _, _, _, price, qty, stop = _ADD.unpack_from(data)
         order_id, symbol = _texts(data, _ADD.size, id_len, sym_len)
-        return _new_add(order_id, symbol, Side.SELL if flags & FLAG_SELL else Side.BUY, price,
-                        qty, stop, flags & FLAG_AON != 0, flags & FLAG_IOC != 0)
+        return _new_add(order_id, symbol, _SELL if flags & FLAG_SELL else _BUY, price, qty, stop,
+                        flags & FLAG_AON != 0, flags & FLAG_IOC != 0)
     if kind not in (KIND_CANCEL, KIND_REPLACE):
         raise ValueError(f"malformed command: unknown kind {kind}")
     if flags & ~FLAG_HAS_SYMBOL:
