@@ -486,8 +486,7 @@ class ExchangeStateMachine:
         new order (``new_id``, owned by ``new_owner``, live before it: ``was_live``) and orders
         named by fills and cancels can have started or stopped living. A named order other
         than the new one was live before the command, so it can only have stopped. Owners are
-        counted in the order the orders appear (the new one first), as a dict of before-states
-        once did: the same table, the same insertion order."""
+        counted in the order their orders appear, the new one first."""
         touched: dict[str, None] | None = None
         for event in events:
             kind = type(event)
