@@ -359,3 +359,20 @@ def test_no_standby_when_disabled(monkeypatch):
         assert _moves(buf) and beat.standby_beats == 0
     finally:
         beat.stop()
+
+
+def test_word_sized_calls_keep_the_gil_and_blocking_calls_release_it():
+    """Rule 10: a call that only loads or stores a word keeps the GIL (no re-take behind other
+    threads: a pause must not wait for one); a call that blocks or joins releases it."""
+    import ctypes
+
+    from consensus import native_beat
+
+    lib = native_beat.load()
+    if lib is None:
+        pytest.skip("no C compiler: the Python heartbeat is used (logged)")
+    keeps = ctypes._FUNCFLAG_PYTHONAPI  # type: ignore[attr-defined]  # PyDLL's calls
+    for name in ("nb_touch", "nb_enable", "nb_stale", "nf_held", "nf_release", "nb_set_hold"):
+        assert getattr(lib, name)._flags_ & keeps, name
+    for name in ("nb_wait_calm", "nb_stop", "nf_stop", "nb_start", "nf_start"):
+        assert not getattr(lib, name)._flags_ & keeps, name

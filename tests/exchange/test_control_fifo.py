@@ -2,6 +2,7 @@
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -103,3 +104,38 @@ def test_through_a_relay_the_pause_is_held_before_python_sees_it(tmp_path, nativ
     assert held_at == ([("pause", True), ("resume", False)] if native else
                        [("pause", False), ("resume", False)])
     assert not os.path.exists(path)
+
+
+def test_a_pause_runs_before_its_line_is_logged(tmp_path, caplog):
+    """Rule 5: ``on_pause`` runs before the 'received' line is written (the write releases the
+    GIL); a resume is logged first, as before."""
+    import logging
+
+    path = str(tmp_path / "fifo-10")
+    order: list[str] = []
+    seen = threading.Semaphore(0)
+
+    class Mark(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "received" in record.getMessage():
+                order.append("logged " + record.getMessage().rsplit("-> ", 1)[-1])
+                seen.release()
+
+    def called(name: str):  # type: ignore[no-untyped-def]
+        return lambda: order.append("called " + name)
+
+    handler = Mark()
+    logging.getLogger("exchange.fifo").addHandler(handler)
+    fifo = ControlFifo(path, called("pause"), called("resume"))
+    try:
+        _write(path, b"p\n")
+        assert seen.acquire(timeout=5)
+        _write(path, b"r\n")
+        assert seen.acquire(timeout=5)
+        deadline = time.monotonic() + 5
+        while len(order) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        fifo.close()
+        logging.getLogger("exchange.fifo").removeHandler(handler)
+    assert order == ["called pause", "logged pause silently", "logged resume", "called resume"]
