@@ -144,16 +144,13 @@ class ControlFifo:
             return
         meaning = {"pause": "pause silently", "step-down": "step down, then pause",
                    "resume": "resume"}[command]
-        if command == "pause":  # Rule 5: the pause first, the log line after it
-            try:
-                self._on_pause()
-            except Exception:
-                log.exception("control FIFO %s: pause failed", self.path)
-            log.warning("control FIFO %s: received %r -> %s", self.path, line.strip(), meaning)
-            return
-        log.warning("control FIFO %s: received %r -> %s", self.path, line.strip(), meaning)
+        received = (self.path, line.strip(), meaning)
+        if command != "pause":  # Rule 5: a pause runs first and is logged after
+            log.warning("control FIFO %s: received %r -> %s", *received)
         try:
-            if command == "step-down":
+            if command == "pause":
+                self._on_pause()
+            elif command == "step-down":
                 if self._on_step_down is None:
                     log.warning("control FIFO %s: step down is not supported here", self.path)
                 else:
@@ -164,6 +161,8 @@ class ControlFifo:
                 self._on_resume()
         except Exception:
             log.exception("control FIFO %s: %s failed", self.path, command)
+        if command == "pause":
+            log.warning("control FIFO %s: received %r -> %s", *received)
 
     def close(self) -> None:
         """Stop the reader and remove the FIFO (idempotent)."""
