@@ -6,19 +6,22 @@ Usage:
 
 Every replica runs this path for every order (followers in their pump, the leader in its
 proposer), so it bounds what a follower costs the machine it shares with the leader. The stream
-is the one a load of 8 traders sends: batch entries of 20 requests, 80% limit adds at the mid
-price +-50 ticks on a random side (about half trade on arrival), 20% cancels of live orders, four
-symbols. Timed runs apply the pre-built entries to a fresh machine ``--repeat`` times and print
-the fastest (the machine is shared and noisy). ``--instructions`` runs the stream under valgrind's
-callgrind twice, without and with the apply, and prints the difference per order: a count that
-does not depend on what else the machine is doing, for before/after comparisons of a change.
+is issue 18's, as ``python -m orderbook bench-liquibook`` uses it (``orderbook.bench.generate``,
+crossing workload, market orders immediate-or-cancel: 70% limit adds at the mid price +-50 ticks
+on a random side, 20% cancels of live orders, 10% market orders): adds dealt round-robin to 8
+clients under the exchange's ids ``<client>.<seq>``, each cancel sent by its order's client, 20
+requests per batch entry. Timed runs apply the pre-built entries to a fresh machine
+``--repeat`` times and print the fastest (the machine is shared and noisy). ``--instructions``
+runs the stream under valgrind's callgrind twice, without and with the apply, and prints the
+difference per order: a count that does not depend on what else the machine is doing, for
+before/after comparisons of a change.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -34,46 +37,42 @@ from exchange.state_machine import (  # noqa: E402
     encode_batch,
     encode_instruments,
 )
-from orderbook import AddOrder, CancelOrder, Command, Side, encode_command  # noqa: E402
+from orderbook import AddOrder, encode_command  # noqa: E402
+from orderbook.bench import SYMBOL, generate  # noqa: E402
 
-SYMBOLS = ("AAPL", "AMZN", "GOOG", "MSFT")
-REQUESTS_PER_ENTRY = 20
 CLIENTS = 8
-MID_PRICE = 10_000
+REQUESTS_PER_ENTRY = 20
+SEED = 1
 
 
-def stream(entries: int, seed: int = 1) -> list[bytes]:
-    """The seeded batch entries (see the module docstring)."""
-    rng = random.Random(seed)
-    seqs = dict.fromkeys(range(1, CLIENTS + 1), 0)
-    live: list[tuple[str, str]] = []
-    out = []
-    for _ in range(entries):
-        items = []
-        for _ in range(REQUESTS_PER_ENTRY):
-            client = rng.randint(1, CLIENTS)
+def stream(entries: int, seed: int = SEED) -> list[bytes]:
+    """The batch entries (see the module docstring)."""
+    seqs = [0] * (CLIENTS + 1)
+    owners: dict[str, tuple[int, str]] = {}  # the generator's id -> (client, "<client>.<seq>")
+    items: list[tuple[int, int, bytes]] = []
+    out: list[bytes] = []
+    for number, command in enumerate(generate(entries * REQUESTS_PER_ENTRY, seed, False,
+                                              "crossing", market_ioc=True)):
+        if isinstance(command, AddOrder):
+            client = number % CLIENTS + 1
             seqs[client] += 1
-            command: Command
-            if live and rng.random() < 0.2:
-                order_id, symbol = live.pop(rng.randrange(len(live)))
-                command = CancelOrder(order_id, symbol)
-            else:
-                side = Side.BUY if rng.random() < 0.5 else Side.SELL
-                offset = rng.randint(-50, 50)
-                price = MID_PRICE - offset if side == Side.BUY else MID_PRICE + offset
-                symbol = rng.choice(SYMBOLS)
-                order_id = f"{client}.{seqs[client]}"
-                command = AddOrder(order_id, symbol, side, price, 100 * rng.randint(1, 5))
-                live.append((order_id, symbol))
-            items.append((client, seqs[client], encode_command(command)))
-        out.append(encode_batch(items))
+            order_id = f"{client}.{seqs[client]}"
+            owners[command.order_id] = client, order_id
+        else:
+            client, order_id = owners[command.order_id]
+            seqs[client] += 1
+        command = dataclasses.replace(command, order_id=order_id)
+        items.append((client, seqs[client], encode_command(command)))
+        if len(items) == REQUESTS_PER_ENTRY:
+            out.append(encode_batch(items))
+            items = []
     return out
 
 
 def apply_all(entries: list[bytes]) -> float:
     """Seconds to apply ``entries`` to a fresh machine (after its instruments entry)."""
     machine = ExchangeStateMachine()
-    machine.apply_entry(1, encode_instruments(SYMBOLS))
+    machine.apply_entry(1, encode_instruments((SYMBOL,)))
     started = time.perf_counter()
     for index, payload in enumerate(entries, start=2):
         machine.apply_entry(index, payload)
