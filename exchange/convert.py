@@ -7,6 +7,9 @@ Rule 2: the exchange assigns new orders the id ``"<client_id>.<seq>"``; cancel a
         only ids of the requesting client's own orders.
 Rule 3: events travel in the flat form of ``Event.to_dict()``: well-known keys go to typed fields,
         every other key to ``extra`` (stringified), so no engine field is lost.
+Rule 4: replies are built in place (``_build_reply``): the upb runtime copies a message that is
+        built apart and then added to a list or another message, so a session's reports are
+        added to their response and their events to them.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from orderbook import (
     Trade,
     encode_command,
 )
+from orderbook.codec import encode_add
 from orderbook.constants import ORDER_ID_BYTES_MAX, PRICE_TICKS_MAX, SYMBOL_BYTES_MAX
 from orderbook.constants import QTY_MAX as QUANTITY_MAX
 
@@ -102,28 +106,50 @@ def submit_command(request: pb.SubmitOrderRequest) -> tuple[int, int, Command]:
 
 
 def _submit(request: pb.SubmitOrderRequest) -> tuple[int, int, Command]:
-    _check_ids(request.client_id, request.seq)
-    check_symbol(request.symbol, required=True)
-    if request.side == pb.BUY:
-        side = Side.BUY
-    elif request.side == pb.SELL:
-        side = Side.SELL
-    else:
-        raise BadRequest("side must be BUY or SELL")
-    _check_range("price", request.price, 0, PRICE_TICKS_MAX)
-    _check_range("quantity", request.quantity, 1, QUANTITY_MAX)
-    _check_range("stop_price", request.stop_price, 0, PRICE_TICKS_MAX)
+    client_id, seq, symbol, sell, price, quantity, stop = _submit_fields(request)
     command = AddOrder(
-        order_id=order_id_for(request.client_id, request.seq),
-        symbol=request.symbol,
-        side=side,
-        price=request.price,
-        qty=request.quantity,
-        stop=request.stop_price,
+        order_id=order_id_for(client_id, seq),
+        symbol=symbol,
+        side=Side.SELL if sell else Side.BUY,
+        price=price,
+        qty=quantity,
+        stop=stop,
         aon=request.all_or_none,
         ioc=request.immediate_or_cancel,
     )
-    return request.client_id, request.seq, command
+    return client_id, seq, command
+
+
+def _submit_fields(request: pb.SubmitOrderRequest) -> tuple[int, int, str, bool, int, int, int]:
+    """The checked fields of a submit (Rule 1): ``(client_id, seq, symbol, sell, price,
+    quantity, stop_price)``."""
+    client_id, seq, symbol = request.client_id, request.seq, request.symbol
+    _check_ids(client_id, seq)
+    check_symbol(symbol, required=True)
+    side = request.side
+    if side == pb.BUY:
+        sell = False
+    elif side == pb.SELL:
+        sell = True
+    else:
+        raise BadRequest("side must be BUY or SELL")
+    price, quantity, stop = request.price, request.quantity, request.stop_price
+    _check_range("price", price, 0, PRICE_TICKS_MAX)
+    _check_range("quantity", quantity, 1, QUANTITY_MAX)
+    _check_range("stop_price", stop, 0, PRICE_TICKS_MAX)
+    return client_id, seq, symbol, sell, price, quantity, stop
+
+
+def _submit_encoded(request: pb.SubmitOrderRequest) -> tuple[int, int, bytes, str]:
+    """``_submit`` then ``_encoded`` without building the ``AddOrder`` (the session's hot path,
+    orderbook.codec Rule 5): the same checks, the same bytes."""
+    client_id, seq, symbol, sell, price, quantity, stop = _submit_fields(request)
+    try:
+        body = encode_add(f"{client_id}.{seq}", symbol, sell, price, quantity, stop,
+                          request.all_or_none, request.immediate_or_cancel)
+    except (ValueError, OverflowError) as exc:
+        raise BadRequest(f"request cannot be encoded: {exc}") from None
+    return client_id, seq, body, symbol
 
 
 def cancel_command(request: pb.CancelRequest) -> tuple[int, int, Command]:
@@ -161,27 +187,19 @@ def _replace(request: pb.ReplaceRequest) -> tuple[int, int, Command]:
     return request.client_id, request.seq, command
 
 
-def session_order(order: pb.SessionOrder) -> tuple[int, int, bytes]:
-    """``(client_id, seq, encoded command)`` of one OrderSession order; ``BadRequest`` if bad."""
+def session_order(order: pb.SessionOrder) -> tuple[int, int, bytes, str | None]:
+    """``(client_id, seq, encoded command, symbol named or None)`` of one OrderSession order;
+    ``BadRequest`` if bad."""
     kind = order.WhichOneof("request")
     if kind == "submit":
-        client_id, seq, command = _submit(order.submit)
-    elif kind == "cancel":
+        return _submit_encoded(order.submit)
+    if kind == "cancel":
         client_id, seq, command = _cancel(order.cancel)
     elif kind == "replace":
         client_id, seq, command = _replace(order.replace)
     else:
         raise BadRequest("session order carries no submit, cancel or replace")
-    return client_id, seq, _encoded(command)
-
-
-def session_symbol(order: pb.SessionOrder) -> str | None:
-    """The symbol a session order names (None when it names none)."""
-    kind = order.WhichOneof("request")
-    if kind is None:
-        return None
-    symbol: str = getattr(order, kind).symbol
-    return symbol or None
+    return client_id, seq, _encoded(command), command.symbol
 
 
 def session_ids(order: pb.SessionOrder) -> tuple[int, int]:
@@ -199,23 +217,25 @@ def event_message(event: Event) -> pb.OrderEvent:
     ``to_dict()``, a test pins it); the others go through their dict."""
     build = _ORDER_EVENT_BUILDERS.get(type(event))
     if build is not None:
-        return build(event)
+        return build(pb.OrderEvent, event)
     return event_message_from_dict(event.to_dict())
 
 
-_OrderEventBuilder = Callable[[Any], pb.OrderEvent]
+# Each builder calls ``make`` with the event's fields: ``pb.OrderEvent`` to build a free-standing
+# message, or a reply's ``events.add`` to build it in place (Rule 4).
+_OrderEventBuilder = Callable[[Callable[..., pb.OrderEvent], Any], pb.OrderEvent]
 _ORDER_EVENT_BUILDERS: dict[type, _OrderEventBuilder] = {
-    Accepted: lambda e: pb.OrderEvent(kind="accept", order_id=e.order_id),
-    Rejected: lambda e: pb.OrderEvent(kind="reject", order_id=e.order_id, reason=e.reason),
-    Filled: lambda e: pb.OrderEvent(kind="fill", order_id=e.order_id,
-                                    contra_order_id=e.contra_id, price=e.price, quantity=e.qty),
-    Cancelled: lambda e: pb.OrderEvent(kind="cancel", order_id=e.order_id, quantity=e.qty),
-    CancelRejected: lambda e: pb.OrderEvent(kind="cancel_reject", order_id=e.order_id,
-                                            reason=e.reason),
-    Replaced: lambda e: pb.OrderEvent(kind="replace", order_id=e.order_id, quantity=e.qty,
-                                      price=e.price),
-    ReplaceRejected: lambda e: pb.OrderEvent(kind="replace_reject", order_id=e.order_id,
-                                             reason=e.reason),
+    Accepted: lambda make, e: make(kind="accept", order_id=e.order_id),
+    Rejected: lambda make, e: make(kind="reject", order_id=e.order_id, reason=e.reason),
+    Filled: lambda make, e: make(kind="fill", order_id=e.order_id, contra_order_id=e.contra_id,
+                                 price=e.price, quantity=e.qty),
+    Cancelled: lambda make, e: make(kind="cancel", order_id=e.order_id, quantity=e.qty),
+    CancelRejected: lambda make, e: make(kind="cancel_reject", order_id=e.order_id,
+                                         reason=e.reason),
+    Replaced: lambda make, e: make(kind="replace", order_id=e.order_id, quantity=e.qty,
+                                   price=e.price),
+    ReplaceRejected: lambda make, e: make(kind="replace_reject", order_id=e.order_id,
+                                          reason=e.reason),
 }
 
 
@@ -266,19 +286,42 @@ def price_levels(levels: Iterable[tuple[int, int, int]]) -> list[pb.PriceLevel]:
 
 
 def reply_message(reply: Reply, replica_id: int, unsolicited: bool = False) -> pb.OrderReply:
-    events = [event_message(event) for event in reply.events]
+    return _build_reply(pb.OrderReply, reply, replica_id, unsolicited)
+
+
+def session_response(answers: Iterable[Reply], unsolicited: Iterable[Reply],
+                     replica_id: int) -> pb.SessionResponse:
+    """One order-session message: a report per answer, then the unsolicited fills (Rule 4)."""
+    response = pb.SessionResponse()
+    add = response.reports.add
+    for reply in answers:
+        _build_reply(add, reply, replica_id, False)
+    for reply in unsolicited:
+        _build_reply(add, reply, replica_id, True)
+    return response
+
+
+def _build_reply(make: Callable[..., pb.OrderReply], reply: Reply, replica_id: int,
+                 unsolicited: bool) -> pb.OrderReply:
+    """Rule 4: ``make`` is ``pb.OrderReply`` or a response's ``reports.add``; the events are
+    added to the reply in place: the upb runtime copies a message that is built apart and then
+    put in a list or another message (building a session's reports apart cost twice as many
+    instructions)."""
+    message = make(client_id=reply.client_id, seq=reply.seq, order_id=reply.order_id,
+                   log_index=reply.log_index, duplicate=reply.duplicate, replica_id=replica_id,
+                   unsolicited=unsolicited)
+    events = message.events
+    add = events.add
+    builders = _ORDER_EVENT_BUILDERS
+    for event in reply.events:
+        build = builders.get(type(event))
+        if build is not None:
+            build(add, event)
+        else:
+            events.append(event_message_from_dict(event.to_dict()))
     if reply.error:
-        events.append(pb.OrderEvent(kind="rejected", order_id=reply.order_id, reason=reply.error))
-    return pb.OrderReply(
-        client_id=reply.client_id,
-        seq=reply.seq,
-        order_id=reply.order_id,
-        events=events,
-        log_index=reply.log_index,
-        duplicate=reply.duplicate,
-        replica_id=replica_id,
-        unsolicited=unsolicited,
-    )
+        add(kind="rejected", order_id=reply.order_id, reason=reply.error)
+    return message
 
 
 def event_dict(message: pb.OrderEvent) -> dict[str, object]:

@@ -151,7 +151,7 @@ class ExchangeService(pb_grpc.ExchangeServicer):
                                   name="session-reader", daemon=True)
         reader.start()
         replica_id = node.replica_id
-        reply_message = convert.reply_message
+        session_response = convert.session_response
         try:
             while True:
                 try:
@@ -172,9 +172,7 @@ class ExchangeService(pb_grpc.ExchangeServicer):
                         node.acknowledge(max(reply.log_index for reply in answers))
                     except ServerUnavailable as exc:
                         _abort_order_entry(context, exc)
-                reports = [reply_message(reply, replica_id) for reply in answers]
-                reports.extend(reply_message(r, replica_id, unsolicited=True) for r in unsolicited)
-                yield pb.SessionResponse(reports=reports)
+                yield session_response(answers, unsolicited, replica_id)
         finally:
             session.fail(SessionFinished("stream closed"))
             node.close_session(session)
@@ -225,14 +223,14 @@ class ExchangeService(pb_grpc.ExchangeServicer):
         requests: list[tuple[Slot, int, int, bytes]] = []
         for slot, order in zip(slots, orders, strict=True):
             try:
-                client_id, seq, body = convert.session_order(order)
+                client_id, seq, body, symbol = convert.session_order(order)
                 if session.client_id != client_id:
                     if session.client_id:
                         raise convert.BadRequest(
                             f"this session carries client {session.client_id}; "
                             f"got client_id {client_id}")
                     self.node.bind_session(session, client_id)
-                why = self.node.symbol_refusal(convert.session_symbol(order))
+                why = self.node.symbol_refusal(symbol)
                 if why is not None:
                     raise convert.BadRequest(why)
             except convert.BadRequest as exc:

@@ -10,6 +10,7 @@ from hypothesis import given, seed, settings
 from hypothesis import strategies as st
 
 from orderbook import AddOrder, CancelOrder, ReplaceOrder, Side, decode_command, encode_command
+from orderbook.codec import encode_add
 
 INT64 = st.integers(-(1 << 63), (1 << 63) - 1)
 TEXT = st.text(max_size=20).filter(lambda t: len(t.encode("utf-8", "surrogatepass")) <= 255
@@ -98,3 +99,28 @@ def test_decode_never_raises_anything_but_value_error(data: bytes) -> None:
 
 def test_header_struct_sizes() -> None:
     assert struct.calcsize("<BBBBBqqq") == 29
+
+
+@seed(11)
+@settings(max_examples=300, derandomize=True)
+@given(TEXT, TEXT, st.booleans(), INT64, INT64, INT64, st.booleans(), st.booleans())
+def test_encode_add_is_the_encoding_of_the_add_it_describes(
+        order_id: str, symbol: str, sell: bool, price: int, qty: int, stop: int, aon: bool,
+        ioc: bool) -> None:
+    """codec Rule 5: one layout, whether or not an ``AddOrder`` was built."""
+    add = AddOrder(order_id, symbol, Side.SELL if sell else Side.BUY, price, qty, stop, aon, ioc)
+    assert encode_add(order_id, symbol, sell, price, qty, stop, aon, ioc) == encode_command(add)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    (("x" * 256, "S", False, 1, 1, 0, False, False), "order id: 256 bytes"),
+    (("o", "S" * 256, False, 1, 1, 0, False, False), "symbol: 256 bytes"),
+    (("o", "S", True, 1 << 63, 1, 0, False, False), "cannot encode AddOrder"),
+    (("\ud800", "S", False, 1, 1, 0, False, False), "not valid UTF-8"),
+])
+def test_encode_add_refuses_what_encode_command_refuses(fields: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        encode_add(*fields)
+    order_id, symbol, sell, *rest = fields
+    with pytest.raises(ValueError, match=message):
+        encode_command(AddOrder(order_id, symbol, Side.SELL if sell else Side.BUY, *rest))
