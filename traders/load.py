@@ -361,19 +361,18 @@ class LoadRun:
 
     def _send_list(self, session: SessionClient, workload: Workload,
                    sent: dict[int, tuple[int, int, Request]], now_ns: int) -> None:
-        orders = []
+        orders = session.order_list()  # built in place (traders.session Rule 5)
         for _ in range(self.config.batch):
             request = workload.next_request()
             if isinstance(request, Submit):
-                order = session.submit_order(request.symbol, request.side, request.price,
-                                             request.quantity,
-                                             immediate_or_cancel=request.immediate_or_cancel)
+                session.submit_order(request.symbol, request.side, request.price,
+                                     request.quantity,
+                                     immediate_or_cancel=request.immediate_or_cancel, into=orders)
             elif isinstance(request, Cancel):
-                order = session.cancel_order(request.order_id, request.symbol)
+                session.cancel_order(request.order_id, request.symbol, into=orders)
             else:
-                order = session.replace_order(request.order_id, request.quantity_delta,
-                                              request.new_price, request.symbol)
-            orders.append(order)
+                session.replace_order(request.order_id, request.quantity_delta,
+                                      request.new_price, request.symbol, into=orders)
             sent[session.last_seq] = (now_ns, session.reconnects, request)
         session.send(orders)
 

@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import grpc
 
@@ -135,24 +135,52 @@ class SessionClient:
         """The seq the latest built order got."""
         return self._seq
 
+    def order_list(self) -> pb.SessionRequest:
+        """An empty order list: build orders into it (``into=``) and ``send`` it (Rule 5)."""
+        return pb.SessionRequest()
+
+    def _new_order(self, into: pb.SessionRequest | None) -> pb.SessionOrder:
+        return pb.SessionOrder() if into is None else into.orders.add()
+
     def submit_order(
         self, symbol: str, side: pb.Side, price: int, quantity: int, stop_price: int = 0,
         all_or_none: bool = False, immediate_or_cancel: bool = False,
+        into: pb.SessionRequest | None = None,
     ) -> pb.SessionOrder:
-        return pb.SessionOrder(submit=pb.SubmitOrderRequest(
-            client_id=self.client_id, seq=self.next_seq(), symbol=symbol, side=side, price=price,
-            quantity=quantity, stop_price=stop_price, all_or_none=all_or_none,
-            immediate_or_cancel=immediate_or_cancel))
+        order = self._new_order(into)
+        submit = order.submit  # fields set in place (Rule 5)
+        submit.client_id = self.client_id
+        submit.seq = self.next_seq()
+        submit.symbol = symbol
+        submit.side = side
+        submit.price = price
+        submit.quantity = quantity
+        submit.stop_price = stop_price
+        submit.all_or_none = all_or_none
+        submit.immediate_or_cancel = immediate_or_cancel
+        return order
 
-    def cancel_order(self, order_id: str, symbol: str = "") -> pb.SessionOrder:
-        return pb.SessionOrder(cancel=pb.CancelRequest(
-            client_id=self.client_id, seq=self.next_seq(), order_id=order_id, symbol=symbol))
+    def cancel_order(self, order_id: str, symbol: str = "",
+                     into: pb.SessionRequest | None = None) -> pb.SessionOrder:
+        order = self._new_order(into)
+        cancel = order.cancel
+        cancel.client_id = self.client_id
+        cancel.seq = self.next_seq()
+        cancel.order_id = order_id
+        cancel.symbol = symbol
+        return order
 
     def replace_order(self, order_id: str, quantity_delta: int = 0, new_price: int = 0,
-                      symbol: str = "") -> pb.SessionOrder:
-        return pb.SessionOrder(replace=pb.ReplaceRequest(
-            client_id=self.client_id, seq=self.next_seq(), order_id=order_id,
-            quantity_delta=quantity_delta, new_price=new_price, symbol=symbol))
+                      symbol: str = "", into: pb.SessionRequest | None = None) -> pb.SessionOrder:
+        order = self._new_order(into)
+        replace = order.replace
+        replace.client_id = self.client_id
+        replace.seq = self.next_seq()
+        replace.order_id = order_id
+        replace.quantity_delta = quantity_delta
+        replace.new_price = new_price
+        replace.symbol = symbol
+        return order
 
     # -- the stream ---------------------------------------------------------------------------
 
@@ -160,17 +188,25 @@ class SessionClient:
     def in_flight(self) -> int:
         return len(self.unanswered)
 
-    def send(self, orders: list[pb.SessionOrder]) -> None:
-        """Send one order list (Rule 3); answers come from ``receive``."""
-        assert 1 <= len(orders) <= SESSION_MESSAGE_ORDERS_MAX, len(orders)
-        assert len(self.unanswered) + len(orders) <= SESSION_IN_FLIGHT_MAX
-        for order in orders:
+    def send(self, orders: list[pb.SessionOrder] | pb.SessionRequest) -> None:
+        """Send one order list (Rule 3): orders, or an ``order_list`` built in place (Rule 5);
+        answers come from ``receive``."""
+        message: pb.SessionRequest | None
+        listed: Sequence[pb.SessionOrder]
+        if isinstance(orders, pb.SessionRequest):
+            message, listed = orders, orders.orders
+        else:
+            message, listed = None, orders
+        assert 1 <= len(listed) <= SESSION_MESSAGE_ORDERS_MAX, len(listed)
+        assert len(self.unanswered) + len(listed) <= SESSION_IN_FLIGHT_MAX
+        unanswered = self.unanswered
+        for order in listed:
             request = getattr(order, order.WhichOneof("request") or "submit")
-            self.unanswered[request.seq] = order
+            unanswered[request.seq] = order
         if self._outbox is None:
             self._connect()  # sends everything unanswered, these orders included
             return
-        self._outbox.put(pb.SessionRequest(orders=orders))
+        self._outbox.put(message if message is not None else pb.SessionRequest(orders=listed))
 
     def receive(self) -> list[pb.OrderReply]:
         """The next reports (answers in send order, unsolicited fills: Rule 4); reconnects and

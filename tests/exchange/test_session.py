@@ -120,9 +120,14 @@ def test_sessions_over_grpc_report_in_order_and_fill_resting_orders_unsolicited(
     connection = ClusterConnection(tuple(standalone.addresses.values()))
     seller = SessionClient(connection, next(_client_ids))
     buyer = SessionClient(connection, next(_client_ids))
-    sells = [seller.submit_order("SGR", pb.SELL, 500 + i, 10) for i in range(20)]
-    for start in range(0, 20, 5):
+    sells = [seller.submit_order("SGR", pb.SELL, 500 + i, 10) for i in range(10)]
+    for start in range(0, 10, 5):
         seller.send(sells[start : start + 5])
+    for start in range(10, 20, 5):  # order lists built in place (traders.session Rule 5)
+        orders = seller.order_list()
+        sells += [seller.submit_order("SGR", pb.SELL, 500 + i, 10, into=orders)
+                  for i in range(start, start + 5)]
+        seller.send(orders)
     answered = []
     while seller.in_flight:
         answered += [r for r in seller.receive() if not r.unsolicited]
@@ -142,6 +147,28 @@ def test_sessions_over_grpc_report_in_order_and_fill_resting_orders_unsolicited(
     assert convert.event_dict(unsolicited[0].events[0])["contra"] == reply.order_id
     seller.close()
     buyer.close()
+    connection.close()
+
+
+def test_orders_built_into_an_order_list_are_the_orders_built_apart():
+    """traders.session Rule 5: the same messages, seqs taken in the same order."""
+    connection = ClusterConnection(("127.0.0.1:1",))  # never connected: nothing is sent
+    apart, in_place = SessionClient(connection, 9), SessionClient(connection, 9)
+    orders = in_place.order_list()
+    built = [in_place.submit_order("A", pb.SELL, 5, 2, 1, True, True, into=orders),
+             in_place.cancel_order("9.1", "A", into=orders),
+             in_place.replace_order("9.1", -1, 6, into=orders)]
+    expected = [apart.submit_order("A", pb.SELL, 5, 2, 1, True, True),
+                apart.cancel_order("9.1", "A"), apart.replace_order("9.1", -1, 6)]
+    assert list(orders.orders) == built == expected
+    assert orders == pb.SessionRequest(orders=[
+        pb.SessionOrder(submit=pb.SubmitOrderRequest(
+            client_id=9, seq=1, symbol="A", side=pb.SELL, price=5, quantity=2, stop_price=1,
+            all_or_none=True, immediate_or_cancel=True)),
+        pb.SessionOrder(cancel=pb.CancelRequest(client_id=9, seq=2, order_id="9.1",
+                                                symbol="A")),
+        pb.SessionOrder(replace=pb.ReplaceRequest(client_id=9, seq=3, order_id="9.1",
+                                                  quantity_delta=-1, new_price=6))])
     connection.close()
 
 
