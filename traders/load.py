@@ -160,22 +160,29 @@ class LoadReport:
 
 
 def _outcome(reply: pb.OrderReply) -> int:
-    for event in reply.events:
-        if event.kind in REJECT_KINDS:
-            return REJECTED
-    return ACKED
+    return _judge(reply, 0)[0]
 
 
-def _still_resting(reply: pb.OrderReply, quantity: int) -> bool:
-    filled = 0
+def _judge(reply: pb.OrderReply, quantity: int) -> tuple[int, bool]:
+    """``(outcome, still resting)`` of a reply, in one pass over its events (each event read
+    from a protobuf list builds a Python object): REJECTED if any event is a refusal, else
+    ACKED; resting if no cancel or reject of the order itself and fewer than ``quantity``
+    filled."""
+    outcome, gone, filled = ACKED, False, 0
+    order_id = reply.order_id
     for event in reply.events:
-        if event.order_id != reply.order_id:
-            continue
-        if event.kind in ("cancel", "reject"):
-            return False
-        if event.kind == "fill":
-            filled += event.quantity
-    return filled < quantity
+        kind = event.kind
+        if kind in REJECT_KINDS:
+            outcome = REJECTED
+        if kind in _ORDER_END_KINDS and event.order_id == order_id:
+            if kind == "fill":
+                filled += event.quantity
+            else:
+                gone = True
+    return outcome, not gone and filled < quantity
+
+
+_ORDER_END_KINDS = frozenset({"cancel", "reject", "fill"})  # what _judge reads of the order
 
 
 class LoadRun:
@@ -308,7 +315,7 @@ class LoadRun:
                 result = client.submit(request.symbol, request.side, request.price,
                                        request.quantity,
                                        immediate_or_cancel=request.immediate_or_cancel)
-                if request.price and _still_resting(result.reply, request.quantity):
+                if request.price and _judge(result.reply, request.quantity)[1]:
                     workload.remember(result.reply.order_id, request.symbol)
             elif isinstance(request, Cancel):
                 result = client.cancel(request.order_id, request.symbol)
@@ -390,12 +397,12 @@ class LoadRun:
                 continue
             start_ns, reconnects, request = entry
             retried = session.reconnects - reconnects
+            # a limit order may rest: its quantity; anything else never rests (0)
+            quantity = request.quantity if isinstance(request, Submit) and request.price else 0
+            outcome, resting = _judge(report, quantity)
             if report.log_index == 0 and any(e.kind == "rejected" for e in report.events):
                 outcome = INVALID
-            else:
-                outcome = _outcome(report)
             samples.append(Sample(start_ns, end_ns, 1 + retried,
                                   session.last_failure_ns if retried else 0, outcome, server))
-            if (isinstance(request, Submit) and request.price
-                    and _still_resting(report, request.quantity)):
+            if resting:  # a quantity of 0 never rests
                 workload.remember(report.order_id, request.symbol)
