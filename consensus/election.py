@@ -25,10 +25,12 @@ Rule 4 (leader upkeep): a peer the leader lost (a write failed: permission revok
         transiently) is asked again with a fresh request number; a peer that grants this leader
         later is caught up before it receives entries (design Rule 3); an idle leader publishes
         its commit word. A peer that moved on to another live leader refuses (Rule 1).
-Rule 5: nothing here runs while paused: no answers, no campaign; the heartbeat activity stops
-        beating too (fate sharing also stops it when a proposal is stuck). A failed replica
-        (``LogOverrun``) neither beats nor campaigns but still answers requests: its log remains
-        a valid acceptor for a majority, it just cannot deliver or lead.
+Rule 5: nothing here runs while paused: no answers, no campaign (also when the pause came
+        while a turn was under way: a campaign begins under the role mutex only if not paused;
+        found by simulator seed 12345533); the heartbeat activity stops beating too (fate
+        sharing also stops it when a proposal is stuck). A failed replica (``LogOverrun``)
+        neither beats nor campaigns but still answers requests: its log remains a valid
+        acceptor for a majority, it just cannot deliver or lead.
 Rule 6: a leader also reads every peer's ``holder`` word in its scan and steps down once fewer
         than a majority name it: an idle deposed leader (stopped, then continued, after another
         replica took over) learns it within a scan instead of at its next write, so it stops
@@ -384,6 +386,8 @@ class Background:
         state = self.state
         with state.role:
             assert not state.leading
+            if state.paused or state.stopping:  # Rule 5: the pause came after this turn began
+                return 0
             try:
                 self._revoke_all_but(state.replica_id)
             except RevokeStalled:

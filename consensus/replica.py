@@ -40,7 +40,8 @@ Rule 7: ``_check()`` asserts the invariants that hold whenever the role mutex is
         simulator runs it between steps); it only reads, so a ``python -O`` run is the same run.
 Rule 8: ``pause(announce=False)`` is silent, as a stopped process: it does not clear the
         ``leading`` word, so peers must detect the silence; ``pause()`` steps aside first
-        (cooperative: peers replace it within ``candidate_dead_after_us``).
+        (cooperative: peers replace it within ``candidate_dead_after_us``). ``resume`` sets the
+        idle word back under the role mutex, and only while neither leading nor campaigning.
 Rule 9: ``start_pause_relay(fifo_fd)`` reads the server's control FIFO through a native
         ``PauseRelay`` that this replica's native beat follows (native_beat Rule 8): a pause
         line silences the replica before the interpreter runs ``pause`` itself. None (nothing
@@ -281,8 +282,9 @@ class Replica:
         if state is None:
             self._paused_before_start = False
             return
-        if not state.leading:  # Rule 8: a silent pause left the old word; the background is idle
-            state.set_word(ctrl_mod.LEADING_OFFSET, state.idle_leading_word)
+        with state.role:  # Rule 8: a silent pause left the old word
+            if not state.leading and not state.campaigning:
+                state.set_word(ctrl_mod.LEADING_OFFSET, state.idle_leading_word)
         state.resumed = True
         state.paused = False
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from consensus import ctrl as ctrl_mod
+from consensus.election import Background
 from consensus.sim.fabric import SimNetwork
 from consensus.sim.plan import NS_PER_MS, Plan, make_plan
-from consensus.sim.world import RunResult, World
+from consensus.sim.world import Node, RunResult, World
 
 SEEDS = (1, 2, 3)
 
@@ -301,3 +304,58 @@ def test_fresh_incarnations_number_their_requests_in_disjoint_ranges() -> None:
         assert upper - lower >= ctrl.REQUESTS_PER_INCARNATION - ctrl.REQUEST_STRIDE
         assert lower % ctrl.REQUEST_STRIDE == upper % ctrl.REQUEST_STRIDE == 3
         assert ctrl.next_request(3, lower) < upper
+
+
+def test_a_pause_that_lands_while_a_turn_decides_to_campaign_stops_the_campaign(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """3 replicas: leader 1 is paused at 3 ms, so replica 2 (the lowest live id) decides to
+    campaign; the pause hook of replica 2 runs just after its turn decided, and its resume runs
+    as soon as a campaign numbers its request (or 0.3 ms later). Found by simulator seed
+    12345533 (5 replicas): the turn had read ``paused`` at its start and went on to campaign
+    while paused; the resume then wrote the idle leading word over the campaign's (the replica
+    check: "campaigning, leading word 0"). Fixed: a campaign begins under the role mutex only if
+    not paused (election Rule 5), and resume writes the idle word under it only when neither
+    leading nor campaigning."""
+    decide, number = Background._should_campaign, Background._new_request
+    for seed in SEEDS:
+        world = World(scenario_plan(seed))
+        one, two = world.nodes[1], world.nodes[2]
+        landed: list[str] = []
+
+        def resume(two: Node = two, landed: list[str] = landed) -> None:
+            if "resumed" not in landed and two.replica is not None:
+                landed.append("resumed")
+                two.hook_paused = False
+                two.replica.resume()
+
+        def should_campaign(self: Background, world: World = world, two: Node = two,
+                            landed: list[str] = landed, resume=resume) -> bool:
+            decided = decide(self)
+            if decided and self.state.replica_id == 2 and not landed:
+                landed.append("paused")
+                two.hook_paused = True  # the whole hook runs here, inside the turn
+                assert two.replica is not None
+                two.replica.pause()
+                world.scheduler.at(self.state.runtime.now_ns() + 300_000, resume)
+            return decided
+
+        def new_request(self: Background, resume=resume) -> int:
+            if self.state.replica_id == 2 and self.state.paused:
+                resume()  # the resume lands as a campaign begun while paused numbers its request
+            return number(self)
+
+        def pause_leader(world: World = world, one: Node = one) -> None:
+            one.hook_paused = True  # stays paused: replica 2 is the lowest live id
+            world.command(one, "pause")
+
+        monkeypatch.setattr(Background, "_should_campaign", should_campaign)
+        monkeypatch.setattr(Background, "_new_request", new_request)
+        world.scheduler.at(3 * NS_PER_MS, pause_leader)
+        result = world.run()
+        monkeypatch.undo()
+        assert landed[:1] == ["paused"], f"seed {seed}: replica 2 never decided to campaign"
+        assert result.ok, f"seed {seed}: {result.failure}"
+
+def test_seed_12345533_a_pause_during_a_turn_that_campaigns() -> None:
+    result = World(make_plan(12345533)).run()
+    assert result.ok, f"seed 12345533: {result.failure}"
