@@ -8,11 +8,15 @@ Rule 2: a write whose effect depends on the moment it is applied is made determi
         ``PSETEX``, ``SET ... EX|PX``) become absolute ones (``PEXPIREAT``, ``SET ... PXAT``) from
         the leader's clock. The rest of that kind is refused (see ``REFUSED``).
 Rule 3: commands with effects outside the data set or per-connection state (scripting, blocking,
-        pub/sub, transactions, admin, ``SELECT`` of another db, ``HELLO``) are refused, because
+        pub/sub, transactions, admin, ``SELECT`` of another db, ``AUTH``) are refused, because
         every client shares one connection to the local server.
 Rule 4: reads (``READS``) never go through consensus: the leader serves them from its local
         server after every write it has applied; a follower from its own (possibly behind) server.
 Rule 5: ``classify`` is pure: the clock is passed in.
+Rule 6: ``HELLO`` (what redis-py sends on every connect) is answered by the front end: protocol 2
+        (or none) with redis-server's RESP2 reply, protocol 3 with ``-NOPROTO`` naming the fix
+        (connect with protocol 2): replies are RESP2, relayed byte for byte from one shared
+        connection, so a RESP3 client cannot be served.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ REFUSED: dict[bytes, str] = {
          "SYNC PSYNC MONITOR SORT GEORADIUS GEORADIUSBYMEMBER XGROUP XACK XCLAIM XAUTOCLAIM "
          "XSETID XINFO XPENDING LOLWUT", _ADMIN),
         ("MULTI EXEC DISCARD WATCH UNWATCH SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE "
-         "PUNSUBSCRIBE SUNSUBSCRIBE PUBLISH SPUBLISH PUBSUB AUTH HELLO RESET READONLY READWRITE "
+         "PUNSUBSCRIBE SUNSUBSCRIBE PUBLISH SPUBLISH PUBSUB AUTH RESET READONLY READWRITE "
          "ASKING CLIENT", _CONN),
         ("GETEX", _TTL),
     )
@@ -185,6 +189,8 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
         if len(args) == 2 and args[1] == b"0":
             return Route.REPLY, _OK
         return Route.REPLY, refuse(b"SELECT", "only database 0 is served")
+    if name == b"HELLO":
+        return Route.REPLY, _hello(args)
     if name == b"KVSTORES":
         sub = args[1].upper() if len(args) > 1 else b""
         if sub == b"DIGEST":
@@ -199,6 +205,42 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
     raise AssertionError(name)
 
 
+HELLO_SERVER_VERSION = b"7.0.0"  # what HELLO reports: the command set served is redis 7's
+_RESP3_REFUSED = ("NOPROTO kvstores: this replicated server speaks RESP2 only (every client "
+                  "shares one RESP2 connection to the local server); connect with protocol 2, "
+                  "e.g. redis-py: redis.Redis(..., protocol=2)")
+
+
+def _hello(args: list[bytes]) -> bytes:
+    """Rule 6: ``HELLO [2 [SETNAME name]]`` answers as redis-server does in RESP2; protocol 3
+    (redis-py's default since 8.0) is refused with NOPROTO and how to connect; AUTH is refused
+    like the AUTH command."""
+    if len(args) >= 2:
+        try:
+            version = int(args[1])
+        except ValueError:
+            return error("ERR Protocol version is not an integer or out of range")
+        if version == 3:
+            return error(_RESP3_REFUSED)
+        if version != 2:
+            return error("NOPROTO unsupported protocol version")
+    options = [arg.upper() for arg in args[2:]]
+    position = 0
+    while position < len(options):
+        option = options[position]
+        if option == b"AUTH":
+            return refuse(b"HELLO AUTH", _CONN)
+        if option == b"SETNAME" and position + 1 < len(options):
+            position += 2  # accepted; the name is not kept (one shared connection, Rule 3)
+            continue
+        text = args[2 + position].decode(errors="replace")
+        return error(f"ERR Syntax error in HELLO option '{text}'")
+    fields = [(b"server", bulk(b"redis")), (b"version", bulk(HELLO_SERVER_VERSION)),
+              (b"proto", b":2\r\n"), (b"id", b":0\r\n"), (b"mode", bulk(b"standalone")),
+              (b"role", bulk(b"master")), (b"modules", b"*0\r\n")]
+    return b"*%d\r\n" % (2 * len(fields)) + b"".join(bulk(key) + value for key, value in fields)
+
+
 _SPECIAL = {
     b"SET": _set,
     b"EXPIRE": _expire,
@@ -211,6 +253,7 @@ _SPECIAL = {
     b"QUIT": _local,
     b"SELECT": _local,
     b"KVSTORES": _local,
+    b"HELLO": _local,
 }
 assert not _SPECIAL.keys() & REFUSED.keys()
 

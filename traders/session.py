@@ -20,6 +20,10 @@ Rule 3: a message carries at most ``SESSION_MESSAGE_ORDERS_MAX`` orders; callers
         ``SESSION_IN_FLIGHT_MAX`` unanswered (``in_flight``); ``send`` asserts both.
 Rule 4: reports with ``unsolicited`` set are fills of this client's resting orders caused by other
         traders; ``receive`` returns them with the answers and they never touch ``unanswered``.
+Rule 5: orders are built in place: their fields are set on the message, and with ``into=`` the
+        order is added to an ``order_list`` that ``send`` sends as it is. The upb runtime copies a
+        message built apart and then put into another; those copies were more than half of what
+        building and serializing a 20-order list cost (22,489 -> 8,894 instructions per order).
 """
 
 from __future__ import annotations

@@ -49,6 +49,27 @@ def eventually(attempt, give_up_s: float = 10.0):
     return result
 
 
+def test_redis_py_connects_with_protocol_2_and_is_told_why_not_with_3(redis3):
+    """redis_rules Rule 6 with the real client: redis-py (HELLO on connect) over RESP2 works; its
+    RESP3 default since 8.0 gets NOPROTO naming the fix."""
+    import redis
+
+    leader = redis3.wait_for_leader(10)
+    host, port = redis3.addresses[leader].split(":")
+    client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=2)
+    try:
+        assert eventually(lambda: client.set("hello-key", "v")) is True
+        assert client.get("hello-key") == b"v"
+    finally:
+        client.close()
+    resp3 = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=3)
+    try:
+        with pytest.raises(redis.exceptions.ResponseError, match="protocol=2"):
+            resp3.ping()
+    finally:
+        resp3.close()
+
+
 def test_follower_redirects_writes_to_the_leader(redis3):
     def redirected():
         leader = redis3.wait_for_leader(10)

@@ -66,6 +66,21 @@ def test_local_answers_and_status():
     assert route(b"KVSTORES", b"FORWARDER") == (Route.FORWARDER, b"+OK\r\n")
 
 
+def test_hello_answers_resp2_and_refuses_resp3_saying_how_to_connect():
+    """redis_rules Rule 6: redis-py sends HELLO on every connect (protocol 3 since 8.0)."""
+    for args in ((b"HELLO",), (b"HELLO", b"2"), (b"hello", b"2", b"SETNAME", b"me")):
+        kind, reply = route(*args)
+        assert kind is Route.REPLY
+        assert reply.startswith(b"*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n")
+        assert b"$5\r\nproto\r\n:2\r\n" in reply and reply.endswith(b"$7\r\nmodules\r\n*0\r\n")
+    refused = route(b"HELLO", b"3")[1]
+    assert refused.startswith(b"-NOPROTO kvstores:") and b"protocol=2" in refused
+    assert route(b"HELLO", b"4")[1] == b"-NOPROTO unsupported protocol version\r\n"
+    assert route(b"HELLO", b"x")[1].startswith(b"-ERR Protocol version")
+    assert route(b"HELLO", b"2", b"AUTH", b"u", b"p")[1].startswith(b"-ERR kvstores: 'HELLO AUTH'")
+    assert route(b"HELLO", b"2", b"BOGUS")[1] == b"-ERR Syntax error in HELLO option 'BOGUS'\r\n"
+
+
 def test_tables_are_disjoint():
     assert not WRITES & READS
     assert not set(REFUSED) & (WRITES | READS)
