@@ -145,7 +145,7 @@ def _submit_encoded(request: pb.SubmitOrderRequest) -> tuple[int, int, bytes, st
     orderbook.codec Rule 5): the same checks, the same bytes."""
     client_id, seq, symbol, sell, price, quantity, stop = _submit_fields(request)
     try:
-        body = encode_add(f"{client_id}.{seq}", symbol, sell, price, quantity, stop,
+        body = encode_add(order_id_for(client_id, seq), symbol, sell, price, quantity, stop,
                           request.all_or_none, request.immediate_or_cancel)
     except (ValueError, OverflowError) as exc:
         raise BadRequest(f"request cannot be encoded: {exc}") from None
