@@ -2,9 +2,9 @@
 
 Each scenario runs a few seeds; a failure names the seed and its replay command. A bug still
 open gets ``xfail(strict=True)`` (CI stays green; the fix makes the test XPASS and fail, and the
-marker goes). Every bug below is fixed but one: seed 77770002 (the last test). A seed names a trace of the code it ran on: after a
-protocol change the seed replays a different interleaving, so a seed test is a smoke guard;
-the scripted scenarios do not depend on one trace.
+marker goes). Every bug below is fixed but one: seed 77770002 (the last test). A seed names a
+trace of the code it ran on: after a protocol change the seed replays a different interleaving,
+so a seed test is a smoke guard; the scripted scenarios do not depend on one trace.
 """
 
 from __future__ import annotations
