@@ -29,13 +29,14 @@ class ProposalTimeout(ConsensusError, TimeoutError):
 class LogOverrun(ConsensusError):
     """A replica fell further behind than the circular log holds; state transfer is needed."""
 
-    def __init__(self, replica_id: int, index: int, found_index: int) -> None:
+    def __init__(self, replica_id: int, index: int, found_index: int,
+                 why: str | None = None) -> None:
         self.replica_id = replica_id
         self.index = index
         self.found_index = found_index
         super().__init__(
             f"replica {replica_id} fell behind by more than the log holds: it needs entry {index} "
-            f"but its slot already holds entry {found_index}; state transfer needed"
+            f"but {why or f'its slot already holds entry {found_index}'}; state transfer needed"
         )
 
 

@@ -15,6 +15,12 @@ Rule 4: the log header holds ``min_proposal``, ``first_undecided`` (the owner's 
         increasing address order; the owner reads the trailing proposal first, then the commit,
         then the leading proposal, and trusts the commit only when both proposals agree
         (a seqlock whose sequence number is the proposal).
+Rule 5: the header's ``floor`` word is written by a leader that cannot catch this log up: the
+        entry the owner needs next is committed but no longer in that leader's log (the leader
+        started from a snapshot after it). It holds the needed index + 1; an owner whose next
+        entry is below it stops with ``LogOverrun`` and fetches a snapshot (rejoin Rule 6)
+        instead of waiting for an entry no leader will write. A stale floor costs at most one
+        snapshot fetch: fetching one is always safe.
 """
 
 from __future__ import annotations
@@ -31,9 +37,11 @@ HEADER_BYTES = 64
 MIN_PROPOSAL_OFFSET = 0
 FIRST_UNDECIDED_OFFSET = 8
 COMMIT_WORD_OFFSET = 16
+FLOOR_OFFSET = 40  # Rule 5
 ENTRY_OVERHEAD_BYTES = ENTRY.size + TRAILER.size
 
-assert COMMIT_WORD_OFFSET + COMMIT_WORD.size <= HEADER_BYTES
+assert COMMIT_WORD_OFFSET + COMMIT_WORD.size <= FLOOR_OFFSET
+assert FLOOR_OFFSET + U64.size <= HEADER_BYTES
 assert ENTRY.size == 32 and TRAILER.size == 16
 
 

@@ -11,7 +11,8 @@ Rule 3: ``applied`` (ctrl) and ``first_undecided`` (log header) are published af
         so the leader can recycle slots and a new leader knows where to catch this replica up.
 Rule 4 (design Rule 6): a slot holding entry ``k + m * slots`` (m > 0) when ``k`` is needed means
         the log wrapped past this replica: it stops and reports ``LogOverrun``, never applying a
-        wrong entry.
+        wrong entry. So does a log floor above ``k`` (log Rule 5: a leader whose own log starts
+        after ``k`` cannot write it), checked when a step delivers nothing.
 Rule 5: idle polling backs off (yield, then sleeps doubling up to ``PUMP_SLEEP_S_MAX``), because
         followers share the machine's cores with the leader; with ``pump_poll_us`` set, an idle
         pump instead sleeps that long every time it finds nothing (an application whose own
@@ -50,6 +51,8 @@ _TRAILER_UNPACK = log_mod.TRAILER.unpack_from
 _ENTRY_BYTES = log_mod.ENTRY.size
 _HEADER_BYTES = log_mod.HEADER_BYTES
 _U64_PACK = log_mod.U64.pack_into
+_U64_UNPACK = log_mod.U64.unpack_from
+_FLOOR_OFFSET = log_mod.FLOOR_OFFSET
 assert log_mod.U64.format == ctrl_mod.U64.format
 
 
@@ -136,6 +139,13 @@ class Pump:
             return None
         return proposal, commit, payload
 
+    def _check_floor(self, index: int) -> None:
+        """Rule 4 (log Rule 5): a leader whose log starts after ``index`` said so."""
+        floor = _U64_UNPACK(self.state.log_buf, _FLOOR_OFFSET)[0]
+        if floor > index:
+            raise LogOverrun(self.state.replica_id, index, floor - 1,
+                             why=f"the leader's log no longer holds it (log floor {floor})")
+
     def _check_overrun(self, index: int, found: int) -> None:
         """Rule 4: report only if the later entry is complete (not a torn header)."""
         if self._entry(found) is not None:
@@ -218,6 +228,8 @@ class Pump:
                         raise self._callback_failed(index, error) from error
                 index += 1
                 count += 1
+            if count == 0:
+                self._check_floor(index)
         except ConsensusError as error:
             state.fail(error)
         self.commit_proposal, self.commit_index = commit_proposal, commit_index

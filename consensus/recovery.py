@@ -116,6 +116,12 @@ def catch_up(state: ReplicaState, peer: Peer, tail: int, commit: int) -> bool:
         for index in range(start, tail + 1):
             entry = _local_entry(state, index)
             if entry is None:
+                if index <= state.applied:  # committed, and before this leader's log starts
+                    peer.log.write(log_mod.FLOOR_OFFSET, log_mod.U64.pack(index + 1))
+                    LOGGER.warning("leader %d: replica %d needs entry %d, which this leader's "
+                                   "log no longer holds; told to fetch a snapshot (log Rule 5)",
+                                   state.replica_id, peer.replica_id, index)
+                    return False
                 LOGGER.error("leader %d cannot catch up replica %d: entry %d is not in its log",
                              state.replica_id, peer.replica_id, index)
                 return False

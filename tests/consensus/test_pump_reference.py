@@ -186,3 +186,19 @@ def test_the_reference_is_not_vacuous() -> None:
     wrapped = [("wrapped-ahead", 1, 0, b"x")]
     assert _reference(_fill(0, wrapped, (0, 0, False)), 0) == ([], "overrun")
     assert _run_pump(_fill(0, wrapped, (0, 0, False)), 0)[1] == "overrun"
+
+
+def test_a_log_floor_above_the_next_entry_stops_the_pump_with_an_overrun() -> None:
+    """log Rule 5 / pump Rule 4: a leader whose own log starts after the entry this replica needs
+    writes the floor; the pump delivers what it can, then reports LogOverrun (a snapshot fetch)
+    instead of waiting for an entry nobody will write. A floor at or below it changes nothing."""
+    applied = 10
+    plans = [("complete", 1, 1, b"a"), ("complete", 1, 1, b"b")]  # 11 and 12, committed
+    for floor, outcome, delivered_through in ((0, "waiting", 12), (13, "waiting", 12),
+                                              (14, "overrun", 12), (12, "waiting", 12)):
+        buf = _fill(applied, plans, (1, 2, False))
+        log_mod.U64.pack_into(buf, log_mod.FLOOR_OFFSET, floor)
+        delivered, seen, state = _run_pump(buf, applied)
+        assert (seen, [i for i, _ in delivered][-1:]) == (outcome, [delivered_through]), floor
+        if seen == "overrun":
+            assert "the leader's log no longer holds it (log floor 14)" in str(state.failure)

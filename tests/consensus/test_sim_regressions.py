@@ -2,9 +2,9 @@
 
 Each scenario runs a few seeds; a failure names the seed and its replay command. A bug still
 open gets ``xfail(strict=True)`` (CI stays green; the fix makes the test XPASS and fail, and the
-marker goes). Every bug below is fixed but one: seed 77770002 (the last test). A seed names a
-trace of the code it ran on: after a protocol change the seed replays a different interleaving,
-so a seed test is a smoke guard; the scripted scenarios do not depend on one trace.
+marker goes). Every bug below is fixed. A seed names a trace of the code it ran on: after a
+protocol change the seed replays a different interleaving, so a seed test is a smoke guard;
+the scripted scenarios do not depend on one trace.
 """
 
 from __future__ import annotations
@@ -361,19 +361,18 @@ def test_seed_12345533_a_pause_during_a_turn_that_campaigns() -> None:
     assert result.ok, f"seed 12345533: {result.failure}"
 
 
-@pytest.mark.xfail(strict=True, reason="open: a follower whose next entry precedes the leader's "
-                   "log is never told to fetch a snapshot (liveness)")
 def test_seed_77770002_a_follower_behind_the_leaders_log_start_recovers_by_snapshot() -> None:
-    """Open bug, found by a fresh sweep (2026-12-02, 1 of 600 seeds from 77770000; 0 in three
-    other ranges of 600): replica 3 led, was SIGSTOPped, and stepped down after resuming with
-    entries up to 56 delivered; the next leader (2) had restarted on fresh memory and installed
-    a snapshot of index 60, so its log starts after 60. ``recovery.catch_up`` finds entry 57
-    missing from its own log, logs "cannot catch up replica 3: entry 57 is not in its log" and
-    drops the peer, every scan, to the end: replica 3 never learns that it must fetch a snapshot
-    (its pump only detects an overrun when a slot holds a later wrap of the entry it waits for,
-    and nothing is written there). The cluster keeps its majority; replica 3 stays behind. A
-    fix: the leader tells the follower where its log starts (a header word) and the pump, when
-    the entry it waits for is below that, raises ``LogOverrun``, which starts the rejoin by
-    snapshot (rejoin Rule 6). Replay: ``python -m consensus.sim --seed 77770002 -v``."""
+    """Found by a fresh sweep (2026-12-02, 1 of 600 seeds from 77770000; 0 in three other
+    ranges of 600), present at that session's starting commit: replica 3 led, was SIGSTOPped,
+    and stepped down after resuming with entries up to 56 delivered; the next leader (2) had
+    restarted on fresh memory and installed a snapshot of index 60, so its log starts after 60.
+    ``recovery.catch_up`` found entry 57 missing from its own log, logged "cannot catch up
+    replica 3: entry 57 is not in its log" and dropped the peer, every scan, to the end:
+    replica 3 never learnt that it must fetch a snapshot (its pump only detected an overrun
+    when a slot held a later wrap of the entry it waited for, and nothing was written there).
+    The cluster kept its majority; replica 3 stayed behind. Fixed: the leader writes the
+    follower's log floor (log Rule 5) and the pump, when the entry it waits for is below it,
+    raises ``LogOverrun``, which starts the rejoin by snapshot (rejoin Rule 6). Replay:
+    ``python -m consensus.sim --seed 77770002 -v``."""
     result = World(make_plan(77770002)).run()
     assert result.ok, f"seed 77770002: {result.failure}"
