@@ -33,6 +33,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 
@@ -143,18 +144,22 @@ class SessionClient:
         """An empty order list: build orders into it (``into=``) and ``send`` it (Rule 5)."""
         return pb.SessionRequest()
 
-    def _new_order(self, into: pb.SessionRequest | None) -> pb.SessionOrder:
-        return pb.SessionOrder() if into is None else into.orders.add()
+    def _new_request(self, into: pb.SessionRequest | None,
+                     kind: str) -> tuple[pb.SessionOrder, Any]:
+        """A new order (added to ``into`` when given, Rule 5) and its ``kind`` request, stamped
+        with this client's id and its next seq (Rule 1)."""
+        order = pb.SessionOrder() if into is None else into.orders.add()
+        request = getattr(order, kind)
+        request.client_id = self.client_id
+        request.seq = self.next_seq()
+        return order, request
 
     def submit_order(
         self, symbol: str, side: pb.Side, price: int, quantity: int, stop_price: int = 0,
         all_or_none: bool = False, immediate_or_cancel: bool = False,
         into: pb.SessionRequest | None = None,
     ) -> pb.SessionOrder:
-        order = self._new_order(into)
-        submit = order.submit  # fields set in place (Rule 5)
-        submit.client_id = self.client_id
-        submit.seq = self.next_seq()
+        order, submit = self._new_request(into, "submit")
         submit.symbol = symbol
         submit.side = side
         submit.price = price
@@ -166,20 +171,14 @@ class SessionClient:
 
     def cancel_order(self, order_id: str, symbol: str = "",
                      into: pb.SessionRequest | None = None) -> pb.SessionOrder:
-        order = self._new_order(into)
-        cancel = order.cancel
-        cancel.client_id = self.client_id
-        cancel.seq = self.next_seq()
+        order, cancel = self._new_request(into, "cancel")
         cancel.order_id = order_id
         cancel.symbol = symbol
         return order
 
     def replace_order(self, order_id: str, quantity_delta: int = 0, new_price: int = 0,
                       symbol: str = "", into: pb.SessionRequest | None = None) -> pb.SessionOrder:
-        order = self._new_order(into)
-        replace = order.replace
-        replace.client_id = self.client_id
-        replace.seq = self.next_seq()
+        order, replace = self._new_request(into, "replace")
         replace.order_id = order_id
         replace.quantity_delta = quantity_delta
         replace.new_price = new_price
