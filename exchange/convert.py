@@ -97,7 +97,12 @@ def _encoded(command: Command) -> bytes:
     try:
         return encode_command(command)
     except (ValueError, OverflowError) as exc:
-        raise BadRequest(f"request cannot be encoded: {exc}") from None
+        raise _unencodable(exc) from None
+
+
+def _unencodable(exc: Exception) -> BadRequest:
+    """Rule 1: the codec refused a request's values (orderbook.codec Rule 2)."""
+    return BadRequest(f"request cannot be encoded: {exc}")
 
 
 def submit_command(request: pb.SubmitOrderRequest) -> tuple[int, int, Command]:
@@ -148,7 +153,7 @@ def _submit_encoded(request: pb.SubmitOrderRequest) -> tuple[int, int, bytes, st
         body = encode_add(order_id_for(client_id, seq), symbol, sell, price, quantity, stop,
                           request.all_or_none, request.immediate_or_cancel)
     except (ValueError, OverflowError) as exc:
-        raise BadRequest(f"request cannot be encoded: {exc}") from None
+        raise _unencodable(exc) from None
     return client_id, seq, body, symbol
 
 
