@@ -19,6 +19,8 @@ Rule 5: a forwarded write is forwarded once: each connection opens with ``KVSTOR
         connection's writes with a redirect instead of forwarding them, which the origin retries.
         Two servers that each think the other leads would otherwise forward to each other and
         wait forever, each connection's replies being in order.
+Rule 6: a RESP3 client's write is forwarded on a connection switched to RESP3 for it (pipe
+        Rule 8): the leader's front end answers it in RESP3, and RESP2 clients' writes in RESP2.
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ class LeaderForwarder:
     """See module rules. One per follower front end; loop thread only."""
 
     def __init__(self, core: Core, loop: asyncio.AbstractEventLoop, framer: Framer,
-                 kind_of: Callable[[bytes], int], hello: bytes) -> None:
+                 kind_of: Callable[[bytes], int], hello: bytes,
+                 resp3_wrap: tuple[bytes, bytes] | None) -> None:
         self._hello = hello
+        self._resp3_wrap = resp3_wrap
         self._core = core
         self._loop = loop
         self._framer = framer
@@ -91,7 +95,8 @@ class LeaderForwarder:
         if pipe not in self._held:
             pipe.hold()  # this turn's forwarded writes leave together (pipe Rule 6)
             self._held.append(pipe)
-        pipe.send(payload, Slot(_Retry(self, payload, slot, kind, deadline)), kind)
+        pipe.send(payload, Slot(_Retry(self, payload, slot, kind, deadline), resp3=slot.resp3),
+                  kind)
 
     def release(self) -> None:
         """End of the front end's turn: send what this turn forwarded."""
@@ -103,7 +108,7 @@ class LeaderForwarder:
         """A slot for this leader's own proposal of ``payload``: a reply saying it was not
         applied (its log index went to another entry) retries it like a forwarded one."""
         deadline = slot.retry_deadline or time.monotonic() + FORWARD_RETRY_S_MAX
-        return Slot(_Retry(self, payload, slot, kind, deadline))
+        return Slot(_Retry(self, payload, slot, kind, deadline), resp3=slot.resp3)
 
     def replied(self, retry: _Retry, reply: bytes) -> None:
         if self._core.flavor.retryable(reply):
@@ -128,7 +133,7 @@ class LeaderForwarder:
         unknown = self._core.flavor.unknown(
             f"server {self._core.replica_id} lost its connection to the leader at {address}")
         pipe = LocalPipe(sock, self._loop, self._framer, self._kind_of,
-                         lambda reason: self._lost(address, reason), unknown)
+                         lambda reason: self._lost(address, reason), unknown, self._resp3_wrap)
         pipe.send(self._hello, None, 0)  # Rule 5: the leader must never forward these again
         self._pipes[address] = pipe
         log.warning("server %d: forwarding writes to the leader at %s", self._core.replica_id,

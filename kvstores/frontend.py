@@ -1,4 +1,5 @@
-"""The client-facing side of a server: RESP2 or memcached text in, replies out, writes proposed.
+"""The client-facing side of a server: RESP2/RESP3 or memcached text in, replies out, writes
+proposed.
 
 Rule 1: each client's replies leave in the order of its commands (a ``Slot`` per command); a
         command may be answered at once (refused, redirected, status) or by the local server.
@@ -53,7 +54,7 @@ from kvstores.constants import (
     UNKNOWN_WAIT_S,
 )
 from kvstores.pipe import NOOP_TAG, LocalPipe, Slot, SlotOwner, tag_entry
-from kvstores.redis_rules import Route, classify
+from kvstores.redis_rules import Route, classify, hello
 
 log = logging.getLogger("kvstores.frontend")
 
@@ -448,6 +449,7 @@ class _Connection(asyncio.Protocol, SlotOwner):
         self._closing = False
         self._reading_paused = False
         self.from_forwarder = False  # another server's forwarder (forward Rule 5)
+        self.resp3 = False  # this client chose RESP3 with HELLO 3 (redis_rules Rule 6)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -484,7 +486,7 @@ class _Connection(asyncio.Protocol, SlotOwner):
         self._drain()
 
     def slot(self, drop: bool = False) -> Slot:
-        slot = Slot(self, drop, self.from_forwarder)
+        slot = Slot(self, drop, self.from_forwarder, self.resp3)
         self._slots.append(slot)
         return slot
 
@@ -539,6 +541,10 @@ class RedisConnection(_Connection):
             elif route is Route.STATUS:
                 text = "".join(f"{key}:{value}\r\n" for key, value in core.status())
                 self.reply(resp.bulk(text.encode()))
+            elif route is Route.HELLO:
+                protocol, answer = hello(args, 3 if self.resp3 else 2)
+                self.resp3 = protocol == 3
+                self.reply(answer)
             elif route is Route.FORWARDER:
                 self.from_forwarder = True
                 self.reply(data)

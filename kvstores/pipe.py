@@ -33,6 +33,15 @@ Rule 7 (snapshots): ``apply`` moves ``applied_index`` and queues the entry's com
         exactly the log up to the returned index and nothing after it, and stays so while the
         snapshot is read on another connection. Nobody blocks meanwhile (the leader's event
         loop applies entries too): held commands wait in a buffer, in order.
+Rule 8 (RESP3 clients, redis pipes only: ``resp3_wrap``): a command whose reply goes to a slot
+        marked ``resp3`` (a read, or an applied entry whose tag that slot claimed) must run while
+        the connection speaks RESP3; one whose reply goes to any other slot, while it speaks
+        RESP2; one whose reply nobody reads (an unclaimed entry: every follower's) in either.
+        The protocol is tracked in send order under the lock, and where a command needs the
+        other one, ``HELLO 3`` or ``HELLO 2`` is queued just before it (its reply dropped). So
+        a RESP3 client gets redis-server's RESP3 replies, every other client RESP2, and a switch
+        costs a command only where the two kinds interleave. The protocol changes only replies,
+        never the data set.
 """
 
 from __future__ import annotations
@@ -68,14 +77,16 @@ class PipeFailed(RuntimeError):
 class Slot:
     """One client command's place in that client's reply order."""
 
-    __slots__ = ("conn", "data", "drop", "retry_deadline", "forwarded")
+    __slots__ = ("conn", "data", "drop", "retry_deadline", "forwarded", "resp3")
 
-    def __init__(self, conn: SlotOwner, drop: bool = False, forwarded: bool = False) -> None:
+    def __init__(self, conn: SlotOwner, drop: bool = False, forwarded: bool = False,
+                 resp3: bool = False) -> None:
         self.conn = conn
         self.data: bytes | None = None
         self.drop = drop  # memcached noreply: the reply is read but not sent
         self.retry_deadline = 0.0  # kvstores.forward: retry a forwarded write until then
         self.forwarded = forwarded  # came from another server's forwarder: never forward again
+        self.resp3 = resp3  # the reply must be RESP3 (Rule 8)
 
     def fill(self, data: bytes) -> None:
         assert self.data is None
@@ -106,6 +117,7 @@ class LocalPipe:
         kind_of: Callable[[bytes], int],
         on_failure: Callable[[str], None],
         failure_reply: bytes,
+        resp3_wrap: tuple[bytes, bytes] | None = None,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
@@ -114,6 +126,8 @@ class LocalPipe:
         self.kind_of = kind_of
         self._on_failure = on_failure
         self._failure_reply = failure_reply
+        self._resp3_wrap = resp3_wrap  # (HELLO 3, HELLO 2) on redis pipes (Rule 8)
+        self._resp3_on = False  # the protocol the server speaks after the last queued command
         self._lock = threading.Lock()
         self._out = bytearray()
         self._pending: deque[tuple[Target, int]] = deque()
@@ -157,9 +171,11 @@ class LocalPipe:
                     target.fill(self._failure_reply)
             return
         with self._lock:
+            switch = self._switch_locked(False, kind) if self._resp3_on else b""
             self._pending.extend((target, kind) for target in targets)
             self.sent_count += len(targets)
             buffer = self._deferred if self._deferring else self._out
+            buffer += switch
             for command in commands:
                 buffer += command
             if not self._deferring:
@@ -170,9 +186,24 @@ class LocalPipe:
 
     def _enqueue_locked(self, data: bytes, target: Target, kind: int, in_loop: bool) -> None:
         """Record ``target`` and send or buffer ``data`` (caller holds ``_lock``, Rules 1, 3,
-        6 and 7)."""
+        6, 7 and 8)."""
+        if self._resp3_wrap is not None:
+            slot = self._claims.get(target) if isinstance(target, int) else target
+            if slot is not None and slot.resp3 is not self._resp3_on:
+                data = self._switch_locked(slot.resp3, kind) + data
         self._pending.append((target, kind))
         self.sent_count += 1
+        self._send_locked(data, in_loop)
+
+    def _switch_locked(self, resp3: bool, kind: int) -> bytes:
+        """Queue the switch of the server's protocol (Rule 8): its bytes, to send first."""
+        assert self._resp3_wrap is not None
+        self._resp3_on = resp3
+        self._pending.append((None, kind))  # HELLO's reply: dropped
+        return self._resp3_wrap[0 if resp3 else 1]
+
+    def _send_locked(self, data: bytes, in_loop: bool) -> None:
+        """Send or buffer ``data`` whose targets are recorded (caller holds ``_lock``)."""
         if self._deferring:
             self._deferred += data  # Rule 7: leaves after the snapshot was read
             return

@@ -13,10 +13,14 @@ Rule 3: commands with effects outside the data set or per-connection state (scri
 Rule 4: reads (``READS``) never go through consensus: the leader serves them from its local
         server after every write it has applied; a follower from its own (possibly behind) server.
 Rule 5: ``classify`` is pure: the clock is passed in.
-Rule 6: ``HELLO`` (what redis-py sends on every connect) is answered by the front end: protocol 2
-        (or none) with redis-server's RESP2 reply, protocol 3 with ``-NOPROTO`` naming the fix
-        (connect with protocol 2): replies are RESP2, relayed byte for byte from one shared
-        connection, so a RESP3 client cannot be served.
+Rule 6: ``HELLO [2|3] [SETNAME name]`` (what redis-py sends on every connect; protocol 3 is its
+        default since 8.0) is answered by the front end as redis-server answers it, in the
+        protocol it selects; the connection keeps that protocol (``Route.HELLO``, ``hello``). A
+        RESP3 client's commands run while the shared connection to the local server speaks RESP3
+        (``kvstores.pipe`` Rule 8), so its replies are exactly redis-server's RESP3 replies.
+        ``AUTH`` inside ``HELLO`` is refused like ``AUTH``; ``CLIENT SETNAME``/``SETINFO`` are
+        accepted and not kept (client libraries send them on connect), other ``CLIENT``
+        subcommands are refused.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Route(IntEnum):
     STATUS = 4  # the front end's own status (KVSTORES STATUS)
     SIDE = 5  # after every command sent before it: on a separate connection (memcached metadump)
     FORWARDER = 6  # this connection is another server's forwarder (kvstores.forward Rule 5)
+    HELLO = 7  # answered by the front end with ``hello``, which may switch the protocol
 
 
 def _names(text: str) -> frozenset[bytes]:
@@ -86,7 +91,7 @@ REFUSED: dict[bytes, str] = {
          "XSETID XINFO XPENDING LOLWUT", _ADMIN),
         ("MULTI EXEC DISCARD WATCH UNWATCH SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE "
          "PUNSUBSCRIBE SUNSUBSCRIBE PUBLISH SPUBLISH PUBSUB AUTH RESET READONLY READWRITE "
-         "ASKING CLIENT", _CONN),
+         "ASKING", _CONN),
         ("GETEX", _TTL),
     )
     for name in _names(names)
@@ -190,7 +195,12 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
             return Route.REPLY, _OK
         return Route.REPLY, refuse(b"SELECT", "only database 0 is served")
     if name == b"HELLO":
-        return Route.REPLY, _hello(args)
+        return Route.HELLO, raw
+    if name == b"CLIENT":
+        sub = args[1].upper() if len(args) > 1 else b""
+        if (sub == b"SETNAME" and len(args) == 3) or (sub == b"SETINFO" and len(args) == 4):
+            return Route.REPLY, _OK  # accepted, not kept (Rule 6): one shared connection
+        return Route.REPLY, refuse(b"CLIENT " + sub if sub else b"CLIENT", _CONN)
     if name == b"KVSTORES":
         sub = args[1].upper() if len(args) > 1 else b""
         if sub == b"DIGEST":
@@ -205,40 +215,41 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
     raise AssertionError(name)
 
 
+RESP3_WRAP = (encode_command([b"HELLO", b"3"]), encode_command([b"HELLO", b"2"]))
+"""The commands that switch the shared connection to RESP3 and back (pipe Rule 8)."""
 HELLO_SERVER_VERSION = b"7.0.0"  # what HELLO reports: the command set served is redis 7's
-_RESP3_REFUSED = ("NOPROTO kvstores: this replicated server speaks RESP2 only (every client "
-                  "shares one RESP2 connection to the local server); connect with protocol 2, "
-                  "e.g. redis-py: redis.Redis(..., protocol=2)")
 
 
-def _hello(args: list[bytes]) -> bytes:
-    """Rule 6: ``HELLO [2 [SETNAME name]]`` answers as redis-server does in RESP2; protocol 3
-    (redis-py's default since 8.0) is refused with NOPROTO and how to connect; AUTH is refused
-    like the AUTH command."""
+def hello(args: list[bytes], protocol: int) -> tuple[int, bytes]:
+    """Rule 6: ``HELLO [protover [SETNAME name]]`` on a connection speaking ``protocol``: the
+    protocol the connection speaks afterwards and redis-server's reply, in that protocol
+    (a RESP3 map or a RESP2 array). Errors leave the protocol as it was."""
     if len(args) >= 2:
         try:
             version = int(args[1])
         except ValueError:
-            return error("ERR Protocol version is not an integer or out of range")
-        if version == 3:
-            return error(_RESP3_REFUSED)
-        if version != 2:
-            return error("NOPROTO unsupported protocol version")
+            return protocol, error("ERR Protocol version is not an integer or out of range")
+        if version not in (2, 3):
+            return protocol, error("NOPROTO unsupported protocol version")
+    else:
+        version = protocol
     options = [arg.upper() for arg in args[2:]]
     position = 0
     while position < len(options):
         option = options[position]
         if option == b"AUTH":
-            return refuse(b"HELLO AUTH", _CONN)
+            return protocol, refuse(b"HELLO AUTH", _CONN)
         if option == b"SETNAME" and position + 1 < len(options):
             position += 2  # accepted; the name is not kept (one shared connection, Rule 3)
             continue
         text = args[2 + position].decode(errors="replace")
-        return error(f"ERR Syntax error in HELLO option '{text}'")
+        return protocol, error(f"ERR Syntax error in HELLO option '{text}'")
     fields = [(b"server", bulk(b"redis")), (b"version", bulk(HELLO_SERVER_VERSION)),
-              (b"proto", b":2\r\n"), (b"id", b":0\r\n"), (b"mode", bulk(b"standalone")),
-              (b"role", bulk(b"master")), (b"modules", b"*0\r\n")]
-    return b"*%d\r\n" % (2 * len(fields)) + b"".join(bulk(key) + value for key, value in fields)
+              (b"proto", b":%d\r\n" % version), (b"id", b":0\r\n"),
+              (b"mode", bulk(b"standalone")), (b"role", bulk(b"master")),
+              (b"modules", b"*0\r\n")]
+    header = b"%%%d\r\n" % len(fields) if version == 3 else b"*%d\r\n" % (2 * len(fields))
+    return version, header + b"".join(bulk(key) + value for key, value in fields)
 
 
 _SPECIAL = {
@@ -254,6 +265,7 @@ _SPECIAL = {
     b"SELECT": _local,
     b"KVSTORES": _local,
     b"HELLO": _local,
+    b"CLIENT": _local,
 }
 assert not _SPECIAL.keys() & REFUSED.keys()
 

@@ -1,4 +1,4 @@
-"""RESP2, sans-IO: client commands in, replies framed, errors encoded. No sockets here.
+"""RESP2 and RESP3, sans-IO: client commands in, replies framed, errors encoded. No sockets here.
 
 Rule 1: ``parse_commands`` consumes only complete commands and reports how far it got, so the
         caller keeps the rest for the next read; a malformed command raises ``ProtocolError``
@@ -6,8 +6,10 @@ Rule 1: ``parse_commands`` consumes only complete commands and reports how far i
 Rule 2: a command arrives as multibulk (``*N\\r\\n$len\\r\\narg\\r\\n...``, what every client
         library sends) or inline (``SET k v\\r\\n``, telnet style); both yield the arguments and
         the exact RESP bytes to forward, so an unchanged command is never re-encoded.
-Rule 3: ``reply_end`` frames one complete reply of any RESP2 type (nested arrays included) without
-        decoding it; replies are forwarded to clients byte for byte.
+Rule 3: ``reply_end`` frames one complete reply of any RESP2 or RESP3 type (nested aggregates
+        and attributes included) without decoding it; replies are forwarded to clients byte for
+        byte. RESP3 replies come from the local server only while a RESP3 client's command is
+        run there (``kvstores.pipe`` Rule 8).
 
 Cost: O(bytes) per command, one ``find`` per line.
 """
@@ -127,8 +129,15 @@ def parse_commands(
     return commands, pos
 
 
+_LENGTH_PREFIXED = frozenset(b"$=!")  # bulk string, verbatim string, blob error
+_AGGREGATES = frozenset(b"*~>")  # array, set, push: <count> values follow
+_MAP = 37  # '%': <count> key/value pairs follow
+_ATTRIBUTE = 124  # '|': <count> key/value pairs, then the reply they describe
+
+
 def reply_end(buf: bytes | bytearray, pos: int) -> int:
-    """The end of the complete RESP2 reply starting at ``pos``, or -1 if it is incomplete."""
+    """The end of the complete RESP2 or RESP3 reply starting at ``pos``, or -1 if it is
+    incomplete (Rule 3)."""
     need = 1
     size = len(buf)
     while need:
@@ -138,18 +147,25 @@ def reply_end(buf: bytes | bytearray, pos: int) -> int:
         if eol < 0:
             return -1
         kind = buf[pos]
-        if kind == _DOLLAR:
+        if kind in _LENGTH_PREFIXED:
             length = int(buf[pos + 1 : eol])
             pos = eol + 2 if length < 0 else eol + 4 + length
             if pos > size:
                 return -1
-        elif kind == _STAR:
+        elif kind in _AGGREGATES:
             count = int(buf[pos + 1 : eol])
             pos = eol + 2
             if count > 0:
                 need += count
-        else:
+        elif kind == _MAP:
+            need += 2 * int(buf[pos + 1 : eol])
             pos = eol + 2
+        elif kind == _ATTRIBUTE:
+            need += 2 * int(buf[pos + 1 : eol])
+            pos = eol + 2
+            continue  # the reply the attribute describes is still needed
+        else:
+            pos = eol + 2  # + - : and RESP3's _ , # (
         need -= 1
     return pos
 

@@ -1,6 +1,7 @@
 """Fixtures: real replicas (front end + private redis-server/memcached) as processes."""
 
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -19,6 +20,24 @@ def redis3():
     need("redis-cli")
     with LocalKvCluster("redis", 3, name="t-redis") as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def real_redis(tmp_path_factory):
+    """A plain redis-server on a unix socket (its path): what the replicated server must answer
+    like."""
+    need("redis-server")
+    path = tmp_path_factory.mktemp("real-redis") / "redis.sock"
+    process = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(path),
+                                "--save", "", "--appendonly", "no"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        assert process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.02)
+    yield str(path)
+    process.terminate()
+    process.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ class Owner(SlotOwner):
         self.filled.append(slot.data)
 
 
-def make_pipe(loop):
+def make_pipe(loop, resp3_wrap=None):
     ours, server = socket.socketpair()
     failures = []
     pipe = LocalPipe(ours, loop, lambda buf, pos, kind: reply_end(buf, pos), lambda data: 0,
-                     failures.append, b"-ERR gone\r\n")
+                     failures.append, b"-ERR gone\r\n", resp3_wrap)
     return pipe, server, failures
 
 
@@ -134,6 +134,68 @@ def test_an_installed_snapshot_moves_the_log_to_its_index():
             pipe.apply(43, tag_entry(9, b"E43"))
         await settle()
         assert failures and "43 arrived after 41" in failures[0]
+        pipe.close()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_protocol_switches_only_where_a_read_reply_needs_the_other_one():
+    """pipe Rule 8: a RESP3 client's read, and an applied entry a RESP3 slot claimed, run after
+    HELLO 3; a RESP2 client's after HELLO 2; an entry nobody claimed in whatever is on. The
+    HELLO replies (a RESP3 map, a RESP2 array) are framed and dropped."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pipe, server, _ = make_pipe(loop, (b"<3>", b"<2>"))
+        owner = Owner()
+        resp3_write = Slot(owner, resp3=True)
+        pipe.claim(tag=(1 << 48) + 7, slot=resp3_write)
+        pipe.send(b"R2", Slot(owner))
+        pipe.send(b"R3", Slot(owner, resp3=True))
+        pipe.apply(1, tag_entry((1 << 48) + 6, b"W-UNCLAIMED"))
+        pipe.apply(2, tag_entry((1 << 48) + 7, b"W3"))
+        pipe.send(b"R3", Slot(owner, resp3=True))
+        pipe.send(b"R2", Slot(owner))
+        pipe.send(b"R2", Slot(owner))
+        await settle()
+        assert server.recv(200) == b"R2<3>R3W-UNCLAIMEDW3R3<2>R2R2"
+        hello3, hello2 = b"%1\r\n$5\r\nproto\r\n:3\r\n", b"*2\r\n$5\r\nproto\r\n:2\r\n"
+        server.sendall(b"$1\r\na\r\n" + hello3 + b"_\r\n" + b"+OK\r\n" + b",2.5\r\n"
+                       + b"%0\r\n" + hello2 + b"*0\r\n" + b"$-1\r\n")
+        await settle()
+        assert owner.filled == [b"$1\r\na\r\n", b"_\r\n", b",2.5\r\n", b"%0\r\n",
+                                b"*0\r\n", b"$-1\r\n"]
+        assert pipe.sent_count == 7 and pipe.failed is None
+        pipe.close()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_snapshots_restores_run_in_resp2():
+    """pipe Rule 8: send_many (a snapshot's restores, another thread) switches back first."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pipe, server, _ = make_pipe(loop, (b"<3>", b"<2>"))
+        owner = Owner()
+        pipe.send(b"R3", Slot(owner, resp3=True))
+        await loop.run_in_executor(None, pipe.send_many, [b"A", b"B"], [Slot(owner), Slot(owner)])
+        await settle()
+        assert server.recv(200) == b"<3>R3<2>AB"
+        pipe.close()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_without_a_wrap_every_command_goes_plainly():
+    """A memcached pipe has no RESP3 wrap: the resp3 mark means nothing there."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pipe, server, _ = make_pipe(loop)
+        pipe.send(b"R3", Slot(Owner(), resp3=True))
+        await settle()
+        assert server.recv(100) == b"R3"
         pipe.close()
         server.close()
 

@@ -49,25 +49,133 @@ def eventually(attempt, give_up_s: float = 10.0):
     return result
 
 
-def test_redis_py_connects_with_protocol_2_and_is_told_why_not_with_3(redis3):
-    """redis_rules Rule 6 with the real client: redis-py (HELLO on connect) over RESP2 works; its
-    RESP3 default since 8.0 gets NOPROTO naming the fix."""
+# The same calls on a plain redis-server and on the replicated one must give equal results.
+CALLS = [
+    ("hset", ("h",), {"mapping": {"f": "v", "g": "w"}}),
+    ("hgetall", ("h",), {}),
+    ("zadd", ("z", {"m": 1.5, "n": 2}), {}),
+    ("zincrby", ("z", 1, "m"), {}),
+    ("zrange", ("z", 0, -1), {"withscores": True}),
+    ("zscore", ("z", "m"), {}),
+    ("zpopmin", ("z",), {}),
+    ("incrbyfloat", ("f", 1.25), {}),
+    ("set", ("s", "v"), {"px": 100_000}),
+    ("get", ("s",), {}),
+    ("get", ("missing",), {}),
+    ("xadd", ("st", {"f": "v"}), {"id": "1-1"}),
+    ("xrange", ("st",), {}),
+    ("lpush", ("l", "a", "b"), {}),
+    ("lpos", ("l", "a"), {}),
+    ("exists", ("h", "missing"), {}),
+    ("zmscore", ("z", ["m", "q"]), {}),
+]
+
+
+def run_calls(client) -> list:
+    return [getattr(client, name)(*args, **kwargs) for name, args, kwargs in CALLS]
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_redis_py_gets_what_redis_server_answers_in_either_protocol(redis3, real_redis, protocol):
+    """redis_rules Rule 6 and pipe Rule 8 with the real client: redis-py 8 speaks RESP3 by
+    default (HELLO 3 on every connect); both protocols get redis-server's replies, writes on the
+    leader (replicated) and reads on every replica."""
     import redis
 
-    leader = redis3.wait_for_leader(10)
-    host, port = redis3.addresses[leader].split(":")
-    client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=2)
-    try:
-        assert eventually(lambda: client.set("hello-key", "v")) is True
-        assert client.get("hello-key") == b"v"
-    finally:
+    expected_client = redis.Redis(unix_socket_path=real_redis, protocol=protocol)
+    expected_client.flushall()
+    expected = run_calls(expected_client)
+    expected_client.close()
+
+    def on_leader():
+        leader = redis3.wait_for_leader(10)
+        host, port = redis3.addresses[leader].split(":")
+        client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=protocol)
+        try:
+            client.flushall()
+            return run_calls(client)
+        except (redis.exceptions.MovedError, redis.exceptions.TryAgainError):
+            return None  # leadership moved between the lookup and the calls
+        finally:
+            client.close()
+
+    assert eventually(on_leader) == expected
+    digests = redis3.wait_equal(10)
+    assert len(set(digests.values())) == 1, digests
+    for address in redis3.addresses.values():
+        host, port = address.split(":")
+        client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=protocol)
+        assert client.hgetall("h") == expected[1]
+        assert client.zrange("z", 0, -1, withscores=True) == [expected[4][1]]
+        connection = client.connection_pool.get_connection()
+        assert connection.get_protocol() == protocol  # HELLO 3 was accepted, not skipped
+        client.connection_pool.release(connection)
         client.close()
-    resp3 = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=3)
-    try:
-        with pytest.raises(redis.exceptions.ResponseError, match="protocol=2"):
-            resp3.ping()
-    finally:
-        resp3.close()
+
+
+def test_resp2_and_resp3_clients_pipelining_together_each_get_their_own_protocol(redis3):
+    """pipe Rule 8: the wrap of a RESP3 client's command never lets a RESP2 client's command,
+    sent in the same event-loop turn on the shared connection, answer in RESP3 (or the
+    reverse)."""
+    import socket
+
+    from kvstores.resp import encode_command, reply_end
+
+    leader = leader_write(redis3, b"HSET", b"mixed", b"f", b"v")
+    host, port = redis3.addresses[leader].split(":")
+    rounds = 300
+    clients = {}
+    for protocol in (2, 3):
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.sendall(encode_command([b"HELLO", b"%d" % protocol]))
+        clients[protocol] = sock
+    batch = (encode_command([b"HGETALL", b"mixed"]) + encode_command([b"ZINCRBY", b"mz", b"1",
+                                                                        b"m"])) * rounds
+    for sock in clients.values():
+        sock.sendall(batch)
+    for protocol, sock in clients.items():
+        buf = bytearray()
+        replies = []
+        while len(replies) < 1 + 2 * rounds:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed"
+            buf += chunk
+            while (end := reply_end(buf, 0)) >= 0:
+                replies.append(bytes(buf[:end]))
+                del buf[:end]
+        sock.close()
+        hello, maps, scores = replies[0], replies[1::2], replies[2::2]
+        assert hello.startswith(b"%7\r\n" if protocol == 3 else b"*14\r\n")
+        if protocol == 3:
+            assert set(maps) == {b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n"}, set(maps)
+            assert all(score.startswith(b",") for score in scores), scores[:3]
+        else:
+            assert set(maps) == {b"*2\r\n$1\r\nf\r\n$1\r\nv\r\n"}, set(maps)
+            assert all(score.startswith(b"$") for score in scores), scores[:3]
+
+
+def test_a_resp3_write_forwarded_by_a_follower_gets_a_resp3_reply():
+    """forward Rule 6: with --follower-writes forward, a RESP3 client's write sent to a
+    follower is answered by the leader in RESP3 (a double, not RESP2's bulk string)."""
+    import redis
+
+    from kvstores.cluster import LocalKvCluster
+
+    with LocalKvCluster("redis", 3, name="t-fwd3",
+                        extra_args=("--follower-writes", "forward")) as cluster:
+        leader = cluster.wait_for_leader(10)
+        follower = follower_of(cluster, leader)
+        host, port = cluster.addresses[follower].split(":")
+        client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=3)
+        try:
+            assert eventually(lambda: client.zadd("fz", {"m": 1}) == 1)
+            assert client.zincrby("fz", 1.5, "m") == 2.5
+            raw = redis_call(cluster.addresses[follower], b"ZINCRBY", b"fz", b"1", b"m")
+            assert raw == b"$3\r\n3.5\r\n"  # a RESP2 connection still gets RESP2
+            assert client.hset("fh", mapping={"a": "1"}) == 1
+            assert eventually(lambda: client.hgetall("fh")) == {b"a": b"1"}
+        finally:
+            client.close()
 
 
 def test_follower_redirects_writes_to_the_leader(redis3):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from kvstores.redis_rules import READS, REFUSED, WRITES, Route, classify
-from kvstores.resp import encode_command
+from kvstores.redis_rules import READS, REFUSED, WRITES, Route, classify, hello
+from kvstores.resp import encode_command, reply_end
 
 NOW_MS = 1_700_000_000_000
 
@@ -66,19 +66,38 @@ def test_local_answers_and_status():
     assert route(b"KVSTORES", b"FORWARDER") == (Route.FORWARDER, b"+OK\r\n")
 
 
-def test_hello_answers_resp2_and_refuses_resp3_saying_how_to_connect():
-    """redis_rules Rule 6: redis-py sends HELLO on every connect (protocol 3 since 8.0)."""
-    for args in ((b"HELLO",), (b"HELLO", b"2"), (b"hello", b"2", b"SETNAME", b"me")):
+def test_hello_is_answered_in_the_protocol_it_selects_and_switches_the_connection():
+    """redis_rules Rule 6: redis-py sends HELLO 3 on every connect (its default since 8.0)."""
+    assert route(b"HELLO", b"3")[0] is Route.HELLO
+    resp2_head = b"*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n"
+    resp3_head = b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n"
+    for args, before, after, head in (
+            ((b"HELLO",), 2, 2, resp2_head), ((b"HELLO",), 3, 3, resp3_head),
+            ((b"HELLO", b"2"), 3, 2, resp2_head), ((b"HELLO", b"3"), 2, 3, resp3_head),
+            ((b"hello", b"3", b"SETNAME", b"me"), 2, 3, resp3_head)):
+        protocol, reply = hello(list(args), before)
+        assert protocol == after, args
+        assert reply.startswith(head), (args, reply)
+        assert b"$5\r\nproto\r\n:%d\r\n" % after in reply
+        assert reply.endswith(b"$7\r\nmodules\r\n*0\r\n")
+        assert reply_end(reply, 0) == len(reply)
+    for args, answer in (
+            ((b"HELLO", b"4"), b"-NOPROTO unsupported protocol version\r\n"),
+            ((b"HELLO", b"2", b"BOGUS"), b"-ERR Syntax error in HELLO option 'BOGUS'\r\n")):
+        assert hello(list(args), 3) == (3, answer)  # an error keeps the protocol
+    assert hello([b"HELLO", b"x"], 2)[1].startswith(b"-ERR Protocol version")
+    protocol, refused = hello([b"HELLO", b"3", b"AUTH", b"u", b"p"], 2)
+    assert protocol == 2 and refused.startswith(b"-ERR kvstores: 'HELLO AUTH'")
+
+
+def test_client_setname_and_setinfo_are_accepted_other_client_commands_refused():
+    """What client libraries send on connect (redis-py: CLIENT SETINFO, client_name=...)."""
+    assert route(b"CLIENT", b"SETNAME", b"me") == (Route.REPLY, b"+OK\r\n")
+    assert route(b"client", b"setinfo", b"LIB-NAME", b"redis-py") == (Route.REPLY, b"+OK\r\n")
+    for args in ((b"CLIENT", b"KILL", b"ID", b"3"), (b"CLIENT", b"SETNAME"), (b"CLIENT",),
+                 (b"CLIENT", b"TRACKING", b"on")):
         kind, reply = route(*args)
-        assert kind is Route.REPLY
-        assert reply.startswith(b"*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n")
-        assert b"$5\r\nproto\r\n:2\r\n" in reply and reply.endswith(b"$7\r\nmodules\r\n*0\r\n")
-    refused = route(b"HELLO", b"3")[1]
-    assert refused.startswith(b"-NOPROTO kvstores:") and b"protocol=2" in refused
-    assert route(b"HELLO", b"4")[1] == b"-NOPROTO unsupported protocol version\r\n"
-    assert route(b"HELLO", b"x")[1].startswith(b"-ERR Protocol version")
-    assert route(b"HELLO", b"2", b"AUTH", b"u", b"p")[1].startswith(b"-ERR kvstores: 'HELLO AUTH'")
-    assert route(b"HELLO", b"2", b"BOGUS")[1] == b"-ERR Syntax error in HELLO option 'BOGUS'\r\n"
+        assert kind is Route.REPLY and reply.startswith(b"-ERR kvstores: 'CLIENT"), args
 
 
 def test_tables_are_disjoint():

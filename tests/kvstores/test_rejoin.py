@@ -71,8 +71,7 @@ class Load:
         rng = random.Random(self.seed * 100 + number)
         attempt = 0
         host, port = self._address(number, attempt)
-        client = redis.Redis(host=host, port=port, socket_timeout=5, socket_connect_timeout=2,
-                             protocol=2)
+        client = redis.Redis(host=host, port=port, socket_timeout=5, socket_connect_timeout=2)
         while not self.stop_event.is_set():
             key = f"key-{rng.randrange(KEYS)}"
             choice = rng.random()
@@ -89,7 +88,7 @@ class Load:
             except MovedError as exc:  # a follower names the leader
                 client.close()
                 client = redis.Redis(host=exc.host, port=int(exc.port), socket_timeout=5,
-                                     socket_connect_timeout=2, protocol=2)
+                                     socket_connect_timeout=2)
             except (ConnectionError, TimeoutError, ResponseError) as exc:
                 # killed, paused, recovering, no leader yet, or "outcome unknown": another server
                 if isinstance(exc, ResponseError) and not _retryable(str(exc)):
@@ -99,7 +98,7 @@ class Load:
                 client.close()
                 host, port = self._address(number, attempt)
                 client = redis.Redis(host=host, port=port, socket_timeout=5,
-                                     socket_connect_timeout=2, protocol=2)
+                                     socket_connect_timeout=2)
                 time.sleep(RETRY_SLEEP_S)
         client.close()
 
@@ -159,7 +158,7 @@ def contents(cluster: LocalKvCluster, replica_id: int) -> dict[bytes, object]:
     if cluster.kind == "redis":
         import redis
 
-        client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=2)
+        client = redis.Redis(host=host, port=int(port), socket_timeout=10)
         try:
             keys = sorted(client.keys("*"))
             return dict(zip(keys, client.mget(keys), strict=True)) if keys else {}

@@ -57,3 +57,25 @@ def test_reply_end_frames_every_type_and_waits_for_partial_replies():
         end = reply_end(stream, pos)
         assert end == pos + len(reply)
         pos = end
+
+
+def test_reply_end_frames_resp3_types_and_waits_for_partial_replies():
+    """resp Rule 3: what a local redis-server sends a RESP3 client (pipe Rule 8)."""
+    replies = [
+        b"%2\r\n$1\r\nf\r\n$1\r\nv\r\n$1\r\ng\r\n*1\r\n,1.5\r\n",  # map, nested
+        b"~2\r\n$1\r\nx\r\n:3\r\n",  # set
+        b"_\r\n", b",-inf\r\n", b"#t\r\n", b"(3492890328409238509324850943850943825024385\r\n",
+        b"=15\r\ntxt:Some string\r\n",  # verbatim string
+        b"!21\r\nSYNTAX invalid syntax\r\n",  # blob error
+        b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n",  # push
+        b"|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*2\r\n:2039123\r\n:9543892\r\n",
+        b"%0\r\n", b"~0\r\n", b"*2\r\n%1\r\n$1\r\nk\r\n_\r\n~1\r\n#f\r\n",
+    ]
+    stream = b"".join(replies)
+    pos = 0
+    for reply in replies:
+        for cut in range(pos, pos + len(reply)):
+            assert reply_end(stream[:cut], pos) == -1, (reply, cut - pos)
+        end = reply_end(stream, pos)
+        assert end == pos + len(reply), reply
+        pos = end
