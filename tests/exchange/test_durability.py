@@ -65,12 +65,23 @@ class _Trader:
 
 def _trade(trader: _Trader, stop: threading.Event, give_up_at: list[float],
            rng: random.Random) -> None:
-    """Exactly-once trader: each seq is retried (same seq) until acknowledged."""
+    """A trader thread; whatever ends it early is recorded as an error (the test fails)."""
+    try:
+        _trade_until_stopped(trader, stop, give_up_at, rng)
+    except Exception as exc:  # reported by the test, not lost in a thread
+        trader.errors.append(f"trader stopped by {exc!r}")
+
+
+def _trade_until_stopped(trader: _Trader, stop: threading.Event, give_up_at: list[float],
+                         rng: random.Random) -> None:
+    """Exactly-once trader: each seq is retried (same seq) until acknowledged. Buys at or above
+    100, sells at or below: every order crosses the other side's resting ones, so the book
+    stays small over any number of rounds (the per-client live-order limit is never reached)."""
     seq = 0
     while not stop.is_set():
         seq += 1
         side = pb.BUY if rng.random() < 0.5 else pb.SELL
-        price = 100 + rng.randrange(-5, 6)
+        price = 100 + (1 if side == pb.BUY else -1) * rng.randrange(0, 6)
         qty = 1 + rng.randrange(5)
         while True:
             try:

@@ -128,12 +128,23 @@ class _Trader:
 
 
 def _trade(trader: _Trader, stop: threading.Event, rng: random.Random) -> None:
-    """Exactly-once trader: each seq is retried (same seq) until acknowledged."""
+    """A trader thread; whatever ends it early is recorded as an error (the test fails)."""
+    try:
+        _trade_until_stopped(trader, stop, rng)
+    except Exception as exc:  # reported by the test, not lost in a thread
+        trader.errors.append(f"trader stopped by {exc!r}")
+
+
+def _trade_until_stopped(trader: _Trader, stop: threading.Event, rng: random.Random) -> None:
+    """Exactly-once trader: each seq is retried (same seq) until acknowledged. Buys are priced at
+    or above 100 and sells at or below, so every order crosses the other side's resting ones and
+    the book stays small however long the nemesis runs (a spread that never closes fills the
+    per-client live-order limit within minutes: MU_NEMESIS_SECONDS=120 did)."""
     seq = 0
     while not stop.is_set():
         seq += 1
         side = pb.BUY if rng.random() < 0.5 else pb.SELL
-        price = 100 + rng.randrange(-5, 6)
+        price = 100 + (1 if side == pb.BUY else -1) * rng.randrange(0, 6)
         trader.sent[seq] = (side, price, 1 + rng.randrange(5))  # a retry is the same request
         while True:
             try:

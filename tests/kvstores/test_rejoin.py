@@ -34,9 +34,15 @@ class Load:
         self.stop_event = threading.Event()
         self.ops = [0] * CLIENTS
         self.failures: list[str] = []
-        worker = self._redis if cluster.kind == "redis" else self._memcached
-        self.threads = [threading.Thread(target=worker, args=(n,), daemon=True)
+        self.threads = [threading.Thread(target=self._work, args=(n,), daemon=True)
                         for n in range(CLIENTS)]
+
+    def _work(self, number: int) -> None:
+        """One client thread; whatever ends it early is a failure the test reports."""
+        try:
+            (self._redis if self.cluster.kind == "redis" else self._memcached)(number)
+        except Exception as exc:  # reported by wait_more, not lost in a thread
+            self.failures.append(f"client {number} stopped by {exc!r}")
 
     def start(self) -> None:
         for thread in self.threads:
