@@ -30,6 +30,7 @@ UNKNOWN_WAIT_S = 2.0
 CLIENT_BUFFER_BYTES_MAX = 64 * 1024 * 1024  # unparsed bytes from one client (redis: 512 MB)
 CLIENT_COMMANDS_PER_READ_MAX = 10_000  # commands parsed from one read before yielding
 INFLIGHT_PER_CLIENT_MAX = 100_000  # unanswered commands of one client before it is paused
+TRANSACTION_COMMANDS_MAX = 1000  # commands queued between MULTI and EXEC (a log entry bounds it)
 ARGS_MAX = 1024 * 1024  # arguments of one RESP command (redis: 1,048,576 per multibulk)
 INLINE_BYTES_MAX = 64 * 1024  # one inline (telnet-style) command line (redis: 64 KiB)
 MEMCACHED_KEY_BYTES_MAX = 250  # memcached's own key limit

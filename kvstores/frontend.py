@@ -55,6 +55,7 @@ from kvstores.constants import (
 )
 from kvstores.pipe import NOOP_TAG, LocalPipe, Slot, SlotOwner, tag_entry
 from kvstores.redis_rules import Route, classify, hello
+from kvstores.transaction import OK, Transaction
 
 log = logging.getLogger("kvstores.frontend")
 
@@ -515,6 +516,10 @@ class _Connection(asyncio.Protocol, SlotOwner):
 
 
 class RedisConnection(_Connection):
+    def __init__(self, core: Core) -> None:
+        super().__init__(core)
+        self._transaction: Transaction | None = None  # between MULTI and EXEC
+
     def protocol_error(self, text: str) -> bytes:
         return resp.error(f"ERR Protocol error: {text}")
 
@@ -529,6 +534,11 @@ class RedisConnection(_Connection):
         core = self.core
         for args, raw in commands:
             route, data = classify(args, raw, now_ms)
+            if route is Route.MULTI or route is Route.EXEC or route is Route.DISCARD:
+                route, data = self._transaction_statement(route)
+            elif self._transaction is not None and route is not Route.QUIT:
+                self.reply(self._transaction.queue(route, data, args))
+                continue
             if route is Route.WRITE or route is Route.READ:
                 if route is Route.WRITE and len(data) > COMMAND_BYTES_MAX:
                     self.reply(resp.error(
@@ -553,6 +563,20 @@ class RedisConnection(_Connection):
                 return
         if len(commands) == CLIENT_COMMANDS_PER_READ_MAX:
             self.core.loop.call_soon(self._continue)
+
+    def _transaction_statement(self, route: Route) -> tuple[Route, bytes]:
+        """MULTI, EXEC or DISCARD (kvstores.transaction): what to do, as ``classify`` says it."""
+        transaction = self._transaction
+        if route is Route.MULTI:
+            if transaction is not None:
+                return Route.REPLY, resp.error("ERR MULTI calls can not be nested")
+            self._transaction = Transaction()
+            return Route.REPLY, OK
+        if transaction is None:
+            name = "EXEC" if route is Route.EXEC else "DISCARD"
+            return Route.REPLY, resp.error(f"ERR {name} without MULTI")
+        self._transaction = None
+        return transaction.block() if route is Route.EXEC else (Route.REPLY, OK)
 
     def _continue(self) -> None:
         if not self._closing and self._buf:

@@ -42,6 +42,9 @@ Rule 8 (RESP3 clients, redis pipes only: ``resp3_wrap``): a command whose reply 
         a RESP3 client gets redis-server's RESP3 replies, every other client RESP2, and a switch
         costs a command only where the two kinds interleave. The protocol changes only replies,
         never the data set.
+Rule 9: a command that the local server answers more than once (a redis transaction block,
+        ``kvstores.transaction`` Rule 2: ``replies_of`` counts) records that many targets: the
+        last is the command's, the others are dropped.
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ class LocalPipe:
         on_failure: Callable[[str], None],
         failure_reply: bytes,
         resp3_wrap: tuple[bytes, bytes] | None = None,
+        replies_of: Callable[[bytes], int] | None = None,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
@@ -128,6 +132,7 @@ class LocalPipe:
         self._failure_reply = failure_reply
         self._resp3_wrap = resp3_wrap  # (HELLO 3, HELLO 2) on redis pipes (Rule 8)
         self._resp3_on = False  # the protocol the server speaks after the last queued command
+        self._replies_of = replies_of  # Rule 9
         self._lock = threading.Lock()
         self._out = bytearray()
         self._pending: deque[tuple[Target, int]] = deque()
@@ -186,11 +191,14 @@ class LocalPipe:
 
     def _enqueue_locked(self, data: bytes, target: Target, kind: int, in_loop: bool) -> None:
         """Record ``target`` and send or buffer ``data`` (caller holds ``_lock``, Rules 1, 3,
-        6, 7 and 8)."""
+        6, 7, 8 and 9)."""
+        replies = 1 if self._replies_of is None else self._replies_of(data)
         if self._resp3_wrap is not None:
             slot = self._claims.get(target) if isinstance(target, int) else target
             if slot is not None and slot.resp3 is not self._resp3_on:
                 data = self._switch_locked(slot.resp3, kind) + data
+        if replies > 1:
+            self._pending.extend([(None, kind)] * (replies - 1))  # Rule 9
         self._pending.append((target, kind))
         self.sent_count += 1
         self._send_locked(data, in_loop)

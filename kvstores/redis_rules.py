@@ -8,8 +8,10 @@ Rule 2: a write whose effect depends on the moment it is applied is made determi
         ``PSETEX``, ``SET ... EX|PX``) become absolute ones (``PEXPIREAT``, ``SET ... PXAT``) from
         the leader's clock. The rest of that kind is refused (see ``REFUSED``).
 Rule 3: commands with effects outside the data set or per-connection state (scripting, blocking,
-        pub/sub, transactions, admin, ``SELECT`` of another db, ``AUTH``) are refused, because
-        every client shares one connection to the local server.
+        pub/sub, ``WATCH``, admin, ``SELECT`` of another db, ``AUTH``) are refused, because
+        every client shares one connection to the local server. ``MULTI``/``EXEC``/``DISCARD``
+        are kept per connection by the front end and a transaction travels as one block
+        (``kvstores.transaction``).
 Rule 4: reads (``READS``) never go through consensus: the leader serves them from its local
         server after every write it has applied; a follower from its own (possibly behind) server.
 Rule 5: ``classify`` is pure: the clock is passed in.
@@ -39,6 +41,9 @@ class Route(IntEnum):
     SIDE = 5  # after every command sent before it: on a separate connection (memcached metadump)
     FORWARDER = 6  # this connection is another server's forwarder (kvstores.forward Rule 5)
     HELLO = 7  # answered by the front end with ``hello``, which may switch the protocol
+    MULTI = 8  # starts a transaction (kvstores.transaction)
+    EXEC = 9  # ends one: its commands travel as one block
+    DISCARD = 10  # drops one
 
 
 def _names(text: str) -> frozenset[bytes]:
@@ -78,6 +83,8 @@ _SCRIPT = "scripts are not replicated (their writes are not known before they ru
 _ADMIN = "administrative commands would act on one replica only"
 _CONN = "per-connection state is not kept: every client shares one connection to the local server"
 _TTL = "relative expiry here is not rewritten to an absolute time; use EXPIREAT/PEXPIREAT"
+_WATCH = ("a key watched on one replica's connection means nothing to the others; MULTI/EXEC "
+          "transactions are atomic here, not conditional")
 REFUSED: dict[bytes, str] = {
     name: reason
     for names, reason in (
@@ -89,9 +96,9 @@ REFUSED: dict[bytes, str] = {
          "MIGRATE MOVE SWAPDB RESTORE RESTORE-ASKING OBJECT MEMORY LATENCY SLOWLOG ACL MODULE "
          "SYNC PSYNC MONITOR SORT GEORADIUS GEORADIUSBYMEMBER XGROUP XACK XCLAIM XAUTOCLAIM "
          "XSETID XINFO XPENDING LOLWUT", _ADMIN),
-        ("MULTI EXEC DISCARD WATCH UNWATCH SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE "
-         "PUNSUBSCRIBE SUNSUBSCRIBE PUBLISH SPUBLISH PUBSUB AUTH RESET READONLY READWRITE "
-         "ASKING", _CONN),
+        ("SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE PUBLISH "
+         "SPUBLISH PUBSUB AUTH RESET READONLY READWRITE ASKING", _CONN),
+        ("WATCH", _WATCH),
         ("GETEX", _TTL),
     )
     for name in _names(names)
@@ -196,6 +203,13 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
         return Route.REPLY, refuse(b"SELECT", "only database 0 is served")
     if name == b"HELLO":
         return Route.HELLO, raw
+    if name in (b"MULTI", b"EXEC", b"DISCARD"):
+        if len(args) != 1:
+            return Route.REPLY, _wrong_args(name)
+        return (Route.MULTI if name == b"MULTI" else Route.EXEC if name == b"EXEC"
+                else Route.DISCARD), raw
+    if name == b"UNWATCH":
+        return Route.REPLY, _OK  # nothing is ever watched (WATCH is refused)
     if name == b"CLIENT":
         sub = args[1].upper() if len(args) > 1 else b""
         if (sub == b"SETNAME" and len(args) == 3) or (sub == b"SETINFO" and len(args) == 4):
@@ -266,6 +280,10 @@ _SPECIAL = {
     b"KVSTORES": _local,
     b"HELLO": _local,
     b"CLIENT": _local,
+    b"MULTI": _local,
+    b"EXEC": _local,
+    b"DISCARD": _local,
+    b"UNWATCH": _local,
 }
 assert not _SPECIAL.keys() & REFUSED.keys()
 

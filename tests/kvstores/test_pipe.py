@@ -8,6 +8,7 @@ import pytest
 
 from kvstores.pipe import NOOP_TAG, LocalPipe, PipeFailed, Slot, SlotOwner, tag_entry
 from kvstores.resp import reply_end
+from kvstores.transaction import EXEC, MULTI, replies_in
 
 
 class Owner(SlotOwner):
@@ -196,6 +197,32 @@ def test_without_a_wrap_every_command_goes_plainly():
         pipe.send(b"R3", Slot(Owner(), resp3=True))
         await settle()
         assert server.recv(100) == b"R3"
+        pipe.close()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_command_answered_several_times_routes_only_its_last_reply():
+    """pipe Rule 9: a transaction block (MULTI, n commands, EXEC) gets n + 2 replies."""
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        ours, server = socket.socketpair()
+        pipe = LocalPipe(ours, loop, lambda buf, pos, kind: reply_end(buf, pos), lambda data: 0,
+                         lambda reason: None, b"-ERR gone\r\n", None, replies_in)
+        owner = Owner()
+        block = MULTI + b"*1\r\n$4\r\nPING\r\n" + EXEC
+        claimed = Slot(owner)
+        pipe.claim(tag=(1 << 48) + 1, slot=claimed)
+        pipe.send(block, Slot(owner))
+        pipe.apply(1, tag_entry((1 << 48) + 1, block))
+        pipe.send(b"*1\r\n$4\r\nPING\r\n", Slot(owner))
+        await settle()
+        assert server.recv(200) == block + block + b"*1\r\n$4\r\nPING\r\n"
+        answers = b"+OK\r\n+QUEUED\r\n*1\r\n+PONG\r\n"
+        server.sendall(answers + answers + b"+PONG\r\n")
+        await settle()
+        assert owner.filled == [b"*1\r\n+PONG\r\n", b"*1\r\n+PONG\r\n", b"+PONG\r\n"]
         pipe.close()
         server.close()
 

@@ -154,9 +154,80 @@ def test_resp2_and_resp3_clients_pipelining_together_each_get_their_own_protocol
             assert all(score.startswith(b"$") for score in scores), scores[:3]
 
 
+def run_transactions(client) -> list:
+    """redis-py pipelines (MULTI/EXEC by default): a writing one, a reading one, one with a
+    runtime error inside (the others in it still apply, as in redis)."""
+    import redis
+
+    results = []
+    with client.pipeline() as pipe:
+        pipe.set("t", "1").incr("t").hset("th", mapping={"x": "1"}).hgetall("th")
+        pipe.zadd("tz", {"m": 1.5}).zincrby("tz", 1, "m").get("t")
+        results.append(pipe.execute())
+    with client.pipeline() as pipe:
+        results.append(pipe.get("t").hgetall("th").zscore("tz", "m").execute())
+    with client.pipeline() as pipe:
+        tricky = "v\r\n*1\r\n$4\r\nEXEC\r\n"  # RESP inside a value: counted by parsing
+        pipe.set(tricky, tricky).lpush("t", "x").incr("t").get(tricky)
+        results.append([type(item).__name__ if isinstance(item, redis.exceptions.RedisError)
+                        else item for item in pipe.execute(raise_on_error=False)])
+    return results
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_redis_py_transactions_give_what_redis_server_gives_on_every_replica(
+        redis3, real_redis, protocol):
+    """kvstores.transaction: a MULTI/EXEC block is one log entry, so every replica runs it
+    whole; a transaction with a refused command applies nothing (EXECABORT)."""
+    import redis
+
+    expected_client = redis.Redis(unix_socket_path=real_redis, protocol=protocol)
+    expected_client.flushall()
+    expected = run_transactions(expected_client)
+    expected_client.close()
+
+    def on_leader():
+        leader = redis3.wait_for_leader(10)
+        host, port = redis3.addresses[leader].split(":")
+        client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=protocol)
+        try:
+            client.flushall()
+            return leader, run_transactions(client)
+        except (redis.exceptions.MovedError, redis.exceptions.TryAgainError):
+            return None
+        finally:
+            client.close()
+
+    leader, results = eventually(on_leader)
+    assert results == expected
+    host, port = redis3.addresses[leader].split(":")
+    client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=protocol)
+    with client.pipeline() as pipe:
+        pipe.set("aborted", "1").execute_command("SPOP", "s")
+        with pytest.raises(redis.exceptions.ResponseError, match="'SPOP' is not supported"):
+            pipe.execute()  # redis-py raises the queueing error; EXEC answered EXECABORT
+    assert client.get("aborted") is None
+    with client.pipeline() as pipe, pytest.raises(redis.exceptions.ResponseError,
+                                                  match="'WATCH'"):
+        pipe.watch("t")  # sent at once: optimistic locking is refused, not ignored
+    client.close()
+    digests = redis3.wait_equal(10)
+    assert len(set(digests.values())) == 1, digests
+    follower = follower_of(redis3, leader)
+    host, port = redis3.addresses[follower].split(":")
+    client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=protocol)
+    # A read block, served by the follower (its local server has applied everything: equal
+    # digests above); t was incremented to 3 by the third transaction.
+    assert client.pipeline().get("t").hgetall("th").execute() == [b"3", expected[1][1]]
+    with pytest.raises(redis.exceptions.MovedError):  # a write block is redirected
+        client.pipeline().set("t", "2").execute()
+    client.close()
+
+
 def test_a_resp3_write_forwarded_by_a_follower_gets_a_resp3_reply():
     """forward Rule 6: with --follower-writes forward, a RESP3 client's write sent to a
-    follower is answered by the leader in RESP3 (a double, not RESP2's bulk string)."""
+    follower is answered by the leader in RESP3 (a double, not RESP2's bulk string); so is a
+    transaction."""
     import redis
 
     from kvstores.cluster import LocalKvCluster
@@ -174,6 +245,10 @@ def test_a_resp3_write_forwarded_by_a_follower_gets_a_resp3_reply():
             assert raw == b"$3\r\n3.5\r\n"  # a RESP2 connection still gets RESP2
             assert client.hset("fh", mapping={"a": "1"}) == 1
             assert eventually(lambda: client.hgetall("fh")) == {b"a": b"1"}
+            # A transaction sent to a follower is forwarded whole (MULTI ... EXEC: n + 2
+            # replies on the forwarding connection, pipe Rule 9).
+            assert client.pipeline().zincrby("fz", 1, "m").hset("fh", "b", "2").execute() == [
+                4.5, 1]
         finally:
             client.close()
 
@@ -197,7 +272,7 @@ def test_follower_redirects_writes_to_the_leader(redis3):
 
 @pytest.mark.parametrize("command", [["EVAL", "return 1", "0"], ["BLPOP", "l", "0"],
                                      ["SPOP", "s"], ["CONFIG", "SET", "maxmemory", "1"],
-                                     ["MULTI"], ["XADD", "s", "*", "f", "v"]])
+                                     ["WATCH", "k"], ["XADD", "s", "*", "f", "v"]])
 def test_nondeterministic_commands_are_refused(redis3, command):
     output = cli(redis3.addresses[1], *command)
     assert "kvstores" in output and f"'{command[0]}'" in output, output

@@ -23,7 +23,7 @@ def test_plain_writes_and_reads_travel_unchanged_in_any_case():
 
 @pytest.mark.parametrize("name, reason", [
     (b"SPOP", "random"), (b"BLPOP", "blocking"), (b"EVAL", "scripts"), (b"CONFIG", "admin"),
-    (b"MULTI", "per-connection"), (b"GETEX", "expiry"), (b"SUBSCRIBE", "per-connection")])
+    (b"WATCH", "not conditional"), (b"GETEX", "expiry"), (b"SUBSCRIBE", "per-connection")])
 def test_nondeterministic_commands_are_refused_naming_the_command(name, reason):
     result, reply = route(name, b"x", b"1")
     assert result is Route.REPLY
@@ -88,6 +88,17 @@ def test_hello_is_answered_in_the_protocol_it_selects_and_switches_the_connectio
     assert hello([b"HELLO", b"x"], 2)[1].startswith(b"-ERR Protocol version")
     protocol, refused = hello([b"HELLO", b"3", b"AUTH", b"u", b"p"], 2)
     assert protocol == 2 and refused.startswith(b"-ERR kvstores: 'HELLO AUTH'")
+
+
+def test_transaction_statements_are_routed_to_the_connection_and_watch_is_refused():
+    """redis_rules Rule 3, kvstores.transaction."""
+    assert route(b"MULTI")[0] is Route.MULTI
+    assert route(b"exec")[0] is Route.EXEC
+    assert route(b"DISCARD")[0] is Route.DISCARD
+    assert route(b"MULTI", b"x")[1] == b"-ERR wrong number of arguments for 'multi' command\r\n"
+    assert route(b"UNWATCH") == (Route.REPLY, b"+OK\r\n")
+    watch = route(b"WATCH", b"k")[1]
+    assert watch.startswith(b"-ERR kvstores: 'WATCH'") and b"not conditional" in watch
 
 
 def test_client_setname_and_setinfo_are_accepted_other_client_commands_refused():
