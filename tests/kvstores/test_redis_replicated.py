@@ -253,6 +253,36 @@ def test_a_resp3_write_forwarded_by_a_follower_gets_a_resp3_reply():
             client.close()
 
 
+def test_server_generated_stream_ids_and_relative_getex_expiries_replicate_equal(redis3):
+    """redis_rules Rule 2 with the real client: redis-py's xadd (id '*' by default) and
+    getex(ex=...) on the leader leave identical data on every replica."""
+    import redis
+
+    def on_leader():
+        leader = redis3.wait_for_leader(10)
+        host, port = redis3.addresses[leader].split(":")
+        client = redis.Redis(host=host, port=int(port), socket_timeout=10)
+        try:
+            ids = [client.xadd("events", {"n": str(n)}) for n in range(50)]
+            client.set("session", "s")
+            return ids, client.getex("session", ex=100), client.pttl("session")
+        except (redis.exceptions.MovedError, redis.exceptions.TryAgainError):
+            return None
+        finally:
+            client.close()
+
+    ids, value, ttl_ms = eventually(on_leader)
+    assert len(set(ids)) == 50 and ids == sorted(ids, key=lambda i: tuple(map(int, i.split(b"-"))))
+    assert value == b"s" and 90_000 < ttl_ms <= 100_000
+    digests = redis3.wait_equal(10)
+    assert len(set(digests.values())) == 1, digests
+    for address in redis3.addresses.values():
+        host, port = address.split(":")
+        client = redis.Redis(host=host, port=int(port), socket_timeout=10)
+        assert [entry_id for entry_id, _ in client.xrange("events")][-50:] == ids
+        client.close()
+
+
 def test_follower_redirects_writes_to_the_leader(redis3):
     def redirected():
         leader = redis3.wait_for_leader(10)
@@ -272,7 +302,7 @@ def test_follower_redirects_writes_to_the_leader(redis3):
 
 @pytest.mark.parametrize("command", [["EVAL", "return 1", "0"], ["BLPOP", "l", "0"],
                                      ["SPOP", "s"], ["CONFIG", "SET", "maxmemory", "1"],
-                                     ["WATCH", "k"], ["XADD", "s", "*", "f", "v"]])
+                                     ["WATCH", "k"], ["SORT", "l", "STORE", "d"]])
 def test_nondeterministic_commands_are_refused(redis3, command):
     output = cli(redis3.addresses[1], *command)
     assert "kvstores" in output and f"'{command[0]}'" in output, output

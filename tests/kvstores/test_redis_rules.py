@@ -23,7 +23,7 @@ def test_plain_writes_and_reads_travel_unchanged_in_any_case():
 
 @pytest.mark.parametrize("name, reason", [
     (b"SPOP", "random"), (b"BLPOP", "blocking"), (b"EVAL", "scripts"), (b"CONFIG", "admin"),
-    (b"WATCH", "not conditional"), (b"GETEX", "expiry"), (b"SUBSCRIBE", "per-connection")])
+    (b"WATCH", "not conditional"), (b"SUBSCRIBE", "per-connection")])
 def test_nondeterministic_commands_are_refused_naming_the_command(name, reason):
     result, reply = route(name, b"x", b"1")
     assert result is Route.REPLY
@@ -48,12 +48,30 @@ def test_relative_expiries_become_absolute():
     # An invalid amount travels unchanged: every replica's redis refuses it the same way.
     assert route(b"SET", b"k", b"v", b"EX", b"zero")[1] == encode_command(
         [b"SET", b"k", b"v", b"EX", b"zero"])
+    assert route(b"GETEX", b"k", b"ex", b"2") == (Route.WRITE, encode_command(
+        [b"GETEX", b"k", b"PXAT", b"%d" % (NOW_MS + 2000)]))
+    for absolute in ((b"GETEX", b"k"), (b"GETEX", b"k", b"PERSIST"),
+                     (b"GETEX", b"k", b"EXAT", b"99")):
+        assert route(*absolute) == (Route.WRITE, encode_command(list(absolute)))
 
 
-def test_xadd_needs_an_explicit_id():
-    assert route(b"XADD", b"s", b"*", b"f", b"v")[0] is Route.REPLY
-    assert route(b"XADD", b"s", b"MAXLEN", b"~", b"10", b"1-*", b"f", b"v")[0] is Route.REPLY
-    assert route(b"XADD", b"s", b"NOMKSTREAM", b"5-1", b"f", b"v")[0] is Route.WRITE
+def test_xadd_ids_the_server_would_generate_take_the_leaders_clock():
+    """Rule 2: '*' becomes '<leader ms>-*'; '<ms>-*' and explicit ids travel unchanged."""
+    assert route(b"XADD", b"s", b"*", b"f", b"v") == (Route.WRITE, encode_command(
+        [b"XADD", b"s", b"%d-*" % NOW_MS, b"f", b"v"]))
+    assert route(b"XADD", b"s", b"MAXLEN", b"~", b"10", b"*", b"f", b"v")[1] == encode_command(
+        [b"XADD", b"s", b"MAXLEN", b"~", b"10", b"%d-*" % NOW_MS, b"f", b"v"])
+    for kept in ((b"XADD", b"s", b"MAXLEN", b"~", b"10", b"1-*", b"f", b"v"),
+                 (b"XADD", b"s", b"NOMKSTREAM", b"5-1", b"f", b"v")):
+        assert route(*kept) == (Route.WRITE, encode_command(list(kept)))
+
+
+def test_config_get_is_a_local_read_and_the_rest_of_config_is_refused():
+    assert route(b"CONFIG", b"GET", b"save") == (Route.READ, encode_command(
+        [b"CONFIG", b"GET", b"save"]))
+    for refused in ((b"CONFIG", b"SET", b"maxmemory", b"1"), (b"CONFIG", b"REWRITE"),
+                    (b"CONFIG", b"GET")):
+        assert route(*refused)[1].startswith(b"-ERR kvstores: 'CONFIG'"), refused
 
 
 def test_local_answers_and_status():
