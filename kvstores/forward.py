@@ -19,8 +19,9 @@ Rule 5: a forwarded write is forwarded once: each connection opens with ``KVSTOR
         connection's writes with a redirect instead of forwarding them, which the origin retries.
         Two servers that each think the other leads would otherwise forward to each other and
         wait forever, each connection's replies being in order.
-Rule 6: a RESP3 client's write is forwarded on a connection switched to RESP3 for it (pipe
-        Rule 8): the leader's front end answers it in RESP3, and RESP2 clients' writes in RESP2.
+Rule 6: a RESP3 client's write is forwarded on a connection switched to RESP3 for it
+        (pipe Rule 8): the leader's front end answers it in RESP3, and RESP2 clients' writes in
+        RESP2.
 """
 
 from __future__ import annotations
