@@ -71,40 +71,71 @@ class Load:
         return host, int(port)
 
     def _redis(self, number: int) -> None:
+        """Even clients speak RESP2, odd ones RESP3 (redis-py's default); a tenth of the
+        operations are MULTI/EXEC pipelines. Every reply's shape is checked: a pipe that routed
+        a reply to the wrong client (pipe Rules 8 and 9) would show up here."""
         import redis
-        from redis.exceptions import ConnectionError, MovedError, ResponseError, TimeoutError
+        from redis.exceptions import (
+            ConnectionError,
+            MovedError,
+            ResponseError,
+            TimeoutError,
+            TryAgainError,
+        )
 
         rng = random.Random(self.seed * 100 + number)
+        protocol = 2 if number % 2 == 0 else 3
         attempt = 0
         host, port = self._address(number, attempt)
-        client = redis.Redis(host=host, port=port, socket_timeout=5, socket_connect_timeout=2)
+        client = redis.Redis(host=host, port=port, socket_timeout=5, socket_connect_timeout=2,
+                             protocol=protocol)
         while not self.stop_event.is_set():
             key = f"key-{rng.randrange(KEYS)}"
             choice = rng.random()
             try:
-                if choice < 0.5:
-                    client.set(key, f"value-{number}-{self.ops[number]}")
-                elif choice < 0.65:
-                    client.incr(f"counter-{number}")
-                elif choice < 0.75:
-                    client.delete(key)
+                if choice < 0.45:
+                    reply = client.set(key, f"value-{number}-{self.ops[number]}")
+                    expected: tuple[type, ...] = (bool,)
+                elif choice < 0.6:
+                    reply = client.incr(f"counter-{number}")
+                    expected = (int,)
+                elif choice < 0.7:
+                    reply = client.delete(key)
+                    expected = (int,)
+                elif choice < 0.8:
+                    value = f"tx-{number}-{self.ops[number]}"
+                    reply = client.pipeline().set(key, value).incr(f"counter-{number}").get(
+                        key).execute()
+                    if reply[0] is not True or type(reply[1]) is not int or \
+                            reply[2] != value.encode():
+                        self.failures.append(f"redis client {number}: transaction {reply!r}")
+                        return
+                    expected = (list,)
                 else:
-                    client.get(key)
+                    reply = client.get(key)
+                    expected = (bytes, type(None))
+                if not isinstance(reply, expected) or isinstance(reply, bool) != (
+                        bool in expected):
+                    self.failures.append(f"redis client {number} (RESP{protocol}): got "
+                                         f"{reply!r}, expected {expected}")
+                    return
                 self.ops[number] += 1
             except MovedError as exc:  # a follower names the leader
                 client.close()
                 client = redis.Redis(host=exc.host, port=int(exc.port), socket_timeout=5,
-                                     socket_connect_timeout=2)
+                                     socket_connect_timeout=2, protocol=protocol)
             except (ConnectionError, TimeoutError, ResponseError) as exc:
-                # killed, paused, recovering, no leader yet, or "outcome unknown": another server
-                if isinstance(exc, ResponseError) and not _retryable(str(exc)):
+                # killed, paused, recovering, no leader yet, a lost write (TRYAGAIN) or
+                # "outcome unknown": another server
+                if (isinstance(exc, ResponseError) and not isinstance(exc, TryAgainError)
+                        and not _retryable(str(exc))):
                     self.failures.append(f"redis client {number}: {exc}")
                     return
                 attempt += 1
                 client.close()
                 host, port = self._address(number, attempt)
                 client = redis.Redis(host=host, port=port, socket_timeout=5,
-                                     socket_connect_timeout=2)
+                                     socket_connect_timeout=2, protocol=protocol)
                 time.sleep(RETRY_SLEEP_S)
         client.close()
 
