@@ -129,9 +129,11 @@ def _positive_int(arg: bytes) -> int | None:
     return value if value > 0 else None
 
 
-def _set(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
-    """SET key value [...] [EX s | PX ms]: a relative expiry becomes PXAT (Rule 2)."""
-    for position in range(3, len(args) - 1):
+def _options_expiry(args: list[bytes], raw: bytes, now_ms: int,
+                    first_option: int) -> tuple[Route, bytes]:
+    """A write whose options from ``first_option`` on may hold ``EX s`` or ``PX ms``: that
+    relative expiry becomes ``PXAT <absolute ms>`` (Rule 2)."""
+    for position in range(first_option, len(args) - 1):
         option = args[position].upper()
         if option in (b"EX", b"PX"):
             amount = _positive_int(args[position + 1])
@@ -141,6 +143,11 @@ def _set(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
             rewritten = args[:position] + [b"PXAT", b"%d" % at_ms] + args[position + 2 :]
             return Route.WRITE, encode_command(rewritten)
     return Route.WRITE, raw
+
+
+def _set(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
+    """SET key value [...] [EX s | PX ms]."""
+    return _options_expiry(args, raw, now_ms, 3)
 
 
 def _expire(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
@@ -169,18 +176,8 @@ def _setex(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
 
 
 def _getex(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
-    """GETEX key [EX s | PX ms | EXAT | PXAT | PERSIST]: a write (it may change the expiry);
-    a relative expiry becomes PXAT (Rule 2)."""
-    for position in range(2, len(args) - 1):
-        option = args[position].upper()
-        if option in (b"EX", b"PX"):
-            amount = _positive_int(args[position + 1])
-            if amount is None:
-                return Route.WRITE, raw  # redis refuses it the same way everywhere
-            at_ms = now_ms + (amount * 1000 if option == b"EX" else amount)
-            rewritten = args[:position] + [b"PXAT", b"%d" % at_ms] + args[position + 2 :]
-            return Route.WRITE, encode_command(rewritten)
-    return Route.WRITE, raw
+    """GETEX key [EX s | PX ms | EXAT | PXAT | PERSIST]: a write (it may change the expiry)."""
+    return _options_expiry(args, raw, now_ms, 2)
 
 
 def _config(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:

@@ -71,6 +71,32 @@ CALLS = [
 ]
 
 
+def on_real_and_leader(cluster, real_redis: str, protocol: int, run) -> tuple[list, int, list]:
+    """``run(client)`` with redis-py speaking ``protocol`` on a plain redis-server and on the
+    cluster's leader, each emptied first: (what redis-server gave, the leader, what it gave)."""
+    import redis
+
+    plain = redis.Redis(unix_socket_path=real_redis, protocol=protocol)
+    plain.flushall()
+    expected = run(plain)
+    plain.close()
+
+    def on_leader():
+        leader = cluster.wait_for_leader(10)
+        host, port = cluster.addresses[leader].split(":")
+        client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=protocol)
+        try:
+            client.flushall()
+            return leader, run(client)
+        except (redis.exceptions.MovedError, redis.exceptions.TryAgainError):
+            return None  # leadership moved between the lookup and the calls
+        finally:
+            client.close()
+
+    leader, results = eventually(on_leader)
+    return expected, leader, results
+
+
 def run_calls(client) -> list:
     return [getattr(client, name)(*args, **kwargs) for name, args, kwargs in CALLS]
 
@@ -82,24 +108,8 @@ def test_redis_py_gets_what_redis_server_answers_in_either_protocol(redis3, real
     leader (replicated) and reads on every replica."""
     import redis
 
-    expected_client = redis.Redis(unix_socket_path=real_redis, protocol=protocol)
-    expected_client.flushall()
-    expected = run_calls(expected_client)
-    expected_client.close()
-
-    def on_leader():
-        leader = redis3.wait_for_leader(10)
-        host, port = redis3.addresses[leader].split(":")
-        client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=protocol)
-        try:
-            client.flushall()
-            return run_calls(client)
-        except (redis.exceptions.MovedError, redis.exceptions.TryAgainError):
-            return None  # leadership moved between the lookup and the calls
-        finally:
-            client.close()
-
-    assert eventually(on_leader) == expected
+    expected, _leader, results = on_real_and_leader(redis3, real_redis, protocol, run_calls)
+    assert results == expected
     digests = redis3.wait_equal(10)
     assert len(set(digests.values())) == 1, digests
     for address in redis3.addresses.values():
@@ -181,24 +191,8 @@ def test_redis_py_transactions_give_what_redis_server_gives_on_every_replica(
     whole; a transaction with a refused command applies nothing (EXECABORT)."""
     import redis
 
-    expected_client = redis.Redis(unix_socket_path=real_redis, protocol=protocol)
-    expected_client.flushall()
-    expected = run_transactions(expected_client)
-    expected_client.close()
-
-    def on_leader():
-        leader = redis3.wait_for_leader(10)
-        host, port = redis3.addresses[leader].split(":")
-        client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=protocol)
-        try:
-            client.flushall()
-            return leader, run_transactions(client)
-        except (redis.exceptions.MovedError, redis.exceptions.TryAgainError):
-            return None
-        finally:
-            client.close()
-
-    leader, results = eventually(on_leader)
+    expected, leader, results = on_real_and_leader(redis3, real_redis, protocol,
+                                                   run_transactions)
     assert results == expected
     host, port = redis3.addresses[leader].split(":")
     client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=protocol)
