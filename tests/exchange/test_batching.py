@@ -3,7 +3,7 @@
 import threading
 import time
 
-from exchange.batching import Batcher, Dropped, Pending
+from exchange.batching import CONTENDED_S, SMALL_BATCH, Batcher, Dropped, Pending
 from exchange.config import BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES
 from exchange.state_machine import BATCH_HEADER, ENTRY_HEADER, ExchangeStateMachine, Reply
 from orderbook import AddOrder, Side, encode_command
@@ -140,4 +140,62 @@ def test_a_failed_proposal_fails_its_requests_and_drops_cancelled_ones():
     assert log.counts() == [1]  # only the live request was proposed
     assert [type(e) for e in cancelled.errors] == [Dropped] and not live.errors
     assert ENTRY_HEADER.unpack_from(log.entries[0], 0) == (4, 2)
+    batcher.stop()
+
+
+def _contend(batcher: Batcher, log: Log) -> None:
+    """Make the batcher contended (Rule 5): a request queued behind a held proposal."""
+    before = sum(log.counts())
+    log.hold.clear()
+    log.entered.clear()
+    first = threading.Thread(target=batcher.submit, args=([_pending(1, 1)],))
+    first.start()
+    assert log.entered.wait(WAIT_S)
+    batcher.submit([_pending(2, 1)])  # queued behind it: contention
+    log.hold.set()
+    first.join(WAIT_S)
+    _wait_for(lambda: sum(log.counts()) == before + 2, "the contended requests were not proposed")
+
+
+def test_a_contended_small_batch_yields_once_so_runnable_handlers_join_its_entry():
+    """Rule 5: the yield lets a handler that was ready queue behind the proposer, and both
+    requests leave in one entry; uncontended, nothing yields."""
+    log = Log()
+    yields: list[int] = []
+    batcher: Batcher
+
+    def yield_gil() -> None:  # stands for the GIL hand-off: another handler submits meanwhile
+        yields.append(len(log.entries))
+        other = threading.Thread(target=batcher.submit, args=([_pending(4, len(yields))],))
+        other.start()
+        other.join(WAIT_S)
+
+    batcher = Batcher(log.propose, _failed, BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES,
+                      yield_gil)
+    batcher.submit([_pending(3, 1)])
+    assert yields == [] and log.counts() == [1]  # idle: at once, no yield
+    _contend(batcher, log)
+    assert yields == []  # neither the first submitter (uncontended then) nor the queued one
+    batcher.submit([_pending(3, 2)])
+    assert yields == [3]
+    assert log.counts()[-1] == 2  # this request and the one queued during the yield
+    sm = ExchangeStateMachine()
+    replies = [a.reply for i, p in enumerate(log.entries, 1) for a in sm.apply_entry(i, p)]
+    assert [(r.client_id, r.seq) for r in replies][-2:] == [(3, 2), (4, 1)]
+    batcher.stop()
+
+
+def test_no_yield_once_contention_is_old_or_for_a_large_batch():
+    log = Log()
+    yields: list[int] = []
+    batcher = Batcher(log.propose, _failed, BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES,
+                      lambda: yields.append(1))
+    _contend(batcher, log)
+    batcher.submit([_pending(5, seq) for seq in range(1, SMALL_BATCH + 1)])  # an order list
+    assert yields == []
+    batcher.submit([_pending(6, 1)])
+    assert yields == [1]  # still contended, a small batch
+    time.sleep(CONTENDED_S * 2)
+    batcher.submit([_pending(6, 2)])
+    assert yields == [1]  # contention is over
     batcher.stop()
