@@ -5,6 +5,15 @@ Rule 1: no added delay when idle: a request that finds no proposal in flight is 
         FIFO queue; when that proposal returns, the queue leaves as the next batch (proposed by the
         proposer thread, which keeps proposing until the queue is empty). So at most one proposal
         is in flight, and requests are proposed in the order they were submitted.
+Rule 2: a batch holds at most ``requests_max`` requests and its entry at most ``bytes_max`` bytes
+        (a consensus slot); a batch of one request is a single-request entry (the format the
+        unary path always used), so an idle exchange logs exactly what it logged before batching.
+Rule 3: a proposal that raises fails every request of its batch (``Sink.fail``); a request whose
+        sink is already cancelled (its session failed) is dropped from the queue unproposed (and
+        handed to ``failed`` with ``Dropped``, so its owner forgets it), so a session's later
+        requests never overtake its failed earlier ones.
+Rule 4: the batcher never touches the state machine: replies reach sinks through the apply path
+        (``ExchangeNode.on_commit``), which runs inside ``propose`` on the leader.
 Rule 5: under contention the submitter yields once before it proposes. A proposal (microseconds
         of replication plus the apply) holds the GIL almost throughout, so other handlers rarely
         get to queue behind it: with 8 sessions of one order per message an entry carried 1.05
@@ -15,15 +24,6 @@ Rule 5: under contention the submitter yields once before it proposes. A proposa
         there). Uncontended (an idle exchange, one closed-loop trader) it proposes at once: a
         yield there cost one trader 50-100 us of p50. A batch that is already large (order
         lists of 20) does not yield: there the hand-offs cost 7-16% of the throughput.
-Rule 2: a batch holds at most ``requests_max`` requests and its entry at most ``bytes_max`` bytes
-        (a consensus slot); a batch of one request is a single-request entry (the format the
-        unary path always used), so an idle exchange logs exactly what it logged before batching.
-Rule 3: a proposal that raises fails every request of its batch (``Sink.fail``); a request whose
-        sink is already cancelled (its session failed) is dropped from the queue unproposed (and
-        handed to ``failed`` with ``Dropped``, so its owner forgets it), so a session's later
-        requests never overtake its failed earlier ones.
-Rule 4: the batcher never touches the state machine: replies reach sinks through the apply path
-        (``ExchangeNode.on_commit``), which runs inside ``propose`` on the leader.
 """
 
 from __future__ import annotations
