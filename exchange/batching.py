@@ -14,16 +14,19 @@ Rule 3: a proposal that raises fails every request of its batch (``Sink.fail``);
         requests never overtake its failed earlier ones.
 Rule 4: the batcher never touches the state machine: replies reach sinks through the apply path
         (``ExchangeNode.on_commit``), which runs inside ``propose`` on the leader.
-Rule 5: under contention the submitter yields once before it proposes. A proposal (microseconds
-        of replication plus the apply) holds the GIL almost throughout, so other handlers rarely
-        get to queue behind it: with 8 sessions of one order per message an entry carried 1.05
-        requests. So when a request was queued behind a proposal within the last
-        ``CONTENDED_S`` and fewer than ``SMALL_BATCH`` requests are queued, the submitter that
-        takes the proposer role first releases the GIL once (``sleep(0)``): handlers that are
-        runnable queue their requests, and they leave in the same entry (2.5 requests per entry
-        there). Uncontended (an idle exchange, one closed-loop trader) it proposes at once: a
-        yield there cost one trader 50-100 us of p50. A batch that is already large (order
-        lists of 20) does not yield: there the hand-offs cost 7-16% of the throughput.
+Rule 5: a pipelined submitter (an order session, which keeps several messages in flight) yields
+        once under contention before it proposes. A proposal (microseconds of replication plus
+        the apply) holds the GIL almost throughout, so other handlers rarely get to queue behind
+        it: with 8 sessions of one order per message an entry carried 1.05 requests. So when a
+        request was queued behind a proposal within the last ``CONTENDED_S`` and fewer than
+        ``SMALL_BATCH`` requests are queued, such a submitter that takes the proposer role first
+        releases the GIL once (``sleep(0)``): handlers that are runnable queue their requests,
+        and they leave in the same entry (2.5 requests per entry there). Never otherwise: an
+        idle exchange or one closed-loop trader is not contended (a yield there cost one trader
+        50-100 us of p50); a batch that is already large (order lists of 20) gains nothing (the
+        hand-offs cost 7-16% of the throughput); unary calls (one request per caller in flight)
+        pay the wait and gain little (4 closed-loop unary traders: -3% answers, and the first
+        answer after a fail-over ~0.5 ms later).
 """
 
 from __future__ import annotations
@@ -105,8 +108,9 @@ class Batcher:
         self.entries = 0  # proposals made (statistics)
         self.requests = 0  # requests proposed
 
-    def submit(self, items: list[Pending]) -> None:
-        """Queue ``items`` (in order); propose them now if no proposal is in flight (Rule 1).
+    def submit(self, items: list[Pending], pipelined: bool = False) -> None:
+        """Queue ``items`` (in order); propose them now if no proposal is in flight (Rule 1),
+        after one yield if ``pipelined`` and contended (Rule 5).
 
         Returns once the items are proposed (idle case: applied, sinks delivered) or queued."""
         assert items
@@ -117,7 +121,8 @@ class Batcher:
                 self._contended_until = now + CONTENDED_S
                 return
             self._busy = True
-            contended = now < self._contended_until and len(self._queue) < SMALL_BATCH
+            contended = (pipelined and now < self._contended_until
+                         and len(self._queue) < SMALL_BATCH)
         if contended:
             self._yield_gil()  # Rule 5: runnable handlers queue behind this request
         batch = self._take()

@@ -601,7 +601,7 @@ class ExchangeNode:
                 self._apply_locked(self.state.applied_index + 1, payload)
                 return
         if items:
-            self.batcher.submit(items)
+            self.batcher.submit(items, pipelined=True)  # batching Rule 5
 
     def _check_order_entry(self) -> None:
         if self.paused:

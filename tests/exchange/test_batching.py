@@ -166,7 +166,7 @@ def test_a_contended_small_batch_yields_once_so_runnable_handlers_join_its_entry
 
     def yield_gil() -> None:  # stands for the GIL hand-off: another handler submits meanwhile
         yields.append(len(log.entries))
-        other = threading.Thread(target=batcher.submit, args=([_pending(4, len(yields))],))
+        other = threading.Thread(target=batcher.submit, args=([_pending(4, len(yields))], True))
         other.start()
         other.join(WAIT_S)
 
@@ -176,7 +176,7 @@ def test_a_contended_small_batch_yields_once_so_runnable_handlers_join_its_entry
     assert yields == [] and log.counts() == [1]  # idle: at once, no yield
     _contend(batcher, log)
     assert yields == []  # neither the first submitter (uncontended then) nor the queued one
-    batcher.submit([_pending(3, 2)])
+    batcher.submit([_pending(3, 2)], pipelined=True)
     assert yields == [3]
     assert log.counts()[-1] == 2  # this request and the one queued during the yield
     sm = ExchangeStateMachine()
@@ -185,17 +185,20 @@ def test_a_contended_small_batch_yields_once_so_runnable_handlers_join_its_entry
     batcher.stop()
 
 
-def test_no_yield_once_contention_is_old_or_for_a_large_batch():
+def test_no_yield_for_a_unary_call_a_large_batch_or_old_contention():
     log = Log()
     yields: list[int] = []
     batcher = Batcher(log.propose, _failed, BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES,
                       lambda: yields.append(1))
     _contend(batcher, log)
-    batcher.submit([_pending(5, seq) for seq in range(1, SMALL_BATCH + 1)])  # an order list
+    batcher.submit([_pending(5, seq) for seq in range(1, SMALL_BATCH + 1)],
+                   pipelined=True)  # an order list
     assert yields == []
     batcher.submit([_pending(6, 1)])
-    assert yields == [1]  # still contended, a small batch
+    assert yields == []  # a unary call never yields
+    batcher.submit([_pending(6, 2)], pipelined=True)
+    assert yields == [1]  # still contended, a small batch of a session
     time.sleep(CONTENDED_S * 2)
-    batcher.submit([_pending(6, 2)])
+    batcher.submit([_pending(6, 3)], pipelined=True)
     assert yields == [1]  # contention is over
     batcher.stop()
