@@ -13,6 +13,9 @@ Rule 3: with ``--data-dir`` the node loads its state from the directory first (a
 Rule 4: with ``--tls-cert`` the port serves TLS only, for traders and peers alike, and the
         server's calls to its peers (snapshot fetch, the start gate) use TLS with its own
         certificate (``exchange.tls``); the start line says which security is on.
+Rule 5: the port also serves gRPC server reflection (the exchange, replication and health
+        services), so generic clients such as ``grpcurl`` can list and call the API without the
+        ``.proto`` file; under TLS it is behind the same transport security as the rest.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from concurrent import futures
 from types import FrameType
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from exchange.cold_start import GateStopped, pass_gate
 from exchange.config import DEFAULT_FIFO_TEMPLATE, ConfigError, ServerConfig
@@ -37,6 +40,7 @@ from exchange.durability import DataDirError, Journal, load, open_data_dir
 from exchange.grpc_checked import add_checked
 from exchange.limits import GRPC_SERVER_OPTIONS
 from exchange.node import ExchangeNode
+from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 from exchange.replication import ReplicationHandle, ReplicationUnavailable, start_replication
 from exchange.service import ExchangeService, HealthReporter
@@ -116,6 +120,7 @@ def build_grpc_server(
     add_checked(pb_grpc.add_ReplicationServicer_to_server,
                 SnapshotService(node.take_snapshot, lambda: _no_snapshot_to_serve(node),
                                 authorizer), server)
+    _enable_reflection(server)
     try:  # exchange.tls Rule 1: one port, TLS for every service when configured
         if config.tls is None:
             port = server.add_insecure_port(config.listen)
@@ -126,6 +131,20 @@ def build_grpc_server(
     if port == 0:
         raise StartupError(f"cannot listen on {config.listen} (address in use?)")
     return server
+
+
+def _enable_reflection(server: grpc.Server) -> None:
+    """Rule 5: server reflection lists the API to generic clients (``grpcurl -plaintext HOST:PORT
+    list``, ``describe mu.exchange.Exchange``)."""
+    try:
+        from grpc_reflection.v1alpha import reflection
+    except ImportError:  # an install older than the dependency: serve without it, say so
+        log.warning("gRPC server reflection is off: grpcio-reflection is not installed "
+                    "(bash scripts/setup.sh installs it)")
+        return
+    names = [service.full_name for service in pb.DESCRIPTOR.services_by_name.values()]
+    names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
 
 
 def _security(config: ServerConfig) -> str:

@@ -193,3 +193,32 @@ def test_an_undecodable_body_is_invalid_argument_on_every_rpc(standalone, method
     channel.close()
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
     assert "not a valid protobuf message" in info.value.details()
+
+
+def test_reflection_lets_a_generic_client_list_and_call_the_api(standalone):
+    """serve Rule 5: what grpcurl does, without the .proto file: list the services, build a
+    SubmitOrder request from the reflected descriptors, call it, read the reply."""
+    from google.protobuf import descriptor_pool, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    channel = grpc.insecure_channel(standalone.addresses[1])
+    database = ProtoReflectionDescriptorDatabase(channel)
+    services = set(database.get_services())
+    assert {"mu.exchange.Exchange", "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection"} <= services, services
+    pool = descriptor_pool.DescriptorPool(database)
+    method = pool.FindServiceByName("mu.exchange.Exchange").FindMethodByName("SubmitOrder")
+    request_class = message_factory.GetMessageClass(method.input_type)
+    reply_class = message_factory.GetMessageClass(method.output_type)
+    client_id = new_client(standalone).client_id
+    request = request_class(client_id=client_id, seq=1, symbol="TSTR", side=pb.BUY, price=7,
+                            quantity=3)
+    call = channel.unary_unary("/mu.exchange.Exchange/SubmitOrder",
+                               request_serializer=lambda message: message.SerializeToString(),
+                               response_deserializer=reply_class.FromString)
+    reply = call(request, timeout=10)
+    assert reply.client_id == client_id and reply.seq == 1
+    assert [event.kind for event in reply.events] == ["accept"]
+    channel.close()
