@@ -64,10 +64,10 @@ class LeaderForwarder:
     def __init__(self, core: Core, loop: asyncio.AbstractEventLoop, framer: Framer,
                  kind_of: Callable[[bytes], int], hello: bytes,
                  resp3_wrap: tuple[bytes, bytes] | None,
-                 replies_of: Callable[[bytes], int] | None) -> None:
+                 multi_reply: tuple[bytes, Callable[[bytes], int]] | None) -> None:
         self._hello = hello
         self._resp3_wrap = resp3_wrap
-        self._replies_of = replies_of
+        self._multi_reply = multi_reply
         self._core = core
         self._loop = loop
         self._framer = framer
@@ -137,7 +137,7 @@ class LeaderForwarder:
             f"server {self._core.replica_id} lost its connection to the leader at {address}")
         pipe = LocalPipe(sock, self._loop, self._framer, self._kind_of,
                          lambda reason: self._lost(address, reason), unknown, self._resp3_wrap,
-                         self._replies_of)
+                         self._multi_reply)
         pipe.send(self._hello, None, 0)  # Rule 5: the leader must never forward these again
         self._pipes[address] = pipe
         log.warning("server %d: forwarding writes to the leader at %s", self._core.replica_id,

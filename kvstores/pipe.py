@@ -43,8 +43,9 @@ Rule 8 (RESP3 clients, redis pipes only: ``resp3_wrap``): a command whose reply 
         costs a command only where the two kinds interleave. The protocol changes only replies,
         never the data set.
 Rule 9: a command that the local server answers more than once (a redis transaction block,
-        ``kvstores.transaction`` Rule 2: ``replies_of`` counts) records that many targets: the
-        last is the command's, the others are dropped.
+        ``kvstores.transaction`` Rule 2: a command that starts with ``multi_reply[0]``, whose
+        replies ``multi_reply[1]`` counts) records that many targets: the last is the
+        command's, the others are dropped.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class LocalPipe:
         on_failure: Callable[[str], None],
         failure_reply: bytes,
         resp3_wrap: tuple[bytes, bytes] | None = None,
-        replies_of: Callable[[bytes], int] | None = None,
+        multi_reply: tuple[bytes, Callable[[bytes], int]] | None = None,
     ) -> None:
         sock.setblocking(False)
         self._sock = sock
@@ -132,7 +133,10 @@ class LocalPipe:
         self._failure_reply = failure_reply
         self._resp3_wrap = resp3_wrap  # (HELLO 3, HELLO 2) on redis pipes (Rule 8)
         self._resp3_on = False  # the protocol the server speaks after the last queued command
-        self._replies_of = replies_of  # Rule 9
+        # Rule 9: the prefix of commands answered more than once (b"" for none), their count
+        self._multi_prefix = b"" if multi_reply is None else multi_reply[0]
+        self._replies_of: Callable[[bytes], int] = (
+            (lambda _command: 1) if multi_reply is None else multi_reply[1])
         self._lock = threading.Lock()
         self._out = bytearray()
         self._pending: deque[tuple[Target, int]] = deque()
@@ -192,26 +196,15 @@ class LocalPipe:
     def _enqueue_locked(self, data: bytes, target: Target, kind: int, in_loop: bool) -> None:
         """Record ``target`` and send or buffer ``data`` (caller holds ``_lock``, Rules 1, 3,
         6, 7, 8 and 9)."""
-        replies = 1 if self._replies_of is None else self._replies_of(data)
-        if self._resp3_wrap is not None:
+        pending = self._pending
+        if self._multi_prefix and data.startswith(self._multi_prefix):  # Rule 9
+            pending.extend([(None, kind)] * (self._replies_of(data) - 1))
+        if self._resp3_wrap is not None:  # Rule 8
             slot = self._claims.get(target) if isinstance(target, int) else target
             if slot is not None and slot.resp3 is not self._resp3_on:
-                data = self._switch_locked(slot.resp3, kind) + data
-        if replies > 1:
-            self._pending.extend([(None, kind)] * (replies - 1))  # Rule 9
-        self._pending.append((target, kind))
+                data = self._switch_locked(slot.resp3, kind) + data  # its reply comes first
+        pending.append((target, kind))
         self.sent_count += 1
-        self._send_locked(data, in_loop)
-
-    def _switch_locked(self, resp3: bool, kind: int) -> bytes:
-        """Queue the switch of the server's protocol (Rule 8): its bytes, to send first."""
-        assert self._resp3_wrap is not None
-        self._resp3_on = resp3
-        self._pending.append((None, kind))  # HELLO's reply: dropped
-        return self._resp3_wrap[0 if resp3 else 1]
-
-    def _send_locked(self, data: bytes, in_loop: bool) -> None:
-        """Send or buffer ``data`` whose targets are recorded (caller holds ``_lock``)."""
         if self._deferring:
             self._deferred += data  # Rule 7: leaves after the snapshot was read
             return
@@ -235,6 +228,13 @@ class LocalPipe:
             out += memoryview(data)[sent:]
         if out:
             self._want_writer_locked(in_loop)
+
+    def _switch_locked(self, resp3: bool, kind: int) -> bytes:
+        """Queue the switch of the server's protocol (Rule 8): its bytes, to send first."""
+        assert self._resp3_wrap is not None
+        self._resp3_on = resp3
+        self._pending.append((None, kind))  # HELLO's reply: dropped
+        return self._resp3_wrap[0 if resp3 else 1]
 
     def _want_writer_locked(self, in_loop: bool) -> None:
         if not self._writer_on and self.failed is None:

@@ -40,7 +40,7 @@ from kvstores.frontend import (
 )
 from kvstores.pipe import LocalPipe
 from kvstores.redis_rules import RESP3_WRAP
-from kvstores.transaction import replies_in
+from kvstores.transaction import MULTI, replies_in
 
 GIL_SWITCH_INTERVAL_S = 0.0005  # a busy event loop delays a consensus heartbeat by at most this
 EXIT_CONFIG = 2
@@ -104,7 +104,7 @@ class KvServer:
             self._on_pipe_failure,
             self.core.flavor.unavailable(f"server {config.replica_id}: local server lost"),
             RESP3_WRAP if redis else None,
-            replies_in if redis else None,
+            (MULTI, replies_in) if redis else None,
         )
         self.core.pipe = self.pipe
         if not redis:
@@ -135,7 +135,7 @@ class KvServer:
                 _redis_kind if redis else mctext.framing_of,
                 resp.encode_command([b"KVSTORES", b"FORWARDER"]) if redis
                 else b"kvstores forwarder\r\n", RESP3_WRAP if redis else None,
-                replies_in if redis else None)
+                (MULTI, replies_in) if redis else None)
             self.core.forwarder = self.forwarder
         factory = RedisConnection if redis else MemcachedConnection
         try:

@@ -209,7 +209,8 @@ def test_a_command_answered_several_times_routes_only_its_last_reply():
         loop = asyncio.get_running_loop()
         ours, server = socket.socketpair()
         pipe = LocalPipe(ours, loop, lambda buf, pos, kind: reply_end(buf, pos), lambda data: 0,
-                         lambda reason: None, b"-ERR gone\r\n", None, replies_in)
+                         lambda reason: None, b"-ERR gone\r\n", (b"<3>", b"<2>"),
+                         (MULTI, replies_in))
         owner = Owner()
         block = MULTI + b"*1\r\n$4\r\nPING\r\n" + EXEC
         claimed = Slot(owner)
