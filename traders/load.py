@@ -402,7 +402,10 @@ class LoadRun:
             outcome, resting = _judge(report, quantity)
             if report.log_index == 0 and any(e.kind == "rejected" for e in report.events):
                 outcome = INVALID
-            samples.append(Sample(start_ns, end_ns, 1 + retried,
-                                  session.last_failure_ns if retried else 0, outcome, server))
+            # A retried order's first failure: when the outage it lived through began (a cold
+            # start may take seconds of failed reconnects), or its send if that came later.
+            first_failure_ns = max(start_ns, session.outage_started_ns) if retried else 0
+            samples.append(Sample(start_ns, end_ns, 1 + retried, first_failure_ns, outcome,
+                                  server))
             if resting:  # a quantity of 0 never rests
                 workload.remember(report.order_id, request.symbol)

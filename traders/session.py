@@ -126,6 +126,10 @@ class SessionClient:
         self._poll_until = 0.0  # poll(): the watchdog ends the wait at this monotonic time
         self.reconnects = 0
         self.last_failure_ns = 0  # monotonic time of the latest stream failure
+        # The first stream failure after the latest report: when the outage that a retried
+        # order lived through began (traders.load's fail-over gaps), not its last retry.
+        self.outage_started_ns = 0
+        self._failed_since_report = False
         self.last_error = ""
         _WATCHDOG.watch(self)
 
@@ -230,6 +234,7 @@ class SessionClient:
             else:
                 self.note_wait(time.monotonic() - self._waiting_since)
                 self._waiting_since = 0.0
+                self._failed_since_report = False
                 reports = list(response.reports)
                 unanswered = self.unanswered
                 for report in reports:
@@ -239,6 +244,9 @@ class SessionClient:
             self._waiting_since = 0.0
             self._disconnect()
             self.last_failure_ns = time.monotonic_ns()
+            if not self._failed_since_report:
+                self._failed_since_report = True
+                self.outage_started_ns = self.last_failure_ns
             self.last_error = f"{self.target}: {error_text}"
             if final:
                 raise RequestRejected(error_text)
