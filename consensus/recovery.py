@@ -98,9 +98,10 @@ class Deposed(Exception):
     """A follower's ``min_proposal`` is above this leader's proposal: a newer leader used it."""
 
 
-def catch_up(state: ReplicaState, peer: Peer, tail: int, commit: int) -> bool:
-    """Rewrite ``peer``'s log from its first undecided index to ``tail`` with this leader's
-    proposal (Rule 2); return False if a write failed (the caller drops the peer).
+def catch_up(state: ReplicaState, peer: Peer, tail: int, commit: int, start_at: int = 1) -> bool:
+    """Rewrite ``peer``'s log from its first undecided index (or ``start_at``, when later: the
+    entries before it were copied already) to ``tail`` with this leader's proposal (Rule 2);
+    return False if a write failed (the caller drops the peer).
 
     Raises ``Deposed`` without writing anything when the peer's ``min_proposal`` is above this
     leader's proposal (Rule 5): holding its permission again does not make this leader current.
@@ -112,7 +113,7 @@ def catch_up(state: ReplicaState, peer: Peer, tail: int, commit: int) -> bool:
         if seen > state.proposal:
             raise Deposed(f"replica {peer.replica_id} has min_proposal {seen} > {state.proposal}")
         peer.log.write(log_mod.MIN_PROPOSAL_OFFSET, log_mod.U64.pack(state.proposal))
-        start = max(first_undecided(peer), 1, tail - slots + 1)
+        start = max(first_undecided(peer), start_at, tail - slots + 1)
         for index in range(start, tail + 1):
             entry = _local_entry(state, index)
             if entry is None:
