@@ -116,13 +116,12 @@ class Batcher:
         assert items
         with self._cond:
             self._queue.extend(items)
-            now = time.monotonic()
             if self._busy:
-                self._contended_until = now + CONTENDED_S
+                self._contended_until = time.monotonic() + CONTENDED_S
                 return
             self._busy = True
-            contended = (pipelined and now < self._contended_until
-                         and len(self._queue) < SMALL_BATCH)
+            contended = (pipelined and len(self._queue) < SMALL_BATCH
+                         and time.monotonic() < self._contended_until)
         if contended:
             self._yield_gil()  # Rule 5: runnable handlers queue behind this request
         batch = self._take()

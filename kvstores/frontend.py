@@ -54,8 +54,8 @@ from kvstores.constants import (
     UNKNOWN_WAIT_S,
 )
 from kvstores.pipe import NOOP_TAG, LocalPipe, Slot, SlotOwner, tag_entry
-from kvstores.redis_rules import Route, classify, hello
-from kvstores.transaction import OK, Transaction
+from kvstores.redis_rules import OK, Route, classify, hello
+from kvstores.transaction import Transaction
 
 log = logging.getLogger("kvstores.frontend")
 

@@ -133,10 +133,8 @@ class LocalPipe:
         self._failure_reply = failure_reply
         self._resp3_wrap = resp3_wrap  # (HELLO 3, HELLO 2) on redis pipes (Rule 8)
         self._resp3_on = False  # the protocol the server speaks after the last queued command
-        # Rule 9: the prefix of commands answered more than once (b"" for none), their count
-        self._multi_prefix = b"" if multi_reply is None else multi_reply[0]
-        self._replies_of: Callable[[bytes], int] = (
-            (lambda _command: 1) if multi_reply is None else multi_reply[1])
+        # Rule 9: (the prefix of commands answered more than once, their count), or None
+        self._multi_reply = multi_reply
         self._lock = threading.Lock()
         self._out = bytearray()
         self._pending: deque[tuple[Target, int]] = deque()
@@ -197,8 +195,9 @@ class LocalPipe:
         """Record ``target`` and send or buffer ``data`` (caller holds ``_lock``, Rules 1, 3,
         6, 7, 8 and 9)."""
         pending = self._pending
-        if self._multi_prefix and data.startswith(self._multi_prefix):  # Rule 9
-            pending.extend([(None, kind)] * (self._replies_of(data) - 1))
+        multi = self._multi_reply
+        if multi is not None and data.startswith(multi[0]):  # Rule 9
+            pending.extend([(None, kind)] * (multi[1](data) - 1))
         if self._resp3_wrap is not None:  # Rule 8
             slot = self._claims.get(target) if isinstance(target, int) else target
             if slot is not None and slot.resp3 is not self._resp3_on:

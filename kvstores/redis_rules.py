@@ -108,7 +108,7 @@ assert not WRITES & READS
 assert not REFUSED.keys() & (WRITES | READS)
 
 _PLAIN = {name: Route.WRITE for name in WRITES} | {name: Route.READ for name in READS}
-_OK = simple("OK")
+OK = simple("OK")
 
 
 def refuse(name: bytes, reason: str) -> bytes:
@@ -218,10 +218,10 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
     if name == b"ECHO":
         return Route.REPLY, (bulk(args[1]) if len(args) == 2 else _wrong_args(name))
     if name == b"QUIT":
-        return Route.QUIT, _OK
+        return Route.QUIT, OK
     if name == b"SELECT":
         if len(args) == 2 and args[1] == b"0":
-            return Route.REPLY, _OK
+            return Route.REPLY, OK
         return Route.REPLY, refuse(b"SELECT", "only database 0 is served")
     if name == b"HELLO":
         return Route.HELLO, raw
@@ -231,11 +231,11 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
         return (Route.MULTI if name == b"MULTI" else Route.EXEC if name == b"EXEC"
                 else Route.DISCARD), raw
     if name == b"UNWATCH":
-        return Route.REPLY, _OK  # nothing is ever watched (WATCH is refused)
+        return Route.REPLY, OK  # nothing is ever watched (WATCH is refused)
     if name == b"CLIENT":
         sub = args[1].upper() if len(args) > 1 else b""
         if (sub == b"SETNAME" and len(args) == 3) or (sub == b"SETINFO" and len(args) == 4):
-            return Route.REPLY, _OK  # accepted, not kept (Rule 6): one shared connection
+            return Route.REPLY, OK  # accepted, not kept (Rule 6): one shared connection
         return Route.REPLY, refuse(b"CLIENT " + sub if sub else b"CLIENT", _CONN)
     if name == b"KVSTORES":
         sub = args[1].upper() if len(args) > 1 else b""
@@ -246,7 +246,7 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
         if sub == b"STATUS":
             return Route.STATUS, b""
         if sub == b"FORWARDER":
-            return Route.FORWARDER, _OK
+            return Route.FORWARDER, OK
         return Route.REPLY, error("ERR usage: KVSTORES STATUS | KVSTORES DIGEST")
     raise AssertionError(name)
 

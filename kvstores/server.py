@@ -97,14 +97,16 @@ class KvServer:
         except backend.BackendError as exc:
             raise StartupError(str(exc)) from None
         redis = config.kind == "redis"
+        # pipe Rules 8 and 9 (RESP3 clients, transaction blocks), for the local server's pipe and
+        # the forwarder's pipes to the leader alike
+        redis_options = (RESP3_WRAP, (MULTI, replies_in)) if redis else (None, None)
         self.pipe = LocalPipe(
             self.backend.connect(), self.loop,
             _redis_framer if redis else _memcached_framer,
             _redis_kind if redis else mctext.framing_of,
             self._on_pipe_failure,
             self.core.flavor.unavailable(f"server {config.replica_id}: local server lost"),
-            RESP3_WRAP if redis else None,
-            (MULTI, replies_in) if redis else None,
+            *redis_options,
         )
         self.core.pipe = self.pipe
         if not redis:
@@ -134,8 +136,7 @@ class KvServer:
                 self.core, self.loop, _redis_framer if redis else _memcached_framer,
                 _redis_kind if redis else mctext.framing_of,
                 resp.encode_command([b"KVSTORES", b"FORWARDER"]) if redis
-                else b"kvstores forwarder\r\n", RESP3_WRAP if redis else None,
-                (MULTI, replies_in) if redis else None)
+                else b"kvstores forwarder\r\n", *redis_options)
             self.core.forwarder = self.forwarder
         factory = RedisConnection if redis else MemcachedConnection
         try:

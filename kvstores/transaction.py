@@ -30,7 +30,6 @@ from kvstores.resp import encode_command, error, parse_commands, simple
 MULTI = encode_command([b"MULTI"])
 EXEC = encode_command([b"EXEC"])
 QUEUED = simple("QUEUED")
-OK = simple("OK")
 EMPTY = b"*0\r\n"
 EXECABORT = error("EXECABORT Transaction discarded because of previous errors.")
 
