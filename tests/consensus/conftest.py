@@ -1,10 +1,9 @@
 """Fixtures for the consensus tests: a fresh shm cluster id (cleaned up afterwards), a real
-memcached server on a free loopback port, and a seed printed on failure."""
+memcached server on a free loopback port (the seed fixture is in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -28,14 +27,6 @@ def cluster_id() -> Iterator[str]:
     cleanup(name)
     yield name
     cleanup(name)
-
-
-@pytest.fixture
-def seed() -> int:
-    """A random seed (or ``$TEST_SEED``); printed, so pytest shows it with a failing test."""
-    value = int(os.environ.get("TEST_SEED", random.randrange(2**32)))
-    print(f"seed {value} (rerun with TEST_SEED={value})")
-    return value
 
 
 def _free_port() -> int:

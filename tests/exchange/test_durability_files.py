@@ -56,13 +56,6 @@ def _reference(payloads: list[bytes]) -> ExchangeStateMachine:
     return machine
 
 
-@pytest.fixture
-def seed():
-    value = int(os.environ.get("MU_TEST_SEED", "0")) or random.randrange(1, 10**6)
-    print(f"seed {value}")
-    return value
-
-
 def test_journal_and_snapshots_round_trip_and_trim(tmp_path, seed):
     payloads = _entries(250, seed)
     server = _Server(tmp_path, snapshot_entries=1000)
