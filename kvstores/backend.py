@@ -11,6 +11,10 @@ Rule 2: the child dies with its parent (``PR_SET_PDEATHSIG``), so a front end ki
 Rule 3: ``start`` returns only once the server accepts connections on its socket, else raises
         ``BackendError`` with the reason (binary missing, early exit with its log's last line,
         timeout).
+Rule 4: the server runs in the C locale, so that comparing strings (redis compares with
+        ``strcoll``: ``SORT ... ALPHA``, Lua's ``<``, hence the deterministic ``SPOP`` of
+        ``kvstores.redis_rules`` Rule 2) orders bytes alike on every replica, whatever locale
+        each host's environment sets.
 """
 
 from __future__ import annotations
@@ -140,6 +144,7 @@ def start(kind: str, cluster_id: str, replica_id: int) -> Backend:
         process = subprocess.Popen(
             command_line(kind, directory, socket_path), stdin=subprocess.DEVNULL,
             stdout=output, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, cwd=directory,
+            env={**os.environ, "LC_ALL": "C"},  # Rule 4: byte-order string comparison
         )
     backend = Backend(kind, directory, socket_path, process)
     deadline = time.monotonic() + BACKEND_START_S_MAX

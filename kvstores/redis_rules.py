@@ -8,12 +8,17 @@ Rule 2: a write whose effect depends on the moment it is applied is made determi
         ``PSETEX``, ``SET ... EX|PX``, ``GETEX ... EX|PX``) become absolute ones (``PEXPIREAT``,
         ``... PXAT``) from the leader's clock, and a stream id the server would generate
         (``XADD key *``) gets the leader's clock as its milliseconds (``<ms>-*``: every replica
-        then picks the same sequence number from the same stream). The rest of that kind is
-        refused (see ``REFUSED``).
-Rule 3: commands with effects outside the data set or per-connection state (scripting, blocking,
-        pub/sub, ``WATCH``, admin, ``SELECT`` of another db, ``AUTH``) are refused, because
-        every client shares one connection to the local server. ``MULTI``/``EXEC``/``DISCARD``
-        are kept per connection by the front end and a transaction travels as one block
+        then picks the same sequence number from the same stream). ``SPOP key [count]``
+        becomes an ``EVAL`` of ``SPOP_SCRIPT``, run where the log applies it: it pops the
+        smallest members in byte order instead of random ones (any members are a valid
+        ``SPOP``; these are the same on every replica), at the cost of sorting the set (O(n
+        log n)). The rest of that kind is refused (see ``REFUSED``).
+Rule 3: commands with effects outside the data set or per-connection state (scripting,
+        blocking, pub/sub, ``WATCH``, admin, ``SELECT`` of another db, ``AUTH``) are refused,
+        because every client shares one connection to the local server. The one script
+        accepted is ``SPOP_SCRIPT`` with its arguments (a forwarding follower sends a ``SPOP``
+        rewritten, as the leader would propose it). ``MULTI``/``EXEC``/``DISCARD`` are kept per
+        connection by the front end and a transaction travels as one block
         (``kvstores.transaction``).
 Rule 4: reads (``READS``) never go through consensus: the leader serves them from its local
         server after every write it has applied; a follower from its own (possibly behind) server.
@@ -30,6 +35,7 @@ Rule 6: ``HELLO [2|3] [SETNAME name]`` (what redis-py sends on every connect; pr
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 
 from kvstores.resp import bulk, encode_command, error, simple
@@ -80,7 +86,6 @@ READS = _names(
     "GEORADIUSBYMEMBER_RO INFO COMMAND TIME LASTSAVE"
 )
 
-_RANDOM = "its effect is random, so replicas would diverge"
 _BLOCKING = "blocking commands are not replicated"
 _SCRIPT = "scripts are not replicated (their writes are not known before they run)"
 _ADMIN = "administrative commands would act on one replica only"
@@ -90,10 +95,9 @@ _WATCH = ("a key watched on one replica's connection means nothing to the others
 REFUSED: dict[bytes, str] = {
     name: reason
     for names, reason in (
-        ("SPOP", _RANDOM),
         ("BLPOP BRPOP BLMOVE BRPOPLPUSH BLMPOP BZPOPMIN BZPOPMAX BZMPOP WAIT WAITAOF XREAD "
          "XREADGROUP", _BLOCKING),
-        ("EVAL EVALSHA EVAL_RO EVALSHA_RO FCALL FCALL_RO SCRIPT FUNCTION", _SCRIPT),
+        ("EVALSHA EVAL_RO EVALSHA_RO FCALL FCALL_RO SCRIPT FUNCTION", _SCRIPT),
         ("DEBUG SAVE BGSAVE BGREWRITEAOF SHUTDOWN REPLICAOF SLAVEOF FAILOVER CLUSTER "
          "MIGRATE MOVE SWAPDB RESTORE RESTORE-ASKING OBJECT MEMORY LATENCY SLOWLOG ACL MODULE "
          "SYNC PSYNC MONITOR SORT GEORADIUS GEORADIUSBYMEMBER XGROUP XACK XCLAIM XAUTOCLAIM "
@@ -178,6 +182,46 @@ def _setex(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
 def _getex(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
     """GETEX key [EX s | PX ms | EXAT | PXAT | PERSIST]: a write (it may change the expiry)."""
     return _options_expiry(args, raw, now_ms, 2)
+
+
+SPOP_SCRIPT = b"""local members = redis.pcall('SMEMBERS', KEYS[1])
+if members.err then return members end
+table.sort(members)
+if #ARGV == 0 then
+  if #members == 0 then return false end
+  redis.call('SREM', KEYS[1], members[1])
+  return members[1]
+end
+local popped = {}
+for i = 1, math.min(tonumber(ARGV[1]), #members) do popped[i] = members[i] end
+for first = 1, #popped, 1000 do
+  redis.call('SREM', KEYS[1], unpack(popped, first, math.min(first + 999, #popped)))
+end
+return popped"""
+"""Rule 2's deterministic ``SPOP``: the smallest members in byte order (the server runs in the C
+locale, ``kvstores.backend`` Rule 4); ``redis.pcall`` so that a key of another type answers
+redis-server's own ``WRONGTYPE`` error."""
+_COUNT = re.compile(rb"0|[1-9][0-9]{0,18}")  # redis's strict integer syntax, non-negative
+_OUT_OF_RANGE = error("ERR value is out of range, must be positive")
+
+
+def _spop(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
+    """SPOP key [count] -> EVAL SPOP_SCRIPT 1 key [count] (Rule 2); redis's errors for bad
+    arguments are answered here, since nothing would change."""
+    if len(args) < 2:
+        return Route.REPLY, _wrong_args(args[0])
+    if len(args) > 3:
+        return Route.REPLY, error("ERR syntax error")
+    if len(args) == 3 and (_COUNT.fullmatch(args[2]) is None or int(args[2]) >= 1 << 63):
+        return Route.REPLY, _OUT_OF_RANGE
+    return Route.WRITE, encode_command([b"EVAL", SPOP_SCRIPT, b"1", *args[1:]])
+
+
+def _eval(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
+    """Only ``SPOP_SCRIPT`` runs (a forwarded SPOP arrives already rewritten, Rule 3)."""
+    if len(args) in (4, 5) and args[1] == SPOP_SCRIPT and args[2] == b"1":
+        return Route.WRITE, raw
+    return Route.REPLY, refuse(args[0].upper(), _SCRIPT)
 
 
 def _config(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
@@ -297,6 +341,8 @@ _SPECIAL = {
     b"XADD": _xadd,
     b"GETEX": _getex,
     b"CONFIG": _config,
+    b"SPOP": _spop,
+    b"EVAL": _eval,
     b"PING": _local,
     b"ECHO": _local,
     b"QUIT": _local,

@@ -197,8 +197,8 @@ def test_redis_py_transactions_give_what_redis_server_gives_on_every_replica(
     host, port = redis3.addresses[leader].split(":")
     client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=protocol)
     with client.pipeline() as pipe:
-        pipe.set("aborted", "1").execute_command("SPOP", "s")
-        with pytest.raises(redis.exceptions.ResponseError, match="'SPOP' is not supported"):
+        pipe.set("aborted", "1").execute_command("BLPOP", "l", "0")
+        with pytest.raises(redis.exceptions.ResponseError, match="'BLPOP' is not supported"):
             pipe.execute()  # redis-py raises the queueing error; EXEC answered EXECABORT
     assert client.get("aborted") is None
     with client.pipeline() as pipe, pytest.raises(redis.exceptions.ResponseError,
@@ -238,6 +238,9 @@ def test_a_resp3_write_forwarded_by_a_follower_gets_a_resp3_reply():
             raw = redis_call(cluster.addresses[follower], b"ZINCRBY", b"fz", b"1", b"m")
             assert raw == b"$3\r\n3.5\r\n"  # a RESP2 connection still gets RESP2
             assert client.hset("fh", mapping={"a": "1"}) == 1
+            # A SPOP arrives at the leader already rewritten (redis_rules Rule 3).
+            assert client.sadd("fs", "b", "a", "c") == 3
+            assert client.spop("fs") == b"a" and client.spop("fs", 5) == [b"b", b"c"]
             assert eventually(lambda: client.hgetall("fh")) == {b"a": b"1"}
             # A transaction sent to a follower is forwarded whole (MULTI ... EXEC: n + 2
             # replies on the forwarding connection, pipe Rule 9).
@@ -245,6 +248,68 @@ def test_a_resp3_write_forwarded_by_a_follower_gets_a_resp3_reply():
                 4.5, 1]
         finally:
             client.close()
+
+
+def run_spops(client) -> list:
+    """SPOP where any choice is the only one (one member, all members, none), its argument
+    errors and a key of another type: redis-server's answers must come back unchanged."""
+    import redis
+
+    client.sadd("one", "m")
+    client.sadd("three", "a", "b", "c")
+    client.set("str", "v")
+    results = [client.spop("one"), client.spop("one"), client.spop("missing"),
+               client.spop("missing", 2), client.spop("three", 0),
+               sorted(client.spop("three", 5)), client.exists("three")]
+    for args in (("str",), ("str", 2), ("three", "-1"), ("three", "x"), ("three", "1", "2"),
+                 ("three", "05"), ()):
+        try:
+            results.append(client.execute_command("SPOP", *args))
+        except redis.exceptions.ResponseError as exc:
+            results.append(str(exc))
+    results.append(client.pipeline().sadd("t", "x").spop("t").scard("t").execute())
+    return results
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_spop_answers_as_redis_server_and_pops_the_same_members_everywhere(redis3, real_redis,
+                                                                          protocol):
+    """redis_rules Rule 2: SPOP runs as a script that pops the smallest members in byte order,
+    so every replica pops the same ones; its replies and errors are redis-server's."""
+    import redis
+
+    expected, leader, results = on_real_and_leader(redis3, real_redis, protocol, run_spops)
+    assert results == expected
+    host, port = redis3.addresses[leader].split(":")
+    client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=protocol)
+    try:
+        members = [b"m%02d" % n for n in range(40)] + [b"\xff", b"B", b"a b"]
+        client.sadd("many", *members)
+        assert client.spop("many") == b"B"  # byte order, whatever the host's locale
+        assert client.spop("many", 2) == [b"a b", b"m00"]
+        assert sorted(client.smembers("many")) == sorted(members)[3:]
+    finally:
+        client.close()
+    digests = redis3.wait_equal(10)
+    assert len(set(digests.values())) == 1, digests
+
+
+def test_redis_benchmark_default_suite_runs_whole_on_the_leader(redis3):
+    """``redis-benchmark`` with no ``-t`` runs every test of its default suite (SPOP among them)
+    and stops at the first error reply; every replica ends equal."""
+    def run_on_leader():
+        leader = redis3.wait_for_leader(10)
+        host, port = redis3.addresses[leader].split(":")
+        done = subprocess.run(["redis-benchmark", "-h", host, "-p", port, "-n", "2000", "-q"],
+                              capture_output=True, text=True, timeout=300)
+        return done if "MOVED" not in done.stderr + done.stdout else None
+
+    done = eventually(run_on_leader, 60)
+    assert done.returncode == 0 and "Error" not in done.stderr, done.stderr
+    for test in ("SET:", "SPOP:", "ZPOPMIN:", "LRANGE_600", "MSET"):
+        assert test in done.stdout, done.stdout
+    digests = redis3.wait_equal(20)
+    assert len(set(digests.values())) == 1, digests
 
 
 def test_server_generated_stream_ids_and_relative_getex_expiries_replicate_equal(redis3):
@@ -295,7 +360,7 @@ def test_follower_redirects_writes_to_the_leader(redis3):
 
 
 @pytest.mark.parametrize("command", [["EVAL", "return 1", "0"], ["BLPOP", "l", "0"],
-                                     ["SPOP", "s"], ["CONFIG", "SET", "maxmemory", "1"],
+                                     ["PUBLISH", "c", "m"], ["CONFIG", "SET", "maxmemory", "1"],
                                      ["WATCH", "k"], ["SORT", "l", "STORE", "d"]])
 def test_nondeterministic_commands_are_refused(redis3, command):
     output = cli(redis3.addresses[1], *command)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kvstores.redis_rules import READS, REFUSED, WRITES, Route, classify, hello
+from kvstores.redis_rules import READS, REFUSED, SPOP_SCRIPT, WRITES, Route, classify, hello
 from kvstores.resp import encode_command, reply_end
 
 NOW_MS = 1_700_000_000_000
@@ -22,13 +22,36 @@ def test_plain_writes_and_reads_travel_unchanged_in_any_case():
 
 
 @pytest.mark.parametrize("name, reason", [
-    (b"SPOP", "random"), (b"BLPOP", "blocking"), (b"EVAL", "scripts"), (b"CONFIG", "admin"),
+    (b"EVALSHA", "scripts"), (b"BLPOP", "blocking"), (b"EVAL", "scripts"), (b"CONFIG", "admin"),
     (b"WATCH", "not conditional"), (b"SUBSCRIBE", "per-connection")])
 def test_nondeterministic_commands_are_refused_naming_the_command(name, reason):
     result, reply = route(name, b"x", b"1")
     assert result is Route.REPLY
     assert reply.startswith(b"-ERR kvstores: '" + name + b"'")
     assert reason.encode() in reply.lower()
+
+
+def test_spop_becomes_the_deterministic_script_and_only_that_script_is_accepted():
+    spop = route(b"spop", b"s", b"3")
+    assert spop == (Route.WRITE, encode_command([b"EVAL", SPOP_SCRIPT, b"1", b"s", b"3"]))
+    assert route(b"SPOP", b"s")[1] == encode_command([b"EVAL", SPOP_SCRIPT, b"1", b"s"])
+    # What a forwarding follower sends is accepted as it is; any other script is refused.
+    args = [b"EVAL", SPOP_SCRIPT, b"1", b"s", b"3"]
+    assert classify(args, spop[1], NOW_MS) == spop
+    assert route(b"EVAL", SPOP_SCRIPT, b"2", b"s", b"t")[1].startswith(b"-ERR kvstores: 'EVAL'")
+    assert route(b"EVAL", b"return 1", b"0")[1].startswith(b"-ERR kvstores: 'EVAL'")
+
+
+@pytest.mark.parametrize("args, reply", [
+    ((), b"-ERR wrong number of arguments for 'spop' command\r\n"),
+    ((b"s", b"1", b"2"), b"-ERR syntax error\r\n"),
+    ((b"s", b"-1"), b"-ERR value is out of range, must be positive\r\n"),
+    ((b"s", b"+1"), b"-ERR value is out of range, must be positive\r\n"),
+    ((b"s", b" 1"), b"-ERR value is out of range, must be positive\r\n"),
+    ((b"s", b"01"), b"-ERR value is out of range, must be positive\r\n"),
+    ((b"s", b"9223372036854775808"), b"-ERR value is out of range, must be positive\r\n")])
+def test_spop_argument_errors_are_answered_as_redis_server_answers_them(args, reply):
+    assert route(b"SPOP", *args) == (Route.REPLY, reply)
 
 
 def test_unknown_command_is_refused_by_name():
