@@ -83,7 +83,7 @@ READS = _names(
     "ZREVRANK ZSCORE ZMSCORE ZCARD ZCOUNT ZLEXCOUNT ZSCAN ZRANDMEMBER ZINTER ZUNION ZDIFF "
     "ZINTERCARD GETBIT BITCOUNT BITPOS BITFIELD_RO SORT_RO "
     "XRANGE XREVRANGE XLEN GEOPOS GEODIST GEOHASH GEOSEARCH GEORADIUS_RO "
-    "GEORADIUSBYMEMBER_RO INFO COMMAND TIME LASTSAVE"
+    "GEORADIUSBYMEMBER_RO INFO COMMAND TIME LASTSAVE OBJECT"
 )
 
 _BLOCKING = "blocking commands are not replicated"
@@ -99,8 +99,8 @@ REFUSED: dict[bytes, str] = {
          "XREADGROUP", _BLOCKING),
         ("EVALSHA EVAL_RO EVALSHA_RO FCALL FCALL_RO SCRIPT FUNCTION", _SCRIPT),
         ("DEBUG SAVE BGSAVE BGREWRITEAOF SHUTDOWN REPLICAOF SLAVEOF FAILOVER CLUSTER "
-         "MIGRATE MOVE SWAPDB RESTORE RESTORE-ASKING OBJECT MEMORY LATENCY SLOWLOG ACL MODULE "
-         "SYNC PSYNC MONITOR SORT GEORADIUS GEORADIUSBYMEMBER XGROUP XACK XCLAIM XAUTOCLAIM "
+         "MIGRATE MOVE SWAPDB RESTORE RESTORE-ASKING MEMORY LATENCY SLOWLOG ACL MODULE "
+         "SYNC PSYNC MONITOR XGROUP XACK XCLAIM XAUTOCLAIM "
          "XSETID XINFO XPENDING LOLWUT", _ADMIN),
         ("SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE PUBLISH "
          "SPUBLISH PUBSUB AUTH RESET READONLY READWRITE ASKING", _CONN),
@@ -224,6 +224,16 @@ def _eval(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
     return Route.REPLY, refuse(args[0].upper(), _SCRIPT)
 
 
+def _maybe_store(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
+    """SORT, GEORADIUS, GEORADIUSBYMEMBER: a write with ``STORE``/``STOREDIST`` (redis sorts a
+    stored set's ``BY nosort`` too, for its own replicas; ``ALPHA`` compares bytes in the local
+    servers' C locale), else a read."""
+    for arg in args[2:]:
+        if arg.upper() in (b"STORE", b"STOREDIST"):
+            return Route.WRITE, raw
+    return Route.READ, raw
+
+
 def _config(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
     """CONFIG GET reads the local server's settings (redis-benchmark asks at start); the rest
     of CONFIG would change one replica only."""
@@ -342,6 +352,9 @@ _SPECIAL = {
     b"GETEX": _getex,
     b"CONFIG": _config,
     b"SPOP": _spop,
+    b"SORT": _maybe_store,
+    b"GEORADIUS": _maybe_store,
+    b"GEORADIUSBYMEMBER": _maybe_store,
     b"EVAL": _eval,
     b"PING": _local,
     b"ECHO": _local,

@@ -54,6 +54,15 @@ def test_spop_argument_errors_are_answered_as_redis_server_answers_them(args, re
     assert route(b"SPOP", *args) == (Route.REPLY, reply)
 
 
+def test_sort_and_georadius_are_writes_only_when_they_store():
+    assert route(b"SORT", b"l", b"ALPHA")[0] is Route.READ
+    assert route(b"sort", b"l", b"BY", b"nosort", b"store", b"d")[0] is Route.WRITE
+    assert route(b"GEORADIUS", b"g", b"15", b"37", b"200", b"km")[0] is Route.READ
+    assert route(b"GEORADIUSBYMEMBER", b"g", b"m", b"9", b"km", b"STOREDIST", b"d")[0] \
+        is Route.WRITE
+    assert route(b"OBJECT", b"ENCODING", b"k")[0] is Route.READ
+
+
 def test_unknown_command_is_refused_by_name():
     assert route(b"FROBNICATE")[1] == b"-ERR kvstores: unknown or unsupported command " \
                                       b"'FROBNICATE'\r\n"
