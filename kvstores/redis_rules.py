@@ -99,7 +99,7 @@ REFUSED: dict[bytes, str] = {
          "XREADGROUP", _BLOCKING),
         ("EVALSHA EVAL_RO EVALSHA_RO FCALL FCALL_RO SCRIPT FUNCTION", _SCRIPT),
         ("DEBUG SAVE BGSAVE BGREWRITEAOF SHUTDOWN REPLICAOF SLAVEOF FAILOVER CLUSTER "
-         "MIGRATE MOVE SWAPDB RESTORE RESTORE-ASKING MEMORY LATENCY SLOWLOG ACL MODULE "
+         "MIGRATE MOVE SWAPDB RESTORE RESTORE-ASKING LATENCY SLOWLOG ACL MODULE "
          "SYNC PSYNC MONITOR XGROUP XACK XCLAIM XAUTOCLAIM "
          "XSETID XINFO XPENDING LOLWUT", _ADMIN),
         ("SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE PUBLISH "
@@ -234,6 +234,16 @@ def _maybe_store(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, byt
     return Route.READ, raw
 
 
+def _memory(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
+    """MEMORY USAGE|STATS|DOCTOR|MALLOC-STATS|HELP read the local server (``redis-cli
+    --memkeys`` asks MEMORY USAGE of every key); MEMORY PURGE would act on one replica only."""
+    if len(args) >= 2 and args[1].upper() in (b"USAGE", b"STATS", b"DOCTOR", b"MALLOC-STATS",
+                                              b"HELP"):
+        return Route.READ, raw
+    return Route.REPLY, refuse(b"MEMORY " + args[1].upper() if len(args) >= 2 else b"MEMORY",
+                               _ADMIN)
+
+
 def _config(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
     """CONFIG GET reads the local server's settings (redis-benchmark asks at start); the rest
     of CONFIG would change one replica only."""
@@ -351,6 +361,7 @@ _SPECIAL = {
     b"XADD": _xadd,
     b"GETEX": _getex,
     b"CONFIG": _config,
+    b"MEMORY": _memory,
     b"SPOP": _spop,
     b"SORT": _maybe_store,
     b"GEORADIUS": _maybe_store,

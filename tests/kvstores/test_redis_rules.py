@@ -61,6 +61,8 @@ def test_sort_and_georadius_are_writes_only_when_they_store():
     assert route(b"GEORADIUSBYMEMBER", b"g", b"m", b"9", b"km", b"STOREDIST", b"d")[0] \
         is Route.WRITE
     assert route(b"OBJECT", b"ENCODING", b"k")[0] is Route.READ
+    assert route(b"MEMORY", b"usage", b"k")[0] is Route.READ
+    assert route(b"MEMORY", b"PURGE")[1].startswith(b"-ERR kvstores: 'MEMORY PURGE'")
 
 
 def test_unknown_command_is_refused_by_name():
