@@ -72,8 +72,9 @@ class Load:
 
     def _redis(self, number: int) -> None:
         """Even clients speak RESP2, odd ones RESP3 (redis-py's default); a tenth of the
-        operations are MULTI/EXEC pipelines. Every reply's shape is checked: a pipe that routed
-        a reply to the wrong client (pipe Rules 8 and 9) would show up here."""
+        operations are MULTI/EXEC pipelines, a tenth set operations with SPOP and SORT STORE.
+        Every reply's shape is checked: a pipe that routed a reply to the wrong client (pipe
+        Rules 8 and 9) would show up here."""
         import redis
         from redis.exceptions import (
             ConnectionError,
@@ -111,6 +112,16 @@ class Load:
                         self.failures.append(f"redis client {number}: transaction {reply!r}")
                         return
                     expected = (list,)
+                elif choice < 0.85:
+                    reply = client.sadd(f"set-{number}", *(f"m{rng.randrange(50)}"
+                                                          for _ in range(3)))
+                    expected = (int,)
+                elif choice < 0.88:  # redis_rules Rule 2: the same members on every replica
+                    reply = client.spop(f"set-{number}", 2)
+                    expected = (list,)
+                elif choice < 0.9:
+                    reply = client.sort(f"set-{number}", alpha=True, store=f"sorted-{number}")
+                    expected = (int,)
                 else:
                     reply = client.get(key)
                     expected = (bytes, type(None))
