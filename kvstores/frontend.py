@@ -37,6 +37,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+import socket
 import time
 from array import array
 from collections import deque
@@ -54,6 +55,7 @@ from kvstores.constants import (
     UNKNOWN_WAIT_S,
 )
 from kvstores.pipe import NOOP_TAG, LocalPipe, Slot, SlotOwner, tag_entry
+from kvstores.pubsub import Relay
 from kvstores.redis_rules import OK, Route, classify, hello
 from kvstores.transaction import Transaction
 
@@ -189,6 +191,7 @@ class Core:
         self.paused = False
         self.side_call: Callable[[bytes], bytes] | None = None  # request -> reply, any thread
         self.forwarder: Forwarder | None = None  # --follower-writes forward
+        self.connect_local: Callable[[], socket.socket] | None = None  # redis pub/sub's
         # Tags are unique per proposal: this server's id and a counter from a random start.
         self._next_tag = (replica_id << 48) | secrets.randbits(40)
         self.index_prediction_ok = True
@@ -519,6 +522,47 @@ class RedisConnection(_Connection):
     def __init__(self, core: Core) -> None:
         super().__init__(core)
         self._transaction: Transaction | None = None  # between MULTI and EXEC
+        self._relay: Relay | None = None  # a subscriber's own local connection (pubsub Rule 2)
+        self._held: list[bytes] = []  # relayed before earlier replies left (pubsub Rule 3)
+
+    # -- a subscriber (kvstores.pubsub) -----------------------------------------------------------
+    def relay(self, data: bytes) -> None:
+        if self._slots or self._held:
+            self._held.append(data)
+        elif self._transport is not None:
+            self._transport.write(data)
+
+    def relay_closed(self, close_client: bool) -> None:
+        self._closing = True
+        if not self._slots:
+            self._drain()
+
+    def _drain(self) -> None:
+        held = self._held
+        if not held:
+            super()._drain()
+            return
+        closing, self._closing = self._closing, False  # the held output leaves before a close
+        super()._drain()
+        self._closing = closing
+        if not self._slots and self._transport is not None:
+            self._transport.write(b"".join(held))
+            held.clear()
+            if closing:
+                self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._relay is not None:
+            self._relay.close()
+
+    def pause_writing(self) -> None:
+        if self._relay is not None:
+            self._relay.pause()
+
+    def resume_writing(self) -> None:
+        if self._relay is not None:
+            self._relay.resume()
 
     def protocol_error(self, text: str) -> bytes:
         return resp.error(f"ERR Protocol error: {text}")
@@ -533,7 +577,20 @@ class RedisConnection(_Connection):
         now_ms = time.time_ns() // 1_000_000
         core = self.core
         for args, raw in commands:
+            if self._relay is not None:
+                self._relay.command(args, raw)
+                if self._closing:
+                    break
+                continue
             route, data = classify(args, raw, now_ms)
+            if route is Route.SUBSCRIBE and self._transaction is None:
+                connect = core.connect_local
+                if connect is None:
+                    self.reply(resp.error("ERR kvstores: pub/sub needs a local server"))
+                    continue
+                self._relay = Relay(self, self.resp3, core.loop, connect)
+                self._relay.command(args, raw)
+                continue
             if route is Route.MULTI or route is Route.EXEC or route is Route.DISCARD:
                 route, data = self._transaction_statement(route)
             elif self._transaction is not None and route is not Route.QUIT:

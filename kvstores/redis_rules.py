@@ -14,12 +14,14 @@ Rule 2: a write whose effect depends on the moment it is applied is made determi
         ``SPOP``; these are the same on every replica), at the cost of sorting the set (O(n
         log n)). The rest of that kind is refused (see ``REFUSED``).
 Rule 3: commands with effects outside the data set or per-connection state (scripting,
-        blocking, pub/sub, ``WATCH``, admin, ``SELECT`` of another db, ``AUTH``) are refused,
+        blocking, ``WATCH``, admin, ``SELECT`` of another db, ``AUTH``) are refused,
         because every client shares one connection to the local server. The one script
         accepted is ``SPOP_SCRIPT`` with its arguments (a forwarding follower sends a ``SPOP``
         rewritten, as the leader would propose it). ``MULTI``/``EXEC``/``DISCARD`` are kept per
         connection by the front end and a transaction travels as one block
         (``kvstores.transaction``).
+        A subscribe makes the client's connection a subscriber with its own connection to
+        the local server (``Route.SUBSCRIBE``, ``kvstores.pubsub``).
 Rule 4: reads (``READS``) never go through consensus: the leader serves them from its local
         server after every write it has applied; a follower from its own (possibly behind) server.
 Rule 5: ``classify`` is pure: the clock is passed in.
@@ -53,6 +55,7 @@ class Route(IntEnum):
     MULTI = 8  # starts a transaction (kvstores.transaction)
     EXEC = 9  # ends one: its commands travel as one block
     DISCARD = 10  # drops one
+    SUBSCRIBE = 11  # makes the connection a subscriber (kvstores.pubsub)
 
 
 def _names(text: str) -> frozenset[bytes]:
@@ -68,7 +71,7 @@ WRITES = _names(
     "ZADD ZINCRBY ZREM ZREMRANGEBYRANK ZREMRANGEBYSCORE ZREMRANGEBYLEX ZPOPMIN ZPOPMAX ZMPOP "
     "ZRANGESTORE ZUNIONSTORE ZINTERSTORE ZDIFFSTORE "
     "SETBIT BITOP BITFIELD PFADD PFMERGE PFCOUNT GEOADD GEOSEARCHSTORE "
-    "XDEL XTRIM FLUSHDB FLUSHALL"
+    "XDEL XTRIM FLUSHDB FLUSHALL PUBLISH SPUBLISH"
 )
 # PFCOUNT is here because it may rewrite the HyperLogLog's cached cardinality (redis flags it as
 # a write): applied everywhere, the stored bytes stay equal.
@@ -83,8 +86,12 @@ READS = _names(
     "ZREVRANK ZSCORE ZMSCORE ZCARD ZCOUNT ZLEXCOUNT ZSCAN ZRANDMEMBER ZINTER ZUNION ZDIFF "
     "ZINTERCARD GETBIT BITCOUNT BITPOS BITFIELD_RO SORT_RO "
     "XRANGE XREVRANGE XLEN GEOPOS GEODIST GEOHASH GEOSEARCH GEORADIUS_RO "
-    "GEORADIUSBYMEMBER_RO INFO COMMAND TIME LASTSAVE OBJECT"
+    "GEORADIUSBYMEMBER_RO INFO COMMAND TIME LASTSAVE OBJECT PUBSUB "
+    "UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE"
 )
+# PUBLISH is a write so that every replica's subscribers get the message (kvstores.pubsub Rule
+# 1); an unsubscribe on a connection that subscribed to nothing only answers (a subscriber's
+# travel on its own connection, pubsub Rule 2).
 
 _BLOCKING = "blocking commands are not replicated"
 _SCRIPT = "scripts are not replicated (their writes are not known before they run)"
@@ -102,8 +109,7 @@ REFUSED: dict[bytes, str] = {
          "MIGRATE MOVE SWAPDB RESTORE RESTORE-ASKING LATENCY SLOWLOG ACL MODULE "
          "SYNC PSYNC MONITOR XGROUP XACK XCLAIM XAUTOCLAIM "
          "XSETID XINFO XPENDING LOLWUT", _ADMIN),
-        ("SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE PUBLISH "
-         "SPUBLISH PUBSUB AUTH RESET READONLY READWRITE ASKING", _CONN),
+        ("AUTH RESET READONLY READWRITE ASKING", _CONN),
         ("WATCH", _WATCH),
     )
     for name in _names(names)
@@ -294,6 +300,8 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
             return Route.REPLY, _wrong_args(name)
         return (Route.MULTI if name == b"MULTI" else Route.EXEC if name == b"EXEC"
                 else Route.DISCARD), raw
+    if name in (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"):
+        return Route.SUBSCRIBE, raw
     if name == b"UNWATCH":
         return Route.REPLY, OK  # nothing is ever watched (WATCH is refused)
     if name == b"CLIENT":
@@ -378,6 +386,9 @@ _SPECIAL = {
     b"EXEC": _local,
     b"DISCARD": _local,
     b"UNWATCH": _local,
+    b"SUBSCRIBE": _local,
+    b"PSUBSCRIBE": _local,
+    b"SSUBSCRIBE": _local,
 }
 assert not _SPECIAL.keys() & REFUSED.keys()
 

@@ -109,6 +109,8 @@ class KvServer:
             *redis_options,
         )
         self.core.pipe = self.pipe
+        if redis:
+            self.core.connect_local = self.backend.connect  # a subscriber's own (pubsub Rule 2)
         if not redis:
             local = self.backend
             self.core.side_call = lambda request: local.call(

@@ -323,6 +323,100 @@ def test_redis_benchmark_default_suite_runs_whole_on_the_leader(redis3):
     assert len(set(digests.values())) == 1, digests
 
 
+def _raw_exchange(sock, request: bytes, replies: int) -> bytes:
+    """Send ``request``; read until ``replies`` complete replies came back."""
+    from kvstores.resp import reply_end
+
+    sock.settimeout(10)
+    sock.sendall(request)
+    buf = b""
+    while True:
+        pos, count = 0, 0
+        while count < replies and (end := reply_end(buf, pos)) >= 0:
+            pos, count = end, count + 1
+        if count == replies:
+            return buf
+        chunk = sock.recv(65536)
+        assert chunk, buf
+        buf += chunk
+
+
+def test_a_subscriber_gets_redis_servers_replies_in_command_order(redis3, real_redis):
+    """pubsub Rules 2-3: the subscribe family, PING and refusals on a subscriber connection,
+    pipelined after a write, answer byte for byte as redis-server answers them."""
+    import socket
+
+    request = (b"SET k v\r\nSUBSCRIBE a\r\nPING\r\nGET k\r\nPSUBSCRIBE p*\r\n"
+               b"PUNSUBSCRIBE x\r\nSUBSCRIBE\r\nPING a b\r\nSSUBSCRIBE s\r\nUNSUBSCRIBE\r\n"
+               b"UNSUBSCRIBE\r\nPING\r\n")
+    with socket.socket(socket.AF_UNIX) as plain:
+        plain.connect(real_redis)
+        expected = _raw_exchange(plain, request, 12)
+
+    def on_leader():
+        leader = redis3.wait_for_leader(10)
+        host, port = redis3.addresses[leader].split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            got = _raw_exchange(sock, request, 12)
+        return got if b"MOVED" not in got else None
+
+    assert eventually(on_leader) == expected
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_subscribers_on_every_replica_get_what_the_leader_publishes(redis3, protocol):
+    """pubsub Rule 1: PUBLISH is replicated, so a subscriber on a follower gets it too, in
+    order; the reply counts the leader's own subscribers. A subscriber connection refuses
+    writes even after unsubscribing from everything (Rule 2)."""
+    import redis
+
+    def client(replica: int):
+        host, port = redis3.addresses[replica].split(":")
+        return redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=protocol)
+
+    leader = redis3.wait_for_leader(10)
+    follower = follower_of(redis3, leader)
+    subscribers = {}
+    for replica in (leader, follower):
+        pubsub = client(replica).pubsub()
+        pubsub.subscribe("news")
+        pubsub.psubscribe("n*")
+        subscribers[replica] = pubsub
+    for pubsub in subscribers.values():
+        for _ in range(2):  # the two confirmations
+            assert pubsub.get_message(timeout=5)["type"] in ("subscribe", "psubscribe")
+    publisher = client(leader)
+    assert eventually(lambda: publisher.publish("news", "m0") == 2)  # leader: channel + pattern
+    for number in range(1, 20):
+        publisher.publish("news", f"m{number}")
+    publisher.set("after", "1")  # carries the last commit to the followers
+    for replica, pubsub in subscribers.items():
+        got = []
+        deadline = time.monotonic() + 10
+        while len(got) < 40 and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=1)
+            if message is not None:
+                got.append((message["type"], message["data"]))
+        plain = [data for kind, data in got if kind == "message"]
+        assert plain == [b"m%d" % n for n in range(20)], (replica, got)
+        assert len(got) == 40, (replica, got)
+        pubsub.unsubscribe()
+        pubsub.punsubscribe()
+        connection = pubsub.connection
+        connection.send_command("SET", "sneaky", "1")
+        with pytest.raises(redis.exceptions.ResponseError, match="allowed in this context"):
+            while True:  # the unsubscribe confirmations come first
+                connection.read_response()
+        pubsub.close()
+    assert publisher.get("sneaky") is None
+    assert publisher.pubsub_numsub("news") == [(b"news", 0)]
+    publisher.close()
+    with pytest.raises(redis.exceptions.ResponseError, match="inside a transaction"):
+        client(leader).pipeline().execute_command("SUBSCRIBE", "x").execute()
+    digests = redis3.wait_equal(10)
+    assert len(set(digests.values())) == 1, digests
+
+
 def test_server_generated_stream_ids_and_relative_getex_expiries_replicate_equal(redis3):
     """redis_rules Rule 2 with the real client: redis-py's xadd (id '*' by default) and
     getex(ex=...) on the leader leave identical data on every replica."""
@@ -371,7 +465,7 @@ def test_follower_redirects_writes_to_the_leader(redis3):
 
 
 @pytest.mark.parametrize("command", [["EVAL", "return 1", "0"], ["BLPOP", "l", "0"],
-                                     ["PUBLISH", "c", "m"], ["CONFIG", "SET", "maxmemory", "1"],
+                                     ["AUTH", "secret"], ["CONFIG", "SET", "maxmemory", "1"],
                                      ["WATCH", "k"], ["LATENCY", "RESET"]])
 def test_nondeterministic_commands_are_refused(redis3, command):
     output = cli(redis3.addresses[1], *command)

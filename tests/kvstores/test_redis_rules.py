@@ -23,7 +23,7 @@ def test_plain_writes_and_reads_travel_unchanged_in_any_case():
 
 @pytest.mark.parametrize("name, reason", [
     (b"EVALSHA", "scripts"), (b"BLPOP", "blocking"), (b"EVAL", "scripts"), (b"CONFIG", "admin"),
-    (b"WATCH", "not conditional"), (b"SUBSCRIBE", "per-connection")])
+    (b"WATCH", "not conditional"), (b"AUTH", "per-connection")])
 def test_nondeterministic_commands_are_refused_naming_the_command(name, reason):
     result, reply = route(name, b"x", b"1")
     assert result is Route.REPLY
@@ -63,6 +63,14 @@ def test_sort_and_georadius_are_writes_only_when_they_store():
     assert route(b"OBJECT", b"ENCODING", b"k")[0] is Route.READ
     assert route(b"MEMORY", b"usage", b"k")[0] is Route.READ
     assert route(b"MEMORY", b"PURGE")[1].startswith(b"-ERR kvstores: 'MEMORY PURGE'")
+
+
+def test_pub_sub_routes():
+    assert route(b"PUBLISH", b"c", b"m")[0] is Route.WRITE  # pubsub Rule 1: every replica's
+    assert route(b"SPUBLISH", b"c", b"m")[0] is Route.WRITE
+    assert route(b"psubscribe", b"p*")[0] is Route.SUBSCRIBE
+    assert route(b"UNSUBSCRIBE")[0] is Route.READ  # subscribed to nothing: an answer only
+    assert route(b"PUBSUB", b"NUMSUB", b"c")[0] is Route.READ
 
 
 def test_unknown_command_is_refused_by_name():
