@@ -29,6 +29,17 @@ Rule 6: a replica that recovers (killed and started again with an empty local se
         left behind by the log) refuses reads (role ``recovering``) until consensus reports it
         caught up: its local server is empty, being restored from a peer's snapshot, or behind
         the log (kvstores.snapshot).
+Rule 7 (``WATCH``, redis_rules Rule 7): a connection's watched keys each keep the write count
+        at their ``WATCH``, and the connection the pipe's ``foreign_applied`` at its first.
+        Every write a client submits here bumps the count of the watched keys it may change
+        (all of them when unknown) before it is queued, in the same loop turn as its parse. An
+        ``EXEC`` is aborted (RESP2 ``*-1``, RESP3 ``_``) when a watched key's count moved or an
+        entry this front end did not propose was applied since (another leader's writes, or any
+        write on a follower); it is checked and, if not aborted, queued in one turn, so no write
+        slips between. ``EXEC``, ``DISCARD``, ``UNWATCH`` and the connection's end unwatch.
+        So an ``EXEC`` may abort where redis would not (a ``DEL`` of a missing key, any write
+        applied on a follower): never the other way round. A key's expiry does not count as a
+        change (redis >= 6.0.9 counts it).
 """
 
 from __future__ import annotations
@@ -56,7 +67,7 @@ from kvstores.constants import (
 )
 from kvstores.pipe import NOOP_TAG, LocalPipe, Slot, SlotOwner, tag_entry
 from kvstores.pubsub import Relay
-from kvstores.redis_rules import OK, Route, classify, hello
+from kvstores.redis_rules import OK, Route, classify, hello, written_keys
 from kvstores.transaction import Transaction
 
 log = logging.getLogger("kvstores.frontend")
@@ -192,11 +203,54 @@ class Core:
         self.side_call: Callable[[bytes], bytes] | None = None  # request -> reply, any thread
         self.forwarder: Forwarder | None = None  # --follower-writes forward
         self.connect_local: Callable[[], socket.socket] | None = None  # redis pub/sub's
+        # Rule 7: watched key -> connections watching it; watched key -> write count of its
+        # last write; the count of writes, and of the last one whose keys were not known
+        self.watchers: dict[bytes, int] = {}
+        self._touched: dict[bytes, int] = {}
+        self._writes = 0
+        self._touched_all = 0
         # Tags are unique per proposal: this server's id and a counter from a random start.
         self._next_tag = (replica_id << 48) | secrets.randbits(40)
         self.index_prediction_ok = True
         self._queue: list[tuple[Route, bytes, Slot, int]] = []
         self._scheduled = False
+
+    # -- WATCH (Rule 7) ----------------------------------------------------------------------
+    def touch(self, keys: list[bytes] | None) -> None:
+        """A write that may change ``keys`` (None: any) is being submitted."""
+        self._writes += 1
+        if keys is None:
+            self._touched_all = self._writes
+            return
+        watchers = self.watchers
+        for key in keys:
+            if key in watchers:
+                self._touched[key] = self._writes
+
+    def watch(self, keys: list[bytes], watched: dict[bytes, int]) -> None:
+        for key in keys:
+            if key not in watched:
+                watched[key] = self._writes
+                self.watchers[key] = self.watchers.get(key, 0) + 1
+
+    def unwatch(self, watched: dict[bytes, int]) -> None:
+        watchers = self.watchers
+        for key in watched:
+            left = watchers[key] - 1
+            if left:
+                watchers[key] = left
+            else:
+                del watchers[key]
+                self._touched.pop(key, None)
+        watched.clear()
+
+    def changed(self, watched: dict[bytes, int], foreign_at_watch: int) -> bool:
+        """Whether a watched key may have changed since its WATCH."""
+        pipe = self.pipe
+        if pipe is not None and pipe.foreign_applied != foreign_at_watch:
+            return True
+        touched, touched_all = self._touched, self._touched_all
+        return any(max(touched.get(key, 0), touched_all) > at for key, at in watched.items())
 
     def submit(self, route: Route, data: bytes, slot: Slot, kind: int) -> None:
         """Queue a READ or WRITE for this loop turn's ``flush`` (Rule 2)."""
@@ -524,6 +578,8 @@ class RedisConnection(_Connection):
         self._transaction: Transaction | None = None  # between MULTI and EXEC
         self._relay: Relay | None = None  # a subscriber's own local connection (pubsub Rule 2)
         self._held: list[bytes] = []  # relayed before earlier replies left (pubsub Rule 3)
+        self._watched: dict[bytes, int] = {}  # Rule 7: key -> the write count at its WATCH
+        self._foreign_at_watch = 0
 
     # -- a subscriber (kvstores.pubsub) -----------------------------------------------------------
     def relay(self, data: bytes) -> None:
@@ -555,6 +611,8 @@ class RedisConnection(_Connection):
         super().connection_lost(exc)
         if self._relay is not None:
             self._relay.close()
+        if self._watched:
+            self.core.unwatch(self._watched)
 
     def pause_writing(self) -> None:
         if self._relay is not None:
@@ -591,8 +649,11 @@ class RedisConnection(_Connection):
                 self._relay = Relay(self, self.resp3, core.loop, connect)
                 self._relay.command(args, raw)
                 continue
-            if route is Route.MULTI or route is Route.EXEC or route is Route.DISCARD:
-                route, data = self._transaction_statement(route)
+            statement = route is Route.MULTI or route is Route.EXEC or route is Route.DISCARD
+            if statement:
+                route, data = self._transaction_statement(route)  # touches its own keys
+            elif route is Route.WATCH:
+                route, data = self._watch_statement(args)
             elif self._transaction is not None and route is not Route.QUIT:
                 self.reply(self._transaction.queue(route, data, args))
                 continue
@@ -602,6 +663,8 @@ class RedisConnection(_Connection):
                         f"ERR kvstores: '{args[0].decode(errors='replace')}' of {len(data)} "
                         f"bytes exceeds the {COMMAND_BYTES_MAX} bytes a log entry holds"))
                     continue
+                if route is Route.WRITE and core.watchers and not statement:
+                    core.touch(written_keys(args))
                 core.submit(route, data, self.slot(), 0)
             elif route is Route.REPLY:
                 self.reply(data)
@@ -633,7 +696,36 @@ class RedisConnection(_Connection):
             name = "EXEC" if route is Route.EXEC else "DISCARD"
             return Route.REPLY, resp.error(f"ERR {name} without MULTI")
         self._transaction = None
-        return transaction.block() if route is Route.EXEC else (Route.REPLY, OK)
+        watched = self._watched
+        aborted = False
+        if watched:
+            aborted = route is Route.EXEC and not transaction.failed and self.core.changed(
+                watched, self._foreign_at_watch)
+            self.core.unwatch(watched)
+        if route is Route.DISCARD:
+            return Route.REPLY, OK
+        if aborted:
+            return Route.REPLY, b"_\r\n" if self.resp3 else b"*-1\r\n"
+        block = transaction.block()
+        if block[0] is Route.WRITE and self.core.watchers:
+            self.core.touch(transaction.keys)
+        return block
+
+    def _watch_statement(self, args: list[bytes]) -> tuple[Route, bytes]:
+        """WATCH or UNWATCH (Rule 7)."""
+        unwatch = args[0].upper() == b"UNWATCH"
+        if self._transaction is not None:
+            if unwatch:  # queued as redis queues it (EXEC unwatches anyway)
+                return Route.REPLY, self._transaction.queue(Route.REPLY, OK, args)
+            return Route.REPLY, resp.error("ERR WATCH inside MULTI is not allowed")
+        if unwatch:
+            self.core.unwatch(self._watched)
+            return Route.REPLY, OK
+        if not self._watched:
+            pipe = self.core.pipe
+            self._foreign_at_watch = pipe.foreign_applied if pipe is not None else 0
+        self.core.watch(args[1:], self._watched)
+        return Route.REPLY, OK
 
     def _continue(self) -> None:
         if not self._closing and self._buf:

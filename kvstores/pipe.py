@@ -46,6 +46,11 @@ Rule 9: a command that the local server answers more than once (a redis transact
         ``kvstores.transaction`` Rule 2: a command that starts with ``multi_reply[0]``, whose
         replies ``multi_reply[1]`` counts) records that many targets: the last is the
         command's, the others are dropped.
+Rule 10: ``foreign_applied`` counts the applied entries with a command whose tag no client of
+        this front end claimed (another leader's, or one whose claim was withdrawn), in the
+        lock hold that queues the command: a ``WATCH`` that reads the count before such an
+        entry's command is queued sees it grow; one that reads it after is followed on this
+        connection by everything that command did (``kvstores.frontend`` Rule 7).
 """
 
 from __future__ import annotations
@@ -151,6 +156,7 @@ class LocalPipe:
         self._expected: dict[int, int] = {}  # index -> tag a failed proposal may have put there
         self._lost_reply = failure_reply
         self.sent_count = 0
+        self.foreign_applied = 0  # Rule 10
         loop.add_reader(sock.fileno(), self._on_readable)
 
     # -- sending (any thread) -----------------------------------------------------------------
@@ -279,6 +285,8 @@ class LocalPipe:
             self.applied_index = index
             expected = self._expected.pop(index, None) if self._expected else None
             if data and self.failed is None:
+                if tag not in self._claims:
+                    self.foreign_applied += 1  # Rule 10
                 self._enqueue_locked(data, tag, self.kind_of(data), in_loop)
         if expected is not None and expected != tag:
             self._loop.call_soon_threadsafe(self._lost, expected)

@@ -14,7 +14,7 @@ Rule 2: a write whose effect depends on the moment it is applied is made determi
         ``SPOP``; these are the same on every replica), at the cost of sorting the set (O(n
         log n)). The rest of that kind is refused (see ``REFUSED``).
 Rule 3: commands with effects outside the data set or per-connection state (scripting,
-        blocking, ``WATCH``, admin, ``SELECT`` of another db, ``AUTH``) are refused,
+        blocking, admin, ``SELECT`` of another db, ``AUTH``) are refused,
         because every client shares one connection to the local server. The one script
         accepted is ``SPOP_SCRIPT`` with its arguments (a forwarding follower sends a ``SPOP``
         rewritten, as the leader would propose it). ``MULTI``/``EXEC``/``DISCARD`` are kept per
@@ -24,7 +24,7 @@ Rule 3: commands with effects outside the data set or per-connection state (scri
         the local server (``Route.SUBSCRIBE``, ``kvstores.pubsub``).
 Rule 4: reads (``READS``) never go through consensus: the leader serves them from its local
         server after every write it has applied; a follower from its own (possibly behind) server.
-Rule 5: ``classify`` is pure: the clock is passed in.
+Rule 5: ``classify`` and ``written_keys`` are pure: the clock is passed in.
 Rule 6: ``HELLO [2|3] [SETNAME name]`` (what redis-py sends on every connect; protocol 3 is its
         default since 8.0) is answered by the front end as redis-server answers it, in the
         protocol it selects; the connection keeps that protocol (``Route.HELLO``, ``hello``). A
@@ -33,6 +33,11 @@ Rule 6: ``HELLO [2|3] [SETNAME name]`` (what redis-py sends on every connect; pr
         ``AUTH`` inside ``HELLO`` is refused like ``AUTH``; ``CLIENT SETNAME``/``SETINFO`` are
         accepted and not kept (client libraries send them on connect), other ``CLIENT``
         subcommands are refused.
+Rule 7: ``WATCH`` and ``UNWATCH`` are the front end's (``Route.WATCH``): it knows every write
+        this server submits and which keys it may change (``written_keys``), and counts the
+        log entries applied here that it did not propose (``kvstores.pipe`` Rule 10); an
+        ``EXEC`` after a ``WATCH`` is aborted (a null reply, as redis answers it) when either
+        may have changed a watched key since (``kvstores.frontend`` Rule 7).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Route(IntEnum):
     EXEC = 9  # ends one: its commands travel as one block
     DISCARD = 10  # drops one
     SUBSCRIBE = 11  # makes the connection a subscriber (kvstores.pubsub)
+    WATCH = 12  # WATCH or UNWATCH: the front end keeps the connection's watched keys (Rule 7)
 
 
 def _names(text: str) -> frozenset[bytes]:
@@ -97,8 +103,6 @@ _BLOCKING = "blocking commands are not replicated"
 _SCRIPT = "scripts are not replicated (their writes are not known before they run)"
 _ADMIN = "administrative commands would act on one replica only"
 _CONN = "per-connection state is not kept: every client shares one connection to the local server"
-_WATCH = ("a key watched on one replica's connection means nothing to the others; MULTI/EXEC "
-          "transactions are atomic here, not conditional")
 REFUSED: dict[bytes, str] = {
     name: reason
     for names, reason in (
@@ -110,7 +114,6 @@ REFUSED: dict[bytes, str] = {
          "SYNC PSYNC MONITOR XGROUP XACK XCLAIM XAUTOCLAIM "
          "XSETID XINFO XPENDING LOLWUT", _ADMIN),
         ("AUTH RESET READONLY READWRITE ASKING", _CONN),
-        ("WATCH", _WATCH),
     )
     for name in _names(names)
 }
@@ -302,8 +305,10 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
                 else Route.DISCARD), raw
     if name in (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"):
         return Route.SUBSCRIBE, raw
-    if name == b"UNWATCH":
-        return Route.REPLY, OK  # nothing is ever watched (WATCH is refused)
+    if name in (b"WATCH", b"UNWATCH"):
+        if name == b"WATCH" and len(args) < 2:
+            return Route.REPLY, _wrong_args(name)
+        return Route.WATCH, raw
     if name == b"CLIENT":
         sub = args[1].upper() if len(args) > 1 else b""
         if (sub == b"SETNAME" and len(args) == 3) or (sub == b"SETINFO" and len(args) == 4):
@@ -321,6 +326,51 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
             return Route.FORWARDER, OK
         return Route.REPLY, error("ERR usage: KVSTORES STATUS | KVSTORES DIGEST")
     raise AssertionError(name)
+
+
+# Rule 7: where the keys a write may change sit in its arguments: (first, last, step), a
+# negative last counting from the end (redis's COMMAND INFO key positions, narrowed to the
+# destination where the others are only read).
+_WRITTEN_SPANS: dict[bytes, tuple[int, int, int]] = {
+    **{name: (1, 1, 1) for name in _names(
+        "SET SETNX GETSET GETDEL APPEND SETRANGE INCR DECR INCRBY DECRBY INCRBYFLOAT PERSIST "
+        "EXPIREAT PEXPIREAT EXPIRE PEXPIRE SETEX PSETEX GETEX HSET HSETNX HMSET HDEL HINCRBY "
+        "HINCRBYFLOAT LPUSH RPUSH LPUSHX RPUSHX LPOP RPOP LSET LINSERT LREM LTRIM SADD SREM "
+        "SPOP SINTERSTORE SUNIONSTORE SDIFFSTORE ZADD ZINCRBY ZREM ZREMRANGEBYRANK "
+        "ZREMRANGEBYSCORE ZREMRANGEBYLEX ZPOPMIN ZPOPMAX ZRANGESTORE ZUNIONSTORE ZINTERSTORE "
+        "ZDIFFSTORE SETBIT BITFIELD PFADD PFMERGE GEOADD GEOSEARCHSTORE XADD XDEL XTRIM")},
+    **{name: (1, 2, 1) for name in _names("RENAME RENAMENX LMOVE RPOPLPUSH SMOVE")},
+    **{name: (1, -1, 1) for name in _names("DEL UNLINK PFCOUNT")},
+    **{name: (1, -1, 2) for name in _names("MSET MSETNX")},
+    b"BITOP": (2, 2, 1),
+    b"COPY": (2, 2, 1),
+}
+_NO_KEYS = frozenset((b"PUBLISH", b"SPUBLISH"))
+
+
+def written_keys(args: list[bytes]) -> list[bytes] | None:
+    """Rule 7: the keys the write ``args`` (as the client sent it) may change; None when that
+    is not known or is every key (FLUSHALL, an unexpected command): a watcher of any key must
+    then assume its key changed."""
+    name = args[0].upper()
+    if name in _NO_KEYS:
+        return []
+    if name == b"EVAL":  # SPOP_SCRIPT 1 key [count] (Rule 2)
+        return args[3:4] if len(args) > 3 and args[2] == b"1" else None
+    if name in (b"LMPOP", b"ZMPOP"):  # numkeys key [key ...] ...
+        count = _positive_int(args[1]) if len(args) > 1 else None
+        return args[2:2 + count] if count is not None else None
+    if name in (b"SORT", b"GEORADIUS", b"GEORADIUSBYMEMBER"):
+        stores = [args[i + 1] for i in range(2, len(args) - 1)
+                  if args[i].upper() in (b"STORE", b"STOREDIST")]
+        return stores
+    span = _WRITTEN_SPANS.get(name)
+    if span is None:
+        return None
+    first, last, step = span
+    if last < 0:
+        last += len(args)
+    return args[first:last + 1:step]
 
 
 RESP3_WRAP = (encode_command([b"HELLO", b"3"]), encode_command([b"HELLO", b"2"]))
@@ -386,6 +436,7 @@ _SPECIAL = {
     b"EXEC": _local,
     b"DISCARD": _local,
     b"UNWATCH": _local,
+    b"WATCH": _local,
     b"SUBSCRIBE": _local,
     b"PSUBSCRIBE": _local,
     b"SSUBSCRIBE": _local,

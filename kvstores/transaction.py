@@ -12,11 +12,13 @@ Rule 2: ``EXEC`` turns the queue into one command block, ``MULTI``, the queued c
         server answers such a block with ``2 + n`` replies (``+OK``, ``+QUEUED`` each, then
         ``EXEC``'s array); ``replies_in`` tells the pipe so, and only the last reaches the
         client.
-Rule 3: ``WATCH`` is not supported (a key watched on one connection of one replica means
-        nothing to the others); a transaction is atomic, not conditional. Transactions do not
-        nest (a nested ``MULTI`` is an error that leaves the transaction open, as in redis);
-        ``HELLO`` and the front end's own ``KVSTORES`` commands are refused inside one (errors,
-        so ``EXEC`` aborts); ``QUIT`` closes the connection as anywhere.
+Rule 3: ``keys`` collects the keys the queued writes may change (``redis_rules.written_keys``;
+        None: any key), for the watchers of other connections (``WATCH`` is the front end's,
+        ``kvstores.frontend`` Rule 7; inside a transaction it is an error that does not abort
+        it, as in redis). Transactions do not nest (a nested ``MULTI`` is an error that leaves
+        the transaction open, as in redis); ``HELLO`` and the front end's own ``KVSTORES``
+        commands are refused inside one (errors, so ``EXEC`` aborts); ``QUIT`` closes the
+        connection as anywhere.
 Rule 4: a block larger than a log entry holds is refused at ``EXEC`` with ``-EXECABORT`` naming
         the sizes; nothing of it is applied.
 """
@@ -24,7 +26,7 @@ Rule 4: a block larger than a log entry holds is refused at ``EXEC`` with ``-EXE
 from __future__ import annotations
 
 from kvstores.constants import COMMAND_BYTES_MAX, TRANSACTION_COMMANDS_MAX
-from kvstores.redis_rules import Route
+from kvstores.redis_rules import Route, written_keys
 from kvstores.resp import encode_command, error, parse_commands, simple
 
 MULTI = encode_command([b"MULTI"])
@@ -47,12 +49,13 @@ def replies_in(command: bytes) -> int:
 class Transaction:
     """The queue of one connection between ``MULTI`` and ``EXEC`` (see module rules)."""
 
-    __slots__ = ("commands", "writes", "failed")
+    __slots__ = ("commands", "writes", "failed", "keys")
 
     def __init__(self) -> None:
         self.commands: list[bytes] = []
         self.writes = False
         self.failed = False
+        self.keys: list[bytes] | None = []  # Rule 3
 
     def queue(self, route: Route, data: bytes, args: list[bytes]) -> bytes:
         """Rule 1: the reply to a command sent inside the transaction (``data`` is what
@@ -68,7 +71,11 @@ class Transaction:
             # A command the front end answers itself outside a transaction (PING, ECHO,
             # SELECT 0, CLIENT SETNAME) is queued as sent: the local server answers it the same.
             self.commands.append(data if route is not Route.REPLY else encode_command(args))
-            self.writes = self.writes or route is Route.WRITE
+            if route is Route.WRITE:
+                self.writes = True
+                if self.keys is not None:
+                    written = written_keys(args)
+                    self.keys = None if written is None else self.keys + written
             return QUEUED
         self.failed = True
         name = args[0].decode(errors="replace").upper()

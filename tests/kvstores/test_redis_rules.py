@@ -2,7 +2,16 @@
 
 import pytest
 
-from kvstores.redis_rules import READS, REFUSED, SPOP_SCRIPT, WRITES, Route, classify, hello
+from kvstores.redis_rules import (
+    READS,
+    REFUSED,
+    SPOP_SCRIPT,
+    WRITES,
+    Route,
+    classify,
+    hello,
+    written_keys,
+)
 from kvstores.resp import encode_command, reply_end
 
 NOW_MS = 1_700_000_000_000
@@ -23,7 +32,7 @@ def test_plain_writes_and_reads_travel_unchanged_in_any_case():
 
 @pytest.mark.parametrize("name, reason", [
     (b"EVALSHA", "scripts"), (b"BLPOP", "blocking"), (b"EVAL", "scripts"), (b"CONFIG", "admin"),
-    (b"WATCH", "not conditional"), (b"AUTH", "per-connection")])
+    (b"RESET", "per-connection"), (b"AUTH", "per-connection")])
 def test_nondeterministic_commands_are_refused_naming_the_command(name, reason):
     result, reply = route(name, b"x", b"1")
     assert result is Route.REPLY
@@ -150,15 +159,41 @@ def test_hello_is_answered_in_the_protocol_it_selects_and_switches_the_connectio
     assert protocol == 2 and refused.startswith(b"-ERR kvstores: 'HELLO AUTH'")
 
 
-def test_transaction_statements_are_routed_to_the_connection_and_watch_is_refused():
-    """redis_rules Rule 3, kvstores.transaction."""
+def test_transaction_and_watch_statements_are_routed_to_the_connection():
+    """redis_rules Rules 3 and 7, kvstores.transaction."""
     assert route(b"MULTI")[0] is Route.MULTI
     assert route(b"exec")[0] is Route.EXEC
     assert route(b"DISCARD")[0] is Route.DISCARD
     assert route(b"MULTI", b"x")[1] == b"-ERR wrong number of arguments for 'multi' command\r\n"
-    assert route(b"UNWATCH") == (Route.REPLY, b"+OK\r\n")
-    watch = route(b"WATCH", b"k")[1]
-    assert watch.startswith(b"-ERR kvstores: 'WATCH'") and b"not conditional" in watch
+    assert route(b"UNWATCH")[0] is Route.WATCH
+    assert route(b"watch", b"k", b"l")[0] is Route.WATCH
+    assert route(b"WATCH")[1] == b"-ERR wrong number of arguments for 'watch' command\r\n"
+
+
+@pytest.mark.parametrize("args, keys", [
+    ((b"SET", b"k", b"v", b"EX", b"1"), [b"k"]),
+    ((b"mset", b"a", b"1", b"b", b"2"), [b"a", b"b"]),
+    ((b"DEL", b"a", b"b", b"c"), [b"a", b"b", b"c"]),
+    ((b"RENAME", b"a", b"b"), [b"a", b"b"]),
+    ((b"SUNIONSTORE", b"d", b"s1", b"s2"), [b"d"]),  # the sources are only read
+    ((b"BITOP", b"AND", b"d", b"x", b"y"), [b"d"]),
+    ((b"COPY", b"src", b"dst"), [b"dst"]),
+    ((b"LMPOP", b"2", b"l1", b"l2", b"LEFT"), [b"l1", b"l2"]),
+    ((b"SORT", b"l", b"ALPHA", b"STORE", b"d"), [b"d"]),
+    ((b"EVAL", SPOP_SCRIPT, b"1", b"s", b"2"), [b"s"]),
+    ((b"PUBLISH", b"c", b"m"), []),
+    ((b"FLUSHALL",), None),  # every key
+    ((b"LMPOP", b"x", b"l1"), None),  # not understood: every key
+])
+def test_written_keys_name_what_a_write_may_change(args, keys):
+    assert written_keys(list(args)) == keys
+
+
+def test_every_write_has_a_written_keys_rule():
+    everything = {b"FLUSHALL", b"FLUSHDB"}
+    for name in WRITES - everything:
+        args = [name, b"1", b"k", b"MIN"] if name in (b"LMPOP", b"ZMPOP") else [name, b"k", b"v"]
+        assert written_keys(args) is not None, name
 
 
 def test_client_setname_and_setinfo_are_accepted_other_client_commands_refused():
