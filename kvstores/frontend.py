@@ -40,6 +40,15 @@ Rule 7 (``WATCH``, redis_rules Rule 7): a connection's watched keys each keep th
         So an ``EXEC`` may abort where redis would not (a ``DEL`` of a missing key, any write
         applied on a follower): never the other way round. A key's expiry does not count as a
         change (redis >= 6.0.9 counts it).
+Rule 8 (memcached ``cas``, kvstores.mctext Rule 1): the key is watched (Rule 7) from the
+        moment the ``cas`` is parsed (a write parsed after it is queued after its check's read,
+        so only the watch sees it). In its turn the leader reads ``gets key`` from its local
+        server after every write queued before it (Rule 2), and in the turn the reply arrives
+        answers ``NOT_FOUND`` (no item), ``EXISTS`` (another unique, a write to the key
+        submitted since the parse, or leadership lost meanwhile) or queues a ``set`` with the
+        cas's flags, expiry and data, whose ``STORED`` is the answer. That ``set`` is never
+        forwarded (a redirect promises it was not applied); a follower redirects or forwards
+        the ``cas`` itself, and unreplicated the local server runs it.
 """
 
 from __future__ import annotations
@@ -209,6 +218,7 @@ class Core:
         self._touched: dict[bytes, int] = {}
         self._writes = 0
         self._touched_all = 0
+        self._cas_watches: dict[Slot, tuple[dict[bytes, int], int]] = {}  # Rule 8
         # Tags are unique per proposal: this server's id and a counter from a random start.
         self._next_tag = (replica_id << 48) | secrets.randbits(40)
         self.index_prediction_ok = True
@@ -284,9 +294,58 @@ class Core:
             if payloads:
                 self._write(payloads, slots)
                 payloads, slots = [], []
-            self._read(data, slot, kind)
+            if route is Route.CAS:
+                self._cas(data, slot)
+            else:
+                self._read(data, slot, kind)
         if payloads:
             self._write(payloads, slots)
+
+    def submit_cas(self, data: bytes, slot: Slot) -> None:
+        """Rule 8: queue a memcached ``cas``, watching its key from now on: a write parsed
+        after it is queued after its check's read, so only the watch can see it."""
+        watched: dict[bytes, int] = {}
+        self.watch([data.split(None, 2)[1]], watched)
+        pipe = self.pipe
+        self._cas_watches[slot] = (watched, pipe.foreign_applied if pipe is not None else 0)
+        self.submit(Route.CAS, data, slot, mctext.Framing.LINE)
+
+    def _cas(self, data: bytes, slot: Slot) -> None:
+        """Rule 8: a memcached ``cas``, in its place among this turn's commands."""
+        watched, foreign = self._cas_watches.pop(slot)
+        refusal = self._refusal()
+        pipe, replica = self.pipe, self.replica
+        assert pipe is not None
+        if refusal is not None or replica is None or not replica.is_leader:
+            self.unwatch(watched)
+            if refusal is not None:
+                slot.fill(refusal)
+            elif replica is None:  # unreplicated: the one local server decides
+                pipe.send(data, slot, mctext.Framing.LINE)
+            elif self.forwarder is None or slot.forwarded:
+                slot.fill(self._not_leader(replica.leader_id))
+            else:  # the cas itself goes to the leader; it is never proposed from here
+                self.forwarder.forward(replica.leader_id, data, slot, mctext.Framing.LINE)
+            return
+        line, block = data.split(mctext.CRLF, 1)
+        words = line.split()
+        key, unique = words[1], words[5]
+
+        def decide(reply: bytes) -> None:
+            changed = self.changed(watched, foreign) or not replica.is_leader
+            self.unwatch(watched)
+            if not reply.startswith(b"VALUE "):
+                slot.fill(b"NOT_FOUND\r\n" if reply == b"END\r\n" else reply)
+            elif changed or reply[:reply.find(mctext.CRLF)].split()[4] != unique:
+                slot.fill(b"EXISTS\r\n")
+            else:
+                if self.watchers:
+                    self.touch([key])
+                slot.forwarded = True  # never forwarded: the check was this leader's
+                self.submit(Route.WRITE, b" ".join([b"set", *words[1:5]]) + mctext.CRLF + block,
+                            slot, mctext.Framing.LINE)
+
+        self._read(b"gets " + key + mctext.CRLF, Slot(_Then(decide)), mctext.Framing.BLOCK)
 
     def _refusal(self) -> bytes | None:
         """Why this server cannot serve now, as a reply; None when it can."""
@@ -494,6 +553,17 @@ class _Callback(SlotOwner):
 
     def slot_filled(self, slot: Slot) -> None:
         self._function()
+
+
+class _Then(SlotOwner):
+    """A slot owner that hands its one slot's reply to a function."""
+
+    def __init__(self, function: Callable[[bytes], None]) -> None:
+        self._function = function
+
+    def slot_filled(self, slot: Slot) -> None:
+        assert slot.data is not None
+        self._function(slot.data)
 
 
 class _Connection(asyncio.Protocol, SlotOwner):
@@ -755,7 +825,11 @@ class MemcachedConnection(_Connection):
             count += 1
             route = command.route
             if route is Route.WRITE or route is Route.READ:
+                if route is Route.WRITE and core.watchers:
+                    core.touch(mctext.written_keys(command.data))
                 core.submit(route, command.data, self.slot(command.noreply), command.framing)
+            elif route is Route.CAS:
+                core.submit_cas(command.data, self.slot(command.noreply))
             elif route is Route.REPLY:
                 self.reply(command.data, command.noreply)
             elif route is Route.STATUS:

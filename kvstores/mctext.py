@@ -4,10 +4,13 @@ Rule 1: an allow-list decides, as for redis (``kvstores.redis_rules``): storage 
         add replace append prepend``), ``delete incr decr touch gat gats flush_all`` are writes;
         ``get gets version stats`` and ``lru_crawler metadump all|hash`` are reads; anything else is
         refused with ``CLIENT_ERROR`` naming the command (meta commands, admin, ``flush_all`` with a
-        delay, ``verbosity``...). ``cas`` is refused too (its data block is consumed): each
-        memcached numbers CAS uniques itself, and a replica restored from a snapshot cannot
-        take its peers' numbers (kvstores.snapshot Rule 3), so one ``cas`` could store on some
-        replicas and not on others. ``gets`` still answers, with the serving replica's numbers.
+        delay, ``verbosity``...). ``cas`` is ``Route.CAS``: each memcached numbers CAS uniques
+        itself, and a replica restored from a snapshot cannot take its peers' numbers
+        (kvstores.snapshot Rule 3), so a replicated ``cas`` could store on some replicas and
+        not on others. The leader's front end decides it instead, against its own local
+        server's unique (``kvstores.frontend`` Rule 8), and proposes a plain ``set``; ``gets``
+        answers with the serving replica's numbers, so a ``cas`` needs a unique from the
+        leader (from a follower it is answered ``EXISTS``).
 Rule 2: a relative expiry (``exptime`` in 1..30 days) becomes an absolute unix time from the
         leader's clock before it is proposed, so every replica expires the item at the same
         moment; 0, negative and absolute expiries travel unchanged.
@@ -59,8 +62,6 @@ _REFUSED_REASON = {
     b"md": "meta commands are not replicated", b"ma": "meta commands are not replicated",
     b"mn": "meta commands are not replicated", b"me": "meta commands are not replicated",
 }
-CAS_REASON = ("each server numbers CAS uniques itself (a replica restored from a snapshot has "
-              "its own numbers), so a cas could store on some replicas only")
 _ADMIN = "administrative commands would act on one replica only"
 
 
@@ -140,15 +141,25 @@ def _storage(
         return None
     if buf[data_end - 2 : data_end] != CRLF:
         raise LineError("bad data chunk")
-    if name == b"cas":  # Rule 1
-        return McCommand(Route.REPLY, refuse(name, CAS_REASON), Framing.LINE, noreply), data_end
+    if name == b"cas" and not words[5].isdigit():
+        raise LineError("bad command line format")
     head = words[:fields]
     head[3] = _absolute(words[3], now_s)
     payload = b" ".join(head) + CRLF + bytes(buf[end:data_end])
     if len(payload) > COMMAND_BYTES_MAX:
         reply = server_error("object too large for cache")
         return McCommand(Route.REPLY, reply, Framing.LINE, noreply), data_end
-    return McCommand(Route.WRITE, payload, Framing.LINE, noreply), data_end
+    route = Route.CAS if name == b"cas" else Route.WRITE  # Rule 1
+    return McCommand(route, payload, Framing.LINE, noreply), data_end
+
+
+def written_keys(data: bytes) -> list[bytes] | None:
+    """The keys the write ``data`` (as proposed) may change; None: every key (``flush_all``).
+    For a pending ``cas`` check (``kvstores.frontend`` Rule 8)."""
+    words = data[:data.find(CRLF)].split()
+    if words[0] == b"flush_all":
+        return None
+    return words[2:] if words[0] in (b"gat", b"gats") else words[1:2]
 
 
 def _write(words: list[bytes], noreply: bool) -> McCommand:

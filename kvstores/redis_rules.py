@@ -62,6 +62,7 @@ class Route(IntEnum):
     DISCARD = 10  # drops one
     SUBSCRIBE = 11  # makes the connection a subscriber (kvstores.pubsub)
     WATCH = 12  # WATCH or UNWATCH: the front end keeps the connection's watched keys (Rule 7)
+    CAS = 13  # memcached cas: checked by the leader's front end, then a set (kvstores.mctext)
 
 
 def _names(text: str) -> frozenset[bytes]:

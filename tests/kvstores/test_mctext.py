@@ -2,7 +2,7 @@
 
 import pytest
 
-from kvstores.mctext import Framing, LineError, parse_one, reply_end
+from kvstores.mctext import Framing, LineError, parse_one, reply_end, written_keys
 from kvstores.redis_rules import Route
 
 NOW_S = 1_700_000_000
@@ -24,11 +24,20 @@ def test_storage_with_noreply_and_relative_expiry():
     assert command.data == b"append k 0 %d 1\r\nx\r\n" % absolute
 
 
-def test_cas_is_refused_and_its_data_block_consumed():
-    command, end = parse(b"cas k 0 0 1 42\r\nx\r\nget k\r\n")
-    assert command.route is Route.REPLY and b"'cas'" in command.data
-    assert command.data.startswith(b"CLIENT_ERROR kvstores: ")
-    assert end == len(b"cas k 0 0 1 42\r\nx\r\n")
+def test_cas_is_the_front_ends_with_absolute_expiry_and_noreply_removed():
+    command, end = parse(b"cas k 7 100 1 42 noreply\r\nx\r\nget k\r\n")
+    assert command.route is Route.CAS and command.noreply
+    assert command.data == b"cas k 7 %d 1 42\r\nx\r\n" % (NOW_S + 100)
+    assert end == len(b"cas k 7 100 1 42 noreply\r\nx\r\n")
+    with pytest.raises(LineError):
+        parse(b"cas k 0 0 1 x42\r\nx\r\n")
+
+
+@pytest.mark.parametrize("data, keys", [
+    (b"set k 0 0 1\r\nx\r\n", [b"k"]), (b"delete k\r\n", [b"k"]), (b"incr k 1\r\n", [b"k"]),
+    (b"gat 100 a b\r\n", [b"a", b"b"]), (b"flush_all\r\n", None)])
+def test_written_keys(data, keys):
+    assert written_keys(data) == keys
 
 
 def test_incomplete_data_block_waits():

@@ -171,6 +171,13 @@ class Load:
                         client.set(f"counter-{number}", b"0")
                 elif choice < 0.75:
                     client.delete(key)
+                elif choice < 0.85:  # frontend Rule 8: decided by the leader, a set if stored
+                    found = client.gets(key)
+                    if found[1] is not None:
+                        reply = client.cas(key, f"cas-{number}".encode(), found[1])
+                        if reply not in (True, False, None):
+                            self.failures.append(f"memcached client {number}: cas {reply!r}")
+                            return
                 else:
                     client.get(key)
                 self.ops[number] += 1
