@@ -49,6 +49,17 @@ Rule 8 (memcached ``cas``, kvstores.mctext Rule 1): the key is watched (Rule 7) 
         cas's flags, expiry and data, whose ``STORED`` is the answer. That ``set`` is never
         forwarded (a redirect promises it was not applied); a follower redirects or forwards
         the ``cas`` itself, and unreplicated the local server runs it.
+Rule 9 (blocking pops, kvstores.blocking): the client's connection stops parsing while its
+        pop waits (later commands wait behind it, as in redis). The attempt is proposed at once;
+        a null one registers the client, in arrival order, under each key it waits on. A write
+        submitted to such a key (or to an unknown key) wakes the first waiter of that key,
+        whose next attempt is queued after that write (``call_soon``); a waiter woken while its
+        attempt is in flight tries again after it. A successful pop wakes the next waiter. A
+        timeout answers null, except while an attempt is in flight, whose reply then decides
+        (an element it popped is delivered, never dropped). Attempts are never forwarded: on a
+        follower the client gets the redirect. A leader change wakes every waiter (its next
+        attempt is redirected). A client that disconnects while its attempt is in flight loses
+        the element that attempt pops.
 """
 
 from __future__ import annotations
@@ -64,7 +75,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from kvstores import mctext, resp
+from kvstores import blocking, mctext, resp
 from kvstores.constants import (
     CLIENT_BUFFER_BYTES_MAX,
     CLIENT_COMMANDS_PER_READ_MAX,
@@ -219,6 +230,7 @@ class Core:
         self._writes = 0
         self._touched_all = 0
         self._cas_watches: dict[Slot, tuple[dict[bytes, int], int]] = {}  # Rule 8
+        self.blocked: dict[bytes, deque[BlockedPop]] = {}  # Rule 9: key -> waiters, in order
         # Tags are unique per proposal: this server's id and a counter from a random start.
         self._next_tag = (replica_id << 48) | secrets.randbits(40)
         self.index_prediction_ok = True
@@ -253,6 +265,18 @@ class Core:
                 del watchers[key]
                 self._touched.pop(key, None)
         watched.clear()
+
+    def wake(self, keys: list[bytes] | None) -> None:
+        """Rule 9: a write that may change ``keys`` (None: any) is being submitted."""
+        blocked = self.blocked
+        if keys is None:
+            for waiter in {waiter for waiters in blocked.values() for waiter in waiters}:
+                waiter.wake()
+            return
+        for key in keys:
+            waiters = blocked.get(key)
+            if waiters:
+                waiters[0].wake()
 
     def changed(self, watched: dict[bytes, int], foreign_at_watch: int) -> bool:
         """Whether a watched key may have changed since its WATCH."""
@@ -566,6 +590,94 @@ class _Then(SlotOwner):
         self._function(slot.data)
 
 
+class BlockedPop(SlotOwner):
+    """One client's blocking pop (Rule 9); the owner of its attempts' slots."""
+
+    def __init__(self, conn: RedisConnection, parsed: blocking.Blocking, slot: Slot) -> None:
+        self.conn = conn
+        self.parsed = parsed
+        self.slot = slot  # the client's reply
+        self.in_flight = False  # an attempt is queued or proposed
+        self.again = False  # woken while in flight
+        self.expired = False
+        self.done = False
+        self.registered = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        if self.parsed.timeout_s > 0:
+            self._timer = self.conn.core.loop.call_later(self.parsed.timeout_s, self._expire)
+        self._attempt()
+
+    def _attempt(self) -> None:
+        if self.done:
+            return
+        self.in_flight, self.again = True, False
+        core = self.conn.core
+        if core.watchers:
+            core.touch(list(self.parsed.keys))
+        core.submit(Route.WRITE, self.parsed.attempt, Slot(self, False, True, self.conn.resp3), 0)
+
+    def slot_filled(self, slot: Slot) -> None:
+        """An attempt's reply."""
+        self.in_flight = False
+        reply = slot.data
+        assert reply is not None
+        if self.done:
+            return
+        if not blocking.is_null(reply):
+            self._finish(reply)
+            if not reply.startswith(b"-"):
+                self.conn.core.wake(list(self.parsed.keys))  # the next waiter may find more
+        elif self.expired:
+            self._finish(blocking.timed_out(self.conn.resp3))
+        elif self.again:
+            self._attempt()
+        elif not self.registered:
+            self.registered = True
+            blocked = self.conn.core.blocked
+            for key in self.parsed.keys:
+                blocked.setdefault(key, deque()).append(self)
+
+    def wake(self) -> None:
+        """A write to one of its keys is being submitted: try again after it."""
+        if self.done:
+            return
+        if self.in_flight:
+            self.again = True
+            return
+        self.in_flight = True
+        self.conn.core.loop.call_soon(self._attempt)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.in_flight:
+            self.expired = True  # the attempt in flight decides (it may pop an element)
+        elif not self.done:
+            self._finish(blocking.timed_out(self.conn.resp3))
+
+    def _finish(self, reply: bytes) -> None:
+        self.abandon()
+        self.slot.fill(reply)
+        self.conn.unblocked()
+
+    def abandon(self) -> None:
+        """Stop waiting (answered, or the client went away)."""
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.registered:
+            self.registered = False
+            blocked = self.conn.core.blocked
+            for key in self.parsed.keys:
+                waiters = blocked.get(key)
+                if waiters is not None and self in waiters:
+                    waiters.remove(self)
+                    if not waiters:
+                        del blocked[key]
+
+
 class _Connection(asyncio.Protocol, SlotOwner):
     """Per-client ordering and flow control (Rule 1); subclasses parse one protocol."""
 
@@ -650,6 +762,8 @@ class RedisConnection(_Connection):
         self._held: list[bytes] = []  # relayed before earlier replies left (pubsub Rule 3)
         self._watched: dict[bytes, int] = {}  # Rule 7: key -> the write count at its WATCH
         self._foreign_at_watch = 0
+        self._blocked: BlockedPop | None = None  # Rule 9: a pop waiting, parsing stopped
+        self._backlog: list[tuple[list[bytes], bytes]] = []  # parsed after it
 
     # -- a subscriber (kvstores.pubsub) -----------------------------------------------------------
     def relay(self, data: bytes) -> None:
@@ -681,6 +795,8 @@ class RedisConnection(_Connection):
         super().connection_lost(exc)
         if self._relay is not None:
             self._relay.close()
+        if self._blocked is not None:
+            self._blocked.abandon()
         if self._watched:
             self.core.unwatch(self._watched)
 
@@ -696,15 +812,22 @@ class RedisConnection(_Connection):
         return resp.error(f"ERR Protocol error: {text}")
 
     def parse(self) -> None:
+        if self._blocked is not None:  # Rule 9: the bytes wait in the buffer
+            return
         try:
             commands, used = resp.parse_commands(self._buf, CLIENT_COMMANDS_PER_READ_MAX)
         except resp.ProtocolError as exc:
             self.reply_and_close(self.protocol_error(str(exc)))
             return
         del self._buf[:used]
+        self._run(commands)
+        if len(commands) == CLIENT_COMMANDS_PER_READ_MAX and self._blocked is None:
+            self.core.loop.call_soon(self._continue)
+
+    def _run(self, commands: list[tuple[list[bytes], bytes]]) -> None:
         now_ms = time.time_ns() // 1_000_000
         core = self.core
-        for args, raw in commands:
+        for number, (args, raw) in enumerate(commands):
             if self._relay is not None:
                 self._relay.command(args, raw)
                 if self._closing:
@@ -733,8 +856,12 @@ class RedisConnection(_Connection):
                         f"ERR kvstores: '{args[0].decode(errors='replace')}' of {len(data)} "
                         f"bytes exceeds the {COMMAND_BYTES_MAX} bytes a log entry holds"))
                     continue
-                if route is Route.WRITE and core.watchers and not statement:
-                    core.touch(written_keys(args))
+                if route is Route.WRITE and not statement and (core.watchers or core.blocked):
+                    keys = written_keys(args)
+                    if core.watchers:
+                        core.touch(keys)
+                    if core.blocked:
+                        core.wake(keys)
                 core.submit(route, data, self.slot(), 0)
             elif route is Route.REPLY:
                 self.reply(data)
@@ -748,10 +875,36 @@ class RedisConnection(_Connection):
             elif route is Route.FORWARDER:
                 self.from_forwarder = True
                 self.reply(data)
+            elif route is Route.BLOCK:
+                self._block(args)
+                if self._blocked is not None:
+                    self._backlog = commands[number + 1:]
+                    return
             else:
                 self.reply_and_close(data)
                 return
-        if len(commands) == CLIENT_COMMANDS_PER_READ_MAX:
+
+    def _block(self, args: list[bytes]) -> None:
+        """Rule 9: start a blocking pop (or answer its argument error)."""
+        parsed = blocking.parse(args)
+        if isinstance(parsed, bytes):
+            self.reply(parsed)
+            return
+        if len(parsed.attempt) > COMMAND_BYTES_MAX:
+            self.reply(resp.error(f"ERR kvstores: '{args[0].decode(errors='replace')}' of "
+                                  f"{len(parsed.attempt)} bytes exceeds the {COMMAND_BYTES_MAX} "
+                                  "bytes a log entry holds"))
+            return
+        self._blocked = BlockedPop(self, parsed, self.slot())
+        self._blocked.start()
+
+    def unblocked(self) -> None:
+        """Rule 9: the pop was answered; go on with what was parsed and buffered after it."""
+        self._blocked = None
+        backlog, self._backlog = self._backlog, []
+        if backlog:
+            self._run(backlog)
+        if self._blocked is None and self._buf and not self._closing:
             self.core.loop.call_soon(self._continue)
 
     def _transaction_statement(self, route: Route) -> tuple[Route, bytes]:
@@ -777,8 +930,11 @@ class RedisConnection(_Connection):
         if aborted:
             return Route.REPLY, b"_\r\n" if self.resp3 else b"*-1\r\n"
         block = transaction.block()
-        if block[0] is Route.WRITE and self.core.watchers:
-            self.core.touch(transaction.keys)
+        if block[0] is Route.WRITE:
+            if self.core.watchers:
+                self.core.touch(transaction.keys)
+            if self.core.blocked:
+                self.core.wake(transaction.keys)
         return block
 
     def _watch_statement(self, args: list[bytes]) -> tuple[Route, bytes]:

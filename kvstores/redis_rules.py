@@ -14,14 +14,15 @@ Rule 2: a write whose effect depends on the moment it is applied is made determi
         ``SPOP``; these are the same on every replica), at the cost of sorting the set (O(n
         log n)). The rest of that kind is refused (see ``REFUSED``).
 Rule 3: commands with effects outside the data set or per-connection state (scripting,
-        blocking, admin, ``SELECT`` of another db, ``AUTH``) are refused,
-        because every client shares one connection to the local server. The one script
-        accepted is ``SPOP_SCRIPT`` with its arguments (a forwarding follower sends a ``SPOP``
-        rewritten, as the leader would propose it). ``MULTI``/``EXEC``/``DISCARD`` are kept per
-        connection by the front end and a transaction travels as one block
-        (``kvstores.transaction``).
-        A subscribe makes the client's connection a subscriber with its own connection to
-        the local server (``Route.SUBSCRIBE``, ``kvstores.pubsub``).
+        blocking other than ``kvstores.blocking``'s list pops, admin, ``SELECT`` of another
+        db, ``AUTH``) are refused, because every client shares one connection to the local
+        server. The one script accepted is ``SPOP_SCRIPT`` with its arguments (a forwarding
+        follower sends a ``SPOP`` rewritten, as the leader would propose it).
+        ``MULTI``/``EXEC``/``DISCARD`` are kept per connection by the front end and a
+        transaction travels as one block (``kvstores.transaction``). A subscribe makes the
+        client's connection a subscriber with its own connection to the local server
+        (``Route.SUBSCRIBE``, ``kvstores.pubsub``); a blocking pop waits in the front end
+        (``Route.BLOCK``, ``kvstores.blocking``).
 Rule 4: reads (``READS``) never go through consensus: the leader serves them from its local
         server after every write it has applied; a follower from its own (possibly behind) server.
 Rule 5: ``classify`` and ``written_keys`` are pure: the clock is passed in.
@@ -63,6 +64,7 @@ class Route(IntEnum):
     SUBSCRIBE = 11  # makes the connection a subscriber (kvstores.pubsub)
     WATCH = 12  # WATCH or UNWATCH: the front end keeps the connection's watched keys (Rule 7)
     CAS = 13  # memcached cas: checked by the leader's front end, then a set (kvstores.mctext)
+    BLOCK = 14  # BLPOP BRPOP BLMOVE BRPOPLPUSH: attempts until one pops (kvstores.blocking)
 
 
 def _names(text: str) -> frozenset[bytes]:
@@ -107,7 +109,7 @@ _CONN = "per-connection state is not kept: every client shares one connection to
 REFUSED: dict[bytes, str] = {
     name: reason
     for names, reason in (
-        ("BLPOP BRPOP BLMOVE BRPOPLPUSH BLMPOP BZPOPMIN BZPOPMAX BZMPOP WAIT WAITAOF XREAD "
+        ("BLMPOP BZPOPMIN BZPOPMAX BZMPOP WAIT WAITAOF XREAD "
          "XREADGROUP", _BLOCKING),
         ("EVALSHA EVAL_RO EVALSHA_RO FCALL FCALL_RO SCRIPT FUNCTION", _SCRIPT),
         ("DEBUG SAVE BGSAVE BGREWRITEAOF SHUTDOWN REPLICAOF SLAVEOF FAILOVER CLUSTER "
@@ -306,6 +308,8 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
                 else Route.DISCARD), raw
     if name in (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"):
         return Route.SUBSCRIBE, raw
+    if name in (b"BLPOP", b"BRPOP", b"BLMOVE", b"BRPOPLPUSH"):
+        return Route.BLOCK, raw
     if name in (b"WATCH", b"UNWATCH"):
         if name == b"WATCH" and len(args) < 2:
             return Route.REPLY, _wrong_args(name)
@@ -439,6 +443,10 @@ _SPECIAL = {
     b"UNWATCH": _local,
     b"WATCH": _local,
     b"SUBSCRIBE": _local,
+    b"BLPOP": _local,
+    b"BRPOP": _local,
+    b"BLMOVE": _local,
+    b"BRPOPLPUSH": _local,
     b"PSUBSCRIBE": _local,
     b"SSUBSCRIBE": _local,
 }

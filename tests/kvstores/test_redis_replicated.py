@@ -208,8 +208,8 @@ def test_redis_py_transactions_give_what_redis_server_gives_on_every_replica(
     host, port = redis3.addresses[leader].split(":")
     client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=protocol)
     with client.pipeline() as pipe:
-        pipe.set("aborted", "1").execute_command("BLPOP", "l", "0")
-        with pytest.raises(redis.exceptions.ResponseError, match="'BLPOP' is not supported"):
+        pipe.set("aborted", "1").execute_command("BZPOPMIN", "z", "0")
+        with pytest.raises(redis.exceptions.ResponseError, match="'BZPOPMIN' is not supported"):
             pipe.execute()  # redis-py raises the queueing error; EXEC answered EXECABORT
     assert client.get("aborted") is None
     client.close()
@@ -440,6 +440,117 @@ def test_optimistic_increments_from_many_clients_lose_nothing(redis3):
     client.close()
 
 
+def run_blocking_pops(client) -> list:
+    """Blocking pops that need no wait (an element is there), that time out, and their errors."""
+    import redis
+
+    client.rpush("bl", "a", "b", "c")
+    client.set("str", "v")
+    results = [client.blpop(["none", "bl"], 0), client.brpop(["bl"], 0),
+               client.blmove("bl", "bl2", 0, "LEFT", "RIGHT"), client.brpoplpush("bl2", "bl3", 0),
+               client.blpop(["empty"], 0.05), client.blmove("empty", "x", 0.05),
+               client.lrange("bl3", 0, -1), client.exists("bl", "bl2")]
+    for args in (("BLPOP",), ("BLPOP", "k", "x"), ("BLPOP", "k", "-1"), ("BLPOP", "str", "0"),
+                 ("BLMOVE", "a", "b", "UP", "LEFT", "0"), ("BRPOPLPUSH", "str", "d", "0")):
+        try:
+            results.append(client.execute_command(*args))
+        except redis.exceptions.ResponseError as exc:
+            results.append(str(exc))
+    return results
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_blocking_pops_answer_as_redis_server_when_they_need_not_wait(redis3, real_redis,
+                                                                     protocol):
+    """kvstores.blocking: an attempt pops what is there, times out as redis does, and argument
+    errors are redis-server's."""
+    expected, _leader, results = on_real_and_leader(redis3, real_redis, protocol,
+                                                    run_blocking_pops)
+    assert results == expected
+    digests = redis3.wait_equal(10)
+    assert len(set(digests.values())) == 1, digests
+
+
+def test_blocked_clients_are_served_first_come_first_served_and_wait_in_order(redis3):
+    """frontend Rule 9: three clients block on one list; each push serves the longest waiting;
+    a command pipelined behind a blocking pop runs after it."""
+    import socket
+    import threading
+
+    import redis
+
+    leader = redis3.wait_for_leader(10)
+    host, port = redis3.addresses[leader].split(":")
+    pusher = redis.Redis(host=host, port=int(port), socket_timeout=10)
+    pusher.delete("jobs", "after")
+    got: dict[int, object] = {}
+
+    def waiter(number: int) -> None:
+        client = redis.Redis(host=host, port=int(port), socket_timeout=20)
+        got[number] = client.blpop(["jobs"], 15)
+        client.close()
+
+    threads = []
+    for number in range(3):
+        threads.append(threading.Thread(target=waiter, args=(number,)))
+        threads[-1].start()
+        time.sleep(0.3)  # so that they block in this order
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(b"BLPOP other 0\r\nSET after done\r\n")
+        time.sleep(0.3)
+        assert pusher.get("after") is None  # the SET waits behind the blocked pop
+        for job in ("j0", "j1", "j2"):
+            pusher.rpush("jobs", job)
+            time.sleep(0.3)
+        for thread in threads:
+            thread.join(20)
+        assert got == {n: (b"jobs", b"j%d" % n) for n in range(3)}
+        pusher.rpush("other", "o")
+        assert _raw_exchange(raw, b"", 2) == b"*2\r\n$5\r\nother\r\n$1\r\no\r\n+OK\r\n"
+    assert pusher.get("after") == b"done"
+    pusher.close()
+
+
+def test_a_work_queue_with_blocking_consumers_delivers_every_job_once(redis3):
+    """The pattern blocking pops exist for: a producer pushes 150 jobs, three consumers BRPOP
+    them; every job is delivered exactly once and every replica ends equal."""
+    import threading
+
+    import redis
+
+    leader = redis3.wait_for_leader(10)
+    host, port = redis3.addresses[leader].split(":")
+    delivered: list[bytes] = []
+    lock = threading.Lock()
+
+    def consumer() -> None:
+        client = redis.Redis(host=host, port=int(port), socket_timeout=10)
+        while (job := client.brpop(["work"], 1)) is not None:
+            with lock:
+                delivered.append(job[1])
+        client.close()
+
+    consumers = [threading.Thread(target=consumer) for _ in range(3)]
+    for thread in consumers:
+        thread.start()
+    producer = redis.Redis(host=host, port=int(port), socket_timeout=10)
+    for number in range(150):
+        producer.lpush("work", f"job-{number}")
+    for thread in consumers:
+        thread.join(30)
+    assert sorted(delivered) == sorted(b"job-%d" % n for n in range(150))
+    assert producer.llen("work") == 0
+    producer.close()
+    digests = redis3.wait_equal(10)
+    assert len(set(digests.values())) == 1, digests
+
+
+def test_a_follower_redirects_a_blocking_pop(redis3):
+    leader = redis3.wait_for_leader(10)
+    reply = redis_call(redis3.addresses[follower_of(redis3, leader)], b"BLPOP", b"q", b"0")
+    assert reply == f"-MOVED 0 {redis3.addresses[leader]}\r\n".encode()
+
+
 def _raw_exchange(sock, request: bytes, replies: int) -> bytes:
     """Send ``request``; read until ``replies`` complete replies came back."""
     from kvstores.resp import reply_end
@@ -581,7 +692,7 @@ def test_follower_redirects_writes_to_the_leader(redis3):
     eventually(cluster_mode_follows)
 
 
-@pytest.mark.parametrize("command", [["EVAL", "return 1", "0"], ["BLPOP", "l", "0"],
+@pytest.mark.parametrize("command", [["EVAL", "return 1", "0"], ["BZPOPMIN", "z", "0"],
                                      ["AUTH", "secret"], ["CONFIG", "SET", "maxmemory", "1"],
                                      ["WAIT", "0", "0"], ["LATENCY", "RESET"]])
 def test_nondeterministic_commands_are_refused(redis3, command):

@@ -31,7 +31,7 @@ def test_plain_writes_and_reads_travel_unchanged_in_any_case():
 
 
 @pytest.mark.parametrize("name, reason", [
-    (b"EVALSHA", "scripts"), (b"BLPOP", "blocking"), (b"EVAL", "scripts"), (b"CONFIG", "admin"),
+    (b"EVALSHA", "scripts"), (b"BZPOPMIN", "blocking"), (b"EVAL", "scripts"), (b"CONFIG", "admin"),
     (b"RESET", "per-connection"), (b"AUTH", "per-connection")])
 def test_nondeterministic_commands_are_refused_naming_the_command(name, reason):
     result, reply = route(name, b"x", b"1")

@@ -122,6 +122,10 @@ class Load:
                 elif choice < 0.9:
                     reply = client.sort(f"set-{number}", alpha=True, store=f"sorted-{number}")
                     expected = (int,)
+                elif choice < 0.92:  # frontend Rule 9: the attempt finds what the push left
+                    client.rpush(f"queue-{number}", "job")
+                    reply = client.blpop([f"queue-{number}"], 2)
+                    expected = (list, tuple)
                 else:
                     reply = client.get(key)
                     expected = (bytes, type(None))
