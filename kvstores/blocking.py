@@ -11,15 +11,23 @@ Rule 2: ``parse`` checks the arguments as redis-server does, with its error text
         ever) and ``BLMOVE``'s directions.
 Rule 3: the reply to a wait that timed out is redis-server's: a null array in RESP2, null in
         RESP3 (``timed_out``).
+Rule 4: ``BlockedPop`` is one waiting client (``kvstores.frontend`` Rule 9): the owner of its
+        attempts' slots, registered under its keys (``kvstores.watch`` Rule 2) while it waits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from kvstores.pipe import Slot, SlotOwner
+from kvstores.redis_rules import Route
 from kvstores.resp import encode_command, error
+from kvstores.watch import KeyEvents
 
 POP_SCRIPT = b"""for i = 1, #KEYS do
   local popped = redis.pcall(ARGV[1], KEYS[i])
@@ -100,3 +108,95 @@ def is_null(reply: bytes) -> bool:
 def timed_out(resp3: bool) -> bytes:
     """Rule 3."""
     return b"_\r\n" if resp3 else b"*-1\r\n"
+
+
+class _Core(Protocol):
+    """What a waiting client needs of the front end's core."""
+
+    loop: asyncio.AbstractEventLoop
+    keys: KeyEvents
+
+    def submit(self, route: Route, data: bytes, slot: Slot, kind: int) -> None: ...
+
+
+class BlockedPop(SlotOwner):
+    """One client's blocking pop (Rule 4, ``kvstores.frontend`` Rule 9)."""
+
+    def __init__(self, core: _Core, parsed: Blocking, slot: Slot, resp3: bool,
+                 on_done: Callable[[], None]) -> None:
+        self.core = core
+        self.parsed = parsed
+        self.slot = slot  # the client's reply
+        self.resp3 = resp3
+        self.on_done = on_done  # the connection goes on parsing
+        self.in_flight = False  # an attempt is queued or proposed
+        self.again = False  # woken while in flight
+        self.expired = False
+        self.done = False
+        self.registered = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        if self.parsed.timeout_s > 0:
+            self._timer = self.core.loop.call_later(self.parsed.timeout_s, self._expire)
+        self._attempt()
+
+    def _attempt(self) -> None:
+        if self.done:
+            return
+        self.in_flight, self.again = True, False
+        keys = self.core.keys
+        if keys.watchers:  # it may pop: WATCH must see it; it wakes nobody until it did
+            keys.touch(list(self.parsed.keys))
+        self.core.submit(Route.WRITE, self.parsed.attempt, Slot(self, False, True, self.resp3), 0)
+
+    def slot_filled(self, slot: Slot) -> None:
+        """An attempt's reply."""
+        self.in_flight = False
+        reply = slot.data
+        assert reply is not None
+        if self.done:
+            return
+        if not is_null(reply):
+            self._finish(reply)
+            if not reply.startswith(b"-"):
+                self.core.keys.wake(self.parsed.keys)  # the next waiter may find more
+        elif self.expired:
+            self._finish(timed_out(self.resp3))
+        elif self.again:
+            self._attempt()
+        elif not self.registered:
+            self.registered = True
+            self.core.keys.wait(self.parsed.keys, self)
+
+    def wake(self) -> None:
+        """A write to one of its keys is being submitted: try again after it."""
+        if self.done:
+            return
+        if self.in_flight:
+            self.again = True
+            return
+        self.in_flight = True
+        self.core.loop.call_soon(self._attempt)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.in_flight:
+            self.expired = True  # the attempt in flight decides (it may pop an element)
+        elif not self.done:
+            self._finish(timed_out(self.resp3))
+
+    def _finish(self, reply: bytes) -> None:
+        self.abandon()
+        self.slot.fill(reply)
+        self.on_done()
+
+    def abandon(self) -> None:
+        """Stop waiting (answered, or the client went away)."""
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.registered:
+            self.registered = False
+            self.core.keys.stop_waiting(self.parsed.keys, self)

@@ -30,9 +30,10 @@ Rule 6: a replica that recovers (killed and started again with an empty local se
         caught up: its local server is empty, being restored from a peer's snapshot, or behind
         the log (kvstores.snapshot).
 Rule 7 (``WATCH``, redis_rules Rule 7): a connection's watched keys each keep the write count
-        at their ``WATCH``, and the connection the pipe's ``foreign_applied`` at its first.
-        Every write a client submits here bumps the count of the watched keys it may change
-        (all of them when unknown) before it is queued, in the same loop turn as its parse. An
+        at their ``WATCH`` (``kvstores.watch`` Rule 1), and the connection the pipe's
+        ``foreign_applied`` at its first. Every write a client submits here counts for the
+        keys it may change (all of them when unknown) before it is queued, in the same loop
+        turn as its parse (``KeyEvents.written``). An
         ``EXEC`` is aborted (RESP2 ``*-1``, RESP3 ``_``) when a watched key's count moved or an
         entry this front end did not propose was applied since (another leader's writes, or any
         write on a follower); it is checked and, if not aborted, queued in one turn, so no write
@@ -49,9 +50,10 @@ Rule 8 (memcached ``cas``, kvstores.mctext Rule 1): the key is watched (Rule 7) 
         cas's flags, expiry and data, whose ``STORED`` is the answer. That ``set`` is never
         forwarded (a redirect promises it was not applied); a follower redirects or forwards
         the ``cas`` itself, and unreplicated the local server runs it.
-Rule 9 (blocking pops, kvstores.blocking): the client's connection stops parsing while its
-        pop waits (later commands wait behind it, as in redis). The attempt is proposed at once;
-        a null one registers the client, in arrival order, under each key it waits on. A write
+Rule 9 (blocking pops, kvstores.blocking ``BlockedPop``): the client's connection stops
+        parsing while its pop waits (later commands wait behind it, as in redis). The attempt
+        is proposed at once; a null one registers the client, in arrival order, under each key
+        it waits on (``kvstores.watch`` Rule 2). A write
         submitted to such a key (or to an unknown key) wakes the first waiter of that key,
         whose next attempt is queued after that write (``call_soon``); a waiter woken while its
         attempt is in flight tries again after it. A successful pop wakes the next waiter. A
@@ -76,6 +78,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from kvstores import blocking, mctext, resp
+from kvstores.blocking import BlockedPop
 from kvstores.constants import (
     CLIENT_BUFFER_BYTES_MAX,
     CLIENT_COMMANDS_PER_READ_MAX,
@@ -89,6 +92,7 @@ from kvstores.pipe import NOOP_TAG, LocalPipe, Slot, SlotOwner, tag_entry
 from kvstores.pubsub import Relay
 from kvstores.redis_rules import OK, Route, classify, hello, written_keys
 from kvstores.transaction import Transaction
+from kvstores.watch import KeyEvents
 
 log = logging.getLogger("kvstores.frontend")
 
@@ -223,68 +227,20 @@ class Core:
         self.side_call: Callable[[bytes], bytes] | None = None  # request -> reply, any thread
         self.forwarder: Forwarder | None = None  # --follower-writes forward
         self.connect_local: Callable[[], socket.socket] | None = None  # redis pub/sub's
-        # Rule 7: watched key -> connections watching it; watched key -> write count of its
-        # last write; the count of writes, and of the last one whose keys were not known
-        self.watchers: dict[bytes, int] = {}
-        self._touched: dict[bytes, int] = {}
-        self._writes = 0
-        self._touched_all = 0
+        self.keys = KeyEvents()  # Rules 7-9: watched keys, blocked clients
         self._cas_watches: dict[Slot, tuple[dict[bytes, int], int]] = {}  # Rule 8
-        self.blocked: dict[bytes, deque[BlockedPop]] = {}  # Rule 9: key -> waiters, in order
         # Tags are unique per proposal: this server's id and a counter from a random start.
         self._next_tag = (replica_id << 48) | secrets.randbits(40)
         self.index_prediction_ok = True
         self._queue: list[tuple[Route, bytes, Slot, int]] = []
         self._scheduled = False
 
-    # -- WATCH (Rule 7) ----------------------------------------------------------------------
-    def touch(self, keys: list[bytes] | None) -> None:
-        """A write that may change ``keys`` (None: any) is being submitted."""
-        self._writes += 1
-        if keys is None:
-            self._touched_all = self._writes
-            return
-        watchers = self.watchers
-        for key in keys:
-            if key in watchers:
-                self._touched[key] = self._writes
-
-    def watch(self, keys: list[bytes], watched: dict[bytes, int]) -> None:
-        for key in keys:
-            if key not in watched:
-                watched[key] = self._writes
-                self.watchers[key] = self.watchers.get(key, 0) + 1
-
-    def unwatch(self, watched: dict[bytes, int]) -> None:
-        watchers = self.watchers
-        for key in watched:
-            left = watchers[key] - 1
-            if left:
-                watchers[key] = left
-            else:
-                del watchers[key]
-                self._touched.pop(key, None)
-        watched.clear()
-
-    def wake(self, keys: list[bytes] | None) -> None:
-        """Rule 9: a write that may change ``keys`` (None: any) is being submitted."""
-        blocked = self.blocked
-        if keys is None:
-            for waiter in {waiter for waiters in blocked.values() for waiter in waiters}:
-                waiter.wake()
-            return
-        for key in keys:
-            waiters = blocked.get(key)
-            if waiters:
-                waiters[0].wake()
-
     def changed(self, watched: dict[bytes, int], foreign_at_watch: int) -> bool:
-        """Whether a watched key may have changed since its WATCH."""
+        """Rule 7: whether a watched key may have changed since its WATCH."""
         pipe = self.pipe
         if pipe is not None and pipe.foreign_applied != foreign_at_watch:
             return True
-        touched, touched_all = self._touched, self._touched_all
-        return any(max(touched.get(key, 0), touched_all) > at for key, at in watched.items())
+        return self.keys.changed(watched)
 
     def submit(self, route: Route, data: bytes, slot: Slot, kind: int) -> None:
         """Queue a READ or WRITE for this loop turn's ``flush`` (Rule 2)."""
@@ -329,7 +285,7 @@ class Core:
         """Rule 8: queue a memcached ``cas``, watching its key from now on: a write parsed
         after it is queued after its check's read, so only the watch can see it."""
         watched: dict[bytes, int] = {}
-        self.watch([data.split(None, 2)[1]], watched)
+        self.keys.watch([data.split(None, 2)[1]], watched)
         pipe = self.pipe
         self._cas_watches[slot] = (watched, pipe.foreign_applied if pipe is not None else 0)
         self.submit(Route.CAS, data, slot, mctext.Framing.LINE)
@@ -341,7 +297,7 @@ class Core:
         pipe, replica = self.pipe, self.replica
         assert pipe is not None
         if refusal is not None or replica is None or not replica.is_leader:
-            self.unwatch(watched)
+            self.keys.unwatch(watched)
             if refusal is not None:
                 slot.fill(refusal)
             elif replica is None:  # unreplicated: the one local server decides
@@ -357,14 +313,13 @@ class Core:
 
         def decide(reply: bytes) -> None:
             changed = self.changed(watched, foreign) or not replica.is_leader
-            self.unwatch(watched)
+            self.keys.unwatch(watched)
             if not reply.startswith(b"VALUE "):
                 slot.fill(b"NOT_FOUND\r\n" if reply == b"END\r\n" else reply)
             elif changed or reply[:reply.find(mctext.CRLF)].split()[4] != unique:
                 slot.fill(b"EXISTS\r\n")
             else:
-                if self.watchers:
-                    self.touch([key])
+                self.keys.written([key])
                 slot.forwarded = True  # never forwarded: the check was this leader's
                 self.submit(Route.WRITE, b" ".join([b"set", *words[1:5]]) + mctext.CRLF + block,
                             slot, mctext.Framing.LINE)
@@ -590,94 +545,6 @@ class _Then(SlotOwner):
         self._function(slot.data)
 
 
-class BlockedPop(SlotOwner):
-    """One client's blocking pop (Rule 9); the owner of its attempts' slots."""
-
-    def __init__(self, conn: RedisConnection, parsed: blocking.Blocking, slot: Slot) -> None:
-        self.conn = conn
-        self.parsed = parsed
-        self.slot = slot  # the client's reply
-        self.in_flight = False  # an attempt is queued or proposed
-        self.again = False  # woken while in flight
-        self.expired = False
-        self.done = False
-        self.registered = False
-        self._timer: asyncio.TimerHandle | None = None
-
-    def start(self) -> None:
-        if self.parsed.timeout_s > 0:
-            self._timer = self.conn.core.loop.call_later(self.parsed.timeout_s, self._expire)
-        self._attempt()
-
-    def _attempt(self) -> None:
-        if self.done:
-            return
-        self.in_flight, self.again = True, False
-        core = self.conn.core
-        if core.watchers:
-            core.touch(list(self.parsed.keys))
-        core.submit(Route.WRITE, self.parsed.attempt, Slot(self, False, True, self.conn.resp3), 0)
-
-    def slot_filled(self, slot: Slot) -> None:
-        """An attempt's reply."""
-        self.in_flight = False
-        reply = slot.data
-        assert reply is not None
-        if self.done:
-            return
-        if not blocking.is_null(reply):
-            self._finish(reply)
-            if not reply.startswith(b"-"):
-                self.conn.core.wake(list(self.parsed.keys))  # the next waiter may find more
-        elif self.expired:
-            self._finish(blocking.timed_out(self.conn.resp3))
-        elif self.again:
-            self._attempt()
-        elif not self.registered:
-            self.registered = True
-            blocked = self.conn.core.blocked
-            for key in self.parsed.keys:
-                blocked.setdefault(key, deque()).append(self)
-
-    def wake(self) -> None:
-        """A write to one of its keys is being submitted: try again after it."""
-        if self.done:
-            return
-        if self.in_flight:
-            self.again = True
-            return
-        self.in_flight = True
-        self.conn.core.loop.call_soon(self._attempt)
-
-    def _expire(self) -> None:
-        self._timer = None
-        if self.in_flight:
-            self.expired = True  # the attempt in flight decides (it may pop an element)
-        elif not self.done:
-            self._finish(blocking.timed_out(self.conn.resp3))
-
-    def _finish(self, reply: bytes) -> None:
-        self.abandon()
-        self.slot.fill(reply)
-        self.conn.unblocked()
-
-    def abandon(self) -> None:
-        """Stop waiting (answered, or the client went away)."""
-        self.done = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.registered:
-            self.registered = False
-            blocked = self.conn.core.blocked
-            for key in self.parsed.keys:
-                waiters = blocked.get(key)
-                if waiters is not None and self in waiters:
-                    waiters.remove(self)
-                    if not waiters:
-                        del blocked[key]
-
-
 class _Connection(asyncio.Protocol, SlotOwner):
     """Per-client ordering and flow control (Rule 1); subclasses parse one protocol."""
 
@@ -798,7 +665,7 @@ class RedisConnection(_Connection):
         if self._blocked is not None:
             self._blocked.abandon()
         if self._watched:
-            self.core.unwatch(self._watched)
+            self.core.keys.unwatch(self._watched)
 
     def pause_writing(self) -> None:
         if self._relay is not None:
@@ -856,12 +723,8 @@ class RedisConnection(_Connection):
                         f"ERR kvstores: '{args[0].decode(errors='replace')}' of {len(data)} "
                         f"bytes exceeds the {COMMAND_BYTES_MAX} bytes a log entry holds"))
                     continue
-                if route is Route.WRITE and not statement and (core.watchers or core.blocked):
-                    keys = written_keys(args)
-                    if core.watchers:
-                        core.touch(keys)
-                    if core.blocked:
-                        core.wake(keys)
+                if route is Route.WRITE and not statement and core.keys.active:
+                    core.keys.written(written_keys(args))
                 core.submit(route, data, self.slot(), 0)
             elif route is Route.REPLY:
                 self.reply(data)
@@ -895,7 +758,7 @@ class RedisConnection(_Connection):
                                   f"{len(parsed.attempt)} bytes exceeds the {COMMAND_BYTES_MAX} "
                                   "bytes a log entry holds"))
             return
-        self._blocked = BlockedPop(self, parsed, self.slot())
+        self._blocked = BlockedPop(self.core, parsed, self.slot(), self.resp3, self.unblocked)
         self._blocked.start()
 
     def unblocked(self) -> None:
@@ -924,17 +787,14 @@ class RedisConnection(_Connection):
         if watched:
             aborted = route is Route.EXEC and not transaction.failed and self.core.changed(
                 watched, self._foreign_at_watch)
-            self.core.unwatch(watched)
+            self.core.keys.unwatch(watched)
         if route is Route.DISCARD:
             return Route.REPLY, OK
         if aborted:
             return Route.REPLY, b"_\r\n" if self.resp3 else b"*-1\r\n"
         block = transaction.block()
-        if block[0] is Route.WRITE:
-            if self.core.watchers:
-                self.core.touch(transaction.keys)
-            if self.core.blocked:
-                self.core.wake(transaction.keys)
+        if block[0] is Route.WRITE and self.core.keys.active:
+            self.core.keys.written(transaction.keys)
         return block
 
     def _watch_statement(self, args: list[bytes]) -> tuple[Route, bytes]:
@@ -945,12 +805,12 @@ class RedisConnection(_Connection):
                 return Route.REPLY, self._transaction.queue(Route.REPLY, OK, args)
             return Route.REPLY, resp.error("ERR WATCH inside MULTI is not allowed")
         if unwatch:
-            self.core.unwatch(self._watched)
+            self.core.keys.unwatch(self._watched)
             return Route.REPLY, OK
         if not self._watched:
             pipe = self.core.pipe
             self._foreign_at_watch = pipe.foreign_applied if pipe is not None else 0
-        self.core.watch(args[1:], self._watched)
+        self.core.keys.watch(args[1:], self._watched)
         return Route.REPLY, OK
 
     def _continue(self) -> None:
@@ -981,8 +841,8 @@ class MemcachedConnection(_Connection):
             count += 1
             route = command.route
             if route is Route.WRITE or route is Route.READ:
-                if route is Route.WRITE and core.watchers:
-                    core.touch(mctext.written_keys(command.data))
+                if route is Route.WRITE and core.keys.active:
+                    core.keys.written(mctext.written_keys(command.data))
                 core.submit(route, command.data, self.slot(command.noreply), command.framing)
             elif route is Route.CAS:
                 core.submit_cas(command.data, self.slot(command.noreply))

@@ -161,7 +161,7 @@ class KvServer:
         log.warning("server %d: leader is now %s", self.config.replica_id, who)
         if is_self:
             self.loop.call_soon_threadsafe(self.core.propose_noop)
-        self.loop.call_soon_threadsafe(self.core.wake, None)  # frontend Rule 9
+        self.loop.call_soon_threadsafe(self.core.keys.wake, None)  # frontend Rule 9
 
     def _watch(self) -> None:
         """Log role changes; stop when the launcher is gone."""
