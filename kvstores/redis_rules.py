@@ -109,8 +109,7 @@ _CONN = "per-connection state is not kept: every client shares one connection to
 REFUSED: dict[bytes, str] = {
     name: reason
     for names, reason in (
-        ("BLMPOP BZPOPMIN BZPOPMAX BZMPOP WAIT WAITAOF XREAD "
-         "XREADGROUP", _BLOCKING),
+        ("BLMPOP BZPOPMIN BZPOPMAX BZMPOP WAIT WAITAOF XREADGROUP", _BLOCKING),
         ("EVALSHA EVAL_RO EVALSHA_RO FCALL FCALL_RO SCRIPT FUNCTION", _SCRIPT),
         ("DEBUG SAVE BGSAVE BGREWRITEAOF SHUTDOWN REPLICAOF SLAVEOF FAILOVER CLUSTER "
          "MIGRATE MOVE SWAPDB RESTORE RESTORE-ASKING LATENCY SLOWLOG ACL MODULE "
@@ -254,6 +253,17 @@ def _memory(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
         return Route.READ, raw
     return Route.REPLY, refuse(b"MEMORY " + args[1].upper() if len(args) >= 2 else b"MEMORY",
                                _ADMIN)
+
+
+def _xread(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
+    """XREAD without BLOCK is a read; with BLOCK it would hold the shared connection."""
+    for arg in args[1:]:  # the options come before STREAMS
+        option = arg.upper()
+        if option == b"STREAMS":
+            break
+        if option == b"BLOCK":
+            return Route.REPLY, refuse(b"XREAD BLOCK", _BLOCKING)
+    return Route.READ, raw
 
 
 def _config(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
@@ -425,6 +435,7 @@ _SPECIAL = {
     b"GETEX": _getex,
     b"CONFIG": _config,
     b"MEMORY": _memory,
+    b"XREAD": _xread,
     b"SPOP": _spop,
     b"SORT": _maybe_store,
     b"GEORADIUS": _maybe_store,

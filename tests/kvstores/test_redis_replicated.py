@@ -64,6 +64,7 @@ CALLS = [
     ("get", ("missing",), {}),
     ("xadd", ("st", {"f": "v"}), {"id": "1-1"}),
     ("xrange", ("st",), {}),
+    ("xread", ({"st": "0-0"},), {"count": 5}),
     ("lpush", ("l", "a", "b"), {}),
     ("lpos", ("l", "a"), {}),
     ("exists", ("h", "missing"), {}),

@@ -82,6 +82,12 @@ def test_pub_sub_routes():
     assert route(b"PUBSUB", b"NUMSUB", b"c")[0] is Route.READ
 
 
+def test_xread_is_a_read_unless_it_blocks():
+    assert route(b"XREAD", b"COUNT", b"2", b"STREAMS", b"block", b"0")[0] is Route.READ
+    refused = route(b"xread", b"block", b"10", b"STREAMS", b"s", b"$")
+    assert refused[0] is Route.REPLY and refused[1].startswith(b"-ERR kvstores: 'XREAD BLOCK'")
+
+
 def test_unknown_command_is_refused_by_name():
     assert route(b"FROBNICATE")[1] == b"-ERR kvstores: unknown or unsupported command " \
                                       b"'FROBNICATE'\r\n"
