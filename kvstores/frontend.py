@@ -91,6 +91,7 @@ from kvstores.constants import (
 from kvstores.pipe import NOOP_TAG, LocalPipe, Slot, SlotOwner, tag_entry
 from kvstores.pubsub import Relay
 from kvstores.redis_rules import OK, Route, classify, hello, written_keys
+from kvstores.scripts import NOSCRIPT, ScriptCache
 from kvstores.transaction import Transaction
 from kvstores.watch import KeyEvents
 
@@ -228,6 +229,7 @@ class Core:
         self.forwarder: Forwarder | None = None  # --follower-writes forward
         self.connect_local: Callable[[], socket.socket] | None = None  # redis pub/sub's
         self.keys = KeyEvents()  # Rules 7-9: watched keys, blocked clients
+        self.scripts = ScriptCache()  # kvstores.scripts Rule 3
         self._cas_watches: dict[Slot, tuple[dict[bytes, int], int]] = {}  # Rule 8
         # Tags are unique per proposal: this server's id and a counter from a random start.
         self._next_tag = (replica_id << 48) | secrets.randbits(40)
@@ -701,6 +703,20 @@ class RedisConnection(_Connection):
                     break
                 continue
             route, data = classify(args, raw, now_ms)
+            if route is Route.EVALSHA:  # kvstores.scripts Rule 3: the body, or NOSCRIPT
+                body = core.scripts.get(args[1])
+                if body is None:
+                    route, data = Route.REPLY, NOSCRIPT
+                else:
+                    name = b"EVAL_RO" if args[0].upper() == b"EVALSHA_RO" else b"EVAL"
+                    args = [name, body, *args[2:]]
+                    raw = resp.encode_command(args)
+                    route, data = classify(args, raw, now_ms)
+            elif route is Route.SCRIPT:
+                route, data = self._script_statement(args, raw)
+            elif (route is Route.WRITE or route is Route.READ) and args[0].upper() in (
+                    b"EVAL", b"EVAL_RO"):
+                core.scripts.add(args[1])  # a later EVALSHA finds it, as in redis
             if route is Route.SUBSCRIBE and self._transaction is None:
                 connect = core.connect_local
                 if connect is None:
@@ -796,6 +812,21 @@ class RedisConnection(_Connection):
         if block[0] is Route.WRITE and self.core.keys.active:
             self.core.keys.written(transaction.keys)
         return block
+
+    def _script_statement(self, args: list[bytes], raw: bytes) -> tuple[Route, bytes]:
+        """SCRIPT LOAD|EXISTS|FLUSH (kvstores.scripts Rule 3)."""
+        sub = args[1].upper()
+        scripts = self.core.scripts
+        if sub == b"LOAD":
+            if len(args) != 3:
+                return Route.REPLY, resp.error("ERR unknown subcommand or wrong number of "
+                                               "arguments for 'load'. Try SCRIPT HELP.")
+            scripts.add(args[2])
+            return Route.READ, raw  # the local server compiles it and answers its SHA1
+        if sub == b"EXISTS":
+            return Route.REPLY, scripts.exists(args[2:])
+        scripts.flush()
+        return Route.REPLY, OK
 
     def _watch_statement(self, args: list[bytes]) -> tuple[Route, bytes]:
         """WATCH or UNWATCH (Rule 7)."""

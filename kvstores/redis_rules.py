@@ -13,16 +13,18 @@ Rule 2: a write whose effect depends on the moment it is applied is made determi
         smallest members in byte order instead of random ones (any members are a valid
         ``SPOP``; these are the same on every replica), at the cost of sorting the set (O(n
         log n)). The rest of that kind is refused (see ``REFUSED``).
-Rule 3: commands with effects outside the data set or per-connection state (scripting,
+Rule 3: commands with effects outside the data set or per-connection state (functions,
+        scripts that ``kvstores.scripts`` cannot show to act the same on every replica,
         blocking other than ``kvstores.blocking``'s list pops, admin, ``SELECT`` of another
         db, ``AUTH``) are refused, because every client shares one connection to the local
-        server. The one script accepted is ``SPOP_SCRIPT`` with its arguments (a forwarding
+        server. ``SPOP_SCRIPT`` is a write whatever ``kvstores.scripts`` says (a forwarding
         follower sends a ``SPOP`` rewritten, as the leader would propose it).
         ``MULTI``/``EXEC``/``DISCARD`` are kept per connection by the front end and a
         transaction travels as one block (``kvstores.transaction``). A subscribe makes the
         client's connection a subscriber with its own connection to the local server
         (``Route.SUBSCRIBE``, ``kvstores.pubsub``); a blocking pop waits in the front end
-        (``Route.BLOCK``, ``kvstores.blocking``).
+        (``Route.BLOCK``, ``kvstores.blocking``); ``EVALSHA`` and ``SCRIPT`` use the front
+        end's script cache (``Route.EVALSHA``, ``Route.SCRIPT``).
 Rule 4: reads (``READS``) never go through consensus: the leader serves them from its local
         server after every write it has applied; a follower from its own (possibly behind) server.
 Rule 5: ``classify`` and ``written_keys`` are pure: the clock is passed in.
@@ -46,6 +48,7 @@ from __future__ import annotations
 import re
 from enum import IntEnum
 
+from kvstores import scripts
 from kvstores.resp import bulk, encode_command, error, simple
 
 
@@ -65,6 +68,8 @@ class Route(IntEnum):
     WATCH = 12  # WATCH or UNWATCH: the front end keeps the connection's watched keys (Rule 7)
     CAS = 13  # memcached cas: checked by the leader's front end, then a set (kvstores.mctext)
     BLOCK = 14  # BLPOP BRPOP BLMOVE BRPOPLPUSH: attempts until one pops (kvstores.blocking)
+    EVALSHA = 15  # EVALSHA[_RO]: the front end's script cache gives the body (kvstores.scripts)
+    SCRIPT = 16  # SCRIPT LOAD|EXISTS|FLUSH: the front end's script cache
 
 
 def _names(text: str) -> frozenset[bytes]:
@@ -103,14 +108,14 @@ READS = _names(
 # travel on its own connection, pubsub Rule 2).
 
 _BLOCKING = "blocking commands are not replicated"
-_SCRIPT = "scripts are not replicated (their writes are not known before they run)"
+_SCRIPT = "functions are not replicated (only EVAL scripts are, kvstores.scripts)"
 _ADMIN = "administrative commands would act on one replica only"
 _CONN = "per-connection state is not kept: every client shares one connection to the local server"
 REFUSED: dict[bytes, str] = {
     name: reason
     for names, reason in (
         ("BLMPOP BZPOPMIN BZPOPMAX BZMPOP WAIT WAITAOF XREADGROUP", _BLOCKING),
-        ("EVALSHA EVAL_RO EVALSHA_RO FCALL FCALL_RO SCRIPT FUNCTION", _SCRIPT),
+        ("FCALL FCALL_RO FUNCTION", _SCRIPT),
         ("DEBUG SAVE BGSAVE BGREWRITEAOF SHUTDOWN REPLICAOF SLAVEOF FAILOVER CLUSTER "
          "MIGRATE MOVE SWAPDB RESTORE RESTORE-ASKING LATENCY SLOWLOG ACL MODULE "
          "SYNC PSYNC MONITOR XGROUP XACK XCLAIM XAUTOCLAIM "
@@ -123,6 +128,9 @@ assert not WRITES & READS
 assert not REFUSED.keys() & (WRITES | READS)
 
 _PLAIN = {name: Route.WRITE for name in WRITES} | {name: Route.READ for name in READS}
+# kvstores.scripts Rule 1: what a writing script may call (scripts.check refuses the
+# nondeterministic ones among them by name)
+_SCRIPT_SAFE = WRITES | READS | _names("EXPIRE PEXPIRE SETEX PSETEX GETEX PING ECHO")
 OK = simple("OK")
 
 
@@ -229,10 +237,31 @@ def _spop(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
 
 
 def _eval(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
-    """Only ``SPOP_SCRIPT`` runs (a forwarded SPOP arrives already rewritten, Rule 3)."""
-    if len(args) in (4, 5) and args[1] == SPOP_SCRIPT and args[2] == b"1":
-        return Route.WRITE, raw
-    return Route.REPLY, refuse(args[0].upper(), _SCRIPT)
+    """EVAL and EVAL_RO (``kvstores.scripts`` Rules 1-2); ``SPOP_SCRIPT`` is a write (a
+    forwarded SPOP arrives already rewritten, Rule 3)."""
+    name = args[0].upper()
+    if len(args) < 3:
+        return Route.REPLY, _wrong_args(name)
+    body = args[1]
+    if body == SPOP_SCRIPT or name == b"EVAL_RO" or scripts.reads_only(body):
+        return (Route.WRITE if body == SPOP_SCRIPT else Route.READ), raw
+    reason = scripts.check(body, _SCRIPT_SAFE)
+    if reason:
+        return Route.REPLY, refuse(b"EVAL", "a script that writes runs on every replica, so "
+                                            f"it must act the same on each: {reason}")
+    return Route.WRITE, raw
+
+
+def _script(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
+    """EVALSHA[_RO] and SCRIPT LOAD|EXISTS|FLUSH use the front end's cache (kvstores.scripts
+    Rule 3); the other SCRIPT subcommands would act on one replica."""
+    name = args[0].upper()
+    if name in (b"EVALSHA", b"EVALSHA_RO"):
+        return (Route.EVALSHA, raw) if len(args) >= 3 else (Route.REPLY, _wrong_args(name))
+    sub = args[1].upper() if len(args) > 1 else b""
+    if sub in (b"LOAD", b"EXISTS", b"FLUSH"):
+        return Route.SCRIPT, raw
+    return Route.REPLY, refuse(b"SCRIPT " + sub if sub else b"SCRIPT", _ADMIN)
 
 
 def _maybe_store(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
@@ -370,8 +399,8 @@ def written_keys(args: list[bytes]) -> list[bytes] | None:
     name = args[0].upper()
     if name in _NO_KEYS:
         return []
-    if name == b"EVAL":  # SPOP_SCRIPT 1 key [count] (Rule 2)
-        return args[3:4] if len(args) > 3 and args[2] == b"1" else None
+    if name == b"EVAL":  # SPOP_SCRIPT 1 key [count] (Rule 2); another script: any key
+        return args[3:4] if len(args) > 3 and args[1] == SPOP_SCRIPT else None
     if name in (b"LMPOP", b"ZMPOP"):  # numkeys key [key ...] ...
         count = _positive_int(args[1]) if len(args) > 1 else None
         return args[2:2 + count] if count is not None else None
@@ -441,6 +470,10 @@ _SPECIAL = {
     b"GEORADIUS": _maybe_store,
     b"GEORADIUSBYMEMBER": _maybe_store,
     b"EVAL": _eval,
+    b"EVAL_RO": _eval,
+    b"EVALSHA": _script,
+    b"EVALSHA_RO": _script,
+    b"SCRIPT": _script,
     b"PING": _local,
     b"ECHO": _local,
     b"QUIT": _local,

@@ -552,6 +552,44 @@ def test_a_follower_redirects_a_blocking_pop(redis3):
     assert reply == f"-MOVED 0 {redis3.addresses[leader]}\r\n".encode()
 
 
+def run_scripts(client) -> list:
+    """redis-py's scripting and locks: register_script (EVALSHA, NOSCRIPT, SCRIPT LOAD),
+    EVAL, EVAL_RO, SCRIPT EXISTS and FLUSH, and Lock's acquire, extend and release scripts."""
+    import redis
+
+    results = []
+    incr_by = client.register_script(
+        "local v = redis.call('INCRBY', KEYS[1], ARGV[1]) redis.call('SET', KEYS[2], v) return v")
+    results.append(incr_by(keys=["c", "copy"], args=[5]))
+    results.append(incr_by(keys=["c", "copy"], args=[2]))
+    results += [client.get("copy"), client.script_exists(incr_by.sha, "0" * 40),
+                client.eval("return {KEYS[1], ARGV[1], 3}", 1, "k", "a"),
+                client.eval_ro("return redis.call('GET', KEYS[1])", 1, "copy")]
+    try:
+        client.evalsha("0" * 40, 0)
+    except redis.exceptions.NoScriptError:
+        results.append("noscript")
+    lock = client.lock("resource", timeout=10)
+    results += [lock.acquire(blocking=False),
+                client.lock("resource", timeout=1).acquire(blocking=False),
+                lock.extend(5), lock.release(), client.exists("resource")]
+    client.script_flush()
+    results.append(client.script_exists(incr_by.sha))
+    return results
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_deterministic_scripts_and_redis_py_locks_answer_as_redis_server(redis3, real_redis,
+                                                                        protocol):
+    """kvstores.scripts: a script that writes runs on every replica in log order; EVALSHA
+    goes through the front end's cache; redis-py's Lock works."""
+    expected, _leader, results = on_real_and_leader(redis3, real_redis, protocol, run_scripts)
+    assert results == expected
+    assert results[0:2] == [5, 7] and results[6] == "noscript"
+    digests = redis3.wait_equal(10)
+    assert len(set(digests.values())) == 1, digests
+
+
 def _raw_exchange(sock, request: bytes, replies: int) -> bytes:
     """Send ``request``; read until ``replies`` complete replies came back."""
     from kvstores.resp import reply_end
@@ -693,7 +731,8 @@ def test_follower_redirects_writes_to_the_leader(redis3):
     eventually(cluster_mode_follows)
 
 
-@pytest.mark.parametrize("command", [["EVAL", "return 1", "0"], ["BZPOPMIN", "z", "0"],
+@pytest.mark.parametrize("command", [["EVAL", "return redis.call('TIME')", "0"],
+                                     ["BZPOPMIN", "z", "0"],
                                      ["AUTH", "secret"], ["CONFIG", "SET", "maxmemory", "1"],
                                      ["WAIT", "0", "0"], ["LATENCY", "RESET"]])
 def test_nondeterministic_commands_are_refused(redis3, command):

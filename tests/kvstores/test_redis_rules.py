@@ -31,7 +31,8 @@ def test_plain_writes_and_reads_travel_unchanged_in_any_case():
 
 
 @pytest.mark.parametrize("name, reason", [
-    (b"EVALSHA", "scripts"), (b"BZPOPMIN", "blocking"), (b"EVAL", "scripts"), (b"CONFIG", "admin"),
+    (b"FCALL", "functions"), (b"BZPOPMIN", "blocking"), (b"FUNCTION", "functions"),
+    (b"CONFIG", "admin"),
     (b"RESET", "per-connection"), (b"AUTH", "per-connection")])
 def test_nondeterministic_commands_are_refused_naming_the_command(name, reason):
     result, reply = route(name, b"x", b"1")
@@ -40,15 +41,37 @@ def test_nondeterministic_commands_are_refused_naming_the_command(name, reason):
     assert reason.encode() in reply.lower()
 
 
-def test_spop_becomes_the_deterministic_script_and_only_that_script_is_accepted():
+def test_spop_becomes_the_deterministic_script():
     spop = route(b"spop", b"s", b"3")
     assert spop == (Route.WRITE, encode_command([b"EVAL", SPOP_SCRIPT, b"1", b"s", b"3"]))
     assert route(b"SPOP", b"s")[1] == encode_command([b"EVAL", SPOP_SCRIPT, b"1", b"s"])
-    # What a forwarding follower sends is accepted as it is; any other script is refused.
+    # What a forwarding follower sends is accepted as it is (SMEMBERS in it: sorted).
     args = [b"EVAL", SPOP_SCRIPT, b"1", b"s", b"3"]
     assert classify(args, spop[1], NOW_MS) == spop
-    assert route(b"EVAL", SPOP_SCRIPT, b"2", b"s", b"t")[1].startswith(b"-ERR kvstores: 'EVAL'")
-    assert route(b"EVAL", b"return 1", b"0")[1].startswith(b"-ERR kvstores: 'EVAL'")
+
+
+def test_scripts_run_replicated_only_when_they_act_the_same_everywhere():
+    """kvstores.scripts Rules 1-2."""
+    lock_release = (b"if redis.call('get', KEYS[1]) == ARGV[1] then "
+                    b"return redis.call(\"DEL\", KEYS[1]) end return 0")
+    assert route(b"EVAL", lock_release, b"1", b"k", b"token")[0] is Route.WRITE
+    for body, named in ((b"return redis.call('TIME')", b"TIME"),
+                        (b"local m = redis.call('smembers', KEYS[1])", b"SMEMBERS"),
+                        (b"return redis.pcall('SRANDMEMBER', KEYS[1])", b"SRANDMEMBER"),
+                        (b"return redis.call(ARGV[1], KEYS[1])", b"string literal"),
+                        (b"local c = redis.call; return c('GET', 'k')", b"string literal"),
+                        (b"return redis.call('FLUSHALL') .. os.clock()", b"clock")):
+        result, reply = route(b"EVAL", body, b"0")
+        assert result is Route.REPLY and reply.startswith(b"-ERR kvstores: 'EVAL'"), body
+        assert named in reply, (body, reply)
+    reads = b"#!lua flags=no-writes\nreturn redis.call('TIME')"
+    assert route(b"EVAL", reads, b"0")[0] is Route.READ
+    assert route(b"EVAL_RO", b"return redis.call('TIME')", b"0")[0] is Route.READ
+    assert route(b"EVAL", b"return 1")[1] == (
+        b"-ERR wrong number of arguments for 'eval' command\r\n")
+    assert route(b"evalsha", b"abc", b"0")[0] is Route.EVALSHA
+    assert route(b"SCRIPT", b"load", b"return 1")[0] is Route.SCRIPT
+    assert route(b"SCRIPT", b"KILL")[1].startswith(b"-ERR kvstores: 'SCRIPT KILL'")
 
 
 @pytest.mark.parametrize("args, reply", [

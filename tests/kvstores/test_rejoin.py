@@ -90,6 +90,9 @@ class Load:
         host, port = self._address(number, attempt)
         client = redis.Redis(host=host, port=port, socket_timeout=5, socket_connect_timeout=2,
                              protocol=protocol)
+        script = client.register_script(
+            "local v = redis.call('INCRBY', KEYS[1], ARGV[1]) redis.call('SET', KEYS[2], v) "
+            "return v")
         while not self.stop_event.is_set():
             key = f"key-{rng.randrange(KEYS)}"
             choice = rng.random()
@@ -126,6 +129,9 @@ class Load:
                     client.rpush(f"queue-{number}", "job")
                     reply = client.blpop([f"queue-{number}"], 2)
                     expected = (list, tuple)
+                elif choice < 0.94:  # kvstores.scripts: EVALSHA, NOSCRIPT after a failover
+                    reply = script(keys=[f"counter-{number}", key], args=[1], client=client)
+                    expected = (int,)
                 else:
                     reply = client.get(key)
                     expected = (bytes, type(None))
