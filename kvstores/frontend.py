@@ -641,7 +641,7 @@ class RedisConnection(_Connection):
         elif self._transport is not None:
             self._transport.write(data)
 
-    def relay_closed(self, close_client: bool) -> None:
+    def relay_closed(self) -> None:
         self._closing = True
         if not self._slots:
             self._drain()
@@ -714,8 +714,8 @@ class RedisConnection(_Connection):
                     route, data = classify(args, raw, now_ms)
             elif route is Route.SCRIPT:
                 route, data = self._script_statement(args, raw)
-            elif (route is Route.WRITE or route is Route.READ) and args[0].upper() in (
-                    b"EVAL", b"EVAL_RO"):
+            elif args[0][:1] in (b"E", b"e") and args[0].upper() in (b"EVAL", b"EVAL_RO") and (
+                    route is Route.WRITE or route is Route.READ):
                 core.scripts.add(args[1])  # a later EVALSHA finds it, as in redis
             if route is Route.SUBSCRIBE and self._transaction is None:
                 connect = core.connect_local

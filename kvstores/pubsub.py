@@ -77,7 +77,7 @@ class Client(Protocol):
 
     def relay(self, data: bytes) -> None: ...
 
-    def relay_closed(self, close_client: bool) -> None: ...
+    def relay_closed(self) -> None: ...
 
 
 class Relay(asyncio.Protocol):
@@ -102,7 +102,7 @@ class Relay(asyncio.Protocol):
         except OSError as exc:
             log.warning("pub/sub: cannot reach the local server: %s", exc)
             self._closed = True
-            loop.call_soon(client.relay_closed, True)
+            loop.call_soon(client.relay_closed)
             return
         sock.setblocking(False)
         loop.create_task(self._connect(loop, sock))
@@ -161,7 +161,7 @@ class Relay(asyncio.Protocol):
                 self._client.relay(reply)
             if close:
                 self.close()
-                self._client.relay_closed(True)
+                self._client.relay_closed()
                 return
 
     # -- the local server's side -----------------------------------------------------------------
@@ -211,7 +211,7 @@ class Relay(asyncio.Protocol):
         self._transport = None
         if not self._closed:
             self._closed = True
-            self._client.relay_closed(True)
+            self._client.relay_closed()
 
     # -- the client's side (Rule 4) --------------------------------------------------------------
     def pause(self) -> None:

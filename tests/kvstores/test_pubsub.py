@@ -44,7 +44,7 @@ class _Client:
         assert not self.closed
         self.out += data
 
-    def relay_closed(self, close_client: bool) -> None:
+    def relay_closed(self) -> None:
         self.closed = True
 
 
