@@ -1,4 +1,5 @@
-"""Blocking list pops (``BLPOP``, ``BRPOP``, ``BLMOVE``, ``BRPOPLPUSH``) on a replicated server.
+"""Blocking pops (``BLPOP``, ``BRPOP``, ``BLMOVE``, ``BRPOPLPUSH``, ``BZPOPMIN``, ``BZPOPMAX``)
+on a replicated server.
 
 Rule 1: a blocking pop never blocks a local server (every client shares its connection): the
         leader's front end proposes an *attempt*, a fixed Lua script that pops like the command
@@ -37,12 +38,23 @@ end
 return false"""
 """BLPOP/BRPOP's attempt: the first non-empty list's first (LPOP) or last (RPOP) element."""
 
+ZPOP_SCRIPT = b"""redis.setresp(3)
+for i = 1, #KEYS do
+  local popped = redis.pcall(ARGV[1], KEYS[i])
+  if popped.err then return popped end
+  if #popped > 0 then return {KEYS[i], popped[1], popped[2]} end
+end
+return nil"""
+"""BZPOPMIN/BZPOPMAX's attempt: the first non-empty sorted set's lowest (ZPOPMIN) or highest
+(ZPOPMAX) member and its score, a double in RESP3 as the command answers it (``setresp(3)``)."""
+
 MOVE_SCRIPT = b"""local moved = redis.pcall('LMOVE', KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 if type(moved) == 'table' and moved.err then return moved end
 return moved"""
 """BLMOVE/BRPOPLPUSH's attempt: LMOVE, or null when the source is empty."""
 
-COMMANDS = frozenset((b"BLPOP", b"BRPOP", b"BLMOVE", b"BRPOPLPUSH"))
+_POPS = {b"BLPOP": (POP_SCRIPT, b"LPOP"), b"BRPOP": (POP_SCRIPT, b"RPOP"),
+         b"BZPOPMIN": (ZPOP_SCRIPT, b"ZPOPMIN"), b"BZPOPMAX": (ZPOP_SCRIPT, b"ZPOPMAX")}
 _FLOAT = re.compile(rb"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _DIRECTIONS = (b"LEFT", b"RIGHT")
 
@@ -75,12 +87,12 @@ def _timeout(arg: bytes) -> float | bytes:
 def parse(args: list[bytes]) -> Blocking | bytes:
     """Rule 2: the blocking pop ``args``, or the error reply redis-server would give."""
     name = args[0].upper()
-    if name in (b"BLPOP", b"BRPOP"):
+    if name in (b"BLPOP", b"BRPOP", b"BZPOPMIN", b"BZPOPMAX"):
         if len(args) < 3:
             return _wrong_args(name)
         keys = args[1:-1]
-        pop = b"LPOP" if name == b"BLPOP" else b"RPOP"
-        attempt = encode_command([b"EVAL", POP_SCRIPT, b"%d" % len(keys), *keys, pop])
+        script, pop = _POPS[name]
+        attempt = encode_command([b"EVAL", script, b"%d" % len(keys), *keys, pop])
     elif name == b"BLMOVE" or name == b"BRPOPLPUSH":
         if len(args) != (6 if name == b"BLMOVE" else 4):
             return _wrong_args(name)

@@ -2,7 +2,15 @@
 
 import pytest
 
-from kvstores.blocking import MOVE_SCRIPT, POP_SCRIPT, Blocking, is_null, parse, timed_out
+from kvstores.blocking import (
+    MOVE_SCRIPT,
+    POP_SCRIPT,
+    ZPOP_SCRIPT,
+    Blocking,
+    is_null,
+    parse,
+    timed_out,
+)
 from kvstores.resp import encode_command
 
 
@@ -10,6 +18,8 @@ def test_attempts_pop_like_the_command_and_name_the_keys_they_wait_on():
     assert parse([b"blpop", b"a", b"b", b"1.5"]) == Blocking(
         encode_command([b"EVAL", POP_SCRIPT, b"2", b"a", b"b", b"LPOP"]), (b"a", b"b"), 1.5)
     assert parse([b"BRPOP", b"a", b"0"]).attempt.endswith(b"$4\r\nRPOP\r\n")
+    assert parse([b"bzpopmax", b"z", b"0"]).attempt == encode_command(
+        [b"EVAL", ZPOP_SCRIPT, b"1", b"z", b"ZPOPMAX"])
     assert parse([b"BLMOVE", b"s", b"d", b"right", b"LEFT", b".5"]) == Blocking(
         encode_command([b"EVAL", MOVE_SCRIPT, b"2", b"s", b"d", b"RIGHT", b"LEFT"]),
         (b"s", b"d"), 0.5)

@@ -209,8 +209,8 @@ def test_redis_py_transactions_give_what_redis_server_gives_on_every_replica(
     host, port = redis3.addresses[leader].split(":")
     client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=protocol)
     with client.pipeline() as pipe:
-        pipe.set("aborted", "1").execute_command("BZPOPMIN", "z", "0")
-        with pytest.raises(redis.exceptions.ResponseError, match="'BZPOPMIN' is not supported"):
+        pipe.set("aborted", "1").execute_command("BLMPOP", "0", "1", "l", "LEFT")
+        with pytest.raises(redis.exceptions.ResponseError, match="'BLMPOP' is not supported"):
             pipe.execute()  # redis-py raises the queueing error; EXEC answered EXECABORT
     assert client.get("aborted") is None
     client.close()
@@ -451,7 +451,11 @@ def run_blocking_pops(client) -> list:
                client.blmove("bl", "bl2", 0, "LEFT", "RIGHT"), client.brpoplpush("bl2", "bl3", 0),
                client.blpop(["empty"], 0.05), client.blmove("empty", "x", 0.05),
                client.lrange("bl3", 0, -1), client.exists("bl", "bl2")]
+    client.zadd("bz", {"a": 1.5, "b": 2, "c": 0.1})
+    results += [client.bzpopmin(["none", "bz"], 0), client.bzpopmax(["bz"], 0),
+                client.bzpopmin(["emptyz"], 0.05), client.zrange("bz", 0, -1, withscores=True)]
     for args in (("BLPOP",), ("BLPOP", "k", "x"), ("BLPOP", "k", "-1"), ("BLPOP", "str", "0"),
+                 ("BZPOPMAX", "str", "0"),
                  ("BLMOVE", "a", "b", "UP", "LEFT", "0"), ("BRPOPLPUSH", "str", "d", "0")):
         try:
             results.append(client.execute_command(*args))
@@ -732,7 +736,7 @@ def test_follower_redirects_writes_to_the_leader(redis3):
 
 
 @pytest.mark.parametrize("command", [["EVAL", "return redis.call('TIME')", "0"],
-                                     ["BZPOPMIN", "z", "0"],
+                                     ["BLMPOP", "0", "1", "l", "LEFT"],
                                      ["AUTH", "secret"], ["CONFIG", "SET", "maxmemory", "1"],
                                      ["WAIT", "0", "0"], ["LATENCY", "RESET"]])
 def test_nondeterministic_commands_are_refused(redis3, command):
