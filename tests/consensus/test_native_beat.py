@@ -339,7 +339,9 @@ def test_the_standby_beats_while_the_beat_threads_cpu_does_not_run():
         word, main, standby = (b - a for a, b in zip(before, after, strict=True))
         assert main <= 1, f"the pinned beat thread beat {main} times on a starved CPU"
         assert word >= 10, f"the word moved {word} times in 50 ms"
-        assert standby >= 10 and word == main + standby
+        # The three counts are read one after another, not at one instant: a beat between the
+        # reads (at either end) puts the counters one ahead of the word (CI saw 47 vs 1 + 47).
+        assert standby >= 10 and abs(word - (main + standby)) <= 2
         assert _moves(buf)
     finally:
         beat.stop()
