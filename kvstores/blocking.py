@@ -1,12 +1,13 @@
-"""Blocking pops (``BLPOP``, ``BRPOP``, ``BLMOVE``, ``BRPOPLPUSH``, ``BZPOPMIN``, ``BZPOPMAX``)
-on a replicated server.
+"""Blocking pops (``BLPOP``, ``BRPOP``, ``BLMOVE``, ``BRPOPLPUSH``, ``BLMPOP``, ``BZPOPMIN``,
+``BZPOPMAX``, ``BZMPOP``) on a replicated server.
 
 Rule 1: a blocking pop never blocks a local server (every client shares its connection): the
         leader's front end proposes an *attempt*, a fixed Lua script that pops like the command
         would if something is there and answers null otherwise (``attempt``), so every replica
         pops the same element in log order. A null attempt leaves the client waiting
         (``kvstores.frontend`` Rule 9); anything else (the popped element, an error such as
-        ``WRONGTYPE``, a redirect) is the client's reply.
+        ``WRONGTYPE``, a redirect) is the client's reply. ``BLMPOP``/``BZMPOP``'s attempt is
+        simply ``LMPOP``/``ZMPOP`` (deterministic, null when every key is empty).
 Rule 2: ``parse`` checks the arguments as redis-server does, with its error texts, before
         anything is proposed: arity, the timeout (a non-negative float, seconds; 0 waits for
         ever) and ``BLMOVE``'s directions.
@@ -93,6 +94,16 @@ def parse(args: list[bytes]) -> Blocking | bytes:
         keys = args[1:-1]
         script, pop = _POPS[name]
         attempt = encode_command([b"EVAL", script, b"%d" % len(keys), *keys, pop])
+    elif name == b"BLMPOP" or name == b"BZMPOP":  # timeout numkeys key [key ...] ...
+        if len(args) < 5:
+            return _wrong_args(name)
+        count = int(args[2]) if args[2].isdigit() else 0
+        keys = args[3:3 + count]
+        attempt = encode_command([b"LMPOP" if name == b"BLMPOP" else b"ZMPOP", *args[2:]])
+        timeout = _timeout(args[1])
+        if isinstance(timeout, bytes):
+            return timeout
+        return Blocking(attempt, tuple(keys), timeout)  # a bad rest: the attempt's error
     elif name == b"BLMOVE" or name == b"BRPOPLPUSH":
         if len(args) != (6 if name == b"BLMOVE" else 4):
             return _wrong_args(name)

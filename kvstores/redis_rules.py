@@ -67,7 +67,7 @@ class Route(IntEnum):
     SUBSCRIBE = 11  # makes the connection a subscriber (kvstores.pubsub)
     WATCH = 12  # WATCH or UNWATCH: the front end keeps the connection's watched keys (Rule 7)
     CAS = 13  # memcached cas: checked by the leader's front end, then a set (kvstores.mctext)
-    BLOCK = 14  # BLPOP BRPOP BLMOVE BRPOPLPUSH BZPOPMIN BZPOPMAX: attempts until one pops
+    BLOCK = 14  # BLOCKING_POPS: attempts until one pops (kvstores.blocking)
     EVALSHA = 15  # EVALSHA[_RO]: the front end's script cache gives the body (kvstores.scripts)
     SCRIPT = 16  # SCRIPT LOAD|EXISTS|FLUSH: the front end's script cache
 
@@ -76,7 +76,7 @@ def _names(text: str) -> frozenset[bytes]:
     return frozenset(name.encode() for name in text.split())
 
 
-BLOCKING_POPS = _names("BLPOP BRPOP BLMOVE BRPOPLPUSH BZPOPMIN BZPOPMAX")  # kvstores.blocking
+BLOCKING_POPS = _names("BLPOP BRPOP BLMOVE BRPOPLPUSH BLMPOP BZPOPMIN BZPOPMAX BZMPOP")
 WRITES = _names(
     "SET SETNX MSET MSETNX GETSET GETDEL APPEND SETRANGE INCR DECR INCRBY DECRBY INCRBYFLOAT "
     "DEL UNLINK RENAME RENAMENX COPY PERSIST EXPIREAT PEXPIREAT "
@@ -115,7 +115,7 @@ _CONN = "per-connection state is not kept: every client shares one connection to
 REFUSED: dict[bytes, str] = {
     name: reason
     for names, reason in (
-        ("BLMPOP BZMPOP WAIT WAITAOF XREADGROUP", _BLOCKING),
+        ("WAIT WAITAOF XREADGROUP", _BLOCKING),
         ("FCALL FCALL_RO FUNCTION", _SCRIPT),
         ("DEBUG SAVE BGSAVE BGREWRITEAOF SHUTDOWN REPLICAOF SLAVEOF FAILOVER CLUSTER "
          "MIGRATE MOVE SWAPDB RESTORE RESTORE-ASKING LATENCY SLOWLOG ACL MODULE "
@@ -494,6 +494,8 @@ _SPECIAL = {
     b"BRPOPLPUSH": _local,
     b"BZPOPMIN": _local,
     b"BZPOPMAX": _local,
+    b"BLMPOP": _local,
+    b"BZMPOP": _local,
     b"PSUBSCRIBE": _local,
     b"SSUBSCRIBE": _local,
 }

@@ -18,6 +18,10 @@ def test_attempts_pop_like_the_command_and_name_the_keys_they_wait_on():
     assert parse([b"blpop", b"a", b"b", b"1.5"]) == Blocking(
         encode_command([b"EVAL", POP_SCRIPT, b"2", b"a", b"b", b"LPOP"]), (b"a", b"b"), 1.5)
     assert parse([b"BRPOP", b"a", b"0"]).attempt.endswith(b"$4\r\nRPOP\r\n")
+    assert parse([b"BLMPOP", b"0.5", b"2", b"a", b"b", b"LEFT", b"COUNT", b"3"]) == Blocking(
+        encode_command([b"LMPOP", b"2", b"a", b"b", b"LEFT", b"COUNT", b"3"]), (b"a", b"b"), 0.5)
+    assert parse([b"bzmpop", b"0", b"1", b"z", b"MAX"]).attempt == encode_command(
+        [b"ZMPOP", b"1", b"z", b"MAX"])
     assert parse([b"bzpopmax", b"z", b"0"]).attempt == encode_command(
         [b"EVAL", ZPOP_SCRIPT, b"1", b"z", b"ZPOPMAX"])
     assert parse([b"BLMOVE", b"s", b"d", b"right", b"LEFT", b".5"]) == Blocking(

@@ -209,8 +209,8 @@ def test_redis_py_transactions_give_what_redis_server_gives_on_every_replica(
     host, port = redis3.addresses[leader].split(":")
     client = redis.Redis(host=host, port=int(port), socket_timeout=10, protocol=protocol)
     with client.pipeline() as pipe:
-        pipe.set("aborted", "1").execute_command("BLMPOP", "0", "1", "l", "LEFT")
-        with pytest.raises(redis.exceptions.ResponseError, match="'BLMPOP' is not supported"):
+        pipe.set("aborted", "1").execute_command("WAIT", "0", "0")
+        with pytest.raises(redis.exceptions.ResponseError, match="'WAIT' is not supported"):
             pipe.execute()  # redis-py raises the queueing error; EXEC answered EXECABORT
     assert client.get("aborted") is None
     client.close()
@@ -454,8 +454,14 @@ def run_blocking_pops(client) -> list:
     client.zadd("bz", {"a": 1.5, "b": 2, "c": 0.1})
     results += [client.bzpopmin(["none", "bz"], 0), client.bzpopmax(["bz"], 0),
                 client.bzpopmin(["emptyz"], 0.05), client.zrange("bz", 0, -1, withscores=True)]
+    client.rpush("bm", "a", "b", "c")
+    client.zadd("bzm", {"x": 1, "y": 2})
+    results += [client.blmpop(0, 2, "none", "bm", direction="RIGHT", count=2),
+                client.bzmpop(0, 1, ["bzm"], max=True, count=5),
+                client.blmpop(0.05, 1, "emptym", direction="LEFT")]
     for args in (("BLPOP",), ("BLPOP", "k", "x"), ("BLPOP", "k", "-1"), ("BLPOP", "str", "0"),
-                 ("BZPOPMAX", "str", "0"),
+                 ("BZPOPMAX", "str", "0"), ("BLMPOP", "0", "x", "l", "LEFT"),
+                 ("BLMPOP", "0", "1", "l", "UP"), ("BZMPOP", "-1", "1", "z", "MIN"),
                  ("BLMOVE", "a", "b", "UP", "LEFT", "0"), ("BRPOPLPUSH", "str", "d", "0")):
         try:
             results.append(client.execute_command(*args))
@@ -514,6 +520,24 @@ def test_blocked_clients_are_served_first_come_first_served_and_wait_in_order(re
         assert _raw_exchange(raw, b"", 2) == b"*2\r\n$5\r\nother\r\n$1\r\no\r\n+OK\r\n"
     assert pusher.get("after") == b"done"
     pusher.close()
+
+
+def test_a_waiting_bzmpop_gets_what_a_later_zadd_adds(redis3):
+    """The same wait for the sorted-set pops (their attempt is ZMPOP itself)."""
+    import threading
+
+    import redis
+
+    leader = redis3.wait_for_leader(10)
+    host, port = redis3.addresses[leader].split(":")
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(redis.Redis(
+        host=host, port=int(port), socket_timeout=20).bzmpop(15, 1, ["prio"], min=True)))
+    waiter.start()
+    time.sleep(0.3)
+    redis.Redis(host=host, port=int(port), socket_timeout=10).zadd("prio", {"urgent": 1})
+    waiter.join(20)
+    assert got == [[b"prio", [[b"urgent", b"1"]]]], got  # RESP2: the score as redis sent it
 
 
 def test_a_work_queue_with_blocking_consumers_delivers_every_job_once(redis3):
@@ -736,7 +760,7 @@ def test_follower_redirects_writes_to_the_leader(redis3):
 
 
 @pytest.mark.parametrize("command", [["EVAL", "return redis.call('TIME')", "0"],
-                                     ["BLMPOP", "0", "1", "l", "LEFT"],
+                                     ["XREADGROUP", "GROUP", "g", "c", "STREAMS", "s", ">"],
                                      ["AUTH", "secret"], ["CONFIG", "SET", "maxmemory", "1"],
                                      ["WAIT", "0", "0"], ["LATENCY", "RESET"]])
 def test_nondeterministic_commands_are_refused(redis3, command):

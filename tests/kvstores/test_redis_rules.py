@@ -31,7 +31,7 @@ def test_plain_writes_and_reads_travel_unchanged_in_any_case():
 
 
 @pytest.mark.parametrize("name, reason", [
-    (b"FCALL", "functions"), (b"BZMPOP", "blocking"), (b"FUNCTION", "functions"),
+    (b"FCALL", "functions"), (b"WAITAOF", "blocking"), (b"FUNCTION", "functions"),
     (b"CONFIG", "admin"),
     (b"RESET", "per-connection"), (b"AUTH", "per-connection")])
 def test_nondeterministic_commands_are_refused_naming_the_command(name, reason):
