@@ -59,9 +59,9 @@ Rule 9 (blocking pops, kvstores.blocking ``BlockedPop``): the client's connectio
         attempt is in flight tries again after it. A successful pop wakes the next waiter. A
         timeout answers null, except while an attempt is in flight, whose reply then decides
         (an element it popped is delivered, never dropped). Attempts are never forwarded: on a
-        follower the client gets the redirect. A leader change wakes every waiter (its next
-        attempt is redirected). A client that disconnects while its attempt is in flight loses
-        the element that attempt pops.
+        follower the client gets the redirect. A leader change or a pause wakes every waiter
+        (its next attempt is redirected, or refused: ``TRYAGAIN``). A client that disconnects
+        while its attempt is in flight loses the element that attempt pops.
 """
 
 from __future__ import annotations

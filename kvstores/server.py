@@ -189,6 +189,7 @@ class KvServer:
             log.warning("server %d: already paused", self.config.replica_id)
             return
         self.core.paused = True
+        self.core.keys.wake(None)  # blocked clients' next attempt is refused (frontend Rule 9)
         if self.replication is not None:
             self.replication.replica.pause()
         log.warning("server %d: PAUSED (no heartbeat, no service)", self.config.replica_id)

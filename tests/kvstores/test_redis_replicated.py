@@ -574,6 +574,25 @@ def test_a_work_queue_with_blocking_consumers_delivers_every_job_once(redis3):
     assert len(set(digests.values())) == 1, digests
 
 
+def test_a_client_blocked_on_a_leader_that_is_paused_is_told_to_retry_at_once():
+    """frontend Rule 9: a pause wakes every waiter; its next attempt is refused (TRYAGAIN)
+    instead of leaving the client blocked on a server that no longer serves."""
+    import socket
+
+    from kvstores.cluster import LocalKvCluster
+
+    with LocalKvCluster("redis", 3, name="t-blpause") as cluster:
+        leader = cluster.wait_for_leader(10)
+        host, port = cluster.addresses[leader].split(":")
+        with socket.create_connection((host, int(port))) as blocked:
+            blocked.sendall(b"BLPOP q 0\r\n")
+            time.sleep(0.3)
+            cluster.control(leader, "p")
+            reply = _raw_exchange(blocked, b"", 1)
+            assert reply.startswith(b"-TRYAGAIN") and b"paused" in reply, reply
+        cluster.control(leader, "r")
+
+
 def test_a_follower_redirects_a_blocking_pop(redis3):
     leader = redis3.wait_for_leader(10)
     reply = redis_call(redis3.addresses[follower_of(redis3, leader)], b"BLPOP", b"q", b"0")
