@@ -90,7 +90,7 @@ from kvstores.constants import (
 )
 from kvstores.pipe import NOOP_TAG, LocalPipe, Slot, SlotOwner, tag_entry
 from kvstores.pubsub import Relay
-from kvstores.redis_rules import OK, Route, classify, hello, written_keys
+from kvstores.redis_rules import OK, Route, classify, hello, woken_keys, written_keys
 from kvstores.scripts import NOSCRIPT, ScriptCache
 from kvstores.transaction import Transaction
 from kvstores.watch import KeyEvents
@@ -321,7 +321,7 @@ class Core:
             elif changed or reply[:reply.find(mctext.CRLF)].split()[4] != unique:
                 slot.fill(b"EXISTS\r\n")
             else:
-                self.keys.written([key])
+                self.keys.written([key], [key])
                 slot.forwarded = True  # never forwarded: the check was this leader's
                 self.submit(Route.WRITE, b" ".join([b"set", *words[1:5]]) + mctext.CRLF + block,
                             slot, mctext.Framing.LINE)
@@ -740,7 +740,8 @@ class RedisConnection(_Connection):
                         f"bytes exceeds the {COMMAND_BYTES_MAX} bytes a log entry holds"))
                     continue
                 if route is Route.WRITE and not statement and core.keys.active:
-                    core.keys.written(written_keys(args))
+                    keys = written_keys(args)
+                    core.keys.written(keys, woken_keys(args, keys))
                 core.submit(route, data, self.slot(), 0)
             elif route is Route.REPLY:
                 self.reply(data)
@@ -810,7 +811,7 @@ class RedisConnection(_Connection):
             return Route.REPLY, b"_\r\n" if self.resp3 else b"*-1\r\n"
         block = transaction.block()
         if block[0] is Route.WRITE and self.core.keys.active:
-            self.core.keys.written(transaction.keys)
+            self.core.keys.written(transaction.keys, transaction.keys)
         return block
 
     def _script_statement(self, args: list[bytes], raw: bytes) -> tuple[Route, bytes]:
@@ -873,7 +874,8 @@ class MemcachedConnection(_Connection):
             route = command.route
             if route is Route.WRITE or route is Route.READ:
                 if route is Route.WRITE and core.keys.active:
-                    core.keys.written(mctext.written_keys(command.data))
+                    keys = mctext.written_keys(command.data)
+                    core.keys.written(keys, keys)
                 core.submit(route, command.data, self.slot(command.noreply), command.framing)
             elif route is Route.CAS:
                 core.submit_cas(command.data, self.slot(command.noreply))

@@ -418,6 +418,14 @@ def written_keys(args: list[bytes]) -> list[bytes] | None:
     return args[first:last + 1:step]
 
 
+def woken_keys(args: list[bytes], written: list[bytes] | None) -> list[bytes] | None:
+    """The keys whose blocked clients the write ``args`` wakes (``kvstores.watch`` Rule 3):
+    ``written``, except that a script wakes its declared keys only."""
+    if written is None and args[0].upper() == b"EVAL" and len(args) > 2 and args[2].isdigit():
+        return args[3:3 + int(args[2])]
+    return written
+
+
 RESP3_WRAP = (encode_command([b"HELLO", b"3"]), encode_command([b"HELLO", b"2"]))
 """The commands that switch the shared connection to RESP3 and back (pipe Rule 8)."""
 HELLO_SERVER_VERSION = b"7.0.0"  # what HELLO reports: the command set served is redis 7's

@@ -11,7 +11,10 @@ Rule 2 (waiters): ``wait`` registers a waiter under each of its keys, in arrival
         decides what waking means (``kvstores.blocking``).
 Rule 3: ``written`` is what a client's write does: both of the above, each only while
         someone watches or waits (``active``), so that a front end nobody watches pays one
-        truth test per write. One event-loop thread uses this; nothing here does I/O.
+        truth test per write. A script counts for every key (it may touch undeclared ones)
+        but wakes only its declared keys' waiters: a missed wake delays a waiter (until the
+        next write to its key, or its timeout), a missed count could let an EXEC through.
+        One event-loop thread uses this; nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ class KeyEvents:
     def active(self) -> bool:
         return bool(self.watchers or self.waiters)
 
-    def written(self, keys: list[bytes] | None) -> None:
-        """Rule 3: a client's write that may change ``keys`` (None: any) is being submitted."""
+    def written(self, keys: list[bytes] | None, wakes: list[bytes] | None) -> None:
+        """Rule 3: a client's write that may change ``keys`` (None: any) is being submitted;
+        it wakes the waiters of ``wakes`` (None: every waiter)."""
         if self.watchers:
             self.touch(keys)
         if self.waiters:
-            self.wake(keys)
+            self.wake(wakes)
 
     # -- counts (Rule 1) -------------------------------------------------------------------------
     def touch(self, keys: list[bytes] | None) -> None:

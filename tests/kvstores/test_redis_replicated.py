@@ -522,6 +522,26 @@ def test_blocked_clients_are_served_first_come_first_served_and_wait_in_order(re
     pusher.close()
 
 
+def test_a_script_that_pushes_to_its_declared_key_wakes_a_blocked_client(redis3):
+    """kvstores.watch Rule 3: a script wakes the waiters of the keys it declares."""
+    import threading
+
+    import redis
+
+    leader = redis3.wait_for_leader(10)
+    host, port = redis3.addresses[leader].split(":")
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(redis.Redis(
+        host=host, port=int(port), socket_timeout=20).blpop(["sq"], 15)))
+    waiter.start()
+    time.sleep(0.3)
+    pusher = redis.Redis(host=host, port=int(port), socket_timeout=10)
+    assert pusher.eval("return redis.call('RPUSH', KEYS[1], ARGV[1])", 1, "sq", "v") == 1
+    waiter.join(20)
+    assert got == [(b"sq", b"v")] or got == [[b"sq", b"v"]], got
+    pusher.close()
+
+
 def test_a_waiting_bzmpop_gets_what_a_later_zadd_adds(redis3):
     """The same wait for the sorted-set pops (their attempt is ZMPOP itself)."""
     import threading

@@ -10,6 +10,7 @@ from kvstores.redis_rules import (
     Route,
     classify,
     hello,
+    woken_keys,
     written_keys,
 )
 from kvstores.resp import encode_command, reply_end
@@ -216,6 +217,13 @@ def test_transaction_and_watch_statements_are_routed_to_the_connection():
 ])
 def test_written_keys_name_what_a_write_may_change(args, keys):
     assert written_keys(list(args)) == keys
+
+
+def test_a_script_wakes_only_its_declared_keys_but_counts_for_every_key():
+    args = [b"EVAL", b"return redis.call('RPUSH', KEYS[1], 'x')", b"1", b"q", b"arg"]
+    assert written_keys(args) is None and woken_keys(args, None) == [b"q"]
+    assert woken_keys([b"FLUSHALL"], None) is None
+    assert woken_keys([b"RPUSH", b"q", b"x"], [b"q"]) == [b"q"]
 
 
 def test_every_write_has_a_written_keys_rule():

@@ -5,7 +5,7 @@ from kvstores.watch import KeyEvents
 
 def test_a_watched_key_changes_only_with_a_later_write_to_it_or_to_an_unknown_key():
     events = KeyEvents()
-    events.written([b"a"])  # nobody watches: nothing remembered
+    events.written([b"a"], [b"a"])  # nobody watches: nothing remembered
     mine: dict[bytes, int] = {}
     events.watch([b"a", b"b"], mine)
     assert not events.changed(mine)
@@ -47,10 +47,10 @@ def test_a_write_wakes_the_longest_waiter_of_each_key_and_none_wakes_all():
     events.wait((b"q",), first)
     events.wait((b"q", b"r"), second)
     events.wait((b"r",), third)
-    events.written([b"q"])
+    events.written([b"q"], [b"q"])
     assert (first.woken, second.woken, third.woken) == (1, 0, 0)
     events.stop_waiting((b"q",), first)
-    events.written([b"q", b"r"])
+    events.written([b"q", b"r"], [b"q", b"r"])
     assert (second.woken, third.woken) == (2, 0)  # head of q and head of r: the same waiter
     events.wake(None)
     assert (first.woken, second.woken, third.woken) == (1, 3, 1)
