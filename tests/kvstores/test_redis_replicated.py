@@ -522,41 +522,39 @@ def test_blocked_clients_are_served_first_come_first_served_and_wait_in_order(re
     pusher.close()
 
 
-def test_a_script_that_pushes_to_its_declared_key_wakes_a_blocked_client(redis3):
-    """kvstores.watch Rule 3: a script wakes the waiters of the keys it declares."""
+def _woken_by(cluster, wait, write) -> list:
+    """What ``wait(client)``, a blocking pop started first on the leader, returns once
+    ``write(client)`` ran on another connection."""
     import threading
 
     import redis
 
-    leader = redis3.wait_for_leader(10)
-    host, port = redis3.addresses[leader].split(":")
-    got = []
-    waiter = threading.Thread(target=lambda: got.append(redis.Redis(
-        host=host, port=int(port), socket_timeout=20).blpop(["sq"], 15)))
+    leader = cluster.wait_for_leader(10)
+    host, port = cluster.addresses[leader].split(":")
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(wait(redis.Redis(
+        host=host, port=int(port), socket_timeout=20))))
     waiter.start()
     time.sleep(0.3)
-    pusher = redis.Redis(host=host, port=int(port), socket_timeout=10)
-    assert pusher.eval("return redis.call('RPUSH', KEYS[1], ARGV[1])", 1, "sq", "v") == 1
+    writer = redis.Redis(host=host, port=int(port), socket_timeout=10)
+    write(writer)
     waiter.join(20)
+    writer.close()
+    return got
+
+
+def test_a_script_that_pushes_to_its_declared_key_wakes_a_blocked_client(redis3):
+    """kvstores.watch Rule 3: a script wakes the waiters of the keys it declares."""
+    got = _woken_by(redis3, lambda client: client.blpop(["sq"], 15),
+                    lambda client: client.eval("return redis.call('RPUSH', KEYS[1], ARGV[1])",
+                                               1, "sq", "v"))
     assert got == [(b"sq", b"v")] or got == [[b"sq", b"v"]], got
-    pusher.close()
 
 
 def test_a_waiting_bzmpop_gets_what_a_later_zadd_adds(redis3):
     """The same wait for the sorted-set pops (their attempt is ZMPOP itself)."""
-    import threading
-
-    import redis
-
-    leader = redis3.wait_for_leader(10)
-    host, port = redis3.addresses[leader].split(":")
-    got = []
-    waiter = threading.Thread(target=lambda: got.append(redis.Redis(
-        host=host, port=int(port), socket_timeout=20).bzmpop(15, 1, ["prio"], min=True)))
-    waiter.start()
-    time.sleep(0.3)
-    redis.Redis(host=host, port=int(port), socket_timeout=10).zadd("prio", {"urgent": 1})
-    waiter.join(20)
+    got = _woken_by(redis3, lambda client: client.bzmpop(15, 1, ["prio"], min=True),
+                    lambda client: client.zadd("prio", {"urgent": 1}))
     assert got == [[b"prio", [[b"urgent", b"1"]]]], got  # RESP2: the score as redis sent it
 
 
