@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kvstores.pipe import Slot, SlotOwner
-from kvstores.redis_rules import Route
-from kvstores.resp import encode_command, error
+from kvstores.redis_rules import Route, wrong_args
+from kvstores.resp import encode_command, error, null_array
 from kvstores.watch import KeyEvents
 
 POP_SCRIPT = b"""for i = 1, #KEYS do
@@ -70,10 +70,6 @@ class Blocking:
     timeout_s: float
 
 
-def _wrong_args(name: bytes) -> bytes:
-    return error(f"ERR wrong number of arguments for '{name.decode().lower()}' command")
-
-
 def _timeout(arg: bytes) -> float | bytes:
     if _FLOAT.fullmatch(arg) is None:
         return error("ERR timeout is not a float or out of range")
@@ -90,23 +86,19 @@ def parse(args: list[bytes]) -> Blocking | bytes:
     name = args[0].upper()
     if name in (b"BLPOP", b"BRPOP", b"BZPOPMIN", b"BZPOPMAX"):
         if len(args) < 3:
-            return _wrong_args(name)
+            return wrong_args(name)
         keys = args[1:-1]
         script, pop = _POPS[name]
         attempt = encode_command([b"EVAL", script, b"%d" % len(keys), *keys, pop])
     elif name == b"BLMPOP" or name == b"BZMPOP":  # timeout numkeys key [key ...] ...
         if len(args) < 5:
-            return _wrong_args(name)
+            return wrong_args(name)
         count = int(args[2]) if args[2].isdigit() else 0
-        keys = args[3:3 + count]
+        keys = args[3:3 + count]  # a bad rest of the command: the attempt answers its error
         attempt = encode_command([b"LMPOP" if name == b"BLMPOP" else b"ZMPOP", *args[2:]])
-        timeout = _timeout(args[1])
-        if isinstance(timeout, bytes):
-            return timeout
-        return Blocking(attempt, tuple(keys), timeout)  # a bad rest: the attempt's error
     elif name == b"BLMOVE" or name == b"BRPOPLPUSH":
         if len(args) != (6 if name == b"BLMOVE" else 4):
-            return _wrong_args(name)
+            return wrong_args(name)
         keys = args[1:3]
         if name == b"BLMOVE":
             wherefrom, whereto = args[3].upper(), args[4].upper()
@@ -117,7 +109,7 @@ def parse(args: list[bytes]) -> Blocking | bytes:
         attempt = encode_command([b"EVAL", MOVE_SCRIPT, b"2", *keys, wherefrom, whereto])
     else:
         raise AssertionError(name)
-    timeout = _timeout(args[-1])
+    timeout = _timeout(args[1] if name in (b"BLMPOP", b"BZMPOP") else args[-1])
     if isinstance(timeout, bytes):
         return timeout
     return Blocking(attempt, tuple(keys), timeout)
@@ -130,7 +122,7 @@ def is_null(reply: bytes) -> bool:
 
 def timed_out(resp3: bool) -> bytes:
     """Rule 3."""
-    return b"_\r\n" if resp3 else b"*-1\r\n"
+    return null_array(resp3)
 
 
 class _Core(Protocol):

@@ -53,8 +53,9 @@ Rule 8 (memcached ``cas``, kvstores.mctext Rule 1): the key is watched (Rule 7) 
 Rule 9 (blocking pops, kvstores.blocking ``BlockedPop``): the client's connection stops
         parsing while its pop waits (later commands wait behind it, as in redis). The attempt
         is proposed at once; a null one registers the client, in arrival order, under each key
-        it waits on (``kvstores.watch`` Rule 2). A write
-        submitted to such a key (or to an unknown key) wakes the first waiter of that key,
+        it waits on (``kvstores.watch`` Rule 2). A write submitted to such a key (or to an
+        unknown key; a script: to a key it declares, ``kvstores.watch`` Rule 3) wakes the first
+        waiter of that key,
         whose next attempt is queued after that write (``call_soon``); a waiter woken while its
         attempt is in flight tries again after it. A successful pop wakes the next waiter. A
         timeout answers null, except while an attempt is in flight, whose reply then decides
@@ -304,10 +305,8 @@ class Core:
                 slot.fill(refusal)
             elif replica is None:  # unreplicated: the one local server decides
                 pipe.send(data, slot, mctext.Framing.LINE)
-            elif self.forwarder is None or slot.forwarded:
-                slot.fill(self._not_leader(replica.leader_id))
             else:  # the cas itself goes to the leader; it is never proposed from here
-                self.forwarder.forward(replica.leader_id, data, slot, mctext.Framing.LINE)
+                self._not_here(replica, data, slot, mctext.Framing.LINE)
             return
         line, block = data.split(mctext.CRLF, 1)
         words = line.split()
@@ -373,15 +372,8 @@ class Core:
                 pipe.send(payload, slot, pipe.kind_of(payload))
             return
         if not replica.is_leader:
-            forwarder = self.forwarder
-            if forwarder is None:
-                self._fill_all(slots, self._not_leader(replica.leader_id))
-                return
             for payload, slot in zip(payloads, slots, strict=True):
-                if slot.forwarded:  # forward Rule 5: the origin retries, nobody re-forwards
-                    slot.fill(self._not_leader(replica.leader_id))
-                else:
-                    forwarder.forward(replica.leader_id, payload, slot, pipe.kind_of(payload))
+                self._not_here(replica, payload, slot, pipe.kind_of(payload))
             return
         first_tag = self._next_tag
         self._next_tag += len(payloads)
@@ -409,6 +401,14 @@ class Core:
             self.index_prediction_ok = False
             log.warning("server %d: a batch went to index %d, not %d: failed proposals now "
                         "answer 'outcome unknown' only", self.replica_id, indexes[0], first_index)
+
+    def _not_here(self, replica: ReplicaView, payload: bytes, slot: Slot, kind: int) -> None:
+        """A write on a follower: redirected, or forwarded to the leader (never twice: forward
+        Rule 5, the origin retries)."""
+        if self.forwarder is None or slot.forwarded:
+            slot.fill(self._not_leader(replica.leader_id))
+        else:
+            self.forwarder.forward(replica.leader_id, payload, slot, kind)
 
     def _proposal_failed(self, exc: Exception, first_tag: int, first_index: int,
                          count: int) -> None:
@@ -445,11 +445,6 @@ class Core:
             slot = pipe.unclaim(tag)
             if slot is not None:
                 slot.fill(reply)
-
-    @staticmethod
-    def _fill_all(slots: list[Slot], reply: bytes) -> None:
-        for slot in slots:
-            slot.fill(reply)
 
     def _not_leader(self, leader_id: int | None) -> bytes:
         if leader_id is None or leader_id == self.replica_id:
@@ -534,6 +529,11 @@ class _Callback(SlotOwner):
 
     def slot_filled(self, slot: Slot) -> None:
         self._function()
+
+
+def _too_large(name: bytes, size: int) -> bytes:
+    return resp.error(f"ERR kvstores: '{name.decode(errors='replace')}' of {size} bytes exceeds "
+                      f"the {COMMAND_BYTES_MAX} bytes a log entry holds")
 
 
 class _Then(SlotOwner):
@@ -735,9 +735,7 @@ class RedisConnection(_Connection):
                 continue
             if route is Route.WRITE or route is Route.READ:
                 if route is Route.WRITE and len(data) > COMMAND_BYTES_MAX:
-                    self.reply(resp.error(
-                        f"ERR kvstores: '{args[0].decode(errors='replace')}' of {len(data)} "
-                        f"bytes exceeds the {COMMAND_BYTES_MAX} bytes a log entry holds"))
+                    self.reply(_too_large(args[0], len(data)))
                     continue
                 if route is Route.WRITE and not statement and core.keys.active:
                     keys = written_keys(args)
@@ -771,9 +769,7 @@ class RedisConnection(_Connection):
             self.reply(parsed)
             return
         if len(parsed.attempt) > COMMAND_BYTES_MAX:
-            self.reply(resp.error(f"ERR kvstores: '{args[0].decode(errors='replace')}' of "
-                                  f"{len(parsed.attempt)} bytes exceeds the {COMMAND_BYTES_MAX} "
-                                  "bytes a log entry holds"))
+            self.reply(_too_large(args[0], len(parsed.attempt)))
             return
         self._blocked = BlockedPop(self.core, parsed, self.slot(), self.resp3, self.unblocked)
         self._blocked.start()
@@ -808,7 +804,7 @@ class RedisConnection(_Connection):
         if route is Route.DISCARD:
             return Route.REPLY, OK
         if aborted:
-            return Route.REPLY, b"_\r\n" if self.resp3 else b"*-1\r\n"
+            return Route.REPLY, resp.null_array(self.resp3)
         block = transaction.block()
         if block[0] is Route.WRITE and self.core.keys.active:
             self.core.keys.written(transaction.keys, transaction.keys)

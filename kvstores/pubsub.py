@@ -36,6 +36,7 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from kvstores import resp
@@ -80,6 +81,16 @@ class Client(Protocol):
     def relay_closed(self) -> None: ...
 
 
+@dataclass(slots=True)
+class _Due:
+    """Rule 3: a command sent on the dedicated connection (``replies`` still to come), or a
+    reply the front end makes itself (``own``; ``close`` after it for QUIT)."""
+
+    replies: int
+    own: bytes | None = None
+    close: bool = False
+
+
 class Relay(asyncio.Protocol):
     """One subscriber client's dedicated connection to the local server (see module rules)."""
 
@@ -90,8 +101,7 @@ class Relay(asyncio.Protocol):
         self._closed = False
         self._unsent = bytearray()  # commands sent before the connection is made
         self._buf = bytearray()  # bytes from the local server not yet split into replies
-        # Rule 3, per command in order: [replies still due, own reply or None, close after]
-        self._due: deque[list[object]] = deque()
+        self._due: deque[_Due] = deque()  # Rule 3: per command sent or answered, in order
         self._channels: dict[bytes, set[bytes]] = {b"": set(), b"P": set(), b"S": set()}
         self._skip = 0  # replies to drop (HELLO 3's)
         if resp3:
@@ -141,25 +151,24 @@ class Relay(asyncio.Protocol):
             self._own(context_error(name))
 
     def _send(self, raw: bytes, replies: int) -> None:
-        self._due.append([replies, None, False])
+        self._due.append(_Due(replies))
         if self._transport is not None:
             self._transport.write(raw)
         else:
             self._unsent += raw
 
     def _own(self, reply: bytes, close: bool = False) -> None:
-        self._due.append([0, reply, close])
+        self._due.append(_Due(0, reply, close))
         self._release()
 
     def _release(self) -> None:
         """Pass on the front end's own replies that no command before them still waits for."""
         due = self._due
-        while due and due[0][0] == 0:
-            _, reply, close = due.popleft()
-            if reply is not None:
-                assert isinstance(reply, bytes)
-                self._client.relay(reply)
-            if close:
+        while due and due[0].replies == 0:
+            done = due.popleft()
+            if done.own is not None:
+                self._client.relay(done.own)
+            if done.close:
                 self.close()
                 self._client.relay_closed()
                 return
@@ -187,16 +196,14 @@ class Relay(asyncio.Protocol):
                 break
             if self._skip:
                 self._skip -= 1
-            elif is_push(buf, pos) or not due:
-                out.append(bytes(buf[pos:end]))
-            else:
-                out.append(bytes(buf[pos:end]))
-                head = due[0]
-                assert isinstance(head[0], int)
-                head[0] -= 1
-                if head[0] == 0:
+                pos = end
+                continue
+            out.append(bytes(buf[pos:end]))
+            if due and not is_push(buf, pos):  # a reply: the oldest command's
+                due[0].replies -= 1
+                if due[0].replies == 0:
                     due.popleft()
-                    if due and due[0][0] == 0:
+                    if due and due[0].replies == 0:  # own replies next: after these
                         self._client.relay(b"".join(out))
                         out = []
                         self._release()

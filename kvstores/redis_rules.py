@@ -140,7 +140,8 @@ def refuse(name: bytes, reason: str) -> bytes:
     return error(f"ERR kvstores: '{text}' is not supported by the replicated server: {reason}")
 
 
-def _wrong_args(name: bytes) -> bytes:
+def wrong_args(name: bytes) -> bytes:
+    """redis-server's arity error for ``name``."""
     return error(f"ERR wrong number of arguments for '{name.decode(errors='replace').lower()}' "
                  "command")
 
@@ -177,7 +178,7 @@ def _set(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
 def _expire(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
     """EXPIRE/PEXPIRE key amount [NX|XX|GT|LT] -> PEXPIREAT key absolute-ms [flag]."""
     if len(args) < 3:
-        return Route.REPLY, _wrong_args(args[0])
+        return Route.REPLY, wrong_args(args[0])
     try:
         amount = int(args[2])
     except ValueError:
@@ -190,7 +191,7 @@ def _expire(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
 def _setex(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
     """SETEX/PSETEX key amount value -> SET key value PXAT absolute-ms."""
     if len(args) != 4:
-        return Route.REPLY, _wrong_args(args[0])
+        return Route.REPLY, wrong_args(args[0])
     amount = _positive_int(args[2])
     if amount is None:
         return Route.WRITE, raw
@@ -229,7 +230,7 @@ def _spop(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
     """SPOP key [count] -> EVAL SPOP_SCRIPT 1 key [count] (Rule 2); redis's errors for bad
     arguments are answered here, since nothing would change."""
     if len(args) < 2:
-        return Route.REPLY, _wrong_args(args[0])
+        return Route.REPLY, wrong_args(args[0])
     if len(args) > 3:
         return Route.REPLY, error("ERR syntax error")
     if len(args) == 3 and (_COUNT.fullmatch(args[2]) is None or int(args[2]) >= 1 << 63):
@@ -242,7 +243,7 @@ def _eval(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
     forwarded SPOP arrives already rewritten, Rule 3)."""
     name = args[0].upper()
     if len(args) < 3:
-        return Route.REPLY, _wrong_args(name)
+        return Route.REPLY, wrong_args(name)
     body = args[1]
     if body == SPOP_SCRIPT or name == b"EVAL_RO" or scripts.reads_only(body):
         return (Route.WRITE if body == SPOP_SCRIPT else Route.READ), raw
@@ -258,7 +259,7 @@ def _script(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
     Rule 3); the other SCRIPT subcommands would act on one replica."""
     name = args[0].upper()
     if name in (b"EVALSHA", b"EVALSHA_RO"):
-        return (Route.EVALSHA, raw) if len(args) >= 3 else (Route.REPLY, _wrong_args(name))
+        return (Route.EVALSHA, raw) if len(args) >= 3 else (Route.REPLY, wrong_args(name))
     sub = args[1].upper() if len(args) > 1 else b""
     if sub in (b"LOAD", b"EXISTS", b"FLUSH"):
         return Route.SCRIPT, raw
@@ -319,7 +320,7 @@ def _xadd(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
         if position < len(upper) and upper[position] == b"LIMIT":
             position += 2
     if position >= len(args):
-        return Route.REPLY, _wrong_args(args[0])
+        return Route.REPLY, wrong_args(args[0])
     if args[position] == b"*":
         return Route.WRITE, encode_command(
             args[:position] + [b"%d-*" % now_ms] + args[position + 1 :])
@@ -332,7 +333,7 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
     if name == b"PING":
         return Route.REPLY, (simple("PONG") if len(args) == 1 else bulk(args[1]))
     if name == b"ECHO":
-        return Route.REPLY, (bulk(args[1]) if len(args) == 2 else _wrong_args(name))
+        return Route.REPLY, (bulk(args[1]) if len(args) == 2 else wrong_args(name))
     if name == b"QUIT":
         return Route.QUIT, OK
     if name == b"SELECT":
@@ -343,7 +344,7 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
         return Route.HELLO, raw
     if name in (b"MULTI", b"EXEC", b"DISCARD"):
         if len(args) != 1:
-            return Route.REPLY, _wrong_args(name)
+            return Route.REPLY, wrong_args(name)
         return (Route.MULTI if name == b"MULTI" else Route.EXEC if name == b"EXEC"
                 else Route.DISCARD), raw
     if name in (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"):
@@ -352,7 +353,7 @@ def _local(args: list[bytes], raw: bytes, now_ms: int) -> tuple[Route, bytes]:
         return Route.BLOCK, raw
     if name in (b"WATCH", b"UNWATCH"):
         if name == b"WATCH" and len(args) < 2:
-            return Route.REPLY, _wrong_args(name)
+            return Route.REPLY, wrong_args(name)
         return Route.WATCH, raw
     if name == b"CLIENT":
         sub = args[1].upper() if len(args) > 1 else b""

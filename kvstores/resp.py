@@ -52,6 +52,12 @@ def bulk(data: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
+def null_array(resp3: bool) -> bytes:
+    """What redis answers for "no array" (an EXEC aborted by WATCH, a blocking pop that timed
+    out): ``*-1`` in RESP2, ``_`` in RESP3."""
+    return b"_\r\n" if resp3 else b"*-1\r\n"
+
+
 def _int_field(buf: bytes | bytearray, start: int, end: int, what: str) -> int:
     try:
         return int(buf[start:end])
