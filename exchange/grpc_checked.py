@@ -7,11 +7,15 @@ Rule 2: the generated ``add_*Servicer_to_server`` functions stay the only descri
         services: ``add_checked`` runs one against a recorder, then registers the same handlers
         with a deserializer that never raises (it returns an ``Undecodable`` marker) and a
         behaviour that aborts on the marker, for every request cardinality (unary and stream).
+Rule 3: a handler written for the event loop (``async def``, an async generator, a request stream
+        read with ``async for``) gets the same checks as a coroutine, so a servicer may mix
+        loop handlers with thread handlers (the server runs the latter on its worker threads).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeAlias
 
 import grpc
@@ -58,12 +62,55 @@ def _checked_stream(requests: Iterator[Any], method: str) -> Iterator[Any]:
         yield request
 
 
+async def _checked_stream_async(requests: AsyncIterator[Any],
+                                 method: str) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, Undecodable):
+            raise UndecodableRequest(_message(method, request))
+        yield request
+
+
+def _checked_async_handler(method: str, h: Any, deserializer: Callable[[bytes], Any]) -> Handler:
+    """Rule 3: the event loop's unary, server-streaming and bidirectional handlers (the
+    ones served)."""
+    if h.unary_stream is not None:
+        inner_us = h.unary_stream
+
+        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            if isinstance(request, Undecodable):
+                await context.abort(_INVALID, _message(method, request))
+            async for response in inner_us(request, context):
+                yield response
+        return h._replace(request_deserializer=deserializer, unary_stream=unary_stream)  # type: ignore[no-any-return]
+    if h.unary_unary is not None:
+        inner_uu = h.unary_unary
+
+        async def unary_unary(request: Any, context: Any) -> Any:
+            if isinstance(request, Undecodable):
+                await context.abort(_INVALID, _message(method, request))
+            return await inner_uu(request, context)
+        return h._replace(request_deserializer=deserializer, unary_unary=unary_unary)  # type: ignore[no-any-return]
+    inner_ss = h.stream_stream
+    assert inner_ss is not None and inspect.isasyncgenfunction(inner_ss), method
+
+    async def stream_stream(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        try:
+            async for response in inner_ss(_checked_stream_async(requests, method), context):
+                yield response
+        except UndecodableRequest as exc:
+            await context.abort(_INVALID, str(exc))
+    return h._replace(request_deserializer=deserializer, stream_stream=stream_stream)  # type: ignore[no-any-return]
+
+
 def _checked_handler(method: str, handler: Handler) -> Handler:
     """``handler`` with the Rule 1 deserializer and behaviour."""
     h: Any = handler
     if h.request_deserializer is None:
         return handler
     deserializer = _safe_deserializer(h.request_deserializer)
+    behaviour = h.unary_unary or h.unary_stream or h.stream_unary or h.stream_stream
+    if inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour):
+        return _checked_async_handler(method, h, deserializer)
     if h.unary_unary is not None:
         inner_uu = h.unary_unary
 
@@ -114,7 +161,8 @@ class _Recorder:
         self.services.append((service, handlers))
 
 
-def add_checked(add: Callable[[Any, Any], None], servicer: object, server: grpc.Server) -> None:
+def add_checked(add: Callable[[Any, Any], None], servicer: object,
+                server: grpc.Server | grpc.aio.Server) -> None:
     """``add(servicer, server)`` (a generated registration) with Rule 1 for every method."""
     recorder = _Recorder()
     add(servicer, recorder)
@@ -123,4 +171,4 @@ def add_checked(add: Callable[[Any, Any], None], servicer: object, server: grpc.
         checked = {name: _checked_handler(f"{service}/{name}", handler)
                    for name, handler in handlers.items()}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, checked),))
-        server.add_registered_method_handlers(service, checked)  # type: ignore[attr-defined]
+        server.add_registered_method_handlers(service, checked)  # type: ignore[union-attr]

@@ -11,13 +11,16 @@ Rule 3: trades are never dropped or merged. A subscriber more than ``CONFLATE_AF
         ``SUBSCRIBER_QUEUE_MAX`` trades queued is cut off (its stream ends with
         RESOURCE_EXHAUSTED): losing trades silently is never an option.
 Rule 4: ``close`` ends every stream (server shutdown); subscribing after close is refused.
+Rule 5: a subscription's ``on_ready`` (when given) is called when its queue stops being empty
+        and when it ends: a reader on the event loop waits for it (``exchange.loop_signal``)
+        and then reads without blocking (``next_updates(0, ...)``).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from exchange.limits import SUBSCRIBER_QUEUE_MAX, SUBSCRIBERS_MAX_DEFAULT, limit_message
@@ -69,9 +72,11 @@ def merge_depth(old: DepthChanged, new: DepthChanged) -> DepthChanged:
 class Subscription:
     """One subscriber's queue; read with ``next_updates``."""
 
-    def __init__(self, symbols: frozenset[str], include_depth: bool) -> None:
+    def __init__(self, symbols: frozenset[str], include_depth: bool,
+                 on_ready: Callable[[], None] | None = None) -> None:
         self.symbols = symbols  # empty = every symbol
         self.include_depth = include_depth
+        self.on_ready = on_ready  # Rule 5
         self._cond = threading.Condition(threading.Lock())
         self._items: deque[_Queued] = deque()
         self._live = 0  # alive items in _items
@@ -119,6 +124,8 @@ class Subscription:
                 self._items = deque(i for i in items if i.alive)
             if self._live == 1:
                 self._cond.notify()
+                if self.on_ready is not None:
+                    self.on_ready()
             return True
 
     def end(self, reason: StreamEnded) -> None:
@@ -130,13 +137,15 @@ class Subscription:
             self.ended = True
             self._end = reason
             self._cond.notify()
+            if self.on_ready is not None:
+                self.on_ready()
 
     def next_updates(self, timeout_s: float, count_max: int) -> list[tuple[Update, bool]]:
         """Up to ``count_max`` ``(update, conflated)`` in log order, waiting up to ``timeout_s``
         for the first (empty list on timeout); raises ``StreamEnded`` once none are left."""
         assert count_max >= 1
         with self._cond:
-            if not self._live and self._end is None:
+            if not self._live and self._end is None and timeout_s > 0:
                 self._cond.wait(timeout_s)
             out: list[tuple[Update, bool]] = []
             items = self._items
@@ -169,7 +178,8 @@ class MarketDataHub:
         self._subscriptions: list[Subscription] = []
         self._closed = False
 
-    def subscribe(self, symbols: Iterable[str], include_depth: bool) -> Subscription:
+    def subscribe(self, symbols: Iterable[str], include_depth: bool,
+                  on_ready: Callable[[], None] | None = None) -> Subscription:
         with self._lock:
             if self._closed:
                 raise StreamEnded("server is shutting down")
@@ -177,7 +187,7 @@ class MarketDataHub:
                 raise StreamEnded(limit_message(
                     "SUBSCRIBERS_MAX_DEFAULT", self.subscribers_max,
                     "market-data streams on this server (--grpc-workers / 4)"))
-            subscription = Subscription(frozenset(symbols), include_depth)
+            subscription = Subscription(frozenset(symbols), include_depth, on_ready)
             self._subscriptions = [*self._subscriptions, subscription]
             return subscription
 

@@ -57,12 +57,20 @@ Rule 11: a pause (FIFO ``p`` or ``s``) answers at once every request waiting on 
         the batcher drops it unproposed if it was still queued. The pause fails them before
         it writes its log line (a write releases the GIL, and taking it back under load can
         wait milliseconds).
+Rule 12: order entry serves threads (``execute``) and the gRPC event loop (``execute_async``)
+        with the same steps. The loop's path never blocks the loop for long: what may wait
+        (an election, Rule 4; the instrument list, Rule 9: ``order_entry_may_block``) runs on a
+        worker thread; a request that the idle batcher proposes at once is proposed and applied
+        on the loop's thread; one that queued behind a proposal awaits its reply
+        (``exchange.loop_signal``); a durable acknowledgement (Rule 8) waits on a worker thread
+        only when its entry is not on disk yet.
 
 No gRPC here: ``exchange.service`` maps these errors to status codes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -79,6 +87,7 @@ from exchange.limits import (
     SUBSCRIBERS_MAX_DEFAULT,
     limit_message,
 )
+from exchange.loop_signal import LoopSignal
 from exchange.market_data import MarketDataHub, Update
 from exchange.session import OrderSession, Slot
 from exchange.state_machine import (
@@ -206,16 +215,20 @@ class NodeStatus:
     warning: str = ""  # the configured list differs from the replicated one (Rule 9)
 
 
+class _Settable(Protocol):
+    def set(self) -> None: ...
+
+
 class _Waiter:
-    """A unary handler waiting for its entry's reply (a batching ``Sink``). The event is made
-    only if the reply was not there when ``submit`` returned (when idle the handler proposes and
-    applies its own entry, so most requests never need one); the fields change under the node's
-    lock."""
+    """A unary handler waiting for its entry's reply (a batching ``Sink``). ``done`` (a
+    ``threading.Event``, or a ``LoopSignal`` on the event loop: Rule 12) is made only if the reply
+    was not there when ``submit`` returned (when idle the handler proposes and applies its own
+    entry, so most requests never need one); the fields change under the node's lock."""
 
     __slots__ = ("done", "error", "reply")
 
     def __init__(self) -> None:
-        self.done: threading.Event | None = None
+        self.done: _Settable | None = None
         self.reply: Reply | None = None
         self.error: Exception | None = None
 
@@ -430,8 +443,8 @@ class ExchangeNode:
     # -- order entry --------------------------------------------------------------------------
 
     def acknowledge(self, log_index: int) -> None:
-        """Rule 8 for replies sent by other paths (order sessions): return once ``log_index`` is
-        durable; raise ``ServerUnavailable`` when the journal failed. No-op without a journal."""
+        """Rule 8 for a reply about to be sent: return once ``log_index`` is durable; raise
+        ``ServerUnavailable`` when the journal failed. No-op without a journal."""
         journal = self.journal
         if journal is None:
             return
@@ -445,25 +458,73 @@ class ExchangeNode:
             raise ServerUnavailable(f"server {self.replica_id} does not acknowledge orders: "
                                     f"{exc}") from None
 
+    async def acknowledge_async(self, log_index: int) -> None:
+        """``acknowledge`` on the event loop (Rule 12): at once when ``log_index`` is already
+        on disk (or nothing is kept), else on a worker thread (the first waiter syncs)."""
+        journal = self.journal
+        if journal is None or (not journal.failure and (not journal.sync
+                                                        or journal.durable_index >= log_index)):
+            return
+        await asyncio.get_running_loop().run_in_executor(None, self.acknowledge, log_index)
+
+    def _check_journal(self) -> None:
+        """Rule 8: refuse order entry once the journal failed."""
+        journal = self.journal
+        if journal is not None and journal.failure:
+            raise ServerUnavailable(f"server {self.replica_id} does not acknowledge orders: "
+                                    f"{journal.failure}")
+
+    def order_entry_may_block(self) -> bool:
+        """Whether order entry here may wait before proposing (Rule 12): for an election to end
+        (Rule 4) or for the instrument list to be fixed (Rule 9)."""
+        replica = self.replica
+        if replica is None or self.paused:
+            return False
+        return not replica.is_leader or (self.instruments is not None
+                                         and self.state.instruments is None)
+
     def execute(self, client_id: int, seq: int, command: Command) -> Reply:
         """Run one order-entry request exactly once and return its reply (see module rules);
         with a journal, only once its entry is durable (Rule 8)."""
-        journal = self.journal
-        if journal is None:
-            return self._execute_entry(client_id, seq, command)
-        from exchange.durability import JournalFailed
-
-        try:
-            if journal.failure:
-                raise JournalFailed(journal.failure)
-            reply = self._execute_entry(client_id, seq, command)
-            journal.wait_durable(reply.log_index)
-        except JournalFailed as exc:
-            raise ServerUnavailable(f"server {self.replica_id} does not acknowledge orders: "
-                                    f"{exc}") from None
+        self._check_journal()
+        started = self._start_entry(client_id, seq, command)
+        if isinstance(started, Reply):
+            reply = started
+        else:
+            waiter = started
+            outcome = self._reply_or_wait(waiter, threading.Event)
+            if isinstance(outcome, Reply):
+                reply = outcome
+            else:
+                assert isinstance(outcome, threading.Event)
+                reply = self._waited(client_id, seq, waiter, outcome.wait(APPLY_WAIT_S))
+        self.acknowledge(reply.log_index)
         return reply
 
-    def _execute_entry(self, client_id: int, seq: int, command: Command) -> Reply:
+    async def execute_async(self, client_id: int, seq: int, command: Command) -> Reply:
+        """``execute`` for a handler on the gRPC event loop (Rule 12)."""
+        if self.order_entry_may_block():
+            return await asyncio.get_running_loop().run_in_executor(
+                None, self.execute, client_id, seq, command)
+        self._check_journal()
+        started = self._start_entry(client_id, seq, command)
+        if isinstance(started, Reply):
+            reply = started
+        else:
+            waiter = started
+            outcome = self._reply_or_wait(waiter, LoopSignal)
+            if isinstance(outcome, Reply):
+                reply = outcome
+            else:
+                assert isinstance(outcome, LoopSignal)
+                reply = self._waited(client_id, seq, waiter, await outcome.wait(APPLY_WAIT_S))
+        await self.acknowledge_async(reply.log_index)
+        return reply
+
+    def _start_entry(self, client_id: int, seq: int, command: Command) -> Reply | _Waiter:
+        """Rule 2 up to the proposal: the reply when it is known at once (stored in the dedup
+        table; unreplicated: applied here), else the registered waiter, its request submitted
+        to the batcher (proposed and applied already when the batcher was idle)."""
         if self.paused:
             raise ServerUnavailable(f"server {self.replica_id} is paused; try another server")
         replica = self.replica
@@ -485,15 +546,25 @@ class ExchangeNode:
             self._check_in_flight_locked(client_id, 1)
             self._register_locked(client_id, seq, waiter)
         self.batcher.submit([Pending(client_id, seq, body, waiter)])
+        return waiter
+
+    def _reply_or_wait(self, waiter: _Waiter,
+                       make_done: Callable[[], _Settable]) -> Reply | _Settable:
+        """The waiter's reply if it arrived (raises its error if it failed), else the new
+        ``done`` that the apply path will set."""
         with self._lock:
             reply, error = waiter.reply, waiter.error
             if reply is None and error is None:
-                waiter.done = done = threading.Event()
+                waiter.done = done = make_done()
         if reply is not None:
             return reply
         if error is not None:
             raise error
-        if not done.wait(APPLY_WAIT_S):
+        return done
+
+    def _waited(self, client_id: int, seq: int, waiter: _Waiter, arrived: bool) -> Reply:
+        """The end of a wait for ``waiter``'s reply (``arrived``: within ``APPLY_WAIT_S``)."""
+        if not arrived:
             self._forget(client_id, seq, waiter)
             raise ServerUnavailable(
                 f"request of client {client_id} seq {seq} not applied within "
@@ -556,8 +627,10 @@ class ExchangeNode:
 
     # -- sessions -----------------------------------------------------------------------------
 
-    def open_session(self, in_flight_max: int = SESSION_IN_FLIGHT_MAX) -> OrderSession:
-        """A new OrderSession; raises like ``execute`` unless this server takes order entry."""
+    def open_session(self, in_flight_max: int = SESSION_IN_FLIGHT_MAX,
+                     on_ready: Callable[[], None] | None = None) -> OrderSession:
+        """A new OrderSession (``on_ready``: exchange.session Rule 5); raises like ``execute``
+        unless this server takes order entry."""
         self._check_order_entry()
         with self._lock:
             if self._session_count >= self.sessions_max:
@@ -565,7 +638,7 @@ class ExchangeNode:
                     "SESSIONS_MAX_DEFAULT", self.sessions_max,
                     "order sessions on this server (--grpc-workers / 2)"))
             self._session_count += 1
-        return OrderSession(in_flight_max)
+        return OrderSession(in_flight_max, on_ready)
 
     def bind_session(self, session: OrderSession, client_id: int) -> None:
         """Route ``client_id``'s unsolicited fills to ``session`` (Rule 6)."""

@@ -16,6 +16,8 @@ Rule 4: with ``--tls-cert`` the port serves TLS only, for traders and peers alik
 Rule 5: the port also serves gRPC server reflection (the exchange, replication and health
         services), so generic clients such as ``grpcurl`` can list and call the API without the
         ``.proto`` file; under TLS it is behind the same transport security as the rest.
+Rule 6: the port is a ``grpc.aio`` server on an event-loop thread (``exchange.grpc_loop``):
+        order entry runs on the loop, everything else on ``--grpc-workers`` worker threads.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import signal
 import sys
 import threading
 import time
-from concurrent import futures
 from types import FrameType
 
 import grpc
@@ -38,6 +39,7 @@ from exchange.config import DEFAULT_FIFO_TEMPLATE, ConfigError, ServerConfig
 from exchange.control_fifo import ControlFifo, ControlFifoError
 from exchange.durability import DataDirError, Journal, load, open_data_dir
 from exchange.grpc_checked import add_checked
+from exchange.grpc_loop import LoopServer
 from exchange.limits import GRPC_SERVER_OPTIONS
 from exchange.node import ExchangeNode
 from exchange.proto import exchange_pb2 as pb
@@ -109,31 +111,36 @@ def _log_caught_up(node: ExchangeNode, role: str, watched_s: float) -> None:
 
 def build_grpc_server(
     config: ServerConfig, node: ExchangeNode, health: HealthReporter
-) -> grpc.Server:
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="grpc"),
-        options=[*GRPC_SERVER_OPTIONS, ("grpc.so_reuseport", 0)],
-    )
+) -> LoopServer:
+    """Rule 6: the port's services on a ``grpc.aio`` server (exchange.grpc_loop); not started."""
+    server = LoopServer([*GRPC_SERVER_OPTIONS, ("grpc.so_reuseport", 0)], config.grpc_workers)
     authorizer = None if config.tls is None else config.tls.authorizer
-    add_checked(pb_grpc.add_ExchangeServicer_to_server, ExchangeService(node, authorizer), server)
-    add_checked(health_pb2_grpc.add_HealthServicer_to_server, health.servicer, server)
-    add_checked(pb_grpc.add_ReplicationServicer_to_server,
-                SnapshotService(node.take_snapshot, lambda: _no_snapshot_to_serve(node),
-                                authorizer), server)
-    _enable_reflection(server)
-    try:  # exchange.tls Rule 1: one port, TLS for every service when configured
+
+    def setup(aio_server: grpc.aio.Server) -> int:
+        add_checked(pb_grpc.add_ExchangeServicer_to_server, ExchangeService(node, authorizer),
+                    aio_server)
+        add_checked(health_pb2_grpc.add_HealthServicer_to_server, health.servicer, aio_server)
+        add_checked(pb_grpc.add_ReplicationServicer_to_server,
+                    SnapshotService(node.take_snapshot, lambda: _no_snapshot_to_serve(node),
+                                    authorizer), aio_server)
+        _enable_reflection(aio_server)
+        # exchange.tls Rule 1: one port, TLS for every service when configured
         if config.tls is None:
-            port = server.add_insecure_port(config.listen)
-        else:
-            port = server.add_secure_port(config.listen, config.tls.credentials())
+            return aio_server.add_insecure_port(config.listen)
+        return aio_server.add_secure_port(config.listen, config.tls.credentials())
+
+    try:
+        port = server.configure(setup)
     except RuntimeError as exc:
+        server.stop(0).wait(SHUTDOWN_GRACE_S)
         raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
     if port == 0:
+        server.stop(0).wait(SHUTDOWN_GRACE_S)
         raise StartupError(f"cannot listen on {config.listen} (address in use?)")
     return server
 
 
-def _enable_reflection(server: grpc.Server) -> None:
+def _enable_reflection(server: grpc.aio.Server) -> None:
     """Rule 5: server reflection lists the API to generic clients (``grpcurl -plaintext HOST:PORT
     list``, ``describe mu.exchange.Exchange``)."""
     try:
@@ -179,7 +186,7 @@ def serve(config: ServerConfig) -> int:
     node.pause_listeners.append(lambda _paused: health.refresh())
     replication: ReplicationHandle | None = None
     fifo: ControlFifo | None = None
-    server: grpc.Server | None = None
+    server: LoopServer | None = None
     journal: Journal | None = None
     lock_fd = -1
     stop = threading.Event()

@@ -3,11 +3,15 @@
 Rule 1: no request can crash the server: bad input -> INVALID_ARGUMENT with a message; follower ->
         FAILED_PRECONDITION with trailing metadata ``leader-address``/``leader-id``; paused, no
         leader or a timeout -> UNAVAILABLE; anything unexpected is logged and answered INTERNAL.
-Rule 3: an OrderSession runs on two threads: the gRPC worker writes reports (``take`` -> one
-        SessionResponse per wake-up, as many reports as are ready), a reader thread reads order
-        lists, validates them and queues them for proposal; errors of either end the stream with
-        the status of Rule 1 (``SessionError.code`` for session errors), after the reports that
-        were ready.
+Rule 3: an OrderSession runs on the server's event loop as two coroutines: the handler writes
+        reports (one SessionResponse per wake-up of the session's ``LoopSignal``, as many
+        reports as are ready), a reader task reads order lists, validates them and queues them
+        for proposal; errors of either end the stream with the status of Rule 1
+        (``SessionError.code`` for session errors), after the reports that were ready.
+Rule 6: order entry (SubmitOrder, Cancel, Replace, OrderSession) and the market-data streams
+        run on the event loop (``exchange.grpc_loop``; node Rule 12; a stream's reader is woken
+        by its session's or subscription's ``on_ready``); book snapshots and status run on the
+        server's worker threads.
 Rule 2: standard health checking (grpc.health.v1): service ``""`` is SERVING while the server is
         neither paused, recovering (fetching a snapshot or catching up the log) nor starting
         (loading its data directory, waiting for its peers); service
@@ -30,16 +34,17 @@ Rule 5: a refused request (node ``RequestRefused``: unknown symbol, a per-server
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from typing import NoReturn, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2
 
 from exchange import convert
 from exchange.grpc_checked import UndecodableRequest
+from exchange.loop_signal import LoopSignal
 from exchange.market_data import MARKET_DATA_BATCH_MAX, StreamEnded, Update
 from exchange.node import (
     ExchangeNode,
@@ -51,6 +56,7 @@ from exchange.node import (
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
 from exchange.session import (
+    SESSION_IN_FLIGHT_MAX,
     SESSION_MESSAGE_ORDERS_MAX,
     BadSessionMessage,
     SessionError,
@@ -67,7 +73,6 @@ from orderbook import Command
 ORDER_ENTRY_SERVICE = "mu.exchange.Exchange"
 LEADER_ADDRESS_KEY = "leader-address"
 LEADER_ID_KEY = "leader-id"
-STREAM_POLL_S = 0.25  # how often an idle market-data stream checks that its client is still there
 SNAPSHOT_LEVELS_MAX = 10_000
 
 log = logging.getLogger("exchange.service")
@@ -82,8 +87,16 @@ class PermissionRefused(SessionError):
 RequestT = TypeVar("RequestT")
 
 
+NO_CERTIFICATE = "no client certificate: this exchange requires mutual TLS"
+
+
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")
+
+
+async def _abort_async(context: Any, code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")
 
 
@@ -94,95 +107,105 @@ class ExchangeService(pb_grpc.ExchangeServicer):
         self.node = node
         self.authorizer = authorizer
 
-    def _authenticated(self, context: grpc.ServicerContext) -> Identity | None:
-        """The caller's identity (Rule 4); aborts UNAUTHENTICATED if mutual TLS is on and the
-        caller has none. None when nothing is checked."""
+    def _caller(self, context: Any) -> tuple[bool, Identity | None]:
+        """(allowed, the caller's identity) under Rule 4: not allowed when mutual TLS is on and
+        the caller has no certificate; identity None when nothing is checked."""
         if self.authorizer is None:
-            return None
+            return True, None
         caller = self.authorizer.caller(context)
-        if caller is None:
-            _abort(context, grpc.StatusCode.UNAUTHENTICATED,
-                   "no client certificate: this exchange requires mutual TLS")
+        return caller is not None, caller
+
+    def _authenticated(self, context: grpc.ServicerContext) -> Identity | None:
+        """The caller's identity (Rule 4); aborts UNAUTHENTICATED if it has none."""
+        allowed, caller = self._caller(context)
+        if not allowed:
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, NO_CERTIFICATE)
         return caller
 
-    def _order_entry(
+    async def _order_entry(
         self,
         request: RequestT,
-        context: grpc.ServicerContext,
+        context: Any,
         to_command: Callable[[RequestT], tuple[int, int, Command]],
     ) -> pb.OrderReply:
         try:
             client_id, seq, command = to_command(request)
         except convert.BadRequest as exc:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await _abort_async(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if self.authorizer is not None:
             refusal = self.authorizer.refusal(self.authorizer.caller(context), client_id)
             if refusal:
-                _abort(context, grpc.StatusCode.PERMISSION_DENIED, refusal)
+                await _abort_async(context, grpc.StatusCode.PERMISSION_DENIED, refusal)
         try:
-            reply: Reply = self.node.execute(client_id, seq, command)
+            reply: Reply = await self.node.execute_async(client_id, seq, command)
         except (NotLeaderError, ServerUnavailable) as exc:
-            _abort_order_entry(context, exc)
+            await _abort_order_entry(context, exc)
         except RequestRefused as exc:
-            _abort(context, getattr(grpc.StatusCode, exc.code), str(exc))
+            await _abort_async(context, getattr(grpc.StatusCode, exc.code), str(exc))
         except Exception:
             log.exception("order entry failed unexpectedly (client %d seq %d)", client_id, seq)
-            _abort(context, grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            await _abort_async(context, grpc.StatusCode.INTERNAL,
+                               "internal error; see the server log")
         if reply.refusal == REFUSED_INVALID:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, reply.error)
+            await _abort_async(context, grpc.StatusCode.INVALID_ARGUMENT, reply.error)
         if reply.refusal == REFUSED_EXHAUSTED:
-            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, reply.error)
+            await _abort_async(context, grpc.StatusCode.RESOURCE_EXHAUSTED, reply.error)
         return convert.reply_message(reply, self.node.replica_id)
 
-    def OrderSession(  # noqa: N802
-        self, request_iterator: Iterator[pb.SessionRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.SessionResponse]:
-        """Rule 3: this generator writes; ``_read_session`` reads on its own thread."""
+    async def OrderSession(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.SessionRequest], context: Any
+    ) -> AsyncIterator[pb.SessionResponse]:
+        """Rule 3: this coroutine writes; ``_read_session`` reads as a task of its own."""
         node = self.node
-        caller = self._authenticated(context)
+        allowed, caller = self._caller(context)
+        if not allowed:
+            await _abort_async(context, grpc.StatusCode.UNAUTHENTICATED, NO_CERTIFICATE)
+        ready = LoopSignal()
         try:
-            session = node.open_session()
+            if node.order_entry_may_block():  # node Rule 12: wait for an election off the loop
+                session = await asyncio.get_running_loop().run_in_executor(
+                    None, node.open_session, SESSION_IN_FLIGHT_MAX, ready.set)
+            else:
+                session = node.open_session(on_ready=ready.set)
         except (NotLeaderError, ServerUnavailable) as exc:
-            _abort_order_entry(context, exc)
+            await _abort_order_entry(context, exc)
         except RequestRefused as exc:
-            _abort(context, getattr(grpc.StatusCode, exc.code), str(exc))
-        reader = threading.Thread(target=self._read_session,
-                                  args=(request_iterator, session, caller),
-                                  name="session-reader", daemon=True)
-        reader.start()
+            await _abort_async(context, getattr(grpc.StatusCode, exc.code), str(exc))
+        reader = asyncio.ensure_future(self._read_session(request_iterator, session, caller))
         replica_id = node.replica_id
         session_response = convert.session_response
         try:
             while True:
                 try:
-                    ready = session.take(STREAM_POLL_S)
+                    taken = session.take(0)
                 except SessionFinished:
                     return
                 except (NotLeaderError, ServerUnavailable) as exc:
-                    _abort_order_entry(context, exc)
+                    await _abort_order_entry(context, exc)
                 except SessionError as exc:
-                    _abort(context, getattr(grpc.StatusCode, exc.code), str(exc))
-                if ready is None:
-                    if not context.is_active():
-                        return
+                    await _abort_async(context, getattr(grpc.StatusCode, exc.code), str(exc))
+                if taken is None:
+                    await ready.wait()
                     continue
-                answers, unsolicited = ready
+                answers, unsolicited = taken
                 if answers:
                     try:  # durable before acknowledged (node Rule 8)
-                        node.acknowledge(max(reply.log_index for reply in answers))
+                        await node.acknowledge_async(max(reply.log_index for reply in answers))
                     except ServerUnavailable as exc:
-                        _abort_order_entry(context, exc)
+                        await _abort_order_entry(context, exc)
                 yield session_response(answers, unsolicited, replica_id)
         finally:
+            reader.cancel()
             session.fail(SessionFinished("stream closed"))
             node.close_session(session)
 
-    def _read_session(self, requests: Iterator[pb.SessionRequest], session: ServerSession,
-                      caller: Identity | None) -> None:
+    async def _read_session(self, requests: AsyncIterator[pb.SessionRequest],
+                            session: ServerSession, caller: Identity | None) -> None:
         """Read order lists, validate, authorize (Rule 4), queue for proposal, in order (Rule
         3)."""
+        node = self.node
         try:
-            for message in requests:
+            async for message in requests:
                 orders = message.orders
                 if not 1 <= len(orders) <= SESSION_MESSAGE_ORDERS_MAX:
                     raise BadSessionMessage(
@@ -190,7 +213,11 @@ class ExchangeService(pb_grpc.ExchangeServicer):
                         f"(SESSION_MESSAGE_ORDERS_MAX), got {len(orders)}")
                 if self.authorizer is not None:
                     self._authorize_orders(caller, orders)
-                self._queue_orders(session, orders)
+                if node.order_entry_may_block():  # node Rule 12
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, self._queue_orders, session, orders)
+                else:
+                    self._queue_orders(session, orders)
             session.finish_input()
         except (NotLeaderError, ServerUnavailable, SessionError) as exc:
             session.fail(exc)
@@ -200,7 +227,7 @@ class ExchangeService(pb_grpc.ExchangeServicer):
             session.fail(refused)
         except UndecodableRequest as exc:
             session.fail(BadSessionMessage(str(exc)))
-        except grpc.RpcError:
+        except (grpc.RpcError, grpc.aio.AioRpcError):
             session.fail(SessionFinished("stream cancelled"))
         except Exception as exc:
             log.exception("order session failed unexpectedly")
@@ -241,61 +268,69 @@ class ExchangeService(pb_grpc.ExchangeServicer):
         if requests:
             self.node.submit_session(session, requests)
 
-    def SubmitOrder(  # noqa: N802 (gRPC method name)
-        self, request: pb.SubmitOrderRequest, context: grpc.ServicerContext
+    async def SubmitOrder(  # noqa: N802 (gRPC method name)
+        self, request: pb.SubmitOrderRequest, context: Any
     ) -> pb.OrderReply:
-        return self._order_entry(request, context, convert.submit_command)
+        return await self._order_entry(request, context, convert.submit_command)
 
-    def Cancel(  # noqa: N802
-        self, request: pb.CancelRequest, context: grpc.ServicerContext
+    async def Cancel(  # noqa: N802
+        self, request: pb.CancelRequest, context: Any
     ) -> pb.OrderReply:
-        return self._order_entry(request, context, convert.cancel_command)
+        return await self._order_entry(request, context, convert.cancel_command)
 
-    def Replace(  # noqa: N802
-        self, request: pb.ReplaceRequest, context: grpc.ServicerContext
+    async def Replace(  # noqa: N802
+        self, request: pb.ReplaceRequest, context: Any
     ) -> pb.OrderReply:
-        return self._order_entry(request, context, convert.replace_command)
+        return await self._order_entry(request, context, convert.replace_command)
 
-    def StreamMarketData(  # noqa: N802
-        self, request: pb.MarketDataRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.MarketDataUpdate]:
-        for updates in self._market_data(request, context, 1):
+    async def StreamMarketData(  # noqa: N802
+        self, request: pb.MarketDataRequest, context: Any
+    ) -> AsyncIterator[pb.MarketDataUpdate]:
+        async for updates in self._market_data(request, context, 1):
             update, conflated = updates[0]
             yield convert.market_data_message(update.index, update.event, conflated)
 
-    def StreamMarketDataBatches(  # noqa: N802
-        self, request: pb.MarketDataRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.MarketDataBatch]:
+    async def StreamMarketDataBatches(  # noqa: N802
+        self, request: pb.MarketDataRequest, context: Any
+    ) -> AsyncIterator[pb.MarketDataBatch]:
         """Every update that is ready, in one message: what keeps up with streaming order entry."""
         message = convert.market_data_message
-        for updates in self._market_data(request, context, MARKET_DATA_BATCH_MAX):
+        async for updates in self._market_data(request, context, MARKET_DATA_BATCH_MAX):
             conflated_count = sum(1 for _, conflated in updates if conflated)
             yield pb.MarketDataBatch(
                 updates=[message(u.index, u.event, conflated) for u, conflated in updates],
                 conflated_count=conflated_count,
             )
 
-    def _market_data(
-        self, request: pb.MarketDataRequest, context: grpc.ServicerContext, count_max: int
-    ) -> Iterator[list[tuple[Update, bool]]]:
-        self._authenticated(context)
+    async def _market_data(
+        self, request: pb.MarketDataRequest, context: Any, count_max: int
+    ) -> AsyncIterator[list[tuple[Update, bool]]]:
+        """Rule 6: a subscription read on the event loop, woken by its ``on_ready``
+        (exchange.market_data Rule 5); the stream ends when the client leaves (cancelled)."""
+        allowed, _ = self._caller(context)
+        if not allowed:
+            await _abort_async(context, grpc.StatusCode.UNAUTHENTICATED, NO_CERTIFICATE)
         for symbol in request.symbols:
             try:
                 convert.check_symbol(symbol, required=True)
             except convert.BadRequest as exc:
-                _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await _abort_async(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        ready = LoopSignal()
         try:
-            subscription = self.node.hub.subscribe(request.symbols, request.include_depth)
+            subscription = self.node.hub.subscribe(request.symbols, request.include_depth,
+                                                   ready.set)
         except StreamEnded as exc:
-            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            await _abort_async(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         try:
-            while context.is_active():
+            while True:
                 try:
-                    updates = subscription.next_updates(STREAM_POLL_S, count_max)
+                    updates = subscription.next_updates(0, count_max)
                 except StreamEnded as exc:
-                    _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                    await _abort_async(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
                 if updates:
                     yield updates
+                else:
+                    await ready.wait()
         finally:
             self.node.hub.unsubscribe(subscription)
 
@@ -360,9 +395,7 @@ def _recovery_fields(status: NodeStatus) -> dict[str, int]:
             "recovery_entries_left": recovery.entries_left}
 
 
-def _abort_order_entry(
-    context: grpc.ServicerContext, exc: NotLeaderError | ServerUnavailable
-) -> NoReturn:
+async def _abort_order_entry(context: Any, exc: NotLeaderError | ServerUnavailable) -> NoReturn:
     """FAILED_PRECONDITION + leader metadata for a follower, UNAVAILABLE otherwise (Rule 1)."""
     if isinstance(exc, NotLeaderError):
         metadata: list[tuple[str, str]] = []
@@ -371,8 +404,8 @@ def _abort_order_entry(
         if exc.leader_id is not None:
             metadata.append((LEADER_ID_KEY, str(exc.leader_id)))
         context.set_trailing_metadata(tuple(metadata))
-        _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-    _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        await _abort_async(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    await _abort_async(context, grpc.StatusCode.UNAVAILABLE, str(exc))
 
 
 class HealthReporter:

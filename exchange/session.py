@@ -14,12 +14,17 @@ Rule 3: a failed session (its proposal failed, leadership moved, flow control, a
         in order.
 Rule 4: ``deliver`` and ``add_unsolicited`` are called by the apply path under the node's lock
         and only take this session's own lock briefly (lock order: node, then session).
+Rule 5: whatever may let ``take`` return (a filled slot, fills, an error, the half-close) also
+        calls ``on_ready`` when set: the service's writer coroutine waits on it
+        (``exchange.loop_signal``) and then takes without blocking (``take(0)``); a thread may
+        instead block in ``take``.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 
 from exchange.dedup import DEDUP_SEQS_PER_CLIENT_MAX
 from exchange.limits import SESSION_IN_FLIGHT_MAX
@@ -75,9 +80,11 @@ class Slot:
 class OrderSession:
     """The server side of one OrderSession stream (see module rules)."""
 
-    def __init__(self, in_flight_max: int = SESSION_IN_FLIGHT_MAX) -> None:
+    def __init__(self, in_flight_max: int = SESSION_IN_FLIGHT_MAX,
+                 on_ready: Callable[[], None] | None = None) -> None:
         assert in_flight_max >= 1, in_flight_max
         self.in_flight_max = in_flight_max
+        self.on_ready = on_ready  # Rule 5
         self.client_id = 0  # bound by the first request (0 = none yet)
         self.cond = threading.Condition(threading.Lock())
         self._pending: deque[Slot] = deque()
@@ -119,6 +126,8 @@ class OrderSession:
     def wake(self) -> None:
         with self.cond:
             self.cond.notify()
+        if self.on_ready is not None:
+            self.on_ready()
 
     def fail(self, error: Exception) -> None:
         with self.cond:
@@ -128,12 +137,16 @@ class OrderSession:
         if self.error is None:
             self.error = error
         self.cond.notify()
+        if self.on_ready is not None:
+            self.on_ready()
 
     def finish_input(self) -> None:
         """The client half-closed: end the stream once every request is answered."""
         with self.cond:
             self._input_done = True
             self.cond.notify()
+        if self.on_ready is not None:
+            self.on_ready()
 
     def take(self, timeout_s: float) -> tuple[list[Reply], list[Reply]] | None:
         """(answers in request order, unsolicited fills) ready now, waiting up to ``timeout_s``;
@@ -157,7 +170,7 @@ class OrderSession:
                     raise self.error
                 if self._input_done and not pending:
                     raise SessionFinished()
-                if not self.cond.wait(timeout_s):
+                if timeout_s <= 0 or not self.cond.wait(timeout_s):
                     return None
 
     @property

@@ -1,11 +1,14 @@
 """OrderSession: per-session report order, invalid orders, unsolicited fills, flow control.
 
-In-process tests drive ``ExchangeService.OrderSession`` with a scripted request iterator and a
-context double (deterministic flow control); the ``slow`` ones use a real server over gRPC.
+In-process tests drive the coroutine ``ExchangeService.OrderSession`` on an event loop with a
+scripted request stream and a context double (deterministic flow control); the ``slow`` ones use
+a real server over gRPC.
 """
 
+import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -29,22 +32,19 @@ class Aborted(Exception):
 
 
 class Context:
-    """The part of grpc.ServicerContext the service uses."""
+    """The part of grpc.aio.ServicerContext the service uses."""
 
     def __init__(self) -> None:
         self.code: grpc.StatusCode | None = None
         self.details = ""
         self.metadata: tuple[tuple[str, str], ...] = ()
 
-    def abort(self, code: grpc.StatusCode, details: str) -> None:
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
         self.code, self.details = code, details
         raise Aborted(details)
 
     def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self.metadata = metadata
-
-    def is_active(self) -> bool:
-        return self.code is None
 
 
 def _submit(client: int, seq: int, price: int = 100, side: int = pb.BUY, quantity: int = 1,
@@ -53,12 +53,13 @@ def _submit(client: int, seq: int, price: int = 100, side: int = pb.BUY, quantit
         client_id=client, seq=seq, symbol=symbol, side=side, price=price, quantity=quantity))
 
 
-def _script(*steps):
-    """A request iterator: messages, and events it waits for before going on."""
+async def _script(*steps: object) -> AsyncIterator[pb.SessionRequest]:
+    """A request stream: messages, and events it waits for before going on."""
     for step in steps:
-        if isinstance(step, threading.Event):
-            assert step.wait(WAIT_S)
+        if isinstance(step, asyncio.Event):
+            await asyncio.wait_for(step.wait(), WAIT_S)
         else:
+            assert isinstance(step, pb.SessionRequest)
             yield step
 
 
@@ -69,8 +70,12 @@ def test_reports_come_in_request_order_with_invalid_orders_answered_in_place():
     orders[9] = _submit(8, 10)  # another client on this session: invalid too
     messages = [pb.SessionRequest(orders=orders[i : i + 7]) for i in range(0, 30, 7)]
     context = Context()
-    reports = [r for response in service.OrderSession(_script(*messages), context)
-               for r in response.reports]
+
+    async def run() -> list[pb.OrderReply]:
+        return [r async for response in service.OrderSession(_script(*messages), context)
+                for r in response.reports]
+
+    reports = asyncio.run(run())
     assert context.code is None, context.details  # ended after the half-close
     assert [r.seq for r in reports] == list(range(1, 31))
     assert reports[4].log_index == 0 and "price" in reports[4].events[0].reason
@@ -85,19 +90,24 @@ def test_more_than_the_in_flight_limit_ends_the_session_with_resource_exhausted(
     size = SESSION_MESSAGE_ORDERS_MAX
     messages = [pb.SessionRequest(orders=[_submit(9, m * size + i + 1) for i in range(size)])
                 for m in range(SESSION_IN_FLIGHT_MAX // size + 2)]
-    first_read = threading.Event()
     context = Context()
-    session = service.OrderSession(_script(messages[0], first_read, *messages[1:]), context)
-    assert len(next(session).reports) == size  # the first list is answered...
-    first_read.set()  # ...then the client sends the rest without reading
-    deadline = time.monotonic() + WAIT_S
-    while node._sessions[9].error is None:  # the reader has run into the limit
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
-    reports = []
-    with pytest.raises(Aborted):
-        for response in session:
-            reports.extend(response.reports)
+
+    async def run() -> list[pb.OrderReply]:
+        first_read = asyncio.Event()
+        session = service.OrderSession(_script(messages[0], first_read, *messages[1:]), context)
+        assert len((await anext(session)).reports) == size  # the first list is answered...
+        first_read.set()  # ...then the client sends the rest without reading
+        for _ in range(int(WAIT_S * 1000)):
+            if node._sessions[9].error is not None:  # the reader has run into the limit
+                break
+            await asyncio.sleep(0.001)
+        reports: list[pb.OrderReply] = []
+        with pytest.raises(Aborted):
+            async for response in session:
+                reports.extend(response.reports)
+        return reports
+
+    reports = asyncio.run(run())
     assert context.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert f"more than {SESSION_IN_FLIGHT_MAX} requests in flight" in context.details
     assert "SESSION_IN_FLIGHT_MAX" in context.details
@@ -109,8 +119,13 @@ def test_an_oversized_order_list_is_invalid_argument():
     orders = [_submit(3, i + 1) for i in range(SESSION_MESSAGE_ORDERS_MAX + 1)]
     big = pb.SessionRequest(orders=orders)
     context = Context()
-    with pytest.raises(Aborted):
-        list(service.OrderSession(_script(big), context))
+
+    async def run() -> None:
+        with pytest.raises(Aborted):
+            async for _ in service.OrderSession(_script(big), context):
+                pass
+
+    asyncio.run(run())
     assert context.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "SESSION_MESSAGE_ORDERS_MAX" in context.details
 
