@@ -226,6 +226,14 @@ def open_channel(address: str, tls: ClientTls | None,
     return grpc.secure_channel(address, tls.credentials(), options=list(options))
 
 
+def open_aio_channel(address: str, tls: ClientTls | None,
+                     options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    """``open_channel`` for the running event loop (``grpc.aio``)."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=list(options))
+    return grpc.aio.secure_channel(address, tls.credentials(), options=list(options))
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """A certificate's identity (Rule 2)."""

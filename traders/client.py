@@ -55,7 +55,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -214,30 +214,40 @@ class _Cancelled(grpc.RpcError):
         self.text = text
 
 
+_CALL_ERRORS = (grpc.Call, grpc.aio.AioRpcError)  # errors that carry a status and metadata
+
+
 def _code(error: grpc.RpcError) -> grpc.StatusCode:
-    if isinstance(error, grpc.Call):
+    if isinstance(error, _CALL_ERRORS):
         code: grpc.StatusCode = error.code()
         return code
     return grpc.StatusCode.CANCELLED if isinstance(error, _Cancelled) else grpc.StatusCode.UNKNOWN
 
 
 def _details(error: grpc.RpcError) -> str:
-    if isinstance(error, grpc.Call):
+    if isinstance(error, _CALL_ERRORS):
         return error.details() or ""
     return error.text if isinstance(error, _Cancelled) else str(error)
 
 
 def _leader_hint(error: grpc.RpcError) -> str | None:
-    metadata = error.trailing_metadata() if isinstance(error, grpc.Call) else None
+    metadata: Any = error.trailing_metadata() if isinstance(error, _CALL_ERRORS) else None
     key: str
     value: str | bytes
-    for key, value in metadata or ():
+    for key, value in metadata or ():  # (key, value) pairs, whichever API made the call
         if key == LEADER_ADDRESS_KEY and isinstance(value, str) and value:
             return value
     return None
 
 
-def connection_hint(connection: ClusterConnection, last_error: str) -> str:
+class _HasTls(Protocol):
+    """What ``connection_hint`` reads of a connection (a thread's or an event loop's)."""
+
+    @property
+    def tls(self) -> ClientTls | None: ...
+
+
+def connection_hint(connection: ClusterConnection | _HasTls, last_error: str) -> str:
     """A hint for a give-up whose last error is a connection the server closed at once: what a
     server that refuses the TLS handshake (or serves only TLS) looks like from here."""
     if "Socket closed" not in last_error and "andshake" not in last_error:

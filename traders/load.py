@@ -1,6 +1,6 @@
 """The load generator: N traders sending orders for a fixed time, then a report.
 
-Rule 1: every trader is a thread with its own client id and seeded workload; closed loop (the next
+Rule 1: every trader has its own client id and seeded workload; closed loop (the next
         request goes out when the previous is answered) when ``rate_per_s`` is 0, open loop
         otherwise (each trader sends on a fixed schedule and latency counts from the scheduled time,
         so a stall shows up in the figures instead of being hidden by coordinated omission).
@@ -10,10 +10,12 @@ Rule 2: a request counts as *acked* when the exchange answered it with no reject
         requests that needed more than one attempt (redirects, failovers).
 Rule 3: per-request samples are kept in memory (bounded by ``SAMPLES_MAX`` per trader) and can be
         dumped to a file, one request per line.
-Rule 4: with ``stream`` each trader runs one OrderSession (``traders.session``): it keeps up to
-        ``window`` order lists of ``batch`` orders unanswered (closed loop over the window), and a
-        request's latency runs from the send of its list to the arrival of its answer. A request
-        answered after a reconnect counts as retried.
+Rule 4: with ``stream`` each trader runs one OrderSession (``traders.aio_session``; every
+        session of the run is a coroutine of one event loop, on the thread ``traders-loop``):
+        it keeps up to ``window`` order lists of ``batch`` orders unanswered (closed loop over
+        the window), and a request's latency runs from the send of its list to the arrival of
+        its answer. A request answered after a reconnect counts as retried. Without ``stream``
+        each trader is a thread making unary calls.
 Rule 5: a refusal of the caller itself (PERMISSION_DENIED: a client id its certificate does not
         allow; UNAUTHENTICATED) stops the whole run at once (``refused``): every other request
         would be refused the same way.
@@ -21,6 +23,7 @@ Rule 5: a refusal of the caller itself (PERMISSION_DENIED: a client id its certi
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -30,8 +33,8 @@ from dataclasses import dataclass, field
 from exchange.proto import exchange_pb2 as pb
 from exchange.session import SESSION_IN_FLIGHT_MAX, SESSION_MESSAGE_ORDERS_MAX
 from exchange.tls import ClientTls
+from traders.aio_session import AsyncSessionClient, LoopChannels
 from traders.client import ClusterConnection, ExchangeUnreachable, RequestRejected, TraderClient
-from traders.session import SessionClient
 from traders.stats import LatencySummary, longest_silence_ns, merge_intervals, summarize
 from traders.workload import Cancel, Replace, Request, Submit, Workload
 
@@ -239,9 +242,14 @@ class LoadRun:
     def start(self) -> None:
         self.started_ns = time.monotonic_ns()
         self.deadline_ns = self.started_ns + self.config.test_ms * 1_000_000
+        if self.config.stream:  # Rule 4: one event loop carries every session
+            thread = threading.Thread(target=self._run_sessions, name="traders-loop",
+                                      daemon=True)
+            self._threads.append(thread)
+            thread.start()
+            return
         for index in range(self.config.traders):
-            target = self._trade_stream if self.config.stream else self._trade
-            thread = threading.Thread(target=target, args=(index,), name=f"trader-{index}",
+            thread = threading.Thread(target=self._trade, args=(index,), name=f"trader-{index}",
                                       daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -333,12 +341,25 @@ class LoadRun:
         return Sample(start_ns, end_ns, result.attempts, result.first_failure_ns,
                       _outcome(result.reply), result.server)
 
-    def _trade_stream(self, index: int) -> None:
+    def _run_sessions(self) -> None:
+        """Rule 4: every session trader of the run, as coroutines of one event loop."""
+        asyncio.run(self._sessions())
+
+    async def _sessions(self) -> None:
+        channels = LoopChannels(self.config.addresses, self.config.tls,
+                                self.connection.leader_guess)
+        try:
+            await asyncio.gather(*(self._trade_stream(index, channels)
+                                   for index in range(self.config.traders)))
+        finally:
+            await channels.close()
+
+    async def _trade_stream(self, index: int, channels: LoopChannels) -> None:
         """One trader over an OrderSession (Rule 4)."""
         config = self.config
         client = self.clients[index]
-        session = SessionClient(self.connection, client.client_id, give_up_s=client.give_up_s,
-                                first_seq=self.config.first_seq)
+        session = AsyncSessionClient(channels, client.client_id, give_up_s=client.give_up_s,
+                                     first_seq=self.config.first_seq)
         workload = Workload(config.seed * 1_000_003 + index, config.symbols)
         samples = self._samples[index]
         sent: dict[int, tuple[int, int, Request]] = {}  # seq -> (send ns, reconnects, request)
@@ -348,12 +369,12 @@ class LoadRun:
                 now = time.monotonic_ns()
                 sending = now < self.deadline_ns
                 while sending and session.in_flight + config.batch <= window_orders:
-                    self._send_list(session, workload, sent, now)
+                    await session.send(self._order_list(session, workload, sent, now))
                 if not session.in_flight:
                     return
                 if not sending and now > self.deadline_ns + int(DRAIN_S * 1e9):
                     return
-                self._absorb(session, workload, sent, samples)
+                self._absorb(session, await session.receive(), workload, sent, samples)
         except (RequestRejected, ExchangeUnreachable) as exc:
             if isinstance(exc, RequestRejected):
                 self._rejected(exc)
@@ -366,9 +387,11 @@ class LoadRun:
         finally:
             session.close()
 
-    def _send_list(self, session: SessionClient, workload: Workload,
-                   sent: dict[int, tuple[int, int, Request]], now_ns: int) -> None:
-        orders = session.order_list()  # built in place (traders.session Rule 5)
+    def _order_list(self, session: AsyncSessionClient, workload: Workload,
+                    sent: dict[int, tuple[int, int, Request]], now_ns: int) -> pb.SessionRequest:
+        """The next ``batch`` requests of ``workload``, built in place (traders.session Rule 5)
+        into one order list, each noted in ``sent``."""
+        orders = session.order_list()
         for _ in range(self.config.batch):
             request = workload.next_request()
             if isinstance(request, Submit):
@@ -381,11 +404,12 @@ class LoadRun:
                 session.replace_order(request.order_id, request.quantity_delta,
                                       request.new_price, request.symbol, into=orders)
             sent[session.last_seq] = (now_ns, session.reconnects, request)
-        session.send(orders)
+        return orders
 
-    def _absorb(self, session: SessionClient, workload: Workload,
-                sent: dict[int, tuple[int, int, Request]], samples: list[Sample]) -> None:
-        reports = session.receive()
+    def _absorb(self, session: AsyncSessionClient, reports: list[pb.OrderReply],
+                workload: Workload, sent: dict[int, tuple[int, int, Request]],
+                samples: list[Sample]) -> None:
+        """Turn one message's reports into samples (Rule 2) and remember resting orders."""
         end_ns = time.monotonic_ns()
         server = session.target
         for report in reports:

@@ -50,6 +50,8 @@ from traders.client import (
     ClusterConnection,
     ExchangeUnreachable,
     RequestRejected,
+    _code,
+    _details,
     _leader_hint,
     connection_hint,
 )
@@ -98,40 +100,31 @@ def _requests(outbox: queue.SimpleQueue[pb.SessionRequest | None]) -> Iterator[p
         yield message
 
 
-class SessionClient:
-    """One trader's session (see module rules). Use from one thread."""
+def classify_stream_end(error: grpc.RpcError) -> tuple[str, str | None, bool]:
+    """(message, leader hint, final?) of a stream's end (Rule 2); for a thread's or an event
+    loop's call."""
+    code = _code(error)
+    text = f"{code.name}: {_details(error)}"
+    if code in FINAL_CODES or code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return text, None, True
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return text, _leader_hint(error), False
+    return text, None, code not in RETRYABLE_CODES
 
-    def __init__(
-        self,
-        connection: ClusterConnection,
-        client_id: int,
-        first_seq: int = 1,
-        give_up_s: float = GIVE_UP_S,
-        stall_s: float = ATTEMPT_TIMEOUT_S,
-    ) -> None:
-        assert client_id > 0, client_id
-        assert first_seq >= 1, first_seq
-        self.connection = connection
+
+def sent_seqs(orders: Sequence[pb.SessionOrder]) -> Iterator[tuple[int, pb.SessionOrder]]:
+    """``(seq, order)`` of each order of a list about to be sent (Rule 1's bookkeeping)."""
+    for order in orders:
+        yield getattr(order, order.WhichOneof("request") or "submit").seq, order
+
+
+class OrderBuilder:
+    """Orders stamped with one client's id and its next seqs (Rule 1), built in place (Rule 5):
+    what the thread's ``SessionClient`` and the event loop's ``traders.aio_session`` share."""
+
+    def __init__(self, client_id: int, first_seq: int) -> None:
         self.client_id = client_id
-        self.give_up_s = give_up_s
-        self.stall_s = stall_s  # the longest stall limit (Rule 2)
-        self._wait = AdaptiveWait(stall_s, STALL_LATENCY_FACTOR, STALL_S_MIN, WAIT_EWMA_WEIGHT)
         self._seq = first_seq - 1
-        self.unanswered: dict[int, pb.SessionOrder] = {}  # seq -> order, in send order
-        self.target = connection.leader_guess
-        self._outbox: queue.SimpleQueue[pb.SessionRequest | None] | None = None
-        self._call: grpc.Call | None = None
-        self._responses: Iterator[pb.SessionResponse] | None = None
-        self._waiting_since = 0.0  # monotonic time receive() started waiting; 0 = not waiting
-        self._poll_until = 0.0  # poll(): the watchdog ends the wait at this monotonic time
-        self.reconnects = 0
-        self.last_failure_ns = 0  # monotonic time of the latest stream failure
-        # The first stream failure after the latest report: when the outage that a retried
-        # order lived through began (traders.load's fail-over gaps), not its last retry.
-        self.outage_started_ns = 0
-        self._failed_since_report = False
-        self.last_error = ""
-        _WATCHDOG.watch(self)
 
     # -- building orders ----------------------------------------------------------------------
 
@@ -189,6 +182,41 @@ class SessionClient:
         replace.symbol = symbol
         return order
 
+
+class SessionClient(OrderBuilder):
+    """One trader's session (see module rules). Use from one thread."""
+
+    def __init__(
+        self,
+        connection: ClusterConnection,
+        client_id: int,
+        first_seq: int = 1,
+        give_up_s: float = GIVE_UP_S,
+        stall_s: float = ATTEMPT_TIMEOUT_S,
+    ) -> None:
+        assert client_id > 0, client_id
+        assert first_seq >= 1, first_seq
+        self.connection = connection
+        self.give_up_s = give_up_s
+        self.stall_s = stall_s  # the longest stall limit (Rule 2)
+        self._wait = AdaptiveWait(stall_s, STALL_LATENCY_FACTOR, STALL_S_MIN, WAIT_EWMA_WEIGHT)
+        OrderBuilder.__init__(self, client_id, first_seq)
+        self.unanswered: dict[int, pb.SessionOrder] = {}  # seq -> order, in send order
+        self.target = connection.leader_guess
+        self._outbox: queue.SimpleQueue[pb.SessionRequest | None] | None = None
+        self._call: grpc.Call | None = None
+        self._responses: Iterator[pb.SessionResponse] | None = None
+        self._waiting_since = 0.0  # monotonic time receive() started waiting; 0 = not waiting
+        self._poll_until = 0.0  # poll(): the watchdog ends the wait at this monotonic time
+        self.reconnects = 0
+        self.last_failure_ns = 0  # monotonic time of the latest stream failure
+        # The first stream failure after the latest report: when the outage that a retried
+        # order lived through began (traders.load's fail-over gaps), not its last retry.
+        self.outage_started_ns = 0
+        self._failed_since_report = False
+        self.last_error = ""
+        _WATCHDOG.watch(self)
+
     # -- the stream ---------------------------------------------------------------------------
 
     @property
@@ -207,9 +235,8 @@ class SessionClient:
         assert 1 <= len(listed) <= SESSION_MESSAGE_ORDERS_MAX, len(listed)
         assert len(self.unanswered) + len(listed) <= SESSION_IN_FLIGHT_MAX
         unanswered = self.unanswered
-        for order in listed:
-            request = getattr(order, order.WhichOneof("request") or "submit")
-            unanswered[request.seq] = order
+        for seq, order in sent_seqs(listed):
+            unanswered[seq] = order
         if self._outbox is None:
             self._connect()  # sends everything unanswered, these orders included
             return
@@ -230,7 +257,7 @@ class SessionClient:
             except StopIteration:
                 error_text, hint, final = "stream ended without a status", None, False
             except grpc.RpcError as error:
-                error_text, hint, final = self._classify(error)
+                error_text, hint, final = classify_stream_end(error)
             else:
                 self.note_wait(time.monotonic() - self._waiting_since)
                 self._waiting_since = 0.0
@@ -262,17 +289,6 @@ class SessionClient:
             time.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
             self.target = self.connection.next_address(self.target)
-
-    def _classify(self, error: grpc.RpcError) -> tuple[str, str | None, bool]:
-        """(message, leader hint, final?) of a stream's end (Rule 2)."""
-        code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
-        details = error.details() if isinstance(error, grpc.Call) else str(error)
-        text = f"{code.name}: {details}"
-        if code in FINAL_CODES or code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return text, None, True
-        if code == grpc.StatusCode.FAILED_PRECONDITION:
-            return text, _leader_hint(error), False
-        return text, None, code not in RETRYABLE_CODES
 
     def _connect(self) -> None:
         """Open a stream to ``target`` and resend every unanswered order, in order (Rule 1)."""
@@ -339,4 +355,4 @@ class SessionClient:
         self._disconnect()
 
 
-__all__ = ["SessionClient"]
+__all__ = ["OrderBuilder", "SessionClient", "classify_stream_end", "sent_seqs"]
