@@ -27,6 +27,12 @@ Rule 5: a pipelined submitter (an order session, which keeps several messages in
         hand-offs cost 7-16% of the throughput); unary calls (one request per caller in flight)
         pay the wait and gain little (4 closed-loop unary traders: -3% answers, and the first
         answer after a fail-over ~0.5 ms later).
+Rule 6: on the gRPC event loop (one thread runs every handler, so nothing queues behind a
+        proposal made there) a session's requests are queued with ``submit_later``: the first of
+        a loop turn schedules one flush (``schedule``: the loop's ``call_soon``), which runs after
+        every handler that was ready in that turn and proposes all their requests as one batch
+        (Rule 2's bounds). An idle loop runs the flush in its next turn, with nothing ahead of
+        it. A flush that finds a proposal in flight leaves the queue to its proposer (Rule 1).
 """
 
 from __future__ import annotations
@@ -105,6 +111,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._contended_until = 0.0  # Rule 5 (monotonic seconds)
+        self._flush_due = False  # Rule 6: a flush is scheduled
         self.entries = 0  # proposals made (statistics)
         self.requests = 0  # requests proposed
 
@@ -124,6 +131,30 @@ class Batcher:
                          and time.monotonic() < self._contended_until)
         if contended:
             self._yield_gil()  # Rule 5: runnable handlers queue behind this request
+        self._propose_then_release()
+
+    def submit_later(self, items: list[Pending], schedule: Callable[[Callable[[], None]], object],
+                     ) -> None:
+        """Queue ``items`` (in order) for the flush of this loop turn (Rule 6)."""
+        assert items
+        with self._cond:
+            self._queue.extend(items)
+            if self._busy or self._flush_due:
+                return
+            self._flush_due = True
+        schedule(self._flush)
+
+    def _flush(self) -> None:
+        with self._cond:
+            self._flush_due = False
+            if self._busy or not self._queue:  # Rule 6: the proposer in flight takes the queue
+                return
+            self._busy = True
+        self._propose_then_release()
+
+    def _propose_then_release(self) -> None:
+        """Holding the proposer role: propose the next batch, then give the role back, or hand
+        it to the proposer thread when requests queued meanwhile (Rule 1)."""
         batch = self._take()
         if batch:
             self._propose(batch)

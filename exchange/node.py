@@ -524,7 +524,10 @@ class ExchangeNode:
     def _start_entry(self, client_id: int, seq: int, command: Command) -> Reply | _Waiter:
         """Rule 2 up to the proposal: the reply when it is known at once (stored in the dedup
         table; unreplicated: applied here), else the registered waiter, its request submitted
-        to the batcher (proposed and applied already when the batcher was idle)."""
+        to the batcher (proposed and applied already when the batcher was idle). A unary call
+        on the event loop does not wait for the loop turn's flush (batching Rule 6): one
+        request per caller gives it little to batch (8 closed-loop unary traders: 1,598 and
+        1,753 orders/s with it, 1,611 and 1,855 without, 2026-12-02 16:1x)."""
         if self.paused:
             raise ServerUnavailable(f"server {self.replica_id} is paused; try another server")
         replica = self.replica
@@ -653,10 +656,13 @@ class ExchangeNode:
                 del self._sessions[session.client_id]
 
     def submit_session(
-        self, session: OrderSession, requests: list[tuple[Slot, int, int, bytes]]
+        self, session: OrderSession, requests: list[tuple[Slot, int, int, bytes]],
+        schedule: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         """Queue ``(slot, client_id, seq, encoded command)`` requests of one session message, in
-        order; answers from the dedup table fill their slots at once. Raises like ``execute``."""
+        order; answers from the dedup table fill their slots at once. Raises like ``execute``.
+        ``schedule`` (the event loop's ``call_soon``) proposes them with the loop turn's other
+        requests (batching Rule 6)."""
         self._check_order_entry()
         items: list[Pending] = []
         with self._lock:
@@ -674,7 +680,10 @@ class ExchangeNode:
                 self._apply_locked(self.state.applied_index + 1, payload)
                 return
         if items:
-            self.batcher.submit(items, pipelined=True)  # batching Rule 5
+            if schedule is not None:
+                self.batcher.submit_later(items, schedule)  # batching Rule 6
+            else:
+                self.batcher.submit(items, pipelined=True)  # batching Rule 5
 
     def _check_order_entry(self) -> None:
         if self.paused:

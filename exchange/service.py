@@ -204,6 +204,7 @@ class ExchangeService(pb_grpc.ExchangeServicer):
         """Read order lists, validate, authorize (Rule 4), queue for proposal, in order (Rule
         3)."""
         node = self.node
+        loop = asyncio.get_running_loop()
         try:
             async for message in requests:
                 orders = message.orders
@@ -214,10 +215,9 @@ class ExchangeService(pb_grpc.ExchangeServicer):
                 if self.authorizer is not None:
                     self._authorize_orders(caller, orders)
                 if node.order_entry_may_block():  # node Rule 12
-                    await asyncio.get_running_loop().run_in_executor(
-                        None, self._queue_orders, session, orders)
-                else:
-                    self._queue_orders(session, orders)
+                    await loop.run_in_executor(None, self._queue_orders, session, orders)
+                else:  # batching Rule 6: with the loop turn's other requests
+                    self._queue_orders(session, orders, loop.call_soon)
             session.finish_input()
         except (NotLeaderError, ServerUnavailable, SessionError) as exc:
             session.fail(exc)
@@ -244,7 +244,8 @@ class ExchangeService(pb_grpc.ExchangeServicer):
             if refusal:
                 raise PermissionRefused(refusal)
 
-    def _queue_orders(self, session: ServerSession, orders: Iterable[pb.SessionOrder]) -> None:
+    def _queue_orders(self, session: ServerSession, orders: Iterable[pb.SessionOrder],
+                      schedule: Callable[[Callable[[], None]], object] | None = None) -> None:
         orders = list(orders)
         slots = session.admit(len(orders))
         requests: list[tuple[Slot, int, int, bytes]] = []
@@ -266,7 +267,7 @@ class ExchangeService(pb_grpc.ExchangeServicer):
                 continue
             requests.append((slot, client_id, seq, body))
         if requests:
-            self.node.submit_session(session, requests)
+            self.node.submit_session(session, requests, schedule)
 
     async def SubmitOrder(  # noqa: N802 (gRPC method name)
         self, request: pb.SubmitOrderRequest, context: Any

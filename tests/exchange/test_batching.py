@@ -202,3 +202,38 @@ def test_no_yield_for_a_unary_call_a_large_batch_or_old_contention():
     batcher.submit([_pending(6, 3)], pipelined=True)
     assert yields == [1]  # contention is over
     batcher.stop()
+
+
+def test_requests_queued_in_one_loop_turn_leave_as_one_entry_at_its_end():
+    """Rule 6: submit_later schedules one flush per turn; everything queued before it runs is
+    one batch; nothing is proposed before the flush."""
+    log = Log()
+    batcher = Batcher(log.propose, _failed, BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES)
+    scheduled: list = []
+    for client in (1, 2, 3):
+        batcher.submit_later([_pending(client, 1), _pending(client, 2)], scheduled.append)
+    assert len(scheduled) == 1 and log.entries == []
+    scheduled.pop()()  # the loop runs the flush
+    assert log.counts() == [6]
+    batcher.submit_later([_pending(4, 1)], scheduled.append)  # the next turn: a new flush
+    assert len(scheduled) == 1
+    scheduled.pop()()
+    assert log.counts() == [6, 1]  # a lone request is a single-request entry (Rule 2)
+    batcher.stop()
+
+
+def test_a_flush_that_finds_a_proposal_in_flight_leaves_the_queue_to_its_proposer():
+    log = Log()
+    batcher = Batcher(log.propose, _failed, BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES)
+    log.hold.clear()
+    thread = threading.Thread(target=batcher.submit, args=([_pending(1, 1)],))
+    thread.start()
+    assert log.entered.wait(WAIT_S)  # a proposal is in flight
+    scheduled: list = []
+    batcher.submit_later([_pending(2, 1), _pending(3, 1)], scheduled.append)
+    assert scheduled == []  # no flush: the proposer in flight takes the queue (Rule 1)
+    log.hold.set()
+    thread.join(WAIT_S)
+    _wait_for(lambda: len(log.entries) == 2, "the queued requests were proposed")
+    assert log.counts() == [1, 2]
+    batcher.stop()
