@@ -76,7 +76,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from exchange.batching import Batcher, Dropped, Pending
 from exchange.config import BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES
@@ -217,6 +217,9 @@ class NodeStatus:
 
 class _Settable(Protocol):
     def set(self) -> None: ...
+
+
+DoneT = TypeVar("DoneT", bound=_Settable)
 
 
 class _Waiter:
@@ -487,17 +490,12 @@ class ExchangeNode:
         """Run one order-entry request exactly once and return its reply (see module rules);
         with a journal, only once its entry is durable (Rule 8)."""
         self._check_journal()
-        started = self._start_entry(client_id, seq, command)
+        started = self._start(client_id, seq, command, threading.Event)
         if isinstance(started, Reply):
             reply = started
         else:
-            waiter = started
-            outcome = self._reply_or_wait(waiter, threading.Event)
-            if isinstance(outcome, Reply):
-                reply = outcome
-            else:
-                assert isinstance(outcome, threading.Event)
-                reply = self._waited(client_id, seq, waiter, outcome.wait(APPLY_WAIT_S))
+            waiter, done = started
+            reply = self._waited(client_id, seq, waiter, done.wait(APPLY_WAIT_S))
         self.acknowledge(reply.log_index)
         return reply
 
@@ -507,18 +505,31 @@ class ExchangeNode:
             return await asyncio.get_running_loop().run_in_executor(
                 None, self.execute, client_id, seq, command)
         self._check_journal()
-        started = self._start_entry(client_id, seq, command)
+        started = self._start(client_id, seq, command, LoopSignal)
         if isinstance(started, Reply):
             reply = started
         else:
-            waiter = started
-            outcome = self._reply_or_wait(waiter, LoopSignal)
-            if isinstance(outcome, Reply):
-                reply = outcome
-            else:
-                assert isinstance(outcome, LoopSignal)
-                reply = self._waited(client_id, seq, waiter, await outcome.wait(APPLY_WAIT_S))
+            waiter, signal = started
+            reply = self._waited(client_id, seq, waiter, await signal.wait(APPLY_WAIT_S))
         await self.acknowledge_async(reply.log_index)
+        return reply
+
+    def _start(self, client_id: int, seq: int, command: Command,
+               make_done: Callable[[], DoneT]) -> Reply | tuple[_Waiter, DoneT]:
+        """The reply if it is known by the time the request is proposed (``_start_entry``),
+        else its waiter and the ``done`` (``make_done()``) the apply path will set."""
+        started = self._start_entry(client_id, seq, command)
+        if isinstance(started, Reply):
+            return started
+        with self._lock:
+            reply, error = started.reply, started.error
+            if reply is None and error is None:
+                done = make_done()
+                started.done = done
+                return started, done
+        if error is not None:
+            raise error
+        assert reply is not None
         return reply
 
     def _start_entry(self, client_id: int, seq: int, command: Command) -> Reply | _Waiter:
@@ -550,20 +561,6 @@ class ExchangeNode:
             self._register_locked(client_id, seq, waiter)
         self.batcher.submit([Pending(client_id, seq, body, waiter)])
         return waiter
-
-    def _reply_or_wait(self, waiter: _Waiter,
-                       make_done: Callable[[], _Settable]) -> Reply | _Settable:
-        """The waiter's reply if it arrived (raises its error if it failed), else the new
-        ``done`` that the apply path will set."""
-        with self._lock:
-            reply, error = waiter.reply, waiter.error
-            if reply is None and error is None:
-                waiter.done = done = make_done()
-        if reply is not None:
-            return reply
-        if error is not None:
-            raise error
-        return done
 
     def _waited(self, client_id: int, seq: int, waiter: _Waiter, arrived: bool) -> Reply:
         """The end of a wait for ``waiter``'s reply (``arrived``: within ``APPLY_WAIT_S``)."""

@@ -33,7 +33,7 @@ import grpc
 
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
-from exchange.session import SESSION_IN_FLIGHT_MAX, SESSION_MESSAGE_ORDERS_MAX
+from exchange.session import SESSION_MESSAGE_ORDERS_MAX
 from exchange.tls import ClientTls, open_aio_channel
 from traders.client import (
     ATTEMPT_TIMEOUT_S,
@@ -41,19 +41,8 @@ from traders.client import (
     BACKOFF_MAX_S,
     CHANNEL_OPTIONS,
     GIVE_UP_S,
-    AdaptiveWait,
-    ExchangeUnreachable,
-    RequestRejected,
-    connection_hint,
 )
-from traders.session import (
-    STALL_LATENCY_FACTOR,
-    STALL_S_MIN,
-    WAIT_EWMA_WEIGHT,
-    OrderBuilder,
-    classify_stream_end,
-    sent_seqs,
-)
+from traders.session import SessionBook, classify_stream_end
 
 MASKED_STATUS = "Internal error from Core"  # Rule 3: what grpc.aio says after a failed send
 
@@ -91,34 +80,15 @@ class LoopChannels:
         self._stubs.clear()
 
 
-class AsyncSessionClient(OrderBuilder):
+class AsyncSessionClient(SessionBook):
     """One trader's session on an event loop (see module rules)."""
 
     def __init__(self, channels: LoopChannels, client_id: int, first_seq: int = 1,
                  give_up_s: float = GIVE_UP_S, stall_s: float = ATTEMPT_TIMEOUT_S) -> None:
-        assert client_id > 0, client_id
-        assert first_seq >= 1, first_seq
-        OrderBuilder.__init__(self, client_id, first_seq)
+        SessionBook.__init__(self, client_id, first_seq, channels.leader_guess, give_up_s,
+                             stall_s)
         self.channels = channels
-        self.give_up_s = give_up_s
-        self.stall_s = stall_s  # the longest stall limit
-        self._wait = AdaptiveWait(stall_s, STALL_LATENCY_FACTOR, STALL_S_MIN, WAIT_EWMA_WEIGHT)
-        self.unanswered: dict[int, pb.SessionOrder] = {}  # seq -> order, in send order
-        self.target = channels.leader_guess
         self._call: grpc.aio.StreamStreamCall[pb.SessionRequest, pb.SessionResponse] | None = None
-        self.reconnects = 0
-        self.last_failure_ns = 0  # monotonic time of the latest stream failure
-        self.outage_started_ns = 0  # the first failure after the latest report (as the thread's)
-        self._failed_since_report = False
-        self.last_error = ""
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.unanswered)
-
-    @property
-    def stall_limit_s(self) -> float:
-        return self._wait.limit(self.stall_s)
 
     async def send(self, orders: list[pb.SessionOrder] | pb.SessionRequest) -> None:
         """Send one order list (an ``order_list`` built in place, or orders); answers come from
@@ -128,11 +98,7 @@ class AsyncSessionClient(OrderBuilder):
             message, listed = orders, orders.orders
         else:
             message, listed = pb.SessionRequest(orders=orders), orders
-        assert 1 <= len(listed) <= SESSION_MESSAGE_ORDERS_MAX, len(listed)
-        assert len(self.unanswered) + len(listed) <= SESSION_IN_FLIGHT_MAX
-        unanswered = self.unanswered
-        for seq, order in sent_seqs(listed):
-            unanswered[seq] = order
+        self._note_sent(listed)
         if self._call is None:
             await self._connect()  # sends everything unanswered, these orders included
             return
@@ -169,29 +135,11 @@ class AsyncSessionClient(OrderBuilder):
                     again_here, final = True, False
             else:
                 if isinstance(response, pb.SessionResponse):  # else grpc.aio.EOF
-                    self._wait.note(time.monotonic() - started)
-                    self._failed_since_report = False
-                    reports = list(response.reports)
-                    unanswered = self.unanswered
-                    for report in reports:
-                        if not report.unsolicited:
-                            unanswered.pop(report.seq, None)
-                    return reports
+                    self.note_wait(time.monotonic() - started)
+                    return self._note_reports(response)
                 error_text, hint, final = "stream ended without a status", None, False
             self._disconnect()
-            self.last_failure_ns = time.monotonic_ns()
-            if not self._failed_since_report:
-                self._failed_since_report = True
-                self.outage_started_ns = self.last_failure_ns
-            self.last_error = f"{self.target}: {error_text}"
-            if final:
-                raise RequestRejected(error_text)
-            now = time.monotonic()
-            give_up_at = give_up_at or now + self.give_up_s
-            if now >= give_up_at:
-                raise ExchangeUnreachable(
-                    f"no leader took the session within {self.give_up_s} s; last error: "
-                    f"{self.last_error}{connection_hint(self.channels, self.last_error)}")
+            give_up_at = self._note_end(error_text, final, give_up_at, self.channels)
             if again_here or (hint is not None and hint != self.target):
                 self.target = hint or self.target
                 continue

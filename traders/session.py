@@ -52,6 +52,7 @@ from traders.client import (
     RequestRejected,
     _code,
     _details,
+    _HasTls,
     _leader_hint,
     connection_hint,
 )
@@ -183,7 +184,83 @@ class OrderBuilder:
         return order
 
 
-class SessionClient(OrderBuilder):
+class SessionBook(OrderBuilder):
+    """What both session clients keep (Rules 1-2), the thread's and the event loop's
+    (``traders.aio_session``): the orders unanswered, the server in use, reconnects and the
+    outage's stamps, and the adaptive stall limit."""
+
+    def __init__(self, client_id: int, first_seq: int, target: str, give_up_s: float,
+                 stall_s: float) -> None:
+        assert client_id > 0, client_id
+        assert first_seq >= 1, first_seq
+        OrderBuilder.__init__(self, client_id, first_seq)
+        self.give_up_s = give_up_s
+        self.stall_s = stall_s  # the longest stall limit (Rule 2)
+        self._wait = AdaptiveWait(stall_s, STALL_LATENCY_FACTOR, STALL_S_MIN, WAIT_EWMA_WEIGHT)
+        self.unanswered: dict[int, pb.SessionOrder] = {}  # seq -> order, in send order
+        self.target = target
+        self.reconnects = 0
+        self.last_failure_ns = 0  # monotonic time of the latest stream failure
+        # The first stream failure after the latest report: when the outage that a retried
+        # order lived through began (traders.load's fail-over gaps), not its last retry.
+        self.outage_started_ns = 0
+        self._failed_since_report = False
+        self.last_error = ""
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.unanswered)
+
+    def note_wait(self, seconds: float) -> None:
+        """Fold one wait for a report into the usual wait (Rule 2)."""
+        self._wait.note(seconds)
+
+    @property
+    def stall_limit_s(self) -> float:
+        """Rule 2: how long a wait for a report may last before the stream is given up."""
+        return self._wait.limit(self.stall_s)
+
+    def _note_sent(self, listed: Sequence[pb.SessionOrder]) -> None:
+        """Rules 1 and 3: ``listed`` goes out; each stays unanswered until its report."""
+        assert 1 <= len(listed) <= SESSION_MESSAGE_ORDERS_MAX, len(listed)
+        assert len(self.unanswered) + len(listed) <= SESSION_IN_FLIGHT_MAX
+        unanswered = self.unanswered
+        for seq, order in sent_seqs(listed):
+            unanswered[seq] = order
+
+    def _note_reports(self, response: pb.SessionResponse) -> list[pb.OrderReply]:
+        """A message's reports; the answered orders leave ``unanswered`` (Rule 4: not the
+        unsolicited fills)."""
+        self._failed_since_report = False
+        reports = list(response.reports)
+        unanswered = self.unanswered
+        for report in reports:
+            if not report.unsolicited:
+                unanswered.pop(report.seq, None)
+        return reports
+
+    def _note_end(self, error_text: str, final: bool, give_up_at: float,
+                  connection: ClusterConnection | _HasTls) -> float:
+        """Rule 2 for a stream that ended (already dropped): stamp the outage, raise
+        ``RequestRejected`` on a final code and ``ExchangeUnreachable`` past the give-up time
+        (``give_up_at``, 0 at the first end); returns the give-up time."""
+        self.last_failure_ns = time.monotonic_ns()
+        if not self._failed_since_report:
+            self._failed_since_report = True
+            self.outage_started_ns = self.last_failure_ns
+        self.last_error = f"{self.target}: {error_text}"
+        if final:
+            raise RequestRejected(error_text)
+        now = time.monotonic()
+        give_up_at = give_up_at or now + self.give_up_s
+        if now >= give_up_at:
+            raise ExchangeUnreachable(
+                f"no leader took the session within {self.give_up_s} s; last error: "
+                f"{self.last_error}{connection_hint(connection, self.last_error)}")
+        return give_up_at
+
+
+class SessionClient(SessionBook):
     """One trader's session (see module rules). Use from one thread."""
 
     def __init__(
@@ -194,34 +271,17 @@ class SessionClient(OrderBuilder):
         give_up_s: float = GIVE_UP_S,
         stall_s: float = ATTEMPT_TIMEOUT_S,
     ) -> None:
-        assert client_id > 0, client_id
-        assert first_seq >= 1, first_seq
+        SessionBook.__init__(self, client_id, first_seq, connection.leader_guess, give_up_s,
+                             stall_s)
         self.connection = connection
-        self.give_up_s = give_up_s
-        self.stall_s = stall_s  # the longest stall limit (Rule 2)
-        self._wait = AdaptiveWait(stall_s, STALL_LATENCY_FACTOR, STALL_S_MIN, WAIT_EWMA_WEIGHT)
-        OrderBuilder.__init__(self, client_id, first_seq)
-        self.unanswered: dict[int, pb.SessionOrder] = {}  # seq -> order, in send order
-        self.target = connection.leader_guess
         self._outbox: queue.SimpleQueue[pb.SessionRequest | None] | None = None
         self._call: grpc.Call | None = None
         self._responses: Iterator[pb.SessionResponse] | None = None
         self._waiting_since = 0.0  # monotonic time receive() started waiting; 0 = not waiting
         self._poll_until = 0.0  # poll(): the watchdog ends the wait at this monotonic time
-        self.reconnects = 0
-        self.last_failure_ns = 0  # monotonic time of the latest stream failure
-        # The first stream failure after the latest report: when the outage that a retried
-        # order lived through began (traders.load's fail-over gaps), not its last retry.
-        self.outage_started_ns = 0
-        self._failed_since_report = False
-        self.last_error = ""
         _WATCHDOG.watch(self)
 
     # -- the stream ---------------------------------------------------------------------------
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.unanswered)
 
     def send(self, orders: list[pb.SessionOrder] | pb.SessionRequest) -> None:
         """Send one order list (Rule 3): orders, or an ``order_list`` built in place (Rule 5);
@@ -232,11 +292,7 @@ class SessionClient(OrderBuilder):
             message, listed = orders, orders.orders
         else:
             message, listed = None, orders
-        assert 1 <= len(listed) <= SESSION_MESSAGE_ORDERS_MAX, len(listed)
-        assert len(self.unanswered) + len(listed) <= SESSION_IN_FLIGHT_MAX
-        unanswered = self.unanswered
-        for seq, order in sent_seqs(listed):
-            unanswered[seq] = order
+        self._note_sent(listed)
         if self._outbox is None:
             self._connect()  # sends everything unanswered, these orders included
             return
@@ -261,28 +317,10 @@ class SessionClient(OrderBuilder):
             else:
                 self.note_wait(time.monotonic() - self._waiting_since)
                 self._waiting_since = 0.0
-                self._failed_since_report = False
-                reports = list(response.reports)
-                unanswered = self.unanswered
-                for report in reports:
-                    if not report.unsolicited:
-                        unanswered.pop(report.seq, None)
-                return reports
+                return self._note_reports(response)
             self._waiting_since = 0.0
             self._disconnect()
-            self.last_failure_ns = time.monotonic_ns()
-            if not self._failed_since_report:
-                self._failed_since_report = True
-                self.outage_started_ns = self.last_failure_ns
-            self.last_error = f"{self.target}: {error_text}"
-            if final:
-                raise RequestRejected(error_text)
-            now = time.monotonic()
-            give_up_at = give_up_at or now + self.give_up_s
-            if now >= give_up_at:
-                raise ExchangeUnreachable(
-                    f"no leader took the session within {self.give_up_s} s; last error: "
-                    f"{self.last_error}{connection_hint(self.connection, self.last_error)}")
+            give_up_at = self._note_end(error_text, final, give_up_at, self.connection)
             if hint is not None and hint != self.target:
                 self.target = hint
                 continue
@@ -332,15 +370,6 @@ class SessionClient(OrderBuilder):
         finally:
             self._poll_until = 0.0
 
-    def note_wait(self, seconds: float) -> None:
-        """Fold one wait for a report into the usual wait (Rule 2)."""
-        self._wait.note(seconds)
-
-    @property
-    def stall_limit_s(self) -> float:
-        """Rule 2: how long a wait for a report may last before the stream is given up."""
-        return self._wait.limit(self.stall_s)
-
     def check_stall(self, now: float) -> None:
         """Watchdog: cancel the stream after the stall limit without a report (Rule 2), or at
         the end of a ``poll``."""
@@ -355,4 +384,4 @@ class SessionClient(OrderBuilder):
         self._disconnect()
 
 
-__all__ = ["OrderBuilder", "SessionClient", "classify_stream_end", "sent_seqs"]
+__all__ = ["OrderBuilder", "SessionBook", "SessionClient", "classify_stream_end", "sent_seqs"]

@@ -69,6 +69,16 @@ def _wait_for(condition, what: str) -> None:
         time.sleep(0.001)
 
 
+def _hold_a_proposal(batcher: Batcher, log: Log) -> threading.Thread:
+    """A thread whose request's proposal is in flight and held until ``log.hold`` is set."""
+    log.hold.clear()
+    log.entered.clear()
+    holder = threading.Thread(target=batcher.submit, args=([_pending(1, 1)],))
+    holder.start()
+    assert log.entered.wait(WAIT_S)
+    return holder
+
+
 def test_an_idle_request_is_proposed_at_once_in_its_own_thread_as_a_single_entry():
     log = Log()
     batcher = Batcher(log.propose, _failed, BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES)
@@ -84,10 +94,7 @@ def test_an_idle_request_is_proposed_at_once_in_its_own_thread_as_a_single_entry
 def test_requests_arriving_during_a_proposal_share_the_next_entry_in_order():
     log = Log()
     batcher = Batcher(log.propose, _failed, BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES)
-    log.hold.clear()
-    first = threading.Thread(target=batcher.submit, args=([_pending(1, 1)],))
-    first.start()
-    assert log.entered.wait(WAIT_S)
+    first = _hold_a_proposal(batcher, log)
     for seq in range(1, 11):  # queued behind the held proposal: submit returns at once
         batcher.submit([_pending(2, seq)])
     assert log.entries == []
@@ -106,10 +113,7 @@ def test_batches_are_bounded_by_count_and_fill_a_log_slot_by_bytes():
     for requests_max, symbol in ((4, "AAPL"), (BATCH_REQUESTS_MAX, "S" * 16)):
         log = Log()
         batcher = Batcher(log.propose, _failed, requests_max, PAYLOAD_SIZE_MAX_BYTES)
-        log.hold.clear()
-        first = threading.Thread(target=batcher.submit, args=([_pending(1, 1)],))
-        first.start()
-        assert log.entered.wait(WAIT_S)
+        first = _hold_a_proposal(batcher, log)
         queued = [_pending(10**15 + n, 10**12 + n, symbol=symbol) for n in range(100)]
         batcher.submit(queued)
         log.hold.set()
@@ -146,11 +150,7 @@ def test_a_failed_proposal_fails_its_requests_and_drops_cancelled_ones():
 def _contend(batcher: Batcher, log: Log) -> None:
     """Make the batcher contended (Rule 5): a request queued behind a held proposal."""
     before = sum(log.counts())
-    log.hold.clear()
-    log.entered.clear()
-    first = threading.Thread(target=batcher.submit, args=([_pending(1, 1)],))
-    first.start()
-    assert log.entered.wait(WAIT_S)
+    first = _hold_a_proposal(batcher, log)
     batcher.submit([_pending(2, 1)])  # queued behind it: contention
     log.hold.set()
     first.join(WAIT_S)
@@ -225,10 +225,7 @@ def test_requests_queued_in_one_loop_turn_leave_as_one_entry_at_its_end():
 def test_a_flush_that_finds_a_proposal_in_flight_leaves_the_queue_to_its_proposer():
     log = Log()
     batcher = Batcher(log.propose, _failed, BATCH_REQUESTS_MAX, PAYLOAD_SIZE_MAX_BYTES)
-    log.hold.clear()
-    thread = threading.Thread(target=batcher.submit, args=([_pending(1, 1)],))
-    thread.start()
-    assert log.entered.wait(WAIT_S)  # a proposal is in flight
+    thread = _hold_a_proposal(batcher, log)
     scheduled: list = []
     batcher.submit_later([_pending(2, 1), _pending(3, 1)], scheduled.append)
     assert scheduled == []  # no flush: the proposer in flight takes the queue (Rule 1)
