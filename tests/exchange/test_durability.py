@@ -257,12 +257,16 @@ def test_a_failing_disk_stops_acknowledgements_and_says_why(tmp_path):
         process.kill()
         process.communicate(timeout=10)
     assert acked > 0
-    process, port = _serve_alone(tmp_path, {})  # a working disk: exactly what was acknowledged
-    _wait_ready(process)
+    process, port = _serve_alone(tmp_path, {})  # a working disk: what was acknowledged, and
+    _wait_ready(process)  # perhaps the refused order: a snapshot may hold it (applied, not acked)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            status = pb_grpc.ExchangeStub(channel).GetStatus(pb.StatusRequest(), timeout=10)
-        assert status.orders_applied == acked
+            stub = pb_grpc.ExchangeStub(channel)
+            stored = stub.GetStatus(pb.StatusRequest(), timeout=10).orders_applied
+            assert stored in (acked, acked + 1)
+            retry = stub.SubmitOrder(_order(acked + 1), timeout=10)  # the refused order's retry
+            assert retry.duplicate == (stored == acked + 1)  # executed once either way
+            assert stub.GetStatus(pb.StatusRequest(), timeout=10).orders_applied == acked + 1
     finally:
         process.terminate()
         process.communicate(timeout=10)
