@@ -62,8 +62,10 @@ Rule 12: order entry serves threads (``execute``) and the gRPC event loop (``exe
         (an election, Rule 4; the instrument list, Rule 9: ``order_entry_may_block``) runs on a
         worker thread; a request that the idle batcher proposes at once is proposed and applied
         on the loop's thread; one that queued behind a proposal awaits its reply
-        (``exchange.loop_signal``); a durable acknowledgement (Rule 8) waits on a worker thread
-        only when its entry is not on disk yet.
+        (``exchange.loop_signal``). A durable acknowledgement (Rule 8) syncs on the loop's
+        thread: ``fdatasync`` releases the GIL and makes every entry applied by then durable
+        at once, so the loop pauses once for all the replies waiting (a hop to a worker thread
+        measured durable/memory-only p50 x1.54 against x1.29, and fewer orders/s).
 
 No gRPC here: ``exchange.service`` maps these errors to status codes.
 """
@@ -461,15 +463,6 @@ class ExchangeNode:
             raise ServerUnavailable(f"server {self.replica_id} does not acknowledge orders: "
                                     f"{exc}") from None
 
-    async def acknowledge_async(self, log_index: int) -> None:
-        """``acknowledge`` on the event loop (Rule 12): at once when ``log_index`` is already
-        on disk (or nothing is kept), else on a worker thread (the first waiter syncs)."""
-        journal = self.journal
-        if journal is None or (not journal.failure and (not journal.sync
-                                                        or journal.durable_index >= log_index)):
-            return
-        await asyncio.get_running_loop().run_in_executor(None, self.acknowledge, log_index)
-
     def _check_journal(self) -> None:
         """Rule 8: refuse order entry once the journal failed."""
         journal = self.journal
@@ -511,7 +504,7 @@ class ExchangeNode:
         else:
             waiter, signal = started
             reply = self._waited(client_id, seq, waiter, await signal.wait(APPLY_WAIT_S))
-        await self.acknowledge_async(reply.log_index)
+        self.acknowledge(reply.log_index)  # Rule 12: the sync on the loop's thread
         return reply
 
     def _start(self, client_id: int, seq: int, command: Command,

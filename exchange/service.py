@@ -190,7 +190,7 @@ class ExchangeService(pb_grpc.ExchangeServicer):
                 answers, unsolicited = taken
                 if answers:
                     try:  # durable before acknowledged (node Rule 8)
-                        await node.acknowledge_async(max(reply.log_index for reply in answers))
+                        node.acknowledge(max(reply.log_index for reply in answers))
                     except ServerUnavailable as exc:
                         await _abort_order_entry(context, exc)
                 yield session_response(answers, unsolicited, replica_id)
