@@ -77,8 +77,10 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        "(the heartbeat stops at once), s steps down, r resumes")
     serve.add_argument("--no-fifo", action="store_true", help="do not create a control FIFO")
     serve.add_argument("--grpc-workers", type=int, default=GRPC_WORKERS_DEFAULT,
-                       help=f"gRPC handler threads (default {GRPC_WORKERS_DEFAULT}); market-data "
-                       "streams may hold at most half of them")
+                       help=f"worker threads for the RPCs served off the event loop (status, book "
+                       f"snapshots, health, snapshot transfer) and for order entry's blocking "
+                       f"steps (default {GRPC_WORKERS_DEFAULT}); the server takes at most half as "
+                       "many order sessions and a quarter as many market-data streams")
     serve.add_argument("--log-slots", type=int, default=LOG_SLOTS_DEFAULT,
                        help=f"consensus log slots, a power of two (default {LOG_SLOTS_DEFAULT}): "
                        "how far a paused replica may fall behind and still rejoin")
