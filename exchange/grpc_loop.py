@@ -11,8 +11,10 @@ Rule 2: the object is driven from ordinary threads like a ``grpc.Server``: ``con
         it, ``start`` starts serving, and ``stop(grace).wait(timeout)`` ends the RPCs, waits
         up to ``grace``, then stops the loop and joins its thread. A failure raised on the loop's
         thread is raised again in the caller.
-Rule 3: the loop's thread never blocks for long; the longest it waits is a proposal that finds
-        the log full (consensus's propose timeout), when order entry is stalled anyway.
+Rule 3: the loop's thread never blocks for long: a proposal (microseconds, up to consensus's
+        propose timeout when the log is full and order entry is stalled anyway) and, with
+        ``--data-dir``, a durable acknowledgement's ``fdatasync`` (~0.2 ms for every reply
+        waiting: node Rule 12).
 
 Why: with 8 order sessions, the synchronous server spent most of the leader's GIL time in its
 hand-offs between its poller thread, a worker per stream and a reader thread per session (one

@@ -11,9 +11,9 @@ Rule 3: trades are never dropped or merged. A subscriber more than ``CONFLATE_AF
         ``SUBSCRIBER_QUEUE_MAX`` trades queued is cut off (its stream ends with
         RESOURCE_EXHAUSTED): losing trades silently is never an option.
 Rule 4: ``close`` ends every stream (server shutdown); subscribing after close is refused.
-Rule 5: a subscription's ``on_ready`` (when given) is called when its queue stops being empty
-        and when it ends: a reader on the event loop waits for it (``exchange.loop_signal``)
-        and then reads without blocking (``next_updates(0, ...)``).
+Rule 5: ``next_updates`` never blocks; a subscription's ``on_ready`` (when given) is called when
+        its queue stops being empty and when it ends: the reader on the event loop waits for it
+        (``exchange.loop_signal``) and then reads.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class Subscription:
         self.symbols = symbols  # empty = every symbol
         self.include_depth = include_depth
         self.on_ready = on_ready  # Rule 5
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._items: deque[_Queued] = deque()
         self._live = 0  # alive items in _items
         self._trades = 0  # trades in _items
@@ -93,7 +93,7 @@ class Subscription:
 
     def offer(self, update: Update) -> bool:
         """Queue ``update`` (Rule 3); False (and the stream is ended) when it must be cut off."""
-        with self._cond:
+        with self._lock:
             if self.ended:
                 return False
             kind = type(update.event)
@@ -122,31 +122,26 @@ class Subscription:
             self._live += 1
             if len(items) > 2 * SUBSCRIBER_QUEUE_MAX:  # bound the superseded entries too
                 self._items = deque(i for i in items if i.alive)
-            if self._live == 1:
-                self._cond.notify()
-                if self.on_ready is not None:
-                    self.on_ready()
+            if self._live == 1 and self.on_ready is not None:
+                self.on_ready()
             return True
 
     def end(self, reason: StreamEnded) -> None:
-        with self._cond:
+        with self._lock:
             self._end_locked(reason)
 
     def _end_locked(self, reason: StreamEnded) -> None:
         if not self.ended:
             self.ended = True
             self._end = reason
-            self._cond.notify()
             if self.on_ready is not None:
                 self.on_ready()
 
-    def next_updates(self, timeout_s: float, count_max: int) -> list[tuple[Update, bool]]:
-        """Up to ``count_max`` ``(update, conflated)`` in log order, waiting up to ``timeout_s``
-        for the first (empty list on timeout); raises ``StreamEnded`` once none are left."""
+    def next_updates(self, count_max: int) -> list[tuple[Update, bool]]:
+        """Up to ``count_max`` ``(update, conflated)`` queued now, in log order (Rule 5: empty
+        when none); raises ``StreamEnded`` once none are left."""
         assert count_max >= 1
-        with self._cond:
-            if not self._live and self._end is None and timeout_s > 0:
-                self._cond.wait(timeout_s)
+        with self._lock:
             out: list[tuple[Update, bool]] = []
             items = self._items
             while items and len(out) < count_max:
@@ -161,11 +156,6 @@ class Subscription:
             if not out and self._end is not None:
                 raise self._end
             return out
-
-    def next_update(self, timeout_s: float) -> Update | None:
-        """The next update, ``None`` after ``timeout_s`` without one; raises ``StreamEnded``."""
-        got = self.next_updates(timeout_s, 1)
-        return got[0][0] if got else None
 
 
 class MarketDataHub:

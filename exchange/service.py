@@ -122,6 +122,13 @@ class ExchangeService(pb_grpc.ExchangeServicer):
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, NO_CERTIFICATE)
         return caller
 
+    async def _authenticated_async(self, context: Any) -> Identity | None:
+        """``_authenticated`` for a handler on the event loop."""
+        allowed, caller = self._caller(context)
+        if not allowed:
+            await _abort_async(context, grpc.StatusCode.UNAUTHENTICATED, NO_CERTIFICATE)
+        return caller
+
     async def _order_entry(
         self,
         request: RequestT,
@@ -157,9 +164,7 @@ class ExchangeService(pb_grpc.ExchangeServicer):
     ) -> AsyncIterator[pb.SessionResponse]:
         """Rule 3: this coroutine writes; ``_read_session`` reads as a task of its own."""
         node = self.node
-        allowed, caller = self._caller(context)
-        if not allowed:
-            await _abort_async(context, grpc.StatusCode.UNAUTHENTICATED, NO_CERTIFICATE)
+        caller = await self._authenticated_async(context)
         ready = LoopSignal()
         try:
             if node.order_entry_may_block():  # node Rule 12: wait for an election off the loop
@@ -177,7 +182,7 @@ class ExchangeService(pb_grpc.ExchangeServicer):
         try:
             while True:
                 try:
-                    taken = session.take(0)
+                    taken = session.take()
                 except SessionFinished:
                     return
                 except (NotLeaderError, ServerUnavailable) as exc:
@@ -227,7 +232,7 @@ class ExchangeService(pb_grpc.ExchangeServicer):
             session.fail(refused)
         except UndecodableRequest as exc:
             session.fail(BadSessionMessage(str(exc)))
-        except (grpc.RpcError, grpc.aio.AioRpcError):
+        except grpc.RpcError:  # grpc.aio's errors too
             session.fail(SessionFinished("stream cancelled"))
         except Exception as exc:
             log.exception("order session failed unexpectedly")
@@ -308,9 +313,7 @@ class ExchangeService(pb_grpc.ExchangeServicer):
     ) -> AsyncIterator[list[tuple[Update, bool]]]:
         """Rule 6: a subscription read on the event loop, woken by its ``on_ready``
         (exchange.market_data Rule 5); the stream ends when the client leaves (cancelled)."""
-        allowed, _ = self._caller(context)
-        if not allowed:
-            await _abort_async(context, grpc.StatusCode.UNAUTHENTICATED, NO_CERTIFICATE)
+        await self._authenticated_async(context)
         for symbol in request.symbols:
             try:
                 convert.check_symbol(symbol, required=True)
@@ -325,7 +328,7 @@ class ExchangeService(pb_grpc.ExchangeServicer):
         try:
             while True:
                 try:
-                    updates = subscription.next_updates(0, count_max)
+                    updates = subscription.next_updates(count_max)
                 except StreamEnded as exc:
                     await _abort_async(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
                 if updates:

@@ -14,10 +14,9 @@ Rule 3: a failed session (its proposal failed, leadership moved, flow control, a
         in order.
 Rule 4: ``deliver`` and ``add_unsolicited`` are called by the apply path under the node's lock
         and only take this session's own lock briefly (lock order: node, then session).
-Rule 5: whatever may let ``take`` return (a filled slot, fills, an error, the half-close) also
-        calls ``on_ready`` when set: the service's writer coroutine waits on it
-        (``exchange.loop_signal``) and then takes without blocking (``take(0)``); a thread may
-        instead block in ``take``.
+Rule 5: ``take`` never blocks; whatever may give it something (a filled slot, fills, an error,
+        the half-close) calls ``on_ready``: the service's writer coroutine waits on it
+        (``exchange.loop_signal``) and then takes.
 """
 
 from __future__ import annotations
@@ -86,7 +85,7 @@ class OrderSession:
         self.in_flight_max = in_flight_max
         self.on_ready = on_ready  # Rule 5
         self.client_id = 0  # bound by the first request (0 = none yet)
-        self.cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._pending: deque[Slot] = deque()
         self._unsolicited: list[Reply] = []
         self.error: Exception | None = None
@@ -96,7 +95,7 @@ class OrderSession:
     def admit(self, count: int) -> list[Slot]:
         """Slots for the next ``count`` requests, in order (Rule 2); raises the session's error."""
         assert count >= 1
-        with self.cond:
+        with self._lock:
             if self.error is not None:
                 raise self.error
             if len(self._pending) + count > self.in_flight_max:
@@ -115,7 +114,7 @@ class OrderSession:
     def add_unsolicited(self, reply: Reply) -> None:
         """Queue a fill of one of the client's resting orders (apply path, Rule 4); the caller
         wakes the session (``wake``) once it has queued the whole entry's fills."""
-        with self.cond:
+        with self._lock:
             if len(self._unsolicited) >= SESSION_UNSOLICITED_MAX:
                 self._fail_locked(FlowControlExceeded(
                     f"{SESSION_UNSOLICITED_MAX} unsolicited fills queued: the client does not "
@@ -124,54 +123,47 @@ class OrderSession:
             self._unsolicited.append(reply)
 
     def wake(self) -> None:
-        with self.cond:
-            self.cond.notify()
+        """Rule 5: something may be ready for ``take``."""
         if self.on_ready is not None:
             self.on_ready()
 
     def fail(self, error: Exception) -> None:
-        with self.cond:
+        with self._lock:
             self._fail_locked(error)
 
     def _fail_locked(self, error: Exception) -> None:
         if self.error is None:
             self.error = error
-        self.cond.notify()
-        if self.on_ready is not None:
-            self.on_ready()
+        self.wake()
 
     def finish_input(self) -> None:
         """The client half-closed: end the stream once every request is answered."""
-        with self.cond:
+        with self._lock:
             self._input_done = True
-            self.cond.notify()
-        if self.on_ready is not None:
-            self.on_ready()
+        self.wake()
 
-    def take(self, timeout_s: float) -> tuple[list[Reply], list[Reply]] | None:
-        """(answers in request order, unsolicited fills) ready now, waiting up to ``timeout_s``;
-        ``None`` on timeout. Raises the session's error once nothing ready is left (Rule 3) and
-        ``SessionFinished`` after a half-close with everything answered."""
-        with self.cond:
-            while True:
-                pending = self._pending
-                answers: list[Reply] = []
-                while pending and len(answers) < SESSION_REPORTS_PER_MESSAGE_MAX:
-                    reply = pending[0].reply
-                    if reply is None:
-                        break
-                    answers.append(reply)
-                    pending.popleft()
-                unsolicited = self._unsolicited
-                if answers or unsolicited:
-                    self._unsolicited = []
-                    return answers, unsolicited
-                if self.error is not None:
-                    raise self.error
-                if self._input_done and not pending:
-                    raise SessionFinished()
-                if timeout_s <= 0 or not self.cond.wait(timeout_s):
-                    return None
+    def take(self) -> tuple[list[Reply], list[Reply]] | None:
+        """(answers in request order, unsolicited fills) ready now, else ``None`` (Rule 5).
+        Raises the session's error once nothing ready is left (Rule 3) and ``SessionFinished``
+        after a half-close with everything answered."""
+        with self._lock:
+            pending = self._pending
+            answers: list[Reply] = []
+            while pending and len(answers) < SESSION_REPORTS_PER_MESSAGE_MAX:
+                reply = pending[0].reply
+                if reply is None:
+                    break
+                answers.append(reply)
+                pending.popleft()
+            unsolicited = self._unsolicited
+            if answers or unsolicited:
+                self._unsolicited = []
+                return answers, unsolicited
+            if self.error is not None:
+                raise self.error
+            if self._input_done and not pending:
+                raise SessionFinished()
+            return None
 
     @property
     def in_flight(self) -> int:

@@ -33,7 +33,6 @@ import grpc
 
 from exchange.proto import exchange_pb2 as pb
 from exchange.proto import exchange_pb2_grpc as pb_grpc
-from exchange.session import SESSION_MESSAGE_ORDERS_MAX
 from exchange.tls import ClientTls, open_aio_channel
 from traders.client import (
     ATTEMPT_TIMEOUT_S,
@@ -41,6 +40,7 @@ from traders.client import (
     BACKOFF_MAX_S,
     CHANNEL_OPTIONS,
     GIVE_UP_S,
+    next_address,
 )
 from traders.session import SessionBook, classify_stream_end
 
@@ -69,9 +69,7 @@ class LoopChannels:
         return stub
 
     def next_address(self, address: str) -> str:
-        if address not in self.addresses:
-            return self.addresses[0]
-        return self.addresses[(self.addresses.index(address) + 1) % len(self.addresses)]
+        return next_address(self.addresses, address)
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -93,12 +91,7 @@ class AsyncSessionClient(SessionBook):
     async def send(self, orders: list[pb.SessionOrder] | pb.SessionRequest) -> None:
         """Send one order list (an ``order_list`` built in place, or orders); answers come from
         ``receive``."""
-        listed: Sequence[pb.SessionOrder]
-        if isinstance(orders, pb.SessionRequest):
-            message, listed = orders, orders.orders
-        else:
-            message, listed = pb.SessionRequest(orders=orders), orders
-        self._note_sent(listed)
+        message = self._note_sent(orders)
         if self._call is None:
             await self._connect()  # sends everything unanswered, these orders included
             return
@@ -150,10 +143,8 @@ class AsyncSessionClient(SessionBook):
     async def _connect(self) -> None:
         """Open a stream to ``target`` and resend every unanswered order, in order."""
         self._call = self.channels.stub(self.target).OrderSession()
-        orders = list(self.unanswered.values())
-        for start in range(0, len(orders), SESSION_MESSAGE_ORDERS_MAX):
-            await self._write(pb.SessionRequest(
-                orders=orders[start : start + SESSION_MESSAGE_ORDERS_MAX]))
+        for message in self._resent():
+            await self._write(message)
         self.channels.leader_guess = self.target
 
     def _disconnect(self) -> None:

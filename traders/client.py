@@ -188,9 +188,7 @@ class ClusterConnection:
         return stub
 
     def next_address(self, address: str) -> str:
-        if address not in self.addresses:
-            return self.addresses[0]
-        return self.addresses[(self.addresses.index(address) + 1) % len(self.addresses)]
+        return next_address(self.addresses, address)
 
     def status(self, address: str, timeout_s: float = ATTEMPT_TIMEOUT_S) -> pb.Status:
         status: pb.Status = self.stub(address).GetStatus(pb.StatusRequest(), timeout=timeout_s)
@@ -199,6 +197,14 @@ class ClusterConnection:
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
+
+
+def next_address(addresses: Sequence[str], address: str) -> str:
+    """The server after ``address`` in ``addresses``, round the list (the first one for an
+    address outside it): where a client tries next."""
+    if address not in addresses:
+        return addresses[0]
+    return addresses[(addresses.index(address) + 1) % len(addresses)]
 
 
 def _stub(channel: grpc.Channel) -> pb_grpc.ExchangeStub:

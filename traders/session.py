@@ -220,13 +220,25 @@ class SessionBook(OrderBuilder):
         """Rule 2: how long a wait for a report may last before the stream is given up."""
         return self._wait.limit(self.stall_s)
 
-    def _note_sent(self, listed: Sequence[pb.SessionOrder]) -> None:
-        """Rules 1 and 3: ``listed`` goes out; each stays unanswered until its report."""
+    def _note_sent(self, orders: list[pb.SessionOrder] | pb.SessionRequest) -> pb.SessionRequest:
+        """Rules 1, 3 and 5: ``orders`` (a list, or an ``order_list`` built in place) go out;
+        each stays unanswered until its report. Returns the message that carries them."""
+        message = orders if isinstance(orders, pb.SessionRequest) else \
+            pb.SessionRequest(orders=orders)
+        listed = message.orders
         assert 1 <= len(listed) <= SESSION_MESSAGE_ORDERS_MAX, len(listed)
         assert len(self.unanswered) + len(listed) <= SESSION_IN_FLIGHT_MAX
         unanswered = self.unanswered
         for seq, order in sent_seqs(listed):
             unanswered[seq] = order
+        return message
+
+    def _resent(self) -> list[pb.SessionRequest]:
+        """Rule 1: every unanswered order, in send order, in as few messages as Rule 3 allows:
+        what a new stream sends first."""
+        orders = list(self.unanswered.values())
+        return [pb.SessionRequest(orders=orders[start : start + SESSION_MESSAGE_ORDERS_MAX])
+                for start in range(0, len(orders), SESSION_MESSAGE_ORDERS_MAX)]
 
     def _note_reports(self, response: pb.SessionResponse) -> list[pb.OrderReply]:
         """A message's reports; the answered orders leave ``unanswered`` (Rule 4: not the
@@ -286,17 +298,11 @@ class SessionClient(SessionBook):
     def send(self, orders: list[pb.SessionOrder] | pb.SessionRequest) -> None:
         """Send one order list (Rule 3): orders, or an ``order_list`` built in place (Rule 5);
         answers come from ``receive``."""
-        message: pb.SessionRequest | None
-        listed: Sequence[pb.SessionOrder]
-        if isinstance(orders, pb.SessionRequest):
-            message, listed = orders, orders.orders
-        else:
-            message, listed = None, orders
-        self._note_sent(listed)
+        message = self._note_sent(orders)
         if self._outbox is None:
             self._connect()  # sends everything unanswered, these orders included
             return
-        self._outbox.put(message if message is not None else pb.SessionRequest(orders=listed))
+        self._outbox.put(message)
 
     def receive(self) -> list[pb.OrderReply]:
         """The next reports (answers in send order, unsolicited fills: Rule 4); reconnects and
@@ -333,9 +339,8 @@ class SessionClient(SessionBook):
         outbox: queue.SimpleQueue[pb.SessionRequest | None] = queue.SimpleQueue()
         call = self.connection.stub(self.target).OrderSession(_requests(outbox))
         self._outbox, self._call, self._responses = outbox, call, call
-        orders = list(self.unanswered.values())
-        for start in range(0, len(orders), SESSION_MESSAGE_ORDERS_MAX):
-            outbox.put(pb.SessionRequest(orders=orders[start : start + SESSION_MESSAGE_ORDERS_MAX]))
+        for message in self._resent():
+            outbox.put(message)
         self.connection.leader_guess = self.target
 
     def _disconnect(self) -> None:

@@ -17,7 +17,7 @@ from orderbook import BboChanged, DepthChanged, Trade
 
 def _drain(subscription) -> list[tuple[Update, bool]]:
     out = []
-    while got := subscription.next_updates(0.0, 1000):
+    while got := subscription.next_updates(1000):
         out += got
     return out
 
@@ -71,7 +71,7 @@ def test_a_subscriber_that_keeps_up_sees_every_update_unconflated():
         hub.publish([Update(index, "A", BboChanged("A", index, 1, index + 1, 1)),
                      Update(index, "A", DepthChanged("A", ((1, 1, 1),), ())),
                      Update(index, "B", Trade("B", 1, 1))])
-        got = subscription.next_updates(0.0, 10)
+        got = subscription.next_updates(10)
         assert [(u.index, conflated) for u, conflated in got] == [(index, False)]
 
 
@@ -91,5 +91,5 @@ def _drain_until_end(subscription) -> list[tuple[Update, bool]]:
     out = []
     with pytest.raises(StreamEnded, match="trades behind"):
         while True:
-            out += subscription.next_updates(0.0, 1000)
+            out += subscription.next_updates(1000)
     return out

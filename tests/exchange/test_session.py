@@ -259,7 +259,7 @@ def test_a_replayed_duplicate_sends_no_second_unsolicited_fill():
     assert again.duplicate and again.events == first.events
     node.on_commit(3, encode_entry(8, 1, buy))  # the same request committed twice (failover)
     assert node.state.duplicate_count == 1
-    answers, unsolicited = session.take(0.0)
+    answers, unsolicited = session.take()
     assert [r.seq for r in answers] == [1]
     assert [(r.order_id, r.seq, r.log_index) for r in unsolicited] == [("7.1", 0, 2)]
-    assert session.take(0.0) is None
+    assert session.take() is None
