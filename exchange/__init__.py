@@ -1,1 +1,10 @@
-"""exchange: exchange servers (consensus replica + order books) serving traders over gRPC."""
+"""exchange: exchange servers (consensus replica + order books) serving traders over gRPC.
+
+`BUILD` is "pure" or "compiled": whether the apply path's hot modules (exchange.dedup,
+exchange.state_machine) run mypyc-compiled, which they do exactly when the engine does
+(orderbook.build Rule 4).
+"""
+
+from orderbook.build import activate_exchange as _activate
+
+BUILD = _activate(__path__)  # before exchange.dedup or exchange.state_machine is imported

@@ -156,8 +156,10 @@ def _trader_tls(cluster: LocalCluster, traders: int) -> dict[str, Any]:
             "first_seq": time_seq()}
 
 
-def _phase(cluster: LocalCluster, traders: int, seconds: float, seed: int,
-           stream: bool = False, batch: int = 1, window: int = 1) -> PhaseResult:
+def measure_phase(cluster: LocalCluster, traders: int, seconds: float, seed: int,
+                  stream: bool = False, batch: int = 1, window: int = 1) -> PhaseResult:
+    """``traders`` closed-loop traders against ``cluster`` for ``seconds`` after a warm-up:
+    latency of the answered requests, rate, CPU per order (also scripts/latency_parts.py)."""
     load = LoadRun(LoadConfig(
         addresses=tuple(cluster.addresses.values()), traders=traders, rate_per_s=0.0,
         test_ms=int((seconds + WARMUP_S) * 1000), seed=seed, symbols=DEFAULT_SYMBOLS,
@@ -214,9 +216,9 @@ def _measure_cluster(replicas: int, args: argparse.Namespace, round_index: int,
                 if replica_id != leader:
                     renice_process(server.process.pid, args.followers_nice)
         seed = args.seed + round_index
-        _phase(cluster, 1, WARMUP_S, seed)  # warm the server's code paths and channels
-        latency = _phase(cluster, 1, args.seconds, seed)
-        throughput = _phase(cluster, args.traders, args.seconds, seed)
+        measure_phase(cluster, 1, WARMUP_S, seed)  # warm the server's code paths and channels
+        latency = measure_phase(cluster, 1, args.seconds, seed)
+        throughput = measure_phase(cluster, args.traders, args.seconds, seed)
     return latency, throughput
 
 
@@ -239,7 +241,7 @@ def _median(results: list[PhaseResult]) -> tuple[float, float, float, float, flo
     )
 
 
-def _raise_priority() -> str:
+def raise_priority() -> str:
     """Run the benchmark (traders and, inherited, every server) at ``BENCH_NICE``, as consensus's
     benchmarks do, so other jobs on this shared machine disturb both configurations less."""
     try:
@@ -264,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
         print("python -m exchange bench: error: need --seconds > 0, --rounds >= 1, "
               f"--traders in 1..{TLS_TRADERS_MAX}", file=sys.stderr)
         return 2
-    print(f"bench: traders and servers at {_raise_priority()}", flush=True)
+    print(f"bench: traders and servers at {raise_priority()}", flush=True)
     configs = (1, 3, *((DURABLE,) if args.durable else ()), *((TLS,) if args.tls else ()))
     if args.durable:
         print(f"bench: this disk now: {_fdatasync_line()}", flush=True)
@@ -368,10 +370,11 @@ def _measure_stream(replicas: int, args: argparse.Namespace, round_index: int,
     seed = args.seed + round_index
     with LocalCluster(replicas, fabric=args.fabric, name=name,
                       extra_args=tuple(args.server_arg), symbols=DEFAULT_SYMBOLS) as cluster:
-        _phase(cluster, 1, WARMUP_S, seed)  # warm the server's code paths and channels
+        measure_phase(cluster, 1, WARMUP_S, seed)  # warm the server's code paths and channels
         for mode, stream, batch in STREAM_MODES:
             window = args.window if stream else 1
-            result = _phase(cluster, args.traders, args.seconds, seed, stream, batch, window)
+            result = measure_phase(cluster, args.traders, args.seconds, seed, stream, batch,
+                                   window)
             results.setdefault((mode, replicas), []).append(result)
             traders_cpu, leader_cpu, followers_cpu = result.cpu_us
             print(f"round {round_index + 1}/{args.rounds} {mode} replicas={replicas}: "
@@ -379,7 +382,7 @@ def _measure_stream(replicas: int, args: argparse.Namespace, round_index: int,
                   f"CPU us/order traders {traders_cpu:.0f}, leader {leader_cpu:.0f}, followers "
                   f"{followers_cpu:.0f}", flush=True)
         for mode, stream in (("1 trader unary", False), ("1 trader stream", True)):
-            result = _phase(cluster, 1, args.seconds, seed, stream, 1, 1)
+            result = measure_phase(cluster, 1, args.seconds, seed, stream, 1, 1)
             results.setdefault((mode, replicas), []).append(result)
             print(f"round {round_index + 1}/{args.rounds} {mode} replicas={replicas}: "
                   f"p50 {result.latency.p50_us:.0f} us", flush=True)
@@ -392,7 +395,7 @@ def run_stream(args: argparse.Namespace) -> int:
         print(f"python -m exchange bench: error: need --seconds > 0, --rounds >= 1, --traders "
               f">= 1, 1 <= --window <= {SESSION_IN_FLIGHT_MAX // STREAM_BATCH}", file=sys.stderr)
         return 2
-    print(f"bench: traders and servers at {_raise_priority()}; load average "
+    print(f"bench: traders and servers at {raise_priority()}; load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     results: StreamResults = {}
     try:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 DEDUP_SEQS_PER_CLIENT_MAX = 128  # replies kept per client: far more than a client keeps in flight
@@ -43,10 +42,15 @@ DEDUP_EVICTED_FLOORS_MAX = 131_072  # evicted clients whose floor is kept (Rule 
 ReplyT = TypeVar("ReplyT")
 
 
-@dataclass(slots=True)
 class _ClientRecord(Generic[ReplyT]):
-    floor_seq: int  # every seq <= floor_seq that is not in replies has been evicted (or never sent)
-    replies: OrderedDict[int, ReplyT]
+    """One client's stored replies. A written-out slotted class, not a slotted generic
+    dataclass: mypyc compiles this module (orderbook.build Rule 4) and rejects that one."""
+
+    __slots__ = ("floor_seq", "replies")
+
+    def __init__(self, floor_seq: int, replies: OrderedDict[int, ReplyT]) -> None:
+        self.floor_seq = floor_seq  # every seq <= floor_seq not in replies has been evicted
+        self.replies = replies
 
 
 class DedupTable(Generic[ReplyT]):

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from exchange.bench import _raise_priority
+from exchange.bench import raise_priority
 from exchange.cluster import ClusterError, LocalCluster
 from traders.load import ACKED, REJECTED, LoadConfig, LoadRun, Sample
 from traders.workload import DEFAULT_SYMBOLS
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stream and args.rate:
         print(f"{name}: error: --stream runs closed loop; drop --rate", file=sys.stderr)
         return 2
-    _raise_priority()
+    raise_priority()
     print(f"{args.command}: traders and servers at nice {os.getpriority(os.PRIO_PROCESS, 0)} "
           f"(MU_BENCH_NICE, default -10; 0 leaves it); load average {_load_average()}",
           flush=True)

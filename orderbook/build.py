@@ -1,19 +1,27 @@
-"""Which build of the engine runs: the pure-Python modules or their mypyc-compiled versions.
+"""Which build of the hot modules runs: the pure-Python modules or their mypyc-compiled versions.
 
 Rule 1: the pure-Python modules are the reference and the fallback; a compiled build
         (`bash scripts/setup.sh --compiled`, i.e. scripts/build_compiled.py) must behave
         identically (golden streams, digests) and is used only while it is fresh.
-Rule 2: a compiled build lives outside the source tree, in build/compiled/orderbook/ next to the
-        package's own directory (gitignored), never as .so files beside the .py files: an
-        extension module there would shadow its source for every user of that tree, even after
-        the source changed. `activate()` (run first by orderbook/__init__.py) puts that directory
-        ahead of the sources on the package's __path__ only when its manifest's sha256 of every
-        compiled source, Python version and extension suffix match the running ones.
+Rule 2: a compiled build lives outside the source tree, in build/compiled/orderbook/ (and
+        build/compiled/exchange/ for the exchange's apply path) next to the packages' own
+        directories (gitignored), never as .so files beside the .py files: an extension module
+        there would shadow its source for every user of that tree, even after the source
+        changed. `activate()` (run first by orderbook/__init__.py) puts that directory ahead of
+        the sources on the package's __path__ only when its manifest's sha256 of every compiled
+        source (both packages'), Python version and extension suffix match the running ones.
 Rule 3: the environment variable MU_ORDERBOOK_BUILD chooses: `auto` (default: compiled when a
         fresh build exists, else pure, with one line on stderr if a build exists but is stale),
         `pure` (never the compiled build), `compiled` (the compiled build or ImportError with
         the reason). `engine_build()` says which one runs; `python -m orderbook bench` and
         `bench-liquibook` print it.
+Rule 4: the build is one unit: the engine's modules and the exchange's apply path
+        (`EXCHANGE_COMPILED_MODULES`: the dedup table and the state machine, which every replica
+        runs for every order) are compiled together, in one mypyc group whose shared library is
+        orderbook/native__mypyc, and are used together: `activate_exchange()` (run by
+        exchange/__init__.py, after `import orderbook` chose) puts build/compiled/exchange/ on
+        the exchange package's __path__ exactly when the engine runs compiled. A change to any
+        compiled source makes the whole build stale.
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ COMPILED_MODULES = ("constants", "keys", "events", "side", "matching", "book", "
 """The hot modules compiled by mypyc, in orderbook/ (each is mypy --strict clean). Not types.py:
 a compiled command class would check its field types on construction and raise where the pure
 one builds a command that the book then rejects with a reason (orderbook.types Rule 1)."""
+EXCHANGE_COMPILED_MODULES = ("dedup", "state_machine")
+"""The exchange's apply path, compiled with the engine (Rule 4), in exchange/."""
 BUILD_ENV = "MU_ORDERBOOK_BUILD"
 BUILD_CHOICES = ("auto", "pure", "compiled")
 MANIFEST_NAME = "MANIFEST.json"
@@ -39,10 +49,24 @@ COMPILED_DIR = Path(os.environ.get(COMPILED_DIR_ENV)
 """Where scripts/build_compiled.py puts the extension modules (Rule 2); MU_ORDERBOOK_COMPILED_DIR
 names another directory (tests build one in a temporary directory)."""
 
+def compiled_sources(source_dir: Path = SOURCE_DIR) -> dict[str, Path]:
+    """Every compiled module's source by name (``book``, ``exchange.state_machine``): the
+    engine's in ``source_dir``, the exchange's beside it (Rule 4)."""
+    sources = {name: source_dir / f"{name}.py" for name in COMPILED_MODULES}
+    for name in EXCHANGE_COMPILED_MODULES:
+        sources[f"exchange.{name}"] = source_dir.parent / "exchange" / f"{name}.py"
+    return sources
+
+
 def source_digests(source_dir: Path = SOURCE_DIR) -> dict[str, str]:
-    """sha256 of every compiled module's source, by module name."""
-    return {name: hashlib.sha256((source_dir / f"{name}.py").read_bytes()).hexdigest()
-            for name in COMPILED_MODULES}
+    """sha256 of every compiled module's source, by name (as ``compiled_sources``)."""
+    return {name: hashlib.sha256(path.read_bytes()).hexdigest()
+            for name, path in compiled_sources(source_dir).items()}
+
+
+def exchange_compiled_dir() -> Path:
+    """Where the exchange's compiled modules are (Rule 4): beside the engine's."""
+    return COMPILED_DIR.parent / "exchange"
 
 
 def runtime_tag() -> dict[str, str]:
@@ -65,10 +89,10 @@ def stale_reason(compiled_dir: Path | None = None) -> str | None:
     if manifest.get("runtime") != runtime_tag():
         return f"built for {manifest.get('runtime')}, running {runtime_tag()}"
     digests = source_digests()
-    changed = [name for name in COMPILED_MODULES
-               if manifest.get("sources", {}).get(name) != digests[name]]
+    changed = [name for name in digests if manifest.get("sources", {}).get(name) != digests[name]]
     if changed:
-        return f"orderbook/{changed[0]}.py changed since it was compiled"
+        path = compiled_sources()[changed[0]]
+        return f"{path.parent.name}/{path.name} changed since it was compiled"
     return None
 
 
@@ -91,6 +115,33 @@ def activate(package_path: list[str]) -> str:
         return "pure"
     assert (COMPILED_DIR / MANIFEST_NAME).is_file()
     package_path.insert(0, str(COMPILED_DIR))
+    global _chosen_dir
+    _chosen_dir = COMPILED_DIR
+    return "compiled"
+
+
+_chosen_dir: Path | None = None
+"""The engine's compiled directory when `activate` chose it (None: the sources run)."""
+
+
+def activate_exchange(package_path: list[str]) -> str:
+    """Rule 4: put the exchange's compiled modules first on its package's __path__ when the
+    engine runs compiled (`import orderbook` has chosen by then); returns "pure" or
+    "compiled"."""
+    import orderbook  # noqa: F401  (makes the choice, once)
+
+    if _chosen_dir is None:
+        return "pure"
+    directory = _chosen_dir.parent / "exchange"
+    if not all((directory / f"{name}{runtime_tag()['ext_suffix']}").is_file()
+               for name in EXCHANGE_COMPILED_MODULES):
+        if os.environ.get(BUILD_ENV) == "compiled":
+            raise ImportError(f"{BUILD_ENV}=compiled but {directory} lacks the exchange's "
+                              f"modules (rebuild: bash scripts/setup.sh --compiled)")
+        print(f"exchange: running pure Python: {directory} lacks compiled modules "
+              f"(rebuild: bash scripts/setup.sh --compiled)", file=sys.stderr)
+        return "pure"
+    package_path.insert(0, str(directory))
     return "compiled"
 
 
@@ -101,4 +152,5 @@ def engine_build() -> str:
     path = orderbook.book.__file__ or ""
     if path.endswith(".py"):
         return "pure Python (orderbook/book.py)"
-    return f"compiled with mypyc ({Path(path).name} in {Path(path).parent})"
+    return (f"compiled with mypyc ({Path(path).name} in {Path(path).parent}; "
+            f"with exchange.{' and exchange.'.join(EXCHANGE_COMPILED_MODULES)})")

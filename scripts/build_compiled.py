@@ -1,12 +1,14 @@
-"""Compile the engine's hot modules with mypyc into build/compiled/ (orderbook.build Rule 2).
+"""Compile the hot modules with mypyc into build/compiled/ (orderbook.build Rules 2 and 4).
 
 Usage: python scripts/build_compiled.py [--clean]   (bash scripts/setup.sh --compiled runs it)
 
 Needs mypyc (it comes with mypy, in the test extra), a C compiler and the Python headers. On
 success build/compiled/orderbook/ holds one extension module per name in
-orderbook.build.COMPILED_MODULES, the shared library they call into, and MANIFEST.json (the sha256
-of each source, the Python version and extension suffix), and `import orderbook` uses them while
-they match the sources (MU_ORDERBOOK_BUILD=pure forces the pure-Python modules). Nothing is
+orderbook.build.COMPILED_MODULES, the shared library they all call into, and MANIFEST.json (the
+sha256 of each source, the Python version and extension suffix), and build/compiled/exchange/ one
+per name in EXCHANGE_COMPILED_MODULES (the exchange's apply path); `import orderbook` and
+`import exchange` use them while they match the sources (MU_ORDERBOOK_BUILD=pure forces the
+pure-Python modules). Nothing is
 written beside the sources. Exit status 0 on success, 1 (with one line saying why) when the
 build is impossible or fails; the pure-Python modules then keep running.
 """
@@ -31,7 +33,9 @@ os.environ["MU_ORDERBOOK_BUILD"] = "pure"  # this script never needs the build i
 from orderbook.build import (  # noqa: E402
     COMPILED_DIR,
     COMPILED_MODULES,
+    EXCHANGE_COMPILED_MODULES,
     MANIFEST_NAME,
+    compiled_sources,
     runtime_tag,
     source_digests,
 )
@@ -66,12 +70,13 @@ def missing_tool() -> str | None:
 
 
 def build(out_dir: Path) -> None:
-    """Compile into `out_dir` (the orderbook/ directory of the compiled build) and write the
-    manifest last, so a failed or interrupted build is never taken for a fresh one."""
+    """Compile into `out_dir` (the orderbook/ directory of the compiled build; the exchange's
+    modules go to its sibling exchange/) and write the manifest last, so a failed or
+    interrupted build is never taken for a fresh one."""
     digests_before = source_digests()
     with tempfile.TemporaryDirectory(prefix="orderbook-mypyc-") as temp:
         lib = Path(temp) / "lib"
-        paths = [f"orderbook/{name}.py" for name in COMPILED_MODULES]
+        paths = [str(path.relative_to(ROOT)) for path in compiled_sources().values()]
         script = SETUP_TEMPLATE.format(paths=paths, group=GROUP_NAME, lib=str(lib),
                                        temp=str(Path(temp) / "obj"), c_dir=str(Path(temp) / "c"))
         env = dict(os.environ, MYPYC_OPT_LEVEL="3")
@@ -81,18 +86,23 @@ def build(out_dir: Path) -> None:
             lines = (result.stderr or result.stdout).strip().splitlines()
             errors = [line for line in lines if "error" in line.lower()] or lines or ["?"]
             raise RuntimeError(f"mypyc failed: {errors[0][:300]}")
-        built = sorted((lib / "orderbook").glob("*" + str(sysconfig.get_config_var("EXT_SUFFIX"))))
-        expected = {*COMPILED_MODULES, "native__mypyc"}
-        names = {path.name.split(".")[0] for path in built}
-        if names != expected:
-            raise RuntimeError(f"mypyc built {sorted(names)}, expected {sorted(expected)}")
+        suffix = str(sysconfig.get_config_var("EXT_SUFFIX"))
+        exchange_dir = out_dir.parent / "exchange"
+        for package, names in (("orderbook", {*COMPILED_MODULES, "native__mypyc"}),
+                               ("exchange", set(EXCHANGE_COMPILED_MODULES))):
+            built = sorted((lib / package).glob("*" + suffix))
+            found = {path.name.split(".")[0] for path in built}
+            if found != names:
+                raise RuntimeError(f"mypyc built {package}/{sorted(found)}, "
+                                   f"expected {sorted(names)}")
         if source_digests() != digests_before:
             raise RuntimeError("the sources changed during the build; run it again")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True)
-        for path in built:
-            shutil.copy2(path, out_dir / path.name)
+        for package, target in (("orderbook", out_dir), ("exchange", exchange_dir)):
+            if target.exists():
+                shutil.rmtree(target)
+            target.mkdir(parents=True)
+            for path in sorted((lib / package).glob("*" + suffix)):
+                shutil.copy2(path, target / path.name)
     manifest = {"sources": digests_before, "runtime": runtime_tag(), "group": GROUP_NAME}
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
 
@@ -107,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.clean:
         shutil.rmtree(args.out, ignore_errors=True)
-        print(f"build_compiled: removed {args.out}", file=sys.stderr)
+        shutil.rmtree(args.out.parent / "exchange", ignore_errors=True)
+        print(f"build_compiled: removed {args.out} and {args.out.parent / 'exchange'}",
+              file=sys.stderr)
         return 0
     reason = missing_tool()
     if reason is not None:
@@ -119,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, OSError) as error:
         print(f"build_compiled: {error}; the engine runs pure Python", file=sys.stderr)
         return 1
-    print(f"build_compiled: compiled {', '.join(COMPILED_MODULES)} into {args.out}",
+    print(f"build_compiled: compiled {', '.join(COMPILED_MODULES)} into {args.out} and "
+          f"{', '.join(EXCHANGE_COMPILED_MODULES)} into {args.out.parent / 'exchange'}",
           file=sys.stderr)
     return 0
 

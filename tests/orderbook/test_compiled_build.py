@@ -1,4 +1,5 @@
-"""The mypyc build (scripts/build_compiled.py) passes the golden, digest and reject tests unchanged.
+"""The mypyc build (scripts/build_compiled.py) passes the golden, digest, reject and exchange
+state-machine tests unchanged.
 
 Built into a temporary directory (MU_ORDERBOOK_COMPILED_DIR), so the checkout's own build and the
 rest of the test run are untouched; skipped with the builder's reason where no C compiler exists.
@@ -19,6 +20,9 @@ SAME_BEHAVIOUR_TESTS = [
     "tests/orderbook/test_rejects.py", "tests/orderbook/test_order_reuse.py",
     "tests/orderbook/test_market.py", "tests/orderbook/test_keys.py",
     "tests/exchange/test_state_machine.py", "tests/exchange/test_snapshot.py",
+    "tests/exchange/test_dedup.py", "tests/exchange/test_limits.py",
+    "tests/exchange/test_snapshot_batches.py", "tests/exchange/test_batching.py",
+    "tests/exchange/test_node.py", "tests/exchange/test_fuzz.py",
 ]
 
 
@@ -38,6 +42,11 @@ def test_compiled_build_behaves_like_the_sources(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=60, check=True)
     assert probe.stdout.startswith("compiled compiled with mypyc"), probe.stdout
     assert str(tmp_path) in probe.stdout
+    probe = subprocess.run([sys.executable, "-c", "import exchange, exchange.state_machine as m; "
+                            "print(exchange.BUILD, m.__file__)"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=60, check=True)
+    build_name, path = probe.stdout.split()
+    assert build_name == "compiled" and path.startswith(str(tmp_path / "exchange")), probe.stdout
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                             *SAME_BEHAVIOUR_TESTS], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=1800, check=False)
