@@ -1,7 +1,7 @@
 """Which build of the hot modules runs: the pure-Python modules or their mypyc-compiled versions.
 
 Rule 1: the pure-Python modules are the reference and the fallback; a compiled build
-        (`bash scripts/setup.sh --compiled`, i.e. scripts/build_compiled.py) must behave
+        (`bash scripts/setup.sh`, i.e. scripts/build_compiled.py) must behave
         identically (golden streams, digests) and is used only while it is fresh.
 Rule 2: a compiled build lives outside the source tree, in build/compiled/orderbook/ (and
         build/compiled/exchange/ for the exchange's apply path) next to the packages' own

@@ -1,6 +1,6 @@
 """Compile the hot modules with mypyc into build/compiled/ (orderbook.build Rules 2 and 4).
 
-Usage: python scripts/build_compiled.py [--clean]   (bash scripts/setup.sh --compiled runs it)
+Usage: python scripts/build_compiled.py [--clean]   (bash scripts/setup.sh runs it; --pure cleans)
 
 Needs mypyc (it comes with mypy, in the test extra), a C compiler and the Python headers. On
 success build/compiled/orderbook/ holds one extension module per name in

@@ -3,18 +3,23 @@
 # multi-host runs and kvstores; redis-server and redis-tools for kvstores) and the Python
 # package with its test extra. Idempotent; safe to run again.
 #
+# By default it also compiles the hot modules (the matching engine's and the exchange's apply
+# path) with mypyc into build/compiled/ (scripts/build_compiled.py; needs gcc and the Python
+# headers, present on this project's machines). When they cannot be built, setup says so in one
+# line and the pure-Python modules run: they are the reference and the fallback. `python -m
+# orderbook bench` prints which build runs; MU_ORDERBOOK_BUILD=pure|compiled forces one.
+#
 # Options:
-#   --compiled   also compile the matching engine's hot modules with mypyc into build/compiled/
-#                (scripts/build_compiled.py; needs gcc and the Python headers). Optional: when it
-#                cannot be built, setup says so and the pure-Python modules run. `python -m
-#                orderbook bench` prints which build runs; MU_ORDERBOOK_BUILD=pure|compiled forces.
+#   --pure       do not compile, and remove an existing compiled build (the pure modules run)
+#   --compiled   compile (the default; kept for older instructions)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-compiled=0
+compiled=1
 for arg in "$@"; do
     case "$arg" in
         --compiled) compiled=1 ;;
+        --pure) compiled=0 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "setup: unknown option $arg (see bash scripts/setup.sh --help)" >&2; exit 2 ;;
     esac
@@ -47,5 +52,7 @@ if [ -f scripts/gen_proto.sh ]; then
 fi
 if [ "$compiled" -eq 1 ]; then
     $PYTHON scripts/build_compiled.py || echo "setup: warning: no compiled build; the matching" \
-        "engine runs pure Python" >&2
+        "engine and the apply path run pure Python" >&2
+else
+    $PYTHON scripts/build_compiled.py --clean
 fi

@@ -3,6 +3,8 @@ state-machine tests unchanged.
 
 Built into a temporary directory (MU_ORDERBOOK_COMPILED_DIR), so the checkout's own build and the
 rest of the test run are untouched; skipped with the builder's reason where no C compiler exists.
+And the other way round: when the run itself imports the checkout's compiled build (setup.sh's
+default), the same tests run against the pure-Python modules in a subprocess.
 """
 
 from __future__ import annotations
@@ -47,6 +49,28 @@ def test_compiled_build_behaves_like_the_sources(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=60, check=True)
     build_name, path = probe.stdout.split()
     assert build_name == "compiled" and path.startswith(str(tmp_path / "exchange")), probe.stdout
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            *SAME_BEHAVIOUR_TESTS], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=1800, check=False)
+    assert tests.returncode == 0, tests.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_the_pure_modules_pass_the_same_tests() -> None:
+    """setup.sh compiles by default, so the suite itself usually imports the compiled build:
+    the reference modules (orderbook.build Rule 1) then get the same tests in a subprocess that
+    forces them."""
+    import orderbook
+
+    if orderbook.BUILD == "pure":
+        pytest.skip("this run imports the pure modules already: the whole suite tests them")
+    env = dict(os.environ, MU_ORDERBOOK_BUILD="pure",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    code = "import orderbook, exchange, exchange.dedup as d; print(orderbook.BUILD, " \
+           "exchange.BUILD, d.__file__)"
+    probe = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=60, check=True)
+    assert probe.stdout.split() == ["pure", "pure", str(ROOT / "exchange" / "dedup.py")]
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                             *SAME_BEHAVIOUR_TESTS], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=1800, check=False)
