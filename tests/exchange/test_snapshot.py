@@ -310,6 +310,18 @@ def test_bench_snapshot_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]
     assert "error" in capsys.readouterr().err
 
 
+def test_bench_state_builds_past_one_clients_resting_limit() -> None:
+    """The bench's orders name their clients, so a state larger than one client's resting-order
+    limit builds (it once named none, and every add past the limit was refused)."""
+    from exchange.limits import RESTING_ORDERS_PER_CLIENT_MAX
+    from exchange.snapshot_bench import build_state
+
+    orders = RESTING_ORDERS_PER_CLIENT_MAX + 500
+    machine, entries = build_state(orders, seed=1)
+    assert machine.market.order_count() == orders
+    assert entries < 2 * orders
+
+
 def test_side_enum_is_kept() -> None:
     machine = machine_after([encode_entry(1, 1, AddOrder("a", "X", Side.SELL, 5, 1))])
     restored = ExchangeStateMachine.restore(machine.snapshot())
