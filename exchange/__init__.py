@@ -5,6 +5,7 @@ exchange.state_machine) run mypyc-compiled, which they do exactly when the engin
 (orderbook.build Rule 4).
 """
 
+import orderbook as _orderbook
 from orderbook.build import activate_exchange as _activate
 
-BUILD = _activate(__path__)  # before exchange.dedup or exchange.state_machine is imported
+BUILD = _activate(__path__, _orderbook.BUILD)  # before exchange.dedup or .state_machine loads

@@ -64,9 +64,10 @@ def source_digests(source_dir: Path = SOURCE_DIR) -> dict[str, str]:
             for name, path in compiled_sources(source_dir).items()}
 
 
-def exchange_compiled_dir() -> Path:
-    """Where the exchange's compiled modules are (Rule 4): beside the engine's."""
-    return COMPILED_DIR.parent / "exchange"
+def exchange_dir(engine_dir: Path) -> Path:
+    """Where the exchange's compiled modules are for the engine's ``engine_dir`` (Rule 4):
+    beside it."""
+    return engine_dir.parent / "exchange"
 
 
 def runtime_tag() -> dict[str, str]:
@@ -115,24 +116,16 @@ def activate(package_path: list[str]) -> str:
         return "pure"
     assert (COMPILED_DIR / MANIFEST_NAME).is_file()
     package_path.insert(0, str(COMPILED_DIR))
-    global _chosen_dir
-    _chosen_dir = COMPILED_DIR
     return "compiled"
 
 
-_chosen_dir: Path | None = None
-"""The engine's compiled directory when `activate` chose it (None: the sources run)."""
-
-
-def activate_exchange(package_path: list[str]) -> str:
+def activate_exchange(package_path: list[str], engine: str) -> str:
     """Rule 4: put the exchange's compiled modules first on its package's __path__ when the
-    engine runs compiled (`import orderbook` has chosen by then); returns "pure" or
-    "compiled"."""
-    import orderbook  # noqa: F401  (makes the choice, once)
-
-    if _chosen_dir is None:
+    engine runs compiled (``engine``: what ``activate`` chose, ``orderbook.BUILD``); returns
+    "pure" or "compiled"."""
+    if engine != "compiled":
         return "pure"
-    directory = _chosen_dir.parent / "exchange"
+    directory = exchange_dir(COMPILED_DIR)
     if not all((directory / f"{name}{runtime_tag()['ext_suffix']}").is_file()
                for name in EXCHANGE_COMPILED_MODULES):
         if os.environ.get(BUILD_ENV) == "compiled":

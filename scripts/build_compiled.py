@@ -36,6 +36,7 @@ from orderbook.build import (  # noqa: E402
     EXCHANGE_COMPILED_MODULES,
     MANIFEST_NAME,
     compiled_sources,
+    exchange_dir,
     runtime_tag,
     source_digests,
 )
@@ -87,7 +88,6 @@ def build(out_dir: Path) -> None:
             errors = [line for line in lines if "error" in line.lower()] or lines or ["?"]
             raise RuntimeError(f"mypyc failed: {errors[0][:300]}")
         suffix = str(sysconfig.get_config_var("EXT_SUFFIX"))
-        exchange_dir = out_dir.parent / "exchange"
         for package, names in (("orderbook", {*COMPILED_MODULES, "native__mypyc"}),
                                ("exchange", set(EXCHANGE_COMPILED_MODULES))):
             built = sorted((lib / package).glob("*" + suffix))
@@ -97,7 +97,7 @@ def build(out_dir: Path) -> None:
                                    f"expected {sorted(names)}")
         if source_digests() != digests_before:
             raise RuntimeError("the sources changed during the build; run it again")
-        for package, target in (("orderbook", out_dir), ("exchange", exchange_dir)):
+        for package, target in (("orderbook", out_dir), ("exchange", exchange_dir(out_dir))):
             if target.exists():
                 shutil.rmtree(target)
             target.mkdir(parents=True)
@@ -117,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.clean:
         shutil.rmtree(args.out, ignore_errors=True)
-        shutil.rmtree(args.out.parent / "exchange", ignore_errors=True)
-        print(f"build_compiled: removed {args.out} and {args.out.parent / 'exchange'}",
-              file=sys.stderr)
+        shutil.rmtree(exchange_dir(args.out), ignore_errors=True)
+        print(f"build_compiled: removed {args.out} and {exchange_dir(args.out)}", file=sys.stderr)
         return 0
     reason = missing_tool()
     if reason is not None:
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build_compiled: {error}; the engine runs pure Python", file=sys.stderr)
         return 1
     print(f"build_compiled: compiled {', '.join(COMPILED_MODULES)} into {args.out} and "
-          f"{', '.join(EXCHANGE_COMPILED_MODULES)} into {args.out.parent / 'exchange'}",
+          f"{', '.join(EXCHANGE_COMPILED_MODULES)} into {exchange_dir(args.out)}",
           file=sys.stderr)
     return 0
 

@@ -21,7 +21,6 @@ def _fake_build(directory: Path, **changes: object) -> None:
 def test_fresh_manifest_is_accepted_and_put_first_on_the_path(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(build, "COMPILED_DIR", tmp_path)
-    monkeypatch.setattr(build, "_chosen_dir", None)
     monkeypatch.delenv(build.BUILD_ENV, raising=False)
     _fake_build(tmp_path)
     assert build.stale_reason() is None
@@ -35,21 +34,22 @@ def test_the_exchange_runs_compiled_exactly_when_the_engine_does(
         capsys: pytest.CaptureFixture[str]) -> None:
     engine_dir, exchange_dir = tmp_path / "orderbook", tmp_path / "exchange"
     monkeypatch.setattr(build, "COMPILED_DIR", engine_dir)
-    monkeypatch.setattr(build, "_chosen_dir", None)
     monkeypatch.delenv(build.BUILD_ENV, raising=False)
     path = ["/src/exchange"]
-    assert build.activate_exchange(path) == "pure" and path == ["/src/exchange"]
+    assert build.activate_exchange(path, build.activate([])) == "pure"
+    assert path == ["/src/exchange"]
     _fake_build(engine_dir)
-    assert build.activate([]) == "compiled"
-    assert build.activate_exchange(path) == "pure" and path == ["/src/exchange"]
+    engine = build.activate([])
+    assert engine == "compiled"
+    assert build.activate_exchange(path, engine) == "pure" and path == ["/src/exchange"]
     assert "lacks compiled modules" in capsys.readouterr().err
     monkeypatch.setenv(build.BUILD_ENV, "compiled")
     with pytest.raises(ImportError, match="lacks the exchange's modules"):
-        build.activate_exchange(path)
+        build.activate_exchange(path, engine)
     exchange_dir.mkdir()
     for name in build.EXCHANGE_COMPILED_MODULES:
         (exchange_dir / f"{name}{build.runtime_tag()['ext_suffix']}").write_bytes(b"")
-    assert build.activate_exchange(path) == "compiled"
+    assert build.activate_exchange(path, engine) == "compiled"
     assert path == [str(exchange_dir), "/src/exchange"]
 
 
@@ -69,7 +69,6 @@ def test_stale_build_runs_pure_and_says_why(tmp_path: Path, monkeypatch: pytest.
                                             capsys: pytest.CaptureFixture[str],
                                             changes: dict[str, object], words: str) -> None:
     monkeypatch.setattr(build, "COMPILED_DIR", tmp_path)
-    monkeypatch.setattr(build, "_chosen_dir", None)
     monkeypatch.delenv(build.BUILD_ENV, raising=False)
     _fake_build(tmp_path, **changes)
     path: list[str] = []

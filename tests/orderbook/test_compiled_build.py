@@ -28,30 +28,43 @@ SAME_BEHAVIOUR_TESTS = [
 ]
 
 
+def _env(**changes: str) -> dict[str, str]:
+    """This environment with the checkout first on the path and ``changes``."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT),
+                                                        os.environ.get("PYTHONPATH", "")]),
+                **changes)
+
+
+def _python(code: str, env: dict[str, str]) -> str:
+    """What ``python -c code`` prints in ``env``."""
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60, check=True).stdout
+
+
+def _same_behaviour_tests(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           *SAME_BEHAVIOUR_TESTS], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1800, check=False)
+
+
 @pytest.mark.slow
 def test_compiled_build_behaves_like_the_sources(tmp_path: Path) -> None:
-    env = dict(os.environ, MU_ORDERBOOK_COMPILED_DIR=str(tmp_path / "orderbook"),
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    env = _env(MU_ORDERBOOK_COMPILED_DIR=str(tmp_path / "orderbook"),
                MU_ORDERBOOK_BUILD="compiled")  # the builder must not need what it builds
     built = subprocess.run([sys.executable, "scripts/build_compiled.py"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=1800, check=False)
     if built.returncode != 0 and "cannot compile" in built.stderr:
         pytest.skip(built.stderr.strip())
     assert built.returncode == 0, built.stderr
-    env["MU_ORDERBOOK_BUILD"] = "compiled"
-    probe = subprocess.run([sys.executable, "-c", "import orderbook.build as b, orderbook; "
-                            "print(orderbook.BUILD, b.engine_build())"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=60, check=True)
-    assert probe.stdout.startswith("compiled compiled with mypyc"), probe.stdout
-    assert str(tmp_path) in probe.stdout
-    probe = subprocess.run([sys.executable, "-c", "import exchange, exchange.state_machine as m; "
-                            "print(exchange.BUILD, m.__file__)"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=60, check=True)
-    build_name, path = probe.stdout.split()
-    assert build_name == "compiled" and path.startswith(str(tmp_path / "exchange")), probe.stdout
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            *SAME_BEHAVIOUR_TESTS], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=1800, check=False)
+    probe = _python("import orderbook.build as b, orderbook; "
+                    "print(orderbook.BUILD, b.engine_build())", env)
+    assert probe.startswith("compiled compiled with mypyc"), probe
+    assert str(tmp_path) in probe
+    probe = _python("import exchange, exchange.state_machine as m; "
+                    "print(exchange.BUILD, m.__file__)", env)
+    build_name, path = probe.split()
+    assert build_name == "compiled" and path.startswith(str(tmp_path / "exchange")), probe
+    tests = _same_behaviour_tests(env)
     assert tests.returncode == 0, tests.stdout[-3000:]
 
 
@@ -64,14 +77,9 @@ def test_the_pure_modules_pass_the_same_tests() -> None:
 
     if orderbook.BUILD == "pure":
         pytest.skip("this run imports the pure modules already: the whole suite tests them")
-    env = dict(os.environ, MU_ORDERBOOK_BUILD="pure",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    code = "import orderbook, exchange, exchange.dedup as d; print(orderbook.BUILD, " \
-           "exchange.BUILD, d.__file__)"
-    probe = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=60, check=True)
-    assert probe.stdout.split() == ["pure", "pure", str(ROOT / "exchange" / "dedup.py")]
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            *SAME_BEHAVIOUR_TESTS], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=1800, check=False)
+    env = _env(MU_ORDERBOOK_BUILD="pure")
+    probe = _python("import orderbook, exchange, exchange.dedup as d; print(orderbook.BUILD, "
+                    "exchange.BUILD, d.__file__)", env)
+    assert probe.split() == ["pure", "pure", str(ROOT / "exchange" / "dedup.py")]
+    tests = _same_behaviour_tests(env)
     assert tests.returncode == 0, tests.stdout[-3000:]
